@@ -1,0 +1,503 @@
+//! Every knob and limit of the server, in one validated `Config`.
+//!
+//! Flags and the TOML file share one code path: a TOML value is turned into
+//! the text a flag would carry and applied with the same `set`, so a setting
+//! is parsed, checked and explained in exactly one place, and "flags win over
+//! the file" is just the order of application. Each limit says what it
+//! protects: on a 512 MiB Raspberry Pi every buffer and queue must be bounded.
+//!
+//! This module reads no environment and opens no socket; `main` gives it the
+//! argument list and the file text.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to do when the store cannot be opened because it is damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnCorrupt {
+    /// Move the damaged files aside and start an empty store with a new epoch.
+    Fresh,
+    /// Exit with status 2 and leave the files as they are.
+    Refuse,
+}
+
+/// A per-pattern retention override (`[[retention]]` in the config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionRule {
+    /// Channel pattern, as in tokens: exact name, `prefix*`, or `*`.
+    pub pattern: String,
+    pub messages: u64,
+    pub age: Duration,
+}
+
+/// A key of the key ring (`[[keys]]` in the config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFile {
+    pub id: String,
+    pub secret_file: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen. Loopback by default: exposing a server on the LAN is
+    /// a decision the operator makes with `--listen 0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// The LMDB environment and the generated secret live here.
+    pub data: PathBuf,
+    pub secret_file: Option<PathBuf>,
+    pub keys: Vec<KeyFile>,
+    /// Browser origins allowed to open a WebSocket. Empty: same origin only.
+    pub allowed_origins: Vec<String>,
+    /// Total connections (WebSocket and HTTP). `None`: derived from
+    /// `RLIMIT_NOFILE` by `main`, leaving headroom for LMDB and logs.
+    pub max_connections: Option<usize>,
+    /// Connections from one address: a single misbehaving device cannot
+    /// take every slot.
+    pub max_connections_per_ip: usize,
+    /// Largest WebSocket message or HTTP body. Also tungstenite's frame and
+    /// message limit, so an oversize frame is refused before it is buffered.
+    pub max_message_bytes: usize,
+    /// Largest HTTP request head (431 beyond it).
+    pub max_header_bytes: usize,
+    /// Time to receive a complete request head (slowloris guard).
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub publish_hook: Option<String>,
+    pub publish_hook_timeout: Duration,
+    pub retention_messages: u64,
+    pub retention_age: Duration,
+    pub retention: Vec<RetentionRule>,
+    pub dedupe_window: Duration,
+    /// Publishes per second per connection, burst twice that; 0 = no limit.
+    pub publish_rate: u32,
+    pub max_subscriptions: usize,
+    pub max_fragments: usize,
+    /// Queued replies and deliveries per connection; past it the connection
+    /// is closed with 1013 and resumes with `since`, losing nothing.
+    pub max_send_buffer_bytes: usize,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub on_corrupt: OnCorrupt,
+    pub demo: bool,
+    /// LMDB map size: the most the store may ever occupy.
+    pub max_store_bytes: u64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Conformance testing only: echo every message back unchanged.
+    pub echo: bool,
+}
+
+/// A configuration problem, worded so the user knows what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// The default store limit fits the address space: a 32-bit process cannot
+/// map 1 GiB next to its heap and stacks.
+pub const DEFAULT_MAX_STORE_BYTES: u64 = if cfg!(target_pointer_width = "64") {
+    1 << 30
+} else {
+    256 << 20
+};
+
+/// One entry of the settings table, shared by `--help` and the docs.
+pub struct Setting {
+    pub key: &'static str,
+    pub value: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every setting a flag (`--key-with-dashes`) or file key (`key_with_underscores`) can carry.
+pub const SETTINGS: &[Setting] = &[
+    Setting { key: "listen", value: "ADDR", default: "127.0.0.1:8080", help: "where to listen (0.0.0.0:8080 for the LAN)" },
+    Setting { key: "data", value: "DIR", default: "./roostd-data", help: "the store and the generated secret" },
+    Setting { key: "secret-file", value: "FILE", default: "-", help: "the HMAC secret (else $ROOSTD_SECRET, else <data>/secret)" },
+    Setting { key: "allowed-origin", value: "ORIGIN", default: "same origin", help: "browser origin allowed to connect (repeatable)" },
+    Setting { key: "max-connections", value: "N", default: "from RLIMIT_NOFILE", help: "total WebSocket + HTTP connections" },
+    Setting { key: "max-connections-per-ip", value: "N", default: "1024", help: "connections per client address" },
+    Setting { key: "max-message-bytes", value: "N", default: "65536", help: "largest WebSocket message or HTTP body" },
+    Setting { key: "max-header-bytes", value: "N", default: "8192", help: "largest HTTP request head" },
+    Setting { key: "handshake-timeout", value: "D", default: "10s", help: "time to send a complete request head" },
+    Setting { key: "ping-interval", value: "D", default: "30s", help: "ping a quiet peer this often" },
+    Setting { key: "pong-timeout", value: "D", default: "20s", help: "close a peer that does not answer a ping in time" },
+    Setting { key: "publish-hook", value: "URL", default: "-", help: "main application URL that approves client publishes" },
+    Setting { key: "publish-hook-timeout", value: "D", default: "2s", help: "how long the publish hook may take" },
+    Setting { key: "retention-messages", value: "N", default: "10000", help: "messages kept per channel" },
+    Setting { key: "retention-age", value: "D", default: "7d", help: "age after which messages are trimmed" },
+    Setting { key: "dedupe-window", value: "D", default: "10m", help: "how long a (sub, id) is remembered" },
+    Setting { key: "publish-rate", value: "N", default: "1000", help: "publishes per second per connection, burst 2x; 0 = no limit" },
+    Setting { key: "max-subscriptions", value: "N", default: "256", help: "subscriptions per connection" },
+    Setting { key: "max-fragments", value: "N", default: "1024", help: "frames per fragmented message" },
+    Setting { key: "max-send-buffer-bytes", value: "N", default: "1048576", help: "queued output per connection; past it: close 1013" },
+    Setting { key: "audience", value: "AUD", default: "-", help: "token aud to require" },
+    Setting { key: "leeway", value: "D", default: "30s", help: "clock tolerance for exp/nbf/iat" },
+    Setting { key: "on-corrupt", value: "fresh|refuse", default: "fresh", help: "what to do with an unreadable store" },
+    Setting { key: "no-demo", value: "", default: "demo on", help: "do not serve the demo page and /roost.js" },
+    Setting { key: "max-store-bytes", value: "N", default: "1 GiB (256 MiB on 32-bit)", help: "LMDB map limit" },
+    Setting { key: "tls-cert", value: "FILE", default: "-", help: "PEM certificate: serve https:// and wss://" },
+    Setting { key: "tls-key", value: "FILE", default: "-", help: "PEM private key for --tls-cert" },
+    Setting { key: "echo", value: "", default: "off", help: "conformance testing only: echo every message back" },
+];
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("./roostd-data"),
+            secret_file: None,
+            keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_connections: None,
+            max_connections_per_ip: 1024,
+            max_message_bytes: 64 * 1024,
+            max_header_bytes: 8 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(20),
+            publish_hook: None,
+            publish_hook_timeout: Duration::from_secs(2),
+            retention_messages: 10_000,
+            retention_age: Duration::from_secs(7 * 24 * 3600),
+            retention: Vec::new(),
+            dedupe_window: Duration::from_secs(600),
+            publish_rate: 1000,
+            max_subscriptions: 256,
+            max_fragments: 1024,
+            max_send_buffer_bytes: 1 << 20,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            on_corrupt: OnCorrupt::Fresh,
+            demo: true,
+            max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            tls_cert: None,
+            tls_key: None,
+            echo: false,
+        }
+    }
+}
+
+impl Config {
+    /// Applies one setting given as text, the way a flag carries it.
+    /// `key` uses dashes (`max-message-bytes`); file keys are translated first.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let v = value;
+        match key {
+            "listen" => {
+                self.listen = v.parse().or_else(|_| {
+                    err(format!("--listen {v:?} is not an address; write it like 127.0.0.1:8080 or [::1]:8080"))
+                })?
+            }
+            "data" => self.data = PathBuf::from(nonempty(key, v)?),
+            "secret-file" => self.secret_file = Some(PathBuf::from(nonempty(key, v)?)),
+            "allowed-origin" => self.allowed_origins.push(nonempty(key, v)?.trim_end_matches('/').to_string()),
+            "max-connections" => self.max_connections = Some(positive(key, v)?),
+            "max-connections-per-ip" => self.max_connections_per_ip = positive(key, v)?,
+            "max-message-bytes" => self.max_message_bytes = positive(key, v)?,
+            "max-header-bytes" => self.max_header_bytes = positive(key, v)?,
+            "handshake-timeout" => self.handshake_timeout = duration(key, v)?,
+            "ping-interval" => self.ping_interval = duration(key, v)?,
+            "pong-timeout" => self.pong_timeout = duration(key, v)?,
+            "publish-hook" => self.publish_hook = Some(nonempty(key, v)?.to_string()),
+            "publish-hook-timeout" => self.publish_hook_timeout = duration(key, v)?,
+            "retention-messages" => self.retention_messages = positive(key, v)? as u64,
+            "retention-age" => self.retention_age = duration(key, v)?,
+            "dedupe-window" => self.dedupe_window = duration(key, v)?,
+            "publish-rate" => self.publish_rate = number(key, v)?,
+            "max-subscriptions" => self.max_subscriptions = positive(key, v)?,
+            "max-fragments" => self.max_fragments = positive(key, v)?,
+            "max-send-buffer-bytes" => self.max_send_buffer_bytes = positive(key, v)?,
+            "audience" => self.audience = Some(nonempty(key, v)?.to_string()),
+            "leeway" => self.leeway = duration(key, v)?,
+            "on-corrupt" => {
+                self.on_corrupt = match v {
+                    "fresh" => OnCorrupt::Fresh,
+                    "refuse" => OnCorrupt::Refuse,
+                    _ => return err(format!("--on-corrupt takes `fresh` or `refuse`, not {v:?}")),
+                }
+            }
+            "no-demo" => self.demo = !boolean(key, v)?,
+            "max-store-bytes" => self.max_store_bytes = positive(key, v)? as u64,
+            "tls-cert" => self.tls_cert = Some(PathBuf::from(nonempty(key, v)?)),
+            "tls-key" => self.tls_key = Some(PathBuf::from(nonempty(key, v)?)),
+            "echo" => self.echo = boolean(key, v)?,
+            _ => return err(format!("unknown setting `{key}`; `roostd serve --help` lists them all")),
+        }
+        Ok(())
+    }
+
+    /// True for settings that are switches (a flag without a value).
+    pub fn is_switch(key: &str) -> bool {
+        matches!(key, "no-demo" | "echo")
+    }
+
+    /// Applies a TOML config file. Unknown keys are errors: a typo must not
+    /// silently leave a limit at its default.
+    pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .or_else(|e| err(format!("{origin}: not valid TOML: {e}")))?;
+        for (name, value) in &table {
+            let key = name.replace('_', "-");
+            match (key.as_str(), value) {
+                ("keys", toml::Value::Array(items)) => {
+                    for item in items {
+                        self.keys.push(key_table(item, origin)?);
+                    }
+                }
+                ("retention", toml::Value::Array(items)) => {
+                    for item in items {
+                        self.retention.push(retention_table(item, self, origin)?);
+                    }
+                }
+                ("allowed-origin" | "allowed-origins", toml::Value::Array(items)) => {
+                    for item in items {
+                        let text = scalar(item).ok_or_else(|| {
+                            ConfigError(format!("{origin}: allowed_origin takes strings"))
+                        })?;
+                        self.set("allowed-origin", &text)?;
+                    }
+                }
+                (k, v) => {
+                    let text = scalar(v).ok_or_else(|| {
+                        ConfigError(format!("{origin}: `{name}` must be a string, number or boolean"))
+                    })?;
+                    let k = if k == "allowed-origins" { "allowed-origin" } else { k };
+                    self.set(k, &text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks relations between settings once everything is applied.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.max_send_buffer_bytes < 2 * self.max_message_bytes {
+            return err(format!(
+                "max-send-buffer-bytes ({}) must be at least twice max-message-bytes ({}); raise it or lower the message limit",
+                self.max_send_buffer_bytes, self.max_message_bytes
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return err("--tls-cert and --tls-key go together; give both or neither");
+        }
+        if self.max_store_bytes > usize::MAX as u64 / 2 {
+            return err(format!(
+                "max-store-bytes {} does not fit this machine's address space; use at most {}",
+                self.max_store_bytes,
+                usize::MAX / 2
+            ));
+        }
+        Ok(())
+    }
+
+    /// Retention for one channel: the first matching `[[retention]]` rule, else the defaults.
+    pub fn retention_for(&self, channel: &str) -> (u64, Duration) {
+        for rule in &self.retention {
+            if pattern_matches(&rule.pattern, channel) {
+                return (rule.messages, rule.age);
+            }
+        }
+        (self.retention_messages, self.retention_age)
+    }
+}
+
+/// The channel-pattern rule of the contract: exact, `prefix*`, or `*`.
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
+    }
+}
+
+fn scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn key_table(item: &toml::Value, origin: &str) -> Result<KeyFile, ConfigError> {
+    let t = item
+        .as_table()
+        .ok_or_else(|| ConfigError(format!("{origin}: [[keys]] entries are tables with id and secret_file")))?;
+    for k in t.keys() {
+        if k != "id" && k != "secret_file" {
+            return err(format!("{origin}: [[keys]] has no setting `{k}` (only id and secret_file)"));
+        }
+    }
+    let id = t.get("id").and_then(|v| v.as_str());
+    let file = t.get("secret_file").and_then(|v| v.as_str());
+    match (id, file) {
+        (Some(id), Some(file)) if !id.is_empty() && !file.is_empty() => Ok(KeyFile {
+            id: id.to_string(),
+            secret_file: PathBuf::from(file),
+        }),
+        _ => err(format!("{origin}: each [[keys]] needs id = \"...\" and secret_file = \"...\"")),
+    }
+}
+
+fn retention_table(item: &toml::Value, base: &Config, origin: &str) -> Result<RetentionRule, ConfigError> {
+    let t = item
+        .as_table()
+        .ok_or_else(|| ConfigError(format!("{origin}: [[retention]] entries are tables")))?;
+    let pattern = t
+        .get("pattern")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ConfigError(format!("{origin}: each [[retention]] needs pattern = \"...\"")))?;
+    let mut rule = RetentionRule {
+        pattern: pattern.to_string(),
+        messages: base.retention_messages,
+        age: base.retention_age,
+    };
+    for (k, v) in t {
+        let text = scalar(v).unwrap_or_default();
+        match k.as_str() {
+            "pattern" => {}
+            "messages" => rule.messages = positive("retention.messages", &text)? as u64,
+            "age" => rule.age = duration("retention.age", &text)?,
+            _ => return err(format!("{origin}: [[retention]] has no setting `{k}` (pattern, messages, age)")),
+        }
+    }
+    Ok(rule)
+}
+
+fn nonempty<'a>(key: &str, v: &'a str) -> Result<&'a str, ConfigError> {
+    if v.is_empty() {
+        return err(format!("--{key} needs a value"));
+    }
+    Ok(v)
+}
+
+fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .replace('_', "")
+        .parse()
+        .or_else(|_| err(format!("--{key} takes a whole number, not {v:?}")))
+}
+
+fn positive(key: &str, v: &str) -> Result<usize, ConfigError> {
+    let n: usize = number(key, v)?;
+    if n == 0 {
+        return err(format!("--{key} must be at least 1"));
+    }
+    Ok(n)
+}
+
+fn boolean(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "true" | "" => Ok(true),
+        "false" => Ok(false),
+        _ => err(format!("--{key} is a switch: true or false, not {v:?}")),
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h`, `7d` (a bare number is seconds).
+pub fn duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = match digits.parse() {
+        Ok(n) => n,
+        Err(_) => return err(format!("--{key} takes a duration like 500ms, 10s, 5m or 7d, not {v:?}")),
+    };
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return err(format!("--{key}: unknown unit {unit:?} in {v:?}; use ms, s, m, h or d")),
+    };
+    match ms {
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => err(format!("--{key}: {v:?} is too long")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("x", "500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("x", "10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("x", "10"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("x", "5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("x", "7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(duration("x", "7w").is_err());
+        assert!(duration("x", "s").is_err());
+        assert!(duration("x", "-1s").is_err());
+    }
+
+    #[test]
+    fn flags_and_file_share_one_path() {
+        let mut c = Config::default();
+        c.apply_toml(
+            r#"
+            listen = "0.0.0.0:9000"
+            max_message_bytes = 1024
+            ping_interval = "5s"
+            no_demo = true
+            allowed_origin = ["http://a.example", "http://b.example/"]
+            [[keys]]
+            id = "k1"
+            secret_file = "/etc/k1"
+            [[retention]]
+            pattern = "sensor:*"
+            messages = 50
+            "#,
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_message_bytes, 1024);
+        assert_eq!(c.ping_interval, Duration::from_secs(5));
+        assert!(!c.demo);
+        assert_eq!(c.allowed_origins, vec!["http://a.example", "http://b.example"]);
+        assert_eq!(c.keys[0].id, "k1");
+        assert_eq!(c.retention_for("sensor:1"), (50, c.retention_age));
+        assert_eq!(c.retention_for("room:1"), (10_000, c.retention_age));
+        // A flag applied after the file wins.
+        c.set("max-message-bytes", "2048").unwrap();
+        assert_eq!(c.max_message_bytes, 2048);
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_do() {
+        let mut c = Config::default();
+        let e = c.apply_toml("max_mesage_bytes = 5", "f.toml").unwrap_err();
+        assert!(e.0.contains("unknown setting `max-mesage-bytes`"), "{e}");
+        assert!(c.set("listen", "localhost").unwrap_err().0.contains("127.0.0.1:8080"));
+        assert!(c.set("max-subscriptions", "0").is_err());
+        assert!(c.apply_toml("listen = [", "f.toml").unwrap_err().0.contains("not valid TOML"));
+        c.set("max-message-bytes", "1000000").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("max-send-buffer-bytes"));
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("room:*", "room:1"));
+        assert!(!pattern_matches("room:*", "roomx"));
+        assert!(pattern_matches("room:1", "room:1"));
+        assert!(!pattern_matches("room:1", "room:10"));
+    }
+}

@@ -1,0 +1,490 @@
+//! One client connection: the transport state machine, from the first byte
+//! of the request head to the last byte of the close handshake.
+//!
+//! ```text
+//!   Head ──refuse──▶ Responding ──▶ Draining ──▶ Closed
+//!     │
+//!     └──upgrade──▶ Open ──close/fail──▶ Closing ──▶ Closed
+//! ```
+//!
+//! Heads up, RFC 6455: §4.2 (the server's handshake answer, written here as
+//! raw bytes before tungstenite takes the socket), §5.5.1 (after sending a
+//! Close, keep reading until the peer's Close), §7.1.1 (the server closes
+//! the TCP connection first), §7.4.1 (the codes: 1002 protocol, 1007 bad
+//! UTF-8, 1009 too big).
+//!
+//! Output is queued here, not in tungstenite: the queue is what the
+//! send-buffer limit counts, and tungstenite is handed at most one burst at
+//! a time. Everything queued — and the Close frame last — is flushed before
+//! the socket is dropped; a peer that stops reading is dropped at a deadline.
+//! This is the only module that knows tungstenite.
+
+use std::collections::VecDeque;
+use std::io::{self, Read as _, Write as _};
+use std::net::{IpAddr, Shutdown};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
+
+use crate::http::{self, Head, HeadError};
+
+/// Bytes handed to tungstenite per flush round: bounds its buffer.
+pub const BURST: usize = 64 * 1024;
+/// How long a peer has to answer our Close, or to read a refusal.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Head,
+    /// Writing a plain HTTP response; the connection ends after it.
+    Responding,
+    /// Response written and our side shut down; reading until the peer
+    /// closes, so the response is not lost to a TCP reset.
+    Draining,
+    /// WebSocket open.
+    Open,
+    /// Our Close is queued or sent; waiting for the peer's.
+    Closing,
+    /// Nothing left to do: drop it.
+    Closed,
+}
+
+/// What reading the head gave.
+pub enum HeadStatus {
+    /// Need more bytes.
+    Pending,
+    Ready(Head),
+    /// Refuse with this status and error code.
+    Refuse(u16, &'static str),
+    /// The peer went away.
+    Gone,
+}
+
+/// What reading a WebSocket message gave.
+pub enum Incoming {
+    Text(Utf8Bytes),
+    Binary(tungstenite::Bytes),
+    /// A control frame was handled, or a read was interrupted: read again.
+    Again,
+    /// Nothing more to read now.
+    WouldBlock,
+    /// The connection is closing or closed; stop reading.
+    Finished,
+}
+
+/// What a deadline that passed asks the server to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    Nothing,
+    /// The token expired: close with 4001.
+    TokenExpired,
+    /// Too slow (head, pong, close): drop without ceremony.
+    Drop,
+}
+
+enum Io {
+    Raw(TcpStream),
+    Ws(Box<WebSocket<TcpStream>>),
+    /// Only between taking the socket out of `Raw` and into `Ws`.
+    Moving,
+}
+
+/// Close codes the server sends, by name.
+pub mod code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const BAD_UTF8: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const SLOW: u16 = 1013;
+    pub const TOKEN_EXPIRED: u16 = 4001;
+}
+
+pub struct Conn {
+    io: Io,
+    phase: Phase,
+    pub peer: IpAddr,
+    /// Request head bytes, until upgrade.
+    head: Vec<u8>,
+    /// Raw bytes to write before anything else (an HTTP response or the 101).
+    raw: Vec<u8>,
+    raw_pos: usize,
+    queue: VecDeque<Message>,
+    queued_bytes: usize,
+    /// tungstenite holds bytes it could not write yet.
+    unflushed: bool,
+    /// Close frame to send once the queue is empty.
+    close_after: Option<CloseFrame>,
+    /// Drop once everything is flushed (a failed connection: no reply awaited).
+    drop_after_flush: bool,
+    // Deadlines.
+    deadline_head: Option<Instant>,
+    deadline_close: Option<Instant>,
+    expires: Option<Instant>,
+    ping_every: Duration,
+    pong_within: Duration,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, peer: IpAddr, now: Instant, handshake_timeout: Duration) -> Conn {
+        Conn {
+            io: Io::Raw(sock),
+            phase: Phase::Head,
+            peer,
+            head: Vec::new(),
+            raw: Vec::new(),
+            raw_pos: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            unflushed: false,
+            close_after: None,
+            drop_after_flush: false,
+            deadline_head: Some(now + handshake_timeout),
+            deadline_close: None,
+            expires: None,
+            ping_every: Duration::MAX,
+            pong_within: Duration::MAX,
+            last_heard: now,
+            ping_sent: None,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn socket(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.io {
+            Io::Raw(s) => Some(s),
+            Io::Ws(ws) => Some(ws.get_mut()),
+            Io::Moving => None,
+        }
+    }
+
+    /// Reads until the request head is complete, the limit is passed, or
+    /// the socket has nothing more.
+    pub fn read_head(&mut self, max_bytes: usize) -> HeadStatus {
+        let Io::Raw(sock) = &mut self.io else { return HeadStatus::Gone };
+        let mut chunk = [0u8; 2048];
+        loop {
+            match sock.read(&mut chunk) {
+                Ok(0) => return HeadStatus::Gone,
+                Ok(n) => self.head.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return HeadStatus::Gone,
+            }
+            // Parse as bytes arrive, so an oversize head is refused without
+            // buffering more than the limit and a bit.
+            if self.head.len() > max_bytes || self.head.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        match http::parse_head(&self.head, max_bytes) {
+            Ok(None) => HeadStatus::Pending,
+            Ok(Some(head)) => HeadStatus::Ready(head),
+            Err(HeadError::TooLarge) => HeadStatus::Refuse(431, "headers_too_large"),
+            Err(HeadError::Malformed) => HeadStatus::Refuse(400, "bad_request"),
+        }
+    }
+
+    /// Answers with a plain HTTP response and ends the connection after it.
+    pub fn refuse(&mut self, response: Vec<u8>, now: Instant) {
+        self.raw = response;
+        self.raw_pos = 0;
+        self.head = Vec::new();
+        self.phase = Phase::Responding;
+        self.deadline_head = None;
+        self.deadline_close = Some(now + CLOSE_GRACE);
+    }
+
+    /// Switches to WebSocket: queues the 101 answer, hands the socket and
+    /// any bytes read past the head to tungstenite.
+    pub fn upgrade(&mut self, answer: Vec<u8>, head_len: usize, config: WebSocketConfig, now: Instant) {
+        let leftover = self.head.split_off(head_len.min(self.head.len()));
+        self.head = Vec::new();
+        self.raw = answer;
+        self.raw_pos = 0;
+        let Io::Raw(sock) = std::mem::replace(&mut self.io, Io::Moving) else {
+            self.phase = Phase::Closed;
+            return;
+        };
+        self.io = Io::Ws(Box::new(WebSocket::from_partially_read(sock, leftover, Role::Server, Some(config))));
+        self.phase = Phase::Open;
+        self.deadline_head = None;
+        self.last_heard = now;
+    }
+
+    /// Sets the liveness timers and the token's expiry.
+    pub fn set_timers(&mut self, ping_every: Duration, pong_within: Duration, expires: Option<Instant>) {
+        self.ping_every = ping_every;
+        self.pong_within = pong_within;
+        self.expires = expires;
+    }
+
+    /// Reads the next WebSocket message. Protocol errors close the connection
+    /// with the right code here; the caller just stops on `Finished`.
+    pub fn read_message(&mut self, now: Instant) -> Incoming {
+        // The 101 must reach the wire before anything tungstenite writes
+        // (a pong, say) — and so before it reads.
+        if self.raw_pos < self.raw.len() || !matches!(self.phase, Phase::Open | Phase::Closing) {
+            return Incoming::WouldBlock;
+        }
+        let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
+        let res = ws.read();
+        if res.is_ok() {
+            self.last_heard = now;
+            self.ping_sent = None;
+        }
+        match res {
+            Ok(Message::Text(t)) if self.phase == Phase::Open => Incoming::Text(t),
+            Ok(Message::Binary(b)) if self.phase == Phase::Open => Incoming::Binary(b),
+            Ok(Message::Close(_)) => {
+                // tungstenite queued the reply; flushing it ends the connection.
+                self.phase = Phase::Closing;
+                self.queue.clear();
+                self.queued_bytes = 0;
+                self.close_after = None;
+                self.deadline_close.get_or_insert(now + CLOSE_GRACE);
+                Incoming::Finished
+            }
+            Ok(_) => Incoming::Again,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Incoming::WouldBlock,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Incoming::Again,
+            Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake))
+            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
+            | Err(tungstenite::Error::Io(_)) => {
+                self.phase = Phase::Closed;
+                Incoming::Finished
+            }
+            Err(tungstenite::Error::Capacity(_)) => self.fail(code::TOO_BIG, "message too big", now),
+            Err(tungstenite::Error::Utf8(_)) => self.fail(code::BAD_UTF8, "invalid UTF-8", now),
+            Err(_) => self.fail(code::PROTOCOL, "protocol error", now),
+        }
+    }
+
+    /// Fails the WebSocket connection (RFC 6455 §7.1.7): a Close with
+    /// `code`, flushed, then the socket is dropped.
+    fn fail(&mut self, code: u16, reason: &'static str, now: Instant) -> Incoming {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.close(code, reason, now);
+        self.drop_after_flush = true;
+        Incoming::Finished
+    }
+
+    /// Queues a text message. Returns false when the send buffer limit is
+    /// passed (the caller closes with 1013).
+    pub fn send(&mut self, text: Utf8Bytes, limit: usize) -> bool {
+        if self.phase != Phase::Open || self.close_after.is_some() {
+            return true;
+        }
+        self.queued_bytes += text.len();
+        self.queue.push_back(Message::Text(text));
+        self.queued_bytes <= limit
+    }
+
+    /// Queues a message as it came (echo mode).
+    pub fn send_raw(&mut self, msg: Message) {
+        if self.phase == Phase::Open && self.close_after.is_none() {
+            self.queued_bytes += msg.len();
+            self.queue.push_back(msg);
+        }
+    }
+
+    /// Bytes queued and not yet handed to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Starts the closing handshake after what is queued. A slow consumer's
+    /// queue is dropped by the caller first (`discard_queue`).
+    pub fn close(&mut self, code: u16, reason: &'static str, now: Instant) {
+        if self.phase != Phase::Open {
+            if matches!(self.phase, Phase::Head | Phase::Responding | Phase::Draining) {
+                self.phase = Phase::Closed;
+            }
+            return;
+        }
+        self.close_after = Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) });
+        self.phase = Phase::Closing;
+        self.deadline_close = Some(now + CLOSE_GRACE);
+    }
+
+    pub fn discard_queue(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+    }
+
+    /// Writes what is pending until done or the socket is full.
+    pub fn flush(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        while self.raw_pos < self.raw.len() {
+            match self.socket_write_raw() {
+                Ok(0) => return self.phase = Phase::Closed,
+                Ok(n) => self.raw_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.phase = Phase::Closed,
+            }
+        }
+        if !self.raw.is_empty() {
+            self.raw = Vec::new();
+            self.raw_pos = 0;
+        }
+        match self.phase {
+            Phase::Responding => {
+                if let Some(s) = self.socket() {
+                    let _ = s.shutdown(Shutdown::Write);
+                }
+                self.phase = Phase::Draining;
+                self.drain();
+            }
+            Phase::Open | Phase::Closing => self.flush_ws(),
+            _ => {}
+        }
+    }
+
+    fn socket_write_raw(&mut self) -> io::Result<usize> {
+        let (raw, pos) = (&self.raw, self.raw_pos);
+        match &mut self.io {
+            Io::Raw(s) => s.write(&raw[pos..]),
+            Io::Ws(ws) => ws.get_mut().write(&raw[pos..]),
+            Io::Moving => Ok(0),
+        }
+    }
+
+    fn flush_ws(&mut self) {
+        let Io::Ws(ws) = &mut self.io else { return };
+        loop {
+            if !self.unflushed {
+                let mut burst = 0;
+                while burst < BURST {
+                    let Some(msg) = self.queue.pop_front() else { break };
+                    let len = msg.len();
+                    self.queued_bytes -= len;
+                    burst += len;
+                    match ws.write(msg) {
+                        Ok(()) => {}
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // The frame stays in tungstenite's buffer.
+                            self.unflushed = true;
+                            return;
+                        }
+                        Err(_) => return self.phase = Phase::Closed,
+                    }
+                }
+                if self.queue.is_empty() {
+                    if let Some(frame) = self.close_after.take() {
+                        match ws.close(Some(frame)) {
+                            Ok(()) => {}
+                            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.unflushed = true;
+                                return;
+                            }
+                            Err(_) => return self.phase = Phase::Closed,
+                        }
+                    }
+                }
+            }
+            match ws.flush() {
+                Ok(()) => self.unflushed = false,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.unflushed = true;
+                    return;
+                }
+                Err(_) => return self.phase = Phase::Closed,
+            }
+            if self.queue.is_empty() && self.close_after.is_none() {
+                break;
+            }
+        }
+        if self.drop_after_flush && self.phase == Phase::Closing {
+            // We failed the connection: the Close is on the wire; we close
+            // the TCP connection first (RFC 6455 §7.1.1).
+            let _ = ws.get_mut().shutdown(Shutdown::Write);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// After a refusal: read and discard until the peer closes.
+    pub fn drain(&mut self) {
+        let mut sink = [0u8; 1024];
+        let Some(sock) = self.socket() else { return };
+        loop {
+            match sock.read(&mut sink) {
+                Ok(0) => return self.phase = Phase::Closed,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.phase = Phase::Closed,
+            }
+        }
+    }
+
+    /// True while output waits for the socket to become writable.
+    pub fn wants_write(&self) -> bool {
+        self.raw_pos < self.raw.len() || self.unflushed || !self.queue.is_empty() || self.close_after.is_some()
+    }
+
+    /// The next moment `tick` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let liveness = match self.phase {
+            Phase::Open => Some(match self.ping_sent {
+                Some(at) => at.checked_add(self.pong_within).unwrap_or(far_future(at)),
+                None => self.last_heard.checked_add(self.ping_every).unwrap_or(far_future(self.last_heard)),
+            }),
+            _ => None,
+        };
+        [self.deadline_head, self.deadline_close, self.expires, liveness].into_iter().flatten().min()
+    }
+
+    /// Acts on the deadlines that have passed.
+    pub fn tick(&mut self, now: Instant) -> Tick {
+        if self.deadline_head.is_some_and(|d| d <= now) || self.deadline_close.is_some_and(|d| d <= now) {
+            self.phase = Phase::Closed;
+            return Tick::Drop;
+        }
+        if self.phase != Phase::Open {
+            return Tick::Nothing;
+        }
+        if self.expires.is_some_and(|d| d <= now) {
+            self.expires = None;
+            return Tick::TokenExpired;
+        }
+        match self.ping_sent {
+            Some(at) if now.saturating_duration_since(at) >= self.pong_within => {
+                // A half-open peer: nothing we send would arrive.
+                self.phase = Phase::Closed;
+                Tick::Drop
+            }
+            None if now.saturating_duration_since(self.last_heard) >= self.ping_every => {
+                self.ping_sent = Some(now);
+                if let Io::Ws(ws) = &mut self.io {
+                    match ws.write(Message::Ping(tungstenite::Bytes::new())) {
+                        Ok(()) => {}
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => self.phase = Phase::Closed,
+                    }
+                    self.unflushed = true;
+                }
+                Tick::Nothing
+            }
+            _ => Tick::Nothing,
+        }
+    }
+}
+
+fn far_future(from: Instant) -> Instant {
+    from + Duration::from_secs(86400 * 365)
+}

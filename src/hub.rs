@@ -1,0 +1,335 @@
+//! The sync protocol: subscriptions, cursors, permissions, replay and
+//! fan-out. No sockets, no clock, no writes: the server feeds it requests,
+//! commit results and the current time, and carries out what it answers.
+//!
+//! The one idea that makes resume exact is the **cursor**: for every
+//! subscription the hub remembers `next`, the seq this connection must see
+//! next on that channel. A subscription is either *replaying* (reading the
+//! store from `next` in bounded batches, when the connection has room) or
+//! *live* (taking committed messages as they are fanned out). A live
+//! delivery is made only when its seq equals `next`, so a message that
+//! replay already sent is never sent twice, and a message that arrives while
+//! replay is behind is simply read from the store later: no gap, no
+//! duplicate, whatever order the store and the commit results are seen in.
+//!
+//! Reads go to the store directly (`&Store` as a context parameter): LMDB
+//! reads are short, never block on the writer, and keeping them here keeps
+//! the replay logic in one place. Tests use a real store in a temp folder.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::auth::Claims;
+use crate::store::{Append, ChannelInfo, Record, Store, MAX_DEDUPE_SUB_BYTES};
+use crate::wire::{self, ErrCode, HistReply, Msg, Request, Seq};
+
+/// A connection, as the hub knows it: the server's token for it.
+pub type ConnId = usize;
+
+/// Messages read from the store per replay step of one subscription.
+const REPLAY_BATCH: usize = 256;
+
+/// The limits the hub enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_subscriptions: usize,
+    /// Publishes per second per connection (burst 2×); 0 = unlimited.
+    pub publish_rate: u32,
+    /// Largest `hist` reply; past it `more` is set and the client pages on.
+    pub max_reply_bytes: usize,
+}
+
+/// What the server must do for one request.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send this text to the connection.
+    Reply(String),
+    /// Commit this message, then ack with `id` (JSON text) and fan it out.
+    Publish { append: Append, id: Option<String> },
+    /// Close the connection with this code (1008 for sustained abuse).
+    Close(u16, &'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    /// The seq this connection sees next on this channel.
+    next: Seq,
+    live: bool,
+}
+
+/// Token bucket for the publish rate.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    refused: u32,
+}
+
+struct Peer {
+    claims: Claims,
+    subs: HashMap<Box<str>, Cursor>,
+    bucket: Bucket,
+}
+
+pub struct Hub {
+    epoch: String,
+    limits: Limits,
+    peers: HashMap<ConnId, Peer>,
+    /// Live and replaying subscribers of each channel.
+    channels: HashMap<Box<str>, Vec<ConnId>>,
+    /// Connections with at least one replaying subscription.
+    replaying: BTreeSet<ConnId>,
+}
+
+impl Hub {
+    pub fn new(epoch: &str, limits: Limits) -> Hub {
+        Hub {
+            epoch: epoch.to_string(),
+            limits,
+            peers: HashMap::new(),
+            channels: HashMap::new(),
+            replaying: BTreeSet::new(),
+        }
+    }
+
+    /// A connection passed authentication.
+    pub fn join(&mut self, conn: ConnId, claims: Claims, now: Instant) {
+        let tokens = 2.0 * self.limits.publish_rate as f64;
+        let bucket = Bucket { tokens, at: now, refused: 0 };
+        self.peers.insert(conn, Peer { claims, subs: HashMap::new(), bucket });
+    }
+
+    /// A connection is gone: forget its subscriptions.
+    pub fn leave(&mut self, conn: ConnId) {
+        if let Some(peer) = self.peers.remove(&conn) {
+            for ch in peer.subs.keys() {
+                self.drop_subscriber(ch, conn);
+            }
+        }
+        self.replaying.remove(&conn);
+    }
+
+    /// Subscriptions held now, over all connections.
+    pub fn subscription_count(&self) -> usize {
+        self.peers.values().map(|p| p.subs.len()).sum()
+    }
+
+    fn drop_subscriber(&mut self, ch: &str, conn: ConnId) {
+        if let Some(list) = self.channels.get_mut(ch) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.channels.remove(ch);
+            }
+        }
+    }
+
+    /// Handles one text frame from `conn`, pushing what to do into `out`.
+    pub fn handle(&mut self, conn: ConnId, text: &str, now: Instant, store: &Store, out: &mut Vec<Action>) {
+        let frame = match wire::parse(text) {
+            Ok(f) => f,
+            Err(e) => return out.push(Action::Reply(wire::err(e.code, e.msg, e.id))),
+        };
+        let id = frame.id;
+        let reply_err = |out: &mut Vec<Action>, code, msg| out.push(Action::Reply(wire::err(code, msg, id)));
+        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        match frame.req {
+            Request::Sub { ch, since, epoch } => {
+                if !peer.claims.read.allows(ch) {
+                    return reply_err(out, ErrCode::Forbidden, "this token may not read that channel");
+                }
+                let resub = peer.subs.contains_key(ch);
+                if !resub && peer.subs.len() >= self.limits.max_subscriptions {
+                    return reply_err(out, ErrCode::TooManySubscriptions, "unsubscribe from a channel first");
+                }
+                let info = match store.channel(ch) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        log::warn!("reading channel state failed: {e}");
+                        return reply_err(out, ErrCode::Unavailable, "the store cannot be read; try again");
+                    }
+                };
+                let (cursor, gap) = start_cursor(info, since, epoch.as_deref(), &self.epoch);
+                out.push(Action::Reply(wire::subok(ch, info.last, &self.epoch, gap, id)));
+                peer.subs.insert(ch.into(), cursor);
+                if !resub {
+                    self.channels.entry(ch.into()).or_default().push(conn);
+                }
+                if !cursor.live {
+                    self.replaying.insert(conn);
+                }
+            }
+            Request::Unsub { ch } => {
+                if peer.subs.remove(ch).is_some() {
+                    self.drop_subscriber(ch, conn);
+                }
+                out.push(Action::Reply(wire::unsubok(ch, id)));
+            }
+            Request::Pub { ch, data } => {
+                if !peer.claims.write.allows(ch) {
+                    return reply_err(out, ErrCode::Forbidden, "this token may not publish to that channel");
+                }
+                if id.is_some() && peer.claims.sub.len() > MAX_DEDUPE_SUB_BYTES {
+                    return reply_err(out, ErrCode::BadRequest, "a token whose sub is over 381 bytes cannot publish with an id");
+                }
+                if !peer.bucket.take(now, self.limits.publish_rate) {
+                    if peer.bucket.refused > 2 * self.limits.publish_rate.max(1) {
+                        out.push(Action::Close(1008, "publish rate exceeded"));
+                        return;
+                    }
+                    return reply_err(out, ErrCode::RateLimited, "too many publishes; slow down");
+                }
+                let append = Append {
+                    ch: ch.to_string(),
+                    from: peer.claims.sub.clone(),
+                    data: data.to_string(),
+                    id: id.map(str::to_string),
+                };
+                out.push(Action::Publish { append, id: id.map(str::to_string) });
+            }
+            Request::Hist { ch, since, limit } => {
+                if !peer.claims.read.allows(ch) {
+                    return reply_err(out, ErrCode::Forbidden, "this token may not read that channel");
+                }
+                match history(store, ch, since, limit as usize, self.limits.max_reply_bytes, id) {
+                    Ok(text) => out.push(Action::Reply(text)),
+                    Err(e) => {
+                        log::warn!("reading history failed: {e}");
+                        reply_err(out, ErrCode::Unavailable, "the store cannot be read; try again")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message was committed: pushes the connections that must receive it
+    /// now into `to`. Replaying subscribers read it from the store later.
+    pub fn committed(&mut self, ch: &str, seq: Seq, to: &mut Vec<ConnId>) {
+        let Some(list) = self.channels.get(ch) else { return };
+        for &conn in list {
+            let Some(cursor) = self.peers.get_mut(&conn).and_then(|p| p.subs.get_mut(ch)) else { continue };
+            if !cursor.live || seq < cursor.next {
+                continue;
+            }
+            if seq == cursor.next {
+                cursor.next += 1;
+                to.push(conn);
+            } else {
+                // A hole between what was sent and this message: read it
+                // from the store rather than skip it.
+                cursor.live = false;
+                self.replaying.insert(conn);
+            }
+        }
+    }
+
+    /// Connections with replay work left.
+    pub fn replaying(&self) -> Vec<ConnId> {
+        self.replaying.iter().copied().collect()
+    }
+
+    /// Replays stored messages to `conn`, at most `room` bytes, into `out`.
+    /// A subscription that reaches the end of its channel becomes live.
+    pub fn pump(&mut self, conn: ConnId, store: &Store, room: usize, out: &mut Vec<String>) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            self.replaying.remove(&conn);
+            return;
+        };
+        let mut used = 0;
+        let mut pending = false;
+        for (ch, cursor) in peer.subs.iter_mut().filter(|(_, c)| !c.live) {
+            if used >= room {
+                pending = true;
+                break;
+            }
+            let mut read = 0;
+            let mut next = cursor.next;
+            let res = store.read(ch, next - 1, REPLAY_BATCH, |r: Record<'_>| {
+                let text = wire::msg(&Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
+                used += text.len();
+                out.push(text);
+                read += 1;
+                next = r.seq + 1;
+                used < room
+            });
+            match res {
+                Ok(info) => {
+                    cursor.next = next;
+                    if read < REPLAY_BATCH && used < room {
+                        // Reached the end of what is stored. Anything committed
+                        // later is fanned out live; `next` guards against the
+                        // commits this read already saw.
+                        cursor.live = true;
+                        cursor.next = cursor.next.max(info.last + 1);
+                    } else {
+                        pending = true;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("replay read failed: {e}");
+                    pending = true;
+                }
+            }
+        }
+        if !pending {
+            self.replaying.remove(&conn);
+        }
+    }
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let cap = 2.0 * rate as f64;
+        let elapsed = now.saturating_duration_since(self.at).min(Duration::from_secs(60));
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * rate as f64).min(cap);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+}
+
+/// Where a new subscription starts, and whether the client missed messages
+/// it cannot get back (spec §4: other epoch, trimmed, or `since` past the end).
+fn start_cursor(info: ChannelInfo, since: Option<Seq>, epoch: Option<&str>, ours: &str) -> (Cursor, bool) {
+    let replay_from = |next: Seq, gap| (Cursor { next, live: next > info.last }, gap);
+    match since {
+        None => (Cursor { next: info.last + 1, live: true }, false),
+        Some(0) => replay_from(info.first, info.first > 1),
+        Some(s) if epoch != Some(ours) || s > info.last => replay_from(info.first, true),
+        Some(s) if s + 1 < info.first => replay_from(info.first, true),
+        Some(s) => replay_from(s + 1, false),
+    }
+}
+
+/// Builds a `hist` reply: messages after `since`, at most `limit` and about
+/// `max_bytes`.
+pub fn history(
+    store: &Store,
+    ch: &str,
+    since: Seq,
+    limit: usize,
+    max_bytes: usize,
+    id: Option<&str>,
+) -> Result<String, crate::store::StoreError> {
+    let mut reply = HistReply::new(ch);
+    let mut last_sent = since;
+    let info = store.read(ch, since, limit, |r| {
+        reply.push(&Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
+        last_sent = r.seq;
+        reply.len() < max_bytes
+    })?;
+    let more = last_sent < info.last;
+    let gap = since + 1 < info.first || since > info.last;
+    Ok(reply.finish(more, gap, id))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,35 @@
+//! roostd: a WebSocket message and sync server with durable LMDB history.
+//!
+//! # Layout
+//!
+//! Read in this order; each module's own docs say why it is shaped so.
+//!
+//! - [`config`]: every knob and limit, validated once.
+//! - [`auth`]: JWT HS256 tokens, verified by hand; channel patterns.
+//! - [`wire`]: the JSON messages, parsed and emitted. Pure.
+//! - [`store`]: LMDB through heed: channels, messages, dedupe, retention.
+//! - [`writer`]: the writer thread: group commit off the event loop.
+//! - [`hub`]: the sync protocol: subscriptions, cursors, replay, fan-out. Sans-I/O.
+//! - [`http`]: request heads, upgrade checks, plain responses. Pure.
+//! - [`conn`]: one connection's transport state machine (the only tungstenite user).
+//! - [`server`]: the mio event loop that connects them.
+//! - [`logger`]: a small stderr logger.
+//!
+//! # Invariants
+//!
+//! - A message is acked or delivered only after the LMDB transaction that
+//!   holds it has committed.
+//! - One thread owns every socket; the writer thread owns every write transaction.
+//! - Every buffer and queue has a configured bound.
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod hub;
+pub mod logger;
+pub mod server;
+pub mod store;
+pub mod wire;
+pub mod writer;

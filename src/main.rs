@@ -1,0 +1,372 @@
+//! The `roostd` binary: parse the command line, find the keys, open the
+//! store, run the server, and turn every failure into an exit code with a
+//! one-line reason (0 clean stop, 1 runtime failure, 2 bad configuration or
+//! usage). The only place that reads argv, the environment and key files.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use roostd::auth::{self, Key, KeyRing, Verifier};
+use roostd::config::{self, Config, OnCorrupt, SETTINGS};
+use roostd::logger;
+use roostd::server::{self, Server};
+use roostd::store::{self, Store, StoreError};
+
+/// Shortest secret accepted: HS256 keys shorter than the hash are weak.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// A failure with its exit code and the line that explains it.
+struct Fail(u8, String);
+
+fn usage<T>(msg: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail(2, msg.into()))
+}
+
+fn main() -> ExitCode {
+    logger::init(logger::parse_level(std::env::var("RUST_LOG").ok().as_deref()));
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("roostd: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: Vec<OsString>) -> Result<(), Fail> {
+    let mut args = args.into_iter();
+    let Some(cmd) = args.next() else {
+        print!("{}", top_help());
+        return usage("no command given; try `roostd serve`");
+    };
+    let rest: Vec<OsString> = args.collect();
+    match cmd.to_str() {
+        Some("serve") => serve(rest),
+        Some("token") => token(rest),
+        Some("backup") => backup(rest),
+        Some("cert") => usage("`roostd cert` is not in this build yet; make a certificate with openssl for now"),
+        Some("-h" | "--help" | "help") => {
+            print!("{}", top_help());
+            Ok(())
+        }
+        Some("-V" | "--version") => {
+            println!("roostd {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        _ => usage(format!("unknown command {cmd:?}; the commands are serve, token, backup (see roostd --help)")),
+    }
+}
+
+fn top_help() -> String {
+    format!(
+        "roostd {} — a WebSocket message and sync server with durable history\n\n\
+         Usage:\n  roostd serve [FLAGS]        run the server (roostd serve --help)\n  \
+         roostd token --sub NAME ... print a token signed with the server's key\n  \
+         roostd backup FILE          write a consistent, compacted copy of the store\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn serve_help() -> String {
+    let mut out = String::from(
+        "Usage: roostd serve [--config FILE] [FLAGS]\n\nEvery flag may also be set in the TOML file given with --config\n\
+         (same name, with _ for -); flags win over the file.\n\n",
+    );
+    for s in SETTINGS {
+        let flag = if s.value.is_empty() { format!("--{}", s.key) } else { format!("--{} {}", s.key, s.value) };
+        out.push_str(&format!("  {flag:<34} {} [default: {}]\n", s.help, s.default));
+    }
+    out.push_str("\nDurations: 500ms, 10s, 5m, 2h, 7d. Sizes in bytes. RUST_LOG sets the log level (default info).\n");
+    out
+}
+
+/// Reads `--config FILE` and every setting flag, file first, flags after.
+/// Flags not settings (`extra`) are handed back for the command to use.
+fn load_config(args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(String, String)>), Fail> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut others = Vec::new();
+    let mut file = None;
+    loop {
+        let arg = match parser.next() {
+            Ok(Some(a)) => a,
+            Ok(None) => break,
+            Err(e) => return usage(e.to_string()),
+        };
+        match arg {
+            lexopt::Arg::Long("config") => file = Some(PathBuf::from(value(&mut parser, "config")?)),
+            lexopt::Arg::Long("help") | lexopt::Arg::Short('h') => {
+                return Err(Fail(0, String::new()));
+            }
+            lexopt::Arg::Long(name) if Config::is_switch(name) => flags.push((name.to_string(), "true".into())),
+            lexopt::Arg::Long(name) if SETTINGS.iter().any(|s| s.key == name) => {
+                let name = name.to_string();
+                let v = value(&mut parser, &name)?;
+                flags.push((name, v));
+            }
+            lexopt::Arg::Long(name) if extra.contains(&name) => {
+                let name = name.to_string();
+                let v = value(&mut parser, &name)?;
+                others.push((name, v));
+            }
+            lexopt::Arg::Value(v) if extra.contains(&"") => others.push((String::new(), v.to_string_lossy().into())),
+            other => return usage(format!("{}; see --help", other.unexpected())),
+        }
+    }
+    let mut cfg = Config::default();
+    if let Some(path) = file {
+        let text = fs::read_to_string(&path)
+            .or_else(|e| usage(format!("cannot read the config file {}: {e}", path.display())))?;
+        cfg.apply_toml(&text, &path.display().to_string()).map_err(|e| Fail(2, e.0))?;
+    }
+    for (k, v) in &flags {
+        cfg.set(k, v).map_err(|e| Fail(2, e.0))?;
+    }
+    cfg.validate().map_err(|e| Fail(2, e.0))?;
+    Ok((cfg, others))
+}
+
+fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, Fail> {
+    match parser.value() {
+        Ok(v) => v.into_string().or_else(|_| usage(format!("--{name} must be valid UTF-8"))),
+        Err(_) => usage(format!("--{name} needs a value")),
+    }
+}
+
+/// How to find the signing keys (spec §6): `[[keys]]`, else `--secret-file`,
+/// else `$ROOSTD_SECRET`, else `<data>/secret` (generated by `serve` only).
+fn key_ring(cfg: &Config, may_generate: bool) -> Result<KeyRing, Fail> {
+    let check = |secret: Vec<u8>, whence: &str| -> Result<Vec<u8>, Fail> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return usage(format!(
+                "the secret from {whence} is {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ));
+        }
+        Ok(secret)
+    };
+    if !cfg.keys.is_empty() {
+        let mut keys = Vec::new();
+        for k in &cfg.keys {
+            let secret = read_secret(&k.secret_file)?;
+            keys.push(Key::new(Some(k.id.clone()), check(secret, &k.secret_file.display().to_string())?));
+        }
+        return Ok(KeyRing::new(keys));
+    }
+    if let Some(file) = &cfg.secret_file {
+        let secret = check(read_secret(file)?, &file.display().to_string())?;
+        return Ok(KeyRing::new(vec![Key::new(None, secret)]));
+    }
+    if let Some(env) = std::env::var_os("ROOSTD_SECRET") {
+        let secret = env.into_string().or_else(|_| usage("ROOSTD_SECRET must be valid UTF-8"))?;
+        return Ok(KeyRing::new(vec![Key::new(None, check(secret.into_bytes(), "ROOSTD_SECRET")?)]));
+    }
+    let path = cfg.data.join("secret");
+    if path.exists() {
+        let secret = check(read_secret(&path)?, &path.display().to_string())?;
+        return Ok(KeyRing::new(vec![Key::new(None, secret)]));
+    }
+    if !may_generate {
+        return usage(format!(
+            "no secret: {} does not exist; start `roostd serve` once (it creates one), or set ROOSTD_SECRET or --secret-file",
+            path.display()
+        ));
+    }
+    let secret = generate_secret(&path)?;
+    eprintln!(
+        "roostd: created a new secret in {}\nroostd: mint a first token with: roostd token --data {} --sub me --read '*' --write '*'",
+        path.display(),
+        cfg.data.display()
+    );
+    Ok(KeyRing::new(vec![Key::new(None, secret)]))
+}
+
+fn read_secret(path: &Path) -> Result<Vec<u8>, Fail> {
+    let text = fs::read(path).or_else(|e| usage(format!("cannot read the secret file {}: {e}", path.display())))?;
+    // Files written by `echo` end in a newline that is not part of the secret.
+    let end = text.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    Ok(text[..end].to_vec())
+}
+
+fn generate_secret(path: &Path) -> Result<Vec<u8>, Fail> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).or_else(|e| Err(Fail(1, format!("no randomness for a secret: {e}"))))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).or_else(|e| usage(format!("cannot create the data folder {}: {e}", dir.display())))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .or_else(|e| usage(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(hex.as_bytes())
+        .and_then(|_| f.sync_all())
+        .or_else(|e| usage(format!("cannot write {}: {e}", path.display())))?;
+    Ok(hex.into_bytes())
+}
+
+fn serve(args: Vec<OsString>) -> Result<(), Fail> {
+    let (cfg, _) = match load_config(args, &[]) {
+        Err(Fail(0, _)) => {
+            print!("{}", serve_help());
+            return Ok(());
+        }
+        other => other?,
+    };
+    if cfg.tls_cert.is_some() {
+        return usage("--tls-cert is not in this build yet; put a TLS reverse proxy in front for now");
+    }
+    if cfg.publish_hook.is_some() {
+        return usage("--publish-hook is not in this build yet");
+    }
+    fs::create_dir_all(&cfg.data)
+        .or_else(|e| usage(format!("cannot create the data folder {}: {e}; pass --data DIR", cfg.data.display())))?;
+    let keys = key_ring(&cfg, true)?;
+    let _owner = store::claim(&cfg.data).map_err(|e| match e {
+        StoreError::Locked(m) => Fail(2, m),
+        e => Fail(2, format!("{e}; is the data folder writable? pass --data DIR")),
+    })?;
+    let store = open_store(&cfg)?;
+    let nofile = raise_nofile_limit();
+    let max_connections = cfg.max_connections.unwrap_or_else(|| server::default_max_connections(nofile));
+    let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
+    let listen = cfg.listen;
+    let mut server = Server::bind(cfg, store, verifier, max_connections).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "another program uses that port; stop it or pass --listen with another port"
+        } else {
+            "check --listen"
+        };
+        Fail(2, format!("cannot listen on {listen}: {e}; {hint}"))
+    })?;
+    log::info!("roostd {} listening on {} (max {max_connections} connections)", env!("CARGO_PKG_VERSION"), server.local_addr());
+    match server.run() {
+        Ok(_) => {
+            log::info!("stopped cleanly");
+            Ok(())
+        }
+        Err(e) => Err(Fail(1, format!("{e}; the server stopped. Check the disk, then restart it"))),
+    }
+}
+
+/// Opens the store, moving a damaged one aside when told to.
+fn open_store(cfg: &Config) -> Result<Store, Fail> {
+    match Store::open(&cfg.data, cfg.max_store_bytes) {
+        Ok(s) => Ok(s),
+        Err(StoreError::Corrupt(why)) if cfg.on_corrupt == OnCorrupt::Fresh => {
+            let aside = cfg.data.join(format!("corrupt-{}", utc_stamp()));
+            fs::create_dir_all(&aside).or_else(|e| Err(Fail(1, format!("cannot create {}: {e}", aside.display()))))?;
+            for f in ["data.mdb", "lock.mdb"] {
+                let from = cfg.data.join(f);
+                if from.exists() {
+                    fs::rename(&from, aside.join(f))
+                        .or_else(|e| Err(Fail(1, format!("cannot move {} aside: {e}", from.display()))))?;
+                }
+            }
+            log::error!(
+                "the store was unreadable ({why}); moved it to {} and started a fresh one with a new epoch",
+                aside.display()
+            );
+            Store::open(&cfg.data, cfg.max_store_bytes).map_err(|e| Fail(1, e.to_string()))
+        }
+        Err(StoreError::Corrupt(why)) => usage(format!(
+            "the store in {} is unreadable ({why}); restore a backup, or start with --on-corrupt fresh to move it aside",
+            cfg.data.display()
+        )),
+        Err(StoreError::Full) => usage(format!(
+            "the store in {} is larger than --max-store-bytes {}; raise it",
+            cfg.data.display(),
+            cfg.max_store_bytes
+        )),
+        Err(e) => usage(format!("cannot open the store in {}: {e}; is the folder writable?", cfg.data.display())),
+    }
+}
+
+fn token(args: Vec<OsString>) -> Result<(), Fail> {
+    let extra = ["sub", "read", "write", "ttl"];
+    let (cfg, others) = match load_config(args, &extra) {
+        Err(Fail(0, _)) => {
+            print!(
+                "Usage: roostd token --sub NAME [--read PATTERN]... [--write PATTERN]... [--ttl 1h]\n\
+                 \x20             [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
+                 Prints a token signed with the key `roostd serve` uses. Patterns: a channel\n\
+                 name, a prefix ending in * (room:*), or * for every channel.\n"
+            );
+            return Ok(());
+        }
+        other => other?,
+    };
+    let mut sub = None;
+    let (mut read, mut write, mut ttl) = (Vec::new(), Vec::new(), std::time::Duration::from_secs(3600));
+    for (k, v) in others {
+        match k.as_str() {
+            "sub" => sub = Some(v),
+            "read" => read.push(v),
+            "write" => write.push(v),
+            "ttl" => ttl = config::duration("ttl", &v).map_err(|e| Fail(2, e.0))?,
+            _ => {}
+        }
+    }
+    let Some(sub) = sub.filter(|s| !s.is_empty()) else {
+        return usage("roostd token needs --sub NAME (the client's identity)");
+    };
+    let keys = key_ring(&cfg, false)?;
+    let key = keys.default_key().ok_or_else(|| Fail(2, "no key configured".into()))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl.as_secs() });
+    if !read.is_empty() {
+        claims["read"] = read.into();
+    }
+    if !write.is_empty() {
+        claims["write"] = write.into();
+    }
+    if let Some(aud) = &cfg.audience {
+        claims["aud"] = aud.clone().into();
+    }
+    println!("{}", auth::mint(&claims, key));
+    eprintln!("roostd: token for {sub}, valid for {}s; connect to ws://{}/ws?token=...", ttl.as_secs(), cfg.listen);
+    Ok(())
+}
+
+fn backup(args: Vec<OsString>) -> Result<(), Fail> {
+    let (cfg, others) = match load_config(args, &[""]) {
+        Err(Fail(0, _)) => {
+            print!("Usage: roostd backup FILE [--config FILE] [--data DIR]\n\nWrites a consistent, compacted copy of the store, also while the server runs.\nRestore: put FILE as data.mdb into an empty data folder.\n");
+            return Ok(());
+        }
+        other => other?,
+    };
+    let files: Vec<String> = others.into_iter().map(|(_, v)| v).collect();
+    let [dest] = files.as_slice() else {
+        return usage("roostd backup takes one FILE to write");
+    };
+    let dest = PathBuf::from(dest);
+    if dest.exists() {
+        return usage(format!("{} exists; give a new file name", dest.display()));
+    }
+    if !cfg.data.join("data.mdb").exists() {
+        return usage(format!("there is no store in {}; pass --data DIR", cfg.data.display()));
+    }
+    let store = Store::open(&cfg.data, cfg.max_store_bytes).map_err(|e| Fail(1, e.to_string()))?;
+    store.backup(&dest).map_err(|e| Fail(1, e.to_string()))?;
+    eprintln!("roostd: wrote {} (restore: copy it as data.mdb into an empty data folder)", dest.display());
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+fn raise_nofile_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}
+
+fn utc_stamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    logger::utc(secs).replace(':', "")
+}

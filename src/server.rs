@@ -1,0 +1,638 @@
+//! The event loop: one thread, every socket, one `mio::Poll`.
+//!
+//! A turn of the loop: wait for readiness (or the next deadline), read the
+//! clock once, then move bytes — accept, read heads and frames, hand
+//! requests to the hub, queue replies — then collect commit results from the
+//! writer thread (acks and fan-out), fire deadlines, stream replay into
+//! connections that have room, hand this turn's publishes to the writer and
+//! flush every connection that got output. Protocol decisions live in `hub`,
+//! framing in `conn`, storage in `store`/`writer`; this module only connects
+//! them.
+//!
+//! Sockets are registered once for READABLE | WRITABLE (edge-triggered), so
+//! the loop never re-registers: a WRITABLE edge just means "flush again".
+//! Every read drains until WouldBlock — or until a per-turn budget, after
+//! which the connection is revisited next turn so one flooding client
+//! cannot starve the rest.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Utf8Bytes;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::conn::{code, Conn, HeadStatus, Incoming, Phase, Tick};
+use crate::http::{self, Head};
+use crate::hub::{Action, ConnId, Hub, Limits};
+use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::wire::{self, ErrCode, Msg};
+use crate::writer::{Done, Policy, Writer};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const FIRST_CONN: usize = 16;
+
+/// Messages read from one connection per turn before others get a go.
+const READ_BUDGET: usize = 64;
+/// Bytes of publishes waiting for the writer, over all connections; past it
+/// publishes are refused with `unavailable` instead of queueing without bound.
+const MAX_INFLIGHT_BYTES: usize = 64 << 20;
+/// Pause before accepting again after running out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long shutdown waits for peers to take their Close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Sockets accepted beyond `max_connections` only to answer 503.
+const REFUSAL_HEADROOM: usize = 64;
+
+/// A publish waiting for its commit.
+struct Ticket {
+    conn: ConnId,
+    id: Option<String>,
+    bytes: usize,
+}
+
+struct Slot {
+    conn: Conn,
+    /// The deadline this connection has in the timer heap.
+    timer: Option<Instant>,
+    /// Set once the connection is a WebSocket known to the hub.
+    joined: bool,
+}
+
+/// Why the server stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// SIGTERM/SIGINT: everything committed, every WebSocket closed with 1001.
+    Signal,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local: SocketAddr,
+    signals: UnixStream,
+    cfg: Config,
+    max_connections: usize,
+    ws_config: WebSocketConfig,
+    verifier: Verifier,
+    store: Store,
+    hub: Hub,
+    writer: Writer<Ticket>,
+    slots: HashMap<ConnId, Slot>,
+    next_id: ConnId,
+    per_ip: HashMap<IpAddr, usize>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    pending: Vec<(Ticket, Append)>,
+    inflight_bytes: usize,
+    /// Connections with output queued this turn.
+    dirty: Vec<ConnId>,
+    /// Connections whose read budget ran out: read again next turn.
+    again: Vec<ConnId>,
+    accept_paused_until: Option<Instant>,
+    stopping: Option<Instant>,
+    fatal: Option<StoreError>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+impl Server {
+    /// Binds the listener and starts the writer thread. `max_connections`
+    /// is the resolved total limit (main derives the default).
+    pub fn bind(cfg: Config, store: Store, verifier: Verifier, max_connections: usize) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(cfg.listen)?;
+        let local = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // Signals arrive as bytes on a socket pair, so they are one more
+        // event for the loop instead of a flag checked between polls.
+        let (read_end, notify) = std::os::unix::net::UnixStream::pair()?;
+        read_end.set_nonblocking(true)?;
+        let mut signals = UnixStream::from_std(read_end);
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
+        }
+        let rules = cfg.clone();
+        let retention = Arc::new(move |ch: &str| {
+            let (messages, age) = rules.retention_for(ch);
+            Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
+        });
+        let policy = Policy { dedupe_window: cfg.dedupe_window, retention };
+        let wake = Box::new(move || {
+            let _ = waker.wake();
+        });
+        let writer = Writer::start(store.clone(), policy, wake);
+        let hub = Hub::new(
+            store.epoch(),
+            Limits {
+                max_subscriptions: cfg.max_subscriptions,
+                publish_rate: if cfg.echo { 0 } else { cfg.publish_rate },
+                max_reply_bytes: cfg.max_send_buffer_bytes / 2,
+            },
+        );
+        let max_message = cfg.max_message_bytes;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(2 * crate::conn::BURST + 4 * max_message)
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local,
+            signals,
+            max_connections,
+            ws_config,
+            verifier,
+            hub,
+            writer,
+            store,
+            cfg,
+            slots: HashMap::new(),
+            next_id: FIRST_CONN,
+            per_ip: HashMap::new(),
+            timers: BinaryHeap::new(),
+            pending: Vec::new(),
+            inflight_bytes: 0,
+            dirty: Vec::new(),
+            again: Vec::new(),
+            accept_paused_until: None,
+            stopping: None,
+            fatal: None,
+        })
+    }
+
+    /// The address actually bound (the port, when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until a signal (Ok) or a fatal store error (Err).
+    pub fn run(&mut self) -> Result<Stop, StoreError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if !interrupted(&e) {
+                    return Err(StoreError::Fatal(format!("poll failed: {e}")));
+                }
+            }
+            let now = Instant::now();
+            let again = std::mem::take(&mut self.again);
+            for id in again {
+                self.on_readable(id, now);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {}
+                    SIGNALS => self.on_signal(now),
+                    Token(id) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(id, now);
+                        }
+                        if event.is_writable() {
+                            self.dirty.push(id);
+                        }
+                    }
+                }
+            }
+            self.collect_commits(now);
+            self.fire_timers(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept(now);
+            }
+            self.pump_replays(now);
+            if !self.pending.is_empty() {
+                self.writer.submit(std::mem::take(&mut self.pending));
+            }
+            self.flush_dirty(now);
+            if let Some(stop) = self.advance_shutdown(now) {
+                return stop;
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
+        for t in [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))].into_iter().flatten() {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() || self.stopping.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let (mut sock, addr) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                    // Edge-triggered: no new event will come for the
+                    // backlog, so come back on a timer and drain it then.
+                    log::warn!("out of file descriptors ({e}); pausing accept for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            if self.slots.len() >= self.max_connections + REFUSAL_HEADROOM {
+                // Not even room to answer 503: close at once.
+                drop(sock);
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let id = self.next_id;
+            self.next_id += 1;
+            if let Err(e) = self.poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE) {
+                log::warn!("cannot register a connection: {e}");
+                continue;
+            }
+            *self.per_ip.entry(addr.ip()).or_default() += 1;
+            let conn = Conn::new(sock, addr.ip(), now, self.cfg.handshake_timeout);
+            self.slots.insert(id, Slot { conn, timer: None, joined: false });
+            self.schedule(id);
+            // Data may have arrived with the connection.
+            self.on_readable(id, now);
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let mut buf = [0u8; 64];
+        while matches!(io::Read::read(&mut self.signals, &mut buf), Ok(n) if n > 0) {}
+        if self.stopping.is_none() {
+            log::info!("stopping: committing what is pending and closing connections");
+            self.stopping = Some(now);
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+    }
+
+    fn on_readable(&mut self, id: ConnId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        match slot.conn.phase() {
+            Phase::Head => self.read_head(id, now),
+            Phase::Open | Phase::Closing => self.read_frames(id, now),
+            Phase::Draining => slot.conn.drain(),
+            Phase::Responding | Phase::Closed => {}
+        }
+        self.dirty.push(id);
+    }
+
+    fn read_head(&mut self, id: ConnId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        match slot.conn.read_head(self.cfg.max_header_bytes) {
+            HeadStatus::Pending => {}
+            HeadStatus::Gone => slot.conn.close(code::NORMAL, "", now),
+            HeadStatus::Refuse(status, code) => slot.conn.refuse(http::error_response(status, code), now),
+            HeadStatus::Ready(head) => self.route(id, head, now),
+        }
+        self.schedule(id);
+    }
+
+    /// Decides what a complete request head gets, in the contract's order
+    /// of checks: path, upgrade validity, capacity, origin, token.
+    fn route(&mut self, id: ConnId, head: Head, now: Instant) {
+        let answer = match head.path.as_str() {
+            "/ws" => return self.open_websocket(id, head, now),
+            "/healthz" if head.method == "GET" => http::response(200, "text/plain", b"ok", true),
+            "/healthz" => http::error_response(405, "method_not_allowed"),
+            _ => http::error_response(404, "not_found"),
+        };
+        log::debug!("{} {} -> {}", head.method, head.path, status_of(&answer));
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.conn.refuse(answer, now);
+        }
+    }
+
+    fn open_websocket(&mut self, id: ConnId, head: Head, now: Instant) {
+        let ip = match self.slots.get(&id) {
+            Some(s) => s.conn.peer,
+            None => return,
+        };
+        let open = self.slots.len();
+        let refusal = |status: u16, code: &str| Some(http::error_response(status, code));
+        let up = http::upgrade_request(&head);
+        let verdict = match &up {
+            None => refusal(400, "bad_request").map(|r| (r, "not a valid upgrade")),
+            Some(_) if open > self.max_connections || self.per_ip.get(&ip).copied().unwrap_or(0) > self.cfg.max_connections_per_ip => {
+                refusal(503, "server_full").map(|r| (r, "connection limit"))
+            }
+            Some(_) if head.origin.as_deref().is_some_and(|o| !http::origin_allowed(o, head.host.as_deref(), &self.cfg.allowed_origins)) => {
+                refusal(403, "origin_forbidden").map(|r| (r, "origin not allowed"))
+            }
+            Some(Upgrade { token: None, .. }) => refusal(401, "token_missing").map(|r| (r, "no token")),
+            Some(_) => None,
+        };
+        let slot = self.slots.get_mut(&id).expect("slot checked above");
+        if let Some((answer, why)) = verdict {
+            log::info!("refused /ws?token=<redacted> from {ip}: {why}");
+            return slot.conn.refuse(answer, now);
+        }
+        let up = up.expect("checked above");
+        let token = up.token.as_deref().unwrap_or("");
+        let claims = match self.verifier.verify(token, now_unix()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::info!("refused /ws?token=<redacted> from {ip}: {e}");
+                return slot.conn.refuse(http::error_response(401, e.code()), now);
+            }
+        };
+        log::debug!("open /ws?token=<redacted> from {ip} as {}", claims.sub);
+        let until_expiry = (claims.exp.saturating_add(self.verifier.leeway_secs())).saturating_sub(now_unix());
+        let expires = now.checked_add(Duration::from_secs(until_expiry));
+        slot.conn.upgrade(http::switching_protocols(&up), head.len, self.ws_config, now);
+        slot.conn.set_timers(self.cfg.ping_interval, self.cfg.pong_timeout, expires);
+        slot.joined = true;
+        self.hub.join(id, claims, now);
+        // Frames may have arrived right behind the head.
+        self.read_frames(id, now);
+    }
+
+    fn read_frames(&mut self, id: ConnId, now: Instant) {
+        let mut actions = Vec::new();
+        for _ in 0..READ_BUDGET {
+            let Some(slot) = self.slots.get_mut(&id) else { return };
+            if self.stopping.is_some() && slot.conn.phase() == Phase::Open {
+                // Shutting down: take no new requests; the Close comes soon.
+                return;
+            }
+            match slot.conn.read_message(now) {
+                Incoming::Again => continue,
+                Incoming::WouldBlock | Incoming::Finished => {
+                    self.schedule(id);
+                    return;
+                }
+                Incoming::Binary(b) if self.cfg.echo => slot.conn.send_raw(tungstenite::Message::Binary(b)),
+                Incoming::Text(t) if self.cfg.echo => slot.conn.send_raw(tungstenite::Message::Text(t)),
+                Incoming::Binary(_) => {
+                    let e = wire::err(ErrCode::BadRequest, "binary frames are not part of the protocol; send JSON text", None);
+                    self.send(id, e.into());
+                }
+                Incoming::Text(text) => {
+                    self.hub.handle(id, &text, now, &self.store, &mut actions);
+                    for action in actions.drain(..) {
+                        self.act(id, action, now);
+                    }
+                }
+            }
+        }
+        // Budget spent with data possibly left: edge-triggered readiness
+        // will not tell us again, so come back next turn.
+        self.again.push(id);
+    }
+
+    fn act(&mut self, id: ConnId, action: Action, now: Instant) {
+        match action {
+            Action::Reply(text) => self.send(id, text.into()),
+            Action::Publish { append, id: req_id } => {
+                let bytes = append.data.len() + append.ch.len() + append.from.len();
+                if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
+                    let e = wire::err(ErrCode::Unavailable, "the server is busy writing; retry with the same id", req_id.as_deref());
+                    return self.send(id, e.into());
+                }
+                self.inflight_bytes += bytes;
+                self.pending.push((Ticket { conn: id, id: req_id, bytes }, append));
+            }
+            Action::Close(code, reason) => {
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.conn.close(code, reason, now);
+                    self.dirty.push(id);
+                }
+            }
+        }
+    }
+
+    /// Queues text for a connection; a connection past its send-buffer
+    /// limit is a slow consumer: closed with 1013, to resume with `since`.
+    fn send(&mut self, id: ConnId, text: Utf8Bytes) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if !slot.conn.send(text, self.cfg.max_send_buffer_bytes) {
+            log::info!("closing slow consumer {} ({} bytes queued)", slot.conn.peer, slot.conn.queued_bytes());
+            slot.conn.discard_queue();
+            slot.conn.close(code::SLOW, "slow consumer: resume with since", Instant::now());
+        }
+        self.dirty.push(id);
+    }
+
+    fn collect_commits(&mut self, now: Instant) {
+        let done: Vec<Done<Ticket>> = self.writer.results().collect();
+        let mut to = Vec::new();
+        for Done { items, result } in done {
+            match result {
+                Ok(outcomes) => {
+                    for ((ticket, append), outcome) in items.into_iter().zip(outcomes) {
+                        self.inflight_bytes -= ticket.bytes;
+                        match outcome {
+                            Outcome::Stored { seq, ts } => {
+                                self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
+                                let msg = Msg { ch: &append.ch, seq, ts, from: &append.from, data: &append.data };
+                                let text = Utf8Bytes::from(wire::msg(&msg));
+                                self.hub.committed(&append.ch, seq, &mut to);
+                                for conn in to.drain(..) {
+                                    self.send(conn, text.clone());
+                                }
+                            }
+                            Outcome::Duplicate { ch, seq, .. } => {
+                                self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let transient = e.is_transient();
+                    for (ticket, _) in items {
+                        self.inflight_bytes -= ticket.bytes;
+                        if transient {
+                            let text = wire::err(ErrCode::Unavailable, "the store is full; retry later with the same id", ticket.id.as_deref());
+                            self.send(ticket.conn, text.into());
+                        }
+                    }
+                    if !transient && self.fatal.is_none() {
+                        log::error!("{e}; closing every connection and stopping");
+                        self.fatal = Some(e);
+                        self.close_all(code::INTERNAL, "store failure", now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            if slot.timer != Some(at) {
+                continue; // superseded by an earlier deadline
+            }
+            slot.timer = None;
+            match slot.conn.tick(now) {
+                Tick::Nothing => {}
+                Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
+                Tick::TokenExpired => slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now),
+            }
+            self.dirty.push(id);
+            self.schedule(id);
+        }
+    }
+
+    /// Makes sure the heap holds this connection's next deadline. Later
+    /// deadlines are not pushed: the earlier entry fires, finds nothing to
+    /// do, and reschedules — so each connection has about one heap entry.
+    fn schedule(&mut self, id: ConnId) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(next) = slot.conn.next_deadline() else { return };
+        if slot.timer.is_none_or(|t| next < t) {
+            slot.timer = Some(next);
+            self.timers.push(Reverse((next, id)));
+        }
+    }
+
+    fn pump_replays(&mut self, _now: Instant) {
+        let mut texts = Vec::new();
+        for id in self.hub.replaying() {
+            let Some(slot) = self.slots.get(&id) else {
+                self.hub.leave(id);
+                continue;
+            };
+            if slot.conn.phase() != Phase::Open {
+                continue;
+            }
+            let room = (self.cfg.max_send_buffer_bytes / 2).saturating_sub(slot.conn.queued_bytes());
+            if room == 0 {
+                continue;
+            }
+            self.hub.pump(id, &self.store, room, &mut texts);
+            for t in texts.drain(..) {
+                self.send(id, t.into());
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            slot.conn.flush();
+            if slot.conn.phase() == Phase::Closed {
+                self.remove(id);
+            } else {
+                self.schedule(id);
+            }
+        }
+        self.dirty = dirty;
+        let _ = now;
+    }
+
+    fn remove(&mut self, id: ConnId) {
+        let Some(mut slot) = self.slots.remove(&id) else { return };
+        if let Some(sock) = slot.conn.socket() {
+            let _ = self.poll.registry().deregister(sock);
+        }
+        if slot.joined {
+            self.hub.leave(id);
+        }
+        if let Some(n) = self.per_ip.get_mut(&slot.conn.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&slot.conn.peer);
+            }
+        }
+    }
+
+    fn close_all(&mut self, code: u16, reason: &'static str, now: Instant) {
+        for (id, slot) in self.slots.iter_mut() {
+            slot.conn.close(code, reason, now);
+            self.dirty.push(*id);
+        }
+    }
+
+    /// Shutdown in order: stop accepting (done on the signal), let every
+    /// publish already taken reach the disk and its ack reach the queue,
+    /// then close every WebSocket with 1001 and wait briefly for the peers.
+    fn advance_shutdown(&mut self, now: Instant) -> Option<Result<Stop, StoreError>> {
+        if let Some(fatal) = &self.fatal {
+            let pending = self.slots.values().any(|s| s.conn.phase() != Phase::Closed && s.conn.wants_write());
+            if !pending || self.stopping.is_some_and(|t| now.duration_since(t) > Duration::from_secs(1)) {
+                return Some(Err(StoreError::Fatal(fatal.to_string())));
+            }
+            self.stopping.get_or_insert(now);
+            return None;
+        }
+        let since = self.stopping?;
+        if self.inflight_bytes > 0 && now.duration_since(since) < SHUTDOWN_GRACE {
+            return None;
+        }
+        let open: Vec<ConnId> =
+            self.slots.iter().filter(|(_, s)| s.conn.phase() == Phase::Open).map(|(id, _)| *id).collect();
+        for id in open {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.conn.close(code::GOING_AWAY, "server shutting down", now);
+                self.dirty.push(id);
+            }
+        }
+        self.flush_dirty(now);
+        if self.slots.is_empty() || now.duration_since(since) > SHUTDOWN_GRACE {
+            for done in self.writer.stop() {
+                if let Err(e) = done.result {
+                    log::error!("last commit failed: {e}");
+                }
+            }
+            return Some(Ok(Stop::Signal));
+        }
+        None
+    }
+}
+
+use http::Upgrade;
+
+fn status_of(answer: &[u8]) -> &str {
+    std::str::from_utf8(answer.get(9..12).unwrap_or(b"???")).unwrap_or("???")
+}
+
+/// Resolves the default connection limit from the open-file limit: each
+/// connection is one descriptor; keep headroom for LMDB, the listener, the
+/// poller, logs and the sockets accepted only to answer 503.
+pub fn default_max_connections(nofile: u64) -> usize {
+    let headroom = 64 + REFUSAL_HEADROOM as u64;
+    nofile.saturating_sub(headroom).clamp(16, 1 << 20) as usize
+}

@@ -1,0 +1,701 @@
+//! The durable store: channels, messages and dedupe records in one LMDB
+//! environment, through `heed`.
+//!
+//! Why LMDB: a commit that has returned is on disk (`fsync`), and a crash at
+//! any moment leaves the last committed state readable — copy-on-write pages
+//! and a two-slot meta page, no log to replay, no repair step. That is the
+//! whole durability story of roostd: nothing is acked or delivered before the
+//! write transaction holding it has committed.
+//!
+//! Layout (all keys big-endian so LMDB's byte order is numeric order):
+//! - `meta`:     `epoch` → text; `next_chan` → u64.
+//! - `channels`: name → `id u64 | first u64 | last u64`. `first` is the oldest
+//!   seq still stored (`last + 1` when everything was trimmed).
+//! - `messages`: `chan id u64 | seq u64` → `ts u64 | from len u16 | from | data`.
+//! - `dedupe`:   `sub len u16 | sub | id` → `seq u64 | ts u64 | expires u64 | ch`.
+//! - `expiry`:   `expires u64 | dedupe key` → empty, to expire in time order.
+//!
+//! Reads run on the event loop thread in short read transactions (LMDB
+//! readers never block and never wait for the writer); writes run on the
+//! writer thread (`writer.rs`). Both share one `Store` value: `heed::Env`
+//! and the database handles are cheap to clone and thread-safe.
+
+use std::fmt;
+use std::ops::Bound;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use heed::types::Bytes;
+use heed::{CompactionOption, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+
+pub type Seq = u64;
+
+/// Where a channel stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Oldest seq still stored; `last + 1` when nothing is stored.
+    pub first: Seq,
+    /// Seq of the newest message ever committed; 0 for a new channel.
+    pub last: Seq,
+}
+
+impl ChannelInfo {
+    pub const EMPTY: ChannelInfo = ChannelInfo { first: 1, last: 0 };
+
+    /// Messages still stored.
+    pub fn count(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.first)
+    }
+}
+
+/// A stored message, borrowed from the read transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub seq: Seq,
+    pub ts: u64,
+    pub from: &'a str,
+    pub data: &'a str,
+}
+
+/// A message to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    pub ch: String,
+    /// The publisher's token `sub`.
+    pub from: String,
+    /// The message's `data`, as JSON text.
+    pub data: String,
+    /// The request id as JSON text, when the publisher gave one: `(from, id)`
+    /// is then published at most once within the dedupe window.
+    pub id: Option<String>,
+}
+
+/// What became of one `Append` in a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now under this seq.
+    Stored { seq: Seq, ts: u64 },
+    /// The `(from, id)` was already published within the window: the
+    /// original channel, seq and time; nothing new was stored.
+    Duplicate { ch: String, seq: Seq, ts: u64 },
+}
+
+/// Retention limits of one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub messages: u64,
+    pub age_ms: u64,
+}
+
+/// A store failure, classified by what the caller must do.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The map is full: refuse writes (`unavailable`), keep serving reads;
+    /// writes work again once retention frees pages.
+    Full,
+    /// The disk is full (ENOSPC): same handling as `Full`.
+    NoSpace,
+    /// The files are not a readable LMDB store: move them aside or refuse to start.
+    Corrupt(String),
+    /// Another process owns the data folder.
+    Locked(String),
+    /// Anything else, I/O errors on sync included: the environment can no
+    /// longer be trusted; the server stops (exit 1) rather than retry.
+    Fatal(String),
+}
+
+impl StoreError {
+    /// True when writes may work again later without restarting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Full | StoreError::NoSpace)
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Full => f.write_str("the store is full (max-store-bytes reached)"),
+            StoreError::NoSpace => f.write_str("the disk is full"),
+            StoreError::Corrupt(m) => write!(f, "the store is unreadable: {m}"),
+            StoreError::Locked(m) => f.write_str(m),
+            StoreError::Fatal(m) => write!(f, "store failure: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> StoreError {
+        match e {
+            heed::Error::Mdb(MdbError::MapFull) => StoreError::Full,
+            heed::Error::Mdb(
+                MdbError::Corrupted | MdbError::Invalid | MdbError::VersionMismatch | MdbError::PageNotFound,
+            ) => StoreError::Corrupt(e.to_string()),
+            heed::Error::Io(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => StoreError::NoSpace,
+            e => StoreError::Fatal(e.to_string()),
+        }
+    }
+}
+
+type Db = Database<Bytes, Bytes>;
+
+/// The store. Clone it to share between the loop and the writer thread.
+#[derive(Clone)]
+pub struct Store {
+    env: Env,
+    meta: Db,
+    channels: Db,
+    messages: Db,
+    dedupe: Db,
+    expiry: Db,
+    epoch: String,
+}
+
+/// Holds the data folder for this process; dropping it releases the folder.
+#[derive(Debug)]
+pub struct Ownership {
+    _file: File,
+}
+
+/// Claims the data folder so a second server cannot open the same store.
+/// LMDB itself allows several writers' processes, so without this two
+/// servers would interleave seqs.
+pub fn claim(dir: &Path) -> Result<Ownership, StoreError> {
+    let path = dir.join("roostd.pid");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|e| StoreError::Fatal(format!("cannot open {}: {e}", path.display())))?;
+    // An advisory lock on our own descriptor: the kernel drops it when the
+    // process dies, so a SIGKILLed server never leaves the folder locked.
+    if file.try_lock().is_err() {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        let who = if holder.is_empty() { "another process".to_string() } else { format!("process {holder}") };
+        return Err(StoreError::Locked(format!(
+            "the data folder {} is in use by {who}; stop that server or pass another --data",
+            dir.display()
+        )));
+    }
+    file.set_len(0).ok();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(Ownership { _file: file })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. `max_bytes` is the LMDB map
+    /// size: address space reserved up front, while the file grows with use.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::Fatal(format!("cannot create {}: {e}", dir.display())))?;
+        let mut opts = EnvOpenOptions::new();
+        opts.map_size(max_bytes as usize).max_dbs(8).max_readers(126);
+        // SAFETY: heed requires that the environment is not opened twice in
+        // this process and that nothing else truncates or maps the file in a
+        // way that breaks LMDB's assumptions. `claim` (taken by `serve`
+        // before this call) keeps other roostd servers out of the folder, and
+        // this process opens each store once.
+        #[allow(unsafe_code)]
+        let env = unsafe { opts.open(dir) }.map_err(StoreError::from)?;
+        let mut wtxn = env.write_txn()?;
+        let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
+        let channels: Db = env.create_database(&mut wtxn, Some("channels"))?;
+        let messages: Db = env.create_database(&mut wtxn, Some("messages"))?;
+        let dedupe: Db = env.create_database(&mut wtxn, Some("dedupe"))?;
+        let expiry: Db = env.create_database(&mut wtxn, Some("expiry"))?;
+        let epoch = match meta.get(&wtxn, b"epoch")? {
+            Some(e) => String::from_utf8_lossy(e).into_owned(),
+            None => {
+                let e = new_epoch();
+                meta.put(&mut wtxn, b"epoch", e.as_bytes())?;
+                e
+            }
+        };
+        wtxn.commit()?;
+        Ok(Store { env, meta, channels, messages, dedupe, expiry, epoch })
+    }
+
+    /// The store's identity: created with it, never changed.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.env.path().to_path_buf()
+    }
+
+    /// Where a channel stands; `ChannelInfo::EMPTY` for one never published to.
+    pub fn channel(&self, ch: &str) -> Result<ChannelInfo, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.channel_in(&rtxn, ch)?.map(|(_, info)| info).unwrap_or(ChannelInfo::EMPTY))
+    }
+
+    fn channel_in(&self, txn: &RoTxn, ch: &str) -> Result<Option<(u64, ChannelInfo)>, StoreError> {
+        Ok(self.channels.get(txn, ch.as_bytes())?.and_then(decode_channel))
+    }
+
+    /// Every channel with its state, in name order.
+    pub fn channels(&self) -> Result<Vec<(String, ChannelInfo)>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for item in self.channels.iter(&rtxn)? {
+            let (k, v) = item?;
+            if let Some((_, info)) = decode_channel(v) {
+                out.push((String::from_utf8_lossy(k).into_owned(), info));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `each` for stored messages of `ch` with seq > `after`, in order,
+    /// until it returns false or `limit` messages were given. Returns the
+    /// channel's state as of this read.
+    pub fn read(
+        &self,
+        ch: &str,
+        after: Seq,
+        limit: usize,
+        mut each: impl FnMut(Record<'_>) -> bool,
+    ) -> Result<ChannelInfo, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let Some((id, info)) = self.channel_in(&rtxn, ch)? else {
+            return Ok(ChannelInfo::EMPTY);
+        };
+        let start = msg_key(id, after.saturating_add(1));
+        let end = msg_key(id, u64::MAX);
+        let mut n = 0;
+        for item in self.messages.range(&rtxn, &(Bound::Included(&start[..]), Bound::Included(&end[..])))? {
+            if n >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(rec) = decode_message(k, v) else {
+                return Err(StoreError::Corrupt(format!("undecodable message in channel {ch}")));
+            };
+            n += 1;
+            if !each(rec) {
+                break;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Commits a batch in one write transaction: one fsync for all of it.
+    /// On error nothing of the batch is stored.
+    pub fn append_batch<'a>(
+        &self,
+        batch: impl IntoIterator<Item = &'a Append>,
+        now_ms: u64,
+        dedupe_window_ms: u64,
+        retention: &dyn Fn(&str) -> Retention,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut out = Vec::new();
+        for a in batch {
+            out.push(self.append_one(&mut wtxn, a, now_ms, dedupe_window_ms, retention)?);
+        }
+        wtxn.commit()?;
+        Ok(out)
+    }
+
+    fn append_one(
+        &self,
+        wtxn: &mut RwTxn,
+        a: &Append,
+        now_ms: u64,
+        window_ms: u64,
+        retention: &dyn Fn(&str) -> Retention,
+    ) -> Result<Outcome, StoreError> {
+        let dkey = a.id.as_deref().map(|id| dedupe_key(&a.from, id));
+        if let Some(dkey) = &dkey {
+            if let Some(v) = self.dedupe.get(wtxn, dkey)? {
+                if let Some((seq, ts, expires, ch)) = decode_dedupe(v) {
+                    if expires > now_ms {
+                        return Ok(Outcome::Duplicate { ch: ch.to_string(), seq, ts });
+                    }
+                    let mut old = expires.to_be_bytes().to_vec();
+                    old.extend_from_slice(dkey);
+                    self.expiry.delete(wtxn, &old)?;
+                }
+            }
+        }
+        let (id, mut info) = match self.channel_in(wtxn, &a.ch)? {
+            Some(found) => found,
+            None => (self.next_channel_id(wtxn)?, ChannelInfo::EMPTY),
+        };
+        let seq = info.last + 1;
+        info.last = seq;
+        let mut value = Vec::with_capacity(10 + a.from.len() + a.data.len());
+        value.extend_from_slice(&now_ms.to_be_bytes());
+        let from = &a.from.as_bytes()[..a.from.len().min(u16::MAX as usize)];
+        value.extend_from_slice(&(from.len() as u16).to_be_bytes());
+        value.extend_from_slice(from);
+        value.extend_from_slice(a.data.as_bytes());
+        self.messages.put(wtxn, &msg_key(id, seq), &value)?;
+        // Count retention inline, a few deletions per append, so a channel
+        // never grows past its limit between maintenance passes; the pass
+        // does the rest when a limit was lowered.
+        let keep = retention(&a.ch).messages.max(1);
+        let mut budget = 16;
+        while info.count() > keep && budget > 0 {
+            self.messages.delete(wtxn, &msg_key(id, info.first))?;
+            info.first += 1;
+            budget -= 1;
+        }
+        self.channels.put(wtxn, a.ch.as_bytes(), &encode_channel(id, info))?;
+        if let Some(dkey) = &dkey {
+            let expires = now_ms.saturating_add(window_ms);
+            let mut v = Vec::with_capacity(24 + a.ch.len());
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&now_ms.to_be_bytes());
+            v.extend_from_slice(&expires.to_be_bytes());
+            v.extend_from_slice(a.ch.as_bytes());
+            self.dedupe.put(wtxn, dkey, &v)?;
+            let mut ek = expires.to_be_bytes().to_vec();
+            ek.extend_from_slice(dkey);
+            self.expiry.put(wtxn, &ek, &[])?;
+        }
+        Ok(Outcome::Stored { seq, ts: now_ms })
+    }
+
+    fn next_channel_id(&self, wtxn: &mut RwTxn) -> Result<u64, StoreError> {
+        let id = self.meta.get(wtxn, b"next_chan")?.and_then(be_u64).unwrap_or(1);
+        self.meta.put(wtxn, b"next_chan", &(id + 1).to_be_bytes())?;
+        Ok(id)
+    }
+
+    /// One bounded maintenance transaction: trims messages past their
+    /// channel's count or age limit and forgets expired dedupe records, at
+    /// most `budget` deletions. Returns how many it deleted; call again while
+    /// that equals `budget`.
+    pub fn maintain(
+        &self,
+        now_ms: u64,
+        budget: usize,
+        retention: &dyn Fn(&str) -> Retention,
+    ) -> Result<usize, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut done = 0;
+        // Dedupe records, oldest expiry first.
+        let mut expired = Vec::new();
+        for item in self.expiry.iter(&wtxn)? {
+            let (k, _) = item?;
+            if expired.len() >= budget / 2 || be_u64(&k[..8.min(k.len())]).unwrap_or(0) > now_ms {
+                break;
+            }
+            expired.push(k.to_vec());
+        }
+        for k in &expired {
+            self.expiry.delete(&mut wtxn, k)?;
+            self.dedupe.delete(&mut wtxn, &k[8..])?;
+            done += 1;
+        }
+        // Messages, channel by channel.
+        let mut updates = Vec::new();
+        for item in self.channels.iter(&wtxn)? {
+            if done >= budget {
+                break;
+            }
+            let (name, v) = item?;
+            let Some((id, mut info)) = decode_channel(v) else { continue };
+            let ch = String::from_utf8_lossy(name).into_owned();
+            let limits = retention(&ch);
+            let oldest_allowed = now_ms.saturating_sub(limits.age_ms);
+            let before = info.first;
+            while info.first <= info.last && done < budget {
+                let too_many = info.count() > limits.messages.max(1);
+                let too_old = match self.messages.get(&wtxn, &msg_key(id, info.first))? {
+                    Some(v) => be_u64(&v[..8.min(v.len())]).unwrap_or(0) < oldest_allowed,
+                    None => true, // already gone: just advance
+                };
+                if !(too_many || too_old) {
+                    break;
+                }
+                updates.push((msg_key(id, info.first).to_vec(), None));
+                info.first += 1;
+                done += 1;
+            }
+            if info.first != before {
+                updates.push((ch.into_bytes(), Some(encode_channel(id, info))));
+            }
+        }
+        for (k, v) in updates {
+            match v {
+                None => {
+                    self.messages.delete(&mut wtxn, &k)?;
+                }
+                Some(v) => self.channels.put(&mut wtxn, &k, &v)?,
+            }
+        }
+        if done == 0 {
+            wtxn.abort();
+        } else {
+            wtxn.commit()?;
+        }
+        Ok(done)
+    }
+
+    /// Writes a compacted, consistent copy of the store to `dest` (a new file).
+    pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        self.env
+            .copy_to_path(dest, CompactionOption::Enabled)
+            .map(|_| ())
+            .map_err(|e| StoreError::Fatal(format!("cannot write backup {}: {e}", dest.display())))
+    }
+
+    /// Bytes of the map in use, and the map size.
+    pub fn usage(&self) -> (u64, u64) {
+        let info = self.env.info();
+        let stat = self.env.stat();
+        let used = (info.last_page_number as u64 + 1) * stat.page_size as u64;
+        (used, info.map_size as u64)
+    }
+}
+
+fn new_epoch() -> String {
+    let mut b = [0u8; 12];
+    // Without randomness two stores could share an epoch; fall back to the
+    // clock and the pid, which still differ between any two creations.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b[..8].copy_from_slice(&(t as u64).to_be_bytes());
+        b[8..].copy_from_slice(&std::process::id().to_be_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn msg_key(chan: u64, seq: Seq) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&chan.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn encode_channel(id: u64, info: ChannelInfo) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&id.to_be_bytes());
+    v[8..16].copy_from_slice(&info.first.to_be_bytes());
+    v[16..].copy_from_slice(&info.last.to_be_bytes());
+    v
+}
+
+fn decode_channel(v: &[u8]) -> Option<(u64, ChannelInfo)> {
+    Some((be_u64(v)?, ChannelInfo { first: be_u64(v.get(8..)?)?, last: be_u64(v.get(16..)?)? }))
+}
+
+fn decode_message<'a>(k: &[u8], v: &'a [u8]) -> Option<Record<'a>> {
+    let seq = be_u64(k.get(8..)?)?;
+    let ts = be_u64(v)?;
+    let flen = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
+    let from = std::str::from_utf8(v.get(10..10 + flen)?).ok()?;
+    let data = std::str::from_utf8(v.get(10 + flen..)?).ok()?;
+    Some(Record { seq, ts, from, data })
+}
+
+fn dedupe_key(from: &str, id: &str) -> Vec<u8> {
+    let from = &from.as_bytes()[..from.len().min(u16::MAX as usize)];
+    let mut k = Vec::with_capacity(2 + from.len() + id.len());
+    k.extend_from_slice(&(from.len() as u16).to_be_bytes());
+    k.extend_from_slice(from);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The longest `sub` whose publishes can carry an id: LMDB keys are at most
+/// 511 bytes, and the dedupe key is `2 + sub + id (≤ 128)`.
+pub const MAX_DEDUPE_SUB_BYTES: usize = 511 - 2 - 128;
+
+fn decode_dedupe(v: &[u8]) -> Option<(Seq, u64, u64, &str)> {
+    Some((be_u64(v)?, be_u64(v.get(8..)?)?, be_u64(v.get(16..)?)?, std::str::from_utf8(v.get(24..)?).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEEP_ALL: Retention = Retention { messages: u64::MAX, age_ms: u64::MAX };
+
+    fn append(ch: &str, from: &str, data: &str, id: Option<&str>) -> Append {
+        Append { ch: ch.into(), from: from.into(), data: data.into(), id: id.map(Into::into) }
+    }
+
+    fn all(store: &Store, ch: &str, after: Seq) -> Vec<(Seq, String)> {
+        let mut out = Vec::new();
+        store
+            .read(ch, after, usize::MAX, |r| {
+                out.push((r.seq, r.data.to_string()));
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn seqs_are_per_channel_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch;
+        {
+            let s = Store::open(dir.path(), 1 << 24).unwrap();
+            epoch = s.epoch().to_string();
+            let out = s
+                .append_batch(
+                    &[append("a", "u", "1", None), append("b", "u", "2", None), append("a", "u", "3", None)],
+                    1000,
+                    60_000,
+                    &|_| KEEP_ALL,
+                )
+                .unwrap();
+            assert_eq!(
+                out,
+                vec![
+                    Outcome::Stored { seq: 1, ts: 1000 },
+                    Outcome::Stored { seq: 1, ts: 1000 },
+                    Outcome::Stored { seq: 2, ts: 1000 }
+                ]
+            );
+        }
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        assert_eq!(s.epoch(), epoch, "the epoch never changes");
+        assert_eq!(all(&s, "a", 0), vec![(1, "1".into()), (2, "3".into())]);
+        assert_eq!(all(&s, "a", 1), vec![(2, "3".into())]);
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 1, last: 2 });
+        assert_eq!(s.channel("zzz").unwrap(), ChannelInfo::EMPTY);
+        assert_eq!(s.channels().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_new_store_gets_a_new_epoch() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let e1 = Store::open(d1.path(), 1 << 22).unwrap().epoch().to_string();
+        let e2 = Store::open(d2.path(), 1 << 22).unwrap().epoch().to_string();
+        assert_ne!(e1, e2);
+    }
+
+    #[test]
+    fn dedupe_returns_the_original_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let batch = [append("a", "alice", "1", Some("7")), append("a", "alice", "1", Some("7"))];
+        let out = s.append_batch(&batch, 1000, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[1], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+        // Another sub, or the id as a string, is another message.
+        let out = s
+            .append_batch(
+                &[append("a", "bob", "1", Some("7")), append("a", "alice", "1", Some("\"7\""))],
+                1100,
+                500,
+                &|_| KEEP_ALL,
+            )
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Stored { seq: 2, ts: 1100 }, Outcome::Stored { seq: 3, ts: 1100 }]);
+        // Across channels, the id still names the first message.
+        let out = s.append_batch(&[append("b", "alice", "x", Some("7"))], 1200, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+        // Past the window it is new again.
+        let out = s.append_batch(&[append("a", "alice", "1", Some("7"))], 1600, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 4, ts: 1600 });
+        assert_eq!(all(&s, "a", 0).len(), 4);
+    }
+
+    #[test]
+    fn retention_trims_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let keep3 = |_: &str| Retention { messages: 3, age_ms: 10_000 };
+        for i in 0..5u64 {
+            s.append_batch(&[append("a", "u", &i.to_string(), None)], 1000 + i, 0, &keep3).unwrap();
+        }
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 3, last: 5 });
+        assert_eq!(all(&s, "a", 0).iter().map(|m| m.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+        // Age: at t = 11_003.5 messages older than 1003.5 are gone.
+        assert_eq!(s.maintain(11_004, 100, &keep3).unwrap(), 2);
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 5, last: 5 });
+        assert_eq!(s.maintain(11_004, 100, &keep3).unwrap(), 0);
+        assert_eq!(s.maintain(99_999, 100, &keep3).unwrap(), 1);
+        let info = s.channel("a").unwrap();
+        assert_eq!((info, info.count()), (ChannelInfo { first: 6, last: 5 }, 0));
+        // Seqs go on after a full trim.
+        let out = s.append_batch(&[append("a", "u", "x", None)], 99_999, 0, &keep3).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 6, ts: 99_999 });
+    }
+
+    #[test]
+    fn maintenance_is_bounded_and_expires_dedupe() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let batch: Vec<Append> = (0..50).map(|i| append("a", "u", "1", Some(&i.to_string()))).collect();
+        s.append_batch(&batch, 1000, 100, &|_| KEEP_ALL).unwrap();
+        assert_eq!(s.maintain(2000, 10, &|_| KEEP_ALL).unwrap(), 5);
+        let mut total = 5;
+        loop {
+            let n = s.maintain(2000, 10, &|_| KEEP_ALL).unwrap();
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(total, 50);
+        // Expired ids publish anew.
+        let out = s.append_batch(&[append("a", "u", "1", Some("3"))], 2000, 100, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 51, ts: 2000 });
+    }
+
+    #[test]
+    fn a_full_map_refuses_writes_and_keeps_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let big = format!("\"{}\"", "x".repeat(4000));
+        s.append_batch(&[append("a", "u", "1", None)], 1, 0, &|_| KEEP_ALL).unwrap();
+        let mut full = false;
+        for _ in 0..1000 {
+            match s.append_batch(&[append("a", "u", &big, None)], 1, 0, &|_| KEEP_ALL) {
+                Ok(_) => {}
+                Err(StoreError::Full) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(full);
+        assert_eq!(all(&s, "a", 0)[0], (1, "1".to_string()));
+    }
+
+    #[test]
+    fn backup_is_a_working_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("live"), 1 << 24).unwrap();
+        s.append_batch(&[append("a", "u", "{\"k\":1}", None)], 5, 0, &|_| KEEP_ALL).unwrap();
+        let restored = dir.path().join("restored");
+        fs::create_dir_all(&restored).unwrap();
+        s.backup(&restored.join("data.mdb")).unwrap();
+        let r = Store::open(&restored, 1 << 24).unwrap();
+        assert_eq!(r.epoch(), s.epoch());
+        assert_eq!(all(&r, "a", 0), vec![(1, "{\"k\":1}".to_string())]);
+    }
+
+    #[test]
+    fn a_second_owner_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = claim(dir.path()).unwrap();
+        // flock is per open file description, so a second claim in the same
+        // process conflicts just as another process would.
+        match claim(dir.path()) {
+            Err(StoreError::Locked(m)) => assert!(m.contains(&std::process::id().to_string()), "{m}"),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The JSON messages of the WebSocket protocol: parse what clients send,
+//! emit what the server sends. Pure functions, no I/O, fuzzable.
+//!
+//! Parsing borrows from the frame (`RawValue`), so `data` travels from the
+//! client's frame to the store and out to subscribers as the exact JSON text
+//! it arrived as: it is never decoded into a tree and re-encoded. Emitting
+//! writes straight into a `String`; a `msg` is encoded once per commit and
+//! shared by every subscriber that receives it.
+
+use std::fmt::{self, Write as _};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A sequence number inside one channel: 1, 2, 3, … without gaps.
+pub type Seq = u64;
+
+/// Largest `limit` a `hist` request may ask for.
+pub const MAX_HIST_LIMIT: u32 = 1000;
+/// `limit` of a `hist` request that gives none.
+pub const DEFAULT_HIST_LIMIT: u32 = 100;
+/// Longest request `id`, as JSON text. Ids key the dedupe table, and LMDB
+/// keys are at most 511 bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// One client request, checked: every field has the right type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request<'a> {
+    Sub {
+        ch: &'a str,
+        since: Option<Seq>,
+        epoch: Option<String>,
+    },
+    Unsub {
+        ch: &'a str,
+    },
+    Pub {
+        ch: &'a str,
+        data: &'a str,
+    },
+    Hist {
+        ch: &'a str,
+        since: Seq,
+        limit: u32,
+    },
+}
+
+impl Request<'_> {
+    pub fn channel(&self) -> &str {
+        match self {
+            Request::Sub { ch, .. }
+            | Request::Unsub { ch }
+            | Request::Pub { ch, .. }
+            | Request::Hist { ch, .. } => ch,
+        }
+    }
+}
+
+/// A parsed frame: the request and the `id` to echo (its JSON text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame<'a> {
+    pub id: Option<&'a str>,
+    pub req: Request<'a>,
+}
+
+/// The error codes of the contract (`{"op":"err","code":...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    BadRequest,
+    Forbidden,
+    TooLarge,
+    RateLimited,
+    UnknownOp,
+    BadChannel,
+    TooManySubscriptions,
+    Unavailable,
+}
+
+impl ErrCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrCode::BadRequest => "bad_request",
+            ErrCode::Forbidden => "forbidden",
+            ErrCode::TooLarge => "too_large",
+            ErrCode::RateLimited => "rate_limited",
+            ErrCode::UnknownOp => "unknown_op",
+            ErrCode::BadChannel => "bad_channel",
+            ErrCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a frame was refused; answered with `err` and the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError<'a> {
+    pub code: ErrCode,
+    pub msg: &'static str,
+    /// The frame's `id`, when it could be read, so the error can echo it.
+    pub id: Option<&'a str>,
+}
+
+/// The fields a request may carry; others are ignored.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ch: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    epoch: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Frame<'_>, WireError<'_>> {
+    let bad = |msg, id| WireError { code: ErrCode::BadRequest, msg, id };
+    // serde would accept a JSON array as a struct in sequence form.
+    if !text.trim_start().starts_with('{') {
+        return Err(bad("a frame must hold one JSON object", None));
+    }
+    let raw: RawFrame<'_> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(_) => return Err(bad("not a valid JSON object", None)),
+    };
+    let id = match raw.id {
+        None => None,
+        Some(v) => {
+            let t = v.get();
+            let is_string_or_number = t.starts_with('"') || t.starts_with('-') || t.as_bytes()[0].is_ascii_digit();
+            if !is_string_or_number {
+                return Err(bad("id must be a string or a number", None));
+            }
+            if t.len() > MAX_ID_BYTES {
+                return Err(bad("id is longer than 128 bytes", None));
+            }
+            Some(t)
+        }
+    };
+    let bad = |msg| WireError { code: ErrCode::BadRequest, msg, id };
+    let op: &str = match raw.op.map(|v| str_of(v)) {
+        None => return Err(bad("missing op")),
+        Some(Some(op)) => op,
+        Some(None) => return Err(bad("op must be a string")),
+    };
+    let ch = match raw.ch.map(str_of) {
+        Some(Some(ch)) => Some(ch),
+        Some(None) => return Err(bad("ch must be a string")),
+        None => None,
+    };
+    let need_ch = || {
+        let ch = ch.ok_or(bad("missing ch"))?;
+        if !valid_channel(ch) {
+            return Err(WireError {
+                code: ErrCode::BadChannel,
+                msg: "channel names are 1 to 128 bytes of A-Z a-z 0-9 _ - . : @ /",
+                id,
+            });
+        }
+        Ok(ch)
+    };
+    let since = match raw.since.map(|v| serde_json::from_str::<Seq>(v.get())) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Err(bad("since must be a non-negative integer")),
+    };
+    let req = match op {
+        "sub" => {
+            let ch = need_ch()?;
+            let epoch = match raw.epoch {
+                None => None,
+                Some(v) => match serde_json::from_str::<String>(v.get()) {
+                    Ok(e) => Some(e),
+                    Err(_) => return Err(bad("epoch must be a string")),
+                },
+            };
+            if matches!(since, Some(s) if s > 0) && epoch.is_none() {
+                return Err(bad("since > 0 needs the epoch it was counted in"));
+            }
+            Request::Sub { ch, since, epoch }
+        }
+        "unsub" => Request::Unsub { ch: need_ch()? },
+        "pub" => {
+            let ch = need_ch()?;
+            let data = raw.data.ok_or(bad("missing data"))?.get();
+            Request::Pub { ch, data }
+        }
+        "hist" => {
+            let ch = need_ch()?;
+            let limit = match raw.limit.map(|v| serde_json::from_str::<u32>(v.get())) {
+                None => DEFAULT_HIST_LIMIT,
+                Some(Ok(n)) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
+                Some(_) => return Err(bad("limit must be an integer from 1 to 1000")),
+            };
+            Request::Hist {
+                ch,
+                since: since.unwrap_or(0),
+                limit,
+            }
+        }
+        _ => {
+            return Err(WireError {
+                code: ErrCode::UnknownOp,
+                msg: "op must be sub, unsub, pub or hist",
+                id,
+            })
+        }
+    };
+    Ok(Frame { id, req })
+}
+
+/// A JSON string's contents, borrowed when it has no escapes.
+fn str_of(v: &RawValue) -> Option<&str> {
+    let t = v.get();
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    // Names with escapes are not valid channel names or ops anyway; refusing
+    // them keeps every name borrowed from the frame.
+    if inner.contains(['\\', '"']) {
+        return None;
+    }
+    Some(inner)
+}
+
+/// Channel names: 1 to 128 bytes of `A-Z a-z 0-9 _ - . : @ /`.
+pub fn valid_channel(ch: &str) -> bool {
+    !ch.is_empty()
+        && ch.len() <= 128
+        && ch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/'))
+}
+
+/// A message as it travels to subscribers and into `hist` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg<'a> {
+    pub ch: &'a str,
+    pub seq: Seq,
+    pub ts: u64,
+    pub from: &'a str,
+    /// JSON text.
+    pub data: &'a str,
+}
+
+/// Writes a JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn id_field(out: &mut String, id: Option<&str>) {
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(id);
+    }
+}
+
+fn msg_object(out: &mut String, m: &Msg<'_>) {
+    out.push_str("{\"op\":\"msg\",\"ch\":");
+    json_str(out, m.ch);
+    let _ = write!(out, ",\"seq\":{},\"ts\":{},\"from\":", m.seq, m.ts);
+    json_str(out, m.from);
+    out.push_str(",\"data\":");
+    out.push_str(m.data);
+    out.push('}');
+}
+
+/// `{"op":"msg",...}`
+pub fn msg(m: &Msg<'_>) -> String {
+    let mut out = String::with_capacity(64 + m.ch.len() + m.from.len() + m.data.len());
+    msg_object(&mut out, m);
+    out
+}
+
+/// `{"op":"subok",...}`
+pub fn subok(ch: &str, seq: Seq, epoch: &str, gap: bool, id: Option<&str>) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str("{\"op\":\"subok\",\"ch\":");
+    json_str(&mut out, ch);
+    let _ = write!(out, ",\"seq\":{seq},\"epoch\":");
+    json_str(&mut out, epoch);
+    if gap {
+        out.push_str(",\"gap\":true");
+    }
+    id_field(&mut out, id);
+    out.push('}');
+    out
+}
+
+/// `{"op":"unsubok",...}`
+pub fn unsubok(ch: &str, id: Option<&str>) -> String {
+    let mut out = String::with_capacity(48);
+    out.push_str("{\"op\":\"unsubok\",\"ch\":");
+    json_str(&mut out, ch);
+    id_field(&mut out, id);
+    out.push('}');
+    out
+}
+
+/// `{"op":"ack",...}`
+pub fn ack(id: Option<&str>, ch: &str, seq: Seq) -> String {
+    let mut out = String::with_capacity(64);
+    out.push_str("{\"op\":\"ack\"");
+    id_field(&mut out, id);
+    out.push_str(",\"ch\":");
+    json_str(&mut out, ch);
+    let _ = write!(out, ",\"seq\":{seq}}}");
+    out
+}
+
+/// Builds a `hist` reply message by message.
+pub struct HistReply {
+    out: String,
+    first: bool,
+}
+
+impl HistReply {
+    pub fn new(ch: &str) -> HistReply {
+        let mut out = String::with_capacity(256);
+        out.push_str("{\"op\":\"hist\",\"ch\":");
+        json_str(&mut out, ch);
+        out.push_str(",\"msgs\":[");
+        HistReply { out, first: true }
+    }
+
+    pub fn push(&mut self, m: &Msg<'_>) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        msg_object(&mut self.out, m);
+    }
+
+    /// Bytes written so far, to keep a reply within the send buffer.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first
+    }
+
+    pub fn finish(mut self, more: bool, gap: bool, id: Option<&str>) -> String {
+        let _ = write!(self.out, "],\"more\":{more}");
+        if gap {
+            self.out.push_str(",\"gap\":true");
+        }
+        id_field(&mut self.out, id);
+        self.out.push('}');
+        self.out
+    }
+}
+
+/// `{"op":"err",...}`
+pub fn err(code: ErrCode, msg: &str, id: Option<&str>) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str("{\"op\":\"err\",\"code\":\"");
+    out.push_str(code.as_str());
+    out.push_str("\",\"msg\":");
+    json_str(&mut out, msg);
+    id_field(&mut out, id);
+    out.push('}');
+    out
+}
+
+impl fmt::Display for ErrCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parsed(text: &str) -> Result<Frame<'_>, (ErrCode, Option<&str>)> {
+        parse(text).map_err(|e| (e.code, e.id))
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            parsed(r#"{"op":"sub","ch":"room:1","id":7}"#),
+            Ok(Frame {
+                id: Some("7"),
+                req: Request::Sub { ch: "room:1", since: None, epoch: None }
+            })
+        );
+        assert_eq!(
+            parsed(r#"{"op":"sub","ch":"a","since":5,"epoch":"e1"}"#).unwrap().req,
+            Request::Sub { ch: "a", since: Some(5), epoch: Some("e1".into()) }
+        );
+        assert_eq!(
+            parsed(r#" {"op":"pub","ch":"a","data":{"x": [1, 2]},"id":"p1"}"#),
+            Ok(Frame { id: Some("\"p1\""), req: Request::Pub { ch: "a", data: r#"{"x": [1, 2]}"# } })
+        );
+        assert_eq!(
+            parsed(r#"{"op":"hist","ch":"a"}"#).unwrap().req,
+            Request::Hist { ch: "a", since: 0, limit: 100 }
+        );
+        assert_eq!(parsed(r#"{"op":"unsub","ch":"a","x":1}"#).unwrap().req, Request::Unsub { ch: "a" });
+    }
+
+    #[test]
+    fn refusals_keep_the_id_when_they_can() {
+        use ErrCode::*;
+        let cases: &[(&str, ErrCode, Option<&str>)] = &[
+            ("not json", BadRequest, None),
+            ("[1,2]", BadRequest, None),
+            ("\"str\"", BadRequest, None),
+            (r#"{"op":"sub","ch":"a","id":{"x":1}}"#, BadRequest, None),
+            (r#"{"op":"zap","id":1}"#, UnknownOp, Some("1")),
+            (r#"{"id":1}"#, BadRequest, Some("1")),
+            (r#"{"op":5,"id":1}"#, BadRequest, Some("1")),
+            (r#"{"op":"sub","id":1}"#, BadRequest, Some("1")),
+            (r#"{"op":"sub","ch":"bad channel","id":"x"}"#, BadChannel, Some("\"x\"")),
+            (r#"{"op":"sub","ch":"","id":1}"#, BadChannel, Some("1")),
+            (r#"{"op":"sub","ch":"a","since":3,"id":1}"#, BadRequest, Some("1")),
+            (r#"{"op":"sub","ch":"a","since":-3,"epoch":"e"}"#, BadRequest, None),
+            (r#"{"op":"pub","ch":"a","id":1}"#, BadRequest, Some("1")),
+            (r#"{"op":"hist","ch":"a","limit":1001}"#, BadRequest, None),
+            (r#"{"op":"hist","ch":"a","limit":0}"#, BadRequest, None),
+            (r#"{"op":"sub","ch":"a","ch":"b"}"#, BadRequest, None),
+        ];
+        for (text, code, id) in cases {
+            assert_eq!(parsed(text).err(), Some((*code, *id)), "{text}");
+        }
+        let long = "x".repeat(129);
+        assert!(valid_channel(&"x".repeat(128)));
+        assert!(!valid_channel(&long));
+        assert!(!valid_channel("é"));
+    }
+
+    #[test]
+    fn emitted_json_parses_back() {
+        let m = Msg { ch: "room:1", seq: 42, ts: 1764100000123, from: "al\"ice\n", data: r#"{"t":"hi"}"# };
+        let v: Value = serde_json::from_str(&msg(&m)).unwrap();
+        assert_eq!(
+            v,
+            json!({"op":"msg","ch":"room:1","seq":42,"ts":1764100000123u64,"from":"al\"ice\n","data":{"t":"hi"}})
+        );
+        let v: Value = serde_json::from_str(&subok("a", 3, "ep", true, Some("\"x\""))).unwrap();
+        assert_eq!(v, json!({"op":"subok","ch":"a","seq":3,"epoch":"ep","gap":true,"id":"x"}));
+        let v: Value = serde_json::from_str(&subok("a", 0, "ep", false, None)).unwrap();
+        assert_eq!(v, json!({"op":"subok","ch":"a","seq":0,"epoch":"ep"}));
+        let v: Value = serde_json::from_str(&ack(Some("7"), "a", 9)).unwrap();
+        assert_eq!(v, json!({"op":"ack","id":7,"ch":"a","seq":9}));
+        let v: Value = serde_json::from_str(&err(ErrCode::Forbidden, "no \u{1} way", None)).unwrap();
+        assert_eq!(v, json!({"op":"err","code":"forbidden","msg":"no \u{1} way"}));
+        let mut h = HistReply::new("a");
+        h.push(&m);
+        h.push(&Msg { seq: 43, ..m });
+        let v: Value = serde_json::from_str(&h.finish(true, false, Some("1"))).unwrap();
+        assert_eq!(v["msgs"][1]["seq"], 43);
+        assert_eq!(v["more"], true);
+        assert_eq!(v["id"], 1);
+        let v: Value = serde_json::from_str(&HistReply::new("a").finish(false, true, None)).unwrap();
+        assert_eq!(v, json!({"op":"hist","ch":"a","msgs":[],"more":false,"gap":true}));
+    }
+
+    /// Fixed-seed random bytes: the parser never panics.
+    #[test]
+    fn parser_survives_noise() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let alphabet = br#"{}[]":,0123456789abcdefghijklmnopqrstuvwxyz\ -.opchsubpubhistsincelimitiddataepoch"#;
+        for _ in 0..20_000 {
+            let len = (x % 64) as usize;
+            let mut s = String::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push(alphabet[(x % alphabet.len() as u64) as usize] as char);
+            }
+            let _ = parse(&s);
+            let _ = parse(&format!("{{\"op\":\"pub\",\"ch\":\"a\",\"data\":{s}}}"));
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The writer thread: group commit and maintenance, off the event loop.
+//!
+//! An fsync on an SD card can take tens of milliseconds. If the loop
+//! committed, every socket would stall for that long on every turn. Instead
+//! the loop hands each turn's publishes to this thread and goes on serving;
+//! while one commit is in flight the next turns' publishes queue up, and the
+//! thread takes all of them into its next transaction. So the more
+//! publishers, the more messages share one fsync (group commit), and the loop
+//! never waits for the disk.
+//!
+//! Results come back in commit order through a channel, and `wake` (a
+//! `mio::Waker` in the server) tells the loop to collect them. Between
+//! batches the thread runs retention and dedupe expiry in small bounded
+//! transactions, so trimming never holds the write lock for long.
+//!
+//! This thread reads the wall clock itself: `ts` is the commit time, and only
+//! the thread that commits knows it.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::store::{Append, Outcome, Retention, Store, StoreError};
+
+/// Most appends merged into one transaction: bounds the transaction's dirty
+/// pages and the latency of the first publisher in it.
+pub const MAX_BATCH: usize = 4096;
+/// Deletions per maintenance transaction.
+const MAINTAIN_BUDGET: usize = 2000;
+/// Retention must take effect within 1 s of the commit that passes a limit.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(400);
+
+/// One commit's results: the appends as sent, in order, with their outcomes.
+pub struct Done<T> {
+    pub items: Vec<(T, Append)>,
+    /// One outcome per item, or the reason the whole batch was not stored.
+    pub result: Result<Vec<Outcome>, StoreError>,
+}
+
+enum Job<T> {
+    Append(Vec<(T, Append)>),
+    Stop,
+}
+
+/// Handle to the writer thread. `T` is the caller's ticket for each append
+/// (the server uses it to find the connection to ack).
+pub struct Writer<T: Send + 'static> {
+    jobs: Sender<Job<T>>,
+    done: Receiver<Done<T>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the writer needs to know about policy.
+pub struct Policy {
+    pub dedupe_window: Duration,
+    pub retention: Arc<dyn Fn(&str) -> Retention + Send + Sync>,
+}
+
+impl<T: Send + 'static> Writer<T> {
+    /// Starts the thread. `wake` is called after each batch's results are queued.
+    pub fn start(store: Store, policy: Policy, wake: Box<dyn Fn() + Send>) -> Writer<T> {
+        let (jobs, job_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("roostd-writer".into())
+            .spawn(move || run(store, policy, job_rx, done_tx, wake))
+            .expect("spawning the writer thread");
+        Writer { jobs, done, thread: Some(thread) }
+    }
+
+    /// Queues appends for the next commit.
+    pub fn submit(&self, items: Vec<(T, Append)>) {
+        if !items.is_empty() {
+            // A send fails only after the thread has exited on a fatal
+            // error, which the loop learns from `results`.
+            let _ = self.jobs.send(Job::Append(items));
+        }
+    }
+
+    /// Results ready now, without waiting.
+    pub fn results(&self) -> impl Iterator<Item = Done<T>> + '_ {
+        self.done.try_iter()
+    }
+
+    /// Commits what is queued, then stops the thread and waits for it.
+    pub fn stop(&mut self) -> Vec<Done<T>> {
+        let _ = self.jobs.send(Job::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.done.try_iter().collect()
+    }
+}
+
+impl<T: Send + 'static> Drop for Writer<T> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
+    let retention = &*policy.retention;
+    let window_ms = policy.dedupe_window.as_millis() as u64;
+    let mut next_maintenance = Instant::now() + MAINTAIN_EVERY;
+    let mut stopping = false;
+    while !stopping {
+        let wait = next_maintenance.saturating_duration_since(Instant::now());
+        let mut items = match jobs.recv_timeout(wait) {
+            Ok(Job::Append(items)) => items,
+            Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                next_maintenance = match store.maintain(now_ms(), MAINTAIN_BUDGET, retention) {
+                    // More to trim: come back right after any waiting publishes.
+                    Ok(n) if n == MAINTAIN_BUDGET => Instant::now(),
+                    Ok(_) => Instant::now() + MAINTAIN_EVERY,
+                    Err(e) => {
+                        log::warn!("retention pass failed: {e}");
+                        Instant::now() + MAINTAIN_EVERY
+                    }
+                };
+                continue;
+            }
+        };
+        // Group commit: everything queued while the last commit ran.
+        while items.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(Job::Append(more)) => items.extend(more),
+                Ok(Job::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let result = store.append_batch(items.iter().map(|(_, a)| a), now_ms(), window_ms, retention);
+        let fatal = matches!(&result, Err(e) if !e.is_transient());
+        if let Err(e) = &result {
+            log::error!("commit of {} messages failed: {e}", items.len());
+        }
+        if done.send(Done { items, result }).is_err() {
+            break;
+        }
+        wake();
+        if fatal {
+            // Never retry on an environment whose sync failed: the pages it
+            // holds may not be what is on disk.
+            break;
+        }
+    }
+}
