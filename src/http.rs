@@ -346,6 +346,6 @@ mod tests {
         let r = String::from_utf8(error_response(401, "token_invalid")).unwrap();
         assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
         assert!(r.ends_with("\r\n\r\n{\"error\":\"token_invalid\"}"));
-        assert!(r.contains("Content-Length: 23\r\n"));
+        assert!(r.contains("Content-Length: 25\r\n"));
     }
 }

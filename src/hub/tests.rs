@@ -1,0 +1,345 @@
+//! Hub tests: plain values in, actions out, a real store in a temp folder.
+//! Commits are simulated the way the server does them: `append_batch`, then
+//! `committed` for each stored message.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::auth::{Claims, Patterns};
+use crate::store::{Outcome, Retention};
+
+const KEEP_ALL: Retention = Retention { messages: u64::MAX, age_ms: u64::MAX };
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    hub: Hub,
+    now: Instant,
+    /// Everything each connection was sent, as JSON.
+    inbox: HashMap<ConnId, Vec<Value>>,
+    closed: Vec<(ConnId, u16)>,
+}
+
+fn claims(sub: &str, read: &[&str], write: &[&str]) -> Claims {
+    let p = |v: &[&str]| Patterns::new(v.iter().map(|s| s.to_string()).collect());
+    Claims { sub: sub.into(), exp: u64::MAX, read: p(read), write: p(write) }
+}
+
+impl World {
+    fn new() -> World {
+        World::with_limits(Limits { max_subscriptions: 4, publish_rate: 0, max_reply_bytes: 1 << 20 })
+    }
+
+    fn with_limits(limits: Limits) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let hub = Hub::new(store.epoch(), limits);
+        World { _dir: dir, store, hub, now: Instant::now(), inbox: HashMap::new(), closed: Vec::new() }
+    }
+
+    fn join(&mut self, conn: ConnId, c: Claims) {
+        self.hub.join(conn, c, self.now);
+    }
+
+    /// Sends one request; publishes are committed at once.
+    fn req(&mut self, conn: ConnId, v: Value) {
+        let mut out = Vec::new();
+        self.hub.handle(conn, &v.to_string(), self.now, &self.store, &mut out);
+        let mut publishes = Vec::new();
+        for a in out {
+            match a {
+                Action::Reply(t) => self.deliver(conn, &t),
+                Action::Publish { append, id } => publishes.push((append, id)),
+                Action::Close(code, _) => self.closed.push((conn, code)),
+            }
+        }
+        if !publishes.is_empty() {
+            self.commit(conn, publishes);
+        }
+    }
+
+    fn commit(&mut self, conn: ConnId, publishes: Vec<(Append, Option<String>)>) {
+        let outcomes =
+            self.store.append_batch(publishes.iter().map(|(a, _)| a), 1000, 60_000, &|_| KEEP_ALL).unwrap();
+        for ((a, id), o) in publishes.into_iter().zip(outcomes) {
+            match o {
+                Outcome::Stored { seq, ts } => {
+                    self.deliver(conn, &wire::ack(id.as_deref(), &a.ch, seq));
+                    let text = wire::msg(&Msg { ch: &a.ch, seq, ts, from: &a.from, data: &a.data });
+                    let mut to = Vec::new();
+                    self.hub.committed(&a.ch, seq, &mut to);
+                    for c in to {
+                        self.deliver(c, &text);
+                    }
+                }
+                Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id.as_deref(), &ch, seq)),
+            }
+        }
+    }
+
+    /// Stores a message behind the hub's back (as if committed, result not
+    /// yet collected).
+    fn store_only(&mut self, ch: &str, data: &str) -> Seq {
+        let a = Append { ch: ch.into(), from: "x".into(), data: data.into(), id: None };
+        match self.store.append_batch([&a], 1000, 60_000, &|_| KEEP_ALL).unwrap()[0] {
+            Outcome::Stored { seq, .. } => seq,
+            ref o => panic!("{o:?}"),
+        }
+    }
+
+    fn pump(&mut self, room: usize) {
+        for conn in self.hub.replaying() {
+            let mut texts = Vec::new();
+            self.hub.pump(conn, &self.store, room, &mut texts);
+            for t in texts {
+                self.deliver(conn, &t);
+            }
+        }
+    }
+
+    fn deliver(&mut self, conn: ConnId, text: &str) {
+        self.inbox.entry(conn).or_default().push(serde_json::from_str(text).unwrap());
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    /// Seqs of the `msg`s a connection got, in order.
+    fn seqs(&mut self, conn: ConnId) -> Vec<u64> {
+        self.take(conn).iter().filter(|v| v["op"] == "msg").map(|v| v["seq"].as_u64().unwrap()).collect()
+    }
+}
+
+/// Publishes `n` messages in one commit, as one loop turn's worth would be.
+fn publish(w: &mut World, conn: ConnId, ch: &str, n: usize) {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let text = json!({"op":"pub","ch":ch,"data":{"i":i}}).to_string();
+        w.hub.handle(conn, &text, w.now, &w.store, &mut out);
+    }
+    let mut publishes = Vec::new();
+    for a in out {
+        match a {
+            Action::Reply(t) => w.deliver(conn, &t),
+            Action::Publish { append, id } => publishes.push((append, id)),
+            Action::Close(code, _) => w.closed.push((conn, code)),
+        }
+    }
+    if !publishes.is_empty() {
+        w.commit(conn, publishes);
+    }
+}
+
+#[test]
+fn publish_acks_and_fans_out() {
+    let mut w = World::new();
+    w.join(1, claims("alice", &["*"], &["*"]));
+    w.join(2, claims("bob", &["room:*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"room:1","id":"s"}));
+    let epoch = w.store.epoch().to_string();
+    assert_eq!(w.take(2), vec![json!({"op":"subok","ch":"room:1","seq":0,"epoch":epoch,"id":"s"})]);
+    w.req(1, json!({"op":"pub","ch":"room:1","data":{"t":"hi"},"id":7}));
+    assert_eq!(w.take(1), vec![json!({"op":"ack","id":7,"ch":"room:1","seq":1})]);
+    let got = w.take(2);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0]["from"].clone(), got[0]["data"].clone()), (json!("alice"), json!({"t":"hi"})));
+}
+
+#[test]
+fn permissions_and_limits_answer_with_errors() {
+    let mut w = World::new();
+    w.join(1, claims("u", &["room:*"], &["room:1"]));
+    let err_code = |w: &mut World| w.take(1).pop().unwrap()["code"].clone();
+    w.req(1, json!({"op":"sub","ch":"other","id":1}));
+    assert_eq!(err_code(&mut w), "forbidden");
+    w.req(1, json!({"op":"hist","ch":"other"}));
+    assert_eq!(err_code(&mut w), "forbidden");
+    w.req(1, json!({"op":"pub","ch":"room:2","data":1}));
+    assert_eq!(err_code(&mut w), "forbidden");
+    for i in 0..4 {
+        w.req(1, json!({"op":"sub","ch":format!("room:{i}")}));
+    }
+    w.take(1);
+    w.req(1, json!({"op":"sub","ch":"room:9"}));
+    assert_eq!(err_code(&mut w), "too_many_subscriptions");
+    // Re-subscribing to a held channel is not a new subscription.
+    w.req(1, json!({"op":"sub","ch":"room:0"}));
+    assert_eq!(w.take(1)[0]["op"], "subok");
+    w.req(1, json!({"op":"nope"}));
+    assert_eq!(err_code(&mut w), "unknown_op");
+}
+
+#[test]
+fn resume_replays_exactly_what_was_missed() {
+    let mut w = World::new();
+    w.join(1, claims("p", &[], &["*"]));
+    publish(&mut w, 1, "c", 5);
+    w.join(2, claims("s", &["*"], &[]));
+    let epoch = w.store.epoch().to_string();
+    w.req(2, json!({"op":"sub","ch":"c","since":2,"epoch":epoch}));
+    assert_eq!(w.take(2)[0]["seq"], 5, "subok carries the last seq");
+    // Live messages published before the replay ran must not jump the queue.
+    publish(&mut w, 1, "c", 2);
+    assert_eq!(w.seqs(2), Vec::<u64>::new());
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![3, 4, 5, 6, 7]);
+    publish(&mut w, 1, "c", 1);
+    assert_eq!(w.seqs(2), vec![8]);
+}
+
+#[test]
+fn replay_is_bounded_by_room_and_has_no_gap_or_duplicate() {
+    let mut w = World::new();
+    w.join(1, claims("p", &[], &["*"]));
+    publish(&mut w, 1, "c", 600);
+    w.join(2, claims("s", &["*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"c","since":0}));
+    w.take(2);
+    let mut seen = Vec::new();
+    let mut rounds = 0;
+    while !w.hub.replaying().is_empty() {
+        w.pump(2000);
+        let got = w.seqs(2);
+        assert!(got.len() <= 40, "a pump of 2000 bytes sent {} messages", got.len());
+        seen.extend(got);
+        // Interleave live publishes with the replay.
+        if rounds % 5 == 0 {
+            publish(&mut w, 1, "c", 1);
+            seen.extend(w.seqs(2));
+        }
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    publish(&mut w, 1, "c", 1);
+    seen.extend(w.seqs(2));
+    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+    assert_eq!(seen, expected);
+    assert!(seen.len() > 600);
+}
+
+#[test]
+fn a_commit_seen_by_replay_before_its_result_is_not_sent_twice() {
+    let mut w = World::new();
+    w.join(2, claims("s", &["*"], &[]));
+    w.store_only("c", "1");
+    w.req(2, json!({"op":"sub","ch":"c","since":0}));
+    // Message 2 is committed, but its result has not reached the hub yet.
+    let seq = w.store_only("c", "2");
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![1, 2]);
+    // Now the result arrives: the cursor is already past it.
+    let mut to = Vec::new();
+    w.hub.committed("c", seq, &mut to);
+    assert!(to.is_empty());
+}
+
+#[test]
+fn gaps_are_reported() {
+    let mut w = World::new();
+    w.join(1, claims("p", &["*"], &["*"]));
+    publish(&mut w, 1, "c", 3);
+    w.take(1);
+    let epoch = w.store.epoch().to_string();
+    let cases = [
+        (json!({"op":"sub","ch":"c","since":1,"epoch":"another"}), true, vec![1, 2, 3]),
+        (json!({"op":"sub","ch":"c","since":9,"epoch":epoch}), true, vec![1, 2, 3]),
+        (json!({"op":"sub","ch":"c","since":0,"epoch":"ignored"}), false, vec![1, 2, 3]),
+        (json!({"op":"sub","ch":"c","since":2,"epoch":epoch}), false, vec![3]),
+        (json!({"op":"sub","ch":"c","since":3,"epoch":epoch}), false, vec![]),
+        (json!({"op":"sub","ch":"c"}), false, vec![]),
+    ];
+    for (req, gap, replay) in cases {
+        w.req(1, req.clone());
+        let subok = w.take(1).remove(0);
+        assert_eq!(subok["gap"].as_bool().unwrap_or(false), gap, "{req}");
+        w.pump(1 << 20);
+        assert_eq!(w.seqs(1), replay, "{req}");
+    }
+}
+
+#[test]
+fn trimmed_history_is_a_gap() {
+    let mut w = World::new();
+    w.join(1, claims("p", &["*"], &["*"]));
+    publish(&mut w, 1, "c", 5);
+    w.take(1);
+    w.store.maintain(1_000_000, 100, &|_| Retention { messages: 2, age_ms: u64::MAX }).unwrap();
+    let epoch = w.store.epoch().to_string();
+    w.req(1, json!({"op":"sub","ch":"c","since":1,"epoch":epoch}));
+    assert_eq!(w.take(1)[0]["gap"], true);
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(1), vec![4, 5]);
+    w.req(1, json!({"op":"hist","ch":"c","since":1}));
+    let h = w.take(1).remove(0);
+    assert_eq!((h["gap"].clone(), h["msgs"].as_array().unwrap().len()), (json!(true), 2));
+    w.req(1, json!({"op":"hist","ch":"c","since":3}));
+    assert_eq!(w.take(1)[0].get("gap"), None);
+}
+
+#[test]
+fn hist_pages_by_limit_and_bytes() {
+    let mut w = World::with_limits(Limits { max_subscriptions: 4, publish_rate: 0, max_reply_bytes: 1000 });
+    w.join(1, claims("p", &["*"], &["*"]));
+    publish(&mut w, 1, "c", 50);
+    w.take(1);
+    w.req(1, json!({"op":"hist","ch":"c","limit":10,"id":"h"}));
+    let h = w.take(1).remove(0);
+    assert_eq!((h["msgs"].as_array().unwrap().len(), h["more"].clone(), h["id"].clone()), (10, json!(true), json!("h")));
+    w.req(1, json!({"op":"hist","ch":"c","since":45,"limit":10}));
+    let h = w.take(1).remove(0);
+    assert_eq!((h["msgs"][0]["seq"].clone(), h["more"].clone()), (json!(46), json!(false)));
+    // A reply is cut near max_reply_bytes; `more` tells the client to page on.
+    w.req(1, json!({"op":"hist","ch":"c","limit":1000}));
+    let h = w.take(1).remove(0);
+    let n = h["msgs"].as_array().unwrap().len();
+    assert!(n < 50 && n > 5, "{n}");
+    assert_eq!(h["more"], true);
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_leave_forgets() {
+    let mut w = World::new();
+    w.join(1, claims("p", &["*"], &["*"]));
+    w.join(2, claims("s", &["*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"c"}));
+    w.req(2, json!({"op":"unsub","ch":"c","id":3}));
+    assert_eq!(w.take(2)[1], json!({"op":"unsubok","ch":"c","id":3}));
+    publish(&mut w, 1, "c", 1);
+    assert!(w.seqs(2).is_empty());
+    w.req(2, json!({"op":"sub","ch":"c"}));
+    w.hub.leave(2);
+    publish(&mut w, 1, "c", 1);
+    assert!(w.take(2).iter().all(|v| v["op"] != "msg"));
+    assert_eq!(w.hub.subscription_count(), 0);
+}
+
+#[test]
+fn publish_rate_is_limited_then_closed_on_sustained_abuse() {
+    let mut w = World::with_limits(Limits { max_subscriptions: 4, publish_rate: 10, max_reply_bytes: 1 << 20 });
+    w.join(1, claims("p", &[], &["*"]));
+    publish(&mut w, 1, "c", 20);
+    assert_eq!(w.take(1).iter().filter(|v| v["op"] == "ack").count(), 20, "burst is 2x the rate");
+    publish(&mut w, 1, "c", 1);
+    assert_eq!(w.take(1)[0]["code"], "rate_limited");
+    // Half a second refills five.
+    w.now += Duration::from_millis(500);
+    publish(&mut w, 1, "c", 6);
+    let got = w.take(1);
+    assert_eq!(got.iter().filter(|v| v["op"] == "ack").count(), 5);
+    publish(&mut w, 1, "c", 30);
+    assert_eq!(w.closed.first(), Some(&(1, 1008)));
+}
+
+#[test]
+fn duplicate_ids_ack_the_original() {
+    let mut w = World::new();
+    w.join(1, claims("p", &[], &["*"]));
+    w.req(1, json!({"op":"pub","ch":"c","data":1,"id":"a"}));
+    w.req(1, json!({"op":"pub","ch":"c","data":2,"id":"a"}));
+    w.req(1, json!({"op":"pub","ch":"c","data":3,"id":"b"}));
+    let acks: Vec<u64> = w.take(1).iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(acks, vec![1, 1, 2]);
+}
