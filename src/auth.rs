@@ -74,9 +74,7 @@ impl Key {
 // the secret into a log.
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Key").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -268,11 +266,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(keys: KeyRing, leeway_secs: u64, audience: Option<String>) -> Verifier {
-        Verifier {
-            keys,
-            leeway_secs,
-            audience,
-        }
+        Verifier { keys, leeway_secs, audience }
     }
 
     pub fn leeway_secs(&self) -> u64 {
@@ -358,12 +352,7 @@ impl Verifier {
         if now > exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired);
         }
-        Ok(Claims {
-            sub,
-            exp,
-            read,
-            write,
-        })
+        Ok(Claims { sub, exp, read, write })
     }
 
     fn check_audience(&self, aud: Option<&Value>) -> Result<(), Reason> {
@@ -417,9 +406,7 @@ fn decode_b64(part: &str) -> Result<Vec<u8>, Reason> {
 
 fn decode_object(part: &str) -> Result<Map<String, Value>, Reason> {
     let bytes = decode_b64(part)?;
-    serde_json::from_slice::<UniqueObject>(&bytes)
-        .map(|o| o.0)
-        .map_err(|_| Reason::BadJson)
+    serde_json::from_slice::<UniqueObject>(&bytes).map(|o| o.0).map_err(|_| Reason::BadJson)
 }
 
 fn verify_mac(key: &Key, header_b64: &str, payload_b64: &str, sig: &[u8]) -> Result<(), Reason> {
@@ -515,17 +502,10 @@ struct MintHeader<'a> {
 /// token could never verify.
 pub fn mint(claims: &serde_json::Value, key: &Key) -> String {
     assert!(claims.is_object(), "JWT claims must be a JSON object");
-    let header = MintHeader {
-        alg: ALG,
-        typ: TYP,
-        kid: key.id.as_deref(),
-    };
+    let header = MintHeader { alg: ALG, typ: TYP, kid: key.id.as_deref() };
     let header_json = serde_json::to_vec(&header).expect("a struct of strings always serializes");
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header_json),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let signing_input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header_json), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let mut mac = HmacSha256::new_from_slice(&key.secret).expect("HMAC takes keys of any length");
     mac.update(signing_input.as_bytes());
     let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
@@ -652,17 +632,12 @@ mod tests {
 
     #[test]
     fn mint_header_shape() {
-        let token = mint(
-            &base_claims(),
-            &Key::new(Some("k1".into()), SECRET.to_vec()),
-        );
+        let token = mint(&base_claims(), &Key::new(Some("k1".into()), SECRET.to_vec()));
         let header = token.split('.').next().unwrap();
         let header = URL_SAFE_NO_PAD.decode(header).unwrap();
         assert_eq!(header, br#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#);
         let token = mint(&base_claims(), &key());
-        let header = URL_SAFE_NO_PAD
-            .decode(token.split('.').next().unwrap())
-            .unwrap();
+        let header = URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap();
         assert_eq!(header, br#"{"alg":"HS256","typ":"JWT"}"#);
     }
 
@@ -734,42 +709,14 @@ mod tests {
         let unsigned = format!("{}.{}.", b64(input(r#""none""#)), b64(&claims));
         check(&[
             ("HS256", signed_raw(&input(r#""HS256""#), &claims), Ok(())),
-            (
-                "none signed",
-                signed_raw(&input(r#""none""#), &claims),
-                invalid(Reason::BadAlg),
-            ),
+            ("none signed", signed_raw(&input(r#""none""#), &claims), invalid(Reason::BadAlg)),
             ("none unsigned", unsigned, invalid(Reason::BadAlg)),
-            (
-                "HS384",
-                signed_raw(&input(r#""HS384""#), &claims),
-                invalid(Reason::BadAlg),
-            ),
-            (
-                "RS256",
-                signed_raw(&input(r#""RS256""#), &claims),
-                invalid(Reason::BadAlg),
-            ),
-            (
-                "lowercase",
-                signed_raw(&input(r#""hs256""#), &claims),
-                invalid(Reason::BadAlg),
-            ),
-            (
-                "number",
-                signed_raw(&input("256"), &claims),
-                invalid(Reason::BadAlg),
-            ),
-            (
-                "null",
-                signed_raw(&input("null"), &claims),
-                invalid(Reason::BadAlg),
-            ),
-            (
-                "missing",
-                signed_raw(r#"{"typ":"JWT"}"#, &claims),
-                invalid(Reason::BadAlg),
-            ),
+            ("HS384", signed_raw(&input(r#""HS384""#), &claims), invalid(Reason::BadAlg)),
+            ("RS256", signed_raw(&input(r#""RS256""#), &claims), invalid(Reason::BadAlg)),
+            ("lowercase", signed_raw(&input(r#""hs256""#), &claims), invalid(Reason::BadAlg)),
+            ("number", signed_raw(&input("256"), &claims), invalid(Reason::BadAlg)),
+            ("null", signed_raw(&input("null"), &claims), invalid(Reason::BadAlg)),
+            ("missing", signed_raw(r#"{"typ":"JWT"}"#, &claims), invalid(Reason::BadAlg)),
         ]);
     }
 
@@ -777,46 +724,18 @@ mod tests {
     fn header_fields() {
         let claims = base_claims();
         check(&[
-            (
-                "typ absent",
-                signed(json!({"alg": "HS256"}), claims.clone()),
-                Ok(()),
-            ),
-            (
-                "typ JWS",
-                signed(json!({"alg": "HS256", "typ": "JWS"}), claims.clone()),
-                invalid(Reason::BadTyp),
-            ),
-            (
-                "typ jwt",
-                signed(json!({"alg": "HS256", "typ": "jwt"}), claims.clone()),
-                invalid(Reason::BadTyp),
-            ),
-            (
-                "typ number",
-                signed(json!({"alg": "HS256", "typ": 1}), claims.clone()),
-                invalid(Reason::BadTyp),
-            ),
-            (
-                "crit",
-                signed(json!({"alg": "HS256", "crit": ["exp"]}), claims.clone()),
-                invalid(Reason::Crit),
-            ),
-            (
-                "crit empty",
-                signed(json!({"alg": "HS256", "crit": []}), claims.clone()),
-                invalid(Reason::Crit),
-            ),
+            ("typ absent", signed(json!({"alg": "HS256"}), claims.clone()), Ok(())),
+            ("typ JWS", signed(json!({"alg": "HS256", "typ": "JWS"}), claims.clone()), invalid(Reason::BadTyp)),
+            ("typ jwt", signed(json!({"alg": "HS256", "typ": "jwt"}), claims.clone()), invalid(Reason::BadTyp)),
+            ("typ number", signed(json!({"alg": "HS256", "typ": 1}), claims.clone()), invalid(Reason::BadTyp)),
+            ("crit", signed(json!({"alg": "HS256", "crit": ["exp"]}), claims.clone()), invalid(Reason::Crit)),
+            ("crit empty", signed(json!({"alg": "HS256", "crit": []}), claims.clone()), invalid(Reason::Crit)),
             (
                 "unknown kid",
                 signed(json!({"alg": "HS256", "kid": "nope"}), claims.clone()),
                 invalid(Reason::UnknownKid),
             ),
-            (
-                "kid number",
-                signed(json!({"alg": "HS256", "kid": 1}), claims.clone()),
-                invalid(Reason::UnknownKid),
-            ),
+            ("kid number", signed(json!({"alg": "HS256", "kid": 1}), claims.clone()), invalid(Reason::UnknownKid)),
         ]);
     }
 
@@ -824,17 +743,10 @@ mod tests {
     fn duplicate_header_member_is_rejected() {
         let claims = base_claims().to_string();
         check(&[
-            (
-                "alg twice",
-                signed_raw(r#"{"alg":"none","alg":"HS256"}"#, &claims),
-                invalid(Reason::BadJson),
-            ),
+            ("alg twice", signed_raw(r#"{"alg":"none","alg":"HS256"}"#, &claims), invalid(Reason::BadJson)),
             (
                 "sub twice",
-                signed_raw(
-                    r#"{"alg":"HS256"}"#,
-                    &format!(r#"{{"sub":"a","sub":"b","exp":{}}}"#, NOW + 60),
-                ),
+                signed_raw(r#"{"alg":"HS256"}"#, &format!(r#"{{"sub":"a","sub":"b","exp":{}}}"#, NOW + 60)),
                 invalid(Reason::BadJson),
             ),
         ]);
@@ -845,46 +757,14 @@ mod tests {
         let header = hs256().to_string();
         let claims = base_claims().to_string();
         check(&[
-            (
-                "header not JSON",
-                signed_raw("not json", &claims),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "header array",
-                signed_raw(r#"["alg","HS256"]"#, &claims),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "header string",
-                signed_raw(r#""HS256""#, &claims),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "header trailing data",
-                signed_raw(&format!("{header}{{}}"), &claims),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "header empty",
-                signed_segments("", &b64(&claims)),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "payload not JSON",
-                signed_raw(&header, "{sub: alice}"),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "payload array",
-                signed_raw(&header, "[1,2]"),
-                invalid(Reason::BadJson),
-            ),
-            (
-                "payload null",
-                signed_raw(&header, "null"),
-                invalid(Reason::BadJson),
-            ),
+            ("header not JSON", signed_raw("not json", &claims), invalid(Reason::BadJson)),
+            ("header array", signed_raw(r#"["alg","HS256"]"#, &claims), invalid(Reason::BadJson)),
+            ("header string", signed_raw(r#""HS256""#, &claims), invalid(Reason::BadJson)),
+            ("header trailing data", signed_raw(&format!("{header}{{}}"), &claims), invalid(Reason::BadJson)),
+            ("header empty", signed_segments("", &b64(&claims)), invalid(Reason::BadJson)),
+            ("payload not JSON", signed_raw(&header, "{sub: alice}"), invalid(Reason::BadJson)),
+            ("payload array", signed_raw(&header, "[1,2]"), invalid(Reason::BadJson)),
+            ("payload null", signed_raw(&header, "null"), invalid(Reason::BadJson)),
             (
                 "payload bad UTF-8",
                 signed_segments(&b64(&header), &b64(b"{\"sub\":\"\xff\"}")),
@@ -901,33 +781,13 @@ mod tests {
             ("valid", token.clone(), Ok(())),
             ("empty", String::new(), Err(AuthError::Missing)),
             ("one part", parts[0].to_owned(), invalid(Reason::BadFormat)),
-            (
-                "two parts",
-                format!("{}.{}", parts[0], parts[1]),
-                invalid(Reason::BadFormat),
-            ),
-            (
-                "four parts",
-                format!("{token}.{}", parts[2]),
-                invalid(Reason::BadFormat),
-            ),
-            (
-                "trailing dot",
-                format!("{token}."),
-                invalid(Reason::BadFormat),
-            ),
+            ("two parts", format!("{}.{}", parts[0], parts[1]), invalid(Reason::BadFormat)),
+            ("four parts", format!("{token}.{}", parts[2]), invalid(Reason::BadFormat)),
+            ("trailing dot", format!("{token}."), invalid(Reason::BadFormat)),
             ("only dots", "..".to_owned(), invalid(Reason::BadJson)),
             ("space", format!(" {token}"), invalid(Reason::BadBase64)),
-            (
-                "bearer prefix",
-                format!("Bearer {token}"),
-                invalid(Reason::BadBase64),
-            ),
-            (
-                "no signature",
-                format!("{}.{}.", parts[0], parts[1]),
-                invalid(Reason::BadSignature),
-            ),
+            ("bearer prefix", format!("Bearer {token}"), invalid(Reason::BadBase64)),
+            ("no signature", format!("{}.{}.", parts[0], parts[1]), invalid(Reason::BadSignature)),
         ]);
     }
 
@@ -935,10 +795,7 @@ mod tests {
     fn size_limit() {
         let v = verifier();
         // Rejected on length alone, before anything is decoded.
-        assert_eq!(
-            outcome(&v, &"a".repeat(MAX_TOKEN_BYTES + 1)),
-            invalid(Reason::TooLong)
-        );
+        assert_eq!(outcome(&v, &"a".repeat(MAX_TOKEN_BYTES + 1)), invalid(Reason::TooLong));
         assert_eq!(outcome(&v, &"a".repeat(10)), invalid(Reason::BadFormat));
 
         // A valid token of exactly the limit passes; one byte more does not.
@@ -948,10 +805,7 @@ mod tests {
             .flat_map(|kid_len| (0..MAX_TOKEN_BYTES).map(move |n| (kid_len, n)))
             .map(|(kid_len, n)| {
                 let key = Key::new(Some("k".repeat(kid_len)), SECRET.to_vec());
-                (
-                    key.clone(),
-                    mint(&claims_with(json!({"pad": "x".repeat(n)})), &key),
-                )
+                (key.clone(), mint(&claims_with(json!({"pad": "x".repeat(n)})), &key))
             })
             .find(|(_, token)| token.len() == MAX_TOKEN_BYTES)
             .expect("some padding reaches the limit exactly");
@@ -981,26 +835,10 @@ mod tests {
         assert_ne!(pad(p), p);
         check(&[
             ("unpadded (control)", signed_segments(&header, p), Ok(())),
-            (
-                "signature",
-                format!("{h}.{p}.{}", pad(s)),
-                invalid(Reason::BadBase64),
-            ),
-            (
-                "header (re-signed)",
-                signed_segments(&pad(&header), p),
-                invalid(Reason::BadBase64),
-            ),
-            (
-                "payload (re-signed)",
-                signed_segments(h, &pad(p)),
-                invalid(Reason::BadBase64),
-            ),
-            (
-                "excess padding (re-signed)",
-                signed_segments(h, &format!("{p}====")),
-                invalid(Reason::BadBase64),
-            ),
+            ("signature", format!("{h}.{p}.{}", pad(s)), invalid(Reason::BadBase64)),
+            ("header (re-signed)", signed_segments(&pad(&header), p), invalid(Reason::BadBase64)),
+            ("payload (re-signed)", signed_segments(h, &pad(p)), invalid(Reason::BadBase64)),
+            ("excess padding (re-signed)", signed_segments(h, &format!("{p}====")), invalid(Reason::BadBase64)),
         ]);
     }
 
@@ -1019,10 +857,7 @@ mod tests {
                 .with_decode_allow_trailing_bits(true)
                 .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
         );
-        assert_eq!(
-            lenient.decode(&changed).unwrap(),
-            lenient.decode(seg).unwrap()
-        );
+        assert_eq!(lenient.decode(&changed).unwrap(), lenient.decode(seg).unwrap());
         changed
     }
 
@@ -1037,26 +872,14 @@ mod tests {
         assert!(standard.contains(['+', '/']), "test needs '+' or '/'");
         check(&[
             ("control", signed_segments(&header, &b64(&claims)), Ok(())),
-            (
-                "signature trailing bits",
-                format!("{h}.{p}.{}", with_trailing_bits(s)),
-                invalid(Reason::BadBase64),
-            ),
+            ("signature trailing bits", format!("{h}.{p}.{}", with_trailing_bits(s)), invalid(Reason::BadBase64)),
             (
                 "header trailing bits (re-signed)",
                 signed_segments(&with_trailing_bits(&header), p),
                 invalid(Reason::BadBase64),
             ),
-            (
-                "standard alphabet (re-signed)",
-                signed_segments(h, &standard),
-                invalid(Reason::BadBase64),
-            ),
-            (
-                "impossible length",
-                format!("{h}.{p}.{s}AA"),
-                invalid(Reason::BadBase64),
-            ),
+            ("standard alphabet (re-signed)", signed_segments(h, &standard), invalid(Reason::BadBase64)),
+            ("impossible length", format!("{h}.{p}.{s}AA"), invalid(Reason::BadBase64)),
         ]);
     }
 
@@ -1065,95 +888,32 @@ mod tests {
         let t = |edit: Value| mint(&claims_with(edit), &key());
         check(&[
             ("base", t(json!({})), Ok(())),
-            (
-                "sub missing",
-                t(json!({"sub": null})),
-                invalid(Reason::MissingSub),
-            ),
-            (
-                "sub number",
-                t(json!({"sub": 7})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "sub empty",
-                t(json!({"sub": ""})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "sub array",
-                t(json!({"sub": ["alice"]})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "exp missing",
-                t(json!({"exp": null})),
-                invalid(Reason::MissingExp),
-            ),
-            (
-                "exp string",
-                t(json!({"exp": (NOW + 60).to_string()})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "exp negative",
-                t(json!({"exp": -1})),
-                invalid(Reason::BadClaims),
-            ),
+            ("sub missing", t(json!({"sub": null})), invalid(Reason::MissingSub)),
+            ("sub number", t(json!({"sub": 7})), invalid(Reason::BadClaims)),
+            ("sub empty", t(json!({"sub": ""})), invalid(Reason::BadClaims)),
+            ("sub array", t(json!({"sub": ["alice"]})), invalid(Reason::BadClaims)),
+            ("exp missing", t(json!({"exp": null})), invalid(Reason::MissingExp)),
+            ("exp string", t(json!({"exp": (NOW + 60).to_string()})), invalid(Reason::BadClaims)),
+            ("exp negative", t(json!({"exp": -1})), invalid(Reason::BadClaims)),
             ("exp huge float", t(json!({"exp": 1e300})), Ok(())),
-            (
-                "nbf string",
-                t(json!({"nbf": "0"})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "iat bool",
-                t(json!({"iat": true})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "read string",
-                t(json!({"read": "room:*"})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "read numbers",
-                t(json!({"read": [1]})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "read mixed",
-                t(json!({"read": ["a", null]})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "write object",
-                t(json!({"write": {"room": 1}})),
-                invalid(Reason::BadClaims),
-            ),
-            (
-                "write true",
-                t(json!({"write": true})),
-                invalid(Reason::BadClaims),
-            ),
+            ("nbf string", t(json!({"nbf": "0"})), invalid(Reason::BadClaims)),
+            ("iat bool", t(json!({"iat": true})), invalid(Reason::BadClaims)),
+            ("read string", t(json!({"read": "room:*"})), invalid(Reason::BadClaims)),
+            ("read numbers", t(json!({"read": [1]})), invalid(Reason::BadClaims)),
+            ("read mixed", t(json!({"read": ["a", null]})), invalid(Reason::BadClaims)),
+            ("write object", t(json!({"write": {"room": 1}})), invalid(Reason::BadClaims)),
+            ("write true", t(json!({"write": true})), invalid(Reason::BadClaims)),
             ("read empty", t(json!({"read": []})), Ok(())),
         ]);
         // Explicit null is a present-but-wrong claim, not an absent one.
-        let explicit_null = signed_raw(
-            &hs256().to_string(),
-            &format!(r#"{{"sub":"a","exp":{},"read":null}}"#, NOW + 60),
-        );
-        assert_eq!(
-            outcome(&verifier(), &explicit_null),
-            invalid(Reason::BadClaims)
-        );
+        let explicit_null =
+            signed_raw(&hs256().to_string(), &format!(r#"{{"sub":"a","exp":{},"read":null}}"#, NOW + 60));
+        assert_eq!(outcome(&verifier(), &explicit_null), invalid(Reason::BadClaims));
     }
 
     #[test]
     fn missing_patterns_grant_nothing() {
-        let claims = verifier()
-            .verify(&mint(&base_claims(), &key()), NOW)
-            .unwrap();
+        let claims = verifier().verify(&mint(&base_claims(), &key()), NOW).unwrap();
         assert_eq!(claims.read, Patterns::default());
         assert!(!claims.read.allows("anything"));
         assert!(!claims.write.allows(""));
@@ -1173,26 +933,14 @@ mod tests {
         check(&[
             ("exp now", t(json!({"exp": NOW})), Ok(())),
             ("exp within leeway", t(json!({"exp": NOW - 30})), Ok(())),
-            (
-                "exp past leeway",
-                t(json!({"exp": NOW - 31})),
-                Err(AuthError::Expired),
-            ),
+            ("exp past leeway", t(json!({"exp": NOW - 31})), Err(AuthError::Expired)),
             ("exp zero", t(json!({"exp": 0})), Err(AuthError::Expired)),
             ("nbf now", t(json!({"nbf": NOW})), Ok(())),
             ("nbf within leeway", t(json!({"nbf": NOW + 30})), Ok(())),
-            (
-                "nbf future",
-                t(json!({"nbf": NOW + 31})),
-                invalid(Reason::NotYetValid),
-            ),
+            ("nbf future", t(json!({"nbf": NOW + 31})), invalid(Reason::NotYetValid)),
             ("iat past", t(json!({"iat": NOW - 1000})), Ok(())),
             ("iat within leeway", t(json!({"iat": NOW + 30})), Ok(())),
-            (
-                "iat future",
-                t(json!({"iat": NOW + 31})),
-                invalid(Reason::IssuedInFuture),
-            ),
+            ("iat future", t(json!({"iat": NOW + 31})), invalid(Reason::IssuedInFuture)),
         ]);
         let strict = Verifier::new(KeyRing::new(vec![key()]), 0, None);
         assert_eq!(strict.leeway_secs(), 0);
@@ -1200,16 +948,8 @@ mod tests {
             &strict,
             &[
                 ("exp now", t(json!({"exp": NOW})), Ok(())),
-                (
-                    "exp one second ago",
-                    t(json!({"exp": NOW - 1})),
-                    Err(AuthError::Expired),
-                ),
-                (
-                    "nbf next second",
-                    t(json!({"nbf": NOW + 1})),
-                    invalid(Reason::NotYetValid),
-                ),
+                ("exp one second ago", t(json!({"exp": NOW - 1})), Err(AuthError::Expired)),
+                ("nbf next second", t(json!({"nbf": NOW + 1})), invalid(Reason::NotYetValid)),
             ],
         );
         // Overflow must not wrap an absurd leeway into rejecting everything.
@@ -1234,41 +974,17 @@ mod tests {
             &[
                 ("string match", t(json!({"aud": "roost"})), Ok(())),
                 ("array match", t(json!({"aud": ["other", "roost"]})), Ok(())),
-                (
-                    "string mismatch",
-                    t(json!({"aud": "other"})),
-                    invalid(Reason::BadAudience),
-                ),
-                (
-                    "array mismatch",
-                    t(json!({"aud": ["other", "roost2"]})),
-                    invalid(Reason::BadAudience),
-                ),
-                (
-                    "empty array",
-                    t(json!({"aud": []})),
-                    invalid(Reason::BadAudience),
-                ),
-                (
-                    "case differs",
-                    t(json!({"aud": "Roost"})),
-                    invalid(Reason::BadAudience),
-                ),
-                (
-                    "array with non-string",
-                    t(json!({"aud": ["roost", 1]})),
-                    invalid(Reason::BadAudience),
-                ),
+                ("string mismatch", t(json!({"aud": "other"})), invalid(Reason::BadAudience)),
+                ("array mismatch", t(json!({"aud": ["other", "roost2"]})), invalid(Reason::BadAudience)),
+                ("empty array", t(json!({"aud": []})), invalid(Reason::BadAudience)),
+                ("case differs", t(json!({"aud": "Roost"})), invalid(Reason::BadAudience)),
+                ("array with non-string", t(json!({"aud": ["roost", 1]})), invalid(Reason::BadAudience)),
                 ("number", t(json!({"aud": 1})), invalid(Reason::BadAudience)),
                 ("missing", t(json!({})), invalid(Reason::BadAudience)),
             ],
         );
         check(&[
-            (
-                "unconfigured ignores aud",
-                t(json!({"aud": "other"})),
-                Ok(()),
-            ),
+            ("unconfigured ignores aud", t(json!({"aud": "other"})), Ok(())),
             ("unconfigured ignores odd aud", t(json!({"aud": 1})), Ok(())),
         ]);
     }
@@ -1292,27 +1008,12 @@ mod tests {
             &[
                 ("kid selects first key", mint(&base_claims(), &new), Ok(())),
                 ("kid selects second key", mint(&base_claims(), &old), Ok(())),
-                (
-                    "no kid uses default (first)",
-                    mint(&base_claims(), &anonymous_new),
-                    Ok(()),
-                ),
-                (
-                    "no kid never tries others",
-                    mint(&base_claims(), &anonymous_old),
-                    invalid(Reason::BadSignature),
-                ),
-                (
-                    "kid with other key's MAC",
-                    forged_kid,
-                    invalid(Reason::BadSignature),
-                ),
+                ("no kid uses default (first)", mint(&base_claims(), &anonymous_new), Ok(())),
+                ("no kid never tries others", mint(&base_claims(), &anonymous_old), invalid(Reason::BadSignature)),
+                ("kid with other key's MAC", forged_kid, invalid(Reason::BadSignature)),
                 (
                     "unknown kid",
-                    mint(
-                        &base_claims(),
-                        &Key::new(Some("older".into()), b"old secret".to_vec()),
-                    ),
+                    mint(&base_claims(), &Key::new(Some("older".into()), b"old secret".to_vec())),
                     invalid(Reason::UnknownKid),
                 ),
             ],
@@ -1335,16 +1036,10 @@ mod tests {
     #[test]
     fn unusable_keys_reject_everything() {
         let empty = Verifier::new(KeyRing::new(vec![]), 30, None);
-        assert_eq!(
-            outcome(&empty, &mint(&base_claims(), &key())),
-            invalid(Reason::NoKey)
-        );
+        assert_eq!(outcome(&empty, &mint(&base_claims(), &key())), invalid(Reason::NoKey));
         let blank = Key::new(None, Vec::new());
         let v = Verifier::new(KeyRing::new(vec![blank.clone()]), 30, None);
-        assert_eq!(
-            outcome(&v, &mint(&base_claims(), &blank)),
-            invalid(Reason::NoKey)
-        );
+        assert_eq!(outcome(&v, &mint(&base_claims(), &blank)), invalid(Reason::NoKey));
     }
 
     #[test]
@@ -1384,11 +1079,7 @@ mod tests {
     fn errors_are_content_free() {
         let token = mint(&base_claims(), &key());
         let secret_text = String::from_utf8_lossy(SECRET).into_owned();
-        let v = Verifier::new(
-            KeyRing::new(vec![Key::new(Some("k".into()), SECRET.to_vec())]),
-            30,
-            None,
-        );
+        let v = Verifier::new(KeyRing::new(vec![Key::new(Some("k".into()), SECRET.to_vec())]), 30, None);
         let err = v.verify(&format!("{token}x"), NOW).unwrap_err();
         for shown in [err.to_string(), format!("{err:?}"), format!("{v:?}")] {
             assert!(!shown.contains(&token[..20]), "{shown}");
@@ -1398,10 +1089,7 @@ mod tests {
         assert_eq!(AuthError::Missing.code(), "token_missing");
         assert_eq!(AuthError::Invalid(Reason::BadAlg).code(), "token_invalid");
         assert_eq!(AuthError::Expired.code(), "token_expired");
-        assert_eq!(
-            AuthError::Invalid(Reason::BadAlg).to_string(),
-            "invalid token (bad_alg)"
-        );
+        assert_eq!(AuthError::Invalid(Reason::BadAlg).to_string(), "invalid token (bad_alg)");
         assert_eq!(Reason::IssuedInFuture.as_str(), "issued_in_future");
     }
 

@@ -108,11 +108,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 
 /// The default store limit fits the address space: a 32-bit process cannot
 /// map 1 GiB next to its heap and stacks.
-pub const DEFAULT_MAX_STORE_BYTES: u64 = if cfg!(target_pointer_width = "64") {
-    1 << 30
-} else {
-    256 << 20
-};
+pub const DEFAULT_MAX_STORE_BYTES: u64 = if cfg!(target_pointer_width = "64") { 1 << 30 } else { 256 << 20 };
 
 /// One entry of the settings table, shared by `--help` and the docs.
 pub struct Setting {
@@ -124,26 +120,66 @@ pub struct Setting {
 
 /// Every setting a flag (`--key-with-dashes`) or file key (`key_with_underscores`) can carry.
 pub const SETTINGS: &[Setting] = &[
-    Setting { key: "listen", value: "ADDR", default: "127.0.0.1:8080", help: "where to listen (0.0.0.0:8080 for the LAN)" },
+    Setting {
+        key: "listen",
+        value: "ADDR",
+        default: "127.0.0.1:8080",
+        help: "where to listen (0.0.0.0:8080 for the LAN)",
+    },
     Setting { key: "data", value: "DIR", default: "./roostd-data", help: "the store and the generated secret" },
-    Setting { key: "secret-file", value: "FILE", default: "-", help: "the HMAC secret (else $ROOSTD_SECRET, else <data>/secret)" },
-    Setting { key: "allowed-origin", value: "ORIGIN", default: "same origin", help: "browser origin allowed to connect (repeatable)" },
-    Setting { key: "max-connections", value: "N", default: "from RLIMIT_NOFILE", help: "total WebSocket + HTTP connections" },
+    Setting {
+        key: "secret-file",
+        value: "FILE",
+        default: "-",
+        help: "the HMAC secret (else $ROOSTD_SECRET, else <data>/secret)",
+    },
+    Setting {
+        key: "allowed-origin",
+        value: "ORIGIN",
+        default: "same origin",
+        help: "browser origin allowed to connect (repeatable)",
+    },
+    Setting {
+        key: "max-connections",
+        value: "N",
+        default: "from RLIMIT_NOFILE",
+        help: "total WebSocket + HTTP connections",
+    },
     Setting { key: "max-connections-per-ip", value: "N", default: "1024", help: "connections per client address" },
     Setting { key: "max-message-bytes", value: "N", default: "65536", help: "largest WebSocket message or HTTP body" },
     Setting { key: "max-header-bytes", value: "N", default: "8192", help: "largest HTTP request head" },
     Setting { key: "handshake-timeout", value: "D", default: "10s", help: "time to send a complete request head" },
     Setting { key: "ping-interval", value: "D", default: "30s", help: "ping a quiet peer this often" },
-    Setting { key: "pong-timeout", value: "D", default: "20s", help: "close a peer that does not answer a ping in time" },
-    Setting { key: "publish-hook", value: "URL", default: "-", help: "main application URL that approves client publishes" },
+    Setting {
+        key: "pong-timeout",
+        value: "D",
+        default: "20s",
+        help: "close a peer that does not answer a ping in time",
+    },
+    Setting {
+        key: "publish-hook",
+        value: "URL",
+        default: "-",
+        help: "main application URL that approves client publishes",
+    },
     Setting { key: "publish-hook-timeout", value: "D", default: "2s", help: "how long the publish hook may take" },
     Setting { key: "retention-messages", value: "N", default: "10000", help: "messages kept per channel" },
     Setting { key: "retention-age", value: "D", default: "7d", help: "age after which messages are trimmed" },
     Setting { key: "dedupe-window", value: "D", default: "10m", help: "how long a (sub, id) is remembered" },
-    Setting { key: "publish-rate", value: "N", default: "1000", help: "publishes per second per connection, burst 2x; 0 = no limit" },
+    Setting {
+        key: "publish-rate",
+        value: "N",
+        default: "1000",
+        help: "publishes per second per connection, burst 2x; 0 = no limit",
+    },
     Setting { key: "max-subscriptions", value: "N", default: "256", help: "subscriptions per connection" },
     Setting { key: "max-fragments", value: "N", default: "1024", help: "frames per fragmented message" },
-    Setting { key: "max-send-buffer-bytes", value: "N", default: "1048576", help: "queued output per connection; past it: close 1013" },
+    Setting {
+        key: "max-send-buffer-bytes",
+        value: "N",
+        default: "1048576",
+        help: "queued output per connection; past it: close 1013",
+    },
     Setting { key: "audience", value: "AUD", default: "-", help: "token aud to require" },
     Setting { key: "leeway", value: "D", default: "30s", help: "clock tolerance for exp/nbf/iat" },
     Setting { key: "on-corrupt", value: "fresh|refuse", default: "fresh", help: "what to do with an unreadable store" },
@@ -248,9 +284,7 @@ impl Config {
     /// Applies a TOML config file. Unknown keys are errors: a typo must not
     /// silently leave a limit at its default.
     pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .or_else(|e| err(format!("{origin}: not valid TOML: {e}")))?;
+        let table: toml::Table = text.parse().or_else(|e| err(format!("{origin}: not valid TOML: {e}")))?;
         for (name, value) in &table {
             let key = name.replace('_', "-");
             match (key.as_str(), value) {
@@ -266,9 +300,8 @@ impl Config {
                 }
                 ("allowed-origin" | "allowed-origins", toml::Value::Array(items)) => {
                     for item in items {
-                        let text = scalar(item).ok_or_else(|| {
-                            ConfigError(format!("{origin}: allowed_origin takes strings"))
-                        })?;
+                        let text = scalar(item)
+                            .ok_or_else(|| ConfigError(format!("{origin}: allowed_origin takes strings")))?;
                         self.set("allowed-origin", &text)?;
                     }
                 }
@@ -345,27 +378,21 @@ fn key_table(item: &toml::Value, origin: &str) -> Result<KeyFile, ConfigError> {
     let id = t.get("id").and_then(|v| v.as_str());
     let file = t.get("secret_file").and_then(|v| v.as_str());
     match (id, file) {
-        (Some(id), Some(file)) if !id.is_empty() && !file.is_empty() => Ok(KeyFile {
-            id: id.to_string(),
-            secret_file: PathBuf::from(file),
-        }),
+        (Some(id), Some(file)) if !id.is_empty() && !file.is_empty() => {
+            Ok(KeyFile { id: id.to_string(), secret_file: PathBuf::from(file) })
+        }
         _ => err(format!("{origin}: each [[keys]] needs id = \"...\" and secret_file = \"...\"")),
     }
 }
 
 fn retention_table(item: &toml::Value, base: &Config, origin: &str) -> Result<RetentionRule, ConfigError> {
-    let t = item
-        .as_table()
-        .ok_or_else(|| ConfigError(format!("{origin}: [[retention]] entries are tables")))?;
+    let t = item.as_table().ok_or_else(|| ConfigError(format!("{origin}: [[retention]] entries are tables")))?;
     let pattern = t
         .get("pattern")
         .and_then(|v| v.as_str())
         .ok_or_else(|| ConfigError(format!("{origin}: each [[retention]] needs pattern = \"...\"")))?;
-    let mut rule = RetentionRule {
-        pattern: pattern.to_string(),
-        messages: base.retention_messages,
-        age: base.retention_age,
-    };
+    let mut rule =
+        RetentionRule { pattern: pattern.to_string(), messages: base.retention_messages, age: base.retention_age };
     for (k, v) in t {
         let text = scalar(v).unwrap_or_default();
         match k.as_str() {
@@ -386,10 +413,7 @@ fn nonempty<'a>(key: &str, v: &'a str) -> Result<&'a str, ConfigError> {
 }
 
 fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
-    v.trim()
-        .replace('_', "")
-        .parse()
-        .or_else(|_| err(format!("--{key} takes a whole number, not {v:?}")))
+    v.trim().replace('_', "").parse().or_else(|_| err(format!("--{key} takes a whole number, not {v:?}")))
 }
 
 fn positive(key: &str, v: &str) -> Result<usize, ConfigError> {

@@ -57,7 +57,7 @@ pub enum Phase {
 pub enum HeadStatus {
     /// Need more bytes.
     Pending,
-    Ready(Head),
+    Ready(Box<Head>),
     /// Refuse with this status and error code.
     Refuse(u16, &'static str),
     /// The peer went away.
@@ -190,7 +190,7 @@ impl Conn {
         }
         match http::parse_head(&self.head, max_bytes) {
             Ok(None) => HeadStatus::Pending,
-            Ok(Some(head)) => HeadStatus::Ready(head),
+            Ok(Some(head)) => HeadStatus::Ready(Box::new(head)),
             Err(HeadError::TooLarge) => HeadStatus::Refuse(431, "headers_too_large"),
             Err(HeadError::Malformed) => HeadStatus::Refuse(400, "bad_request"),
         }

@@ -189,7 +189,9 @@ pub fn accept_key(key: &str) -> String {
 /// The `101 Switching Protocols` answer.
 pub fn switching_protocols(up: &Upgrade) -> Vec<u8> {
     let mut out = String::with_capacity(160);
-    out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.push_str(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
     out.push_str(&accept_key(&up.key));
     if up.roost_v1 {
         out.push_str("\r\nSec-WebSocket-Protocol: roost.v1");
@@ -208,7 +210,8 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
     let Some(host) = host else { return false };
     let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
     let default_port = if origin.starts_with("https://") { ":443" } else { ":80" };
-    let has_port = |h: &str| h.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let has_port =
+        |h: &str| h.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     let with_port = |h: &str| if has_port(h) { h.to_string() } else { format!("{h}{default_port}") };
     !authority.is_empty() && with_port(authority).eq_ignore_ascii_case(&with_port(host))
 }

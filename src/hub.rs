@@ -169,7 +169,11 @@ impl Hub {
                     return reply_err(out, ErrCode::Forbidden, "this token may not publish to that channel");
                 }
                 if id.is_some() && peer.claims.sub.len() > MAX_DEDUPE_SUB_BYTES {
-                    return reply_err(out, ErrCode::BadRequest, "a token whose sub is over 381 bytes cannot publish with an id");
+                    return reply_err(
+                        out,
+                        ErrCode::BadRequest,
+                        "a token whose sub is over 381 bytes cannot publish with an id",
+                    );
                 }
                 if !peer.bucket.take(now, self.limits.publish_rate) {
                     if peer.bucket.refused > 2 * self.limits.publish_rate.max(1) {

@@ -28,10 +28,7 @@ impl Log for Stderr {
         if !ours && record.level() > Level::Warn {
             return;
         }
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let line = format!("{} {:<5} {}\n", utc(secs), record.level(), record.args());
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

@@ -196,7 +196,7 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, Fail> {
 
 fn generate_secret(path: &Path) -> Result<Vec<u8>, Fail> {
     let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).or_else(|e| Err(Fail(1, format!("no randomness for a secret: {e}"))))?;
+    getrandom::fill(&mut raw).map_err(|e| Fail(1, format!("no randomness for a secret: {e}")))?;
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).or_else(|e| usage(format!("cannot create the data folder {}: {e}", dir.display())))?;
@@ -247,7 +247,11 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         };
         Fail(2, format!("cannot listen on {listen}: {e}; {hint}"))
     })?;
-    log::info!("roostd {} listening on {} (max {max_connections} connections)", env!("CARGO_PKG_VERSION"), server.local_addr());
+    log::info!(
+        "roostd {} listening on {} (max {max_connections} connections)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr()
+    );
     match server.run() {
         Ok(_) => {
             log::info!("stopped cleanly");
@@ -263,12 +267,12 @@ fn open_store(cfg: &Config) -> Result<Store, Fail> {
         Ok(s) => Ok(s),
         Err(StoreError::Corrupt(why)) if cfg.on_corrupt == OnCorrupt::Fresh => {
             let aside = cfg.data.join(format!("corrupt-{}", utc_stamp()));
-            fs::create_dir_all(&aside).or_else(|e| Err(Fail(1, format!("cannot create {}: {e}", aside.display()))))?;
+            fs::create_dir_all(&aside).map_err(|e| Fail(1, format!("cannot create {}: {e}", aside.display())))?;
             for f in ["data.mdb", "lock.mdb"] {
                 let from = cfg.data.join(f);
                 if from.exists() {
                     fs::rename(&from, aside.join(f))
-                        .or_else(|e| Err(Fail(1, format!("cannot move {} aside: {e}", from.display()))))?;
+                        .map_err(|e| Fail(1, format!("cannot move {} aside: {e}", from.display())))?;
                 }
             }
             log::error!(

@@ -241,7 +241,9 @@ impl Server {
         }
         let now = Instant::now();
         let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
-        for t in [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))].into_iter().flatten() {
+        for t in
+            [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))].into_iter().flatten()
+        {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         next.map(|at| at.saturating_duration_since(now))
@@ -257,7 +259,9 @@ impl Server {
                 Ok(pair) => pair,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
                     // Edge-triggered: no new event will come for the
                     // backlog, so come back on a timer and drain it then.
                     log::warn!("out of file descriptors ({e}); pausing accept for {ACCEPT_BACKOFF:?}");
@@ -277,7 +281,8 @@ impl Server {
             let _ = sock.set_nodelay(true);
             let id = self.next_id;
             self.next_id += 1;
-            if let Err(e) = self.poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE) {
+            if let Err(e) = self.poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE)
+            {
                 log::warn!("cannot register a connection: {e}");
                 continue;
             }
@@ -319,7 +324,7 @@ impl Server {
             HeadStatus::Pending => {}
             HeadStatus::Gone => slot.conn.close(code::NORMAL, "", now),
             HeadStatus::Refuse(status, code) => slot.conn.refuse(http::error_response(status, code), now),
-            HeadStatus::Ready(head) => self.route(id, head, now),
+            HeadStatus::Ready(head) => self.route(id, *head, now),
         }
         self.schedule(id);
     }
@@ -349,10 +354,18 @@ impl Server {
         let up = http::upgrade_request(&head);
         let verdict = match &up {
             None => refusal(400, "bad_request").map(|r| (r, "not a valid upgrade")),
-            Some(_) if open > self.max_connections || self.per_ip.get(&ip).copied().unwrap_or(0) > self.cfg.max_connections_per_ip => {
+            Some(_)
+                if open > self.max_connections
+                    || self.per_ip.get(&ip).copied().unwrap_or(0) > self.cfg.max_connections_per_ip =>
+            {
                 refusal(503, "server_full").map(|r| (r, "connection limit"))
             }
-            Some(_) if head.origin.as_deref().is_some_and(|o| !http::origin_allowed(o, head.host.as_deref(), &self.cfg.allowed_origins)) => {
+            Some(_)
+                if head
+                    .origin
+                    .as_deref()
+                    .is_some_and(|o| !http::origin_allowed(o, head.host.as_deref(), &self.cfg.allowed_origins)) =>
+            {
                 refusal(403, "origin_forbidden").map(|r| (r, "origin not allowed"))
             }
             Some(Upgrade { token: None, .. }) => refusal(401, "token_missing").map(|r| (r, "no token")),
@@ -400,7 +413,11 @@ impl Server {
                 Incoming::Binary(b) if self.cfg.echo => slot.conn.send_raw(tungstenite::Message::Binary(b)),
                 Incoming::Text(t) if self.cfg.echo => slot.conn.send_raw(tungstenite::Message::Text(t)),
                 Incoming::Binary(_) => {
-                    let e = wire::err(ErrCode::BadRequest, "binary frames are not part of the protocol; send JSON text", None);
+                    let e = wire::err(
+                        ErrCode::BadRequest,
+                        "binary frames are not part of the protocol; send JSON text",
+                        None,
+                    );
                     self.send(id, e.into());
                 }
                 Incoming::Text(text) => {
@@ -422,7 +439,11 @@ impl Server {
             Action::Publish { append, id: req_id } => {
                 let bytes = append.data.len() + append.ch.len() + append.from.len();
                 if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
-                    let e = wire::err(ErrCode::Unavailable, "the server is busy writing; retry with the same id", req_id.as_deref());
+                    let e = wire::err(
+                        ErrCode::Unavailable,
+                        "the server is busy writing; retry with the same id",
+                        req_id.as_deref(),
+                    );
                     return self.send(id, e.into());
                 }
                 self.inflight_bytes += bytes;
@@ -478,7 +499,11 @@ impl Server {
                     for (ticket, _) in items {
                         self.inflight_bytes -= ticket.bytes;
                         if transient {
-                            let text = wire::err(ErrCode::Unavailable, "the store is full; retry later with the same id", ticket.id.as_deref());
+                            let text = wire::err(
+                                ErrCode::Unavailable,
+                                "the store is full; retry later with the same id",
+                                ticket.id.as_deref(),
+                            );
                             self.send(ticket.conn, text.into());
                         }
                     }
@@ -506,7 +531,9 @@ impl Server {
             match slot.conn.tick(now) {
                 Tick::Nothing => {}
                 Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
-                Tick::TokenExpired => slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now),
+                Tick::TokenExpired => {
+                    slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now)
+                }
             }
             self.dirty.push(id);
             self.schedule(id);

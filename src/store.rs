@@ -21,9 +21,9 @@
 //! and the database handles are cheap to clone and thread-safe.
 
 use std::fmt;
-use std::ops::Bound;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
+use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -269,16 +269,11 @@ impl Store {
         };
         let start = msg_key(id, after.saturating_add(1));
         let end = msg_key(id, u64::MAX);
-        let mut n = 0;
-        for item in self.messages.range(&rtxn, &(Bound::Included(&start[..]), Bound::Included(&end[..])))? {
-            if n >= limit {
-                break;
-            }
+        for item in self.messages.range(&rtxn, &(Bound::Included(&start[..]), Bound::Included(&end[..])))?.take(limit) {
             let (k, v) = item?;
             let Some(rec) = decode_message(k, v) else {
                 return Err(StoreError::Corrupt(format!("undecodable message in channel {ch}")));
             };
-            n += 1;
             if !each(rec) {
                 break;
             }
@@ -463,10 +458,7 @@ fn new_epoch() -> String {
     // Without randomness two stores could share an epoch; fall back to the
     // clock and the pid, which still differ between any two creations.
     if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         b[..8].copy_from_slice(&(t as u64).to_be_bytes());
         b[8..].copy_from_slice(&std::process::id().to_be_bytes());
     }

@@ -26,32 +26,16 @@ pub const MAX_ID_BYTES: usize = 128;
 /// One client request, checked: every field has the right type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request<'a> {
-    Sub {
-        ch: &'a str,
-        since: Option<Seq>,
-        epoch: Option<String>,
-    },
-    Unsub {
-        ch: &'a str,
-    },
-    Pub {
-        ch: &'a str,
-        data: &'a str,
-    },
-    Hist {
-        ch: &'a str,
-        since: Seq,
-        limit: u32,
-    },
+    Sub { ch: &'a str, since: Option<Seq>, epoch: Option<String> },
+    Unsub { ch: &'a str },
+    Pub { ch: &'a str, data: &'a str },
+    Hist { ch: &'a str, since: Seq, limit: u32 },
 }
 
 impl Request<'_> {
     pub fn channel(&self) -> &str {
         match self {
-            Request::Sub { ch, .. }
-            | Request::Unsub { ch }
-            | Request::Pub { ch, .. }
-            | Request::Hist { ch, .. } => ch,
+            Request::Sub { ch, .. } | Request::Unsub { ch } | Request::Pub { ch, .. } | Request::Hist { ch, .. } => ch,
         }
     }
 }
@@ -199,19 +183,9 @@ pub fn parse(text: &str) -> Result<Frame<'_>, WireError<'_>> {
                 Some(Ok(n)) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
                 Some(_) => return Err(bad("limit must be an integer from 1 to 1000")),
             };
-            Request::Hist {
-                ch,
-                since: since.unwrap_or(0),
-                limit,
-            }
+            Request::Hist { ch, since: since.unwrap_or(0), limit }
         }
-        _ => {
-            return Err(WireError {
-                code: ErrCode::UnknownOp,
-                msg: "op must be sub, unsub, pub or hist",
-                id,
-            })
-        }
+        _ => return Err(WireError { code: ErrCode::UnknownOp, msg: "op must be sub, unsub, pub or hist", id }),
     };
     Ok(Frame { id, req })
 }
@@ -232,9 +206,7 @@ fn str_of(v: &RawValue) -> Option<&str> {
 pub fn valid_channel(ch: &str) -> bool {
     !ch.is_empty()
         && ch.len() <= 128
-        && ch
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/'))
+        && ch.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/'))
 }
 
 /// A message as it travels to subscribers and into `hist` replies.
@@ -401,10 +373,7 @@ mod tests {
     fn requests() {
         assert_eq!(
             parsed(r#"{"op":"sub","ch":"room:1","id":7}"#),
-            Ok(Frame {
-                id: Some("7"),
-                req: Request::Sub { ch: "room:1", since: None, epoch: None }
-            })
+            Ok(Frame { id: Some("7"), req: Request::Sub { ch: "room:1", since: None, epoch: None } })
         );
         assert_eq!(
             parsed(r#"{"op":"sub","ch":"a","since":5,"epoch":"e1"}"#).unwrap().req,
@@ -414,10 +383,7 @@ mod tests {
             parsed(r#" {"op":"pub","ch":"a","data":{"x": [1, 2]},"id":"p1"}"#),
             Ok(Frame { id: Some("\"p1\""), req: Request::Pub { ch: "a", data: r#"{"x": [1, 2]}"# } })
         );
-        assert_eq!(
-            parsed(r#"{"op":"hist","ch":"a"}"#).unwrap().req,
-            Request::Hist { ch: "a", since: 0, limit: 100 }
-        );
+        assert_eq!(parsed(r#"{"op":"hist","ch":"a"}"#).unwrap().req, Request::Hist { ch: "a", since: 0, limit: 100 });
         assert_eq!(parsed(r#"{"op":"unsub","ch":"a","x":1}"#).unwrap().req, Request::Unsub { ch: "a" });
     }
 

@@ -61,8 +61,7 @@ impl World {
     }
 
     fn commit(&mut self, conn: ConnId, publishes: Vec<(Append, Option<String>)>) {
-        let outcomes =
-            self.store.append_batch(publishes.iter().map(|(a, _)| a), 1000, 60_000, &|_| KEEP_ALL).unwrap();
+        let outcomes = self.store.append_batch(publishes.iter().map(|(a, _)| a), 1000, 60_000, &|_| KEEP_ALL).unwrap();
         for ((a, id), o) in publishes.into_iter().zip(outcomes) {
             match o {
                 Outcome::Stored { seq, ts } => {
@@ -287,7 +286,10 @@ fn hist_pages_by_limit_and_bytes() {
     w.take(1);
     w.req(1, json!({"op":"hist","ch":"c","limit":10,"id":"h"}));
     let h = w.take(1).remove(0);
-    assert_eq!((h["msgs"].as_array().unwrap().len(), h["more"].clone(), h["id"].clone()), (10, json!(true), json!("h")));
+    assert_eq!(
+        (h["msgs"].as_array().unwrap().len(), h["more"].clone(), h["id"].clone()),
+        (10, json!(true), json!("h"))
+    );
     w.req(1, json!({"op":"hist","ch":"c","since":45,"limit":10}));
     let h = w.take(1).remove(0);
     assert_eq!((h["msgs"][0]["seq"].clone(), h["more"].clone()), (json!(46), json!(false)));
