@@ -38,8 +38,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the HTTP request head.
+    /// Reading an HTTP request head (the first, or the next on a kept-alive connection).
     Head,
+    /// Reading an HTTP request body.
+    Body,
+    /// A request waits for its commit; nothing more is read until it is answered.
+    Waiting,
     /// Writing a plain HTTP response; the connection ends after it.
     Responding,
     /// Response written and our side shut down; reading until the peer
@@ -61,6 +65,14 @@ pub enum HeadStatus {
     /// Refuse with this status and error code.
     Refuse(u16, &'static str),
     /// The peer went away.
+    Gone,
+}
+
+/// What reading a request body gave.
+pub enum BodyStatus<'a> {
+    Pending,
+    /// The whole request: head and body.
+    Ready(&'a [u8]),
     Gone,
 }
 
@@ -110,8 +122,9 @@ pub struct Conn {
     io: Io,
     phase: Phase,
     pub peer: IpAddr,
-    /// Request head bytes, until upgrade.
+    /// Request bytes received and not yet consumed (heads, bodies, pipelined requests).
     head: Vec<u8>,
+    handshake_timeout: Duration,
     /// Raw bytes to write before anything else (an HTTP response or the 101).
     raw: Vec<u8>,
     raw_pos: usize,
@@ -140,6 +153,7 @@ impl Conn {
             phase: Phase::Head,
             peer,
             head: Vec::new(),
+            handshake_timeout,
             raw: Vec::new(),
             raw_pos: 0,
             queue: VecDeque::new(),
@@ -198,12 +212,53 @@ impl Conn {
 
     /// Answers with a plain HTTP response and ends the connection after it.
     pub fn refuse(&mut self, response: Vec<u8>, now: Instant) {
-        self.raw = response;
-        self.raw_pos = 0;
-        self.head = Vec::new();
-        self.phase = Phase::Responding;
+        self.respond(response, usize::MAX, false, now);
+    }
+
+    /// Queues an HTTP response to the request that took the first
+    /// `consumed` buffered bytes. Kept alive, the connection then waits for
+    /// the next request head (which may already be buffered).
+    pub fn respond(&mut self, response: Vec<u8>, consumed: usize, keep_alive: bool, now: Instant) {
+        self.raw.extend_from_slice(&response);
+        if keep_alive {
+            self.head.drain(..consumed.min(self.head.len()));
+            self.phase = Phase::Head;
+            self.deadline_head = Some(now + self.handshake_timeout);
+        } else {
+            self.head = Vec::new();
+            self.phase = Phase::Responding;
+            self.deadline_head = None;
+            self.deadline_close = Some(now + CLOSE_GRACE);
+        }
+    }
+
+    /// The request head is read; its body comes next (same deadline).
+    pub fn expect_body(&mut self) {
+        self.phase = Phase::Body;
+    }
+
+    /// The request waits for a commit: no deadline, nothing read meanwhile.
+    pub fn wait_commit(&mut self) {
+        self.phase = Phase::Waiting;
         self.deadline_head = None;
-        self.deadline_close = Some(now + CLOSE_GRACE);
+    }
+
+    /// Reads until `total` request bytes are buffered or the socket is
+    /// empty; gives them once all are there.
+    pub fn read_body(&mut self, total: usize) -> BodyStatus<'_> {
+        let Io::Raw(sock) = &mut self.io else { return BodyStatus::Gone };
+        let mut chunk = [0u8; 4096];
+        while self.head.len() < total {
+            let want = (total - self.head.len()).min(chunk.len());
+            match sock.read(&mut chunk[..want]) {
+                Ok(0) => return BodyStatus::Gone,
+                Ok(n) => self.head.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return BodyStatus::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return BodyStatus::Gone,
+            }
+        }
+        BodyStatus::Ready(&self.head[..total])
     }
 
     /// Switches to WebSocket: queues the 101 answer, hands the socket and
@@ -309,7 +364,7 @@ impl Conn {
     /// queue is dropped by the caller first (`discard_queue`).
     pub fn close(&mut self, code: u16, reason: &'static str, now: Instant) {
         if self.phase != Phase::Open {
-            if matches!(self.phase, Phase::Head | Phase::Responding | Phase::Draining) {
+            if matches!(self.phase, Phase::Head | Phase::Body | Phase::Waiting | Phase::Responding | Phase::Draining) {
                 self.phase = Phase::Closed;
             }
             return;

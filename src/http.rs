@@ -122,6 +122,10 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_bytes(s, true)).into_owned()
+}
+
+fn percent_bytes(s: &str, plus_is_space: bool) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -136,12 +140,21 @@ fn percent_decode(s: &str) -> String {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// A path segment, percent-decoded (`+` stays `+`); `None` if the result
+/// is not UTF-8.
+pub fn percent_decode_path(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    String::from_utf8(percent_bytes(s, false)).ok()
 }
 
 /// What a valid WebSocket upgrade request asks for.

@@ -17,11 +17,12 @@
 //! the replay logic in one place. Tests use a real store in a temp folder.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
 use crate::store::{Append, ChannelInfo, Record, Store, MAX_DEDUPE_SUB_BYTES};
-use crate::wire::{self, ErrCode, HistReply, Msg, Request, Seq};
+use crate::wire::{self, ErrCode, Msg, Request, Seq};
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
@@ -313,9 +314,42 @@ fn start_cursor(info: ChannelInfo, since: Option<Seq>, epoch: Option<&str>, ours
     }
 }
 
-/// Builds a `hist` reply: messages after `since`, at most `limit` and about
-/// `max_bytes`.
-pub fn history(
+/// Whether a page of history is the whole story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Higher seqs exist than the page holds.
+    pub more: bool,
+    /// Seq `since + 1` was trimmed, or `since` is past the end.
+    pub gap: bool,
+}
+
+/// Appends `msg` objects after `since` to `out`, comma-separated: at most
+/// `limit` of them, and stopping once `out` passes `max_bytes`. Shared by
+/// the `hist` op and the HTTP API.
+pub fn page(
+    store: &Store,
+    ch: &str,
+    since: Seq,
+    limit: usize,
+    max_bytes: usize,
+    out: &mut String,
+) -> Result<Page, crate::store::StoreError> {
+    let mut last_sent = since;
+    let mut first = true;
+    let info = store.read(ch, since, limit, |r| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        wire::msg_into(out, &Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
+        last_sent = r.seq;
+        out.len() < max_bytes
+    })?;
+    Ok(Page { more: last_sent < info.last, gap: since + 1 < info.first || since > info.last })
+}
+
+/// Builds a `hist` reply.
+fn history(
     store: &Store,
     ch: &str,
     since: Seq,
@@ -323,16 +357,21 @@ pub fn history(
     max_bytes: usize,
     id: Option<&str>,
 ) -> Result<String, crate::store::StoreError> {
-    let mut reply = HistReply::new(ch);
-    let mut last_sent = since;
-    let info = store.read(ch, since, limit, |r| {
-        reply.push(&Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
-        last_sent = r.seq;
-        reply.len() < max_bytes
-    })?;
-    let more = last_sent < info.last;
-    let gap = since + 1 < info.first || since > info.last;
-    Ok(reply.finish(more, gap, id))
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"op\":\"hist\",\"ch\":");
+    wire::json_str(&mut out, ch);
+    out.push_str(",\"msgs\":[");
+    let page = page(store, ch, since, limit, max_bytes, &mut out)?;
+    let _ = write!(out, "],\"more\":{}", page.more);
+    if page.gap {
+        out.push_str(",\"gap\":true");
+    }
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(id);
+    }
+    out.push('}');
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -23,12 +23,14 @@
 //! - Every buffer and queue has a configured bound.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;
 pub mod hub;
 pub mod logger;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod wire;

@@ -27,11 +27,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Utf8Bytes;
 
+use crate::api::{self, Decision};
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::conn::{code, Conn, HeadStatus, Incoming, Phase, Tick};
+use crate::conn::{code, BodyStatus, Conn, HeadStatus, Incoming, Phase, Tick};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, Limits};
+use crate::metrics::{Gauges, Metrics};
 use crate::store::{Append, Outcome, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
 use crate::writer::{Done, Policy, Writer};
@@ -58,6 +60,24 @@ struct Ticket {
     conn: ConnId,
     id: Option<String>,
     bytes: usize,
+    /// Set for an HTTP publish: what to answer on.
+    http: Option<HttpRequest>,
+}
+
+/// An HTTP request in progress on a kept-alive connection.
+#[derive(Clone, Copy)]
+struct HttpRequest {
+    /// Buffered bytes the request takes (head and body).
+    consumed: usize,
+    keep_alive: bool,
+}
+
+/// A publish over HTTP whose body is still arriving.
+struct PendingBody {
+    head: Box<Head>,
+    ch: String,
+    claims: Box<crate::auth::Claims>,
+    len: usize,
 }
 
 struct Slot {
@@ -66,6 +86,7 @@ struct Slot {
     timer: Option<Instant>,
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
+    body: Option<PendingBody>,
 }
 
 /// Why the server stopped.
@@ -100,6 +121,7 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     stopping: Option<Instant>,
     fatal: Option<StoreError>,
+    metrics: Metrics,
 }
 
 fn now_unix() -> u64 {
@@ -180,6 +202,7 @@ impl Server {
             accept_paused_until: None,
             stopping: None,
             fatal: None,
+            metrics: Metrics::default(),
         })
     }
 
@@ -288,7 +311,8 @@ impl Server {
             }
             *self.per_ip.entry(addr.ip()).or_default() += 1;
             let conn = Conn::new(sock, addr.ip(), now, self.cfg.handshake_timeout);
-            self.slots.insert(id, Slot { conn, timer: None, joined: false });
+            self.slots.insert(id, Slot { conn, timer: None, joined: false, body: None });
+            self.metrics.accepted += 1;
             self.schedule(id);
             // Data may have arrived with the connection.
             self.on_readable(id, now);
@@ -310,37 +334,163 @@ impl Server {
     fn on_readable(&mut self, id: ConnId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         match slot.conn.phase() {
-            Phase::Head => self.read_head(id, now),
+            Phase::Head | Phase::Body => self.read_requests(id, now),
             Phase::Open | Phase::Closing => self.read_frames(id, now),
             Phase::Draining => slot.conn.drain(),
-            Phase::Responding | Phase::Closed => {}
+            Phase::Waiting | Phase::Responding | Phase::Closed => {}
         }
         self.dirty.push(id);
     }
 
-    fn read_head(&mut self, id: ConnId, now: Instant) {
-        let Some(slot) = self.slots.get_mut(&id) else { return };
-        match slot.conn.read_head(self.cfg.max_header_bytes) {
-            HeadStatus::Pending => {}
-            HeadStatus::Gone => slot.conn.close(code::NORMAL, "", now),
-            HeadStatus::Refuse(status, code) => slot.conn.refuse(http::error_response(status, code), now),
-            HeadStatus::Ready(head) => self.route(id, *head, now),
+    /// Reads HTTP requests until one needs to wait (for bytes or a
+    /// commit), the connection upgrades, or it ends. Kept-alive connections
+    /// may have several pipelined requests buffered.
+    fn read_requests(&mut self, id: ConnId, now: Instant) {
+        loop {
+            let Some(slot) = self.slots.get_mut(&id) else { return };
+            let more = match slot.conn.phase() {
+                Phase::Head => match slot.conn.read_head(self.cfg.max_header_bytes) {
+                    HeadStatus::Pending => false,
+                    HeadStatus::Gone => {
+                        slot.conn.close(code::NORMAL, "", now);
+                        false
+                    }
+                    HeadStatus::Refuse(status, code) => {
+                        self.metrics.refuse(code);
+                        slot.conn.refuse(http::error_response(status, code), now);
+                        false
+                    }
+                    HeadStatus::Ready(head) => self.on_head(id, *head, now),
+                },
+                Phase::Body => self.on_body(id, now),
+                _ => false,
+            };
+            if !more {
+                self.schedule(id);
+                return;
+            }
         }
-        self.schedule(id);
     }
 
-    /// Decides what a complete request head gets, in the contract's order
-    /// of checks: path, upgrade validity, capacity, origin, token.
-    fn route(&mut self, id: ConnId, head: Head, now: Instant) {
-        let answer = match head.path.as_str() {
-            "/ws" => return self.open_websocket(id, head, now),
-            "/healthz" if head.method == "GET" => http::response(200, "text/plain", b"ok", true),
-            "/healthz" => http::error_response(405, "method_not_allowed"),
-            _ => http::error_response(404, "not_found"),
+    /// Acts on a complete request head; true when the next request may be
+    /// read at once.
+    fn on_head(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
+        let decision = api::decide(&head, &self.verifier, now_unix(), self.cfg.max_message_bytes);
+        let req = HttpRequest { consumed: head.len, keep_alive: keep_alive(&head) };
+        match decision {
+            Decision::WebSocket => {
+                self.open_websocket(id, head, now);
+                false
+            }
+            Decision::Reply { status, body, content_type, close } => {
+                if status == 401 {
+                    self.metrics.auth_failure(error_code(&body));
+                }
+                self.http_reply(id, req, status, content_type, &body, close, now)
+            }
+            Decision::Health => {
+                let (status, body): (u16, &[u8]) =
+                    if self.fatal.is_none() { (200, b"ok") } else { (503, b"store unavailable") };
+                self.http_reply(id, req, status, "text/plain", body, false, now)
+            }
+            Decision::Metrics => {
+                let text = self.metrics.render(self.gauges());
+                self.http_reply(id, req, 200, "text/plain; version=0.0.4", text.as_bytes(), false, now)
+            }
+            Decision::Channels => match self.store.channels() {
+                Ok(list) => self.http_reply(id, req, 200, "application/json", &api::channels(&list), false, now),
+                Err(e) => self.store_unavailable(id, req, e, now),
+            },
+            Decision::History { ch, since, limit } => {
+                match api::history(&self.store, &ch, since, limit, self.cfg.max_send_buffer_bytes / 2) {
+                    Ok(body) => self.http_reply(id, req, 200, "application/json", &body, false, now),
+                    Err(e) => self.store_unavailable(id, req, e, now),
+                }
+            }
+            Decision::Publish { ch, claims, len } => {
+                let Some(slot) = self.slots.get_mut(&id) else { return false };
+                slot.body = Some(PendingBody { head: Box::new(head), ch, claims, len });
+                slot.conn.expect_body();
+                true
+            }
+        }
+    }
+
+    /// Reads a publish body; once complete, hands it to the writer.
+    fn on_body(&mut self, id: ConnId, now: Instant) -> bool {
+        let Some(slot) = self.slots.get_mut(&id) else { return false };
+        let Some(pending) = slot.body.take() else { return false };
+        let total = pending.head.len + pending.len;
+        let req = HttpRequest { consumed: total, keep_alive: keep_alive(&pending.head) };
+        let body = match slot.conn.read_body(total) {
+            BodyStatus::Gone => {
+                slot.conn.close(code::NORMAL, "", now);
+                return false;
+            }
+            BodyStatus::Pending => {
+                slot.body = Some(pending);
+                return false;
+            }
+            BodyStatus::Ready(all) => &all[pending.head.len..],
         };
-        log::debug!("{} {} -> {}", head.method, head.path, status_of(&answer));
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.conn.refuse(answer, now);
+        let key = pending.head.idempotency_key.as_deref();
+        match api::publish(pending.ch, &pending.claims, body, key) {
+            Ok(append) => {
+                let bytes = append.data.len() + append.ch.len() + append.from.len();
+                if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
+                    let body = br#"{"error":"unavailable"}"#;
+                    return self.http_reply(id, req, 503, "application/json", body, false, now);
+                }
+                slot.conn.wait_commit();
+                self.inflight_bytes += bytes;
+                let id_json = append.id.clone();
+                self.pending.push((Ticket { conn: id, id: id_json, bytes, http: Some(req) }, append));
+                false
+            }
+            Err(Decision::Reply { status, body, content_type, close }) => {
+                self.http_reply(id, req, status, content_type, &body, close, now)
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn store_unavailable(&mut self, id: ConnId, req: HttpRequest, e: StoreError, now: Instant) -> bool {
+        log::warn!("reading the store failed: {e}");
+        self.http_reply(id, req, 503, "application/json", br#"{"error":"unavailable"}"#, false, now)
+    }
+
+    /// Queues an HTTP answer; true when the connection stays open for the
+    /// next request.
+    #[allow(clippy::too_many_arguments)]
+    fn http_reply(
+        &mut self,
+        id: ConnId,
+        req: HttpRequest,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+        close: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(slot) = self.slots.get_mut(&id) else { return false };
+        let keep = req.keep_alive && !close && self.stopping.is_none();
+        self.metrics.http_requests += 1;
+        if status >= 400 {
+            self.metrics.refuse(error_code(body));
+        }
+        slot.conn.respond(http::response(status, content_type, body, !keep), req.consumed, keep, now);
+        self.dirty.push(id);
+        keep
+    }
+
+    fn gauges(&self) -> Gauges {
+        let (store_bytes, map_bytes) = self.store.usage();
+        Gauges {
+            connections: self.slots.len(),
+            websockets: self.slots.values().filter(|s| s.joined).count(),
+            subscriptions: self.hub.subscription_count(),
+            store_bytes,
+            map_bytes,
         }
     }
 
@@ -374,6 +524,7 @@ impl Server {
         let slot = self.slots.get_mut(&id).expect("slot checked above");
         if let Some((answer, why)) = verdict {
             log::info!("refused /ws?token=<redacted> from {ip}: {why}");
+            self.metrics.refuse(error_code(&answer));
             return slot.conn.refuse(answer, now);
         }
         let up = up.expect("checked above");
@@ -382,6 +533,8 @@ impl Server {
             Ok(c) => c,
             Err(e) => {
                 log::info!("refused /ws?token=<redacted> from {ip}: {e}");
+                self.metrics.refuse(e.code());
+                self.metrics.auth_failure(e.code());
                 return slot.conn.refuse(http::error_response(401, e.code()), now);
             }
         };
@@ -447,7 +600,7 @@ impl Server {
                     return self.send(id, e.into());
                 }
                 self.inflight_bytes += bytes;
-                self.pending.push((Ticket { conn: id, id: req_id, bytes }, append));
+                self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, append));
             }
             Action::Close(code, reason) => {
                 if let Some(slot) = self.slots.get_mut(&id) {
@@ -464,6 +617,7 @@ impl Server {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         if !slot.conn.send(text, self.cfg.max_send_buffer_bytes) {
             log::info!("closing slow consumer {} ({} bytes queued)", slot.conn.peer, slot.conn.queued_bytes());
+            self.metrics.close("slow_consumer");
             slot.conn.discard_queue();
             slot.conn.close(code::SLOW, "slow consumer: resume with since", Instant::now());
         }
@@ -473,32 +627,56 @@ impl Server {
     fn collect_commits(&mut self, now: Instant) {
         let done: Vec<Done<Ticket>> = self.writer.results().collect();
         let mut to = Vec::new();
-        for Done { items, result } in done {
+        for Done { items, result, took } in done {
             match result {
                 Ok(outcomes) => {
+                    self.metrics.commit(took, items.len());
                     for ((ticket, append), outcome) in items.into_iter().zip(outcomes) {
                         self.inflight_bytes -= ticket.bytes;
+                        if let Some(req) = ticket.http {
+                            let (ch, seq, ts, new) = match &outcome {
+                                Outcome::Stored { seq, ts } => (append.ch.as_str(), *seq, *ts, true),
+                                Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
+                            };
+                            if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
+                            {
+                                self.http_reply(ticket.conn, req, status, content_type, &body, false, now);
+                                // A pipelined request may be waiting in the buffer.
+                                self.again.push(ticket.conn);
+                            }
+                        }
                         match outcome {
                             Outcome::Stored { seq, ts } => {
-                                self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
+                                self.metrics.published += 1;
+                                if ticket.http.is_none() {
+                                    self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
+                                }
                                 let msg = Msg { ch: &append.ch, seq, ts, from: &append.from, data: &append.data };
                                 let text = Utf8Bytes::from(wire::msg(&msg));
                                 self.hub.committed(&append.ch, seq, &mut to);
+                                self.metrics.delivered += to.len() as u64;
                                 for conn in to.drain(..) {
                                     self.send(conn, text.clone());
                                 }
                             }
                             Outcome::Duplicate { ch, seq, .. } => {
-                                self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
+                                self.metrics.duplicates += 1;
+                                if ticket.http.is_none() {
+                                    self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
+                                }
                             }
                         }
                     }
                 }
                 Err(e) => {
                     let transient = e.is_transient();
+                    self.metrics.commit_failures += 1;
                     for (ticket, _) in items {
                         self.inflight_bytes -= ticket.bytes;
-                        if transient {
+                        if let Some(req) = ticket.http {
+                            let body = br#"{"error":"unavailable"}"#;
+                            self.http_reply(ticket.conn, req, 503, "application/json", body, true, now);
+                        } else if transient {
                             let text = wire::err(
                                 ErrCode::Unavailable,
                                 "the store is full; retry later with the same id",
@@ -532,6 +710,7 @@ impl Server {
                 Tick::Nothing => {}
                 Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
                 Tick::TokenExpired => {
+                    self.metrics.close("token_expired");
                     slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now)
                 }
             }
@@ -567,6 +746,7 @@ impl Server {
                 continue;
             }
             self.hub.pump(id, &self.store, room, &mut texts);
+            self.metrics.replayed += texts.len() as u64;
             for t in texts.drain(..) {
                 self.send(id, t.into());
             }
@@ -652,8 +832,35 @@ impl Server {
 
 use http::Upgrade;
 
-fn status_of(answer: &[u8]) -> &str {
-    std::str::from_utf8(answer.get(9..12).unwrap_or(b"???")).unwrap_or("???")
+/// HTTP/1.1 keeps connections open unless told otherwise; 1.0 only when asked.
+fn keep_alive(head: &Head) -> bool {
+    let conn = head.connection.as_deref();
+    if head.minor >= 1 {
+        !http::has_token(conn, "close")
+    } else {
+        http::has_token(conn, "keep-alive")
+    }
+}
+
+/// The `error` code of a JSON error body, as a metrics label.
+fn error_code(body: &[u8]) -> &'static str {
+    const CODES: &[&str] = &[
+        "token_missing",
+        "token_invalid",
+        "token_expired",
+        "not_found",
+        "method_not_allowed",
+        "forbidden",
+        "length_required",
+        "too_large",
+        "bad_request",
+        "origin_forbidden",
+        "server_full",
+        "headers_too_large",
+        "unavailable",
+    ];
+    let text = std::str::from_utf8(body).unwrap_or("");
+    CODES.iter().find(|c| text.contains(&format!("\"{c}\""))).copied().unwrap_or("other")
 }
 
 /// Resolves the default connection limit from the open-file limit: each

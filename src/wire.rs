@@ -221,7 +221,7 @@ pub struct Msg<'a> {
 }
 
 /// Writes a JSON string literal.
-fn json_str(out: &mut String, s: &str) {
+pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -246,7 +246,8 @@ fn id_field(out: &mut String, id: Option<&str>) {
     }
 }
 
-fn msg_object(out: &mut String, m: &Msg<'_>) {
+/// Appends a `msg` object to `out`.
+pub fn msg_into(out: &mut String, m: &Msg<'_>) {
     out.push_str("{\"op\":\"msg\",\"ch\":");
     json_str(out, m.ch);
     let _ = write!(out, ",\"seq\":{},\"ts\":{},\"from\":", m.seq, m.ts);
@@ -259,7 +260,7 @@ fn msg_object(out: &mut String, m: &Msg<'_>) {
 /// `{"op":"msg",...}`
 pub fn msg(m: &Msg<'_>) -> String {
     let mut out = String::with_capacity(64 + m.ch.len() + m.from.len() + m.data.len());
-    msg_object(&mut out, m);
+    msg_into(&mut out, m);
     out
 }
 
@@ -297,49 +298,6 @@ pub fn ack(id: Option<&str>, ch: &str, seq: Seq) -> String {
     json_str(&mut out, ch);
     let _ = write!(out, ",\"seq\":{seq}}}");
     out
-}
-
-/// Builds a `hist` reply message by message.
-pub struct HistReply {
-    out: String,
-    first: bool,
-}
-
-impl HistReply {
-    pub fn new(ch: &str) -> HistReply {
-        let mut out = String::with_capacity(256);
-        out.push_str("{\"op\":\"hist\",\"ch\":");
-        json_str(&mut out, ch);
-        out.push_str(",\"msgs\":[");
-        HistReply { out, first: true }
-    }
-
-    pub fn push(&mut self, m: &Msg<'_>) {
-        if !self.first {
-            self.out.push(',');
-        }
-        self.first = false;
-        msg_object(&mut self.out, m);
-    }
-
-    /// Bytes written so far, to keep a reply within the send buffer.
-    pub fn len(&self) -> usize {
-        self.out.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.first
-    }
-
-    pub fn finish(mut self, more: bool, gap: bool, id: Option<&str>) -> String {
-        let _ = write!(self.out, "],\"more\":{more}");
-        if gap {
-            self.out.push_str(",\"gap\":true");
-        }
-        id_field(&mut self.out, id);
-        self.out.push('}');
-        self.out
-    }
 }
 
 /// `{"op":"err",...}`
@@ -433,15 +391,6 @@ mod tests {
         assert_eq!(v, json!({"op":"ack","id":7,"ch":"a","seq":9}));
         let v: Value = serde_json::from_str(&err(ErrCode::Forbidden, "no \u{1} way", None)).unwrap();
         assert_eq!(v, json!({"op":"err","code":"forbidden","msg":"no \u{1} way"}));
-        let mut h = HistReply::new("a");
-        h.push(&m);
-        h.push(&Msg { seq: 43, ..m });
-        let v: Value = serde_json::from_str(&h.finish(true, false, Some("1"))).unwrap();
-        assert_eq!(v["msgs"][1]["seq"], 43);
-        assert_eq!(v["more"], true);
-        assert_eq!(v["id"], 1);
-        let v: Value = serde_json::from_str(&HistReply::new("a").finish(false, true, None)).unwrap();
-        assert_eq!(v, json!({"op":"hist","ch":"a","msgs":[],"more":false,"gap":true}));
     }
 
     /// Fixed-seed random bytes: the parser never panics.

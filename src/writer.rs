@@ -36,6 +36,8 @@ pub struct Done<T> {
     pub items: Vec<(T, Append)>,
     /// One outcome per item, or the reason the whole batch was not stored.
     pub result: Result<Vec<Outcome>, StoreError>,
+    /// From the start of the write transaction to the return of its commit.
+    pub took: Duration,
 }
 
 enum Job<T> {
@@ -137,12 +139,14 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let result = store.append_batch(items.iter().map(|(_, a)| a), now_ms(), window_ms, retention);
+        let took = started.elapsed();
         let fatal = matches!(&result, Err(e) if !e.is_transient());
         if let Err(e) = &result {
             log::error!("commit of {} messages failed: {e}", items.len());
         }
-        if done.send(Done { items, result }).is_err() {
+        if done.send(Done { items, result, took }).is_err() {
             break;
         }
         wake();

@@ -1,0 +1,337 @@
+//! The HTTP API for the main application (spec §5): routing, the order of
+//! checks, and the JSON bodies. Pure: a request head (and later its body)
+//! in, a decision out; the server does the I/O and the commit.
+//!
+//! The order of checks is the contract's — 404 path, 405 method, 401 token,
+//! 403 permission, 411/413 length, 400 body — so a client learns the most
+//! basic thing wrong first, and an unauthenticated client learns nothing
+//! about bodies or lengths.
+
+use std::fmt::Write as _;
+
+use serde_json::value::RawValue;
+
+use crate::auth::{Claims, Verifier};
+use crate::http::{self, Head};
+use crate::hub;
+use crate::store::{Append, ChannelInfo, Store, StoreError};
+use crate::wire::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
+
+/// What a request head asks for, once it passed every check that needs no body.
+#[derive(Debug)]
+pub enum Decision {
+    /// Answer now: status, content type, body; `close` ends the connection after it.
+    Reply {
+        status: u16,
+        body: Vec<u8>,
+        content_type: &'static str,
+        close: bool,
+    },
+    /// Upgrade to a WebSocket (`/ws`): the server runs the §3 checks.
+    WebSocket,
+    /// Read `len` body bytes, then call [`publish`].
+    Publish {
+        ch: String,
+        claims: Box<Claims>,
+        len: usize,
+    },
+    History {
+        ch: String,
+        since: Seq,
+        limit: usize,
+    },
+    Channels,
+    Health,
+    Metrics,
+}
+
+fn reply(status: u16, code: &str) -> Decision {
+    // 411 closes: without a length the server cannot find the next request.
+    let close = status == 411;
+    Decision::Reply {
+        status,
+        body: format!("{{\"error\":\"{code}\"}}").into_bytes(),
+        content_type: "application/json",
+        close,
+    }
+}
+
+/// Routes and checks a request head.
+pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize) -> Decision {
+    let segments: Vec<&str> = head.path.trim_start_matches('/').split('/').collect();
+    let method = head.method.as_str();
+    let route = match segments.as_slice() {
+        ["ws"] => return Decision::WebSocket,
+        ["healthz"] => Route::Health,
+        ["metrics"] => Route::Metrics,
+        ["api", "channels"] => Route::Channels,
+        ["api", "channels", ch, "messages"] => match channel(ch) {
+            Some(ch) => Route::Messages(ch),
+            None => return reply(404, "not_found"),
+        },
+        _ => return reply(404, "not_found"),
+    };
+    let allowed = match route {
+        Route::Messages(_) => method == "GET" || method == "POST",
+        _ => method == "GET",
+    };
+    if !allowed {
+        return reply(405, "method_not_allowed");
+    }
+    let route = match route {
+        Route::Health => return Decision::Health,
+        Route::Metrics => return Decision::Metrics,
+        r => r,
+    };
+    let token = head.authorization.as_deref().and_then(|a| {
+        let (scheme, rest) = a.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let claims = match token {
+        None | Some("") => return reply(401, "token_missing"),
+        Some(t) => match verifier.verify(t, now_unix) {
+            Ok(c) => c,
+            Err(e) => return reply(401, e.code()),
+        },
+    };
+    match route {
+        Route::Channels if !claims.read.allows_all() => reply(403, "forbidden"),
+        Route::Channels => Decision::Channels,
+        Route::Messages(ch) if method == "POST" => {
+            if !claims.write.allows(&ch) {
+                return reply(403, "forbidden");
+            }
+            if head.transfer_encoding.is_some() {
+                return reply(411, "length_required");
+            }
+            let len = match head.content_length.as_deref().map(str::parse::<usize>) {
+                None => return reply(411, "length_required"),
+                Some(Err(_)) => return reply(400, "bad_request"),
+                Some(Ok(n)) => n,
+            };
+            if len > max_body {
+                return reply(413, "too_large");
+            }
+            Decision::Publish { ch, claims: Box::new(claims), len }
+        }
+        Route::Messages(ch) => {
+            if !claims.read.allows(&ch) {
+                return reply(403, "forbidden");
+            }
+            let since = match http::query_param(&head.query, "since").filter(|s| !s.is_empty()) {
+                None => 0,
+                Some(s) => match s.parse::<Seq>() {
+                    Ok(n) => n,
+                    Err(_) => return reply(400, "bad_request"),
+                },
+            };
+            let limit = match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
+                None => DEFAULT_HIST_LIMIT,
+                Some(s) => match s.parse::<u32>() {
+                    Ok(n) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
+                    _ => return reply(400, "bad_request"),
+                },
+            };
+            Decision::History { ch, since, limit: limit as usize }
+        }
+        Route::Health | Route::Metrics => unreachable!("answered above"),
+    }
+}
+
+enum Route {
+    Health,
+    Metrics,
+    Channels,
+    Messages(String),
+}
+
+/// A channel name from a path segment, percent-decoded and checked.
+fn channel(segment: &str) -> Option<String> {
+    let decoded = http::percent_decode_path(segment)?;
+    wire::valid_channel(&decoded).then_some(decoded)
+}
+
+/// Checks a publish body and builds the append. `Err` is the reply.
+pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option<&str>) -> Result<Append, Decision> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(reply(400, "bad_request"));
+    };
+    let data = match serde_json::from_str::<&RawValue>(text) {
+        Ok(v) => v.get().to_string(),
+        Err(_) => return Err(reply(400, "bad_request")),
+    };
+    // An Idempotency-Key is deduped with WebSocket ids of the same sub: it
+    // is the id as a JSON string.
+    let id = match idempotency_key {
+        None => None,
+        Some(k) => {
+            let json = serde_json::to_string(k).unwrap_or_default();
+            if k.is_empty() || json.len() > MAX_ID_BYTES {
+                return Err(reply(400, "bad_request"));
+            }
+            Some(json)
+        }
+    };
+    Ok(Append { ch, from: claims.sub.clone(), data, id })
+}
+
+/// `201 {"ch","seq","ts"}` for a new message, `200` for a repeated key.
+pub fn published(ch: &str, seq: Seq, ts: u64, new: bool) -> Decision {
+    let mut body = String::with_capacity(64);
+    body.push_str("{\"ch\":");
+    wire::json_str(&mut body, ch);
+    let _ = write!(body, ",\"seq\":{seq},\"ts\":{ts}}}");
+    Decision::Reply {
+        status: if new { 201 } else { 200 },
+        body: body.into_bytes(),
+        content_type: "application/json",
+        close: false,
+    }
+}
+
+/// `200 {"ch","msgs":[...],"more"}` (plus `"gap":true` as in `hist`).
+pub fn history(store: &Store, ch: &str, since: Seq, limit: usize, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
+    let mut body = String::with_capacity(256);
+    body.push_str("{\"ch\":");
+    wire::json_str(&mut body, ch);
+    body.push_str(",\"msgs\":[");
+    let page = hub::page(store, ch, since, limit, max_bytes, &mut body)?;
+    let _ = write!(body, "],\"more\":{}", page.more);
+    if page.gap {
+        body.push_str(",\"gap\":true");
+    }
+    body.push('}');
+    Ok(body.into_bytes())
+}
+
+/// `200 [{"ch","seq","count"}...]`
+pub fn channels(list: &[(String, ChannelInfo)]) -> Vec<u8> {
+    let mut body = String::from("[");
+    for (i, (ch, info)) in list.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"ch\":");
+        wire::json_str(&mut body, ch);
+        let _ = write!(body, ",\"seq\":{},\"count\":{}}}", info.last, info.count());
+    }
+    body.push(']');
+    body.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{mint, Key, KeyRing};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> Verifier {
+        Verifier::new(KeyRing::new(vec![Key::new(None, SECRET.to_vec())]), 30, None)
+    }
+
+    fn head(method: &str, path: &str, token: Option<serde_json::Value>, len: Option<&str>) -> Head {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        Head {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            minor: 1,
+            authorization: token.map(|c| format!("Bearer {}", mint(&c, &Key::new(None, SECRET.to_vec())))),
+            content_length: len.map(Into::into),
+            ..Head::default()
+        }
+    }
+
+    fn status(d: &Decision) -> u16 {
+        match d {
+            Decision::Reply { status, .. } => *status,
+            Decision::Publish { .. } => 1,
+            Decision::History { .. } => 2,
+            Decision::Channels => 3,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn checks_run_in_the_contract_order() {
+        let v = verifier();
+        let all = json!({"sub":"app","exp":2_000_000_000u64,"read":["*"],"write":["*"]});
+        let reader = json!({"sub":"r","exp":2_000_000_000u64,"read":["room:*"]});
+        let expired = json!({"sub":"app","exp":1000,"read":["*"],"write":["*"]});
+        let cases: Vec<(Head, u16)> = vec![
+            (head("GET", "/nope", None, None), 404),
+            (head("GET", "/api/channels/bad%20name/messages", None, None), 404),
+            (head("DELETE", "/api/channels/a/messages", None, None), 405),
+            (head("POST", "/api/channels", Some(all.clone()), None), 405),
+            (head("POST", "/api/channels/a/messages", None, Some("5")), 401),
+            (head("POST", "/api/channels/a/messages", Some(expired), Some("5")), 401),
+            (head("POST", "/api/channels/room:1/messages", Some(reader.clone()), None), 403),
+            (head("GET", "/api/channels/other/messages", Some(reader.clone()), None), 403),
+            (head("GET", "/api/channels", Some(reader.clone()), None), 403),
+            (head("POST", "/api/channels/a/messages", Some(all.clone()), None), 411),
+            (head("POST", "/api/channels/a/messages", Some(all.clone()), Some("70000")), 413),
+            (head("GET", "/api/channels/a/messages?limit=0", Some(all.clone()), None), 400),
+            (head("GET", "/api/channels/a/messages?since=x", Some(all.clone()), None), 400),
+            (head("POST", "/api/channels/a/messages", Some(all.clone()), Some("5")), 1),
+            (head("GET", "/api/channels/room%3A1/messages?since=3&limit=5", Some(reader), None), 2),
+            (head("GET", "/api/channels", Some(all), None), 3),
+        ];
+        for (h, want) in cases {
+            assert_eq!(status(&decide(&h, &v, 1_700_000_000, 65536)), want, "{} {}", h.method, h.path);
+        }
+        match decide(
+            &head(
+                "GET",
+                "/api/channels/room%3A1/messages?since=3&limit=5",
+                Some(json!({"sub":"a","exp":2_000_000_000u64,"read":["*"]})),
+                None,
+            ),
+            &v,
+            1_700_000_000,
+            65536,
+        ) {
+            Decision::History { ch, since, limit } => assert_eq!((ch.as_str(), since, limit), ("room:1", 3, 5)),
+            d => panic!("{d:?}"),
+        }
+        let mut chunked = head(
+            "POST",
+            "/api/channels/a/messages",
+            Some(json!({"sub":"a","exp":2_000_000_000u64,"write":["*"]})),
+            Some("5"),
+        );
+        chunked.transfer_encoding = Some("chunked".into());
+        assert!(matches!(decide(&chunked, &v, 1_700_000_000, 65536), Decision::Reply { status: 411, close: true, .. }));
+    }
+
+    #[test]
+    fn publish_bodies() {
+        let claims = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default() };
+        let a = publish("c".into(), &claims, br#" {"x": 1} "#, Some("k-1")).unwrap();
+        assert_eq!((a.data.as_str(), a.id.as_deref(), a.from.as_str()), (r#"{"x": 1}"#, Some("\"k-1\""), "app"));
+        assert!(publish("c".into(), &claims, b"{nope", None).is_err());
+        assert!(publish("c".into(), &claims, b"", None).is_err());
+        assert!(publish("c".into(), &claims, b"\xff", None).is_err());
+        assert!(publish("c".into(), &claims, b"1", Some(&"k".repeat(200))).is_err());
+        let body = match published("c", 3, 9, true) {
+            Decision::Reply { status: 201, body, .. } => body,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), json!({"ch":"c","seq":3,"ts":9}));
+    }
+
+    #[test]
+    fn bodies_are_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 22).unwrap();
+        let a = Append { ch: "c".into(), from: "u".into(), data: "[1]".into(), id: None };
+        let keep = |_: &str| crate::store::Retention { messages: 100, age_ms: u64::MAX };
+        store.append_batch([&a, &a, &a], 5, 0, &keep).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&history(&store, "c", 1, 1, 1 << 20).unwrap()).unwrap();
+        assert_eq!(v["msgs"][0]["seq"], 2);
+        assert_eq!(v["more"], true);
+        let v: serde_json::Value = serde_json::from_slice(&channels(&store.channels().unwrap())).unwrap();
+        assert_eq!(v, json!([{"ch":"c","seq":3,"count":3}]));
+    }
+}
