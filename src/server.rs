@@ -122,9 +122,10 @@ pub struct Server {
     stopping: Option<Instant>,
     fatal: Option<StoreError>,
     metrics: Metrics,
+    clock_floor_secs: u64,
 }
 
-fn now_unix() -> u64 {
+fn system_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -163,6 +164,13 @@ impl Server {
         let wake = Box::new(move || {
             let _ = waker.wake();
         });
+        let clock_floor_secs = store.clock_floor().unwrap_or(0) / 1000;
+        if system_unix() < clock_floor_secs {
+            log::warn!(
+                "the system clock is {} s behind the last commit; using the commit time for token checks until it catches up (is NTP running?)",
+                clock_floor_secs - system_unix()
+            );
+        }
         let writer = Writer::start(store.clone(), policy, wake);
         let hub = Hub::new(
             store.epoch(),
@@ -203,7 +211,15 @@ impl Server {
             stopping: None,
             fatal: None,
             metrics: Metrics::default(),
+            clock_floor_secs,
         })
+    }
+
+    /// Wall-clock seconds for token checks: never before the highest time
+    /// a commit has seen, so a Pi that boots with a stale clock does not
+    /// accept tokens that expired long ago.
+    fn now_unix(&self) -> u64 {
+        system_unix().max(self.clock_floor_secs)
     }
 
     /// The address actually bound (the port, when 0 was asked for).
@@ -375,7 +391,7 @@ impl Server {
     /// Acts on a complete request head; true when the next request may be
     /// read at once.
     fn on_head(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
-        let decision = api::decide(&head, &self.verifier, now_unix(), self.cfg.max_message_bytes);
+        let decision = api::decide(&head, &self.verifier, self.now_unix(), self.cfg.max_message_bytes);
         let req = HttpRequest { consumed: head.len, keep_alive: keep_alive(&head) };
         match decision {
             Decision::WebSocket => {
@@ -521,6 +537,7 @@ impl Server {
             Some(Upgrade { token: None, .. }) => refusal(401, "token_missing").map(|r| (r, "no token")),
             Some(_) => None,
         };
+        let now_unix = self.now_unix();
         let slot = self.slots.get_mut(&id).expect("slot checked above");
         if let Some((answer, why)) = verdict {
             log::info!("refused /ws?token=<redacted> from {ip}: {why}");
@@ -529,7 +546,7 @@ impl Server {
         }
         let up = up.expect("checked above");
         let token = up.token.as_deref().unwrap_or("");
-        let claims = match self.verifier.verify(token, now_unix()) {
+        let claims = match self.verifier.verify(token, now_unix) {
             Ok(c) => c,
             Err(e) => {
                 log::info!("refused /ws?token=<redacted> from {ip}: {e}");
@@ -539,7 +556,7 @@ impl Server {
             }
         };
         log::debug!("open /ws?token=<redacted> from {ip} as {}", claims.sub);
-        let until_expiry = (claims.exp.saturating_add(self.verifier.leeway_secs())).saturating_sub(now_unix());
+        let until_expiry = (claims.exp.saturating_add(self.verifier.leeway_secs())).saturating_sub(now_unix);
         let expires = now.checked_add(Duration::from_secs(until_expiry));
         slot.conn.upgrade(http::switching_protocols(&up), head.len, self.ws_config, now);
         slot.conn.set_timers(self.cfg.ping_interval, self.cfg.pong_timeout, expires);
@@ -648,6 +665,7 @@ impl Server {
                         match outcome {
                             Outcome::Stored { seq, ts } => {
                                 self.metrics.published += 1;
+                                self.clock_floor_secs = self.clock_floor_secs.max(ts / 1000);
                                 if ticket.http.is_none() {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
                                 }

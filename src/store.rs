@@ -295,6 +295,12 @@ impl Store {
         for a in batch {
             out.push(self.append_one(&mut wtxn, a, now_ms, dedupe_window_ms, retention)?);
         }
+        // The clock floor: a Pi without a real-time clock boots with a stale
+        // time until NTP syncs; the floor keeps ts and token checks from
+        // going back in time.
+        if now_ms > self.clock_floor_in(&wtxn)? {
+            self.meta.put(&mut wtxn, b"clock", &now_ms.to_be_bytes())?;
+        }
         wtxn.commit()?;
         Ok(out)
     }
@@ -357,6 +363,16 @@ impl Store {
             self.expiry.put(wtxn, &ek, &[])?;
         }
         Ok(Outcome::Stored { seq, ts: now_ms })
+    }
+
+    fn clock_floor_in(&self, txn: &RoTxn) -> Result<u64, StoreError> {
+        Ok(self.meta.get(txn, b"clock")?.and_then(be_u64).unwrap_or(0))
+    }
+
+    /// The highest wall-clock time (ms) any commit has seen.
+    pub fn clock_floor(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        self.clock_floor_in(&rtxn)
     }
 
     fn next_channel_id(&self, wtxn: &mut RwTxn) -> Result<u64, StoreError> {
@@ -566,6 +582,7 @@ mod tests {
         assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 1, last: 2 });
         assert_eq!(s.channel("zzz").unwrap(), ChannelInfo::EMPTY);
         assert_eq!(s.channels().unwrap().len(), 2);
+        assert_eq!(s.clock_floor().unwrap(), 1000);
     }
 
     #[test]

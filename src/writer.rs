@@ -107,6 +107,12 @@ fn now_ms() -> u64 {
 
 fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
     let retention = &*policy.retention;
+    // `ts` never goes back, even when the system clock does (a Pi before NTP).
+    let mut floor = store.clock_floor().unwrap_or(0);
+    let mut now_ms = move || {
+        floor = floor.max(now_ms());
+        floor
+    };
     let window_ms = policy.dedupe_window.as_millis() as u64;
     let mut next_maintenance = Instant::now() + MAINTAIN_EVERY;
     let mut stopping = false;
