@@ -327,10 +327,10 @@ impl Conn {
     }
 
     /// Fails the WebSocket connection (RFC 6455 §7.1.7): a Close with
-    /// `code`, flushed, then the socket is dropped.
+    /// `code` after what is queued, flushed, then the socket is dropped.
     fn fail(&mut self, code: u16, reason: &'static str, now: Instant) -> Incoming {
-        self.queue.clear();
-        self.queued_bytes = 0;
+        // What is already queued answers requests the peer made before its
+        // error: it goes out first, then the Close (CLOSE_GRACE bounds it).
         self.close(code, reason, now);
         self.drop_after_flush = true;
         Incoming::Finished
