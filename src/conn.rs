@@ -494,6 +494,9 @@ impl Conn {
 
     /// The next moment `tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
         let liveness = match self.phase {
             Phase::Open => Some(match self.ping_sent {
                 Some(at) => at.checked_add(self.pong_within).unwrap_or(far_future(at)),
@@ -508,6 +511,8 @@ impl Conn {
     pub fn tick(&mut self, now: Instant) -> Tick {
         if self.deadline_head.is_some_and(|d| d <= now) || self.deadline_close.is_some_and(|d| d <= now) {
             self.phase = Phase::Closed;
+            self.deadline_head = None;
+            self.deadline_close = None;
             return Tick::Drop;
         }
         if self.phase != Phase::Open {

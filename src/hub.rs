@@ -228,8 +228,8 @@ impl Hub {
     }
 
     /// Connections with replay work left.
-    pub fn replaying(&self) -> Vec<ConnId> {
-        self.replaying.iter().copied().collect()
+    pub fn replaying(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.replaying.iter().copied()
     }
 
     /// Replays stored messages to `conn`, at most `room` bytes, into `out`.

@@ -52,7 +52,7 @@ fn run(args: Vec<OsString>) -> Result<(), Fail> {
         Some("backup") => backup(rest),
         Some("cert") => usage("`roostd cert` is not in this build yet; make a certificate with openssl for now"),
         Some("-h" | "--help" | "help") => {
-            print!("{}", top_help());
+            print!("{}\n{}", top_help(), serve_help());
             Ok(())
         }
         Some("-V" | "--version") => {

@@ -275,7 +275,7 @@ impl Server {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.replay_has_room() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -749,9 +749,23 @@ impl Server {
         }
     }
 
+    /// True when a replaying connection has room in its send queue. Then
+    /// the loop must not sleep: no socket event would wake it, since the
+    /// queue may have drained without ever filling the socket.
+    fn replay_has_room(&self) -> bool {
+        self.hub.replaying().any(|id| {
+            self.slots.get(&id).is_some_and(|s| {
+                s.conn.phase() == Phase::Open && s.conn.queued_bytes() < self.cfg.max_send_buffer_bytes / 2
+            })
+        })
+    }
+
+    /// Streams stored messages to replaying subscribers with room in their
+    /// send queue. A turn sends at most a batch per subscription, so a long
+    /// replay is spread over turns and never holds up other connections.
     fn pump_replays(&mut self, _now: Instant) {
         let mut texts = Vec::new();
-        for id in self.hub.replaying() {
+        for id in self.hub.replaying().collect::<Vec<_>>() {
             let Some(slot) = self.slots.get(&id) else {
                 self.hub.leave(id);
                 continue;

@@ -97,10 +97,15 @@ struct RawFrame<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow)]
     epoch: Option<&'a RawValue>,
-    #[serde(borrow)]
+    // `null` is valid data: without this serde reads it as "absent".
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Parses one text frame.
@@ -343,6 +348,7 @@ mod tests {
         );
         assert_eq!(parsed(r#"{"op":"hist","ch":"a"}"#).unwrap().req, Request::Hist { ch: "a", since: 0, limit: 100 });
         assert_eq!(parsed(r#"{"op":"unsub","ch":"a","x":1}"#).unwrap().req, Request::Unsub { ch: "a" });
+        assert_eq!(parsed(r#"{"op":"pub","ch":"a","data":null}"#).unwrap().req, Request::Pub { ch: "a", data: "null" });
     }
 
     #[test]

@@ -1,1 +1,13 @@
+//! The integration suite: the real `roostd` binary, driven over real sockets.
+//!
+//! Every test starts its own server (a child process on 127.0.0.1 with a
+//! fresh data folder), so tests run in parallel and independently. Set
+//! `ROOSTD_TEST_SCALE=small` to scale the big tests down (under emulation).
 
+mod support;
+
+mod cli;
+mod handshake;
+mod lifecycle;
+mod limits;
+mod sync;

@@ -1,0 +1,163 @@
+//! Spec §6: the command line — help, usage errors with exit code 2 and a
+//! one-line reason, the data folder lock, `roostd token`, and the secret
+//! that `serve` generates when none is configured.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Output;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit code 2 and exactly one line on stderr, which is returned.
+#[track_caller]
+fn assert_usage_error(out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "a one-line reason, got: {err:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn roostd_help_exits_0_and_documents_listen() {
+    let out = run_roostd(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("serve"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("--listen"), "`roostd --help` documents each flag (spec §6):\n{}", stdout(&out));
+}
+
+#[test]
+fn serve_help_exits_0_and_documents_every_flag() {
+    let out = run_roostd(&["serve", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let help = stdout(&out);
+    for flag in [
+        "--config",
+        "--listen",
+        "--data",
+        "--secret-file",
+        "--allowed-origin",
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--max-message-bytes",
+        "--handshake-timeout",
+        "--ping-interval",
+        "--pong-timeout",
+        "--retention-messages",
+        "--retention-age",
+        "--dedupe-window",
+        "--publish-rate",
+        "--max-subscriptions",
+        "--max-fragments",
+        "--max-send-buffer-bytes",
+        "--audience",
+        "--leeway",
+        "--on-corrupt",
+        "--no-demo",
+        "--max-store-bytes",
+        "--tls-cert",
+        "--tls-key",
+        "--echo",
+    ] {
+        assert!(help.contains(flag), "`roostd serve --help` does not mention {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn an_unknown_flag_exits_2_with_a_one_line_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = run_roostd(&["serve", "--data", data, "--no-such-flag"], &[("ROOSTD_SECRET", SECRET)]);
+    let line = assert_usage_error(&out);
+    assert!(line.contains("no-such-flag"), "the reason names the flag: {line}");
+    let out = run_roostd(&["serve", "--data", data, "--max-subscriptions", "many"], &[("ROOSTD_SECRET", SECRET)]);
+    let line = assert_usage_error(&out);
+    assert!(line.contains("max-subscriptions"), "{line}");
+    let out = run_roostd(&["frobnicate"], &[]);
+    assert_usage_error(&out);
+}
+
+#[test]
+fn a_secret_shorter_than_32_bytes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = run_roostd(&["serve", "--listen", "127.0.0.1:0", "--data", data], &[("ROOSTD_SECRET", "short")]);
+    let line = assert_usage_error(&out);
+    assert!(line.contains("32"), "the reason says how long a secret must be: {line}");
+    // The same key lookup for `token`.
+    let out = run_roostd(&["token", "--data", data, "--sub", "x"], &[("ROOSTD_SECRET", "short")]);
+    assert!(assert_usage_error(&out).contains("32"));
+    assert!(stdout(&out).is_empty(), "no token printed");
+}
+
+#[test]
+fn a_port_in_use_exits_2() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        run_roostd(&["serve", "--listen", &addr, "--data", dir.path().to_str().unwrap()], &[("ROOSTD_SECRET", SECRET)]);
+    let line = assert_usage_error(&out);
+    assert!(line.contains(&addr), "the reason names the address: {line}");
+}
+
+#[test]
+fn a_second_server_on_the_same_data_folder_exits_2_naming_the_first() {
+    let server = TestServer::start(&[]);
+    let data = server.data_dir().to_str().unwrap().to_string();
+    let out = run_roostd(&["serve", "--listen", "127.0.0.1:0", "--data", &data], &[("ROOSTD_SECRET", SECRET)]);
+    let line = assert_usage_error(&out);
+    assert!(line.contains(&server.pid().to_string()), "the reason names process {}: {line}", server.pid());
+    // The first server is unharmed.
+    let mut c = server.ws(&token_all("alice"));
+    assert_eq!(c.publish("still", json!(1)), 1);
+}
+
+#[test]
+fn roostd_token_prints_one_line_that_the_server_accepts() {
+    let server = TestServer::start(&[]);
+    let data = server.data_dir().to_str().unwrap().to_string();
+    let out = run_roostd(&["token", "--data", &data, "--sub", "x", "--read", "*"], &[("ROOSTD_SECRET", SECRET)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "the token alone on one line: {text:?}");
+    let t = lines[0].trim();
+    assert_eq!(t.split('.').count(), 3, "a compact JWT: {t}");
+
+    let mut c = server.ws(t);
+    assert_eq!(c.sub("anything")["op"], "subok");
+    // `--read '*'` only: publishing is forbidden.
+    let r = c.request(json!({"op": "pub", "ch": "anything", "data": 1, "id": 1}));
+    assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("forbidden")), "{r}");
+}
+
+#[test]
+fn serve_without_a_secret_creates_one_with_mode_0600() {
+    let server = TestServer::options().no_secret().start();
+    let secret = server.data_dir().join("secret");
+    let meta = std::fs::metadata(&secret).expect("serve creates <data>/secret");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "mode of {}", secret.display());
+    let text = std::fs::read_to_string(&secret).unwrap();
+    assert!(text.trim().len() >= 32, "a secret of at least 32 bytes");
+
+    // `token` finds the same key through the data folder, and the server accepts it.
+    let data = server.data_dir().to_str().unwrap().to_string();
+    let out = run_roostd(&["token", "--data", &data, "--sub", "me", "--read", "*", "--write", "*"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let t = stdout(&out).trim().to_string();
+    let mut c = server.ws(&t);
+    assert_eq!(c.publish("first", json!("hello")), 1);
+    // A token signed with another secret is not accepted.
+    assert_eq!(server.try_ws(&token_all("alice")).err().map(|e| e.0), Some(401));
+}

@@ -1,0 +1,152 @@
+//! Connection lifetimes: token expiry (4001), liveness pings, handshake
+//! timeouts and graceful shutdown (1001, exit 0).
+
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tungstenite::Message;
+
+use crate::support::*;
+
+/// Reads and discards until the server closes the socket; returns how long it took.
+fn wait_for_eof(mut sock: TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("the server did not close the connection within {:?}: {e}", io_timeout()),
+        }
+    }
+}
+
+#[test]
+fn a_connection_whose_token_expires_is_closed_with_4001() {
+    let server = TestServer::start(&["--leeway", "0s"]);
+    let t = mint_claims(&json!({"sub": "brief", "exp": now_secs() + 3, "read": ["*"], "write": ["*"]}));
+    let started = Instant::now();
+    let mut c = server.ws(&t);
+    assert_eq!(c.publish("x", json!(1)), 1, "the token works until it expires");
+    assert_eq!(c.close_code(), Some(4001));
+    let took = started.elapsed();
+    // exp is in whole seconds: the close comes 2 to 3 s from now.
+    assert!(took >= Duration::from_millis(1500), "closed {took:?} after connecting, before exp");
+    assert!(took <= Duration::from_secs(6), "closed {took:?} after connecting; exp was 3 s away");
+}
+
+#[test]
+fn sigterm_closes_every_websocket_with_1001_and_exits_0() {
+    let mut server = TestServer::start(&[]);
+    let mut a = server.ws(&token_all("alice"));
+    let mut b = server.ws(&token_all("bob"));
+    b.sub("room");
+    assert_eq!(a.publish("room", json!("before")), 1);
+    server.sigterm();
+    assert_eq!(a.close_code(), Some(1001));
+    let (msgs, code) = b.recv_until_close();
+    assert_eq!(code, Some(1001));
+    assert_eq!(msgs.len(), 1, "the message committed before the signal was delivered first: {msgs:?}");
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+}
+
+#[test]
+fn sigterm_exits_0_even_when_a_peer_ignores_the_close() {
+    let mut server = TestServer::start(&[]);
+    let t = token_all("alice");
+    // A peer that completed the handshake and then never reads or answers.
+    let (resp, _deaf) = server.raw_upgrade(&server.upgrade_request(&format!("/ws?token={t}"), ""));
+    assert_eq!(resp.status, 101);
+    let started = Instant::now();
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_peer_that_answers_pings_stays_connected() {
+    let server = TestServer::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
+    let mut c = server.ws(&token_all("alice"));
+    c.sub("p");
+    // Read for 2 s: tungstenite answers every ping with a pong as it reads.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut pings = 0;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        c.ws.get_ref().set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match c.ws.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                break
+            }
+            Err(e) => panic!("the connection ended after {pings} pings: {e}"),
+        }
+    }
+    assert!(pings >= 2, "pinged every 300 ms, got {pings} pings in 2 s");
+    c.ws.get_ref().set_read_timeout(Some(io_timeout())).unwrap();
+    assert_eq!(c.publish("p", json!("still here")), 1);
+    assert_eq!(c.recv_msg()["data"], "still here");
+}
+
+#[test]
+fn a_peer_that_never_answers_pings_is_dropped() {
+    let server = TestServer::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
+    let t = token_all("alice");
+    let (resp, sock) = server.raw_upgrade(&server.upgrade_request(&format!("/ws?token={t}"), ""));
+    assert_eq!(resp.status, 101);
+    let took = wait_for_eof(sock);
+    assert!(took < Duration::from_secs(5), "dropped after {took:?}");
+    // The server is still serving.
+    assert_eq!(server.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+}
+
+#[test]
+fn a_silent_connection_is_dropped_at_the_handshake_timeout_and_the_server_keeps_serving() {
+    let server = TestServer::start(&["--handshake-timeout", "500ms"]);
+    // Connects and sends nothing (or half a head) until the timeout.
+    let silent = server.tcp();
+    let mut half = server.tcp();
+    std::io::Write::write_all(&mut half, b"GET /healthz HTTP/1.1\r\nHost:").unwrap();
+    let took = wait_for_eof(silent);
+    assert!(took < Duration::from_secs(5), "dropped after {took:?}");
+    wait_for_eof(half);
+    // Everyone else is still served.
+    assert_eq!(server.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    let mut c = server.ws(&token_all("alice"));
+    assert_eq!(c.publish("after", json!(1)), 1);
+}
+
+#[test]
+fn after_the_closing_handshake_the_server_closes_the_tcp_connection() {
+    // RFC 6455 §7.1.1: the server closes the TCP connection first; a client
+    // waits for that after the Close frames are exchanged.
+    let server = TestServer::start(&[]);
+    let mut c = server.ws(&token_all("alice"));
+    c.sub("bye");
+    c.ws.close(None).unwrap();
+    c.ws.flush().unwrap();
+    loop {
+        match c.ws.read() {
+            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => break,
+            Ok(_) => continue,
+            Err(e) => panic!("no Close answer: {e}"),
+        }
+    }
+    let started = Instant::now();
+    let mut sock = c.ws.get_ref().try_clone().unwrap();
+    let mut buf = [0u8; 64];
+    match sock.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("{n} bytes after the Close"),
+        Err(e) => panic!("the server kept the TCP connection open for {:?}: {e}", started.elapsed()),
+    }
+    // Well before the 3 s grace a peer that never answers gets.
+    assert!(started.elapsed() < Duration::from_millis(2500), "closed after {:?}", started.elapsed());
+    assert_eq!(server.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+}

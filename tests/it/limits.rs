@@ -1,0 +1,115 @@
+//! Limits of spec §4 and §6: subscriptions per connection, slow consumers,
+//! message size and publish rate. Each limit is hit on purpose and the
+//! client is checked to recover (or to be closed with the contract's code).
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+#[track_caller]
+fn assert_err(r: &Value, code: &str, id: Value) {
+    assert_eq!((r["op"].clone(), r["code"].clone(), r["id"].clone()), (json!("err"), json!(code), id), "{r}");
+}
+
+#[test]
+fn subscriptions_past_the_limit_are_too_many_subscriptions() {
+    let server = TestServer::start(&["--max-subscriptions", "3"]);
+    let mut c = server.ws(&token_all("alice"));
+    for ch in ["a", "b", "c"] {
+        c.sub(ch);
+    }
+    assert_err(&c.request(json!({"op": "sub", "ch": "d", "id": "4th"})), "too_many_subscriptions", json!("4th"));
+    // Subscribing again to a channel already held is not a new subscription.
+    c.sub("a");
+    // Room again after an unsub; the refused channel was never subscribed.
+    assert_eq!(c.request(json!({"op": "unsub", "ch": "b"}))["op"], "unsubok");
+    c.sub("d");
+    assert_err(&c.request(json!({"op": "sub", "ch": "e", "id": 5})), "too_many_subscriptions", json!(5));
+    // The limit is per connection.
+    let mut other = server.ws(&token_all("alice"));
+    for ch in ["a", "b", "c"] {
+        other.sub(ch);
+    }
+}
+
+#[test]
+fn a_slow_consumer_is_closed_with_1013_and_resumes_without_loss() {
+    let server = TestServer::start(&["--max-send-buffer-bytes", "262144", "--max-message-bytes", "65536"]);
+    let mut slow = server.ws(&token_all("slow"));
+    let epoch = slow.sub("firehose")["epoch"].clone();
+
+    // The subscriber reads nothing while 10 MiB is published: far more than
+    // its send buffer plus what the kernel buffers on loopback (megabytes).
+    let n = 320;
+    let mut publisher = server.ws(&token_all("alice"));
+    let payload = "z".repeat(32 * 1024);
+    publisher.publish_many("firehose", n, |i| json!({"i": i, "pad": payload}));
+
+    let (msgs, code) = slow.recv_until_close();
+    assert_eq!(code, Some(1013), "a slow consumer is closed with 1013");
+    let k = msgs.len() as u64;
+    assert!(k < n as u64, "the consumer was closed before it got everything");
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(
+            (m["op"].as_str(), m["seq"].as_u64()),
+            (Some("msg"), Some(i as u64 + 1)),
+            "in order before the close"
+        );
+    }
+
+    // It resumes with `since` and gets the rest: nothing is lost.
+    let mut again = server.ws(&token_all("slow"));
+    let ok = again.resume("firehose", k, &epoch);
+    assert!(ok.get("gap").is_none(), "{ok}");
+    for seq in k + 1..=n as u64 {
+        let m = again.recv_msg();
+        assert_eq!(m["seq"], seq, "{}", m["op"]);
+        assert_eq!(m["data"]["i"], seq - 1);
+    }
+}
+
+#[test]
+fn a_message_over_the_size_limit_closes_with_1009() {
+    let server = TestServer::start(&["--max-message-bytes", "1024"]);
+    let mut c = server.ws(&token_all("alice"));
+    // Just under the limit is fine.
+    let data = "y".repeat(900);
+    assert_eq!(c.publish("big", json!(data)), 1);
+    c.send_json(json!({"op": "pub", "ch": "big", "data": "y".repeat(2000)}));
+    assert_eq!(c.close_code(), Some(1009));
+    // Nothing of it was stored.
+    let mut other = server.ws(&token_all("bob"));
+    assert_eq!(other.history("big", 0).len(), 1);
+}
+
+#[test]
+fn publishing_faster_than_the_rate_is_rate_limited() {
+    let server = TestServer::start(&["--publish-rate", "2"]);
+    let mut c = server.ws(&token_all("alice"));
+    // Burst 2 × 2 = 4, refilled at 2 per second.
+    for i in 0..7 {
+        c.write_json(json!({"op": "pub", "ch": "rl", "data": i, "id": i}));
+    }
+    c.flush();
+    let replies: Vec<Value> = (0..7).map(|_| c.reply()).collect();
+    let acked = replies.iter().filter(|r| r["op"] == "ack").count();
+    let limited: Vec<&Value> = replies.iter().filter(|r| r["code"] == "rate_limited").collect();
+    assert_eq!(acked + limited.len(), 7, "{replies:?}");
+    assert!((4..=6).contains(&acked), "the burst is 4, plus a refill if slow: {replies:?}");
+    assert!(limited.iter().all(|r| r["op"] == "err" && r["id"].is_u64()), "{replies:?}");
+    // The connection stays usable.
+    assert_eq!(c.request(json!({"op": "hist", "ch": "rl"}))["msgs"].as_array().unwrap().len(), acked);
+}
+
+#[test]
+fn a_sustained_publish_flood_is_closed_with_1008() {
+    let server = TestServer::start(&["--publish-rate", "2"]);
+    let mut c = server.ws(&token_all("alice"));
+    for i in 0..50 {
+        c.write_json(json!({"op": "pub", "ch": "flood", "data": i}));
+    }
+    c.flush();
+    let (replies, code) = c.recv_until_close();
+    assert_eq!(code, Some(1008), "after {replies:?}");
+    assert!(replies.iter().any(|r| r["code"] == "rate_limited"), "warned before being closed: {replies:?}");
+}

@@ -1,0 +1,692 @@
+//! Test support: the real `roostd` binary as a child process, tokens, a
+//! blocking WebSocket client and raw HTTP — all bounded by timeouts, so a
+//! broken server fails a test instead of hanging the suite.
+
+use std::collections::VecDeque;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use roostd::auth::{mint, Key};
+use serde_json::{json, Value};
+use tungstenite::{ClientRequestBuilder, Message, WebSocket};
+
+/// The HMAC secret every test server uses (40 bytes, as a deployment would).
+pub const SECRET: &str = "roostd-integration-test-secret-0123456789";
+
+/// The path of the binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_roostd");
+
+/// `n_full` normally, `n_small` when `ROOSTD_TEST_SCALE=small` (the suite
+/// runs under qemu emulation, where everything is ten times slower).
+pub fn scale(n_full: usize, n_small: usize) -> usize {
+    if small() {
+        n_small
+    } else {
+        n_full
+    }
+}
+
+/// True when the suite runs scaled down (`ROOSTD_TEST_SCALE=small`).
+pub fn small() -> bool {
+    std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small")
+}
+
+/// How long any single read, write or wait may take before the test fails.
+pub fn io_timeout() -> Duration {
+    if small() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(10)
+    }
+}
+
+/// How long a server may take to start (or stop).
+fn start_timeout() -> Duration {
+    if small() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(20)
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn test_key() -> Key {
+    Key::new(None, SECRET.as_bytes().to_vec())
+}
+
+/// Signs arbitrary claims with the test secret.
+pub fn mint_claims(claims: &Value) -> String {
+    mint(claims, &test_key())
+}
+
+/// A token for `sub` with these read and write patterns, valid for an hour.
+pub fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
+    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": read, "write": write}))
+}
+
+/// A token that may read and write every channel.
+pub fn token_all(sub: &str) -> String {
+    token(sub, &["*"], &["*"])
+}
+
+// ---------------------------------------------------------------------------
+// The server process.
+
+enum Event {
+    Listening(SocketAddr),
+    /// stderr closed: the process has exited (or is about to).
+    Eof,
+}
+
+/// Log lines kept per server.
+const MAX_LOG_LINES: usize = 100_000;
+
+/// How to start a server; `TestServer::start` covers the common case.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Do not set `ROOSTD_SECRET` (the server then generates `<data>/secret`).
+    pub no_secret: bool,
+}
+
+impl Options {
+    pub fn args(mut self, args: &[&str]) -> Options {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Options {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn no_secret(mut self) -> Options {
+        self.no_secret = true;
+        self
+    }
+
+    pub fn start(self) -> TestServer {
+        TestServer::start_with(self)
+    }
+}
+
+/// A running `roostd serve` on 127.0.0.1 with its own data folder.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    events: Receiver<Event>,
+    data: tempfile::TempDir,
+    options: Options,
+    /// Every stderr line of every run of this server, in order.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// `roostd serve --listen 127.0.0.1:0 --data <tempdir> ARGS...` with the test secret.
+    pub fn start(args: &[&str]) -> TestServer {
+        Options::default().args(args).start()
+    }
+
+    pub fn options() -> Options {
+        Options::default()
+    }
+
+    pub fn start_with(options: Options) -> TestServer {
+        let data = tempfile::tempdir().expect("creating a temp data folder");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (child, events, addr) = spawn_server(data.path(), &options, &log);
+        TestServer { addr, child: Some(child), events, data, options, log }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Everything the server wrote to stderr so far (all runs).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([sig, &self.pid().to_string()]).status().expect("running kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        self.wait_exit()
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + start_timeout();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Listening(_)) => continue,
+                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the server did not exit in time; the log ends with:\n{}", self.log_tail(30))
+                }
+            }
+        }
+        let mut child = self.child.take().expect("server running");
+        child.wait().expect("waiting for the server")
+    }
+
+    /// SIGTERM, wait, and start again on the same data folder (the port may change).
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "SIGTERM should stop the server cleanly, got {status}; log:\n{}", self.log_tail(30));
+        self.start_again();
+    }
+
+    /// SIGKILL, wait, and start again on the same data folder.
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+        self.wait_exit();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
+        let (child, events, addr) = spawn_server(self.data.path(), &self.options, &self.log);
+        self.child = Some(child);
+        self.events = events;
+        self.addr = addr;
+    }
+
+    /// Opens a WebSocket with `?token=`; panics on refusal.
+    pub fn ws(&self, token: &str) -> Client {
+        self.try_ws(token).unwrap_or_else(|(status, body)| {
+            panic!("refused with {status}: {body}; the server log ends with:\n{}", self.log_tail(20))
+        })
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Opens a WebSocket with `?token=`, or gives the refusal's status and
+    /// body (status 0: no HTTP answer at all).
+    pub fn try_ws(&self, token: &str) -> Result<Client, (u16, String)> {
+        let uri = format!("ws://{}/ws?token={token}", self.addr);
+        Client::connect(self.addr, ClientRequestBuilder::new(uri.parse().unwrap()))
+    }
+
+    /// Opens a WebSocket with a custom request (subprotocols, headers).
+    pub fn ws_request(&self, request: ClientRequestBuilder) -> Result<Client, (u16, String)> {
+        Client::connect(self.addr, request)
+    }
+
+    /// `ws://addr/path` for building custom requests.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Sends raw bytes and reads one answer: its head, then a body of
+    /// `Content-Length` bytes (or up to EOF without one). Works whether the
+    /// server keeps the connection alive or closes it.
+    pub fn http_bytes(&self, request: &[u8]) -> HttpResponse {
+        let mut sock = self.tcp();
+        // The server may answer and close before reading everything (431):
+        // a failed write is fine as long as the answer arrives.
+        let _ = sock.write_all(request);
+        read_response(&mut sock)
+    }
+
+    /// Sends a raw HTTP request and reads one answer.
+    pub fn http(&self, request: &str) -> HttpResponse {
+        self.http_bytes(request.as_bytes())
+    }
+
+    /// A plain TCP connection to the server, with timeouts.
+    pub fn tcp(&self) -> TcpStream {
+        let sock = TcpStream::connect(self.addr).expect("connecting to the server");
+        sock.set_read_timeout(Some(io_timeout())).unwrap();
+        sock.set_write_timeout(Some(io_timeout())).unwrap();
+        sock
+    }
+
+    /// Sends a raw request and reads only the response head (for a 101).
+    pub fn raw_upgrade(&self, request: &str) -> (HttpResponse, TcpStream) {
+        let mut sock = self.tcp();
+        sock.write_all(request.as_bytes()).unwrap();
+        let head = read_head(&mut sock);
+        (HttpResponse::parse(&head), sock)
+    }
+
+    /// A complete WebSocket upgrade request for `target` (path and query),
+    /// with `extra` header lines (each ending in `\r\n`).
+    pub fn upgrade_request(&self, target: &str, extra: &str) -> String {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
+            self.addr
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn server_command(data: &Path, options: &Options) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--data"]).arg(data).args(&options.args);
+    cmd.env_remove("ROOSTD_SECRET").env("RUST_LOG", "info");
+    if !options.no_secret {
+        cmd.env("ROOSTD_SECRET", SECRET);
+    }
+    for (k, v) in &options.env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn spawn_server(data: &Path, options: &Options, log: &Arc<Mutex<Vec<String>>>) -> (Child, Receiver<Event>, SocketAddr) {
+    let mut child = server_command(data, options)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning roostd");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, events) = mpsc::channel();
+    let sink = Arc::clone(log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = listening_addr(&line) {
+                let _ = tx.send(Event::Listening(addr));
+            }
+            let mut log = sink.lock().unwrap();
+            // A server stuck in a loop can log millions of lines: keep the start.
+            if log.len() < MAX_LOG_LINES {
+                log.push(line);
+            }
+        }
+        let _ = tx.send(Event::Eof);
+    });
+    let addr = match events.recv_timeout(start_timeout()) {
+        Ok(Event::Listening(addr)) => addr,
+        Ok(Event::Eof) | Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!("roostd did not start (exit {status:?}); log:\n{}", log.lock().unwrap().join("\n"));
+        }
+    };
+    (child, events, addr)
+}
+
+/// `... listening on 127.0.0.1:PORT (max N connections)` → the address.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split(" listening on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Running the binary for CLI tests.
+
+/// Runs `roostd ARGS` with `env` (ROOSTD_SECRET and RUST_LOG cleared
+/// first), killing it if it does not finish in time.
+pub fn run_roostd(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("ROOSTD_SECRET").env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning roostd");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(start_timeout()) {
+        Ok(out) => out.expect("running roostd"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("`roostd {}` did not finish in time", args.join(" "));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP.
+
+/// Reads a response head, byte by byte so nothing after it is consumed.
+fn read_head(sock: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match sock.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => raw.push(byte[0]),
+            Err(e) => panic!("reading the response head: {e} (got {:?})", String::from_utf8_lossy(&raw)),
+        }
+    }
+    raw
+}
+
+/// Reads one response: head, then `Content-Length` bytes or up to EOF.
+pub fn read_response(sock: &mut TcpStream) -> HttpResponse {
+    let head = read_head(sock);
+    let mut resp = HttpResponse::parse(&head);
+    let mut body = Vec::new();
+    match resp.header("Content-Length").map(|n| n.parse::<usize>().expect("a numeric Content-Length")) {
+        Some(n) => {
+            body.resize(n, 0);
+            sock.read_exact(&mut body).unwrap_or_else(|e| panic!("reading a {n}-byte body: {e}; head: {}", resp.head));
+        }
+        None => {
+            sock.read_to_end(&mut body).unwrap_or_else(|e| panic!("reading a body to EOF: {e}; head: {}", resp.head));
+        }
+    }
+    resp.body = String::from_utf8_lossy(&body).into_owned();
+    resp
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The head: status line and headers.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn parse(raw: &[u8]) -> HttpResponse {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP/1.1 response: {text:?}"));
+        HttpResponse { status, head: head.to_string(), body: body.to_string() }
+    }
+
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The `error` code of a `{"error":"<code>"}` body.
+    pub fn error(&self) -> String {
+        let v: Value = serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"));
+        v["error"].as_str().unwrap_or_else(|| panic!("no error code: {self:?}")).to_string()
+    }
+
+    /// Asserts a refusal: this status and exactly `{"error":"<code>"}`.
+    #[track_caller]
+    pub fn assert_refusal(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "status of {self:?}");
+        let body: Value =
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"));
+        assert_eq!(body, json!({ "error": code }), "body of {self:?}");
+        assert_eq!(self.header("Content-Type"), Some("application/json"), "{self:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The WebSocket client.
+
+/// A blocking WebSocket client with timeouts.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    /// `msg` frames read while waiting for a reply, handed out first by `recv_json`.
+    inbox: VecDeque<Value>,
+    /// Frames read so far and the last one, for failure messages.
+    frames: u64,
+    last: Option<Value>,
+    pub response: tungstenite::handshake::client::Response,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, request: ClientRequestBuilder) -> Result<Client, (u16, String)> {
+        let sock = TcpStream::connect(addr).expect("connecting to the server");
+        sock.set_read_timeout(Some(io_timeout())).unwrap();
+        sock.set_write_timeout(Some(io_timeout())).unwrap();
+        sock.set_nodelay(true).unwrap();
+        match tungstenite::client::client_with_config(request, sock, None) {
+            Ok((ws, response)) => Ok(Client { ws, inbox: VecDeque::new(), frames: 0, last: None, response }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                Err((resp.status().as_u16(), body.into_owned()))
+            }
+            Err(e) => Err((0, format!("the WebSocket handshake failed: {e}"))),
+        }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("sending a text frame");
+    }
+
+    pub fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// Queues a frame without flushing (for pipelining many requests).
+    pub fn write_json(&mut self, v: Value) {
+        self.ws.write(Message::text(v.to_string())).expect("queueing a text frame");
+    }
+
+    pub fn flush(&mut self) {
+        self.ws.flush().expect("flushing");
+    }
+
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::binary(bytes.to_vec())).expect("sending a binary frame");
+    }
+
+    /// The next frame from the network as JSON (pings are answered and skipped).
+    fn read_json(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"));
+                    self.frames += 1;
+                    self.last = Some(v.clone());
+                    return v;
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(frame)) => panic!("the server closed the connection: {frame:?}{}", self.context()),
+                Ok(other) => panic!("unexpected frame: {other:?}{}", self.context()),
+                Err(e) => panic!("reading a frame: {e}{}", self.context()),
+            }
+        }
+    }
+
+    /// For failure messages: how far this client got.
+    fn context(&self) -> String {
+        let last = self.last.as_ref().map(|v| {
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("data");
+                m.remove("msgs");
+            }
+            v
+        });
+        format!(" (after {} frames; the last, without data: {last:?})", self.frames)
+    }
+
+    /// The next frame (buffered `msg`s first).
+    pub fn recv_json(&mut self) -> Value {
+        match self.inbox.pop_front() {
+            Some(v) => v,
+            None => self.read_json(),
+        }
+    }
+
+    /// The next `msg` frame; panics on anything else.
+    #[track_caller]
+    pub fn recv_msg(&mut self) -> Value {
+        let v = self.recv_json();
+        assert_eq!(v["op"], "msg", "expected a msg, got {v}");
+        v
+    }
+
+    /// Sends a request and returns its reply: the first frame that is not a
+    /// `msg` (deliveries read meanwhile are kept for `recv_json`).
+    pub fn request(&mut self, v: Value) -> Value {
+        self.send_json(v);
+        self.reply()
+    }
+
+    /// The next frame that is not a `msg`.
+    pub fn reply(&mut self) -> Value {
+        loop {
+            let v = self.read_json();
+            if v["op"] == "msg" {
+                self.inbox.push_back(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    /// Subscribes (live only); returns the `subok`.
+    #[track_caller]
+    pub fn sub(&mut self, ch: &str) -> Value {
+        let r = self.request(json!({"op": "sub", "ch": ch}));
+        assert_eq!(r["op"], "subok", "sub {ch}: {r}");
+        r
+    }
+
+    /// Subscribes resuming after `since` in `epoch`; returns the `subok`.
+    #[track_caller]
+    pub fn resume(&mut self, ch: &str, since: u64, epoch: &Value) -> Value {
+        let r = self.request(json!({"op": "sub", "ch": ch, "since": since, "epoch": epoch}));
+        assert_eq!(r["op"], "subok", "resume {ch}: {r}");
+        r
+    }
+
+    /// Publishes and waits for the ack; returns the seq.
+    #[track_caller]
+    pub fn publish(&mut self, ch: &str, data: Value) -> u64 {
+        let r = self.request(json!({"op": "pub", "ch": ch, "data": data}));
+        assert_eq!(r["op"], "ack", "pub {ch}: {r}");
+        r["seq"].as_u64().unwrap()
+    }
+
+    /// Publishes `data(i)` for i in 0..n, pipelined in windows of 256;
+    /// returns the seqs in order. Every pub carries a fresh unique id.
+    pub fn publish_many(&mut self, ch: &str, n: usize, data: impl Fn(usize) -> Value) -> Vec<u64> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        const WINDOW: usize = 256;
+        let mut seqs = Vec::with_capacity(n);
+        let mut sent = 0;
+        while sent < n {
+            let end = (sent + WINDOW).min(n);
+            let first_id = NEXT_ID.fetch_add((end - sent) as u64, Ordering::Relaxed);
+            for i in sent..end {
+                let id = format!("pm-{}", first_id + (i - sent) as u64);
+                self.write_json(json!({"op": "pub", "ch": ch, "data": data(i), "id": id}));
+            }
+            self.flush();
+            for i in sent..end {
+                let r = self.reply();
+                assert_eq!(r["op"], "ack", "pub {i}: {r}");
+                let id = format!("pm-{}", first_id + (i - sent) as u64);
+                assert_eq!(r["id"], id, "acks come in order: {r}");
+                seqs.push(r["seq"].as_u64().unwrap());
+            }
+            sent = end;
+        }
+        seqs
+    }
+
+    /// Fetches the whole history of `ch` after `since`, paging with limit 1000.
+    pub fn history(&mut self, ch: &str, mut since: u64) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let r = self.request(json!({"op": "hist", "ch": ch, "since": since, "limit": 1000}));
+            assert_eq!(r["op"], "hist", "hist {ch}: {r}");
+            let msgs = r["msgs"].as_array().unwrap();
+            if let Some(last) = msgs.last() {
+                since = last["seq"].as_u64().unwrap();
+            }
+            all.extend(msgs.iter().cloned());
+            if r["more"] != true {
+                return all;
+            }
+            assert!(!msgs.is_empty(), "more:true with no messages: {r}");
+        }
+    }
+
+    /// Reads until the server's Close frame and returns its code. Messages
+    /// before it are returned too (in order).
+    pub fn recv_until_close(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut msgs: Vec<Value> = self.inbox.drain(..).collect();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => msgs.push(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(frame)) => {
+                    // tungstenite has queued the answering Close; send it and
+                    // hang up, as a browser does once the handshake is done.
+                    let _ = self.ws.flush();
+                    let _ = self.ws.get_ref().shutdown(Shutdown::Both);
+                    return (msgs, frame.map(|f| u16::from(f.code)));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    panic!("no Close frame within {:?} (after {} messages)", io_timeout(), msgs.len())
+                }
+                Err(e) => panic!("the connection ended without a Close frame: {e} (after {} messages)", msgs.len()),
+            }
+        }
+    }
+
+    /// Reads until the Close frame and returns its code (frames before it are skipped).
+    pub fn close_code(&mut self) -> Option<u16> {
+        self.recv_until_close().1
+    }
+
+    /// Closes our side politely.
+    pub fn close(mut self) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+        let _ = self.ws.get_ref().shutdown(Shutdown::Write);
+    }
+}
+
+/// A data value that checks exact round-tripping: nesting, unicode, numbers.
+pub fn rich_data(i: usize) -> Value {
+    json!({"i": i, "text": format!("héllo \"{i}\" \u{1F600}\n"), "nested": {"list": [1, 2.5, null, true, {"k": []}]}, "neg": -7})
+}
