@@ -45,6 +45,15 @@ pub enum Decision {
     Metrics,
 }
 
+/// The demo page and the client library, built into the binary so a Pi
+/// needs no other files.
+pub const DEMO_PAGE: &[u8] = include_bytes!("../web/index.html");
+pub const ROOST_JS: &[u8] = include_bytes!("../web/roost.js");
+
+fn asset(body: &'static [u8], content_type: &'static str) -> Decision {
+    Decision::Reply { status: 200, body: body.to_vec(), content_type, close: false }
+}
+
 fn reply(status: u16, code: &str) -> Decision {
     // 411 closes: without a length the server cannot find the next request.
     let close = status == 411;
@@ -56,12 +65,18 @@ fn reply(status: u16, code: &str) -> Decision {
     }
 }
 
-/// Routes and checks a request head.
-pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize) -> Decision {
+/// Routes and checks a request head. `demo`: serve the demo page and `/roost.js`.
+pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize, demo: bool) -> Decision {
     let segments: Vec<&str> = head.path.trim_start_matches('/').split('/').collect();
     let method = head.method.as_str();
     let route = match segments.as_slice() {
         ["ws"] => return Decision::WebSocket,
+        [""] | ["index.html"] if demo && method == "GET" => return asset(DEMO_PAGE, "text/html; charset=utf-8"),
+        ["roost.js"] if demo && method == "GET" => return asset(ROOST_JS, "text/javascript; charset=utf-8"),
+        // Browsers ask for it on every page; an empty answer keeps their console clean.
+        ["favicon.ico"] if demo && method == "GET" => {
+            return Decision::Reply { status: 204, body: Vec::new(), content_type: "image/x-icon", close: false }
+        }
         ["healthz"] => Route::Health,
         ["metrics"] => Route::Metrics,
         ["api", "channels"] => Route::Channels,
@@ -279,7 +294,7 @@ mod tests {
             (head("GET", "/api/channels", Some(all), None), 3),
         ];
         for (h, want) in cases {
-            assert_eq!(status(&decide(&h, &v, 1_700_000_000, 65536)), want, "{} {}", h.method, h.path);
+            assert_eq!(status(&decide(&h, &v, 1_700_000_000, 65536, true)), want, "{} {}", h.method, h.path);
         }
         match decide(
             &head(
@@ -302,7 +317,10 @@ mod tests {
             Some("5"),
         );
         chunked.transfer_encoding = Some("chunked".into());
-        assert!(matches!(decide(&chunked, &v, 1_700_000_000, 65536), Decision::Reply { status: 411, close: true, .. }));
+        assert!(matches!(
+            decide(&chunked, &v, 1_700_000_000, 65536, true),
+            Decision::Reply { status: 411, close: true, .. }
+        ));
     }
 
     #[test]

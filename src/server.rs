@@ -391,7 +391,7 @@ impl Server {
     /// Acts on a complete request head; true when the next request may be
     /// read at once.
     fn on_head(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
-        let decision = api::decide(&head, &self.verifier, self.now_unix(), self.cfg.max_message_bytes);
+        let decision = api::decide(&head, &self.verifier, self.now_unix(), self.cfg.max_message_bytes, self.cfg.demo);
         let req = HttpRequest { consumed: head.len, keep_alive: keep_alive(&head) };
         match decision {
             Decision::WebSocket => {

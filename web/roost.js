@@ -1,0 +1,2 @@
+// roost.js: the roostd client (placeholder until the client lands).
+export {};
