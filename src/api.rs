@@ -306,6 +306,7 @@ mod tests {
             &v,
             1_700_000_000,
             65536,
+            true,
         ) {
             Decision::History { ch, since, limit } => assert_eq!((ch.as_str(), since, limit), ("room:1", 3, 5)),
             d => panic!("{d:?}"),
