@@ -27,6 +27,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod hook;
 pub mod http;
 pub mod hub;
 pub mod logger;

@@ -224,8 +224,8 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     if cfg.tls_cert.is_some() {
         return usage("--tls-cert is not in this build yet; put a TLS reverse proxy in front for now");
     }
-    if cfg.publish_hook.is_some() {
-        return usage("--publish-hook is not in this build yet");
+    if let Some(url) = &cfg.publish_hook {
+        roostd::hook::HookUrl::parse(url).map_err(|e| Fail(2, e))?;
     }
     fs::create_dir_all(&cfg.data)
         .or_else(|e| usage(format!("cannot create the data folder {}: {e}; pass --data DIR", cfg.data.display())))?;

@@ -16,7 +16,7 @@
 //! cannot starve the rest.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use crate::api::{self, Decision};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::{code, BodyStatus, Conn, HeadStatus, Incoming, Phase, Tick};
+use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, Limits};
 use crate::metrics::{Gauges, Metrics};
@@ -87,7 +88,22 @@ struct Slot {
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
     body: Option<PendingBody>,
+    /// The client's token, kept only when a publish hook needs it.
+    token: Option<Box<str>>,
+    /// Publishes waiting for the hook; the front one is in flight when `hook_busy`.
+    hook_queue: VecDeque<(Append, Option<String>)>,
+    hook_busy: bool,
 }
+
+/// A publish the hook is deciding on.
+struct HookTicket {
+    conn: ConnId,
+    append: Append,
+    id: Option<String>,
+}
+
+/// Publishes one connection may have waiting for the hook.
+const MAX_HOOK_QUEUE: usize = 64;
 
 /// Why the server stopped.
 #[derive(Debug)]
@@ -123,6 +139,7 @@ pub struct Server {
     fatal: Option<StoreError>,
     metrics: Metrics,
     clock_floor_secs: u64,
+    hook: Option<Hook<HookTicket>>,
 }
 
 fn system_unix() -> u64 {
@@ -161,9 +178,18 @@ impl Server {
             Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
         });
         let policy = Policy { dedupe_window: cfg.dedupe_window, retention };
-        let wake = Box::new(move || {
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = waker.wake();
         });
+        let hook = match &cfg.publish_hook {
+            Some(url) => {
+                let url = HookUrl::parse(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Some(Hook::start(url, cfg.publish_hook_timeout, wake.clone()))
+            }
+            None => None,
+        };
+        let wake_writer = wake.clone();
+        let wake = Box::new(move || wake_writer());
         let clock_floor_secs = store.clock_floor().unwrap_or(0) / 1000;
         if system_unix() < clock_floor_secs {
             log::warn!(
@@ -212,6 +238,7 @@ impl Server {
             fatal: None,
             metrics: Metrics::default(),
             clock_floor_secs,
+            hook,
         })
     }
 
@@ -258,6 +285,7 @@ impl Server {
                 }
             }
             self.collect_commits(now);
+            self.collect_hook_verdicts();
             self.fire_timers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -327,7 +355,18 @@ impl Server {
             }
             *self.per_ip.entry(addr.ip()).or_default() += 1;
             let conn = Conn::new(sock, addr.ip(), now, self.cfg.handshake_timeout);
-            self.slots.insert(id, Slot { conn, timer: None, joined: false, body: None });
+            self.slots.insert(
+                id,
+                Slot {
+                    conn,
+                    timer: None,
+                    joined: false,
+                    body: None,
+                    token: None,
+                    hook_queue: VecDeque::new(),
+                    hook_busy: false,
+                },
+            );
             self.metrics.accepted += 1;
             self.schedule(id);
             // Data may have arrived with the connection.
@@ -561,6 +600,9 @@ impl Server {
         slot.conn.upgrade(http::switching_protocols(&up), head.len, self.ws_config, now);
         slot.conn.set_timers(self.cfg.ping_interval, self.cfg.pong_timeout, expires);
         slot.joined = true;
+        if self.hook.is_some() {
+            slot.token = Some(token.into());
+        }
         self.hub.join(id, claims, now);
         // Frames may have arrived right behind the head.
         self.read_frames(id, now);
@@ -603,22 +645,93 @@ impl Server {
         self.again.push(id);
     }
 
+    /// Queues a publish for the writer, unless too much already waits.
+    fn commit_later(&mut self, id: ConnId, append: Append, req_id: Option<String>) {
+        let bytes = append.data.len() + append.ch.len() + append.from.len();
+        if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
+            let e = wire::err(
+                ErrCode::Unavailable,
+                "the server is busy writing; retry with the same id",
+                req_id.as_deref(),
+            );
+            return self.send(id, e.into());
+        }
+        self.inflight_bytes += bytes;
+        self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, append));
+    }
+
+    /// Sends a connection's next waiting publish to the hook, one at a time
+    /// so its publishes stay in order.
+    fn hook_next(&mut self, id: ConnId) {
+        let Some(hook) = &self.hook else { return };
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        while !slot.hook_busy {
+            let Some((append, req_id)) = slot.hook_queue.pop_front() else { return };
+            let body = hook::request_body(&append.ch, &append.from, &append.data, req_id.as_deref());
+            let token = slot.token.as_deref().unwrap_or("").to_string();
+            let job = hook::Job { ticket: HookTicket { conn: id, append, id: req_id }, token, body };
+            match hook.submit(job) {
+                Ok(()) => slot.hook_busy = true,
+                Err(job) => {
+                    let e = wire::err(
+                        ErrCode::Unavailable,
+                        "the publish hook is overloaded; retry with the same id",
+                        job.ticket.id.as_deref(),
+                    );
+                    if !slot.conn.send(e.into(), self.cfg.max_send_buffer_bytes) {
+                        slot.conn.discard_queue();
+                    }
+                    self.dirty.push(id);
+                }
+            }
+        }
+    }
+
+    /// Acts on the main application's answers.
+    fn collect_hook_verdicts(&mut self) {
+        let Some(hook) = &self.hook else { return };
+        let verdicts: Vec<(HookTicket, Verdict)> = hook.results().collect();
+        for (HookTicket { conn, mut append, id }, verdict) in verdicts {
+            let Some(slot) = self.slots.get_mut(&conn) else { continue };
+            slot.hook_busy = false;
+            match verdict {
+                Verdict::Approve(data) => {
+                    if let Some(data) = data {
+                        append.data = data;
+                    }
+                    self.commit_later(conn, append, id);
+                }
+                Verdict::Refuse => {
+                    let e = wire::err(ErrCode::Forbidden, "the application refused this message", id.as_deref());
+                    self.send(conn, e.into());
+                }
+                Verdict::Unavailable => {
+                    let e = wire::err(
+                        ErrCode::Unavailable,
+                        "the application did not answer; retry with the same id",
+                        id.as_deref(),
+                    );
+                    self.send(conn, e.into());
+                }
+            }
+            self.hook_next(conn);
+        }
+    }
+
     fn act(&mut self, id: ConnId, action: Action, now: Instant) {
         match action {
             Action::Reply(text) => self.send(id, text.into()),
-            Action::Publish { append, id: req_id } => {
-                let bytes = append.data.len() + append.ch.len() + append.from.len();
-                if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
-                    let e = wire::err(
-                        ErrCode::Unavailable,
-                        "the server is busy writing; retry with the same id",
-                        req_id.as_deref(),
-                    );
+            Action::Publish { append, id: req_id } if self.hook.is_some() => {
+                let Some(slot) = self.slots.get_mut(&id) else { return };
+                if slot.hook_queue.len() >= MAX_HOOK_QUEUE {
+                    let e =
+                        wire::err(ErrCode::Unavailable, "too many publishes waiting for approval", req_id.as_deref());
                     return self.send(id, e.into());
                 }
-                self.inflight_bytes += bytes;
-                self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, append));
+                slot.hook_queue.push_back((append, req_id));
+                self.hook_next(id);
             }
+            Action::Publish { append, id: req_id } => self.commit_later(id, append, req_id),
             Action::Close(code, reason) => {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.conn.close(code, reason, now);
