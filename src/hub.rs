@@ -345,7 +345,7 @@ pub fn page(
         last_sent = r.seq;
         out.len() < max_bytes
     })?;
-    Ok(Page { more: last_sent < info.last, gap: since + 1 < info.first || since > info.last })
+    Ok(Page { more: last_sent < info.last, gap: since.saturating_add(1) < info.first || since > info.last })
 }
 
 /// Builds a `hist` reply.

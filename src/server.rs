@@ -407,7 +407,9 @@ impl Server {
                 Phase::Head => match slot.conn.read_head(self.cfg.max_header_bytes) {
                     HeadStatus::Pending => false,
                     HeadStatus::Gone => {
-                        slot.conn.close(code::NORMAL, "", now);
+                        // The peer may have half-closed after its request:
+                        // answers already queued still go out.
+                        slot.conn.refuse(Vec::new(), now);
                         false
                     }
                     HeadStatus::Refuse(status, code) => {
@@ -441,7 +443,11 @@ impl Server {
                 if status == 401 {
                     self.metrics.auth_failure(error_code(&body));
                 }
-                self.http_reply(id, req, status, content_type, &body, close, now)
+                // A refused request's body was not read: the connection
+                // cannot find the next request, so it ends here.
+                let has_body =
+                    head.transfer_encoding.is_some() || head.content_length.as_deref().is_some_and(|l| l.trim() != "0");
+                self.http_reply(id, req, status, content_type, &body, close || has_body, now)
             }
             Decision::Health => {
                 let (status, body): (u16, &[u8]) =
@@ -479,7 +485,7 @@ impl Server {
         let req = HttpRequest { consumed: total, keep_alive: keep_alive(&pending.head) };
         let body = match slot.conn.read_body(total) {
             BodyStatus::Gone => {
-                slot.conn.close(code::NORMAL, "", now);
+                slot.conn.refuse(Vec::new(), now);
                 return false;
             }
             BodyStatus::Pending => {

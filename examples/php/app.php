@@ -1,0 +1,151 @@
+<?php
+// A tiny "main application" beside roostd: no framework, no Composer.
+//
+//   ROOSTD_SECRET=... ROOSTD_URL=http://127.0.0.1:8080 php -S 127.0.0.1:8000 app.php
+//
+// Routes:
+//   GET  /token?sub=NAME          a client token (read/write room:*) as JSON
+//   GET  /publish?ch=CH&text=TXT  publishes {"text":TXT} through roostd's HTTP API
+//                                 (optional &key=K: an Idempotency-Key); answers
+//                                 with roostd's status and JSON
+//   POST /hook                    a publish hook for roostd's --publish-hook
+//
+// Environment:
+//   ROOSTD_SECRET  the HMAC secret roostd uses (the same string; >= 32 bytes)
+//   ROOSTD_URL     where roostd listens (default http://127.0.0.1:8080)
+//   APP_SUB        the `sub` of the application's own token (default php-app)
+
+declare(strict_types=1);
+
+require __DIR__ . '/token.php';
+
+function secret(): string
+{
+    $secret = getenv('ROOSTD_SECRET');
+    if ($secret === false || strlen($secret) < 32) {
+        reply(500, ['error' => 'ROOSTD_SECRET is not set to a secret of at least 32 bytes']);
+    }
+    return $secret;
+}
+
+function roostd_url(): string
+{
+    return rtrim(getenv('ROOSTD_URL') ?: 'http://127.0.0.1:8080', '/');
+}
+
+/** Sends a JSON answer (or none for null) and stops. */
+function reply(int $status, mixed $body = null, string $json = ''): never
+{
+    http_response_code($status);
+    if ($body !== null || $json !== '') {
+        header('Content-Type: application/json');
+        header('Cache-Control: no-store');
+        echo $json !== '' ? $json : json_encode($body, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE);
+    }
+    exit;
+}
+
+/**
+ * POST /api/channels/{ch}/messages on roostd with the app's own token.
+ * Returns [status, body]; status 0 when roostd could not be reached.
+ */
+function roostd_publish(string $ch, mixed $data, ?string $idempotency_key = null): array
+{
+    $body = json_encode($data, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR);
+    $headers = [
+        'Authorization: Bearer ' . app_token(getenv('APP_SUB') ?: 'php-app', secret()),
+        'Content-Type: application/json',
+        'Content-Length: ' . strlen($body),
+        // One request per connection: roostd closes after the answer, so
+        // PHP's stream reads the body to its end without waiting.
+        'Connection: close',
+    ];
+    if ($idempotency_key !== null && $idempotency_key !== '') {
+        $headers[] = 'Idempotency-Key: ' . $idempotency_key;
+    }
+    $context = stream_context_create([
+        'http' => [
+            'method' => 'POST',
+            'header' => implode("\r\n", $headers),
+            'content' => $body,
+            'protocol_version' => 1.1,
+            'timeout' => 5,
+            'ignore_errors' => true, // read 4xx/5xx bodies too
+            'follow_location' => 0,
+        ],
+    ]);
+    // Channel names may hold ':' and '/': percent-encode the path segment.
+    $url = roostd_url() . '/api/channels/' . rawurlencode($ch) . '/messages';
+    $answer = @file_get_contents($url, false, $context);
+    $response_headers = function_exists('http_get_last_response_headers')
+        ? (http_get_last_response_headers() ?? [])
+        : ($http_response_header ?? []);
+    if ($answer === false || !$response_headers) {
+        return [0, ''];
+    }
+    preg_match('#^HTTP/\S+\s+(\d{3})#', $response_headers[0], $m);
+    return [(int) ($m[1] ?? 0), $answer];
+}
+
+function bearer_token(): ?string
+{
+    $auth = $_SERVER['HTTP_AUTHORIZATION'] ?? '';
+    return preg_match('/^Bearer\s+(\S+)$/i', $auth, $m) ? $m[1] : null;
+}
+
+$path = parse_url($_SERVER['REQUEST_URI'] ?? '/', PHP_URL_PATH);
+$method = $_SERVER['REQUEST_METHOD'] ?? 'GET';
+
+switch ($path) {
+    case '/token':
+        // A real application mints this only for a user it has logged in.
+        $sub = (string) ($_GET['sub'] ?? '');
+        if ($sub === '' || strlen($sub) > 128) {
+            reply(400, ['error' => 'sub is required']);
+        }
+        $token = client_token($sub, secret());
+        reply(200, ['sub' => $sub, 'token' => $token]);
+
+    case '/publish':
+        $ch = (string) ($_GET['ch'] ?? '');
+        $text = (string) ($_GET['text'] ?? '');
+        if ($ch === '') {
+            reply(400, ['error' => 'ch is required']);
+        }
+        [$status, $answer] = roostd_publish($ch, ['text' => $text], $_GET['key'] ?? null);
+        if ($status === 0) {
+            reply(502, ['error' => 'roostd_unreachable']);
+        }
+        // roostd's own answer: 201 {"ch","seq","ts"}, 200 for a repeated
+        // key, or {"error":"<code>"} with its status.
+        reply($status, null, $answer);
+
+    case '/hook':
+        // roostd's publish hook (spec §5): POST {"ch","from","data","id"}
+        // with the publishing client's own token as Bearer. 2xx lets the
+        // message through ({"data":...} replaces it), 4xx refuses it.
+        if ($method !== 'POST') {
+            reply(405, ['error' => 'method_not_allowed']);
+        }
+        $token = bearer_token();
+        $claims = $token === null ? null : jwt_hs256_verify($token, secret());
+        if ($claims === null) {
+            reply(401, ['error' => 'token_invalid']);
+        }
+        $request = json_decode((string) file_get_contents('php://input'), true);
+        if (!is_array($request) || !isset($request['ch']) || !array_key_exists('data', $request)) {
+            reply(400, ['error' => 'bad_request']);
+        }
+        $data = $request['data'];
+        if (is_array($data) && isset($data['text']) && is_string($data['text'])) {
+            if (stripos($data['text'], 'forbidden') !== false) {
+                reply(403, ['error' => 'forbidden']);
+            }
+            $data['text'] = function_exists('mb_strtoupper') ? mb_strtoupper($data['text'], 'UTF-8') : strtoupper($data['text']);
+            reply(200, ['data' => $data]);
+        }
+        reply(200); // let it through unchanged
+
+    default:
+        reply(404, ['error' => 'not_found']);
+}
