@@ -9,6 +9,7 @@ mod support;
 mod api;
 mod cli;
 mod handshake;
+mod hook;
 mod lifecycle;
 mod limits;
 mod sync;

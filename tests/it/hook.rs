@@ -1,0 +1,165 @@
+//! The publish hook (spec §5): the main application approves, rewrites or
+//! refuses each client `pub` — and a slow application never holds up the
+//! event loop.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// What the test application saw of one hook call.
+struct Call {
+    authorization: String,
+    body: Value,
+}
+
+/// A small main application: answers by the message's `text`:
+/// `refuse` → 403, `fail` → 500, `redirect` → 302, `slow` → waits 3 s,
+/// anything else → 200 with the text upper-cased. Serves many calls at once.
+fn application() -> (String, mpsc::Receiver<Call>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { return };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut reader = BufReader::new(sock);
+                let (mut line, mut len, mut authorization) = (String::new(), 0, String::new());
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if lower.starts_with("authorization:") {
+                        authorization = line["authorization:".len()..].trim().to_string();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                let text = body["data"]["text"].as_str().unwrap_or("").to_string();
+                let _ = tx.send(Call { authorization, body: body.clone() });
+                let answer = match text.as_str() {
+                    "refuse" => "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    "fail" => "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    "redirect" => "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    "keep" => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
+                    t => {
+                        if t == "slow" {
+                            thread::sleep(Duration::from_secs(3));
+                        }
+                        let out = json!({"data": {"text": t.to_uppercase()}}).to_string();
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{out}", out.len())
+                    }
+                };
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn the_application_approves_rewrites_and_refuses() {
+    let (url, calls) = application();
+    let server = TestServer::start(&["--publish-hook", &url, "--publish-hook-timeout", "1s"]);
+    let token = token("alice", &["*"], &["*"]);
+    let mut publisher = server.ws(&token);
+    let mut subscriber = server.ws(&token_all("bob"));
+    subscriber.sub("room:1");
+
+    let ack = publisher.request(json!({"op":"pub","ch":"room:1","data":{"text":"hi"},"id":"m1"}));
+    assert_eq!((ack["op"].clone(), ack["seq"].clone()), (json!("ack"), json!(1)), "{ack}");
+    let msg = subscriber.recv_msg();
+    assert_eq!(msg["data"], json!({"text":"HI"}), "the application's data replaces the client's");
+    let call = calls.recv_timeout(io_timeout()).unwrap();
+    assert_eq!(call.authorization, format!("Bearer {token}"), "the hook gets the client's own token");
+    assert_eq!(call.body, json!({"ch":"room:1","from":"alice","data":{"text":"hi"},"id":"m1"}));
+
+    // 2xx without a body keeps the data.
+    publisher.request(json!({"op":"pub","ch":"room:1","data":{"text":"keep"}}));
+    assert_eq!(subscriber.recv_msg()["data"], json!({"text":"keep"}));
+
+    for (text, code) in [("refuse", "forbidden"), ("fail", "unavailable"), ("redirect", "unavailable")] {
+        let r = publisher.request(json!({"op":"pub","ch":"room:1","data":{"text":text},"id":text}));
+        assert_eq!((r["op"].clone(), r["code"].clone(), r["id"].clone()), (json!("err"), json!(code), json!(text)));
+    }
+    // Nothing refused was stored.
+    let hist = publisher.request(json!({"op":"hist","ch":"room:1"}));
+    assert_eq!(hist["msgs"].as_array().unwrap().len(), 2, "{hist}");
+}
+
+#[test]
+fn the_applications_own_http_publishes_skip_the_hook() {
+    let (url, calls) = application();
+    let server = TestServer::start(&["--publish-hook", &url]);
+    let body = r#"{"text":"refuse"}"#;
+    let req = format!(
+        "POST /api/channels/c/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+        token_all("app"),
+        body.len()
+    );
+    assert_eq!(server.http(&req).status, 201);
+    assert!(calls.recv_timeout(Duration::from_millis(300)).is_err(), "the hook was called");
+}
+
+#[test]
+fn a_slow_application_times_out_without_delaying_anyone_else() {
+    let (url, _calls) = application();
+    let server = TestServer::start(&["--publish-hook", &url, "--publish-hook-timeout", "1s"]);
+    let mut slow = server.ws(&token_all("slow"));
+    let mut other = server.ws(&token_all("other"));
+    let started = Instant::now();
+    slow.send_json(json!({"op":"pub","ch":"a","data":{"text":"slow"},"id":1}));
+    // While the hook call hangs, another client's round trips stay fast.
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        let r = other.request(json!({"op":"hist","ch":"b","id":i}));
+        assert_eq!(r["op"], "hist");
+        worst = worst.max(t.elapsed());
+    }
+    let r = slow.reply();
+    assert_eq!((r["code"].clone(), r["id"].clone()), (json!("unavailable"), json!(1)), "{r}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "answered before the timeout: {waited:?}");
+    assert!(worst < Duration::from_millis(500), "a round trip took {worst:?} while the hook hung");
+}
+
+#[test]
+fn a_connections_publishes_stay_in_order_through_the_hook() {
+    let (url, _calls) = application();
+    let server = TestServer::start(&["--publish-hook", &url]);
+    let mut publisher = server.ws(&token_all("p"));
+    let mut subscriber = server.ws(&token_all("s"));
+    subscriber.sub("order");
+    for i in 0..30 {
+        publisher.send_json(json!({"op":"pub","ch":"order","data":{"text":format!("m{i}")},"id":i}));
+    }
+    for i in 0..30 {
+        let ack = publisher.reply();
+        assert_eq!((ack["id"].clone(), ack["seq"].clone()), (json!(i), json!(i + 1)), "{ack}");
+        assert_eq!(subscriber.recv_msg()["data"]["text"], format!("M{i}"));
+    }
+}
+
+#[test]
+fn a_hook_url_that_is_not_http_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out =
+        run_roostd(&["serve", "--listen", "127.0.0.1:0", "--data", data, "--publish-hook", "https://app/hook"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+}
