@@ -98,9 +98,65 @@ pub enum Tick {
     Drop,
 }
 
+/// The byte stream under HTTP and WebSocket: plain TCP, or TLS over it.
+/// rustls runs non-blocking here: its reads and writes return WouldBlock
+/// like the socket's, and `flush` pushes out TLS records it still holds.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    pub fn tls(sock: TcpStream, config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Stream> {
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+    }
+
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &mut t.sock,
+        }
+    }
+
+    /// Ends our side: a TLS close_notify first, then the TCP FIN.
+    fn shutdown_write(&mut self) {
+        if let Stream::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+}
+
+impl io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 enum Io {
-    Raw(TcpStream),
-    Ws(Box<WebSocket<TcpStream>>),
+    Raw(Stream),
+    Ws(Box<WebSocket<Stream>>),
     /// Only between taking the socket out of `Raw` and into `Ws`.
     Moving,
 }
@@ -147,7 +203,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, peer: IpAddr, now: Instant, handshake_timeout: Duration) -> Conn {
+    pub fn new(sock: Stream, peer: IpAddr, now: Instant, handshake_timeout: Duration) -> Conn {
         Conn {
             io: Io::Raw(sock),
             phase: Phase::Head,
@@ -175,7 +231,12 @@ impl Conn {
         self.phase
     }
 
+    /// The TCP socket, for the poller.
     pub fn socket(&mut self) -> Option<&mut TcpStream> {
+        self.stream().map(Stream::tcp)
+    }
+
+    fn stream(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
             Io::Raw(s) => Some(s),
             Io::Ws(ws) => Some(ws.get_mut()),
@@ -384,6 +445,15 @@ impl Conn {
         if self.phase == Phase::Closed {
             return;
         }
+        // TLS records rustls could not write yet (a handshake answer, say)
+        // go first; a plain socket has nothing buffered.
+        if let Some(Stream::Tls(t)) = self.stream() {
+            match t.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return,
+                Err(_) => return self.phase = Phase::Closed,
+            }
+        }
         while self.raw_pos < self.raw.len() {
             match self.socket_write_raw() {
                 Ok(0) => return self.phase = Phase::Closed,
@@ -399,8 +469,8 @@ impl Conn {
         }
         match self.phase {
             Phase::Responding => {
-                if let Some(s) = self.socket() {
-                    let _ = s.shutdown(Shutdown::Write);
+                if let Some(s) = self.stream() {
+                    s.shutdown_write();
                 }
                 self.phase = Phase::Draining;
                 self.drain();
@@ -467,7 +537,7 @@ impl Conn {
         if self.drop_after_flush && self.phase == Phase::Closing {
             // We failed the connection: the Close is on the wire; we close
             // the TCP connection first (RFC 6455 §7.1.1).
-            let _ = ws.get_mut().shutdown(Shutdown::Write);
+            ws.get_mut().shutdown_write();
             self.phase = Phase::Closed;
         }
     }
@@ -475,7 +545,7 @@ impl Conn {
     /// After a refusal: read and discard until the peer closes.
     pub fn drain(&mut self) {
         let mut sink = [0u8; 1024];
-        let Some(sock) = self.socket() else { return };
+        let Some(sock) = self.stream() else { return };
         loop {
             match sock.read(&mut sink) {
                 Ok(0) => return self.phase = Phase::Closed,

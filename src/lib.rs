@@ -34,5 +34,6 @@ pub mod logger;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wire;
 pub mod writer;

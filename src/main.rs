@@ -50,7 +50,7 @@ fn run(args: Vec<OsString>) -> Result<(), Fail> {
         Some("serve") => serve(rest),
         Some("token") => token(rest),
         Some("backup") => backup(rest),
-        Some("cert") => usage("`roostd cert` is not in this build yet; make a certificate with openssl for now"),
+        Some("cert") => cert(rest),
         Some("-h" | "--help" | "help") => {
             print!("{}\n{}", top_help(), serve_help());
             Ok(())
@@ -68,7 +68,8 @@ fn top_help() -> String {
         "roostd {} — a WebSocket message and sync server with durable history\n\n\
          Usage:\n  roostd serve [FLAGS]        run the server (roostd serve --help)\n  \
          roostd token --sub NAME ... print a token signed with the server's key\n  \
-         roostd backup FILE          write a consistent, compacted copy of the store\n",
+         roostd backup FILE          write a consistent, compacted copy of the store\n  \
+         roostd cert --name NAME ... write a self-signed certificate for --tls-cert\n",
         env!("CARGO_PKG_VERSION")
     )
 }
@@ -221,9 +222,10 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         }
         other => other?,
     };
-    if cfg.tls_cert.is_some() {
-        return usage("--tls-cert is not in this build yet; put a TLS reverse proxy in front for now");
-    }
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(roostd::tls::load(cert, key).map_err(|e| Fail(2, e))?),
+        _ => None,
+    };
     if let Some(url) = &cfg.publish_hook {
         roostd::hook::HookUrl::parse(url).map_err(|e| Fail(2, e))?;
     }
@@ -239,7 +241,8 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     let max_connections = cfg.max_connections.unwrap_or_else(|| server::default_max_connections(nofile));
     let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
     let listen = cfg.listen;
-    let mut server = Server::bind(cfg, store, verifier, max_connections).map_err(|e| {
+    let tls_note = if tls.is_some() { ", TLS" } else { "" };
+    let mut server = Server::bind(cfg, store, verifier, max_connections, tls).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             "another program uses that port; stop it or pass --listen with another port"
         } else {
@@ -248,7 +251,7 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         Fail(2, format!("cannot listen on {listen}: {e}; {hint}"))
     })?;
     log::info!(
-        "roostd {} listening on {} (max {max_connections} connections)",
+        "roostd {} listening on {} (max {max_connections} connections{tls_note})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr()
     );
@@ -362,6 +365,76 @@ fn backup(args: Vec<OsString>) -> Result<(), Fail> {
     let store = Store::open(&cfg.data, cfg.max_store_bytes).map_err(|e| Fail(1, e.to_string()))?;
     store.backup(&dest).map_err(|e| Fail(1, e.to_string()))?;
     eprintln!("roostd: wrote {} (restore: copy it as data.mdb into an empty data folder)", dest.display());
+    Ok(())
+}
+
+const CERT_HELP: &str = "Usage: roostd cert --name NAME... [--ip ADDR...] [--cert FILE] [--key FILE] [--days N]
+
+Writes a self-signed certificate (default roostd-cert.pem) and its private key
+(default roostd-key.pem, mode 0600) for `roostd serve --tls-cert FILE --tls-key FILE`,
+valid for the given host names and IP addresses, and prints its SHA-256
+fingerprint so clients can check they talk to this server. --days: validity
+(default 825).
+";
+
+fn cert(args: Vec<OsString>) -> Result<(), Fail> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let (mut names, mut ips) = (Vec::new(), Vec::new());
+    let (mut cert, mut key, mut days) = (PathBuf::from("roostd-cert.pem"), PathBuf::from("roostd-key.pem"), 825u32);
+    loop {
+        let arg = match parser.next() {
+            Ok(Some(a)) => a,
+            Ok(None) => break,
+            Err(e) => return usage(e.to_string()),
+        };
+        match arg {
+            lexopt::Arg::Long("name") => names.push(value(&mut parser, "name")?),
+            lexopt::Arg::Long("ip") => {
+                let v = value(&mut parser, "ip")?;
+                ips.push(v.parse().or_else(|_| usage(format!("--ip {v:?} is not an IP address")))?);
+            }
+            lexopt::Arg::Long("cert") => cert = PathBuf::from(value(&mut parser, "cert")?),
+            lexopt::Arg::Long("key") => key = PathBuf::from(value(&mut parser, "key")?),
+            lexopt::Arg::Long("days") => {
+                let v = value(&mut parser, "days")?;
+                days = v
+                    .parse()
+                    .ok()
+                    .filter(|d| *d > 0)
+                    .ok_or_else(|| Fail(2, format!("--days takes a whole number, not {v:?}")))?;
+            }
+            lexopt::Arg::Long("help") | lexopt::Arg::Short('h') => {
+                print!("{CERT_HELP}");
+                return Ok(());
+            }
+            other => return usage(format!("{}; see roostd cert --help", other.unexpected())),
+        }
+    }
+    if names.is_empty() && ips.is_empty() {
+        return usage("roostd cert needs at least one --name (e.g. pi.local) or --ip");
+    }
+    for path in [&cert, &key] {
+        if path.exists() {
+            return usage(format!("{} exists; remove it or pass --cert/--key with new names", path.display()));
+        }
+    }
+    let made = roostd::tls::self_signed(&names, &ips, days).map_err(|e| Fail(2, e))?;
+    fs::write(&cert, &made.cert_pem).map_err(|e| Fail(1, format!("cannot write {}: {e}", cert.display())))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .map_err(|e| Fail(1, format!("cannot write {}: {e}", key.display())))?;
+    f.write_all(made.key_pem.as_bytes()).map_err(|e| Fail(1, format!("cannot write {}: {e}", key.display())))?;
+    println!("{}", made.fingerprint);
+    eprintln!(
+        "roostd: wrote {} and {} (SHA-256 fingerprint above)\nroostd: serve with: roostd serve --tls-cert {} --tls-key {}",
+        cert.display(),
+        key.display(),
+        cert.display(),
+        key.display()
+    );
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use tungstenite::Utf8Bytes;
 use crate::api::{self, Decision};
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::conn::{code, BodyStatus, Conn, HeadStatus, Incoming, Phase, Tick};
+use crate::conn::{code, BodyStatus, Conn, HeadStatus, Incoming, Phase, Stream, Tick};
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, Limits};
@@ -42,6 +42,7 @@ use crate::writer::{Done, Policy, Writer};
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const RELOAD: Token = Token(3);
 const FIRST_CONN: usize = 16;
 
 /// Messages read from one connection per turn before others get a go.
@@ -140,6 +141,8 @@ pub struct Server {
     metrics: Metrics,
     clock_floor_secs: u64,
     hook: Option<Hook<HookTicket>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    reload: UnixStream,
 }
 
 fn system_unix() -> u64 {
@@ -157,7 +160,15 @@ fn interrupted(e: &io::Error) -> bool {
 impl Server {
     /// Binds the listener and starts the writer thread. `max_connections`
     /// is the resolved total limit (main derives the default).
-    pub fn bind(cfg: Config, store: Store, verifier: Verifier, max_connections: usize) -> io::Result<Server> {
+    /// `tls`: serve https:// and wss:// with this configuration (SIGHUP
+    /// reloads it from `cfg.tls_cert`/`cfg.tls_key`).
+    pub fn bind(
+        cfg: Config,
+        store: Store,
+        verifier: Verifier,
+        max_connections: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
         let local = listener.local_addr()?;
@@ -172,6 +183,11 @@ impl Server {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
         }
+        let (read_end, notify) = std::os::unix::net::UnixStream::pair()?;
+        read_end.set_nonblocking(true)?;
+        let mut reload = UnixStream::from_std(read_end);
+        poll.registry().register(&mut reload, RELOAD, Interest::READABLE)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, notify)?;
         let rules = cfg.clone();
         let retention = Arc::new(move |ch: &str| {
             let (messages, age) = rules.retention_for(ch);
@@ -239,6 +255,8 @@ impl Server {
             metrics: Metrics::default(),
             clock_floor_secs,
             hook,
+            tls,
+            reload,
         })
     }
 
@@ -274,6 +292,7 @@ impl Server {
                     LISTENER => self.accept(now),
                     WAKER => {}
                     SIGNALS => self.on_signal(now),
+                    RELOAD => self.on_reload(),
                     Token(id) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(id, now);
@@ -354,7 +373,17 @@ impl Server {
                 continue;
             }
             *self.per_ip.entry(addr.ip()).or_default() += 1;
-            let conn = Conn::new(sock, addr.ip(), now, self.cfg.handshake_timeout);
+            let stream = match &self.tls {
+                None => Stream::Plain(sock),
+                Some(config) => match Stream::tls(sock, config.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("cannot start TLS for a connection: {e}");
+                        continue;
+                    }
+                },
+            };
+            let conn = Conn::new(stream, addr.ip(), now, self.cfg.handshake_timeout);
             self.slots.insert(
                 id,
                 Slot {
@@ -383,6 +412,25 @@ impl Server {
             if let Some(mut l) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut l);
             }
+        }
+    }
+
+    /// SIGHUP: load the certificate and key again. New connections use
+    /// them; open ones keep the session they have. A bad file keeps the old.
+    fn on_reload(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(io::Read::read(&mut self.reload, &mut buf), Ok(n) if n > 0) {}
+        let (Some(cert), Some(key)) = (&self.cfg.tls_cert, &self.cfg.tls_key) else {
+            log::info!("SIGHUP: no TLS configured, nothing to reload");
+            return;
+        };
+        match crate::tls::load(cert, key) {
+            Ok(config) => {
+                self.tls = Some(config);
+                let fp = crate::tls::file_fingerprint(cert).unwrap_or_default();
+                log::info!("SIGHUP: reloaded the certificate {} (SHA-256 {fp})", cert.display());
+            }
+            Err(e) => log::error!("SIGHUP: kept the old certificate: {e}"),
         }
     }
 
