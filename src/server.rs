@@ -1008,9 +1008,15 @@ impl Server {
         if self.inflight_bytes > 0 && now.duration_since(since) < SHUTDOWN_GRACE {
             return None;
         }
-        let open: Vec<ConnId> =
-            self.slots.iter().filter(|(_, s)| s.conn.phase() == Phase::Open).map(|(id, _)| *id).collect();
-        for id in open {
+        // WebSockets get 1001; HTTP connections between requests (a
+        // browser's idle keep-alive) or mid-request are simply closed.
+        let ending: Vec<ConnId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.conn.phase(), Phase::Open | Phase::Head | Phase::Body | Phase::Draining))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ending {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.conn.close(code::GOING_AWAY, "server shutting down", now);
                 self.dirty.push(id);

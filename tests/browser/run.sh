@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end tests of web/roost.js and the demo page against the real roostd
+# binary:
+#   test-node.mjs  roost.js in Node with the `ws` package: 200 publishes across
+#                  two SIGKILL restarts, token expiry (4001), refusals
+#   test.mjs       Debian's Chromium via playwright-core: two pages chat
+#                  across a SIGTERM restart; writes docs/demo.png
+#
+#   bash tests/browser/run.sh
+#
+# ROOSTD_BIN picks the binary (default: target/debug/roostd, built here when
+# ROOSTD_BIN is unset). Chromium comes from Debian (apt-get) when missing;
+# where it cannot be had the browser part prints "browser: SKIPPED <reason>"
+# and the script still passes. npm packages: pinned in package-lock.json.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+here="$root/tests/browser"
+t0=$(date +%s)
+
+skip() {
+    echo "browser: SKIPPED $*"
+    exit 0
+}
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    skip "node and npm are not installed"
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if (( major < 20 )); then
+    skip "node $(node --version) is older than 20"
+fi
+
+if [[ -z "${ROOSTD_BIN:-}" ]]; then
+    # The binary embeds web/index.html and web/roost.js: build it fresh.
+    cargo build --quiet --bin roostd
+    export ROOSTD_BIN="$root/target/debug/roostd"
+fi
+
+if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error); then
+    skip "npm ci could not install playwright-core and ws"
+fi
+
+status=0
+echo "--- node: roost.js with the ws package"
+timeout 300 node "$here/test-node.mjs" || status=1
+
+chromium=/usr/bin/chromium
+if [[ ! -x "$chromium" ]]; then
+    echo "--- installing Debian's chromium"
+    if [[ $(id -u) -ne 0 ]]; then
+        [[ $status -eq 0 ]] || exit 1
+        skip "chromium is not installed and this is not root (apt-get install chromium)"
+    fi
+    if ! apt-get update -q >/dev/null || ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; then
+        [[ $status -eq 0 ]] || exit 1
+        skip "apt-get could not install chromium"
+    fi
+fi
+if ! "$chromium" --version >/dev/null 2>&1; then
+    [[ $status -eq 0 ]] || exit 1
+    skip "$chromium does not run"
+fi
+
+echo "--- browser: $("$chromium" --version 2>/dev/null | head -1)"
+CHROMIUM="$chromium" timeout 300 node "$here/test.mjs" || status=1
+
+echo "--- tests/browser: $(( $(date +%s) - t0 ))s"
+exit $status

@@ -1,0 +1,106 @@
+// Starts, stops and restarts the real roostd binary for the end-to-end tests.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const BIN = resolve(ROOT, process.env.ROOSTD_BIN || 'target/debug/roostd');
+const SECRET = 'browser-test-secret-0123456789abcdef-0123456789';
+const ENV = { ...process.env, ROOSTD_SECRET: SECRET, RUST_LOG: process.env.RUST_LOG || 'info' };
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function tempDir(prefix) {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export function removeDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** `roostd token --data DATA ARGS...`: a token signed with the test servers' key. */
+export function token(data, args) {
+  return execFileSync(BIN, ['token', '--data', data, ...args], {
+    env: ENV,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  }).trim();
+}
+
+/** A token for `sub` that may read and write every channel. */
+export function mintToken(data, sub, ttl = '1h') {
+  return token(data, ['--sub', sub, '--read', '*', '--write', '*', '--ttl', ttl]);
+}
+
+/** One running roostd: `port`, `stop(signal)`, and its log lines in `log`. */
+export class Server {
+  constructor(data, args = []) {
+    this.data = data;
+    this.args = args;
+    this.port = 0;
+    this.proc = null;
+    this.log = [];
+  }
+
+  /** Starts on `port` (0: any free one) and resolves once it listens. */
+  start(port = this.port) {
+    if (this.proc) throw new Error('server already running');
+    const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data', this.data, ...this.args], {
+      env: ENV,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.proc = proc;
+    proc.exited = new Promise((res) => proc.on('exit', (code, signal) => res({ code, signal })));
+    return new Promise((res, rej) => {
+      let buf = '';
+      const timer = setTimeout(() => rej(new Error(`roostd did not listen within 15 s:\n${this.log.join('\n')}`)), 15000);
+      proc.stderr.setEncoding('utf8');
+      proc.stderr.on('data', (chunk) => {
+        buf += chunk;
+        let nl;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          this.log.push(line);
+          const m = /listening on 127\.0\.0\.1:(\d+)/.exec(line);
+          if (m) {
+            this.port = Number(m[1]);
+            clearTimeout(timer);
+            res(this.port);
+          }
+        }
+      });
+      proc.on('error', (e) => {
+        clearTimeout(timer);
+        rej(e);
+      });
+      proc.exited.then(({ code, signal }) => {
+        clearTimeout(timer);
+        rej(new Error(`roostd exited (${code ?? signal}) before listening:\n${this.log.join('\n')}`));
+      });
+    });
+  }
+
+  /** Sends `signal` and waits for the process to exit; returns its exit code or signal. */
+  async stop(signal = 'SIGTERM') {
+    const proc = this.proc;
+    if (!proc) return null;
+    this.proc = null;
+    proc.kill(signal);
+    const { code, signal: sig } = await proc.exited;
+    return code ?? sig;
+  }
+
+  /** Stops with `signal` and starts again on the same data folder and port. */
+  async restart(signal = 'SIGTERM') {
+    const how = await this.stop(signal);
+    await this.start(this.port);
+    return how;
+  }
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+}
