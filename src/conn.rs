@@ -154,9 +154,123 @@ impl io::Write for Stream {
     }
 }
 
+/// Counts the frames of fragmented messages as bytes pass from the socket to
+/// tungstenite, which has no such limit: a message split into thousands of
+/// tiny frames costs the server a frame's work each while staying under the
+/// byte limit. Past `max` frames in one message the read fails and the
+/// connection is closed with 1008.
+#[derive(Debug, Clone)]
+pub struct FrameCounter {
+    max: usize,
+    /// Frames of the message in progress (0 when none is).
+    frames: usize,
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+}
+
+/// The error a read returns when a message has too many fragments.
+#[derive(Debug)]
+struct TooManyFragments;
+
+impl std::fmt::Display for TooManyFragments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many fragments in one message")
+    }
+}
+
+impl std::error::Error for TooManyFragments {}
+
+impl FrameCounter {
+    pub fn new(max: usize) -> FrameCounter {
+        FrameCounter { max, frames: 0, head: [0; 14], have: 0, skip: 0 }
+    }
+
+    /// Feeds bytes as they arrive; false once a message has too many frames.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                self.skip -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.head[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.head[1] & 0x7f;
+            let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+            let need = 2
+                + mask
+                + if len7 == 126 {
+                    2
+                } else if len7 == 127 {
+                    8
+                } else {
+                    0
+                };
+            if self.have < need {
+                continue;
+            }
+            let len = match len7 {
+                126 => u16::from_be_bytes([self.head[2], self.head[3]]) as u64,
+                127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0; 8])),
+                n => n as u64,
+            };
+            let (fin, opcode) = (self.head[0] & 0x80 != 0, self.head[0] & 0x0f);
+            // Control frames (0x8-0xf) may come between fragments and do not count.
+            if opcode < 0x8 {
+                self.frames += 1;
+                if self.frames > self.max {
+                    return false;
+                }
+                if fin {
+                    self.frames = 0;
+                }
+            }
+            self.skip = len;
+            self.have = 0;
+        }
+        true
+    }
+}
+
+/// The stream tungstenite reads: the connection's, with the frame counter
+/// (off in echo mode).
+pub struct Counted {
+    stream: Stream,
+    counter: Option<FrameCounter>,
+}
+
+impl io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        if let Some(c) = &mut self.counter {
+            if !c.feed(&buf[..n]) {
+                return Err(io::Error::other(TooManyFragments));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 enum Io {
     Raw(Stream),
-    Ws(Box<WebSocket<Stream>>),
+    Ws(Box<WebSocket<Counted>>),
     /// Only between taking the socket out of `Raw` and into `Ws`.
     Moving,
 }
@@ -239,7 +353,7 @@ impl Conn {
     fn stream(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
             Io::Raw(s) => Some(s),
-            Io::Ws(ws) => Some(ws.get_mut()),
+            Io::Ws(ws) => Some(&mut ws.get_mut().stream),
             Io::Moving => None,
         }
     }
@@ -324,7 +438,15 @@ impl Conn {
 
     /// Switches to WebSocket: queues the 101 answer, hands the socket and
     /// any bytes read past the head to tungstenite.
-    pub fn upgrade(&mut self, answer: Vec<u8>, head_len: usize, config: WebSocketConfig, now: Instant) {
+    /// `max_fragments`: frames allowed in one message (`None`: no limit, echo mode).
+    pub fn upgrade(
+        &mut self,
+        answer: Vec<u8>,
+        head_len: usize,
+        config: WebSocketConfig,
+        max_fragments: Option<usize>,
+        now: Instant,
+    ) {
         let leftover = self.head.split_off(head_len.min(self.head.len()));
         self.head = Vec::new();
         self.raw = answer;
@@ -333,7 +455,16 @@ impl Conn {
             self.phase = Phase::Closed;
             return;
         };
-        self.io = Io::Ws(Box::new(WebSocket::from_partially_read(sock, leftover, Role::Server, Some(config))));
+        let mut counter = max_fragments.map(FrameCounter::new);
+        if let Some(c) = &mut counter {
+            // Bytes that came with the head are frames too; an excess shows
+            // on the next read.
+            if !c.feed(&leftover) {
+                c.frames = c.max;
+            }
+        }
+        let stream = Counted { stream: sock, counter };
+        self.io = Io::Ws(Box::new(WebSocket::from_partially_read(stream, leftover, Role::Server, Some(config))));
         self.phase = Phase::Open;
         self.deadline_head = None;
         self.last_heard = now;
@@ -375,6 +506,9 @@ impl Conn {
             Ok(_) => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Incoming::WouldBlock,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Incoming::Again,
+            Err(tungstenite::Error::Io(e)) if e.get_ref().is_some_and(|e| e.is::<TooManyFragments>()) => {
+                self.fail(code::POLICY, "too many fragments", now)
+            }
             Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake))
             | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
             | Err(tungstenite::Error::Io(_)) => {
@@ -484,7 +618,7 @@ impl Conn {
         let (raw, pos) = (&self.raw, self.raw_pos);
         match &mut self.io {
             Io::Raw(s) => s.write(&raw[pos..]),
-            Io::Ws(ws) => ws.get_mut().write(&raw[pos..]),
+            Io::Ws(ws) => ws.get_mut().stream.write(&raw[pos..]),
             Io::Moving => Ok(0),
         }
     }
@@ -537,7 +671,7 @@ impl Conn {
         if self.drop_after_flush && self.phase == Phase::Closing {
             // We failed the connection: the Close is on the wire; we close
             // the TCP connection first (RFC 6455 §7.1.1).
-            ws.get_mut().shutdown_write();
+            ws.get_mut().stream.shutdown_write();
             self.phase = Phase::Closed;
         }
     }
@@ -617,4 +751,54 @@ impl Conn {
 
 fn far_future(from: Instant) -> Instant {
     from + Duration::from_secs(86400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame with `len` payload bytes.
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match len {
+            0..=125 => f.push(0x80 | len as u8),
+            126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    #[test]
+    fn fragments_are_counted_per_message() {
+        let mut c = FrameCounter::new(4);
+        // A fragmented message of 4 frames is fine, with a ping in between.
+        let mut bytes = frame(false, 1, 10);
+        bytes.extend(frame(false, 0, 200));
+        bytes.extend(frame(true, 9, 4));
+        bytes.extend(frame(false, 0, 70_000));
+        bytes.extend(frame(true, 0, 1));
+        // Fed in awkward pieces, as a socket would deliver them.
+        for chunk in bytes.chunks(7) {
+            assert!(c.feed(chunk));
+        }
+        assert_eq!(c.frames, 0, "the final frame ends the message");
+        // Unfragmented messages never count.
+        for _ in 0..100 {
+            assert!(c.feed(&frame(true, 1, 5)));
+        }
+        // The fifth frame of one message is too many.
+        let mut flood = Vec::new();
+        for _ in 0..5 {
+            flood.extend(frame(false, 0, 0));
+        }
+        assert!(!c.feed(&flood));
+    }
 }

@@ -651,7 +651,8 @@ impl Server {
         log::debug!("open /ws?token=<redacted> from {ip} as {}", claims.sub);
         let until_expiry = (claims.exp.saturating_add(self.verifier.leeway_secs())).saturating_sub(now_unix);
         let expires = now.checked_add(Duration::from_secs(until_expiry));
-        slot.conn.upgrade(http::switching_protocols(&up), head.len, self.ws_config, now);
+        let max_fragments = (!self.cfg.echo).then_some(self.cfg.max_fragments);
+        slot.conn.upgrade(http::switching_protocols(&up), head.len, self.ws_config, max_fragments, now);
         slot.conn.set_timers(self.cfg.ping_interval, self.cfg.pong_timeout, expires);
         slot.joined = true;
         if self.hook.is_some() {

@@ -113,3 +113,51 @@ fn a_sustained_publish_flood_is_closed_with_1008() {
     assert_eq!(code, Some(1008), "after {replies:?}");
     assert!(replies.iter().any(|r| r["code"] == "rate_limited"), "warned before being closed: {replies:?}");
 }
+
+/// A masked client frame, built by hand: the test client would refuse to
+/// send a flood.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![if fin { 0x80 | opcode } else { opcode }, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The close code in the first server frame read from a raw socket.
+fn read_close_code(sock: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read as _;
+    let mut head = [0u8; 4];
+    sock.read_exact(&mut head).ok()?;
+    (head[0] & 0x0f == 0x8).then(|| u16::from_be_bytes([head[2], head[3]]))
+}
+
+#[test]
+fn a_message_in_too_many_fragments_closes_with_1008() {
+    use std::io::Write as _;
+    let server = TestServer::start(&["--max-fragments", "16"]);
+    let target = format!("/ws?token={}", token_all("alice"));
+    // 16 frames in one message are allowed...
+    let (resp, mut sock) = server.raw_upgrade(&server.upgrade_request(&target, ""));
+    assert_eq!(resp.status, 101);
+    let text = br#"{"op":"hist","ch":"frag"}"#;
+    let mut msg = client_frame(false, 1, &text[..1]);
+    for b in &text[1..15] {
+        msg.extend(client_frame(false, 0, std::slice::from_ref(b)));
+    }
+    msg.extend(client_frame(true, 0, &text[15..]));
+    sock.write_all(&msg).unwrap();
+    let mut reply = [0u8; 2];
+    std::io::Read::read_exact(&mut sock, &mut reply).unwrap();
+    assert_eq!(reply[0], 0x81, "a text reply to the 16-frame message");
+    // ...17 are not.
+    let (_, mut sock) = server.raw_upgrade(&server.upgrade_request(&target, ""));
+    let mut flood = client_frame(false, 1, b"{");
+    for _ in 0..40 {
+        flood.extend(client_frame(false, 0, b" "));
+    }
+    sock.write_all(&flood).unwrap();
+    assert_eq!(read_close_code(&mut sock), Some(1008));
+    // The server goes on serving.
+    let mut other = server.ws(&token_all("bob"));
+    assert_eq!(other.request(json!({"op": "hist", "ch": "frag"}))["op"], "hist");
+}
