@@ -345,7 +345,10 @@ pub fn page(
         last_sent = r.seq;
         out.len() < max_bytes
     })?;
-    Ok(Page { more: last_sent < info.last, gap: since.saturating_add(1) < info.first || since > info.last })
+    // Past trimmed seqs nothing is left to page through: `more` counts from
+    // the oldest stored message.
+    let seen = last_sent.max(info.first.saturating_sub(1));
+    Ok(Page { more: seen < info.last, gap: since.saturating_add(1) < info.first || since > info.last })
 }
 
 /// Builds a `hist` reply.

@@ -143,6 +143,12 @@ pub struct Server {
     hook: Option<Hook<HookTicket>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: UnixStream,
+    /// The last commit failed for lack of space (map or disk full).
+    store_full: bool,
+    /// Held here so the waker's descriptor lives as long as the loop: if
+    /// the writer thread exits (on a fatal error) and dropped the last
+    /// handle, its final wake-up would vanish with the descriptor.
+    _waker: Arc<Waker>,
 }
 
 fn system_unix() -> u64 {
@@ -194,8 +200,9 @@ impl Server {
             Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
         });
         let policy = Policy { dedupe_window: cfg.dedupe_window, retention };
+        let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            let _ = waker.wake();
+            let _ = wake_with.wake();
         });
         let hook = match &cfg.publish_hook {
             Some(url) => {
@@ -226,7 +233,9 @@ impl Server {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(16 * 1024)
-            .max_write_buffer_size(2 * crate::conn::BURST + 4 * max_message)
+            // A hist reply may be up to half the send buffer in one message;
+            // this is a cap on tungstenite's buffer, not an allocation.
+            .max_write_buffer_size(cfg.max_send_buffer_bytes + 2 * crate::conn::BURST + 4 * max_message)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         Ok(Server {
@@ -257,6 +266,8 @@ impl Server {
             hook,
             tls,
             reload,
+            store_full: false,
+            _waker: waker,
         })
     }
 
@@ -498,8 +509,13 @@ impl Server {
                 self.http_reply(id, req, status, content_type, &body, close || has_body, now)
             }
             Decision::Health => {
-                let (status, body): (u16, &[u8]) =
-                    if self.fatal.is_none() { (200, b"ok") } else { (503, b"store unavailable") };
+                let (status, body): (u16, &[u8]) = if self.fatal.is_some() {
+                    (503, b"store unavailable")
+                } else if self.store_full {
+                    (503, b"store full: writes are refused until retention frees space")
+                } else {
+                    (200, b"ok")
+                };
                 self.http_reply(id, req, status, "text/plain", body, false, now)
             }
             Decision::Metrics => {
@@ -815,6 +831,7 @@ impl Server {
         for Done { items, result, took } in done {
             match result {
                 Ok(outcomes) => {
+                    self.store_full = false;
                     self.metrics.commit(took, items.len());
                     for ((ticket, append), outcome) in items.into_iter().zip(outcomes) {
                         self.inflight_bytes -= ticket.bytes;
@@ -856,7 +873,8 @@ impl Server {
                 }
                 Err(e) => {
                     let transient = e.is_transient();
-                    self.metrics.commit_failures += 1;
+                    self.store_full = transient;
+                    self.metrics.commit_failures += !items.is_empty() as u64;
                     for (ticket, _) in items {
                         self.inflight_bytes -= ticket.bytes;
                         if let Some(req) = ticket.http {
@@ -997,10 +1015,10 @@ impl Server {
     /// publish already taken reach the disk and its ack reach the queue,
     /// then close every WebSocket with 1001 and wait briefly for the peers.
     fn advance_shutdown(&mut self, now: Instant) -> Option<Result<Stop, StoreError>> {
-        if let Some(fatal) = &self.fatal {
+        if self.fatal.is_some() {
             let pending = self.slots.values().any(|s| s.conn.phase() != Phase::Closed && s.conn.wants_write());
             if !pending || self.stopping.is_some_and(|t| now.duration_since(t) > Duration::from_secs(1)) {
-                return Some(Err(StoreError::Fatal(fatal.to_string())));
+                return self.fatal.take().map(Err);
             }
             self.stopping.get_or_insert(now);
             return None;

@@ -131,6 +131,8 @@ impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> StoreError {
         match e {
             heed::Error::Mdb(MdbError::MapFull) => StoreError::Full,
+            // After a failed write LMDB refuses everything on this environment.
+            heed::Error::Mdb(MdbError::Panic) => StoreError::Fatal(e.to_string()),
             heed::Error::Mdb(
                 MdbError::Corrupted | MdbError::Invalid | MdbError::VersionMismatch | MdbError::PageNotFound,
             ) => StoreError::Corrupt(e.to_string()),
@@ -194,6 +196,13 @@ impl Store {
     /// size: address space reserved up front, while the file grows with use.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Store, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::Fatal(format!("cannot create {}: {e}", dir.display())))?;
+        let file = dir.join("data.mdb");
+        let file_len = fs::metadata(&file).map(|m| Some(m.len())).unwrap_or(None);
+        if file_len == Some(0) {
+            // LMDB would quietly start a new store over it; an empty file
+            // where a store was is damage, not a fresh start.
+            return Err(StoreError::Corrupt(format!("{} is empty", file.display())));
+        }
         let mut opts = EnvOpenOptions::new();
         opts.map_size(max_bytes as usize).max_dbs(8).max_readers(126);
         // SAFETY: heed requires that the environment is not opened twice in
@@ -203,6 +212,17 @@ impl Store {
         // this process opens each store once.
         #[allow(unsafe_code)]
         let env = unsafe { opts.open(dir) }.map_err(StoreError::from)?;
+        // A file shorter than the pages its meta page names would fault
+        // (SIGBUS) on the first read of a missing page: refuse it here.
+        if let Some(len) = file_len {
+            let needed = (env.info().last_page_number as u64 + 1) * env.stat().page_size as u64;
+            if len < needed {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is {len} bytes but its pages need {needed}: it was cut short",
+                    file.display()
+                )));
+            }
+        }
         let mut wtxn = env.write_txn()?;
         let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
         let channels: Db = env.create_database(&mut wtxn, Some("channels"))?;

@@ -126,9 +126,18 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
                     // More to trim: come back right after any waiting publishes.
                     Ok(n) if n == MAINTAIN_BUDGET => Instant::now(),
                     Ok(_) => Instant::now() + MAINTAIN_EVERY,
-                    Err(e) => {
+                    Err(e) if e.is_transient() => {
                         log::warn!("retention pass failed: {e}");
                         Instant::now() + MAINTAIN_EVERY
+                    }
+                    Err(e) => {
+                        // The environment is broken (an I/O error, a panic
+                        // after a failed meta write): report it like a failed
+                        // commit, so the server stops instead of limping on.
+                        log::error!("retention pass failed: {e}");
+                        let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
+                        wake();
+                        break;
                     }
                 };
                 continue;
