@@ -197,8 +197,8 @@ impl Store {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Store, StoreError> {
         fs::create_dir_all(dir).map_err(|e| StoreError::Fatal(format!("cannot create {}: {e}", dir.display())))?;
         let file = dir.join("data.mdb");
-        let file_len = fs::metadata(&file).map(|m| Some(m.len())).unwrap_or(None);
-        if file_len == Some(0) {
+        let existed = fs::metadata(&file).map(|m| Some(m.len())).unwrap_or(None);
+        if existed == Some(0) {
             // LMDB would quietly start a new store over it; an empty file
             // where a store was is damage, not a fresh start.
             return Err(StoreError::Corrupt(format!("{} is empty", file.display())));
@@ -214,8 +214,12 @@ impl Store {
         let env = unsafe { opts.open(dir) }.map_err(StoreError::from)?;
         // A file shorter than the pages its meta page names would fault
         // (SIGBUS) on the first read of a missing page: refuse it here.
-        if let Some(len) = file_len {
+        if existed.is_some() {
             let needed = (env.info().last_page_number as u64 + 1) * env.stat().page_size as u64;
+            // Measured after reading the meta page: a live server (for
+            // `backup`) writes a commit's pages before its meta page, so the
+            // file is never shorter than the meta it shows.
+            let len = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             if len < needed {
                 return Err(StoreError::Corrupt(format!(
                     "{} is {len} bytes but its pages need {needed}: it was cut short",

@@ -495,6 +495,13 @@ fn acked_messages_survive_sigkill_exactly_once() {
     let mut acked_before = 0;
     let mut idle_cycles = 0u64;
     while cycles_run < cycles {
+        // Let this run ack something first: under emulation a restart alone
+        // can take longer than the longest random delay.
+        let before = shared.acked.load(Ordering::Relaxed);
+        let wait_until = Instant::now() + if small() { Duration::from_secs(60) } else { Duration::from_secs(10) };
+        while shared.acked.load(Ordering::Relaxed) == before && Instant::now() < wait_until {
+            thread::sleep(Duration::from_millis(5));
+        }
         thread::sleep(Duration::from_millis(rng.range(MIN_DELAY_MS, MAX_DELAY_MS)));
         let last = cycles_run + 1 == cycles || t0.elapsed() >= cycle_budget;
         let acked_now = shared.acked.load(Ordering::Relaxed);
