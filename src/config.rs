@@ -50,6 +50,10 @@ pub struct Config {
     pub keys: Vec<KeyFile>,
     /// Browser origins allowed to open a WebSocket. Empty: same origin only.
     pub allowed_origins: Vec<String>,
+    /// Host names requests may address (the `Host` header, port ignored).
+    /// Empty: any. Set, it defeats DNS rebinding: a page whose name was
+    /// re-pointed at the Pi still sends its own name as `Host`.
+    pub allowed_hosts: Vec<String>,
     /// Total connections (WebSocket and HTTP). `None`: derived from
     /// `RLIMIT_NOFILE` by `main`, leaving headroom for LMDB and logs.
     pub max_connections: Option<usize>,
@@ -140,6 +144,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "browser origin allowed to connect (repeatable)",
     },
     Setting {
+        key: "allowed-host",
+        value: "NAME",
+        default: "any",
+        help: "host name requests must address, against DNS rebinding (repeatable)",
+    },
+    Setting {
         key: "max-connections",
         value: "N",
         default: "from RLIMIT_NOFILE",
@@ -198,6 +208,7 @@ impl Default for Config {
             secret_file: None,
             keys: Vec::new(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_connections: None,
             max_connections_per_ip: 1024,
             max_message_bytes: 64 * 1024,
@@ -241,6 +252,7 @@ impl Config {
             "data" => self.data = PathBuf::from(nonempty(key, v)?),
             "secret-file" => self.secret_file = Some(PathBuf::from(nonempty(key, v)?)),
             "allowed-origin" => self.allowed_origins.push(nonempty(key, v)?.trim_end_matches('/').to_string()),
+            "allowed-host" => self.allowed_hosts.push(nonempty(key, v)?.to_ascii_lowercase()),
             "max-connections" => self.max_connections = Some(positive(key, v)?),
             "max-connections-per-ip" => self.max_connections_per_ip = positive(key, v)?,
             "max-message-bytes" => self.max_message_bytes = positive(key, v)?,
@@ -298,11 +310,15 @@ impl Config {
                         self.retention.push(retention_table(item, self, origin)?);
                     }
                 }
-                ("allowed-origin" | "allowed-origins", toml::Value::Array(items)) => {
+                (
+                    "allowed-origin" | "allowed-origins" | "allowed-host" | "allowed-hosts",
+                    toml::Value::Array(items),
+                ) => {
+                    let k = if key.contains("origin") { "allowed-origin" } else { "allowed-host" };
                     for item in items {
                         let text = scalar(item)
                             .ok_or_else(|| ConfigError(format!("{origin}: allowed_origin takes strings")))?;
-                        self.set("allowed-origin", &text)?;
+                        self.set(k, &text)?;
                     }
                 }
                 (k, v) => {

@@ -229,6 +229,20 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
     !authority.is_empty() && with_port(authority).eq_ignore_ascii_case(&with_port(host))
 }
 
+/// Does the `Host` header name one of `allowed` (port ignored)? An empty
+/// list allows any.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(host) = host else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 /// A complete response with a body. `close` adds `Connection: close`.
 pub fn response(status: u16, content_type: &str, body: &[u8], close: bool) -> Vec<u8> {
     let mut head = String::with_capacity(128);
@@ -355,6 +369,18 @@ mod tests {
         let list = vec!["http://app.example".to_string()];
         assert!(origin_allowed("http://app.example", Some("127.0.0.1:8080"), &list));
         assert!(!origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), &list));
+    }
+
+    #[test]
+    fn hosts() {
+        let list = vec!["pi.local".to_string(), "192.168.1.20".to_string(), "::1".to_string()];
+        assert!(host_allowed(Some("pi.local:8080"), &list));
+        assert!(host_allowed(Some("PI.local"), &list));
+        assert!(host_allowed(Some("192.168.1.20:80"), &list));
+        assert!(host_allowed(Some("[::1]:8080"), &list));
+        assert!(!host_allowed(Some("evil.example:8080"), &list));
+        assert!(!host_allowed(None, &list));
+        assert!(host_allowed(Some("anything"), &[]));
     }
 
     #[test]

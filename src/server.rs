@@ -491,6 +491,11 @@ impl Server {
     /// Acts on a complete request head; true when the next request may be
     /// read at once.
     fn on_head(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
+        if !http::host_allowed(head.host.as_deref(), &self.cfg.allowed_hosts) {
+            let req = HttpRequest { consumed: head.len, keep_alive: false };
+            let body = br#"{"error":"host_forbidden"}"#;
+            return self.http_reply(id, req, 403, "application/json", body, true, now);
+        }
         let decision = api::decide(&head, &self.verifier, self.now_unix(), self.cfg.max_message_bytes, self.cfg.demo);
         let req = HttpRequest { consumed: head.len, keep_alive: keep_alive(&head) };
         match decision {
@@ -1079,6 +1084,7 @@ fn error_code(body: &[u8]) -> &'static str {
         "too_large",
         "bad_request",
         "origin_forbidden",
+        "host_forbidden",
         "server_full",
         "headers_too_large",
         "unavailable",

@@ -34,4 +34,5 @@ else
         || "$py" -m pip install --quiet --disable-pip-version-check --user --break-system-packages -r "$here/requirements.txt"
 fi
 
+export PYTHONDONTWRITEBYTECODE=1  # leave no __pycache__ in the source tree
 exec "$py" -m pytest -q -p no:cacheprovider "$here" "$@"

@@ -284,3 +284,17 @@ fn healthz_is_200_ok() {
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.body, "ok");
 }
+
+#[test]
+fn a_host_allow_list_refuses_other_names_against_dns_rebinding() {
+    let server = TestServer::start(&["--allowed-host", "pi.local", "--allowed-host", "127.0.0.1"]);
+    let ok = server.http(&format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", server.port()));
+    assert_eq!(ok.status, 200);
+    let ok = server.http("GET /healthz HTTP/1.1\r\nHost: PI.local:8080\r\n\r\n");
+    assert_eq!(ok.status, 200);
+    // A rebinding page sends its own name.
+    let bad = server.http("GET /healthz HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n");
+    assert_eq!((bad.status, bad.body.as_str()), (403, r#"{"error":"host_forbidden"}"#));
+    let bad = server.http("GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(bad.status, 403, "no Host at all");
+}
