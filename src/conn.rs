@@ -123,7 +123,7 @@ impl Stream {
     fn shutdown_write(&mut self) {
         if let Stream::Tls(t) = self {
             t.conn.send_close_notify();
-            let _ = t.flush();
+            let _ = push_tls(t);
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
     }
@@ -138,18 +138,48 @@ impl io::Read for Stream {
     }
 }
 
+/// Writes out the TLS records rustls holds, until done or WouldBlock.
+///
+/// Write-only on purpose: rustls' own `Stream::write`/`flush` may also read
+/// from the socket (to finish a handshake), and bytes read there — a
+/// request sent together with the client's Finished — would sit decrypted
+/// inside rustls with no readable edge ever coming for them.
+fn push_tls(t: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) -> io::Result<()> {
+    while t.conn.wants_write() {
+        match t.conn.write_tls(&mut t.sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl io::Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
-            Stream::Tls(t) => t.write(buf),
+            Stream::Tls(t) => {
+                push_tls(t)?;
+                // rustls buffers plaintext up to its limit (64 KiB); past it
+                // the caller waits for the socket like with plain TCP.
+                let n = t.conn.writer().write(buf)?;
+                if n == 0 && !buf.is_empty() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                match push_tls(t) {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+                    _ => Ok(n),
+                }
+            }
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
-            Stream::Tls(t) => t.flush(),
+            Stream::Tls(t) => push_tls(t),
         }
     }
 }
@@ -582,7 +612,7 @@ impl Conn {
         // TLS records rustls could not write yet (a handshake answer, say)
         // go first; a plain socket has nothing buffered.
         if let Some(Stream::Tls(t)) = self.stream() {
-            match t.flush() {
+            match push_tls(t) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return,
                 Err(_) => return self.phase = Phase::Closed,

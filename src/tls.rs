@@ -61,6 +61,11 @@ pub fn self_signed(names: &[String], ips: &[IpAddr], days: u32) -> Result<SelfSi
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_else(|| "roostd".into()));
+    // What strict clients look for in a server certificate: Apple devices
+    // want serverAuth; validators want the key identifiers.
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
     let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
     let cert = params.self_signed(&key).map_err(|e| format!("cannot sign the certificate: {e}"))?;
     Ok(SelfSigned { cert_pem: cert.pem(), key_pem: key.serialize_pem(), fingerprint: fingerprint(cert.der()) })

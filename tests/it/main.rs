@@ -13,3 +13,4 @@ mod hook;
 mod lifecycle;
 mod limits;
 mod sync;
+mod tls;
