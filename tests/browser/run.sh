@@ -64,6 +64,8 @@ fi
 
 echo "--- browser: $("$chromium" --version 2>/dev/null | head -1)"
 CHROMIUM="$chromium" timeout 300 node "$here/test.mjs" || status=1
+echo "--- browser over https:// and wss://"
+CHROMIUM="$chromium" timeout 120 node "$here/test-tls.mjs" || status=1
 
 echo "--- tests/browser: $(( $(date +%s) - t0 ))s"
 exit $status
