@@ -231,7 +231,9 @@ impl Server {
         );
         let max_message = cfg.max_message_bytes;
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            // Allocated up front per connection: 1 KiB keeps an idle WebSocket
+            // under 4 KiB in all; a big frame grows the buffer to fit it.
+            .read_buffer_size(1024)
             .write_buffer_size(16 * 1024)
             // A hist reply may be up to half the send buffer in one message;
             // this is a cap on tungstenite's buffer, not an allocation.
