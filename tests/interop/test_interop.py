@@ -26,72 +26,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "interop-secret-0123456789abcdef-0123456789"  # >= 32 bytes
-TIMEOUT = 5.0
+from roostd_server import ROOT, SECRET, TIMEOUT, Server  # noqa: E402
 
 
 # --------------------------------------------------------------- the server
-
-
-class Server:
-    """One roostd process on 127.0.0.1 with a port the OS picked."""
-
-    def __init__(self, *extra_args, env_secret=SECRET, data=None):
-        binary = os.environ.get("ROOSTD_BIN") or str(ROOT / "target" / "debug" / "roostd")
-        if not Path(binary).exists():
-            pytest.fail(f"no server binary at {binary}: run `cargo build` or set ROOSTD_BIN")
-        self.tmp = tempfile.TemporaryDirectory(prefix="roostd-interop-")
-        data = data or str(Path(self.tmp.name) / "data")
-        env = dict(os.environ, RUST_LOG="info")
-        env.pop("ROOSTD_SECRET", None)
-        if env_secret is not None:
-            env["ROOSTD_SECRET"] = env_secret
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--data", data, *extra_args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.log = []
-        self.port = None
-        ready = threading.Event()
-
-        def pump():
-            # Keeps reading stderr for the whole life of the server, so a
-            # full pipe never blocks its logging.
-            for line in self.proc.stderr:
-                self.log.append(line.rstrip("\n"))
-                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-                if m and self.port is None:
-                    self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=pump, daemon=True)
-        self.reader.start()
-        if not ready.wait(10) or self.port is None:
-            self.stop()
-            pytest.fail("roostd did not start:\n" + "\n".join(self.log))
-
-    @property
-    def url(self):
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def stop(self):
-        """SIGTERM, as an operator would; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(2)
-        self.tmp.cleanup()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")

@@ -30,68 +30,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-ROOT = Path(__file__).resolve().parents[2]
+from roostd_server import ROOT, Server  # noqa: E402
+
 SECRET = "metrics-secret-0123456789abcdef-0123456789"  # >= 32 bytes
 TIMEOUT = 5.0
 
 
-class Server:
-    """One roostd process on 127.0.0.1 with a port the OS picked (the same
-    approach as test_interop.py: port 0, the port read from the log)."""
-
-    def __init__(self, *extra_args):
-        binary = os.environ.get("ROOSTD_BIN") or str(ROOT / "target" / "debug" / "roostd")
-        if not Path(binary).exists():
-            pytest.fail(f"no server binary at {binary}: run `cargo build` or set ROOSTD_BIN")
-        self.tmp = tempfile.TemporaryDirectory(prefix="roostd-metrics-")
-        env = dict(os.environ, RUST_LOG="info", ROOSTD_SECRET=SECRET)
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--data", str(Path(self.tmp.name) / "data"), *extra_args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.log = []
-        self.port = None
-        ready = threading.Event()
-
-        def pump():
-            for line in self.proc.stderr:
-                self.log.append(line.rstrip("\n"))
-                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-                if m and self.port is None:
-                    self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=pump, daemon=True)
-        self.reader.start()
-        if not ready.wait(10) or self.port is None:
-            self.stop()
-            pytest.fail("roostd did not start:\n" + "\n".join(self.log))
-
-    @property
-    def base(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(2)
-        self.tmp.cleanup()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def server():
-    s = Server()
+    s = Server(env_secret=SECRET, prefix="roostd-metrics-")
     yield s
     assert s.stop() == 0, "roostd did not stop cleanly on SIGTERM:\n" + "\n".join(s.log)
 

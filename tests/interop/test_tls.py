@@ -35,16 +35,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage
 
-ROOT = Path(__file__).resolve().parents[2]
+import roostd_server
+from roostd_server import TIMEOUT, binary
+
 SECRET = "interop-tls-secret-0123456789abcdef-0123456789"  # >= 32 bytes
-TIMEOUT = 5.0
-
-
-def binary():
-    path = os.environ.get("ROOSTD_BIN") or str(ROOT / "target" / "debug" / "roostd")
-    if not Path(path).exists():
-        pytest.fail(f"no server binary at {path}: run `cargo build` or set ROOSTD_BIN")
-    return path
 
 
 # --------------------------------------------------------------- certificates
@@ -80,69 +74,17 @@ def trusting(cafile):
 # --------------------------------------------------------------- the server
 
 
-class Server:
+class Server(roostd_server.Server):
     """One roostd process on 127.0.0.1 with a port the OS picked, serving TLS."""
 
     def __init__(self, cert, key, *extra_args):
-        self.tmp = tempfile.TemporaryDirectory(prefix="roostd-tls-interop-")
-        env = dict(os.environ, RUST_LOG="info", ROOSTD_SECRET=SECRET)
-        self.proc = subprocess.Popen(
-            [binary(), "serve", "--listen", "127.0.0.1:0", "--data", str(Path(self.tmp.name) / "data")]
-            + ["--tls-cert", str(cert), "--tls-key", str(key), *extra_args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        super().__init__(
+            "--tls-cert", cert, "--tls-key", key, *extra_args, env_secret=SECRET, prefix="roostd-tls-interop-"
         )
-        self.log = []
-        self.port = None
-        ready = threading.Event()
-
-        def pump():
-            # Reads stderr for the whole life of the server, so a full pipe
-            # never blocks its logging.
-            for line in self.proc.stderr:
-                self.log.append(line.rstrip("\n"))
-                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-                if m and self.port is None:
-                    self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=pump, daemon=True)
-        self.reader.start()
-        if not ready.wait(10) or self.port is None:
-            self.stop()
-            pytest.fail("roostd did not start:\n" + "\n".join(self.log))
         assert any("TLS)" in line for line in self.log), "the startup line should say TLS:\n" + "\n".join(self.log)
 
     def url(self, scheme="wss", path="/ws"):
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    def wait_log(self, pattern, timeout=TIMEOUT):
-        """The first log line matching `pattern` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.log):
-                if re.search(pattern, line):
-                    return line
-            time.sleep(0.05)
-        pytest.fail(f"no log line matching {pattern!r}:\n" + "\n".join(self.log))
-
-    def stop(self):
-        """SIGTERM, as an operator would; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(2)
-        self.tmp.cleanup()
-        return self.proc.returncode
-
+        return self.url_for(scheme, path)
 
 @pytest.fixture(scope="module")
 def certs():
