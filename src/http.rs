@@ -255,6 +255,11 @@ pub fn response(status: u16, content_type: &str, body: &[u8], close: bool) -> Ve
     if close {
         head.push_str("Connection: close\r\n");
     }
+    // The client library is public code: pages of the main application on
+    // another origin may import it as a module (which needs CORS).
+    if content_type.starts_with("text/javascript") {
+        head.push_str("Access-Control-Allow-Origin: *\r\n");
+    }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
