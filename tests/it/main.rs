@@ -13,4 +13,5 @@ mod hook;
 mod lifecycle;
 mod limits;
 mod sync;
+mod tidy;
 mod tls;

@@ -1,0 +1,117 @@
+//! The rules of docs/ARCHITECTURE.md, checked: which module may use which
+//! crate, where the clock is read, where `unsafe` lives, and that every
+//! source file says what it owns.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn sources() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+            (name, fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// The code of a file without its `#[cfg(test)]` tail and comment lines.
+fn code(text: &str) -> String {
+    let body = text.split("#[cfg(test)]").next().unwrap_or(text);
+    body.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn every_source_file_says_what_it_owns() {
+    for (name, text) in sources() {
+        if name == "hub/tests.rs" {
+            assert!(text.starts_with("//!"), "{name} starts without a //! doc");
+            continue;
+        }
+        assert!(text.starts_with("//!"), "{name} starts without a //! line saying what it owns");
+    }
+}
+
+#[test]
+fn crates_stay_in_their_modules() {
+    // crate → the modules that may name it
+    let rules: &[(&str, &[&str])] = &[
+        ("heed::", &["store.rs"]),
+        ("hmac::", &["auth.rs"]),
+        ("sha2::", &["auth.rs", "tls.rs"]),
+        ("rcgen::", &["tls.rs"]),
+        ("httparse::", &["http.rs"]),
+        // server names tungstenite's config and payload types; framing is conn's.
+        ("tungstenite::", &["conn.rs", "server.rs"]),
+        ("rustls::", &["conn.rs", "tls.rs", "server.rs"]),
+        ("mio::", &["conn.rs", "server.rs"]),
+    ];
+    for (name, text) in sources() {
+        let code = code(&text);
+        for (krate, allowed) in rules {
+            if code.contains(krate) {
+                assert!(
+                    allowed.contains(&name.as_str()),
+                    "{name} uses {krate}; only {allowed:?} may (docs/ARCHITECTURE.md)"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pure_modules_do_not_read_the_clock() {
+    for (name, text) in sources() {
+        if !["hub.rs", "wire.rs", "auth.rs", "http.rs", "api.rs", "config.rs", "metrics.rs"].contains(&name.as_str()) {
+            continue;
+        }
+        let code = code(&text);
+        for clock in ["Instant::now", "SystemTime::now"] {
+            assert!(!code.contains(clock), "{name} reads the clock ({clock}); pass the time in");
+        }
+    }
+}
+
+#[test]
+fn unsafe_code_is_only_the_lmdb_open() {
+    for (name, text) in sources() {
+        let n = code(&text).matches("unsafe {").count();
+        match name.as_str() {
+            "store.rs" => assert_eq!(n, 1, "store.rs should hold exactly one unsafe block (the LMDB open)"),
+            _ => assert_eq!(n, 0, "{name} has an unsafe block"),
+        }
+    }
+}
+
+#[test]
+fn no_test_is_ignored_or_expects_a_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts: Vec<(String, String)> = sources();
+    for dir in ["tests", "tests/it"] {
+        for entry in fs::read_dir(root.join(dir)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "rs") && !p.ends_with("tidy.rs") {
+                texts.push((p.display().to_string(), fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    for (name, text) in texts {
+        for banned in ["#[ignore", "#[should_panic"] {
+            assert!(!text.contains(banned), "{name} uses {banned}]");
+        }
+    }
+}
