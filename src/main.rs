@@ -94,12 +94,7 @@ fn load_config(args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(Stri
     let mut flags: Vec<(String, String)> = Vec::new();
     let mut others = Vec::new();
     let mut file = None;
-    loop {
-        let arg = match parser.next() {
-            Ok(Some(a)) => a,
-            Ok(None) => break,
-            Err(e) => return usage(e.to_string()),
-        };
+    while let Some(arg) = next_arg(&mut parser)? {
         match arg {
             lexopt::Arg::Long("config") => file = Some(PathBuf::from(value(&mut parser, "config")?)),
             lexopt::Arg::Long("help") | lexopt::Arg::Short('h') => {
@@ -131,6 +126,11 @@ fn load_config(args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(Stri
     }
     cfg.validate().map_err(|e| Fail(2, e.0))?;
     Ok((cfg, others))
+}
+
+/// The next command-line argument; a malformed one is a usage error.
+fn next_arg(parser: &mut lexopt::Parser) -> Result<Option<lexopt::Arg<'_>>, Fail> {
+    parser.next().or_else(|e| usage(e.to_string()))
 }
 
 fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, Fail> {
@@ -381,12 +381,7 @@ fn cert(args: Vec<OsString>) -> Result<(), Fail> {
     let mut parser = lexopt::Parser::from_args(args);
     let (mut names, mut ips) = (Vec::new(), Vec::new());
     let (mut cert, mut key, mut days) = (PathBuf::from("roostd-cert.pem"), PathBuf::from("roostd-key.pem"), 825u32);
-    loop {
-        let arg = match parser.next() {
-            Ok(Some(a)) => a,
-            Ok(None) => break,
-            Err(e) => return usage(e.to_string()),
-        };
+    while let Some(arg) = next_arg(&mut parser)? {
         match arg {
             lexopt::Arg::Long("name") => names.push(value(&mut parser, "name")?),
             lexopt::Arg::Long("ip") => {
