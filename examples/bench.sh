@@ -4,7 +4,10 @@
 # generator to core 1. Prints the median and range of each number.
 #
 #   examples/bench.sh                  # everything
-#   examples/bench.sh idle publish1    # some of: idle publish1 publish50 fanout
+#   examples/bench.sh idle publish1    # some of: idle publish1 publish50 fanout probe50
+#
+# probe50 is fanout without subscribers: the probes alone while 50
+# publishers write, so the event loop's answer time without fan-out work.
 #
 # Environment: RUNS (3), DURATION (10s), PORT (18090), BENCH_DIR (a temp dir
 # on the disk under test: fsync cost is what publish measures),
@@ -115,6 +118,7 @@ for name in "${wanted[@]}"; do
             publish1) measure publish1 "$run" publish --publishers 1 --duration "$DURATION" ;;
             publish50) measure publish50 "$run" publish --publishers 50 --duration "$DURATION" ;;
             fanout) measure fanout "$run" fanout --subscribers 100 --publishers 50 --duration "$DURATION" ;;
+            probe50) measure probe50 "$run" fanout --subscribers 0 --publishers 50 --duration "$DURATION" ;;
             *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;;
         esac
     done
@@ -137,6 +141,12 @@ for n in ("publish1", "publish50"):
     show(n, "pub→ack p99", lambda r: ms(r["latency"].get("p99_us")), " ms")
     show(n, "server CPU per acked publish", lambda r: r["server_cpu_us_per_ack"], " µs")
 show("fanout", "delivered msg/s", lambda r: r["delivered_per_s"])
+for n in ("probe50",):
+    show(n, "acked publishes/s", lambda r: r["acked_per_s"])
+    show(n, "probe pub→ack p50", lambda r: ms(r["probe"].get("p50_us")), " ms")
+    show(n, "probe pub→ack p99", lambda r: ms(r["probe"].get("p99_us")), " ms")
+    show(n, "hist probe p50", lambda r: ms(r["hist_probe"].get("p50_us")), " ms")
+    show(n, "hist probe p99", lambda r: ms(r["hist_probe"].get("p99_us")), " ms")
 show("fanout", "acked publishes/s", lambda r: r["acked_per_s"])
 show("fanout", "probe pub→ack p50", lambda r: ms(r["probe"].get("p50_us")), " ms")
 show("fanout", "probe pub→ack p99", lambda r: ms(r["probe"].get("p99_us")), " ms")
@@ -144,7 +154,7 @@ show("fanout", "hist probe p50", lambda r: ms(r["hist_probe"].get("p50_us")), " 
 show("fanout", "hist probe p99", lambda r: ms(r["hist_probe"].get("p99_us")), " ms")
 show("fanout", "pub→delivery p99", lambda r: ms(r["delivery_latency"].get("p99_us")), " ms")
 show("fanout", "server CPU per delivered msg", lambda r: r["server_cpu_us_per_delivered"], " µs")
-for n in ("idle", "publish1", "publish50", "fanout"):
+for n in ("idle", "publish1", "publish50", "fanout", "probe50"):
     show(n, "other processes' CPU (noise)", lambda r: r.get("other_busy_pct"), " %")
 EOF
 echo "raw results: $results" >&2
