@@ -118,7 +118,7 @@ impl Patterns {
     }
 
     pub fn allows(&self, channel: &str) -> bool {
-        self.0.iter().any(|p| pattern_matches(p, channel))
+        self.0.iter().any(|p| crate::wire::pattern_matches(p, channel))
     }
 
     /// True iff the patterns contain `*` itself, i.e. grant every channel.
@@ -128,13 +128,6 @@ impl Patterns {
 
     pub fn as_slice(&self) -> &[String] {
         &self.0
-    }
-}
-
-fn pattern_matches(pattern: &str, channel: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => channel.starts_with(prefix),
-        None => pattern == channel,
     }
 }
 

@@ -357,19 +357,11 @@ impl Config {
     /// Retention for one channel: the first matching `[[retention]]` rule, else the defaults.
     pub fn retention_for(&self, channel: &str) -> (u64, Duration) {
         for rule in &self.retention {
-            if pattern_matches(&rule.pattern, channel) {
+            if crate::wire::pattern_matches(&rule.pattern, channel) {
                 return (rule.messages, rule.age);
             }
         }
         (self.retention_messages, self.retention_age)
-    }
-}
-
-/// The channel-pattern rule of the contract: exact, `prefix*`, or `*`.
-pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => channel.starts_with(prefix),
-        None => pattern == channel,
     }
 }
 
@@ -530,14 +522,5 @@ mod tests {
         assert!(c.apply_toml("listen = [", "f.toml").unwrap_err().0.contains("not valid TOML"));
         c.set("max-message-bytes", "1000000").unwrap();
         assert!(c.validate().unwrap_err().0.contains("max-send-buffer-bytes"));
-    }
-
-    #[test]
-    fn patterns() {
-        assert!(pattern_matches("*", "anything"));
-        assert!(pattern_matches("room:*", "room:1"));
-        assert!(!pattern_matches("room:*", "roomx"));
-        assert!(pattern_matches("room:1", "room:1"));
-        assert!(!pattern_matches("room:1", "room:10"));
     }
 }

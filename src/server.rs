@@ -323,11 +323,11 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept(now);
             }
-            self.pump_replays(now);
+            self.pump_replays();
             if !self.pending.is_empty() {
                 self.writer.submit(std::mem::take(&mut self.pending));
             }
-            self.flush_dirty(now);
+            self.flush_dirty();
             if let Some(stop) = self.advance_shutdown(now) {
                 return stop;
             }
@@ -956,7 +956,7 @@ impl Server {
     /// Streams stored messages to replaying subscribers with room in their
     /// send queue. A turn sends at most a batch per subscription, so a long
     /// replay is spread over turns and never holds up other connections.
-    fn pump_replays(&mut self, _now: Instant) {
+    fn pump_replays(&mut self) {
         let mut texts = Vec::new();
         for id in self.hub.replaying().collect::<Vec<_>>() {
             let Some(slot) = self.slots.get(&id) else {
@@ -978,7 +978,7 @@ impl Server {
         }
     }
 
-    fn flush_dirty(&mut self, now: Instant) {
+    fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -992,7 +992,6 @@ impl Server {
             }
         }
         self.dirty = dirty;
-        let _ = now;
     }
 
     fn remove(&mut self, id: ConnId) {
@@ -1048,7 +1047,7 @@ impl Server {
                 self.dirty.push(id);
             }
         }
-        self.flush_dirty(now);
+        self.flush_dirty();
         if self.slots.is_empty() || now.duration_since(since) > SHUTDOWN_GRACE {
             for done in self.writer.stop() {
                 if let Err(e) = done.result {

@@ -214,6 +214,15 @@ pub fn valid_channel(ch: &str) -> bool {
         && ch.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/'))
 }
 
+/// The channel-pattern rule of the contract, shared by token permissions and
+/// `[[retention]]` rules: an exact name, a `prefix*`, or `*`.
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
+    }
+}
+
 /// A message as it travels to subscribers and into `hist` replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Msg<'a> {
@@ -397,6 +406,15 @@ mod tests {
         assert_eq!(v, json!({"op":"ack","id":7,"ch":"a","seq":9}));
         let v: Value = serde_json::from_str(&err(ErrCode::Forbidden, "no \u{1} way", None)).unwrap();
         assert_eq!(v, json!({"op":"err","code":"forbidden","msg":"no \u{1} way"}));
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("room:*", "room:1"));
+        assert!(!pattern_matches("room:*", "roomx"));
+        assert!(pattern_matches("room:1", "room:1"));
+        assert!(!pattern_matches("room:1", "room:10"));
     }
 
     /// Fixed-seed random bytes: the parser never panics.
