@@ -1,38 +1,96 @@
 //! roostd load generator: many WebSocket connections from one thread (mio),
 //! frames and the HTTP upgrade written by hand, so the generator costs little
-//! next to the server it measures.
+//! next to the server it measures. It also drives peer servers (`--peer`), so
+//! roostd can be measured side by side with them.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- <scenario> --url ws://127.0.0.1:PORT [options]
 //!
-//!   idle    --conns N [--hold 5s]                 RSS per idle, subscribed connection
-//!   publish --publishers P [--channel bench]      acked durable publishes/s, pub→ack latency
-//!   fanout  --subscribers S --publishers P        delivered msg/s, probe round trip under load
+//!   idle     --conns N [--hold 5s]               server RSS per idle connection (subscribed; peers:
+//!                                                `/idle`); prints `READY <n>` on stderr once set up
+//!   publish  --publishers P [--channel bench]    acked durable publishes/s, pub→ack latency, server CPU
+//!            [--rate R]                          per ack; closed loop or paced (roostd only)
+//!   fanout   --subscribers S --publishers P      deliveries/s, pub→delivery latency, server CPU per
+//!            [--rate R]                          delivery; closed loop, or R publishes/s in total
+//!   echo     --conns C [--binary]                closed loop: each sends --payload bytes, waits for
+//!                                                the echo (roostd: `serve --echo`; peers: `/echo`)
+//!   upgrades --connectors K [--invalid-pct P]    K connectors loop connect, upgrade, drop: upgrades/s,
+//!                                                refusals/s, connect→101 latency, server CPU each
+//!   storm    --conns N                           N connections started at once: first connect → all
+//!                                                ready, and connect → ready per connection
+//!   slow     --subscribers S --slow-pct 1        fanout at --rate R (default 100) where slow-pct % of
+//!            --rate R                            the subscribers never read: the others' latency,
+//!                                                server RSS each second, slow ones the server closed
+//!   churn    --conns N --churn-pct 10            N idle subscribers; churn-pct % of them per minute
+//!            --duration 5m                       close and reconnect; server RSS and fds every 10 s
 //!
-//! common: --secret S (else $ROOSTD_SECRET)  --duration 10s  --pid PID (the server's)
-//!         --payload BYTES (pad of each published data, default 64)
+//! common: --url ws://HOST:PORT (required)  --peer  --secret S (else $ROOSTD_SECRET; not needed with
+//!         --peer)  --duration 10s  --pid PID (the server's)  --payload BYTES (default 64)
+//!         --connecting N (handshakes at once during setup, default 1000)
 //! ```
 //!
-//! Tokens are minted here from the shared secret (`sub` = `loadgen-N`, read
-//! and write `*`). Publish ids carry a per-run nonce, so runs against the
-//! same store are never answered from the dedupe table.
+//! Defaults: `--conns` 1000 (`echo`: 100), `--publishers` 50 for `fanout`,
+//! else 1, `--subscribers` 100, `--connectors` 10, `--invalid-pct` 0,
+//! `--slow-pct` 1, `--churn-pct` 10, `--channel bench`, `--hold 5s`. No
+//! `--rate`: closed loop (but `slow` paces at 100/s). `storm` ignores
+//! `--connecting` and starts every connect at once (the OS and the server
+//! queue them). `idle` prints `READY <n>` (n: connections ready) when setup
+//! ends, i.e. once all are ready or after a warning line at the 60 s setup
+//! timeout, then measures and holds: a script running several generators
+//! may read the server's RSS itself once all of them said READY. `--pid`
+//! is optional everywhere; without it the server numbers are null.
+//!
+//! **roostd (default).** Tokens are minted here from the shared secret (`sub`
+//! = `loadgen-N`, read and write `*`) and sent as `/ws?token=`. Subscribers
+//! send `sub` and are ready at `subok`. Published data is
+//! `{"t":µs,"pad":"xx…"}` with `--payload` bytes of pad. Publish ids carry a
+//! per-run nonce, so runs against the same store are never answered from the
+//! dedupe table.
+//!
+//! **`--peer`.** Peer servers speak a bare protocol: any path is accepted,
+//! no token. `/echo` echoes each message; `/sub` receives broadcasts; each
+//! text message sent on `/pub` goes to every `/sub` connection; any other
+//! path (`/idle` here) is held open. A connection is ready when upgraded.
+//! Published text is `"<t> <conn> <n> "` (`t`: send time in µs since the
+//! generator started) padded with `x` to `--payload` bytes (a roostd message
+//! carries `--payload` bytes of pad inside its JSON envelope instead). An
+//! echo message is `--payload` bytes of `x`, text or `--binary`, on either
+//! server. `publish` needs acks, so it is roostd only.
 //!
 //! With `--pid` the generator samples the server's `/proc/PID/stat`
 //! (utime + stime, all threads) and `/proc/PID/status` (VmRSS) around the
 //! measured interval, and reports server CPU-µs per unit of work.
 //!
-//! Publishers keep exactly one publish in flight (send, wait for the ack,
-//! repeat). The server's per-connection publish rate (default 1000/s, burst
-//! 2000) may answer `rate_limited` when one publisher's commits are faster
-//! than 1 ms: the generator then resends the same id 1 ms later and counts
-//! the refusal (shown under "problems"). On such a disk, start the server
-//! with `--publish-rate 0` for throughput runs.
+//! **Publishing.** Without `--rate`, publishers keep exactly one publish in
+//! flight: against roostd they send, wait for the ack and repeat; with
+//! `--peer` (no acks) a publisher sends its next message once every
+//! subscriber got the previous one (or after 5 s, counted as a stall). With
+//! `--rate R`, R publishes per second in total are paced evenly over the
+//! publishers in turn, whatever the answers (against roostd the pub→ack
+//! latency of each is still measured); a generator more than 1 s behind
+//! skips sends and counts them as `missed_sends`. The server's
+//! per-connection publish rate (default 1000/s, burst 2000) may answer
+//! `rate_limited`: closed-loop publishers then resend the same id 1 ms later
+//! and count the refusal (shown under "problems"). Start the server with
+//! `--publish-rate 0` for throughput runs.
 //!
-//! `fanout` also runs two probes, each a round trip every 10 ms: `probe`
-//! publishes on its own channel and waits for the ack (so it includes a
-//! commit), `hist` asks for history (no commit: how long the event loop
-//! takes to answer while it fans out). Published data carries the send time,
-//! so subscribers also measure pub→delivery latency.
+//! `fanout` against roostd without `--rate` also runs two probes, each a
+//! round trip every 10 ms: `probe` publishes on its own channel and waits for
+//! the ack (so it includes a commit), `hist` asks for history (no commit: how
+//! long the event loop takes to answer while it fans out). With `--rate` or
+//! `--peer` there are no probes (the paced publishes are measured instead).
+//! Subscribers measure pub→delivery latency from the send time in the data.
+//!
+//! `upgrades`: each connector connects, sends the upgrade (roostd: a valid
+//! token, or for `--invalid-pct` % of attempts one with a bad signature;
+//! peers: `/idle`), reads the status line and drops the socket, then starts
+//! over (the drop is explained at `read_response`; the generator's side
+//! keeps the TIME_WAIT, which Linux reuses on loopback). `slow`: the slow subscribers' sockets get a 4 KiB receive buffer and
+//! are never read after `subok`/101; at the end they are read for up to 5 s
+//! to see which ended in a close frame (its code) or EOF. `churn`: each
+//! churned connection sends a close frame, waits for the server's (at most
+//! 5 s), reconnects and resubscribes. RSS and descriptor samples (`slow`,
+//! `churn`) need `--pid`.
 //!
 //! The generator also reports its own CPU share (near 100 % means it, not the
 //! server, was the limit) and how much of the machine other processes used
@@ -40,9 +98,9 @@
 //!
 //! Output: a human-readable summary, then one final line of JSON holding
 //! every number. Every scenario stops by itself: after its duration, and in
-//! any case after a hard cap (setup + duration + 30 s).
+//! any case after a hard cap (60 s of setup + the duration or hold + 30 s).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,8 +111,8 @@ use mio::{Events, Interest, Poll, Token};
 use roostd::auth::{mint, Key};
 use serde_json::{json, Value};
 
-/// Handshakes under way at once (the rest wait their turn).
-const MAX_CONNECTING: usize = 200;
+/// Handshakes under way at once while connections are set up (`--connecting`).
+const MAX_CONNECTING: usize = 1000;
 /// How long opening and subscribing every connection may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Beyond the scenario's own time, the generator never runs longer than this.
@@ -63,8 +121,25 @@ const HARD_CAP_SLACK: Duration = Duration::from_secs(30);
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 /// Wait before resending a publish the server refused as busy or rate limited.
 const RETRY_AFTER: Duration = Duration::from_millis(1);
-/// The fixed client mask (RFC 6455 wants one; its value does not matter here).
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+/// A closed-loop peer publisher whose message did not reach every subscriber
+/// in this time sends the next one anyway (counted as a stall).
+const STALL_AFTER: Duration = Duration::from_secs(5);
+/// How far paced publishing may fall behind its schedule before sends are skipped.
+const PACE_MAX_LAG: Duration = Duration::from_secs(1);
+/// The receive buffer of a `slow` subscriber's socket (set before connect).
+const SLOW_RCVBUF: libc::c_int = 4096;
+/// How long `slow` reads the slow sockets at the end to see which were closed.
+const SLOW_DRAIN: Duration = Duration::from_secs(5);
+/// How long a churned connection waits for the server's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Server samples (RSS, descriptors) in `slow` and `churn`.
+const SLOW_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const CHURN_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// The client mask. RFC 6455 wants every client frame masked, and servers
+/// unmask whatever the key; an all-zero key spares the generator the XOR.
+const MASK: [u8; 4] = [0; 4];
+
+const SCENARIOS: [&str; 8] = ["idle", "publish", "fanout", "echo", "upgrades", "storm", "slow", "churn"];
 
 // ---------------------------------------------------------------- options
 
@@ -81,13 +156,25 @@ struct Opts {
     subscribers: usize,
     channel: String,
     payload: usize,
+    peer: bool,
+    binary: bool,
+    /// Publishes per second in total (paced); None: closed loop.
+    rate: Option<f64>,
+    connectors: usize,
+    invalid_pct: f64,
+    slow_pct: f64,
+    churn_pct: f64,
+    connecting: usize,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("loadgen: {msg}");
     eprintln!(
-        "usage: loadgen idle|publish|fanout --url ws://HOST:PORT [--secret S] [--duration 10s] [--pid PID]\n\
-         \x20      [--conns N] [--hold 5s] [--publishers P] [--subscribers S] [--channel bench] [--payload BYTES]"
+        "usage: loadgen {} --url ws://HOST:PORT [--peer] [--secret S] [--duration 10s] [--pid PID]\n\
+         \x20      [--conns N] [--hold 5s] [--publishers P] [--subscribers S] [--channel bench] [--payload BYTES]\n\
+         \x20      [--rate R] [--binary] [--connectors K] [--invalid-pct P] [--slow-pct P] [--churn-pct P]\n\
+         \x20      [--connecting N]",
+        SCENARIOS.join("|")
     );
     std::process::exit(2)
 }
@@ -107,7 +194,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
 fn parse_opts() -> Opts {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| usage("name a scenario"));
-    if !matches!(scenario.as_str(), "idle" | "publish" | "fanout") {
+    if !SCENARIOS.contains(&scenario.as_str()) {
         usage(&format!("unknown scenario {scenario:?}"));
     }
     let mut o = Opts {
@@ -123,28 +210,73 @@ fn parse_opts() -> Opts {
         subscribers: 100,
         channel: "bench".into(),
         payload: 64,
+        peer: false,
+        binary: false,
+        rate: None,
+        connectors: 10,
+        invalid_pct: 0.0,
+        slow_pct: 1.0,
+        churn_pct: 10.0,
+        connecting: MAX_CONNECTING,
     };
     let mut url = None;
     let mut publishers = None;
+    let mut conns = None;
     while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--peer" => {
+                o.peer = true;
+                continue;
+            }
+            "--binary" => {
+                o.binary = true;
+                continue;
+            }
+            _ => {}
+        }
         let v = args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         let num = |v: &str| v.parse::<usize>().unwrap_or_else(|_| usage(&format!("{flag} takes a number")));
         let dur = |v: &str| parse_duration(v).unwrap_or_else(|| usage(&format!("{flag} takes a duration like 10s")));
+        let pct = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .unwrap_or_else(|| usage(&format!("{flag} takes a percentage from 0 to 100")))
+        };
         match flag.as_str() {
             "--url" => url = Some(v),
             "--secret" => o.secret = v,
             "--duration" => o.duration = dur(&v),
             "--hold" => o.hold = dur(&v),
             "--pid" => o.pid = Some(num(&v) as u32),
-            "--conns" => o.conns = num(&v),
+            "--conns" => conns = Some(num(&v)),
             "--publishers" => publishers = Some(num(&v)),
             "--subscribers" => o.subscribers = num(&v),
             "--channel" => o.channel = v,
             "--payload" => o.payload = num(&v),
+            "--rate" => {
+                let r = v.parse::<f64>().ok().filter(|r| *r > 0.0);
+                o.rate = Some(r.unwrap_or_else(|| usage("--rate takes a positive number (publishes/s)")));
+            }
+            "--connectors" => o.connectors = num(&v).max(1),
+            "--invalid-pct" => o.invalid_pct = pct(&v),
+            "--slow-pct" => o.slow_pct = pct(&v),
+            "--churn-pct" => o.churn_pct = pct(&v),
+            "--connecting" => o.connecting = num(&v).max(1),
             _ => usage(&format!("unknown option {flag}")),
         }
     }
     o.publishers = publishers.unwrap_or(if o.scenario == "fanout" { 50 } else { 1 });
+    o.conns = conns.unwrap_or(if o.scenario == "echo" { 100 } else { 1000 });
+    if o.scenario == "slow" && o.rate.is_none() {
+        o.rate = Some(100.0);
+    }
+    if o.peer && o.scenario == "publish" {
+        usage("publish measures roostd's acks: it has no --peer form (use fanout --peer)");
+    }
+    if o.peer && o.scenario == "fanout" && o.rate.is_none() && o.subscribers == 0 {
+        usage("fanout --peer without --rate paces publishers by deliveries: it needs --subscribers");
+    }
     let url = url.unwrap_or_else(|| usage("--url is required"));
     let authority = url
         .strip_prefix("ws://")
@@ -158,7 +290,7 @@ fn parse_opts() -> Opts {
         .ok()
         .and_then(|mut a| a.next())
         .unwrap_or_else(|| usage(&format!("cannot resolve {authority}")));
-    if o.secret.len() < 32 {
+    if !o.peer && o.secret.len() < 32 {
         usage("give the server's secret with --secret or ROOSTD_SECRET (at least 32 bytes)");
     }
     o
@@ -189,6 +321,11 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())?;
     Some(ProcSample { cpu_us: ticks * 1_000_000 / hz, rss_bytes: rss_kb * 1024 })
+}
+
+/// How many descriptors the server has open (entries of `/proc/PID/fd`).
+fn open_fds(pid: Option<u32>) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{}/fd", pid?)).ok()?.count() as u64)
 }
 
 /// Busy and total CPU time of the whole machine (all cores), in µs.
@@ -229,6 +366,37 @@ impl Noise {
     }
 }
 
+/// Server RSS and descriptors sampled on a period while a scenario runs.
+struct Sampler {
+    every: Duration,
+    start: Instant,
+    next: Instant,
+    /// Seconds since start, VmRSS bytes, open descriptors.
+    samples: Vec<(f64, u64, Option<u64>)>,
+}
+
+impl Sampler {
+    fn new(every: Duration) -> Sampler {
+        let now = Instant::now();
+        Sampler { every, start: now, next: now, samples: Vec::new() }
+    }
+
+    fn take(&mut self, pid: Option<u32>, now: Instant) {
+        if let Some(s) = sample(pid) {
+            self.samples.push((now.duration_since(self.start).as_secs_f64(), s.rss_bytes, open_fds(pid)));
+        }
+    }
+
+    fn json(&self) -> Value {
+        let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+        self.samples.iter().map(|(t, rss, fds)| json!({"t_s": r3(*t), "rss_bytes": rss, "fds": fds})).collect()
+    }
+
+    fn max_rss(&self) -> Option<u64> {
+        self.samples.iter().map(|s| s.1).max()
+    }
+}
+
 /// Each connection is a descriptor: lift the soft limit to the hard one.
 fn raise_fd_limit() {
     unsafe {
@@ -250,7 +418,57 @@ fn own_cpu_us() -> u64 {
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
-// ---------------------------------------------------------------- frames
+// ---------------------------------------------------------------- sockets and frames
+
+/// A non-blocking connect; with `rcvbuf`, SO_RCVBUF is set before connecting
+/// (so the window the server sees is small from the start).
+fn connect(addr: SocketAddr, rcvbuf: Option<libc::c_int>) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let Some(size) = rcvbuf else { return TcpStream::connect(addr) };
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns; the stream closes it.
+    let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let size_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let set = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), size_len)
+    };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            }
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            }
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let rc = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len as libc::socklen_t) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(TcpStream::from_std(sock))
+}
 
 /// Appends one masked client frame.
 fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
@@ -267,7 +485,11 @@ fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
         }
     }
     out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    if MASK == [0; 4] {
+        out.extend_from_slice(payload);
+    } else {
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    }
 }
 
 /// One complete server frame at the start of `buf`: (opcode, payload range, length).
@@ -293,15 +515,45 @@ fn parse_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Role {
-    /// Subscribes and holds (idle) or subscribes and counts (fanout).
+    /// Subscribes and counts deliveries (roostd `sub`; peer `/sub`).
     Subscriber,
-    /// Publishes as fast as acks come back.
+    /// Like a subscriber, but never reads once ready (`slow`).
+    Slow,
+    /// Held open: subscribed (roostd) or on `/idle` (peer).
+    Idle,
+    /// Publishes: closed loop or paced (roostd `pub`; peer `/pub`).
     Publisher,
     /// Publishes once per PROBE_EVERY on its own channel.
     Probe,
     /// Asks for `hist` once per PROBE_EVERY: a round trip that needs no
     /// commit, so it shows how long the event loop itself takes to answer.
     HistProbe,
+    /// Sends a message, waits for its echo, repeats.
+    Echo,
+    /// Connects, upgrades, drops the socket, repeats (`upgrades`).
+    Upgrader,
+}
+
+impl Role {
+    /// Roles that `sub` on roostd (and are ready only at `subok`).
+    fn subscribes(self) -> bool {
+        matches!(self, Role::Subscriber | Role::Slow | Role::Idle)
+    }
+
+    /// Roles with timers or work to start when measuring begins.
+    fn active(self) -> bool {
+        matches!(self, Role::Publisher | Role::Probe | Role::HistProbe | Role::Echo)
+    }
+
+    /// The path on a peer server.
+    fn peer_path(self) -> &'static str {
+        match self {
+            Role::Subscriber | Role::Slow => "/sub",
+            Role::Publisher => "/pub",
+            Role::Echo => "/echo",
+            _ => "/idle",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -322,13 +574,30 @@ struct Conn {
     out_pos: usize,
     inbuf: Vec<u8>,
     subscribed: bool,
-    /// The publish awaiting its ack: its id number and when it was first sent.
-    inflight: Option<(u64, Instant)>,
+    /// Ready: subscribed (roostd subscriber roles) or upgraded (the rest).
+    ready: bool,
+    /// When connect() was called.
+    started: Option<Instant>,
+    /// The upgrade request (built, and its token minted, when the connection is added).
+    request: Vec<u8>,
+    /// Messages awaiting an answer (ack, hist, echo, or in peer mode every
+    /// subscriber's delivery): id number and when first sent. Closed-loop
+    /// roles keep at most one.
+    inflight: VecDeque<(u64, Instant)>,
     next_id: u64,
-    /// Resend the in-flight publish at this time (after a refusal).
+    /// Resend the in-flight publish at this time (after a refusal); for a
+    /// closed-loop peer publisher, give up waiting for deliveries then.
     retry_at: Option<Instant>,
     /// The probe's next send.
     next_probe: Option<Instant>,
+    /// Closed-loop peer publisher: deliveries of the message in flight, and
+    /// how many subscribers were ready when it was sent.
+    got: usize,
+    want: usize,
+    /// Closed on purpose (churn): connect again once closed.
+    reconnect: bool,
+    /// How it ended: the server's close code, 1006 for EOF without one.
+    ended: Option<u16>,
 }
 
 impl Conn {
@@ -342,10 +611,17 @@ impl Conn {
             out_pos: 0,
             inbuf: Vec::new(),
             subscribed: false,
-            inflight: None,
+            ready: false,
+            started: None,
+            request: Vec::new(),
+            inflight: VecDeque::new(),
             next_id: 0,
             retry_at: None,
             next_probe: None,
+            got: 0,
+            want: 0,
+            reconnect: false,
+            ended: None,
         }
     }
 }
@@ -360,17 +636,63 @@ struct Stats {
     io_errors: usize,
     /// Counted only while the measured interval runs (or drains).
     acked: u64,
+    /// The last completed unit of work (ack, echo, peer round).
     last_ack: Option<Instant>,
     delivered: u64,
+    published: u64,
+    missed_sends: u64,
+    stalls: u64,
+    echoed: u64,
+    echo_mismatch: u64,
+    upgrades: u64,
+    upgrade_refusals: u64,
+    upgrade_invalid_sent: u64,
+    churned: u64,
+    churn_close_timeouts: u64,
     pub_latency: Option<Histogram<u64>>,
     probe_latency: Option<Histogram<u64>>,
     hist_latency: Option<Histogram<u64>>,
     delivery_latency: Option<Histogram<u64>>,
+    echo_latency: Option<Histogram<u64>>,
+    upgrade_latency: Option<Histogram<u64>>,
+    refusal_latency: Option<Histogram<u64>>,
+    /// connect() → ready, per connection.
+    ready_latency: Option<Histogram<u64>>,
 }
 
 fn histogram() -> Histogram<u64> {
     // 1 µs to 100 s, 3 significant digits.
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+}
+
+fn record(h: &mut Option<Histogram<u64>>, d: Duration) {
+    let _ = h.as_mut().expect("histogram").record((d.as_micros() as u64).max(1));
+}
+
+/// Paced publishing (`--rate`): publish number `sent` is due at `start + sent / rate`.
+struct Pacer {
+    rate: f64,
+    start: Instant,
+    sent: u64,
+    /// Index into `Gen::pubs` of the next publisher.
+    turn: usize,
+}
+
+impl Pacer {
+    fn due(&self, now: Instant) -> u64 {
+        (now.duration_since(self.start).as_secs_f64() * self.rate) as u64 + 1
+    }
+
+    fn next_at(&self) -> Instant {
+        self.start + Duration::from_secs_f64(self.sent as f64 / self.rate)
+    }
+}
+
+/// Churn: one connection closes (and reconnects) every `every`.
+struct Churn {
+    every: Duration,
+    next: Instant,
+    cursor: usize,
 }
 
 struct Gen {
@@ -383,11 +705,38 @@ struct Gen {
     nonce: String,
     key: Key,
     measuring: bool,
-    /// Publishers and the probe send while this is true.
+    /// Publishers, probes, echoers and churn send while this is true.
     sending: bool,
     pad: String,
     /// Share of the machine that other processes used while measuring.
     other_busy_pct: Option<f64>,
+    /// Connections waiting to connect, in order.
+    waiting: VecDeque<usize>,
+    /// Connections in connect or handshake, and how many may be.
+    connecting: usize,
+    max_connecting: usize,
+    /// Connections of the `active` roles; and the publishers alone.
+    active: Vec<usize>,
+    pubs: Vec<usize>,
+    /// Connections ready now, subscribers among them, and closed for good.
+    ready: usize,
+    subs_ready: usize,
+    dead: usize,
+    first_connect: Option<Instant>,
+    last_ready: Option<Instant>,
+    pacer: Option<Pacer>,
+    churn: Option<Churn>,
+    /// Churned connections waiting for the server's close frame, with a deadline.
+    closing: Vec<(usize, Instant)>,
+    sampler: Option<Sampler>,
+    /// `slow`: read the slow connections again (at the end).
+    draining: bool,
+    /// `upgrades`: the request with a valid token, and with a bad signature.
+    upgrade_reqs: Option<(Vec<u8>, Vec<u8>)>,
+    invalid_acc: f64,
+    /// `echo`: the message every connection sends.
+    echo_msg: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl Gen {
@@ -399,6 +748,7 @@ impl Gen {
         );
         let key = Key::new(None, opts.secret.clone().into_bytes());
         let pad = "x".repeat(opts.payload);
+        let max_connecting = opts.connecting;
         Gen {
             opts,
             poll: Poll::new().expect("a poller"),
@@ -407,8 +757,11 @@ impl Gen {
                 pub_latency: Some(histogram()),
                 probe_latency: Some(histogram()),
                 hist_latency: Some(histogram()),
-
                 delivery_latency: Some(histogram()),
+                echo_latency: Some(histogram()),
+                upgrade_latency: Some(histogram()),
+                refusal_latency: Some(histogram()),
+                ready_latency: Some(histogram()),
                 ..Stats::default()
             },
             base: Instant::now(),
@@ -418,62 +771,122 @@ impl Gen {
             sending: false,
             pad,
             other_busy_pct: None,
+            waiting: VecDeque::new(),
+            connecting: 0,
+            max_connecting,
+            active: Vec::new(),
+            pubs: Vec::new(),
+            ready: 0,
+            subs_ready: 0,
+            dead: 0,
+            first_connect: None,
+            last_ready: None,
+            pacer: None,
+            churn: None,
+            closing: Vec::new(),
+            sampler: None,
+            draining: false,
+            upgrade_reqs: None,
+            invalid_acc: 0.0,
+            echo_msg: Vec::new(),
+            scratch: vec![0; 64 * 1024],
         }
     }
 
-    fn add(&mut self, role: Role, count: usize) {
+    /// Adds connections; they connect as soon as the loop runs.
+    fn add(&mut self, role: Role, count: usize) -> std::ops::Range<usize> {
+        let first = self.conns.len();
         for _ in 0..count {
             let n = self.conns.len();
-            self.conns.push(Conn::new(role, n));
+            let mut c = Conn::new(role, n);
+            c.request = match role {
+                Role::Upgrader => Vec::new(), // one of `upgrade_reqs`, chosen per attempt
+                _ if self.opts.peer => self.request(role.peer_path()),
+                _ => self.request(&format!("/ws?token={}", self.token(&format!("loadgen-{n}")))),
+            };
+            self.conns.push(c);
+            self.waiting.push_back(n);
+            if role.active() {
+                self.active.push(n);
+            }
+            if role == Role::Publisher {
+                self.pubs.push(n);
+            }
         }
+        first..self.conns.len()
     }
 
-    fn upgrade_request(&self, n: usize) -> Vec<u8> {
+    fn token(&self, sub: &str) -> String {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let claims =
-            json!({"sub": format!("loadgen-{n}"), "iat": now, "exp": now + 3600, "read": ["*"], "write": ["*"]});
-        let token = mint(&claims, &self.key);
+        let claims = json!({"sub": sub, "iat": now, "exp": now + 3600, "read": ["*"], "write": ["*"]});
+        mint(&claims, &self.key)
+    }
+
+    fn request(&self, target: &str) -> Vec<u8> {
         format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             self.opts.host
         )
         .into_bytes()
     }
 
-    /// Starts connections that wait, keeping at most MAX_CONNECTING in handshake.
+    fn upgrade_request(&mut self, i: usize) -> Vec<u8> {
+        let c = &self.conns[i];
+        let Some((valid, invalid)) = self.upgrade_reqs.as_ref().filter(|_| c.role == Role::Upgrader) else {
+            return c.request.clone();
+        };
+        // Spread the invalid share evenly over the attempts.
+        self.invalid_acc += self.opts.invalid_pct;
+        if self.invalid_acc >= 100.0 {
+            self.invalid_acc -= 100.0;
+            if self.measuring {
+                self.stats.upgrade_invalid_sent += 1;
+            }
+            return invalid.clone();
+        }
+        valid.clone()
+    }
+
+    /// Starts waiting connections, keeping at most `max_connecting` in handshake.
     fn start_connections(&mut self) {
-        let busy = self.conns.iter().filter(|c| matches!(c.state, State::Connecting | State::Handshake)).count();
-        let mut room = MAX_CONNECTING.saturating_sub(busy);
-        for i in 0..self.conns.len() {
-            if room == 0 {
-                break;
-            }
-            if self.conns[i].state != State::Waiting {
-                continue;
-            }
-            room -= 1;
-            match TcpStream::connect(self.opts.addr) {
+        while self.connecting < self.max_connecting {
+            let Some(i) = self.waiting.pop_front() else { return };
+            let rcvbuf = (self.conns[i].role == Role::Slow).then_some(SLOW_RCVBUF);
+            let now = Instant::now();
+            match connect(self.opts.addr, rcvbuf) {
                 Ok(mut sock) => {
                     let registered =
                         self.poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE);
                     if registered.is_err() {
                         self.stats.io_errors += 1;
                         self.conns[i].state = State::Closed;
+                        self.dead += 1;
                         continue;
                     }
-                    let request = self.upgrade_request(self.conns[i].n);
+                    let request = self.upgrade_request(i);
                     let c = &mut self.conns[i];
                     c.sock = Some(sock);
                     c.state = State::Connecting;
                     c.out = request;
+                    c.out_pos = 0;
+                    c.inbuf.clear();
+                    c.ended = None;
+                    c.started = Some(now);
+                    self.connecting += 1;
+                    self.first_connect.get_or_insert(now);
                 }
                 Err(e) => {
                     if self.stats.io_errors == 0 {
                         eprintln!("loadgen: connect failed: {e}");
                     }
                     self.stats.io_errors += 1;
+                    if self.conns[i].role == Role::Upgrader && self.sending {
+                        self.waiting.push_back(i); // try again (the loop turn paces it)
+                        return;
+                    }
                     self.conns[i].state = State::Closed;
+                    self.dead += 1;
                 }
             }
         }
@@ -485,36 +898,115 @@ impl Gen {
     }
 
     fn publish(&mut self, i: usize, now: Instant) {
+        let paced = self.pacer.is_some();
         let c = &mut self.conns[i];
         if c.role == Role::HistProbe {
-            c.inflight = Some((0, now));
+            c.inflight.push_back((0, now));
             return self.send_text(i, r#"{"op":"hist","ch":"probe","limit":1,"id":"h"}"#);
         }
-        let (id, first_sent) = match c.inflight {
-            Some(pending) => pending, // a resend keeps its id and its start time
-            None => {
+        let (id, first_sent) = match c.inflight.front() {
+            Some(&pending) if !paced && !self.opts.peer => pending, // a resend keeps its id and its start time
+            _ => {
                 c.next_id += 1;
+                if self.measuring && c.role == Role::Publisher {
+                    self.stats.published += 1;
+                }
                 (c.next_id, now)
             }
         };
-        c.inflight = Some((id, first_sent));
+        if !paced {
+            c.inflight.clear();
+        }
+        if !(paced && self.opts.peer) {
+            c.inflight.push_back((id, first_sent)); // paced peer publishes expect no answer
+        }
         c.retry_at = None;
-        let ch = if c.role == Role::Probe { "probe" } else { self.opts.channel.as_str() };
         let t = now.duration_since(self.base).as_micros();
-        let text = format!(
-            r#"{{"op":"pub","ch":"{ch}","id":"{}-{}-{id}","data":{{"t":{t},"pad":"{}"}}}}"#,
-            self.nonce, c.n, self.pad
-        );
+        let text = if self.opts.peer {
+            if !paced {
+                c.got = 0;
+                c.want = self.subs_ready;
+                c.retry_at = Some(now + STALL_AFTER);
+            }
+            let mut text = format!("{t} {i} {id} ");
+            text.push_str(&self.pad[..self.opts.payload.saturating_sub(text.len())]);
+            text
+        } else {
+            let ch = if c.role == Role::Probe { "probe" } else { self.opts.channel.as_str() };
+            format!(
+                r#"{{"op":"pub","ch":"{ch}","id":"{}-{}-{id}","data":{{"t":{t},"pad":"{}"}}}}"#,
+                self.nonce, c.n, self.pad
+            )
+        };
         self.send_text(i, &text);
     }
 
+    fn send_echo(&mut self, i: usize, now: Instant) {
+        let opcode = if self.opts.binary { 0x2 } else { 0x1 };
+        push_frame(&mut self.conns[i].out, opcode, &self.echo_msg);
+        self.conns[i].inflight.push_back((0, now));
+        self.flush(i);
+    }
+
+    /// Starts a role's work when measuring begins.
+    fn kick(&mut self, i: usize, now: Instant) {
+        if self.conns[i].state != State::Open {
+            return;
+        }
+        match self.conns[i].role {
+            Role::Publisher if self.pacer.is_none() => self.publish(i, now),
+            Role::Probe | Role::HistProbe => self.conns[i].next_probe = Some(now),
+            Role::Echo => self.send_echo(i, now),
+            _ => {}
+        }
+    }
+
+    fn set_ready(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        if c.ready {
+            return;
+        }
+        c.ready = true;
+        self.ready += 1;
+        if c.role == Role::Subscriber {
+            self.subs_ready += 1;
+        }
+        if let Some(t) = c.started {
+            record(&mut self.stats.ready_latency, now.duration_since(t));
+        }
+        self.last_ready = Some(now);
+    }
+
+    /// Drops the socket. Upgraders (while sending) and churned connections
+    /// go back to the queue; the rest are closed for good.
     fn close(&mut self, i: usize) {
         let c = &mut self.conns[i];
         if let Some(mut sock) = c.sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
         }
-        c.state = State::Closed;
-        c.inflight = None;
+        if matches!(c.state, State::Connecting | State::Handshake) {
+            self.connecting -= 1;
+        }
+        if c.ready {
+            self.ready -= 1;
+            if c.role == Role::Subscriber {
+                self.subs_ready -= 1;
+            }
+        }
+        c.ready = false;
+        c.subscribed = false;
+        c.inflight.clear();
+        c.retry_at = None;
+        c.next_probe = None;
+        let again = c.reconnect || (c.role == Role::Upgrader && self.sending);
+        c.reconnect = false;
+        if again {
+            c.state = State::Waiting;
+            self.waiting.push_back(i);
+        } else if c.state != State::Closed {
+            c.state = State::Closed;
+            self.dead += 1;
+        }
     }
 
     fn flush(&mut self, i: usize) {
@@ -540,7 +1032,7 @@ impl Gen {
     }
 
     fn on_event(&mut self, i: usize, now: Instant) {
-        if i >= self.conns.len() || self.conns[i].state == State::Closed {
+        if i >= self.conns.len() || matches!(self.conns[i].state, State::Closed | State::Waiting) {
             return;
         }
         if self.conns[i].state == State::Connecting {
@@ -563,49 +1055,78 @@ impl Gen {
     }
 
     fn read(&mut self, i: usize, now: Instant) {
-        let mut scratch = [0u8; 64 * 1024];
-        let mut eof = false;
-        loop {
-            let c = &mut self.conns[i];
-            let Some(sock) = c.sock.as_mut() else { return };
-            match sock.read(&mut scratch) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => c.inbuf.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if self.conns[i].state == State::Handshake {
-            self.read_response(i);
-        }
-        if self.conns[i].state == State::Open {
-            self.read_frames(i, now);
-        }
-        if eof && self.conns[i].state != State::Closed {
-            if self.conns[i].state == State::Open {
-                // Closed without a Close frame.
-                *self.stats.closes.entry(1006).or_default() += 1;
-            } else {
-                self.stats.io_errors += 1;
-            }
-            self.close(i);
-        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.read_with(i, now, &mut scratch);
+        self.scratch = scratch;
     }
 
-    fn read_response(&mut self, i: usize) {
+    /// Reads until WouldBlock, handling what came after every chunk (so a
+    /// long backlog never piles up here).
+    fn read_with(&mut self, i: usize, now: Instant, scratch: &mut [u8]) {
+        loop {
+            let c = &mut self.conns[i];
+            if c.role == Role::Slow && c.ready && !self.draining {
+                return; // a slow consumer: nothing more is read until the end
+            }
+            let Some(sock) = c.sock.as_mut() else { return };
+            match sock.read(scratch) {
+                Ok(0) => break,
+                Ok(n) => c.inbuf.extend_from_slice(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            if self.conns[i].state == State::Handshake {
+                self.read_response(i, now);
+            }
+            if self.conns[i].state == State::Open {
+                self.read_frames(i, now);
+            }
+        }
+        // End of stream (or a read error).
+        let c = &mut self.conns[i];
+        match c.state {
+            State::Open => {
+                // Closed without a Close frame.
+                *self.stats.closes.entry(1006).or_default() += 1;
+                c.ended = Some(1006);
+            }
+            State::Connecting | State::Handshake => self.stats.io_errors += 1,
+            State::Waiting | State::Closed => return,
+        }
+        self.close(i);
+    }
+
+    fn read_response(&mut self, i: usize, now: Instant) {
         let c = &mut self.conns[i];
         let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else { return };
         let head = String::from_utf8_lossy(&c.inbuf[..end]).into_owned();
-        if !head.starts_with("HTTP/1.1 101") {
+        let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+        if c.role == Role::Upgrader {
+            let took = now.duration_since(c.started.unwrap_or(now));
+            if self.measuring {
+                match status.as_str() {
+                    "101" => {
+                        self.stats.upgrades += 1;
+                        record(&mut self.stats.upgrade_latency, took);
+                    }
+                    "401" => {
+                        self.stats.upgrade_refusals += 1;
+                        record(&mut self.stats.refusal_latency, took);
+                    }
+                    _ => *self.stats.refused.entry(status).or_default() += 1,
+                }
+            }
+            // Drop the socket right after the status line, with no close
+            // frame: the cheapest way out for both sides, and the same for
+            // every server (each sees an EOF on a fresh connection and has
+            // nothing to answer; a close frame would make it parse the frame
+            // and write a reply we would not read). After a 401 the server
+            // closes anyway. The generator's side takes the TIME_WAIT.
+            return self.close(i);
+        }
+        if status != "101" {
             // A refusal: status and the {"error":...} body (if it came with the head).
-            let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
             let body = String::from_utf8_lossy(&c.inbuf[end + 4..]).into_owned();
             let code = serde_json::from_str::<Value>(&body)
                 .ok()
@@ -616,10 +1137,16 @@ impl Gen {
         }
         c.inbuf.drain(..end + 4);
         c.state = State::Open;
+        self.connecting -= 1;
         self.stats.opened += 1;
-        if c.role == Role::Subscriber {
+        if c.role.subscribes() && !self.opts.peer {
             let text = format!(r#"{{"op":"sub","ch":"{}","id":"s"}}"#, self.opts.channel);
             self.send_text(i, &text);
+        } else {
+            self.set_ready(i, now);
+            if self.sending {
+                self.kick(i, now);
+            }
         }
     }
 
@@ -629,16 +1156,20 @@ impl Gen {
             let payload = (range.start + at)..(range.end + at);
             at += len;
             match opcode {
-                0x1 => {
-                    // Text: the payload is taken out so the handler may borrow self.
+                0x1 | 0x2 => {
+                    // The payload is taken out so the handler may borrow self.
                     let text = std::mem::take(&mut self.conns[i].inbuf);
-                    self.on_text(i, &text[payload], now);
+                    self.on_message(i, opcode, &text[payload], now);
                     self.conns[i].inbuf = text;
                 }
                 0x8 => {
                     let p = &self.conns[i].inbuf[payload];
                     let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
-                    *self.stats.closes.entry(code).or_default() += 1;
+                    let c = &mut self.conns[i];
+                    c.ended = Some(code);
+                    if !c.reconnect {
+                        *self.stats.closes.entry(code).or_default() += 1;
+                    }
                     return self.close(i);
                 }
                 0x9 => {
@@ -646,50 +1177,129 @@ impl Gen {
                     push_frame(&mut self.conns[i].out, 0xA, &ping);
                     self.flush(i);
                 }
-                _ => {} // pong, binary, continuation: not expected, ignored
+                _ => {} // pong, continuation: not expected, ignored
             }
-            if self.conns[i].state == State::Closed {
+            if self.conns[i].state != State::Open {
                 return;
             }
         }
         self.conns[i].inbuf.drain(..at);
     }
 
+    fn on_message(&mut self, i: usize, opcode: u8, payload: &[u8], now: Instant) {
+        if self.conns[i].role == Role::Echo {
+            return self.on_echo(i, payload, now);
+        }
+        if opcode != 0x1 {
+            return;
+        }
+        if self.opts.peer {
+            self.on_peer_text(i, payload, now)
+        } else {
+            self.on_text(i, payload, now)
+        }
+    }
+
+    fn on_echo(&mut self, i: usize, payload: &[u8], now: Instant) {
+        let Some((_, sent)) = self.conns[i].inflight.pop_front() else { return };
+        if self.measuring {
+            if payload == self.echo_msg.as_slice() {
+                self.stats.echoed += 1;
+                self.stats.last_ack = Some(now);
+                record(&mut self.stats.echo_latency, now.duration_since(sent));
+            } else {
+                self.stats.echo_mismatch += 1;
+            }
+        }
+        if self.sending {
+            self.send_echo(i, now);
+        }
+    }
+
+    /// The time a delivered message was sent (µs since `base`) → its latency.
+    fn record_delivery(&mut self, t: Option<u64>, now: Instant) {
+        if !self.measuring {
+            return;
+        }
+        self.stats.delivered += 1;
+        if let Some(t) = t {
+            let lat = (now.duration_since(self.base).as_micros() as u64).saturating_sub(t);
+            let _ = self.stats.delivery_latency.as_mut().unwrap().record(lat.max(1));
+        }
+    }
+
+    /// A peer broadcast: `"<t> <conn> <n> xxx…"`.
+    fn on_peer_text(&mut self, _i: usize, text: &[u8], now: Instant) {
+        let mut fields = text.split(|&b| b == b' ').map(parse_u64);
+        let (t, from, id) = (fields.next().flatten(), fields.next().flatten(), fields.next().flatten());
+        self.record_delivery(t, now);
+        // Closed loop: the publisher sends again once every subscriber has it.
+        let (Some(p), Some(id)) = (from, id) else { return };
+        let p = p as usize;
+        if self.pacer.is_some() || p >= self.conns.len() || self.conns[p].role != Role::Publisher {
+            return;
+        }
+        let c = &mut self.conns[p];
+        if c.inflight.front().map(|f| f.0) != Some(id) {
+            return;
+        }
+        c.got += 1;
+        if c.got >= c.want {
+            c.inflight.clear();
+            c.retry_at = None;
+            if self.measuring {
+                self.stats.last_ack = Some(now);
+            }
+            if self.sending {
+                self.publish(p, now);
+            }
+        }
+    }
+
+    /// The in-flight entry an answer with `id` belongs to (earlier ones were
+    /// answered by an error or not at all: dropped).
+    fn take_inflight(&mut self, i: usize, id: Option<u64>) -> Option<(u64, Instant)> {
+        let q = &mut self.conns[i].inflight;
+        match id {
+            Some(id) if q.iter().any(|f| f.0 == id) => {
+                while let Some(f) = q.pop_front() {
+                    if f.0 == id {
+                        return Some(f);
+                    }
+                }
+                None
+            }
+            Some(_) if self.pacer.is_some() => None,
+            _ => q.pop_front(),
+        }
+    }
+
     fn on_text(&mut self, i: usize, text: &[u8], now: Instant) {
         if text.starts_with(br#"{"op":"msg""#) {
             // The hot path in fanout: counted, and timed by the `t` in the data.
-            if self.measuring {
-                self.stats.delivered += 1;
-                if let Some(t) = find_number(text, br#""data":{"t":"#) {
-                    let lat = (now.duration_since(self.base).as_micros() as u64).saturating_sub(t);
-                    let _ = self.stats.delivery_latency.as_mut().unwrap().record(lat.max(1));
-                }
-            }
-            return;
+            return self.record_delivery(find_number(text, br#""data":{"t":"#), now);
         }
         if text.starts_with(br#"{"op":"ack""#) {
-            let c = &mut self.conns[i];
-            let Some((_, sent)) = c.inflight.take() else { return };
-            let lat = now.duration_since(sent).as_micros() as u64;
-            let role = c.role;
+            let Some((_, sent)) = self.take_inflight(i, reply_id(text)) else { return };
+            let lat = now.duration_since(sent);
+            let role = self.conns[i].role;
             if self.measuring {
                 let h = if role == Role::Probe { &mut self.stats.probe_latency } else { &mut self.stats.pub_latency };
-                let _ = h.as_mut().unwrap().record(lat.max(1));
+                record(h, lat);
                 if role == Role::Publisher {
                     self.stats.acked += 1;
                     self.stats.last_ack = Some(now);
                 }
             }
-            if role == Role::Publisher && self.sending {
+            if role == Role::Publisher && self.sending && self.pacer.is_none() {
                 self.publish(i, now);
             }
             return;
         }
         if text.starts_with(br#"{"op":"hist""#) {
-            let Some((_, sent)) = self.conns[i].inflight.take() else { return };
+            let Some((_, sent)) = self.conns[i].inflight.pop_front() else { return };
             if self.measuring {
-                let lat = now.duration_since(sent).as_micros() as u64;
-                let _ = self.stats.hist_latency.as_mut().unwrap().record(lat.max(1));
+                record(&mut self.stats.hist_latency, now.duration_since(sent));
             }
             return;
         }
@@ -698,6 +1308,7 @@ impl Gen {
             Some("subok") if !self.conns[i].subscribed => {
                 self.conns[i].subscribed = true;
                 self.stats.subscribed += 1;
+                self.set_ready(i, now);
             }
             Some("err") => {
                 let code = v["code"].as_str().unwrap_or("?").to_string();
@@ -705,12 +1316,42 @@ impl Gen {
                     eprintln!("loadgen: first error from the server: {v}");
                 }
                 *self.stats.errors.entry(code).or_default() += 1;
-                if self.conns[i].inflight.is_some() {
+                if self.pacer.is_some() {
+                    // Paced: the refused publish is not sent again.
+                    let _ = self.take_inflight(i, reply_id(text));
+                } else if !self.conns[i].inflight.is_empty() {
                     self.conns[i].retry_at = Some(now + RETRY_AFTER);
                 }
             }
             _ => {}
         }
+    }
+
+    /// The earliest timer, if any.
+    fn next_timer(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for &i in &self.active {
+            let c = &self.conns[i];
+            // The probe's tick counts only while it may send.
+            let probe = c.next_probe.filter(|_| self.sending && c.inflight.is_empty());
+            for t in [c.retry_at, probe].into_iter().flatten() {
+                at(t);
+            }
+        }
+        if let Some(p) = self.pacer.as_ref().filter(|_| self.sending) {
+            at(p.next_at());
+        }
+        if let Some(c) = self.churn.as_ref().filter(|_| self.sending) {
+            at(c.next);
+        }
+        for &(_, t) in &self.closing {
+            at(t);
+        }
+        if let Some(s) = &self.sampler {
+            at(s.next);
+        }
+        next
     }
 
     /// Runs the loop until `done` says so or `until` passes; timers included.
@@ -722,15 +1363,9 @@ impl Gen {
                 return;
             }
             self.start_connections();
-            let mut timeout = until - now;
-            for c in &self.conns {
-                // The probe's tick counts only while it may send.
-                let probe = c.next_probe.filter(|_| self.sending && c.inflight.is_none());
-                for t in [c.retry_at, probe].into_iter().flatten() {
-                    timeout = timeout.min(t.saturating_duration_since(now));
-                }
-            }
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout.min(Duration::from_millis(100)))) {
+            let wake = self.next_timer().map_or(until, |t| t.min(until));
+            let timeout = wake.saturating_duration_since(now).min(Duration::from_millis(100));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     panic!("poll failed: {e}");
                 }
@@ -744,21 +1379,29 @@ impl Gen {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        for i in 0..self.conns.len() {
+        for k in 0..self.active.len() {
+            let i = self.active[k];
             let c = &mut self.conns[i];
             if c.state != State::Open {
                 continue;
             }
             if c.retry_at.is_some_and(|t| t <= now) {
                 c.retry_at = None;
-                if self.sending || c.inflight.is_some() {
+                if self.opts.peer {
+                    // Not every subscriber got it in time: go on without.
+                    self.stats.stalls += 1;
+                    c.inflight.clear();
+                    if self.sending {
+                        self.publish(i, now);
+                    }
+                } else if self.sending || !c.inflight.is_empty() {
                     self.publish(i, now);
                 }
                 continue;
             }
             if matches!(c.role, Role::Probe | Role::HistProbe)
                 && self.sending
-                && c.inflight.is_none()
+                && c.inflight.is_empty()
                 && c.next_probe.is_some_and(|t| t <= now)
             {
                 let next = c.next_probe.unwrap() + PROBE_EVERY;
@@ -766,66 +1409,140 @@ impl Gen {
                 self.publish(i, now);
             }
         }
+        if self.sending {
+            self.pace(now);
+            self.churn_tick(now);
+        }
+        if !self.closing.is_empty() {
+            let mut closing = std::mem::take(&mut self.closing);
+            closing.retain(|&(i, deadline)| {
+                let c = &self.conns[i];
+                if c.state != State::Open || !c.reconnect {
+                    return false; // closed already, and queued to reconnect
+                }
+                if deadline > now {
+                    return true;
+                }
+                self.stats.churn_close_timeouts += 1;
+                self.close(i);
+                false
+            });
+            self.closing = closing;
+        }
+        if let Some(s) = self.sampler.as_mut().filter(|s| s.next <= now) {
+            s.take(self.opts.pid, now);
+            s.next += s.every;
+        }
     }
 
-    fn all_open(&self) -> bool {
-        self.conns.iter().all(|c| matches!(c.state, State::Open | State::Closed))
+    /// Paced publishing: sends what is due, the publishers taking turns.
+    fn pace(&mut self, now: Instant) {
+        let Some(p) = self.pacer.as_mut() else { return };
+        let due = p.due(now);
+        let lag = (p.rate * PACE_MAX_LAG.as_secs_f64()).max(1.0) as u64;
+        if due > p.sent + lag {
+            self.stats.missed_sends += due - p.sent - lag;
+            p.sent = due - lag;
+        }
+        let mut closed_turns = 0;
+        while let Some(p) = self.pacer.as_mut().filter(|p| p.sent < due) {
+            if closed_turns >= self.pubs.len() {
+                p.sent = due; // no publisher is open: nothing can be sent
+                break;
+            }
+            let i = self.pubs[p.turn % self.pubs.len()];
+            p.turn = p.turn.wrapping_add(1);
+            if self.conns[i].state != State::Open {
+                closed_turns += 1;
+                continue;
+            }
+            closed_turns = 0;
+            p.sent += 1;
+            self.publish(i, now);
+        }
     }
 
-    fn subscribers_ready(&self) -> bool {
-        self.conns.iter().filter(|c| c.role == Role::Subscriber).all(|c| c.subscribed || c.state == State::Closed)
+    /// Churn: closes the next ready connection when its time comes.
+    fn churn_tick(&mut self, now: Instant) {
+        let Some(mut ch) = self.churn.take() else { return };
+        while ch.next <= now {
+            ch.next += ch.every;
+            // The next ready connection in turn (at most one full round).
+            let n = self.conns.len();
+            let found = (0..n).map(|k| (ch.cursor + k) % n).find(|&i| {
+                let c = &self.conns[i];
+                c.ready && c.state == State::Open && !c.reconnect
+            });
+            let Some(i) = found else { break };
+            ch.cursor = i + 1;
+            let c = &mut self.conns[i];
+            c.reconnect = true;
+            push_frame(&mut c.out, 0x8, &1000u16.to_be_bytes());
+            self.closing.push((i, now + CLOSE_GRACE));
+            self.stats.churned += 1;
+            self.flush(i);
+        }
+        self.churn = Some(ch);
+    }
+
+    /// All connections ready, or closed for good.
+    fn settled(&self) -> bool {
+        self.ready + self.dead >= self.conns.len()
     }
 
     fn inflight(&self) -> usize {
-        self.conns.iter().filter(|c| c.state == State::Open && c.inflight.is_some()).count()
+        self.active
+            .iter()
+            .filter(|&&i| self.conns[i].state == State::Open && !self.conns[i].inflight.is_empty())
+            .count()
     }
 
     /// Opens every connection added so far (and subscribes the subscribers).
     fn setup(&mut self, deadline: Instant) {
-        self.run_until(deadline.min(Instant::now() + SETUP_TIMEOUT), |g| g.all_open() && g.subscribers_ready());
+        self.run_until(deadline.min(Instant::now() + SETUP_TIMEOUT), |g| g.settled());
         let want = self.conns.len();
-        let closed = self.conns.iter().filter(|c| c.state == State::Closed).count();
-        if closed > 0 || !self.all_open() {
+        if self.ready < want {
             eprintln!(
-                "loadgen: {} of {want} connections open ({closed} failed; refusals {:?}, closes {:?}, io errors {})",
-                self.stats.opened, self.stats.refused, self.stats.closes, self.stats.io_errors
+                "loadgen: {} of {want} connections ready ({} failed; refusals {:?}, closes {:?}, io errors {})",
+                self.ready, self.dead, self.stats.refused, self.stats.closes, self.stats.io_errors
             );
         }
     }
 
-    /// The measured interval: publishers (and the probe) send for the
-    /// duration, then the acks still in flight are collected.
+    /// The measured interval: publishers (and the probe, and echo
+    /// connections) send for the duration, then the answers still in
+    /// flight are collected.
     fn measure_sending(&mut self, hard_cap: Instant) -> (Duration, Option<ProcSample>, Option<ProcSample>) {
         let before = sample(self.opts.pid);
         let noise = Noise::start(self.opts.pid);
         let start = Instant::now();
         self.measuring = true;
         self.sending = true;
-        for i in 0..self.conns.len() {
-            if self.conns[i].state != State::Open {
-                continue;
-            }
-            match self.conns[i].role {
-                Role::Publisher => self.publish(i, start),
-                Role::Probe | Role::HistProbe => self.conns[i].next_probe = Some(start),
-                Role::Subscriber => {}
-            }
+        if let Some(rate) = self.opts.rate {
+            self.pacer = Some(Pacer { rate, start, sent: 0, turn: 0 });
+        }
+        for k in 0..self.active.len() {
+            self.kick(self.active[k], start);
         }
         let end = (start + self.opts.duration).min(hard_cap);
         self.run_until(end, |_| false);
         self.sending = false;
-        // Collect what is in flight (bounded): its acks still count.
+        let sent_for = start.elapsed();
+        // Collect what is in flight (bounded): its answers still count.
         self.run_until((Instant::now() + Duration::from_secs(5)).min(hard_cap), |g| g.inflight() == 0);
         // Let deliveries of the last commits arrive.
         if self.conns.iter().any(|c| c.role == Role::Subscriber) {
             self.run_until((Instant::now() + Duration::from_millis(500)).min(hard_cap), |_| false);
         }
-        let elapsed =
-            self.stats.last_ack.map_or(start.elapsed(), |t| t.duration_since(start)).max(Duration::from_millis(1));
+        let elapsed = if self.pacer.is_some() {
+            sent_for // the schedule, not the answers, set the pace
+        } else {
+            self.stats.last_ack.map_or(sent_for, |t| t.duration_since(start))
+        };
         self.measuring = false;
         let after = sample(self.opts.pid);
         self.other_busy_pct = noise.other_pct(self.opts.pid);
-        (elapsed, before, after)
+        (elapsed.max(Duration::from_millis(1)), before, after)
     }
 }
 
@@ -833,7 +1550,20 @@ impl Gen {
 fn find_number(text: &[u8], key: &[u8]) -> Option<u64> {
     let at = text.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
+    parse_u64(&text[at..at + digits])
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The number at the end of a reply's `"id":"<nonce>-<conn>-<n>"`.
+fn reply_id(text: &[u8]) -> Option<u64> {
+    let key = br#""id":""#;
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = text[at..].iter().position(|&b| b == b'"')?;
+    let id = &text[at..at + len];
+    parse_u64(&id[id.iter().rposition(|&b| b == b'-')? + 1..])
 }
 
 fn percentiles(h: &Histogram<u64>) -> Value {
@@ -854,6 +1584,12 @@ fn ms(us: &Value, key: &str) -> String {
     us[key].as_u64().map_or("-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0))
 }
 
+/// "p50 … p99 … max …" of a `percentiles` value (with p99.9 if asked).
+fn summary(lat: &Value, p999: bool) -> String {
+    let mid = if p999 { format!(" p99.9 {}", ms(lat, "p999_us")) } else { String::new() };
+    format!("p50 {} p99 {}{mid} max {}", ms(lat, "p50_us"), ms(lat, "p99_us"), ms(lat, "max_us"))
+}
+
 fn cpu_per(before: Option<ProcSample>, after: Option<ProcSample>, units: u64) -> Value {
     match (before, after) {
         (Some(b), Some(a)) if units > 0 => json!(((a.cpu_us - b.cpu_us) as f64 / units as f64 * 100.0).round() / 100.0),
@@ -861,39 +1597,51 @@ fn cpu_per(before: Option<ProcSample>, after: Option<ProcSample>, units: u64) ->
     }
 }
 
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
 // ---------------------------------------------------------------- scenarios
 
 fn idle(g: &mut Gen, hard_cap: Instant) -> Value {
     let n = g.opts.conns;
     let before = sample(g.opts.pid);
-    if before.is_none() {
-        usage("idle needs --pid PID of the server (for its VmRSS)");
-    }
-    g.add(Role::Subscriber, n);
+    g.add(Role::Idle, n);
     let t0 = Instant::now();
     g.setup(hard_cap);
     let setup_secs = t0.elapsed().as_secs_f64();
+    let open = g.ready;
+    // For a script that reads the server's RSS itself (several generators at once).
+    eprintln!("READY {open}");
     // Let the server settle, then measure.
     let noise = Noise::start(g.opts.pid);
     g.run_until((Instant::now() + Duration::from_secs(2)).min(hard_cap), |_| false);
     g.other_busy_pct = noise.other_pct(g.opts.pid);
     let after = sample(g.opts.pid);
-    let (b, a) = (before.unwrap(), after.unwrap_or_default());
-    let open = g.stats.subscribed;
-    let per_conn = if open > 0 { (a.rss_bytes as f64 - b.rss_bytes as f64) / open as f64 } else { 0.0 };
-    println!("idle: {open} of {n} connections open and subscribed to {:?} in {setup_secs:.2} s", g.opts.channel);
-    println!("  server VmRSS before: {:.1} MiB", b.rss_bytes as f64 / 1048576.0);
-    println!("  server VmRSS after:  {:.1} MiB", a.rss_bytes as f64 / 1048576.0);
-    println!("  per connection:      {per_conn:.0} bytes");
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) if open > 0 => Some(((a.rss_bytes as f64 - b.rss_bytes as f64) / open as f64).round()),
+        _ => None,
+    };
+    let what = if g.opts.peer { "open on /idle" } else { "open and subscribed" };
+    println!("idle: {open} of {n} connections {what} in {setup_secs:.2} s");
+    if let (Some(b), Some(a)) = (before, after) {
+        println!("  server VmRSS before: {}", mib(b.rss_bytes));
+        println!("  server VmRSS after:  {}", mib(a.rss_bytes));
+        println!("  per connection:      {:.0} bytes", per_conn.unwrap_or(0.0));
+    }
     println!("  holding for {:?}", g.opts.hold);
     g.run_until((Instant::now() + g.opts.hold).min(hard_cap), |_| false);
     json!({
         "conns": n,
         "subscribed": open,
-        "rss_before_bytes": b.rss_bytes,
-        "rss_after_bytes": a.rss_bytes,
-        "bytes_per_conn": per_conn.round(),
-        "setup_s": (setup_secs * 1000.0).round() / 1000.0,
+        "rss_before_bytes": before.map(|s| s.rss_bytes),
+        "rss_after_bytes": after.map(|s| s.rss_bytes),
+        "bytes_per_conn": per_conn,
+        "setup_s": round3(setup_secs),
     })
 }
 
@@ -906,20 +1654,18 @@ fn publish(g: &mut Gen, hard_cap: Instant) -> Value {
     let rate = acked as f64 / elapsed.as_secs_f64();
     let lat = percentiles(g.stats.pub_latency.as_ref().unwrap());
     let cpu = cpu_per(before, after, acked);
-    println!(
-        "publish: {p} publishers on {:?}, one publish in flight each, {:.1} s",
-        g.opts.channel,
-        elapsed.as_secs_f64()
-    );
+    let how = g.opts.rate.map_or("one publish in flight each".into(), |r| format!("{r}/s in total"));
+    println!("publish: {p} publishers on {:?}, {how}, {:.1} s", g.opts.channel, elapsed.as_secs_f64());
     println!("  acked publishes: {acked} ({rate:.0}/s)");
-    println!("  pub→ack latency: p50 {} p99 {} max {}", ms(&lat, "p50_us"), ms(&lat, "p99_us"), ms(&lat, "max_us"));
+    println!("  pub→ack latency: {}", summary(&lat, false));
     if !cpu.is_null() {
         println!("  server CPU: {cpu} µs per acked publish");
     }
     json!({
         "publishers": p,
+        "rate": g.opts.rate,
         "acked": acked,
-        "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "elapsed_s": round3(elapsed.as_secs_f64()),
         "acked_per_s": rate.round(),
         "latency": lat,
         "server_cpu_us_per_ack": cpu,
@@ -927,60 +1673,328 @@ fn publish(g: &mut Gen, hard_cap: Instant) -> Value {
     })
 }
 
+/// The fan-out part of `fanout` and `slow`: the measured interval and its numbers.
+fn fanout_measure(g: &mut Gen, hard_cap: Instant) -> (f64, Value) {
+    let (elapsed, before, after) = g.measure_sending(hard_cap);
+    let secs = elapsed.as_secs_f64();
+    let st = &g.stats;
+    let delivered = st.delivered;
+    let rate = delivered as f64 / secs;
+    let delivery = percentiles(st.delivery_latency.as_ref().unwrap());
+    let pubs = percentiles(st.pub_latency.as_ref().unwrap());
+    let cpu = cpu_per(before, after, delivered);
+    println!("  published:        {} ({:.0}/s)", st.published, st.published as f64 / secs);
+    if st.missed_sends > 0 {
+        println!("  missed sends:     {} (the generator fell more than {PACE_MAX_LAG:?} behind)", st.missed_sends);
+    }
+    if !g.opts.peer {
+        println!("  acked publishes:  {} ({:.0}/s)", st.acked, st.acked as f64 / secs);
+        println!("  pub→ack:          {}", summary(&pubs, true));
+    } else if st.stalls > 0 {
+        println!("  stalls:           {} (a message did not reach every subscriber in {STALL_AFTER:?})", st.stalls);
+    }
+    println!("  delivered:        {delivered} messages ({rate:.0}/s)");
+    println!("  pub→delivery:     {}", summary(&delivery, true));
+    if !cpu.is_null() {
+        println!("  server CPU: {cpu} µs per delivered message");
+    }
+    let v = json!({
+        "subscribers": g.opts.subscribers,
+        "publishers": g.opts.publishers,
+        "rate": g.opts.rate,
+        "payload": g.opts.payload,
+        "elapsed_s": round3(secs),
+        "published": st.published,
+        "published_per_s": (st.published as f64 / secs).round(),
+        "missed_sends": st.missed_sends,
+        "stalls": st.stalls,
+        "acked": st.acked,
+        "acked_per_s": (st.acked as f64 / secs).round(),
+        "pub_latency": pubs,
+        "delivered": delivered,
+        "delivered_per_s": rate.round(),
+        "delivery_latency": delivery,
+        "server_cpu_us_per_delivered": cpu,
+        "server_rss_after_bytes": after.map(|a| a.rss_bytes),
+        "setup_latency": percentiles(st.ready_latency.as_ref().unwrap()),
+    });
+    (secs, v)
+}
+
 fn fanout(g: &mut Gen, hard_cap: Instant) -> Value {
     let (s, p) = (g.opts.subscribers, g.opts.publishers);
     g.add(Role::Subscriber, s);
     g.add(Role::Publisher, p);
-    g.add(Role::Probe, 1);
-    g.add(Role::HistProbe, 1);
+    let probes = !g.opts.peer && g.opts.rate.is_none();
+    if probes {
+        g.add(Role::Probe, 1);
+        g.add(Role::HistProbe, 1);
+    }
+    let t0 = Instant::now();
+    g.setup(hard_cap);
+    let setup_s = t0.elapsed().as_secs_f64();
+    let how = match g.opts.rate {
+        Some(r) => format!("{r} publishes/s in total"),
+        None if g.opts.peer => "closed loop (next when all subscribers have it)".into(),
+        None => format!("closed loop, probes every {PROBE_EVERY:?}"),
+    };
+    println!("fanout: {s} subscribers and {p} publishers on {:?}, {how} (setup {setup_s:.2} s)", g.opts.channel);
+    let (_, mut v) = fanout_measure(g, hard_cap);
+    if probes {
+        let probe = percentiles(g.stats.probe_latency.as_ref().unwrap());
+        let hist = percentiles(g.stats.hist_latency.as_ref().unwrap());
+        println!("  probe round trip: {}", summary(&probe, false));
+        println!("  hist round trip:  {}", summary(&hist, false));
+        v["probe"] = probe;
+        v["hist_probe"] = hist;
+    }
+    v["setup_s"] = json!(round3(setup_s));
+    v
+}
+
+fn echo(g: &mut Gen, hard_cap: Instant) -> Value {
+    let c = g.opts.conns;
+    g.echo_msg = vec![b'x'; g.opts.payload];
+    g.add(Role::Echo, c);
     g.setup(hard_cap);
     let (elapsed, before, after) = g.measure_sending(hard_cap);
     let secs = elapsed.as_secs_f64();
-    let delivered = g.stats.delivered;
-    let rate = delivered as f64 / secs;
-    let probe = percentiles(g.stats.probe_latency.as_ref().unwrap());
-    let hist = percentiles(g.stats.hist_latency.as_ref().unwrap());
-    let pubs = percentiles(g.stats.pub_latency.as_ref().unwrap());
-    let delivery = percentiles(g.stats.delivery_latency.as_ref().unwrap());
-    let cpu = cpu_per(before, after, delivered);
-    println!(
-        "fanout: {s} subscribers and {p} publishers on {:?}, probes on \"probe\" every {PROBE_EVERY:?}, {secs:.1} s",
-        g.opts.channel
-    );
-    println!("  acked publishes:  {} ({:.0}/s)", g.stats.acked, g.stats.acked as f64 / secs);
-    println!("  delivered:        {delivered} messages ({rate:.0}/s)");
-    println!(
-        "  probe round trip: p50 {} p99 {} max {}",
-        ms(&probe, "p50_us"),
-        ms(&probe, "p99_us"),
-        ms(&probe, "max_us")
-    );
-    println!("  hist round trip:  p50 {} p99 {} max {}", ms(&hist, "p50_us"), ms(&hist, "p99_us"), ms(&hist, "max_us"));
-    println!("  pub→ack:          p50 {} p99 {} max {}", ms(&pubs, "p50_us"), ms(&pubs, "p99_us"), ms(&pubs, "max_us"));
-    println!(
-        "  pub→delivery:     p50 {} p99 {} max {}",
-        ms(&delivery, "p50_us"),
-        ms(&delivery, "p99_us"),
-        ms(&delivery, "max_us")
-    );
+    let st = &g.stats;
+    let rate = st.echoed as f64 / secs;
+    let lat = percentiles(st.echo_latency.as_ref().unwrap());
+    let cpu = cpu_per(before, after, st.echoed);
+    let kind = if g.opts.binary { "binary" } else { "text" };
+    println!("echo: {c} connections, one {} byte {kind} message in flight each, {secs:.1} s", g.opts.payload);
+    println!("  echoed: {} ({rate:.0}/s), mismatched: {}", st.echoed, st.echo_mismatch);
+    println!("  round trip: {}", summary(&lat, false));
     if !cpu.is_null() {
-        println!("  server CPU: {cpu} µs per delivered message");
+        println!("  server CPU: {cpu} µs per message");
     }
     json!({
-        "subscribers": s,
-        "publishers": p,
-        "elapsed_s": (secs * 1000.0).round() / 1000.0,
-        "acked": g.stats.acked,
-        "acked_per_s": (g.stats.acked as f64 / secs).round(),
-        "delivered": delivered,
-        "delivered_per_s": rate.round(),
-                "probe": probe,
-        "hist_probe": hist,
-
-        "pub_latency": pubs,
-        "delivery_latency": delivery,
-        "server_cpu_us_per_delivered": cpu,
+        "conns": c,
+        "ready": g.ready,
+        "payload": g.opts.payload,
+        "binary": g.opts.binary,
+        "elapsed_s": round3(secs),
+        "echoed": st.echoed,
+        "mismatched": st.echo_mismatch,
+        "msgs_per_s": rate.round(),
+        "latency": lat,
+        "server_cpu_us_per_msg": cpu,
         "server_rss_after_bytes": after.map(|a| a.rss_bytes),
+    })
+}
+
+fn upgrades(g: &mut Gen, hard_cap: Instant) -> Value {
+    let k = g.opts.connectors;
+    let (valid, invalid) = if g.opts.peer {
+        let r = g.request(Role::Upgrader.peer_path());
+        (r.clone(), r)
+    } else {
+        let token = g.token("loadgen-upgrades");
+        // A bad signature: the first character of the signature changed.
+        let (signed, sig) = token.rsplit_once('.').expect("a JWT has three parts");
+        let other = if sig.starts_with('A') { 'B' } else { 'A' };
+        let bad = format!("{signed}.{other}{}", &sig[1..]);
+        (g.request(&format!("/ws?token={token}")), g.request(&format!("/ws?token={bad}")))
+    };
+    g.upgrade_reqs = Some((valid, invalid));
+    if g.opts.peer {
+        g.opts.invalid_pct = 0.0; // no tokens: every attempt is the same
+    }
+    let before = sample(g.opts.pid);
+    let noise = Noise::start(g.opts.pid);
+    let start = Instant::now();
+    g.measuring = true;
+    g.sending = true;
+    g.add(Role::Upgrader, k);
+    g.run_until((start + g.opts.duration).min(hard_cap), |_| false);
+    g.measuring = false;
+    g.sending = false;
+    let secs = start.elapsed().as_secs_f64();
+    let after = sample(g.opts.pid);
+    g.other_busy_pct = noise.other_pct(g.opts.pid);
+    let st = &g.stats;
+    let ok = percentiles(st.upgrade_latency.as_ref().unwrap());
+    let refused = percentiles(st.refusal_latency.as_ref().unwrap());
+    let attempts = st.upgrades + st.upgrade_refusals;
+    println!("upgrades: {k} connectors, {}% with a bad signature, {secs:.1} s", g.opts.invalid_pct);
+    println!("  upgraded (101): {} ({:.0}/s)", st.upgrades, st.upgrades as f64 / secs);
+    println!("  refused (401):  {} ({:.0}/s)", st.upgrade_refusals, st.upgrade_refusals as f64 / secs);
+    println!("  connect→101: {}", summary(&ok, false));
+    if st.upgrade_refusals > 0 {
+        println!("  connect→401: {}", summary(&refused, false));
+    }
+    let per_attempt = cpu_per(before, after, attempts);
+    if !per_attempt.is_null() {
+        println!("  server CPU: {per_attempt} µs per attempt");
+    }
+    json!({
+        "connectors": k,
+        "invalid_pct": g.opts.invalid_pct,
+        "elapsed_s": round3(secs),
+        "invalid_sent": st.upgrade_invalid_sent,
+        "upgrades": st.upgrades,
+        "upgrades_per_s": (st.upgrades as f64 / secs).round(),
+        "refusals": st.upgrade_refusals,
+        "refusals_per_s": (st.upgrade_refusals as f64 / secs).round(),
+        "upgrade_latency": ok,
+        "refusal_latency": refused,
+        "server_cpu_us_per_attempt": per_attempt,
+        "server_cpu_us_per_upgrade": cpu_per(before, after, st.upgrades),
+        "server_rss_after_bytes": after.map(|a| a.rss_bytes),
+    })
+}
+
+fn storm(g: &mut Gen, hard_cap: Instant) -> Value {
+    let n = g.opts.conns;
+    g.max_connecting = usize::MAX; // every connect at once: the OS and the server queue them
+    let before = sample(g.opts.pid);
+    let noise = Noise::start(g.opts.pid);
+    g.add(Role::Subscriber, n);
+    g.setup(hard_cap);
+    g.other_busy_pct = noise.other_pct(g.opts.pid);
+    let after = sample(g.opts.pid);
+    let total = match (g.first_connect, g.last_ready) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let lat = percentiles(g.stats.ready_latency.as_ref().unwrap());
+    let cpu = cpu_per(before, after, g.ready as u64);
+    let what = if g.opts.peer { "upgraded on /sub" } else { "subscribed" };
+    println!("storm: {} of {n} connections {what}, all started at once", g.ready);
+    println!("  first connect → all ready: {total:.3} s");
+    println!("  per connection (connect → ready): {}", summary(&lat, false));
+    if !cpu.is_null() {
+        println!("  server CPU: {cpu} µs per connection");
+    }
+    json!({
+        "conns": n,
+        "ready": g.ready,
+        "failed": g.dead,
+        "all_ready_s": round3(total),
+        "conn_latency": lat,
+        "server_cpu_us_per_conn": cpu,
+        "server_rss_before_bytes": before.map(|s| s.rss_bytes),
+        "server_rss_after_bytes": after.map(|s| s.rss_bytes),
+    })
+}
+
+fn slow(g: &mut Gen, hard_cap: Instant) -> Value {
+    let s = g.opts.subscribers;
+    let n_slow = ((s as f64) * g.opts.slow_pct / 100.0).round() as usize;
+    g.add(Role::Subscriber, s - n_slow);
+    let slow = g.add(Role::Slow, n_slow);
+    g.add(Role::Publisher, g.opts.publishers);
+    g.setup(hard_cap);
+    println!(
+        "slow: {s} subscribers ({n_slow} never read, SO_RCVBUF {SLOW_RCVBUF}), {} publishers, {} publishes/s, \
+         {} byte payload",
+        g.opts.publishers,
+        g.opts.rate.unwrap_or(0.0),
+        g.opts.payload
+    );
+    g.sampler = Some(Sampler::new(SLOW_SAMPLE_EVERY));
+    let (_, mut v) = fanout_measure(g, hard_cap);
+    let mut sampler = g.sampler.take().expect("the sampler");
+    sampler.take(g.opts.pid, Instant::now());
+    // Which slow connections did the server close? Read what they were sent.
+    g.draining = true;
+    for i in slow.clone() {
+        if g.conns[i].state == State::Open {
+            g.read(i, Instant::now());
+        }
+    }
+    let all_closed = |g: &Gen| slow.clone().all(|i| g.conns[i].state == State::Closed);
+    g.run_until((Instant::now() + SLOW_DRAIN).min(hard_cap), all_closed);
+    let mut ended: BTreeMap<String, usize> = BTreeMap::new();
+    for i in slow.clone() {
+        let c = &g.conns[i];
+        let how = match (c.state, c.ended) {
+            (State::Open, _) => "open".to_string(),
+            (_, Some(1006)) => "eof".to_string(),
+            (_, Some(code)) => code.to_string(),
+            _ => "failed".to_string(),
+        };
+        *ended.entry(how).or_default() += 1;
+    }
+    let closed = n_slow - ended.get("open").copied().unwrap_or(0) - ended.get("failed").copied().unwrap_or(0);
+    let (max_rss, last_rss) = (sampler.max_rss(), sampler.samples.last().map(|s| s.1));
+    if let (Some(m), Some(l)) = (max_rss, last_rss) {
+        println!("  server VmRSS: max {}, last {}", mib(m), mib(l));
+    }
+    println!("  slow subscribers closed by the server: {closed} of {n_slow} {ended:?}");
+    v["slow"] = json!(n_slow);
+    v["slow_pct"] = json!(g.opts.slow_pct);
+    v["slow_closed"] = json!(closed);
+    v["slow_ended"] = json!(ended);
+    v["rss_max_bytes"] = json!(max_rss);
+    v["rss_last_bytes"] = json!(last_rss);
+    v["rss_samples"] = sampler.json();
+    v
+}
+
+fn churn(g: &mut Gen, hard_cap: Instant) -> Value {
+    let n = g.opts.conns;
+    g.add(Role::Subscriber, n);
+    g.setup(hard_cap);
+    let per_minute = (n as f64 * g.opts.churn_pct / 100.0).round() as u32;
+    // Fresh numbers for the churn phase: connect → ready of each reconnect.
+    g.stats.ready_latency = Some(histogram());
+    let start = Instant::now();
+    if per_minute > 0 {
+        let every = Duration::from_secs(60) / per_minute;
+        g.churn = Some(Churn { every, next: start + every / 2, cursor: 0 });
+    }
+    println!(
+        "churn: {} of {n} connections ready; {per_minute} per minute close and reconnect, for {:?}",
+        g.ready, g.opts.duration
+    );
+    let noise = Noise::start(g.opts.pid);
+    g.sampler = Some(Sampler::new(CHURN_SAMPLE_EVERY));
+    g.sending = true;
+    g.run_until((start + g.opts.duration).min(hard_cap), |_| false);
+    g.sending = false;
+    // Reconnects under way finish (bounded).
+    g.run_until((Instant::now() + CLOSE_GRACE).min(hard_cap), |g| g.closing.is_empty() && g.waiting.is_empty());
+    g.run_until((Instant::now() + Duration::from_secs(5)).min(hard_cap), |g| g.settled());
+    g.other_busy_pct = noise.other_pct(g.opts.pid);
+    let mut sampler = g.sampler.take().expect("the sampler");
+    sampler.take(g.opts.pid, Instant::now());
+    let first = sampler.samples.first().copied();
+    let last = sampler.samples.last().copied();
+    let drift = match (first, last) {
+        (Some(f), Some(l)) if f.1 > 0 => Some(((l.1 as f64 - f.1 as f64) / f.1 as f64 * 1000.0).round() / 10.0),
+        _ => None,
+    };
+    let fd_growth = match (first.and_then(|f| f.2), last.and_then(|l| l.2)) {
+        (Some(f), Some(l)) => Some(l as i64 - f as i64),
+        _ => None,
+    };
+    let lat = percentiles(g.stats.ready_latency.as_ref().unwrap());
+    for (t, rss, fds) in &sampler.samples {
+        println!("  t={t:>6.1} s  VmRSS {}  fds {}", mib(*rss), fds.map_or("-".into(), |f| f.to_string()));
+    }
+    println!(
+        "  churned: {} (close timeouts {}), ready at the end: {} of {n}",
+        g.stats.churned, g.stats.churn_close_timeouts, g.ready
+    );
+    println!("  reconnect (connect → ready): {}", summary(&lat, false));
+    if let Some(d) = drift {
+        println!("  RSS drift first→last: {d} %, fd growth: {}", fd_growth.unwrap_or(0));
+    }
+    json!({
+        "conns": n,
+        "churn_pct": g.opts.churn_pct,
+        "churn_per_minute": per_minute,
+        "elapsed_s": round3(start.elapsed().as_secs_f64()),
+        "churned": g.stats.churned,
+        "close_timeouts": g.stats.churn_close_timeouts,
+        "ready_at_end": g.ready,
+        "reconnect_latency": lat,
+        "samples": sampler.json(),
+        "rss_drift_pct": drift,
+        "fd_growth": fd_growth,
     })
 }
 
@@ -990,11 +2004,17 @@ fn main() {
     raise_fd_limit();
     let hard_cap = Instant::now() + SETUP_TIMEOUT + opts.duration.max(opts.hold) + HARD_CAP_SLACK;
     let scenario = opts.scenario.clone();
+    let peer = opts.peer;
     let mut g = Gen::new(opts);
     let mut result = match scenario.as_str() {
         "idle" => idle(&mut g, hard_cap),
         "publish" => publish(&mut g, hard_cap),
-        _ => fanout(&mut g, hard_cap),
+        "fanout" => fanout(&mut g, hard_cap),
+        "echo" => echo(&mut g, hard_cap),
+        "upgrades" => upgrades(&mut g, hard_cap),
+        "storm" => storm(&mut g, hard_cap),
+        "slow" => slow(&mut g, hard_cap),
+        _ => churn(&mut g, hard_cap),
     };
     let st = &g.stats;
     if !st.refused.is_empty() || !st.closes.is_empty() || !st.errors.is_empty() || st.io_errors > 0 {
@@ -1005,6 +2025,7 @@ fn main() {
     }
     let obj = result.as_object_mut().unwrap();
     obj.insert("scenario".into(), scenario.into());
+    obj.insert("peer".into(), peer.into());
     // The generator's own CPU share: near 100 % means it, not the server, was the limit.
     let own = own_cpu_us() as f64 / started.elapsed().as_micros().max(1) as f64 * 100.0;
     println!("  generator CPU: {own:.0} % of one core over the whole run");

@@ -109,25 +109,39 @@ impl KeyRing {
 /// `room:*` matches every channel starting with `room:` (including `room:`
 /// itself), and `*` alone matches every channel. A `*` anywhere but at the
 /// end is an ordinary character.
+///
+/// Every open connection keeps its token's patterns, so they are stored
+/// tight: `*` (the common grant) as a flag, the rest in one boxed slice.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Patterns(Vec<String>);
+pub struct Patterns {
+    every: bool,
+    list: Box<[Box<str>]>,
+}
 
 impl Patterns {
     pub fn new(p: Vec<String>) -> Patterns {
-        Patterns(p)
+        if p.iter().any(|p| p == "*") {
+            // `*` grants every channel: the other patterns add nothing.
+            return Patterns { every: true, list: Box::default() };
+        }
+        Patterns { every: false, list: p.into_iter().map(String::into_boxed_str).collect() }
     }
 
     pub fn allows(&self, channel: &str) -> bool {
-        self.0.iter().any(|p| crate::wire::pattern_matches(p, channel))
+        self.every || self.list.iter().any(|p| crate::wire::pattern_matches(p, channel))
     }
 
     /// True iff the patterns contain `*` itself, i.e. grant every channel.
     pub fn allows_all(&self) -> bool {
-        self.0.iter().any(|p| p == "*")
+        self.every
     }
 
-    pub fn as_slice(&self) -> &[String] {
-        &self.0
+    /// The patterns (`["*"]` when they grant every channel).
+    pub fn to_vec(&self) -> Vec<&str> {
+        if self.every {
+            return vec!["*"];
+        }
+        self.list.iter().map(|p| &**p).collect()
     }
 }
 
@@ -646,8 +660,8 @@ mod tests {
         let claims = v.verify(pyjwt, NOW).unwrap();
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.exp, 2_000_000_000);
-        assert_eq!(claims.read.as_slice(), ["room:*", "news"]);
-        assert_eq!(claims.write.as_slice(), ["room:1"]);
+        assert_eq!(claims.read.to_vec(), ["room:*", "news"]);
+        assert_eq!(claims.write.to_vec(), ["room:1"]);
 
         // kid, float exp (floored), audience array, and a non-ASCII secret
         // used as its UTF-8 bytes.
@@ -661,7 +675,7 @@ mod tests {
         assert_eq!(claims.sub, "bob");
         assert_eq!(claims.exp, 1_900_000_000);
         assert!(claims.read.allows_all());
-        assert!(claims.write.as_slice().is_empty());
+        assert!(claims.write.to_vec().is_empty());
     }
 
     #[test]
@@ -1065,7 +1079,7 @@ mod tests {
         // A prefix pattern is not "all", even one that happens to be short.
         assert!(!Patterns::new(vec!["**".into()]).allows_all());
         assert!(!Patterns::default().allows("x"));
-        assert_eq!(all.as_slice(), ["*"]);
+        assert_eq!(all.to_vec(), ["*"]);
     }
 
     #[test]

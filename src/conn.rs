@@ -20,19 +20,20 @@
 //! This is the only module that knows tungstenite.
 
 use std::collections::VecDeque;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, IoSlice, Read as _, Write as _};
 use std::net::{IpAddr, Shutdown};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::http::{self, Head, HeadError};
 
-/// Bytes handed to tungstenite per flush round: bounds its buffer.
-pub const BURST: usize = 64 * 1024;
+/// Frames handed to one `writev`.
+const WRITEV_FRAMES: usize = 64;
 /// How long a peer has to answer our Close, or to read a refusal.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
@@ -55,6 +56,21 @@ pub enum Phase {
     Closing,
     /// Nothing left to do: drop it.
     Closed,
+}
+
+/// What every connection shares: limits and timers from the configuration,
+/// kept once and pointed to, not copied into each connection.
+#[derive(Debug)]
+pub struct Settings {
+    pub ws: WebSocketConfig,
+    /// Time to send a complete request head (each, on a kept-alive connection).
+    pub handshake_timeout: Duration,
+    /// Ping a quiet WebSocket peer this often...
+    pub ping_every: Duration,
+    /// ...and drop it when the pong takes longer than this.
+    pub pong_within: Duration,
+    /// Frames allowed in one message (`None`: no limit, echo mode).
+    pub max_fragments: Option<usize>,
 }
 
 /// What reading the head gave.
@@ -96,6 +112,59 @@ pub enum Tick {
     TokenExpired,
     /// Too slow (head, pong, close): drop without ceremony.
     Drop,
+}
+
+/// A WebSocket frame from the server, encoded once. Server frames are
+/// unmasked (RFC 6455 §5.1), so the same bytes go to every subscriber of a
+/// message: a clone is a reference count, not a copy.
+#[derive(Clone, Debug)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    pub fn text(text: &str) -> Frame {
+        Frame::encode(0x1, text.as_bytes())
+    }
+
+    pub fn binary(bytes: &[u8]) -> Frame {
+        Frame::encode(0x2, bytes)
+    }
+
+    /// The ping that asks a quiet peer whether it is still there.
+    fn ping() -> Frame {
+        Frame(Bytes::from_static(&[0x89, 0x00]))
+    }
+
+    fn encode(opcode: u8, payload: &[u8]) -> Frame {
+        let n = payload.len();
+        let mut f = Vec::with_capacity(n + 10);
+        f.push(0x80 | opcode);
+        if n < 126 {
+            f.push(n as u8);
+        } else if n <= 0xffff {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        f.extend_from_slice(payload);
+        Frame(Bytes::from(f))
+    }
+
+    /// Bytes on the wire, header included.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Frame {
+        Frame::text(&text)
+    }
 }
 
 /// The byte stream under HTTP and WebSocket: plain TCP, or TLS over it.
@@ -176,6 +245,17 @@ impl io::Write for Stream {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write_vectored(bufs),
+            Stream::Tls(_) => {
+                // rustls takes one buffer at a time; the rest waits for the next round.
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                self.write(first)
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
@@ -195,7 +275,7 @@ pub struct FrameCounter {
     /// Frames of the message in progress (0 when none is).
     frames: usize,
     head: [u8; 14],
-    have: usize,
+    have: u8,
     /// Payload bytes of the current frame still to pass.
     skip: u64,
 }
@@ -226,7 +306,7 @@ impl FrameCounter {
                 bytes = &bytes[n..];
                 continue;
             }
-            self.head[self.have] = bytes[0];
+            self.head[self.have as usize] = bytes[0];
             self.have += 1;
             bytes = &bytes[1..];
             if self.have < 2 {
@@ -234,7 +314,7 @@ impl FrameCounter {
             }
             let len7 = self.head[1] & 0x7f;
             let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
-            let need = 2
+            let need: u8 = 2
                 + mask
                 + if len7 == 126 {
                     2
@@ -267,22 +347,29 @@ impl FrameCounter {
         }
         true
     }
+
+    /// True when the bytes fed so far end exactly at the end of a whole
+    /// message: no frame, and no fragmented message, is half received.
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.skip == 0 && self.frames == 0
+    }
 }
 
-/// The stream tungstenite reads: the connection's, with the frame counter
-/// (off in echo mode).
+/// The stream tungstenite reads and writes: the connection's, with the
+/// frame counter on the way in and a gate on the way out.
 pub struct Counted {
     stream: Stream,
-    counter: Option<FrameCounter>,
+    counter: FrameCounter,
+    /// A frame of ours is half written: tungstenite's own frames (pongs,
+    /// close replies) must wait, or they would land inside it.
+    hold: bool,
 }
 
 impl io::Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.stream.read(buf)?;
-        if let Some(c) = &mut self.counter {
-            if !c.feed(&buf[..n]) {
-                return Err(io::Error::other(TooManyFragments));
-            }
+        if !self.counter.feed(&buf[..n]) {
+            return Err(io::Error::other(TooManyFragments));
         }
         Ok(n)
     }
@@ -290,6 +377,9 @@ impl io::Read for Counted {
 
 impl io::Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.hold {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.stream.write(buf)
     }
 
@@ -300,9 +390,44 @@ impl io::Write for Counted {
 
 enum Io {
     Raw(Stream),
-    Ws(Box<WebSocket<Counted>>),
+    Ws(Ws),
     /// Only between taking the socket out of `Raw` and into `Ws`.
     Moving,
+}
+
+/// An open WebSocket. tungstenite's state — its read buffer above all —
+/// exists only while bytes are in flight: an idle connection, the common
+/// case by far, keeps just its socket and the frame counter.
+struct Ws {
+    stream: Counted,
+    ctx: Option<Box<WebSocketContext>>,
+    /// The last read ended in WouldBlock: tungstenite holds no whole frame.
+    drained: bool,
+}
+
+impl Ws {
+    /// tungstenite's state, built if the connection was idle, and the stream.
+    fn parts(&mut self, config: WebSocketConfig) -> (&mut WebSocketContext, &mut Counted) {
+        let ctx = self.ctx.get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(config))));
+        (ctx, &mut self.stream)
+    }
+
+    /// Drops tungstenite's state when it holds nothing: no bytes of a
+    /// message received, none of its own waiting to be written. Returns
+    /// false when its output could not be written yet.
+    fn release(&mut self) -> bool {
+        if !self.drained || !self.stream.counter.at_boundary() {
+            return true;
+        }
+        let Some(ctx) = &mut self.ctx else { return true };
+        match ctx.flush(&mut self.stream) {
+            Ok(()) => {
+                self.ctx = None;
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Close codes the server sends, by name.
@@ -322,50 +447,50 @@ pub struct Conn {
     io: Io,
     phase: Phase,
     pub peer: IpAddr,
+    settings: Arc<Settings>,
     /// Request bytes received and not yet consumed (heads, bodies, pipelined requests).
     head: Vec<u8>,
-    handshake_timeout: Duration,
     /// Raw bytes to write before anything else (an HTTP response or the 101).
     raw: Vec<u8>,
     raw_pos: usize,
-    queue: VecDeque<Message>,
+    queue: VecDeque<Frame>,
     queued_bytes: usize,
+    /// Bytes of the front frame already written.
+    front_pos: usize,
     /// tungstenite holds bytes it could not write yet.
     unflushed: bool,
     /// Close frame to send once the queue is empty.
-    close_after: Option<CloseFrame>,
+    close_after: Option<Box<CloseFrame>>,
     /// Drop once everything is flushed (a failed connection: no reply awaited).
     drop_after_flush: bool,
     // Deadlines.
-    deadline_head: Option<Instant>,
-    deadline_close: Option<Instant>,
+    /// For the request head while reading HTTP; for the peer's Close (or
+    /// for reading our refusal) while closing.
+    deadline: Option<Instant>,
     expires: Option<Instant>,
-    ping_every: Duration,
-    pong_within: Duration,
     last_heard: Instant,
     ping_sent: Option<Instant>,
 }
 
 impl Conn {
-    pub fn new(sock: Stream, peer: IpAddr, now: Instant, handshake_timeout: Duration) -> Conn {
+    pub fn new(sock: Stream, peer: IpAddr, now: Instant, settings: Arc<Settings>) -> Conn {
+        let deadline = Some(now + settings.handshake_timeout);
         Conn {
             io: Io::Raw(sock),
             phase: Phase::Head,
             peer,
+            settings,
             head: Vec::new(),
-            handshake_timeout,
             raw: Vec::new(),
             raw_pos: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            front_pos: 0,
             unflushed: false,
             close_after: None,
             drop_after_flush: false,
-            deadline_head: Some(now + handshake_timeout),
-            deadline_close: None,
+            deadline,
             expires: None,
-            ping_every: Duration::MAX,
-            pong_within: Duration::MAX,
             last_heard: now,
             ping_sent: None,
         }
@@ -383,7 +508,7 @@ impl Conn {
     fn stream(&mut self) -> Option<&mut Stream> {
         match &mut self.io {
             Io::Raw(s) => Some(s),
-            Io::Ws(ws) => Some(&mut ws.get_mut().stream),
+            Io::Ws(ws) => Some(&mut ws.stream.stream),
             Io::Moving => None,
         }
     }
@@ -428,12 +553,11 @@ impl Conn {
         if keep_alive {
             self.head.drain(..consumed.min(self.head.len()));
             self.phase = Phase::Head;
-            self.deadline_head = Some(now + self.handshake_timeout);
+            self.deadline = Some(now + self.settings.handshake_timeout);
         } else {
             self.head = Vec::new();
             self.phase = Phase::Responding;
-            self.deadline_head = None;
-            self.deadline_close = Some(now + CLOSE_GRACE);
+            self.deadline = Some(now + CLOSE_GRACE);
         }
     }
 
@@ -445,7 +569,7 @@ impl Conn {
     /// The request waits for a commit: no deadline, nothing read meanwhile.
     pub fn wait_commit(&mut self) {
         self.phase = Phase::Waiting;
-        self.deadline_head = None;
+        self.deadline = None;
     }
 
     /// Reads until `total` request bytes are buffered or the socket is
@@ -467,16 +591,8 @@ impl Conn {
     }
 
     /// Switches to WebSocket: queues the 101 answer, hands the socket and
-    /// any bytes read past the head to tungstenite.
-    /// `max_fragments`: frames allowed in one message (`None`: no limit, echo mode).
-    pub fn upgrade(
-        &mut self,
-        answer: Vec<u8>,
-        head_len: usize,
-        config: WebSocketConfig,
-        max_fragments: Option<usize>,
-        now: Instant,
-    ) {
+    /// any bytes read past the head to tungstenite. `expires`: the token's.
+    pub fn upgrade(&mut self, answer: Vec<u8>, head_len: usize, expires: Option<Instant>, now: Instant) {
         let leftover = self.head.split_off(head_len.min(self.head.len()));
         self.head = Vec::new();
         self.raw = answer;
@@ -485,26 +601,21 @@ impl Conn {
             self.phase = Phase::Closed;
             return;
         };
-        let mut counter = max_fragments.map(FrameCounter::new);
-        if let Some(c) = &mut counter {
-            // Bytes that came with the head are frames too; an excess shows
-            // on the next read.
-            if !c.feed(&leftover) {
-                c.frames = c.max;
-            }
+        let mut counter = FrameCounter::new(self.settings.max_fragments.unwrap_or(usize::MAX));
+        // Bytes that came with the head are frames too; an excess shows on
+        // the next read.
+        if !counter.feed(&leftover) {
+            counter.frames = counter.max;
         }
-        let stream = Counted { stream: sock, counter };
-        self.io = Io::Ws(Box::new(WebSocket::from_partially_read(stream, leftover, Role::Server, Some(config))));
+        let drained = leftover.is_empty();
+        let config = Some(self.settings.ws);
+        let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
+        let stream = Counted { stream: sock, counter, hold: false };
+        self.io = Io::Ws(Ws { stream, ctx, drained });
         self.phase = Phase::Open;
-        self.deadline_head = None;
-        self.last_heard = now;
-    }
-
-    /// Sets the liveness timers and the token's expiry.
-    pub fn set_timers(&mut self, ping_every: Duration, pong_within: Duration, expires: Option<Instant>) {
-        self.ping_every = ping_every;
-        self.pong_within = pong_within;
+        self.deadline = None;
         self.expires = expires;
+        self.last_heard = now;
     }
 
     /// Reads the next WebSocket message. Protocol errors close the connection
@@ -516,7 +627,9 @@ impl Conn {
             return Incoming::WouldBlock;
         }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
-        let res = ws.read();
+        let (ctx, stream) = ws.parts(self.settings.ws);
+        let res = ctx.read(stream);
+        ws.drained = false;
         if res.is_ok() {
             self.last_heard = now;
             self.ping_sent = None;
@@ -527,14 +640,19 @@ impl Conn {
             Ok(Message::Close(_)) => {
                 // tungstenite queued the reply; flushing it ends the connection.
                 self.phase = Phase::Closing;
-                self.queue.clear();
-                self.queued_bytes = 0;
+                self.discard_queue();
                 self.close_after = None;
-                self.deadline_close.get_or_insert(now + CLOSE_GRACE);
+                self.deadline.get_or_insert(now + CLOSE_GRACE);
                 Incoming::Finished
             }
             Ok(_) => Incoming::Again,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Incoming::WouldBlock,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                ws.drained = true;
+                if self.phase == Phase::Open && !self.wants_write() {
+                    self.release();
+                }
+                Incoming::WouldBlock
+            }
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.get_ref().is_some_and(|e| e.is::<TooManyFragments>()) => {
                 self.fail(code::POLICY, "too many fragments", now)
@@ -561,23 +679,15 @@ impl Conn {
         Incoming::Finished
     }
 
-    /// Queues a text message. Returns false when the send buffer limit is
-    /// passed (the caller closes with 1013).
-    pub fn send(&mut self, text: Utf8Bytes, limit: usize) -> bool {
+    /// Queues a frame. Returns false when the send buffer limit is passed
+    /// (the caller closes with 1013).
+    pub fn send(&mut self, frame: Frame, limit: usize) -> bool {
         if self.phase != Phase::Open || self.close_after.is_some() {
             return true;
         }
-        self.queued_bytes += text.len();
-        self.queue.push_back(Message::Text(text));
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
         self.queued_bytes <= limit
-    }
-
-    /// Queues a message as it came (echo mode).
-    pub fn send_raw(&mut self, msg: Message) {
-        if self.phase == Phase::Open && self.close_after.is_none() {
-            self.queued_bytes += msg.len();
-            self.queue.push_back(msg);
-        }
     }
 
     /// Bytes queued and not yet handed to the socket.
@@ -594,14 +704,34 @@ impl Conn {
             }
             return;
         }
-        self.close_after = Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) });
+        self.close_after =
+            Some(Box::new(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) }));
         self.phase = Phase::Closing;
-        self.deadline_close = Some(now + CLOSE_GRACE);
+        self.deadline = Some(now + CLOSE_GRACE);
     }
 
+    /// Drops what is queued, but for a frame already half on the wire:
+    /// the rest of it must follow, or the peer reads garbage.
     pub fn discard_queue(&mut self) {
+        let started = if self.front_pos > 0 { self.queue.pop_front() } else { None };
         self.queue.clear();
         self.queued_bytes = 0;
+        if let Some(frame) = started {
+            self.queued_bytes = frame.len();
+            self.queue.push_back(frame);
+        }
+    }
+
+    /// Frees tungstenite's state of an idle WebSocket (see `Ws`).
+    fn release(&mut self) {
+        if let Io::Ws(ws) = &mut self.io {
+            if !ws.release() {
+                self.unflushed = true;
+            } else if ws.ctx.is_none() && self.queue.capacity() > 0 {
+                // The queue's buffer goes too; the next burst allocates anew.
+                self.queue = VecDeque::new();
+            }
+        }
     }
 
     /// Writes what is pending until done or the socket is full.
@@ -648,45 +778,21 @@ impl Conn {
         let (raw, pos) = (&self.raw, self.raw_pos);
         match &mut self.io {
             Io::Raw(s) => s.write(&raw[pos..]),
-            Io::Ws(ws) => ws.get_mut().stream.write(&raw[pos..]),
+            Io::Ws(ws) => ws.stream.stream.write(&raw[pos..]),
             Io::Moving => Ok(0),
         }
     }
 
+    /// Writes, in order: the rest of a half-written frame of ours,
+    /// tungstenite's own frames (pongs, close replies), our queue, and last
+    /// the Close we owe.
     fn flush_ws(&mut self) {
+        if self.front_pos > 0 && !self.write_queue(true) {
+            return;
+        }
         let Io::Ws(ws) = &mut self.io else { return };
-        loop {
-            if !self.unflushed {
-                let mut burst = 0;
-                while burst < BURST {
-                    let Some(msg) = self.queue.pop_front() else { break };
-                    let len = msg.len();
-                    self.queued_bytes -= len;
-                    burst += len;
-                    match ws.write(msg) {
-                        Ok(()) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // The frame stays in tungstenite's buffer.
-                            self.unflushed = true;
-                            return;
-                        }
-                        Err(_) => return self.phase = Phase::Closed,
-                    }
-                }
-                if self.queue.is_empty() {
-                    if let Some(frame) = self.close_after.take() {
-                        match ws.close(Some(frame)) {
-                            Ok(()) => {}
-                            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                                self.unflushed = true;
-                                return;
-                            }
-                            Err(_) => return self.phase = Phase::Closed,
-                        }
-                    }
-                }
-            }
-            match ws.flush() {
+        if let Some(ctx) = &mut ws.ctx {
+            match ctx.flush(&mut ws.stream) {
                 Ok(()) => self.unflushed = false,
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.unflushed = true;
@@ -694,16 +800,76 @@ impl Conn {
                 }
                 Err(_) => return self.phase = Phase::Closed,
             }
-            if self.queue.is_empty() && self.close_after.is_none() {
-                break;
+        } else {
+            self.unflushed = false;
+        }
+        if !self.write_queue(false) {
+            return;
+        }
+        let Io::Ws(ws) = &mut self.io else { return };
+        if let Some(frame) = self.close_after.take() {
+            let (ctx, stream) = ws.parts(self.settings.ws);
+            match ctx.close(stream, Some(*frame)).and_then(|()| ctx.flush(stream)) {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.unflushed = true;
+                    return;
+                }
+                Err(_) => return self.phase = Phase::Closed,
             }
         }
         if self.drop_after_flush && self.phase == Phase::Closing {
             // We failed the connection: the Close is on the wire; we close
             // the TCP connection first (RFC 6455 §7.1.1).
-            ws.get_mut().stream.shutdown_write();
+            ws.stream.stream.shutdown_write();
             self.phase = Phase::Closed;
+        } else if self.phase == Phase::Open {
+            self.release();
         }
+    }
+
+    /// Writes queued frames with `writev` until the queue is empty or the
+    /// socket is full (false). `front_only`: stop after the front frame.
+    fn write_queue(&mut self, front_only: bool) -> bool {
+        let Io::Ws(ws) = &mut self.io else { return false };
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITEV_FRAMES];
+            let take = if front_only { 1 } else { self.queue.len().min(WRITEV_FRAMES) };
+            for (slot, frame) in slices.iter_mut().zip(self.queue.iter().take(take)) {
+                *slot = IoSlice::new(&frame.0);
+            }
+            slices[0] = IoSlice::new(&self.queue[0].0[self.front_pos..]);
+            let mut written = match ws.stream.stream.write_vectored(&slices[..take]) {
+                Ok(0) => {
+                    self.phase = Phase::Closed;
+                    return false;
+                }
+                Ok(n) => n + self.front_pos,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.phase = Phase::Closed;
+                    }
+                    ws.stream.hold = self.front_pos > 0;
+                    return false;
+                }
+            };
+            self.front_pos = 0;
+            while let Some(front) = self.queue.front() {
+                if written < front.len() {
+                    self.front_pos = written;
+                    break;
+                }
+                written -= front.len();
+                self.queued_bytes -= front.len();
+                self.queue.pop_front();
+            }
+            ws.stream.hold = self.front_pos > 0;
+            if front_only && self.front_pos == 0 {
+                return true;
+            }
+        }
+        true
     }
 
     /// After a refusal: read and discard until the peer closes.
@@ -733,20 +899,19 @@ impl Conn {
         }
         let liveness = match self.phase {
             Phase::Open => Some(match self.ping_sent {
-                Some(at) => at.checked_add(self.pong_within).unwrap_or(far_future(at)),
-                None => self.last_heard.checked_add(self.ping_every).unwrap_or(far_future(self.last_heard)),
+                Some(at) => at.checked_add(self.settings.pong_within).unwrap_or(far_future(at)),
+                None => self.last_heard.checked_add(self.settings.ping_every).unwrap_or(far_future(self.last_heard)),
             }),
             _ => None,
         };
-        [self.deadline_head, self.deadline_close, self.expires, liveness].into_iter().flatten().min()
+        [self.deadline, self.expires, liveness].into_iter().flatten().min()
     }
 
     /// Acts on the deadlines that have passed.
     pub fn tick(&mut self, now: Instant) -> Tick {
-        if self.deadline_head.is_some_and(|d| d <= now) || self.deadline_close.is_some_and(|d| d <= now) {
+        if self.deadline.is_some_and(|d| d <= now) {
             self.phase = Phase::Closed;
-            self.deadline_head = None;
-            self.deadline_close = None;
+            self.deadline = None;
             return Tick::Drop;
         }
         if self.phase != Phase::Open {
@@ -757,21 +922,16 @@ impl Conn {
             return Tick::TokenExpired;
         }
         match self.ping_sent {
-            Some(at) if now.saturating_duration_since(at) >= self.pong_within => {
+            Some(at) if now.saturating_duration_since(at) >= self.settings.pong_within => {
                 // A half-open peer: nothing we send would arrive.
                 self.phase = Phase::Closed;
                 Tick::Drop
             }
-            None if now.saturating_duration_since(self.last_heard) >= self.ping_every => {
+            None if now.saturating_duration_since(self.last_heard) >= self.settings.ping_every => {
                 self.ping_sent = Some(now);
-                if let Io::Ws(ws) = &mut self.io {
-                    match ws.write(Message::Ping(tungstenite::Bytes::new())) {
-                        Ok(()) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => self.phase = Phase::Closed,
-                    }
-                    self.unflushed = true;
-                }
+                let ping = Frame::ping();
+                self.queued_bytes += ping.len();
+                self.queue.push_back(ping);
                 Tick::Nothing
             }
             _ => Tick::Nothing,

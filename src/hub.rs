@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
@@ -68,16 +69,26 @@ struct Bucket {
 
 struct Peer {
     claims: Claims,
-    subs: HashMap<Box<str>, Cursor>,
+    /// A list, not a map: a connection holds a few subscriptions, and an
+    /// idle one should cost little. The channel's name is shared with
+    /// `Hub::channels`.
+    subs: Vec<(Arc<str>, Cursor)>,
     bucket: Bucket,
+}
+
+impl Peer {
+    fn cursor(&mut self, ch: &str) -> Option<&mut Cursor> {
+        self.subs.iter_mut().find(|(c, _)| &**c == ch).map(|(_, cursor)| cursor)
+    }
 }
 
 pub struct Hub {
     epoch: String,
     limits: Limits,
-    peers: HashMap<ConnId, Peer>,
+    /// Boxed, so the table's spare capacity costs a pointer per entry.
+    peers: HashMap<ConnId, Box<Peer>>,
     /// Live and replaying subscribers of each channel.
-    channels: HashMap<Box<str>, Vec<ConnId>>,
+    channels: HashMap<Arc<str>, Vec<ConnId>>,
     /// Connections with at least one replaying subscription.
     replaying: BTreeSet<ConnId>,
 }
@@ -97,13 +108,13 @@ impl Hub {
     pub fn join(&mut self, conn: ConnId, claims: Claims, now: Instant) {
         let tokens = 2.0 * self.limits.publish_rate as f64;
         let bucket = Bucket { tokens, at: now, refused: 0 };
-        self.peers.insert(conn, Peer { claims, subs: HashMap::new(), bucket });
+        self.peers.insert(conn, Box::new(Peer { claims, subs: Vec::new(), bucket }));
     }
 
     /// A connection is gone: forget its subscriptions.
     pub fn leave(&mut self, conn: ConnId) {
         if let Some(peer) = self.peers.remove(&conn) {
-            for ch in peer.subs.keys() {
+            for (ch, _) in &peer.subs {
                 self.drop_subscriber(ch, conn);
             }
         }
@@ -138,7 +149,7 @@ impl Hub {
                 if !peer.claims.read.allows(ch) {
                     return reply_err(out, ErrCode::Forbidden, "this token may not read that channel");
                 }
-                let resub = peer.subs.contains_key(ch);
+                let resub = peer.cursor(ch).is_some();
                 if !resub && peer.subs.len() >= self.limits.max_subscriptions {
                     return reply_err(out, ErrCode::TooManySubscriptions, "unsubscribe from a channel first");
                 }
@@ -151,16 +162,27 @@ impl Hub {
                 };
                 let (cursor, gap) = start_cursor(info, since, epoch.as_deref(), &self.epoch);
                 out.push(Action::Reply(wire::subok(ch, info.last, &self.epoch, gap, id)));
-                peer.subs.insert(ch.into(), cursor);
-                if !resub {
-                    self.channels.entry(ch.into()).or_default().push(conn);
+                if let Some(held) = peer.cursor(ch) {
+                    *held = cursor;
+                } else {
+                    let name = match self.channels.get_key_value(ch) {
+                        Some((name, _)) => name.clone(),
+                        None => Arc::from(ch),
+                    };
+                    if peer.subs.len() == peer.subs.capacity() {
+                        // Grow from one, not four: most connections hold one.
+                        peer.subs.reserve_exact(peer.subs.len().max(1));
+                    }
+                    peer.subs.push((name.clone(), cursor));
+                    self.channels.entry(name).or_default().push(conn);
                 }
                 if !cursor.live {
                     self.replaying.insert(conn);
                 }
             }
             Request::Unsub { ch } => {
-                if peer.subs.remove(ch).is_some() {
+                if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
+                    peer.subs.swap_remove(at);
                     self.drop_subscriber(ch, conn);
                 }
                 out.push(Action::Reply(wire::unsubok(ch, id)));
@@ -211,7 +233,7 @@ impl Hub {
     pub fn committed(&mut self, ch: &str, seq: Seq, to: &mut Vec<ConnId>) {
         let Some(list) = self.channels.get(ch) else { return };
         for &conn in list {
-            let Some(cursor) = self.peers.get_mut(&conn).and_then(|p| p.subs.get_mut(ch)) else { continue };
+            let Some(cursor) = self.peers.get_mut(&conn).and_then(|p| p.cursor(ch)) else { continue };
             if !cursor.live || seq < cursor.next {
                 continue;
             }

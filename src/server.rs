@@ -25,12 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::Utf8Bytes;
 
 use crate::api::{self, Decision};
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::conn::{code, BodyStatus, Conn, HeadStatus, Incoming, Phase, Stream, Tick};
+use crate::conn::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, Limits};
@@ -120,12 +119,14 @@ pub struct Server {
     signals: UnixStream,
     cfg: Config,
     max_connections: usize,
-    ws_config: WebSocketConfig,
+    conn_settings: Arc<Settings>,
     verifier: Verifier,
     store: Store,
     hub: Hub,
     writer: Writer<Ticket>,
-    slots: HashMap<ConnId, Slot>,
+    /// Boxed: the table's spare capacity then costs a pointer per entry,
+    /// not a whole slot.
+    slots: HashMap<ConnId, Box<Slot>>,
     next_id: ConnId,
     per_ip: HashMap<IpAddr, usize>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -231,13 +232,13 @@ impl Server {
         );
         let max_message = cfg.max_message_bytes;
         let ws_config = WebSocketConfig::default()
-            // Allocated up front per connection: 1 KiB keeps an idle WebSocket
-            // under 4 KiB in all; a big frame grows the buffer to fit it.
+            // Allocated while a connection has bytes in flight (an idle one
+            // has no tungstenite state at all); a big frame grows it to fit.
             .read_buffer_size(1024)
-            .write_buffer_size(16 * 1024)
-            // A hist reply may be up to half the send buffer in one message;
-            // this is a cap on tungstenite's buffer, not an allocation.
-            .max_write_buffer_size(cfg.max_send_buffer_bytes + 2 * crate::conn::BURST + 4 * max_message)
+            // tungstenite writes only its own control frames (pongs, Close):
+            // messages go out through conn's queue, encoded once.
+            .write_buffer_size(0)
+            .max_write_buffer_size(64 * 1024)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         Ok(Server {
@@ -246,7 +247,13 @@ impl Server {
             local,
             signals,
             max_connections,
-            ws_config,
+            conn_settings: Arc::new(Settings {
+                ws: ws_config,
+                handshake_timeout: cfg.handshake_timeout,
+                ping_every: cfg.ping_interval,
+                pong_within: cfg.pong_timeout,
+                max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
+            }),
             verifier,
             hub,
             writer,
@@ -396,19 +403,17 @@ impl Server {
                     }
                 },
             };
-            let conn = Conn::new(stream, addr.ip(), now, self.cfg.handshake_timeout);
-            self.slots.insert(
-                id,
-                Slot {
-                    conn,
-                    timer: None,
-                    joined: false,
-                    body: None,
-                    token: None,
-                    hook_queue: VecDeque::new(),
-                    hook_busy: false,
-                },
-            );
+            let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
+            let slot = Slot {
+                conn,
+                timer: None,
+                joined: false,
+                body: None,
+                token: None,
+                hook_queue: VecDeque::new(),
+                hook_busy: false,
+            };
+            self.slots.insert(id, Box::new(slot));
             self.metrics.accepted += 1;
             self.schedule(id);
             // Data may have arrived with the connection.
@@ -674,9 +679,7 @@ impl Server {
         log::debug!("open /ws?token=<redacted> from {ip} as {}", claims.sub);
         let until_expiry = (claims.exp.saturating_add(self.verifier.leeway_secs())).saturating_sub(now_unix);
         let expires = now.checked_add(Duration::from_secs(until_expiry));
-        let max_fragments = (!self.cfg.echo).then_some(self.cfg.max_fragments);
-        slot.conn.upgrade(http::switching_protocols(&up), head.len, self.ws_config, max_fragments, now);
-        slot.conn.set_timers(self.cfg.ping_interval, self.cfg.pong_timeout, expires);
+        slot.conn.upgrade(http::switching_protocols(&up), head.len, expires, now);
         slot.joined = true;
         if self.hook.is_some() {
             slot.token = Some(token.into());
@@ -700,8 +703,12 @@ impl Server {
                     self.schedule(id);
                     return;
                 }
-                Incoming::Binary(b) if self.cfg.echo => slot.conn.send_raw(tungstenite::Message::Binary(b)),
-                Incoming::Text(t) if self.cfg.echo => slot.conn.send_raw(tungstenite::Message::Text(t)),
+                Incoming::Binary(b) if self.cfg.echo => {
+                    slot.conn.send(Frame::binary(&b), usize::MAX);
+                }
+                Incoming::Text(t) if self.cfg.echo => {
+                    slot.conn.send(Frame::text(&t), usize::MAX);
+                }
                 Incoming::Binary(_) => {
                     let e = wire::err(
                         ErrCode::BadRequest,
@@ -821,9 +828,9 @@ impl Server {
 
     /// Queues text for a connection; a connection past its send-buffer
     /// limit is a slow consumer: closed with 1013, to resume with `since`.
-    fn send(&mut self, id: ConnId, text: Utf8Bytes) {
+    fn send(&mut self, id: ConnId, frame: Frame) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        if !slot.conn.send(text, self.cfg.max_send_buffer_bytes) {
+        if !slot.conn.send(frame, self.cfg.max_send_buffer_bytes) {
             log::info!("closing slow consumer {} ({} bytes queued)", slot.conn.peer, slot.conn.queued_bytes());
             self.metrics.close("slow_consumer");
             slot.conn.discard_queue();
@@ -862,11 +869,11 @@ impl Server {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
                                 }
                                 let msg = Msg { ch: &append.ch, seq, ts, from: &append.from, data: &append.data };
-                                let text = Utf8Bytes::from(wire::msg(&msg));
+                                let frame = Frame::from(wire::msg(&msg));
                                 self.hub.committed(&append.ch, seq, &mut to);
                                 self.metrics.delivered += to.len() as u64;
                                 for conn in to.drain(..) {
-                                    self.send(conn, text.clone());
+                                    self.send(conn, frame.clone());
                                 }
                             }
                             Outcome::Duplicate { ch, seq, .. } => {
