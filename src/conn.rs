@@ -363,11 +363,21 @@ pub struct Counted {
     /// A frame of ours is half written: tungstenite's own frames (pongs,
     /// close replies) must wait, or they would land inside it.
     hold: bool,
+    /// The last read from the TCP socket came back short: it is empty, and
+    /// asking again would only cost a syscall that says WouldBlock. Bytes
+    /// arriving after that read raise a new readiness event (epoll reports
+    /// every arrival, even edge-triggered), and `Conn::readable` clears this.
+    /// Plain TCP only: rustls may hold decrypted bytes a short read left.
+    empty: bool,
 }
 
 impl io::Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.empty {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let n = self.stream.read(buf)?;
+        self.empty = n > 0 && n < buf.len() && matches!(self.stream, Stream::Plain(_));
         if !self.counter.feed(&buf[..n]) {
             return Err(io::Error::other(TooManyFragments));
         }
@@ -405,10 +415,28 @@ struct Ws {
     drained: bool,
 }
 
+/// Released tungstenite states kept for reuse, so a connection that sends
+/// now and then does not allocate one (and its read buffer) per message.
+/// A released state is as good as new: open, nothing buffered, nothing owed.
+/// Few: a read buffer a big message grew stays grown (16 × 64 KiB at most
+/// with the default message limit).
+const SPARE_CONTEXTS: usize = 16;
+
+thread_local! {
+    // Boxed on purpose: a state moves between a connection and this list
+    // as a pointer, never as the struct.
+    #[allow(clippy::vec_box)]
+    static SPARE: std::cell::RefCell<Vec<Box<WebSocketContext>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Ws {
     /// tungstenite's state, built if the connection was idle, and the stream.
     fn parts(&mut self, config: WebSocketConfig) -> (&mut WebSocketContext, &mut Counted) {
-        let ctx = self.ctx.get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(config))));
+        let ctx = self.ctx.get_or_insert_with(|| {
+            SPARE
+                .with_borrow_mut(Vec::pop)
+                .unwrap_or_else(|| Box::new(WebSocketContext::new(Role::Server, Some(config))))
+        });
         (ctx, &mut self.stream)
     }
 
@@ -422,7 +450,13 @@ impl Ws {
         let Some(ctx) = &mut self.ctx else { return true };
         match ctx.flush(&mut self.stream) {
             Ok(()) => {
-                self.ctx = None;
+                if let Some(ctx) = self.ctx.take() {
+                    SPARE.with_borrow_mut(|spare| {
+                        if spare.len() < SPARE_CONTEXTS {
+                            spare.push(ctx);
+                        }
+                    });
+                }
                 true
             }
             Err(_) => false,
@@ -610,12 +644,19 @@ impl Conn {
         let drained = leftover.is_empty();
         let config = Some(self.settings.ws);
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
-        let stream = Counted { stream: sock, counter, hold: false };
+        let stream = Counted { stream: sock, counter, hold: false, empty: false };
         self.io = Io::Ws(Ws { stream, ctx, drained });
         self.phase = Phase::Open;
         self.deadline = None;
         self.expires = expires;
         self.last_heard = now;
+    }
+
+    /// The poller says the socket has new bytes.
+    pub fn readable(&mut self) {
+        if let Io::Ws(ws) = &mut self.io {
+            ws.stream.empty = false;
+        }
     }
 
     /// Reads the next WebSocket message. Protocol errors close the connection
@@ -839,7 +880,14 @@ impl Conn {
                 *slot = IoSlice::new(&frame.0);
             }
             slices[0] = IoSlice::new(&self.queue[0].0[self.front_pos..]);
-            let mut written = match ws.stream.stream.write_vectored(&slices[..take]) {
+            // One frame (the common case: a reply, a delivery) goes out with
+            // a plain write, which costs the kernel less than a one-piece writev.
+            let res = if take == 1 {
+                ws.stream.stream.write(&slices[0])
+            } else {
+                ws.stream.stream.write_vectored(&slices[..take])
+            };
+            let mut written = match res {
                 Ok(0) => {
                     self.phase = Phase::Closed;
                     return false;

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,32 @@ use crate::wire::{self, ErrCode, Msg, Request, Seq};
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
+
+/// A map keyed by connection. Ids are handed out by the server, never by a
+/// client, so they need no defence against chosen collisions: a multiply
+/// spreads them, where SipHash would cost more than the lookup itself on
+/// every event.
+pub type IdMap<V> = HashMap<ConnId, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, id: usize) {
+        // Fibonacci hashing: consecutive ids land far apart, top bits included.
+        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// Messages read from the store per replay step of one subscription.
 const REPLAY_BATCH: usize = 256;
@@ -86,7 +113,7 @@ pub struct Hub {
     epoch: String,
     limits: Limits,
     /// Boxed, so the table's spare capacity costs a pointer per entry.
-    peers: HashMap<ConnId, Box<Peer>>,
+    peers: IdMap<Box<Peer>>,
     /// Live and replaying subscribers of each channel.
     channels: HashMap<Arc<str>, Vec<ConnId>>,
     /// Connections with at least one replaying subscription.
@@ -98,7 +125,7 @@ impl Hub {
         Hub {
             epoch: epoch.to_string(),
             limits,
-            peers: HashMap::new(),
+            peers: IdMap::default(),
             channels: HashMap::new(),
             replaying: BTreeSet::new(),
         }

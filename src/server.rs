@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::conn::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
-use crate::hub::{Action, ConnId, Hub, Limits};
+use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{Append, Outcome, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
@@ -55,6 +55,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Sockets accepted beyond `max_connections` only to answer 503.
 const REFUSAL_HEADROOM: usize = 64;
+
+/// Connections the kernel may queue before we accept them. A reconnect
+/// storm — every client of a Pi coming back at once after a Wi-Fi drop —
+/// must wait in the queue, not be dropped: a dropped SYN costs its client a
+/// one-second retransmit. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// A publish waiting for its commit.
 struct Ticket {
@@ -126,7 +132,7 @@ pub struct Server {
     writer: Writer<Ticket>,
     /// Boxed: the table's spare capacity then costs a pointer per entry,
     /// not a whole slot.
-    slots: HashMap<ConnId, Box<Slot>>,
+    slots: IdMap<Box<Slot>>,
     next_id: ConnId,
     per_ip: HashMap<IpAddr, usize>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -177,7 +183,7 @@ impl Server {
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(cfg.listen)?;
+        let mut listener = listen(cfg.listen)?;
         let local = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -259,7 +265,7 @@ impl Server {
             writer,
             store,
             cfg,
-            slots: HashMap::new(),
+            slots: IdMap::default(),
             next_id: FIRST_CONN,
             per_ip: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -454,6 +460,7 @@ impl Server {
 
     fn on_readable(&mut self, id: ConnId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
+        slot.conn.readable();
         match slot.conn.phase() {
             Phase::Head | Phase::Body => self.read_requests(id, now),
             Phase::Open | Phase::Closing => self.read_frames(id, now),
@@ -1002,10 +1009,11 @@ impl Server {
     }
 
     fn remove(&mut self, id: ConnId) {
-        let Some(mut slot) = self.slots.remove(&id) else { return };
-        if let Some(sock) = slot.conn.socket() {
-            let _ = self.poll.registry().deregister(sock);
-        }
+        // No deregister: closing the socket (dropping the slot) takes it out
+        // of epoll, since nothing else shares its file description, and that
+        // saves a syscall per connection. Ids are never reused, so an event
+        // for it still in this turn's batch finds no slot and is ignored.
+        let Some(slot) = self.slots.remove(&id) else { return };
         if slot.joined {
             self.hub.leave(id);
         }
@@ -1068,6 +1076,18 @@ impl Server {
 }
 
 use http::Upgrade;
+
+/// A listening socket like mio's `TcpListener::bind`, with our backlog
+/// (mio's is fixed at 1024).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(sock.into()))
+}
 
 /// HTTP/1.1 keeps connections open unless told otherwise; 1.0 only when asked.
 fn keep_alive(head: &Head) -> bool {
