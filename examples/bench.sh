@@ -26,12 +26,10 @@ PORT="${PORT:-18090}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 LOADGEN_CPUS="${LOADGEN_CPUS:-1}"
 export ROOSTD_SECRET="${ROOSTD_SECRET:-bench-secret-$(date +%s)-0123456789abcdef}"
-NICE="${NICE:--10}"
-QUIET_PCT="${QUIET_PCT:-90}"
-QUIET_WAIT="${QUIET_WAIT:-600}"
-MAX_NOISE="${MAX_NOISE:-15}"
-RETRIES="${RETRIES:-3}"
-nice -n "$NICE" true 2>/dev/null || NICE=0
+# NICE, QUIET_PCT, QUIET_WAIT, MAX_NOISE, RETRIES: defaults in benches/lib.sh.
+BENCH_PROG=bench.sh
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
 work="${BENCH_DIR:-$(mktemp -d /tmp/roostd-bench.XXXXXX)}"
 mkdir -p "$work"
 results="$work/results.jsonl"
@@ -40,57 +38,21 @@ results="$work/results.jsonl"
 cargo build --quiet --release --bin roostd --example loadgen
 server_pid=""
 stop_server() {
-    if [[ -n "$server_pid" ]]; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=""
-    fi
+    bench_stop "$server_pid"
+    server_pid=""
 }
 trap stop_server EXIT
 
-# Percent of the machine idle over one second.
-idle_pct() {
-    local a b
-    read -ra a < <(head -n 1 /proc/stat)
-    sleep 1
-    read -ra b < <(head -n 1 /proc/stat)
-    local total=0 k
-    for k in 1 2 3 4 5 6 7 8; do total=$((total + b[k] - a[k])); done
-    echo $(((b[4] - a[4] + b[5] - a[5]) * 100 / (total > 0 ? total : 1)))
-}
-
-wait_quiet() {
-    local waited=0 idle
-    while idle=$(idle_pct); [[ $idle -lt $QUIET_PCT && $waited -lt $QUIET_WAIT ]]; do
-        ((waited % 30 == 0)) && echo "bench.sh: machine only ${idle}% idle; waiting for quiet" >&2
-        waited=$((waited + 1))
-    done
-    [[ $idle -lt $QUIET_PCT ]] && echo "bench.sh: still only ${idle}% idle after ${QUIET_WAIT}s; measuring anyway" >&2
-    return 0
-}
-
-# One measurement: a fresh store and server, one loadgen run, its JSON line kept.
+# One measurement: a fresh store and server, one loadgen run, its JSON line
+# kept; redone when other processes disturbed it (bench_measure, lib.sh).
 measure() {
-    local name="$1" run="$2" try
-    shift 2
-    for try in $(seq 0 "$RETRIES"); do
-        measure_once "$name" "$run" "$@"
-        local noise
-        noise="$(tail -n 1 "$results" | grep -o '"other_busy_pct":[0-9.]*' | cut -d: -f2)"
-        if [[ -z "$noise" ]] || awk -v n="$noise" -v m="$MAX_NOISE" 'BEGIN { exit !(n <= m) }'; then
-            return 0
-        fi
-        if ((try < RETRIES)); then
-            echo "bench.sh: other processes used ${noise}% of the CPU; discarding $name run $run and trying again" >&2
-            sed -i '$ d' "$results"
-        fi
-    done
+    local name="$1" run="$2"
+    bench_measure "$results" "$name run $run" measure_once "$@"
 }
 
 measure_once() {
     local name="$1" run="$2"
     shift 2
-    wait_quiet
     local data="$work/data-$name-$run"
     rm -rf "$data"
     nice -n "$NICE" taskset -c "$SERVER_CPUS" target/release/roostd serve --listen "127.0.0.1:$PORT" --data "$data" \

@@ -1570,6 +1570,11 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     if h.is_empty() {
         return json!({"count": 0});
     }
+    // The distribution for plots: [quantile, µs] pairs.
+    let spectrum: Vec<Value> = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
+        .iter()
+        .map(|&q| json!([q, h.value_at_quantile(q)]))
+        .collect();
     json!({
         "count": h.len(),
         "p50_us": h.value_at_quantile(0.50),
@@ -1577,6 +1582,7 @@ fn percentiles(h: &Histogram<u64>) -> Value {
         "p999_us": h.value_at_quantile(0.999),
         "max_us": h.max(),
         "mean_us": (h.mean() * 10.0).round() / 10.0,
+        "spectrum": spectrum,
     })
 }
 

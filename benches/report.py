@@ -1,0 +1,832 @@
+#!/usr/bin/env python3
+"""Tables and plots from a benches/run.sh run.
+
+    python3 benches/report.py OUT                 # OUT: run.sh's directory (or its results.jsonl)
+    python3 benches/report.py OUT --no-plots --check
+
+Reads OUT/results.jsonl (one JSON line per sample), OUT/plan.jsonl (the
+samples run.sh meant to take) and OUT/meta.json (machine, command). For each
+cell (benchmark, parameters, server) it takes the median and the range
+(min-max) over the runs, the ratios roostd / peer of the medians, and each
+goal of issue #7 as met or missed from those numbers. It writes:
+
+- the markdown between `<!-- suite:begin -->` and `<!-- suite:end -->` in
+  --doc (default docs/benchmarks.md; for a --smoke run, or results without
+  OUT/meta.json, OUT/benchmarks.md, so a smoke run never rewrites the docs). Markers missing: they are added before
+  the file's first `## ` heading. The rest of the file is left alone.
+- PNG plots into --plots (default docs/bench/; likewise OUT/bench/):
+  rss-vs-conns.png (B1), latency.png (B4), b2-cpu-per-msg.png,
+  b3-cpu-per-delivery.png. They need matplotlib: when it cannot be imported,
+  this script makes the venv benches/.venv (python3 -m venv), installs it
+  there with pip and runs itself again with that Python.
+
+--check: exit 1 when a planned sample has no result, a result has an
+"error", or a scenario did no work (nothing echoed, delivered, acked,
+upgraded; connections not ready; no server CPU or RSS figure). No timing
+thresholds. --no-doc: write no markdown.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / "benches" / ".venv"
+MATPLOTLIB = "matplotlib>=3.6,<4"
+BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
+
+ORDER = ["roostd", "uws", "tokio", "node", "mosquitto"]
+NAMES = {
+    "roostd": "roostd",
+    "uws": "uWebSockets",
+    "tokio": "tokio-tungstenite",
+    "node": "Node ws",
+    "mosquitto": "Mosquitto",
+    "heedbench-plain": "heedbench",
+    "heedbench-like-roostd": "heedbench --like-roostd",
+    "roostd-ack": "roostd pub → ack (commit)",
+}
+COLORS = {"roostd": "#d62728", "roostd-ack": "#f2a0a0", "uws": "#1f77b4", "tokio": "#ff7f0e", "node": "#2ca02c", "mosquitto": "#9467bd"}
+PEERS = ["uws", "tokio", "node"]
+SEND_CAP = 1 << 20  # roostd's default --max-send-buffer-bytes (B7's bound per slow subscriber)
+
+
+# ---------------------------------------------------------------- matplotlib
+
+
+def ensure_matplotlib():
+    """Import matplotlib, or re-run this script in benches/.venv where it is installed."""
+    try:
+        import matplotlib  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    py = VENV / "bin" / "python"
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MATPLOTLIB],
+                       check=True)
+        return
+    if not py.exists():
+        print(f"report.py: making {VENV} for matplotlib", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    check = subprocess.run([str(py), "-c", "import matplotlib"], capture_output=True)
+    if check.returncode != 0:
+        print(f"report.py: installing {MATPLOTLIB} into {VENV}", file=sys.stderr)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MATPLOTLIB],
+                       check=True)
+    os.execv(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def get(row, path):
+    """row["a"]["b"] for path "a.b"; None when absent."""
+    v = row
+    for k in path.split("."):
+        if isinstance(v, list) and k.isdigit() and int(k) < len(v):
+            v = v[int(k)]
+        elif isinstance(v, dict) and k in v:
+            v = v[k]
+        else:
+            return None
+    return v
+
+
+class Results:
+    def __init__(self, rows):
+        self.rows = [r for r in rows if "error" not in r]
+        self.all = rows
+
+    def select(self, bench, cell=None, server=None):
+        return [r for r in self.rows if r.get("bench") == bench and (cell is None or r.get("cell") == str(cell))
+                and (server is None or r.get("server") == server)]
+
+    def cells(self, bench):
+        seen = []
+        for r in self.rows:
+            if r.get("bench") == bench and r.get("cell") not in seen:
+                seen.append(r.get("cell"))
+        return seen
+
+    def servers(self, bench, cell=None):
+        present = {r["server"] for r in self.select(bench, cell)}
+        return [s for s in ORDER if s in present] + sorted(present - set(ORDER))
+
+    def stat(self, bench, cell, server, metric):
+        """(median, min, max, n) of metric over the runs, or None."""
+        vals = []
+        for r in self.select(bench, cell, server):
+            v = metric(r) if callable(metric) else get(r, metric)
+            if isinstance(v, (int, float)):
+                vals.append(float(v))
+        if not vals:
+            return None
+        return statistics.median(vals), min(vals), max(vals), len(vals)
+
+    def med(self, bench, cell, server, metric):
+        s = self.stat(bench, cell, server, metric)
+        return s[0] if s else None
+
+
+def fmt_num(v, digits=None):
+    if v is None:
+        return "–"
+    if digits is None:
+        a = abs(v)
+        digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 0.1 else 3
+    if abs(v) < 0.5 * 10 ** -digits:
+        v = 0.0  # no "-0.00"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_stat(s, scale=1.0, digits=None):
+    """"median (min–max)"; just the value for one run."""
+    if s is None:
+        return "–"
+    med, lo, hi, n = s
+    text = fmt_num(med * scale, digits)
+    a, b = fmt_num(lo * scale, digits), fmt_num(hi * scale, digits)
+    if n > 1 and a != b:
+        text += f" ({a}–{b})"
+    return text
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt_ratio(r):
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def verdict(ok):
+    return "–" if ok is None else ("**met**" if ok else "**missed**")
+
+
+# ---------------------------------------------------------------- the benchmarks
+
+
+def b1(R, goals):
+    cells = sorted(R.cells("B1"), key=int)
+    if not cells:
+        return None
+    servers = [s for s in ORDER if any(R.select("B1", c, s) for c in cells)]
+    peers = [s for s in servers if s != "roostd"]
+    head = ["connections"] + [f"{NAMES[s]} B/conn" for s in servers]
+    head += [f"roostd ÷ {NAMES[p]}" for p in peers]
+    rows = []
+    for c in cells:
+        row = [f"{int(c):,}"] + [fmt_stat(R.stat("B1", c, s, "bytes_per_conn"), digits=0) for s in servers]
+        mine = R.med("B1", c, "roostd", "bytes_per_conn")
+        row += [fmt_ratio(ratio(mine, R.med("B1", c, p, "bytes_per_conn"))) for p in peers]
+        rows.append(row)
+    rss = [["connections"] + [f"{NAMES[s]} MiB" for s in servers]]
+    for c in cells:
+        rss.append([f"{int(c):,}"] + [fmt_stat(R.stat("B1", c, s, "rss_after_bytes"), 1 / 1048576, 1) for s in servers])
+    split = get(R.select("B1")[0], "params.split") or 9000
+    text = [
+        "### B1: memory per idle connection",
+        "",
+        "N idle connections (roostd: authenticated and subscribed; WebSocket peers: open on `/idle`; Mosquitto: "
+        f"MQTT clients subscribed to one topic), from two generator processes when N > {split:,}. Server VmRSS read by run.sh before they connect and 2 s after every generator said READY; "
+        "bytes per connection = difference ÷ N. **Lower is better**, so is each ratio.",
+        "",
+        table(head, rows),
+        "",
+        "Server VmRSS with the connections held:",
+        "",
+        table(rss[0], rss[1:]),
+    ]
+    big = [c for c in cells if int(c) >= 5000] or cells
+    worst = max((R.med("B1", c, "roostd", "bytes_per_conn") or 0) for c in big) if R.select("B1", None, "roostd") \
+        else None
+    goals.append(("B1", "≤ 1 KiB per idle connection (N ≥ 5k)",
+                  None if worst is None else f"worst median {worst:,.0f} B at N = {', '.join(big)}",
+                  None if worst is None else worst <= 1024))
+    moon = [(c, ratio(R.med("B1", c, "roostd", "bytes_per_conn"), R.med("B1", c, "uws", "bytes_per_conn")))
+            for c in big]
+    moon = [(c, r) for c, r in moon if r is not None]
+    goals.append(("B1", "moonshot: below uWS per connection",
+                  ", ".join(f"{r:.2f}× at {int(c):,}" for c, r in moon) or "no uWS figures",
+                  all(r < 1 for _, r in moon) if moon else None))
+    return "\n".join(text)
+
+
+def b2(R, goals):
+    cells = sorted(R.cells("B2"), key=int)
+    if not cells:
+        return None
+    servers = R.servers("B2")
+    peers = [s for s in servers if s != "roostd"]
+    metric = "server_cpu_us_per_msg"
+    head = ["payload"] + [f"{NAMES[s]} µs/msg" for s in servers] + [f"roostd ÷ {NAMES[p]}" for p in peers]
+    rows, rate_rows = [], []
+    for c in cells:
+        mine = R.med("B2", c, "roostd", metric)
+        rows.append([f"{int(c):,} B"] + [fmt_stat(R.stat("B2", c, s, metric)) for s in servers]
+                    + [fmt_ratio(ratio(mine, R.med("B2", c, p, metric))) for p in peers])
+        rate_rows.append([f"{int(c):,} B"] + [fmt_stat(R.stat("B2", c, s, "msgs_per_s"), digits=0) for s in servers]
+                         + [f"{fmt_num(R.med('B2', c, s, 'generator_cpu_pct'), 0)} %" for s in servers])
+    conns = get(R.select("B2")[0], "params.conns")
+    text = [
+        "### B2: echo, server CPU per message",
+        "",
+        f"Closed loop: {conns} connections each keep one text message in flight (`loadgen echo`; roostd "
+        "`serve --echo`, peers `/echo`). Server CPU-µs per echoed message (`/proc/PID/stat`, all threads): "
+        "**lower is better**, so is each ratio.",
+        "",
+        table(head, rows),
+        "",
+        "Messages echoed per second, and the generator's own CPU (near 100 %: it, not the server, was the limit):",
+        "",
+        table(["payload"] + [f"{NAMES[s]} msg/s" for s in servers] + [f"gen. CPU ({NAMES[s]})" for s in servers],
+              rate_rows),
+    ]
+    for lim, label, cs in ((1.0, "≤ 1.0× uWS CPU/msg at ≤ 1 KiB", [c for c in cells if int(c) <= 1024]),
+                           (1.3, "≤ 1.3× uWS CPU/msg at 16 KiB", [c for c in cells if int(c) > 1024])):
+        rs = [(c, ratio(R.med("B2", c, "roostd", metric), R.med("B2", c, "uws", metric))) for c in cs]
+        rs = [(c, r) for c, r in rs if r is not None]
+        goals.append(("B2", label, ", ".join(f"{r:.2f}× at {int(c):,} B" for c, r in rs) or "no uWS figures",
+                      all(r <= lim for _, r in rs) if rs else None))
+    rs = [(c, ratio(R.med("B2", c, "tokio", metric), R.med("B2", c, "roostd", metric))) for c in cells]
+    rs = [(c, r) for c, r in rs if r is not None]
+    goals.append(("B2", "≥ 1.4× less CPU/msg than tokio-tungstenite",
+                  "tokio ÷ roostd: " + ", ".join(f"{r:.2f}× at {int(c):,} B" for c, r in rs) if rs
+                  else "no tokio figures",
+                  all(r >= 1.4 for _, r in rs) if rs else None))
+    return "\n".join(text)
+
+
+def b3(R, goals):
+    cells = sorted(R.cells("B3"), key=int)
+    if not cells:
+        return None
+    servers = R.servers("B3")
+    peers = [s for s in servers if s != "roostd"]
+    metric = "server_cpu_us_per_delivered"
+    head = ["subscribers, publishes/s"] + [f"{NAMES[s]} µs/delivery" for s in servers]
+    head += [f"roostd ÷ {NAMES[p]}" for p in peers]
+    rows, rate_rows = [], []
+    for c in cells:
+        rate = get(R.select("B3", c)[0], "params.rate")
+        label = f"{int(c):,}, {rate}/s"
+        mine = R.med("B3", c, "roostd", metric)
+        rows.append([label] + [fmt_stat(R.stat("B3", c, s, metric)) for s in servers]
+                    + [fmt_ratio(ratio(mine, R.med("B3", c, p, metric))) for p in peers])
+        rate_rows.append([label] + [fmt_stat(R.stat("B3", c, s, "delivered_per_s"), digits=0) for s in servers])
+    text = [
+        "### B3: fan-out, server CPU per delivery",
+        "",
+        "One publisher paced at the given rate, S subscribers on one channel (roostd: the real protocol, each "
+        "publish committed and acked; peers: `/pub` → every `/sub`). Server CPU-µs per delivered message: "
+        "**lower is better**, so is each ratio.",
+        "",
+        table(head, rows),
+        "",
+        "Deliveries per second:",
+        "",
+        table(["subscribers, publishes/s"] + [f"{NAMES[s]}" for s in servers], rate_rows),
+    ]
+    rs = [(c, ratio(R.med("B3", c, "roostd", metric), R.med("B3", c, "uws", metric))) for c in cells]
+    rs = [(c, r) for c, r in rs if r is not None]
+    goals.append(("B3", "≤ 1.0× uWS CPU per delivery",
+                  ", ".join(f"{r:.2f}× at {int(c):,} subs" for c, r in rs) or "no uWS figures",
+                  all(r <= 1.0 for _, r in rs) if rs else None))
+    return "\n".join(text)
+
+
+LAT = [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9"), ("max_us", "max")]
+
+
+def b4(R, goals):
+    cells = R.cells("B4")
+    if not cells:
+        return None
+    c = cells[0]
+    servers = R.servers("B4", c)
+    p0 = get(R.select("B4", c)[0], "params") or {}
+    rows = []
+    for s in servers:
+        rows.append([NAMES[s], "pub → delivery"]
+                    + [fmt_stat(R.stat("B4", c, s, f"delivery_latency.{k}"), 1 / 1000, 2) for k, _ in LAT]
+                    + [fmt_stat(R.stat("B4", c, s, "delivered_per_s"), digits=0)])
+        if s == "roostd":
+            rows.append(["roostd", "pub → ack (commit)"]
+                        + [fmt_stat(R.stat("B4", c, s, f"pub_latency.{k}"), 1 / 1000, 2) for k, _ in LAT] + [""])
+    text = [
+        "### B4: publish → delivery latency",
+        "",
+        f"One publisher paced at {p0.get('rate')} messages/s to {p0.get('subscribers')} subscribers for "
+        f"{p0.get('duration')}; latency from the send time stamped in each message to its arrival, in ms "
+        "(roostd delivers a message once it is committed, so its delivery includes the fsync; its pub → ack is "
+        "the commit as the publisher sees it). **Lower is better.**",
+        "",
+        table(["server", "latency"] + [label + " ms" for _, label in LAT] + ["deliveries/s"], rows),
+    ]
+    d99 = R.med("B4", c, "roostd", "delivery_latency.p99_us")
+    a99 = R.med("B4", c, "roostd", "pub_latency.p99_us")
+    if d99 is not None and a99 is not None:
+        goals.append(("B4", "roostd: delivery p99 < commit (pub → ack) p99 + 1 ms",
+                      f"delivery p99 {d99 / 1000:.2f} ms, ack p99 {a99 / 1000:.2f} ms", d99 < a99 + 1000))
+    for s in servers:
+        if s == "roostd":
+            continue
+        v = R.med("B4", c, s, "delivery_latency.p99_us")
+        if v is not None:
+            goals.append(("B4", f"{NAMES[s]}: delivery p99 < 1 ms (no fsync)", f"p99 {v / 1000:.2f} ms", v < 1000))
+    return "\n".join(text)
+
+
+def b5(R, goals):
+    cells = sorted(R.cells("B5"), key=int)
+    if not cells:
+        return None
+    rows = []
+    worst = None
+    for c in cells:
+        acked = R.med("B5", c, "roostd", "acked_per_s")
+        plain = R.med("B5", c, "heedbench-plain", "runs.0.msgs_per_s")
+        like = R.med("B5", c, "heedbench-like-roostd", "runs.0.msgs_per_s")
+        r = ratio(acked, plain)
+        if r is not None:
+            worst = r if worst is None else min(worst, r)
+        rows.append([
+            f"{int(c):,}",
+            fmt_stat(R.stat("B5", c, "roostd", "acked_per_s"), digits=0),
+            fmt_stat(R.stat("B5", c, "roostd", "latency.p99_us"), 1 / 1000, 2),
+            fmt_stat(R.stat("B5", c, "roostd", "server_cpu_us_per_ack")),
+            fmt_stat(R.stat("B5", c, "roostd", "mean_batch")),
+            fmt_stat(R.stat("B5", c, "heedbench-plain", "runs.0.msgs_per_s"), digits=0),
+            fmt_stat(R.stat("B5", c, "heedbench-like-roostd", "runs.0.msgs_per_s"), digits=0),
+            fmt_ratio(r),
+            fmt_ratio(ratio(acked, like)),
+        ])
+    text = [
+        "### B5: durable publishes against raw LMDB",
+        "",
+        "P publishers each keep one publish in flight; an ack means the message is committed (fsync). Mean batch "
+        "= Δ`roostd_messages_published_total` ÷ Δ`roostd_commits_total` over the run (`/metrics`). Then "
+        "`heedbench` commits batches of that size (rounded) on the same disk: plain (one put per message) and "
+        "`--like-roostd` (roostd's own `Store::append_batch`: dedupe, expiry, retention). "
+        "**Higher is better** for msgs/s and for the ratios.",
+        "",
+        table(["publishers", "roostd acked/s", "ack p99 ms", "CPU µs/ack", "mean batch", "heedbench msgs/s",
+               "like-roostd msgs/s", "roostd ÷ heedbench", "roostd ÷ like-roostd"], rows),
+    ]
+    goals.append(("B5", "≥ 0.9× raw heed group commit at the same batch",
+                  "no figures" if worst is None else f"lowest ratio {worst:.2f}×",
+                  None if worst is None else worst >= 0.9))
+    return "\n".join(text)
+
+
+def b6(R, goals):
+    if not R.select("B6"):
+        return None
+    text = ["### B6: upgrades and a reconnect storm", ""]
+    servers = R.servers("B6", "upgrades")
+    if servers:
+        p0 = get(R.select("B6", "upgrades")[0], "params") or {}
+        mine = R.med("B6", "upgrades", "roostd", "server_cpu_us_per_upgrade")
+        rows = []
+        for s in servers:
+            cpu = R.med("B6", "upgrades", s, "server_cpu_us_per_upgrade")
+            rows.append([NAMES[s], fmt_stat(R.stat("B6", "upgrades", s, "upgrades_per_s"), digits=0),
+                         fmt_stat(R.stat("B6", "upgrades", s, "server_cpu_us_per_upgrade")),
+                         fmt_num(1e6 / cpu, 0) if cpu else "–",
+                         f"{fmt_num(R.med('B6', 'upgrades', s, 'generator_cpu_pct'), 0)} %",
+                         "" if s == "roostd" else fmt_ratio(ratio(mine, cpu))])
+        inv = R.select("B6", "upgrades-invalid50", "roostd")
+        if inv:
+            cpu = R.med("B6", "upgrades-invalid50", "roostd", "server_cpu_us_per_attempt")
+            rows.append(["roostd, 50 % bad tokens (per attempt)",
+                         fmt_stat(R.stat("B6", "upgrades-invalid50", "roostd",
+                                         lambda x: x["upgrades_per_s"] + x["refusals_per_s"]), digits=0),
+                         fmt_stat(R.stat("B6", "upgrades-invalid50", "roostd", "server_cpu_us_per_attempt")),
+                         fmt_num(1e6 / cpu, 0) if cpu else "–",
+                         f"{fmt_num(R.med('B6', 'upgrades-invalid50', 'roostd', 'generator_cpu_pct'), 0)} %", ""])
+        text += [
+            f"{p0.get('connectors')} connectors each loop: connect, upgrade (roostd: with a token checked by the "
+            f"server), read the 101, drop; {p0.get('duration')}. Upgrades/s as measured (the generator shares the "
+            "machine: see its CPU), server CPU-µs per upgrade (**lower is better**, so is the ratio) and what that "
+            "CPU cost allows on one core.",
+            "",
+            table(["server", "upgrades/s", "server CPU µs/upgrade", "per core (1 s ÷ CPU)", "generator CPU",
+                   "roostd ÷ peer CPU"], rows),
+            "",
+        ]
+        up = R.med("B6", "upgrades", "roostd", "upgrades_per_s")
+        if up is not None:
+            cap = 1e6 / mine if mine else None
+            goals.append(("B6", "≥ 20k upgrades/s on one core",
+                          f"{up:,.0f}/s measured; server CPU allows {fmt_num(cap, 0)}/s", up >= 20000))
+    servers = R.servers("B6", "storm")
+    if servers:
+        n = get(R.select("B6", "storm")[0], "params.conns")
+        rows = [[NAMES[s], fmt_stat(R.stat("B6", "storm", s, "all_ready_s"), digits=2),
+                 fmt_stat(R.stat("B6", "storm", s, "ready"), digits=0),
+                 fmt_stat(R.stat("B6", "storm", s, "conn_latency.p99_us"), 1 / 1000, 0),
+                 fmt_stat(R.stat("B6", "storm", s, "server_cpu_us_per_conn"))] for s in servers]
+        text += [
+            f"Reconnect storm: {n:,} connections started at once (roostd: each upgrades with a token and "
+            "subscribes); first connect → all ready. **Lower is better.**",
+            "",
+            table(["server", "all ready s", "ready", "connect → ready p99 ms", "server CPU µs/conn"], rows),
+        ]
+        t = R.med("B6", "storm", "roostd", "all_ready_s")
+        ready = R.med("B6", "storm", "roostd", "ready")
+        if t is not None:
+            goals.append(("B6", f"a storm of {n:,} absorbed in < 5 s",
+                          f"{t:.2f} s, {ready:,.0f} of {n:,} ready", t < 5 and ready >= n))
+    return "\n".join(text)
+
+
+def b7(R, goals):
+    if not R.select("B7"):
+        return None
+    servers = R.servers("B7")
+    rows = []
+    for s in servers:
+        for c, label in (("slow1", "1 %"), ("slow0", "none")):
+            if not R.select("B7", c, s):
+                continue
+            rows.append([NAMES[s], label,
+                         fmt_stat(R.stat("B7", c, s, "delivery_latency.p99_us"), 1 / 1000, 2),
+                         fmt_stat(R.stat("B7", c, s, "delivered_per_s"), digits=0),
+                         fmt_stat(R.stat("B7", c, s, "rss_max_bytes"), 1 / 1048576, 1),
+                         f"{fmt_num(R.med('B7', c, s, 'slow_closed'), 0)} of {fmt_num(R.med('B7', c, s, 'slow'), 0)}"])
+    p0 = get(R.select("B7")[0], "params") or {}
+    text = [
+        "### B7: slow subscribers",
+        "",
+        f"Fan-out of {p0.get('payload')}-byte messages at {p0.get('rate')}/s to {p0.get('subscribers')} "
+        f"subscribers for {p0.get('duration')}, with 1 % of them never reading (4 KiB receive buffer), and "
+        "without. The others' delivery p99, the server's peak VmRSS (sampled each second) and how many slow "
+        "subscribers the server closed.",
+        "",
+        table(["server", "slow", "others' p99 ms", "deliveries/s", "peak RSS MiB", "slow closed"], rows),
+    ]
+    slow_p99 = R.med("B7", "slow1", "roostd", "delivery_latency.p99_us")
+    base_p99 = R.med("B7", "slow0", "roostd", "delivery_latency.p99_us")
+    slow_rss = R.med("B7", "slow1", "roostd", "rss_max_bytes")
+    base_rss = R.med("B7", "slow0", "roostd", "rss_max_bytes")
+    n_slow = R.med("B7", "slow1", "roostd", "slow")
+    if None not in (slow_rss, base_rss, n_slow):
+        bound = n_slow * SEND_CAP
+        goals.append(("B7", "RSS bounded by the send-queue cap (peak RSS with slow ones ≤ without + slow × 1 MiB)",
+                      f"{round((slow_rss - base_rss) / 1048576, 1) + 0.0:+.1f} MiB for {n_slow:.0f} slow (bound "
+                      f"{bound / 1048576:.0f} MiB)", slow_rss - base_rss <= bound))
+    if None not in (slow_p99, base_p99):
+        goals.append(("B7", "others' p99 unchanged (within 25 % or 1 ms)",
+                      f"{slow_p99 / 1000:.2f} ms with, {base_p99 / 1000:.2f} ms without",
+                      slow_p99 <= max(base_p99 * 1.25, base_p99 + 1000)))
+    return "\n".join(text)
+
+
+def b8(R, goals):
+    if not R.select("B8"):
+        return None
+    servers = R.servers("B8")
+    rows = []
+    for s in servers:
+        rows.append([NAMES[s], fmt_stat(R.stat("B8", None, s, "rss_drift_pct"), digits=2),
+                     fmt_stat(R.stat("B8", None, s, "fd_growth"), digits=0),
+                     fmt_stat(R.stat("B8", None, s, "churned"), digits=0),
+                     fmt_stat(R.stat("B8", None, s, "ready_at_end"), digits=0),
+                     fmt_stat(R.stat("B8", None, s, "reconnect_latency.p99_us"), 1 / 1000, 1)])
+    p0 = get(R.select("B8")[0], "params") or {}
+    text = [
+        "### B8: churn soak",
+        "",
+        f"{p0.get('conns'):,} idle subscribers; {p0.get('churn_pct')} % of them per minute close and reconnect, "
+        f"for {p0.get('duration')}. Server VmRSS and open descriptors every 10 s: drift = last vs first sample.",
+        "",
+        table(["server", "RSS drift %", "fd growth", "reconnects", "ready at end", "reconnect p99 ms"], rows),
+    ]
+    d = R.med("B8", None, "roostd", "rss_drift_pct")
+    f = R.med("B8", None, "roostd", "fd_growth")
+    if d is not None:
+        goals.append(("B8", f"churn for {p0.get('duration')}: RSS drift < 1 %, no descriptor growth",
+                      f"drift {d:.2f} %, fd growth {fmt_num(f, 0)}", d < 1 and (f is None or f <= 0)))
+    return "\n".join(text)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plots(R, outdir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    made = []
+
+    def bars(ax, groups, series, value, err, ylabel, log=False):
+        """Grouped bars: one group per x label, one bar per series (server)."""
+        n = max(len(series), 1)
+        width = 0.8 / n
+        for i, s in enumerate(series):
+            xs, ys, lo, hi = [], [], [], []
+            for j, g in enumerate(groups):
+                st = value(g, s)
+                if st is None:
+                    continue
+                xs.append(j + (i - (n - 1) / 2) * width)
+                ys.append(st[0])
+                lo.append(st[0] - st[1])
+                hi.append(st[2] - st[0])
+            if xs:
+                ax.bar(xs, ys, width, label=NAMES.get(s, s), color=COLORS.get(s), yerr=[lo, hi] if err else None,
+                       capsize=2)
+        ax.set_xticks(range(len(groups)))
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+
+    cells = sorted(R.cells("B1"), key=int)
+    if cells:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for s in R.servers("B1"):
+            pts = [(int(c), R.stat("B1", c, s, "rss_after_bytes"), R.stat("B1", c, s, "bytes_per_conn"))
+                   for c in cells]
+            pts = [p for p in pts if p[1]]
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            kw = dict(marker="o", label=NAMES[s], color=COLORS.get(s), capsize=3)
+            a1.errorbar(xs, [p[1][0] / 1048576 for p in pts],
+                        yerr=[[(p[1][0] - p[1][1]) / 1048576 for p in pts], [(p[1][2] - p[1][0]) / 1048576 for p in pts]],
+                        **kw)
+            pb = [p for p in pts if p[2] and p[2][0] > 0]
+            if pb:
+                a2.errorbar([p[0] for p in pb], [p[2][0] / 1024 for p in pb],
+                            yerr=[[(p[2][0] - p[2][1]) / 1024 for p in pb], [(p[2][2] - p[2][0]) / 1024 for p in pb]],
+                            **kw)
+        a1.set_xlabel("idle connections")
+        a1.set_ylabel("server VmRSS (MiB, log)")
+        a1.set_yscale("log")
+        a1.set_title("B1: server RSS vs connections")
+        a2.set_xlabel("idle connections")
+        a2.set_ylabel("KiB per connection (log)")
+        a2.set_yscale("log")
+        a2.axhline(1.0, color="grey", ls="--", lw=1)
+        a2.text(a2.get_xlim()[0], 1.0, " 1 KiB goal", va="bottom", fontsize=8, color="grey")
+        a2.set_title("B1: memory per idle connection")
+        for a in (a1, a2):
+            a.grid(alpha=0.3, which="both")
+        handles, labels = a1.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        fig.savefig(outdir / "rss-vs-conns.png", dpi=110)
+        plt.close(fig)
+        made.append("rss-vs-conns.png")
+
+    cells = R.cells("B4")
+    if cells:
+        c = cells[0]
+        series = R.servers("B4", c)
+        groups = [label for _, label in LAT]
+        keys = dict((label, k) for k, label in LAT)
+        if "roostd" in series:
+            series.insert(1, "roostd-ack")  # the commit, beside roostd's delivery
+
+        def value(g, s):
+            metric = "pub_latency" if s == "roostd-ack" else "delivery_latency"
+            st = R.stat("B4", c, "roostd" if s == "roostd-ack" else s, f"{metric}.{keys[g]}")
+            return st and tuple(v / 1000 for v in st[:3])
+
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        bars(ax, groups, series, value, True, "ms (log; lower is better)", log=True)
+        ax.set_xticklabels(groups)
+        p0 = get(R.select("B4", c)[0], "params") or {}
+        ax.set_title(f"B4: publish → delivery latency, {p0.get('rate')} msg/s to {p0.get('subscribers')} subscribers")
+        fig.tight_layout()
+        fig.savefig(outdir / "latency.png", dpi=110)
+        plt.close(fig)
+        made.append("latency.png")
+
+    for bench, metric, name, title, unit, log in (
+            ("B2", "server_cpu_us_per_msg", "b2-cpu-per-msg.png", "B2: echo, server CPU per message", "B", True),
+            ("B3", "server_cpu_us_per_delivered", "b3-cpu-per-delivery.png", "B3: fan-out, server CPU per delivery",
+             "subscribers", False)):
+        cells = sorted(R.cells(bench), key=int)
+        if not cells:
+            continue
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        bars(ax, cells, R.servers(bench), lambda g, s: R.stat(bench, g, s, metric), True,
+             "server CPU-µs" + (" (log)" if log else "") + "; lower is better", log=log)
+        ax.set_xticklabels([f"{int(c):,} {unit}" for c in cells])
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(outdir / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+# ---------------------------------------------------------------- check
+
+
+def check(rows, plan):
+    """Problems: planned samples without a result, errors, scenarios that did no work."""
+    problems = []
+    key = lambda r: (r.get("bench"), r.get("server"), str(r.get("cell")), r.get("run"))  # noqa: E731
+    have = {}
+    for r in rows:
+        have.setdefault(key(r), []).append(r)
+    for p in plan:
+        if key(p) not in have:
+            problems.append(f"{'/'.join(map(str, key(p)))}: no result")
+    for r in rows:
+        name = "/".join(map(str, key(r)))
+        if "error" in r:
+            problems.append(f"{name}: {r['error']}")
+            continue
+        sc = r.get("scenario") or r.get("tool")
+        need = []
+        if sc == "idle":
+            need = [("ready", r.get("ready", 0) >= r.get("conns", 1)), ("rss", r.get("bytes_per_conn") is not None)]
+        elif sc == "echo":
+            need = [("echoed", r.get("echoed", 0) > 0), ("no mismatch", r.get("mismatched", 1) == 0),
+                    ("server CPU", r.get("server_cpu_us_per_msg") is not None)]
+        elif sc == "fanout":
+            need = [("delivered", r.get("delivered", 0) > 0),
+                    ("server CPU", r.get("server_cpu_us_per_delivered") is not None)]
+            if not r.get("peer"):
+                need.append(("acked", r.get("acked", 0) > 0))
+        elif sc == "publish":
+            need = [("acked", r.get("acked", 0) > 0), ("server CPU", r.get("server_cpu_us_per_ack") is not None),
+                    ("mean batch from /metrics", r.get("mean_batch") is not None)]
+        elif sc == "upgrades":
+            need = [("upgrades", r.get("upgrades", 0) > 0), ("server CPU", r.get("server_cpu_us_per_upgrade") is not None)]
+            if r.get("invalid_pct", 0) > 0:
+                need.append(("refusals", r.get("refusals", 0) > 0))
+        elif sc == "storm":
+            need = [("all ready", r.get("ready", 0) >= r.get("conns", 1) > 0)]
+        elif sc == "slow":
+            need = [("delivered", r.get("delivered", 0) > 0), ("rss samples", r.get("rss_max_bytes") is not None)]
+        elif sc == "churn":
+            need = [("churned", r.get("churned", 0) > 0), ("rss drift", r.get("rss_drift_pct") is not None),
+                    ("fds", r.get("fd_growth") is not None)]
+        elif sc == "heedbench":
+            need = [("messages", bool(r.get("runs")) and r["runs"][0].get("messages", 0) > 0)]
+        else:
+            need = [("a known scenario", False)]
+        problems += [f"{name}: {sc}: no {what}" for what, ok in need if not ok]
+    return problems
+
+
+# ---------------------------------------------------------------- the page
+
+
+def machine(meta):
+    cpu = meta.get("cpu_model")
+    if cpu is None:
+        try:
+            cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        except (OSError, StopIteration):
+            cpu = "?"
+    return (f"{meta.get('nproc') or os.cpu_count()} × {cpu}, Linux {meta.get('kernel') or os.uname().release}, "
+            f"stores on {meta.get('bench_dir_fs') or '?'} (`{meta.get('bench_dir', '?')}`)")
+
+
+def render(R, meta, plot_rel, made):
+    goals = []
+    sections = [f(R, goals) for f in (b1, b2, b3, b4, b5, b6, b7, b8)]
+    runs = sorted({r.get("run") for r in R.rows})
+    out = [
+        "## Side by side with peers (`benches/run.sh`)",
+        "",
+    ]
+    if meta.get("smoke"):
+        out += ["**Smoke run**: tiny N, 1–2 s per scenario, debug builds: these numbers check that the harness "
+                "works; they are not measurements.", ""]
+    out += [
+        f"- Machine: {machine(meta)}.",
+        f"- Run: {meta.get('date', '?')}, roostd `{meta.get('git', '?')}`, cargo profile `{meta.get('profile', '?')}`; "
+        f"{meta.get('tools', {}).get('rustc') or ''}, Node {meta.get('tools', {}).get('node') or '–'}.",
+        f"- Command: `{meta.get('command', 'benches/run.sh')}`, then `python3 benches/report.py OUT`.",
+        f"- Servers: {', '.join(NAMES.get(s, s) for s in meta.get('servers', []))}"
+        + (f"; skipped: {'; '.join(meta['skipped'])}" if meta.get("skipped") else "") + "."
+        + (f" uWebSockets: the local build `{meta['uws_peer']['path']}` ({meta['uws_peer']['bytes']:,} bytes, "
+           f"{meta['uws_peer']['mtime']} UTC), not in this repository (benches/peers/README.md)."
+           if meta.get("uws_peer") else ""),
+        f"- Each figure: median over {max(runs) if runs else 0} run(s) with the range (min–max) in brackets; "
+        "each ratio is roostd's median ÷ the peer's. Server pinned to CPU "
+        f"{meta.get('server_cpus', '0')}, generator(s) to CPU {meta.get('loadgen_cpus', '1')} (`taskset`), a "
+        "fresh server (and store) per run"
+        + (", after waiting for a quiet machine" if str(meta.get("quiet_wait", "600")) != "0" else "")
+        + (f"; a run where other processes used more than {meta.get('max_noise', 15)} % of the CPU while it "
+           f"measured was done again (at most {meta.get('retries', 3)} times)."
+           if str(meta.get("retries", "3")) != "0" else "; noisy runs were not redone (RETRIES=0)."),
+        "",
+        "### Goals (issue #7)",
+        "",
+        table(["#", "goal", "measured", "verdict"], [[b, g, m or "–", verdict(ok)] for b, g, m, ok in goals]),
+        "",
+    ]
+    pics = {"B1": ("rss-vs-conns.png", "B1: RSS vs connections"), "B2": ("b2-cpu-per-msg.png", "B2: CPU per message"),
+            "B3": ("b3-cpu-per-delivery.png", "B3: CPU per delivery"), "B4": ("latency.png", "B4: latency")}
+    for bench, s in zip(("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"), sections):
+        if s:
+            out += [s, ""]
+            out += [f"Goal: {g}: {m or '–'} → {verdict(ok)}.  " for b, g, m, ok in goals if b == bench]
+            if out[-1].startswith("Goal: "):
+                out[-1] = out[-1].rstrip()
+                out.append("")
+            if bench in pics and pics[bench][0] in made:
+                out += [f"![{pics[bench][1]}]({plot_rel}/{pics[bench][0]})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_doc(path, body):
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n<!-- written by benches/report.py: edits here are overwritten -->\n{body}{END}"
+    if BEGIN in text and END in text:
+        a = text.index(BEGIN)
+        b = text.index(END) + len(END)
+        text = text[:a] + block + text[b:]
+    else:
+        lines = text.splitlines(keepends=True)
+        at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+        text = "".join(lines[:at]) + block + "\n\n" + "".join(lines[at:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+",
+                    help="run.sh's output directory (or its results.jsonl); several: their results together")
+    ap.add_argument("--doc", help="markdown file to write the tables into (default: see above)")
+    ap.add_argument("--no-doc", action="store_true", help="write no markdown")
+    ap.add_argument("--plots", help="directory for the PNGs (default: see above)")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--check", action="store_true", help="exit 1 on missing results or scenarios that did no work")
+    args = ap.parse_args()
+    if not args.no_plots:
+        ensure_matplotlib()
+
+    rows, plan, metas, outs = [], [], [], []
+    for arg in args.results:
+        res = Path(arg)
+        out = res if res.is_dir() else res.parent
+        res = out / "results.jsonl" if res.is_dir() else res
+        outs.append(out)
+        rows += [json.loads(line) for line in res.read_text().splitlines() if line.strip()]
+        plan_path = out / "plan.jsonl"
+        if plan_path.exists():
+            plan += [json.loads(line) for line in plan_path.read_text().splitlines() if line.strip()]
+        metas.append(json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {})
+    meta = dict(metas[0])
+    if len(metas) > 1:  # several runs: every command, every server, smoke if any was
+        meta["command"] = "`; `".join(m.get("command", "?") for m in metas)
+        meta["servers"] = list(dict.fromkeys(s for m in metas for s in m.get("servers", [])))
+        meta["skipped"] = list(dict.fromkeys(s for m in metas for s in m.get("skipped", [])))
+        meta["smoke"] = any(m.get("smoke") for m in metas)
+        meta["date"] = ", ".join(dict.fromkeys(m.get("date", "?") for m in metas))
+    R = Results(rows)
+
+    # Into docs/ only by default for a full run that run.sh described (meta.json).
+    local = meta.get("smoke", True)
+    out = outs[0]
+    doc = Path(args.doc) if args.doc else (out / "benchmarks.md" if local else ROOT / "docs" / "benchmarks.md")
+    plot_dir = Path(args.plots) if args.plots else (out / "bench" if local else ROOT / "docs" / "bench")
+    made = []
+    if not args.no_plots:
+        made = plots(R, plot_dir)
+        print(f"report.py: plots in {plot_dir}: {', '.join(made) or 'none'}", file=sys.stderr)
+    if not args.no_doc:
+        rel = os.path.relpath(plot_dir.resolve(), doc.resolve().parent)
+        write_doc(doc, render(R, meta, rel, made))
+        print(f"report.py: tables written into {doc}", file=sys.stderr)
+
+    if args.check:
+        problems = check(rows, plan)
+        for p in problems:
+            print(f"report.py --check: {p}", file=sys.stderr)
+        print(f"report.py --check: {len(rows)} results for {len(plan)} planned samples, {len(problems)} problems")
+        return 1 if problems or not rows else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
