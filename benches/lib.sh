@@ -93,5 +93,9 @@ bench_stop() {
 
 # VmRSS of PID in bytes (empty if it is gone).
 bench_vmrss() {
-    awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status" 2>/dev/null || true
+    # kB from the kernel, bytes by bash: mawk prints big products as 2.4e+09.
+    local kb
+    kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || true
+    [[ -n "$kb" ]] && echo $((kb * 1024))
+    return 0
 }

@@ -15,7 +15,7 @@ goal of issue #7 as met or missed from those numbers. It writes:
   OUT/meta.json, OUT/benchmarks.md, so a smoke run never rewrites the docs). Markers missing: they are added before
   the file's first `## ` heading. The rest of the file is left alone.
 - PNG plots into --plots (default docs/bench/; likewise OUT/bench/):
-  rss-vs-conns.png (B1), latency.png (B4), b2-cpu-per-msg.png,
+  rss-vs-conns.png (B1), latency.png and latency-spectrum.png (B4), b2-cpu-per-msg.png,
   b3-cpu-per-delivery.png. They need matplotlib: when it cannot be imported,
   this script makes the venv benches/.venv (python3 -m venv), installs it
   there with pip and runs itself again with that Python.
@@ -621,6 +621,41 @@ def plots(R, outdir):
         fig.savefig(outdir / "latency.png", dpi=110)
         plt.close(fig)
         made.append("latency.png")
+
+        # The whole distribution, HdrHistogram style: of each server's runs,
+        # the one with the median p99, its latency at each quantile.
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        drawn = 0
+        for s in R.servers("B4", c):
+            for metric, label in (("delivery_latency", NAMES[s]),
+                                  ("pub_latency", "roostd pub → ack (commit)")):
+                if metric == "pub_latency" and s != "roostd":
+                    continue
+                runs = [r for r in R.select("B4", c, s) if get(r, f"{metric}.spectrum")]
+                if not runs:
+                    continue
+                runs.sort(key=lambda r: get(r, f"{metric}.p99_us") or 0)
+                spectrum = get(runs[len(runs) // 2], f"{metric}.spectrum")
+                xs = [1 / (1 - q) if q < 1 else 1e5 for q, _ in spectrum]
+                ys = [us / 1000 for _, us in spectrum]
+                ax.plot(xs, ys, marker="o", markersize=3, label=label,
+                        linestyle="--" if metric == "pub_latency" else "-")
+                drawn += 1
+        if drawn:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ticks = [2, 10, 100, 1000, 10000, 1e5]
+            ax.set_xticks(ticks)
+            ax.set_xticklabels(["p50", "p90", "p99", "p99.9", "p99.99", "max"])
+            ax.set_ylabel("ms (log; lower is better)")
+            ax.set_xlabel("percentile")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=8)
+            ax.set_title(f"B4: latency distribution, {p0.get('rate')} msg/s to {p0.get('subscribers')} subscribers")
+            fig.tight_layout()
+            fig.savefig(outdir / "latency-spectrum.png", dpi=110)
+            made.append("latency-spectrum.png")
+        plt.close(fig)
 
     for bench, metric, name, title, unit, log in (
             ("B2", "server_cpu_us_per_msg", "b2-cpu-per-msg.png", "B2: echo, server CPU per message", "B", True),

@@ -93,12 +93,19 @@ struct Slot {
     timer: Option<Instant>,
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
-    body: Option<PendingBody>,
-    /// The client's token, kept only when a publish hook needs it.
-    token: Option<Box<str>>,
-    /// Publishes waiting for the hook; the front one is in flight when `hook_busy`.
-    hook_queue: VecDeque<(Append, Option<String>)>,
-    hook_busy: bool,
+    /// Boxed, like `hook`: rare, and every idle connection would carry it.
+    body: Option<Box<PendingBody>>,
+    /// Set on a WebSocket when a publish hook is configured.
+    hook: Option<Box<HookState>>,
+}
+
+/// A connection's side of the publish hook.
+struct HookState {
+    /// The client's token, for the hook's Authorization header.
+    token: Box<str>,
+    /// Publishes waiting for the hook; the front one is in flight when `busy`.
+    queue: VecDeque<(Append, Option<String>)>,
+    busy: bool,
 }
 
 /// A publish the hook is deciding on.
@@ -410,15 +417,7 @@ impl Server {
                 },
             };
             let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
-            let slot = Slot {
-                conn,
-                timer: None,
-                joined: false,
-                body: None,
-                token: None,
-                hook_queue: VecDeque::new(),
-                hook_busy: false,
-            };
+            let slot = Slot { conn, timer: None, joined: false, body: None, hook: None };
             self.slots.insert(id, Box::new(slot));
             self.metrics.accepted += 1;
             self.schedule(id);
@@ -553,7 +552,7 @@ impl Server {
             }
             Decision::Publish { ch, claims, len } => {
                 let Some(slot) = self.slots.get_mut(&id) else { return false };
-                slot.body = Some(PendingBody { head: Box::new(head), ch, claims, len });
+                slot.body = Some(Box::new(PendingBody { head: Box::new(head), ch, claims, len }));
                 slot.conn.expect_body();
                 true
             }
@@ -689,7 +688,7 @@ impl Server {
         slot.conn.upgrade(http::switching_protocols(&up), head.len, expires, now);
         slot.joined = true;
         if self.hook.is_some() {
-            slot.token = Some(token.into());
+            slot.hook = Some(Box::new(HookState { token: token.into(), queue: VecDeque::new(), busy: false }));
         }
         self.hub.join(id, claims, now);
         // Frames may have arrived right behind the head.
@@ -757,13 +756,14 @@ impl Server {
     fn hook_next(&mut self, id: ConnId) {
         let Some(hook) = &self.hook else { return };
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        while !slot.hook_busy {
-            let Some((append, req_id)) = slot.hook_queue.pop_front() else { return };
+        let Some(state) = &mut slot.hook else { return };
+        while !state.busy {
+            let Some((append, req_id)) = state.queue.pop_front() else { return };
             let body = hook::request_body(&append.ch, &append.from, &append.data, req_id.as_deref());
-            let token = slot.token.as_deref().unwrap_or("").to_string();
+            let token = state.token.to_string();
             let job = hook::Job { ticket: HookTicket { conn: id, append, id: req_id }, token, body };
             match hook.submit(job) {
-                Ok(()) => slot.hook_busy = true,
+                Ok(()) => state.busy = true,
                 Err(job) => {
                     let e = wire::err(
                         ErrCode::Unavailable,
@@ -785,7 +785,9 @@ impl Server {
         let verdicts: Vec<(HookTicket, Verdict)> = hook.results().collect();
         for (HookTicket { conn, mut append, id }, verdict) in verdicts {
             let Some(slot) = self.slots.get_mut(&conn) else { continue };
-            slot.hook_busy = false;
+            if let Some(state) = &mut slot.hook {
+                state.busy = false;
+            }
             match verdict {
                 Verdict::Approve(data) => {
                     if let Some(data) = data {
@@ -814,13 +816,13 @@ impl Server {
         match action {
             Action::Reply(text) => self.send(id, text.into()),
             Action::Publish { append, id: req_id } if self.hook.is_some() => {
-                let Some(slot) = self.slots.get_mut(&id) else { return };
-                if slot.hook_queue.len() >= MAX_HOOK_QUEUE {
+                let Some(state) = self.slots.get_mut(&id).and_then(|slot| slot.hook.as_mut()) else { return };
+                if state.queue.len() >= MAX_HOOK_QUEUE {
                     let e =
                         wire::err(ErrCode::Unavailable, "too many publishes waiting for approval", req_id.as_deref());
                     return self.send(id, e.into());
                 }
-                slot.hook_queue.push_back((append, req_id));
+                state.queue.push_back((append, req_id));
                 self.hook_next(id);
             }
             Action::Publish { append, id: req_id } => self.commit_later(id, append, req_id),
