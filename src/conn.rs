@@ -370,8 +370,10 @@ pub struct Counted {
     /// Plain TCP only: rustls may hold decrypted bytes a short read left.
     empty: bool,
     /// Bytes read from the socket that tungstenite has not asked for yet
-    /// (see `READ_BITE`); empty, without a buffer, on an idle connection.
+    /// (see `READ_BITE`), from `spill_pos` on; without a buffer on an
+    /// idle connection.
     spill: Vec<u8>,
+    spill_pos: usize,
 }
 
 /// Bytes one read takes from a socket. tungstenite asks for its read
@@ -386,13 +388,16 @@ thread_local! {
 
 impl io::Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = if !self.spill.is_empty() {
+        let n = if self.spill_pos < self.spill.len() {
             // Left from the last bite: hand it over first, in order.
-            let n = buf.len().min(self.spill.len());
-            buf[..n].copy_from_slice(&self.spill[..n]);
-            self.spill.drain(..n);
-            if self.spill.is_empty() {
-                self.spill = Vec::new();
+            let left = &self.spill[self.spill_pos..];
+            let n = buf.len().min(left.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.spill_pos += n;
+            if self.spill_pos == self.spill.len() {
+                // Keeps its buffer while the connection is busy; `Ws::release` frees it.
+                self.spill.clear();
+                self.spill_pos = 0;
             }
             n
         } else if self.empty {
@@ -481,6 +486,7 @@ impl Ws {
         let Some(ctx) = &mut self.ctx else { return true };
         match ctx.flush(&mut self.stream) {
             Ok(()) => {
+                self.stream.spill = Vec::new();
                 if let Some(ctx) = self.ctx.take() {
                     SPARE.with_borrow_mut(|spare| {
                         if spare.len() < SPARE_CONTEXTS {
@@ -675,7 +681,7 @@ impl Conn {
         let drained = leftover.is_empty();
         let config = Some(self.settings.ws);
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
-        let stream = Counted { stream: sock, counter, hold: false, empty: false, spill: Vec::new() };
+        let stream = Counted { stream: sock, counter, hold: false, empty: false, spill: Vec::new(), spill_pos: 0 };
         self.io = Io::Ws(Ws { stream, ctx, drained });
         self.phase = Phase::Open;
         self.deadline = None;
