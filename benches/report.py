@@ -312,42 +312,55 @@ def b3(R, goals):
 LAT = [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9"), ("max_us", "max")]
 
 
+def b4_cells(R):
+    """B4's cells, the issue's rate first: 'SUBSxRATE' (older runs: 'SUBS')."""
+    def rate(c):
+        p = get(R.select("B4", c)[0], "params") or {}
+        return -(p.get("rate") or 0)
+    return sorted(R.cells("B4"), key=rate)
+
+
 def b4(R, goals):
-    cells = R.cells("B4")
+    cells = b4_cells(R)
     if not cells:
         return None
-    c = cells[0]
-    servers = R.servers("B4", c)
-    p0 = get(R.select("B4", c)[0], "params") or {}
-    rows = []
-    for s in servers:
-        rows.append([NAMES[s], "pub → delivery"]
-                    + [fmt_stat(R.stat("B4", c, s, f"delivery_latency.{k}"), 1 / 1000, 2) for k, _ in LAT]
-                    + [fmt_stat(R.stat("B4", c, s, "delivered_per_s"), digits=0)])
-        if s == "roostd":
-            rows.append(["roostd", "pub → ack (commit)"]
-                        + [fmt_stat(R.stat("B4", c, s, f"pub_latency.{k}"), 1 / 1000, 2) for k, _ in LAT] + [""])
     text = [
         "### B4: publish → delivery latency",
         "",
-        f"One publisher paced at {p0.get('rate')} messages/s to {p0.get('subscribers')} subscribers for "
-        f"{p0.get('duration')}; latency from the send time stamped in each message to its arrival, in ms "
-        "(roostd delivers a message once it is committed, so its delivery includes the fsync; its pub → ack is "
-        "the commit as the publisher sees it). **Lower is better.**",
-        "",
-        table(["server", "latency"] + [label + " ms" for _, label in LAT] + ["deliveries/s"], rows),
+        "One publisher paced at a fixed rate to the subscribers; latency from the send time stamped in each "
+        "message to its arrival, in ms (roostd delivers a message once it is committed, so its delivery includes "
+        "the fsync; its pub → ack is the commit as the publisher sees it). **Lower is better.**",
     ]
-    d99 = R.med("B4", c, "roostd", "delivery_latency.p99_us")
-    a99 = R.med("B4", c, "roostd", "pub_latency.p99_us")
-    if d99 is not None and a99 is not None:
-        goals.append(("B4", "roostd: delivery p99 < commit (pub → ack) p99 + 1 ms",
-                      f"delivery p99 {d99 / 1000:.2f} ms, ack p99 {a99 / 1000:.2f} ms", d99 < a99 + 1000))
-    for s in servers:
-        if s == "roostd":
-            continue
-        v = R.med("B4", c, s, "delivery_latency.p99_us")
-        if v is not None:
-            goals.append(("B4", f"{NAMES[s]}: delivery p99 < 1 ms (no fsync)", f"p99 {v / 1000:.2f} ms", v < 1000))
+    for c in cells:
+        servers = R.servers("B4", c)
+        p0 = get(R.select("B4", c)[0], "params") or {}
+        rows = []
+        for s in servers:
+            rows.append([NAMES[s], "pub → delivery"]
+                        + [fmt_stat(R.stat("B4", c, s, f"delivery_latency.{k}"), 1 / 1000, 2) for k, _ in LAT]
+                        + [fmt_stat(R.stat("B4", c, s, "delivered_per_s"), digits=0)])
+            if s == "roostd":
+                rows.append(["roostd", "pub → ack (commit)"]
+                            + [fmt_stat(R.stat("B4", c, s, f"pub_latency.{k}"), 1 / 1000, 2) for k, _ in LAT] + [""])
+        where = f"{p0.get('rate')} msg/s to {p0.get('subscribers')} subscribers"
+        text += [
+            "",
+            f"{where}, for {p0.get('duration')}:",
+            "",
+            table(["server", "latency"] + [label + " ms" for _, label in LAT] + ["deliveries/s"], rows),
+        ]
+        d99 = R.med("B4", c, "roostd", "delivery_latency.p99_us")
+        a99 = R.med("B4", c, "roostd", "pub_latency.p99_us")
+        if d99 is not None and a99 is not None:
+            goals.append(("B4", f"roostd: delivery p99 < commit (pub → ack) p99 + 1 ms ({where})",
+                          f"delivery p99 {d99 / 1000:.2f} ms, ack p99 {a99 / 1000:.2f} ms", d99 < a99 + 1000))
+        for s in servers:
+            if s == "roostd":
+                continue
+            v = R.med("B4", c, s, "delivery_latency.p99_us")
+            if v is not None:
+                goals.append(("B4", f"{NAMES[s]}: delivery p99 < 1 ms, no fsync ({where})",
+                              f"p99 {v / 1000:.2f} ms", v < 1000))
     return "\n".join(text)
 
 
@@ -598,7 +611,7 @@ def plots(R, outdir):
         plt.close(fig)
         made.append("rss-vs-conns.png")
 
-    cells = R.cells("B4")
+    cells = b4_cells(R)
     if cells:
         c = cells[0]
         series = R.servers("B4", c)
@@ -622,8 +635,12 @@ def plots(R, outdir):
         plt.close(fig)
         made.append("latency.png")
 
-        # The whole distribution, HdrHistogram style: of each server's runs,
-        # the one with the median p99, its latency at each quantile.
+    # The whole distribution, HdrHistogram style: of each server's runs,
+    # the one with the median p99, its latency at each quantile. One plot
+    # per rate: the issue's (first) is latency-spectrum.png.
+    for i, c in enumerate(cells):
+        p0 = get(R.select("B4", c)[0], "params") or {}
+        name = "latency-spectrum.png" if i == 0 else f"latency-spectrum-{p0.get('rate')}.png"
         fig, ax = plt.subplots(figsize=(9, 4.2))
         drawn = 0
         for s in R.servers("B4", c):
@@ -653,8 +670,8 @@ def plots(R, outdir):
             ax.legend(fontsize=8)
             ax.set_title(f"B4: latency distribution, {p0.get('rate')} msg/s to {p0.get('subscribers')} subscribers")
             fig.tight_layout()
-            fig.savefig(outdir / "latency-spectrum.png", dpi=110)
-            made.append("latency-spectrum.png")
+            fig.savefig(outdir / name, dpi=110)
+            made.append(name)
         plt.close(fig)
 
     for bench, metric, name, title, unit, log in (
@@ -788,6 +805,9 @@ def render(R, meta, plot_rel, made):
                 out.append("")
             if bench in pics and pics[bench][0] in made:
                 out += [f"![{pics[bench][1]}]({plot_rel}/{pics[bench][0]})", ""]
+            if bench == "B4":
+                out += [f"![B4: latency distribution]({plot_rel}/{m})" + "\n" for m in made
+                        if m.startswith("latency-spectrum")]
     return "\n".join(out).rstrip() + "\n"
 
 

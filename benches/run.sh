@@ -93,7 +93,7 @@ done
 
 if ((SMOKE)); then
     : "${RUNS:=1}" "${DURATION:=1s}" "${SERVERS:=roostd tokio node mosquitto}" "${PROFILE:=dev}"
-    : "${B1_CONNS:=200}" "${B1_SPLIT:=100}" "${B1_RUNS_AT:=}" "${B1_HOLD:=2s}"
+    : "${B1_CONNS:=200}" "${B1_SPLIT:=100}" "${B1_RUNS_AT:=}" "${B1_HOLD:=4s}"
     : "${B2_PAYLOADS:=20 16384}" "${B2_CONNS:=10}"
     : "${B3_CELLS:=50:200}"
     : "${B4_SUBS:=50}" "${B4_RATE:=200}" "${B4_DURATION:=1s}"
@@ -568,7 +568,7 @@ run_b4() {
     local s run
     for s in $(ws_servers); do
         for run in $(seq "$RUNS"); do
-            sample B4 "$B4_SUBS" "$s" "$run" "$(jobj subscribers "$B4_SUBS" rate "$B4_RATE" duration "$B4_DURATION")" \
+            sample B4 "${B4_SUBS}x${B4_RATE}" "$s" "$run" "$(jobj subscribers "$B4_SUBS" rate "$B4_RATE" duration "$B4_DURATION")" \
                 "--publish-rate 0" \
                 fanout --publishers 1 --subscribers "$B4_SUBS" --rate "$B4_RATE" --duration "$B4_DURATION"
         done
