@@ -333,22 +333,24 @@ tags() {
     echo "{\"bench\":\"$CUR_BENCH\",\"server\":\"$CUR_SERVER\",\"cell\":\"$CUR_CELL\",\"run\":$CUR_RUN,\"smoke\":$([[ $SMOKE == 1 ]] && echo true || echo false),\"params\":$CUR_PARAMS}"
 }
 
+# last_json FILE: the last line of FILE that is a JSON object (a generator's
+# result), or nothing.
+last_json() {
+    grep '^{' "$1" 2>/dev/null | tail -n 1 || true
+}
+
 # record FILE [EXTRA_JSON]: the last JSON line of FILE (a generator's stdout),
 # with the sample's tags and EXTRA_JSON's fields, appended to results.jsonl.
 # Without a JSON line, a line with "error" (report.py --check fails on it).
 record() {
     local extra=${2:-"{}"}
-    python3 - "$(tags)" "$1" "$extra" >>"$RESULTS" <<'EOF'
+    python3 - "$(tags)" "$1" "$(last_json "$1")" "$extra" >>"$RESULTS" <<'EOF'
 import json, sys
-tags, path, extra = sys.argv[1:]
-res = None
+tags, path, text, extra = sys.argv[1:]
 try:
-    for line in reversed(open(path).read().splitlines()):
-        if line.startswith("{"):
-            res = json.loads(line)
-            break
-except (OSError, ValueError):
-    pass
+    res = json.loads(text) if text else None
+except ValueError:
+    res = None
 out = json.loads(tags)
 if res is None:
     out["error"] = f"no JSON result in {path}"
@@ -484,20 +486,19 @@ b1_once() {
         grep -v '^{' "${outs[i]}" | sed 's/^/   /' >&2 || true
     done
     # The generators' own JSON (loadgen) rides along; the figures are this script's.
-    extra=$(python3 - "$n" "$k" "$ready" "$rss0" "$rss1" "$early" "$all" "${outs[@]}" <<'EOF'
+    local results=()
+    for ((i = 0; i < k; i++)); do
+        results+=("$(last_json "${outs[i]}")")
+    done
+    extra=$(python3 - "$n" "$k" "$ready" "$rss0" "$rss1" "$early" "$all" "${results[@]}" <<'EOF'
 import json, sys
 n, k, ready, rss0, rss1, early, all_ready = sys.argv[1:8]
 gens = []
-for path in sys.argv[8:]:
-    res = None
+for text in sys.argv[8:]:
     try:
-        for line in reversed(open(path).read().splitlines()):
-            if line.startswith("{"):
-                res = json.loads(line)
-                break
-    except (OSError, ValueError):
-        pass
-    gens.append(res)
+        gens.append(json.loads(text) if text else None)
+    except ValueError:
+        gens.append(None)
 rss0 = int(rss0) if rss0 else None
 rss1 = int(rss1) if rss1 else None
 ready = int(ready)

@@ -179,16 +179,9 @@ fn usage(msg: &str) -> ! {
     std::process::exit(2)
 }
 
+/// `10s`, `500ms`, `5m`: the server's own duration syntax.
 fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let n: f64 = s[..split].parse().ok()?;
-    let unit = match &s[split..] {
-        "ms" => 0.001,
-        "s" | "" => 1.0,
-        "m" => 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(n * unit))
+    roostd::config::duration("duration", s).ok()
 }
 
 fn parse_opts() -> Opts {
