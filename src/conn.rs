@@ -36,6 +36,10 @@ use crate::http::{self, Head, HeadError};
 const WRITEV_FRAMES: usize = 64;
 /// How long a peer has to answer our Close, or to read a refusal.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// The same for a slow consumer (1013): its Close waits behind everything the
+/// kernel already holds for it, megabytes on loopback, so it gets longer to
+/// read through to it before the socket is simply dropped.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -785,7 +789,7 @@ impl Conn {
         self.close_after =
             Some(Box::new(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) }));
         self.phase = Phase::Closing;
-        self.deadline = Some(now + CLOSE_GRACE);
+        self.deadline = Some(now + if code == code::SLOW { SLOW_CLOSE_GRACE } else { CLOSE_GRACE });
     }
 
     /// Drops what is queued, but for a frame already half on the wire:
