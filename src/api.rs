@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::auth::{Claims, Verifier};
 use crate::http::{self, Head};
 use crate::hub;
-use crate::store::{Append, ChannelInfo, Store, StoreError};
+use crate::store::{self, Append, ChannelInfo, Store, StoreError};
 use crate::wire::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
 
 /// What a request head asks for, once it passed every check that needs no body.
@@ -181,7 +181,9 @@ pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option
         None => None,
         Some(k) => {
             let json = serde_json::to_string(k).unwrap_or_default();
-            if k.is_empty() || json.len() > MAX_ID_BYTES {
+            // The sub and the key together key the dedupe tables: a pair
+            // too long for LMDB is refused here, not by the commit.
+            if k.is_empty() || json.len() > MAX_ID_BYTES || !store::dedupe_fits(&claims.sub, &json) {
                 return Err(reply(400, "bad_request"));
             }
             Some(json)
@@ -338,6 +340,27 @@ mod tests {
             d => panic!("{d:?}"),
         };
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), json!({"ch":"c","seq":3,"ts":9}));
+    }
+
+    #[test]
+    fn the_longest_sub_and_key_publish_and_one_byte_more_is_a_400() {
+        use crate::store::{Outcome, MAX_DEDUPE_SUB_AND_ID_BYTES};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 22).unwrap();
+        let keep = |_: &str| crate::store::Retention { messages: 100, age_ms: u64::MAX };
+        let app = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default() };
+        // The key "k" is "\"k\"" (3 bytes) as an id.
+        let room = MAX_DEDUPE_SUB_AND_ID_BYTES - 3;
+        let fits = Claims { sub: "s".repeat(room), ..app.clone() };
+        let a = publish("c".into(), &fits, b"1", Some("k")).unwrap();
+        let out = store.append_batch([&a], 5, 60_000, &keep).unwrap();
+        assert_eq!(out, vec![Outcome::Stored { seq: 1, ts: 5 }], "the longest pair commits to a real store");
+        let over = Claims { sub: "s".repeat(room + 1), ..app };
+        match publish("c".into(), &over, b"1", Some("k")) {
+            Err(Decision::Reply { status: 400, body, .. }) => assert_eq!(body, br#"{"error":"bad_request"}"#),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+        assert!(publish("c".into(), &over, b"1", None).is_ok(), "without a key the sub is no key");
     }
 
     #[test]

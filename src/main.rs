@@ -16,6 +16,7 @@ use roostd::config::{self, Config, OnCorrupt, SETTINGS};
 use roostd::logger;
 use roostd::server::{self, Server};
 use roostd::store::{self, Store, StoreError};
+use roostd::writer::SyncSource;
 
 /// Shortest secret accepted: HS256 keys shorter than the hash are weak.
 const MIN_SECRET_BYTES: usize = 32;
@@ -242,7 +243,13 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
     let listen = cfg.listen;
     let tls_note = if tls.is_some() { ", TLS" } else { "" };
-    let mut server = Server::bind(cfg, store, verifier, max_connections, tls).map_err(|e| {
+    let clock_sync = match std::env::var("ROOSTD_TEST_CLOCK_SYNCED").as_deref() {
+        Err(_) => SyncSource::Kernel,
+        Ok("1") => SyncSource::Fixed(true),
+        Ok("0") => SyncSource::Fixed(false),
+        Ok(v) => return usage(format!("ROOSTD_TEST_CLOCK_SYNCED must be 0 or 1, not {v:?}; unset it outside tests")),
+    };
+    let mut server = Server::bind(cfg, store, verifier, max_connections, tls, clock_sync).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             "another program uses that port; stop it or pass --listen with another port"
         } else {
@@ -356,15 +363,39 @@ fn backup(args: Vec<OsString>) -> Result<(), Fail> {
         return usage("roostd backup takes one FILE to write");
     };
     let dest = PathBuf::from(dest);
-    if dest.exists() {
-        return usage(format!("{} exists; give a new file name", dest.display()));
-    }
     if !cfg.data.join("data.mdb").exists() {
         return usage(format!("there is no store in {}; pass --data DIR", cfg.data.display()));
     }
+    // A new file only, never through a symlink: a backup holds every
+    // message, and `roostd backup` may run as a more privileged user than
+    // whoever can write where FILE points.
+    let file = match fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&dest)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ELOOP) => {
+            return usage(format!(
+                "{} exists (a file or a symlink); give a new file name, or remove it first",
+                dest.display()
+            ))
+        }
+        Err(e) => return usage(format!("cannot create {}: {e}; give a file in a writable folder", dest.display())),
+    };
     let store = Store::open(&cfg.data, cfg.max_store_bytes).map_err(|e| Fail(1, e.to_string()))?;
-    store.backup(&dest).map_err(|e| Fail(1, e.to_string()))?;
-    eprintln!("roostd: wrote {} (restore: copy it as data.mdb into an empty data folder)", dest.display());
+    let epoch = store.backup(file, &dest).map_err(|e| {
+        // Half a copy is no backup; the name is free for the next try.
+        let _ = fs::remove_file(&dest);
+        Fail(1, format!("{e}; check the free space where FILE goes"))
+    })?;
+    eprintln!(
+        "roostd: wrote {} with the new epoch {epoch} (restore: copy it as data.mdb into an empty data folder)",
+        dest.display()
+    );
     Ok(())
 }
 

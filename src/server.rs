@@ -36,7 +36,7 @@ use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{Append, Outcome, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
-use crate::writer::{Done, Policy, Writer};
+use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -153,7 +153,7 @@ pub struct Server {
     stopping: Option<Instant>,
     fatal: Option<StoreError>,
     metrics: Metrics,
-    clock_floor_secs: u64,
+    clock: Clock,
     hook: Option<Hook<HookTicket>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: UnixStream,
@@ -181,13 +181,15 @@ impl Server {
     /// Binds the listener and starts the writer thread. `max_connections`
     /// is the resolved total limit (main derives the default).
     /// `tls`: serve https:// and wss:// with this configuration (SIGHUP
-    /// reloads it from `cfg.tls_cert`/`cfg.tls_key`).
+    /// reloads it from `cfg.tls_cert`/`cfg.tls_key`). `clock_sync`: who
+    /// says whether the clock is synchronized (spec §10).
     pub fn bind(
         cfg: Config,
         store: Store,
         verifier: Verifier,
         max_connections: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
+        clock_sync: SyncSource,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = listen(cfg.listen)?;
@@ -213,7 +215,16 @@ impl Server {
             let (messages, age) = rules.retention_for(ch);
             Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
         });
-        let policy = Policy { dedupe_window: cfg.dedupe_window, retention };
+        let clock = Clock::new(store.clock_floor().unwrap_or(0), clock_sync);
+        if clock_sync == SyncSource::Kernel {
+            if let Err(e) = writer::kernel_synced() {
+                log::warn!(
+                    "cannot ask the kernel whether the clock is synchronized (adjtimex: {e}); the clock floor will not move. \
+                     Allow the adjtimex system call (see debian/roostd.service)"
+                );
+            }
+        }
+        let policy = Policy { dedupe_window: cfg.dedupe_window, retention, clock: clock.clone() };
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = wake_with.wake();
@@ -227,11 +238,11 @@ impl Server {
         };
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
-        let clock_floor_secs = store.clock_floor().unwrap_or(0) / 1000;
-        if system_unix() < clock_floor_secs {
+        let start = clock.now();
+        if system_unix() < start.floor_ms / 1000 {
             log::warn!(
-                "the system clock is {} s behind the last commit; using the commit time for token checks until it catches up (is NTP running?)",
-                clock_floor_secs - system_unix()
+                "the system clock is {} s behind the last good time; using that for token checks and ts until it is synchronized (is NTP running?)",
+                start.floor_ms / 1000 - system_unix()
             );
         }
         let writer = Writer::start(store.clone(), policy, wake);
@@ -284,7 +295,7 @@ impl Server {
             stopping: None,
             fatal: None,
             metrics: Metrics::default(),
-            clock_floor_secs,
+            clock,
             hook,
             tls,
             reload,
@@ -293,11 +304,11 @@ impl Server {
         })
     }
 
-    /// Wall-clock seconds for token checks: never before the highest time
-    /// a commit has seen, so a Pi that boots with a stale clock does not
-    /// accept tokens that expired long ago.
+    /// Wall-clock seconds for token checks: the effective time (spec §10),
+    /// so a Pi that boots with a stale clock does not accept tokens that
+    /// expired long ago.
     fn now_unix(&self) -> u64 {
-        system_unix().max(self.clock_floor_secs)
+        self.clock.now().ms / 1000
     }
 
     /// The address actually bound (the port, when 0 was asked for).
@@ -862,6 +873,13 @@ impl Server {
                             let (ch, seq, ts, new) = match &outcome {
                                 Outcome::Stored { seq, ts } => (append.ch.as_str(), *seq, *ts, true),
                                 Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
+                                Outcome::Invalid(why) => {
+                                    log::warn!("refused one publish: {why}");
+                                    let body = br#"{"error":"bad_request"}"#;
+                                    self.http_reply(ticket.conn, req, 400, "application/json", body, false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
                             };
                             if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
                             {
@@ -873,7 +891,6 @@ impl Server {
                         match outcome {
                             Outcome::Stored { seq, ts } => {
                                 self.metrics.published += 1;
-                                self.clock_floor_secs = self.clock_floor_secs.max(ts / 1000);
                                 if ticket.http.is_none() {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
                                 }
@@ -890,6 +907,15 @@ impl Server {
                                 if ticket.http.is_none() {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
                                 }
+                            }
+                            Outcome::Invalid(why) => {
+                                log::warn!("refused one publish: {why}");
+                                let text = wire::err(
+                                    ErrCode::BadRequest,
+                                    "the store cannot hold this message",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
                             }
                         }
                     }
@@ -912,7 +938,7 @@ impl Server {
                             self.send(ticket.conn, text.into());
                         }
                     }
-                    if !transient && self.fatal.is_none() {
+                    if e.is_fatal() && self.fatal.is_none() {
                         log::error!("{e}; closing every connection and stopping");
                         self.fatal = Some(e);
                         self.close_all(code::INTERNAL, "store failure", now);

@@ -28,7 +28,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{CompactionOption, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 
 pub type Seq = u64;
 
@@ -80,6 +80,21 @@ pub enum Outcome {
     /// The `(from, id)` was already published within the window: the
     /// original channel, seq and time; nothing new was stored.
     Duplicate { ch: String, seq: Seq, ts: u64 },
+    /// LMDB refused this item's content (`StoreError::Content`): nothing of
+    /// it was stored, the rest of its batch was. The edge checks keep every
+    /// size within LMDB's limits, so this means one of them is missing; the
+    /// publisher gets `bad_request`.
+    Invalid(String),
+}
+
+/// Options of `Store::commit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Save this clock floor (ms) with the batch. The writer passes one only
+    /// while the kernel reports the clock synchronized (spec §10).
+    pub floor: Option<u64>,
+    /// One nested transaction per item, so an item LMDB refuses fails alone.
+    pub isolate: bool,
 }
 
 /// Retention limits of one channel.
@@ -89,14 +104,22 @@ pub struct Retention {
     pub age_ms: u64,
 }
 
-/// A store failure, classified by what the caller must do.
+/// A store failure, classified by what the caller must do: space
+/// (`Full`, `NoSpace`: transient), content (`Content`: one item's fault),
+/// or a broken environment (`Corrupt`, `Fatal`: stop).
 #[derive(Debug)]
 pub enum StoreError {
     /// The map is full: refuse writes (`unavailable`), keep serving reads;
     /// writes work again once retention frees pages.
     Full,
-    /// The disk is full (ENOSPC): same handling as `Full`.
+    /// The disk is full (ENOSPC), or one commit needs more pages than a
+    /// transaction may hold: same handling as `Full`.
     NoSpace,
+    /// LMDB refused what a batch holds (a key over 511 bytes, an empty key,
+    /// a key that must not exist): the environment is fine. Retry the
+    /// batch's items one by one (`append_batch` with `isolate`) so only the
+    /// offending one fails.
+    Content(String),
     /// The files are not a readable LMDB store: move them aside or refuse to start.
     Corrupt(String),
     /// Another process owns the data folder.
@@ -111,6 +134,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Full | StoreError::NoSpace)
     }
+
+    /// True when the disk or the environment is broken: the server stops.
+    /// Space and content errors never stop it.
+    pub fn is_fatal(&self) -> bool {
+        !self.is_transient() && !matches!(self, StoreError::Content(_))
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -118,6 +147,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Full => f.write_str("the store is full (max-store-bytes reached)"),
             StoreError::NoSpace => f.write_str("the disk is full"),
+            StoreError::Content(m) => write!(f, "the store refused a message: {m}"),
             StoreError::Corrupt(m) => write!(f, "the store is unreadable: {m}"),
             StoreError::Locked(m) => f.write_str(m),
             StoreError::Fatal(m) => write!(f, "store failure: {m}"),
@@ -131,6 +161,11 @@ impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> StoreError {
         match e {
             heed::Error::Mdb(MdbError::MapFull) => StoreError::Full,
+            // Too many dirty pages in one transaction: a smaller commit works.
+            heed::Error::Mdb(MdbError::TxnFull) => StoreError::NoSpace,
+            // What was asked is wrong, not the environment: LMDB checks these
+            // before it changes a page, and the transaction is aborted anyway.
+            heed::Error::Mdb(MdbError::BadValSize | MdbError::KeyExist) => StoreError::Content(e.to_string()),
             // After a failed write LMDB refuses everything on this environment.
             heed::Error::Mdb(MdbError::Panic) => StoreError::Fatal(e.to_string()),
             heed::Error::Mdb(
@@ -203,15 +238,7 @@ impl Store {
             // where a store was is damage, not a fresh start.
             return Err(StoreError::Corrupt(format!("{} is empty", file.display())));
         }
-        let mut opts = EnvOpenOptions::new();
-        opts.map_size(max_bytes as usize).max_dbs(8).max_readers(126);
-        // SAFETY: heed requires that the environment is not opened twice in
-        // this process and that nothing else truncates or maps the file in a
-        // way that breaks LMDB's assumptions. `claim` (taken by `serve`
-        // before this call) keeps other roostd servers out of the folder, and
-        // this process opens each store once.
-        #[allow(unsafe_code)]
-        let env = unsafe { opts.open(dir) }.map_err(StoreError::from)?;
+        let env = open_env(dir, max_bytes, EnvFlags::empty())?;
         // A file shorter than the pages its meta page names would fault
         // (SIGBUS) on the first read of a missing page: refuse it here.
         if existed.is_some() {
@@ -306,7 +333,7 @@ impl Store {
     }
 
     /// Commits a batch in one write transaction: one fsync for all of it.
-    /// On error nothing of the batch is stored.
+    /// On error nothing of the batch is stored. Leaves the clock floor alone.
     pub fn append_batch<'a>(
         &self,
         batch: impl IntoIterator<Item = &'a Append>,
@@ -314,16 +341,43 @@ impl Store {
         dedupe_window_ms: u64,
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.commit(batch, now_ms, dedupe_window_ms, retention, Commit::default())
+    }
+
+    /// `append_batch` with the writer's options: the clock floor to save
+    /// with the batch, and whether each item runs in its own nested
+    /// transaction (still one commit, one fsync), so an item LMDB refuses
+    /// comes back as `Outcome::Invalid` and the others are stored.
+    pub fn commit<'a>(
+        &self,
+        batch: impl IntoIterator<Item = &'a Append>,
+        now_ms: u64,
+        dedupe_window_ms: u64,
+        retention: &dyn Fn(&str) -> Retention,
+        opts: Commit,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let mut out = Vec::new();
         for a in batch {
-            out.push(self.append_one(&mut wtxn, a, now_ms, dedupe_window_ms, retention)?);
+            if !opts.isolate {
+                out.push(self.append_one(&mut wtxn, a, now_ms, dedupe_window_ms, retention)?);
+                continue;
+            }
+            let mut item = self.env.nested_write_txn(&mut wtxn)?;
+            match self.append_one(&mut item, a, now_ms, dedupe_window_ms, retention) {
+                Ok(outcome) => {
+                    item.commit()?;
+                    out.push(outcome);
+                }
+                Err(StoreError::Content(why)) => {
+                    item.abort();
+                    out.push(Outcome::Invalid(why));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        // The clock floor: a Pi without a real-time clock boots with a stale
-        // time until NTP syncs; the floor keeps ts and token checks from
-        // going back in time.
-        if now_ms > self.clock_floor_in(&wtxn)? {
-            self.meta.put(&mut wtxn, b"clock", &now_ms.to_be_bytes())?;
+        if let Some(floor) = opts.floor {
+            self.meta.put(&mut wtxn, b"clock", &floor.to_be_bytes())?;
         }
         wtxn.commit()?;
         Ok(out)
@@ -393,10 +447,20 @@ impl Store {
         Ok(self.meta.get(txn, b"clock")?.and_then(be_u64).unwrap_or(0))
     }
 
-    /// The highest wall-clock time (ms) any commit has seen.
+    /// The saved clock floor (ms): the last good time, below which the
+    /// effective time never goes (spec §10); 0 when none was saved.
     pub fn clock_floor(&self) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
         self.clock_floor_in(&rtxn)
+    }
+
+    /// Saves the clock floor in a transaction of its own: for a floor that
+    /// changed while no publish came to carry it.
+    pub fn save_clock_floor(&self, floor_ms: u64) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.put(&mut wtxn, b"clock", &floor_ms.to_be_bytes())?;
+        wtxn.commit()?;
+        Ok(())
     }
 
     fn next_channel_id(&self, wtxn: &mut RwTxn) -> Result<u64, StoreError> {
@@ -476,12 +540,26 @@ impl Store {
         Ok(done)
     }
 
-    /// Writes a compacted, consistent copy of the store to `dest` (a new file).
-    pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
-        self.env
-            .copy_to_path(dest, CompactionOption::Enabled)
-            .map(|_| ())
-            .map_err(|e| StoreError::Fatal(format!("cannot write backup {}: {e}", dest.display())))
+    /// Writes a compacted, consistent copy of the store into `file`, a new
+    /// empty file at `path` that the caller created (0600, `O_EXCL`), and
+    /// gives the copy a new epoch (spec §6): the copy carries the same
+    /// history, but a store restored from it will hand out seqs that
+    /// clients already saw with other messages, so every resume against it
+    /// must be told `gap`. Returns the copy's epoch.
+    pub fn backup(&self, mut file: File, path: &Path) -> Result<String, StoreError> {
+        let fail = |e: &dyn fmt::Display| StoreError::Fatal(format!("cannot write backup {}: {e}", path.display()));
+        self.env.copy_to_file(&mut file, CompactionOption::Enabled).map_err(|e| fail(&e))?;
+        file.sync_all().map_err(|e| fail(&e))?;
+        // NO_LOCK: the copy is ours alone (just created with O_EXCL), and a
+        // lock file would be one more path to create beside FILE.
+        let env = open_env(path, self.env.info().map_size as u64, EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK)?;
+        let epoch = new_epoch();
+        let mut wtxn = env.write_txn()?;
+        let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
+        meta.put(&mut wtxn, b"epoch", epoch.as_bytes())?;
+        wtxn.commit()?;
+        env.force_sync()?;
+        Ok(epoch)
     }
 
     /// Bytes of the map in use, and the map size.
@@ -491,6 +569,22 @@ impl Store {
         let used = (info.last_page_number as u64 + 1) * stat.page_size as u64;
         (used, info.map_size as u64)
     }
+}
+
+/// Opens an LMDB environment: the crate's one `unsafe` call.
+fn open_env(path: &Path, max_bytes: u64, flags: EnvFlags) -> Result<Env, StoreError> {
+    let mut opts = EnvOpenOptions::new();
+    opts.map_size(max_bytes as usize).max_dbs(8).max_readers(126);
+    // SAFETY: heed requires that the environment is not opened twice in
+    // this process and that nothing else truncates or maps the file in a
+    // way that breaks LMDB's assumptions. `claim` (taken by `serve` before
+    // `Store::open`) keeps other roostd servers out of the folder, and this
+    // process opens each store once. The flags: `NO_SUB_DIR | NO_LOCK` only
+    // for a backup copy, a file `backup` has just created with O_EXCL, that
+    // nothing else has open, so no lock is needed.
+    #[allow(unsafe_code)]
+    let env = unsafe { opts.flags(flags).open(path) }?;
+    Ok(env)
 }
 
 fn new_epoch() -> String {
@@ -546,9 +640,20 @@ fn dedupe_key(from: &str, id: &str) -> Vec<u8> {
     k
 }
 
-/// The longest `sub` whose publishes can carry an id: LMDB keys are at most
-/// 511 bytes, and the dedupe key is `2 + sub + id (≤ 128)`.
-pub const MAX_DEDUPE_SUB_BYTES: usize = 511 - 2 - 128;
+/// LMDB's largest key (its default `MDB_MAXKEYSIZE`).
+const MAX_KEY_BYTES: usize = 511;
+
+/// The most bytes a `sub` and an id (as JSON text) may have together for a
+/// publish with that id: the longest key they make is the expiry key,
+/// `expires u64 | sub len u16 | sub | id`, and LMDB keys are at most 511
+/// bytes. A longer pair would make the commit fail, so the edges (`hub`
+/// for `pub`, `api` for `Idempotency-Key`) refuse it with `bad_request`.
+pub const MAX_DEDUPE_SUB_AND_ID_BYTES: usize = MAX_KEY_BYTES - 8 - 2;
+
+/// True when a publish by `sub` with this id (JSON text) fits the store.
+pub fn dedupe_fits(sub: &str, id: &str) -> bool {
+    sub.len() + id.len() <= MAX_DEDUPE_SUB_AND_ID_BYTES
+}
 
 fn decode_dedupe(v: &[u8]) -> Option<(Seq, u64, u64, &str)> {
     Some((be_u64(v)?, be_u64(v.get(8..)?)?, be_u64(v.get(16..)?)?, std::str::from_utf8(v.get(24..)?).ok()?))
@@ -606,7 +711,7 @@ mod tests {
         assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 1, last: 2 });
         assert_eq!(s.channel("zzz").unwrap(), ChannelInfo::EMPTY);
         assert_eq!(s.channels().unwrap().len(), 2);
-        assert_eq!(s.clock_floor().unwrap(), 1000);
+        assert_eq!(s.clock_floor().unwrap(), 0, "append_batch saves no clock floor");
     }
 
     #[test]
@@ -714,10 +819,69 @@ mod tests {
         s.append_batch(&[append("a", "u", "{\"k\":1}", None)], 5, 0, &|_| KEEP_ALL).unwrap();
         let restored = dir.path().join("restored");
         fs::create_dir_all(&restored).unwrap();
-        s.backup(&restored.join("data.mdb")).unwrap();
+        let path = restored.join("data.mdb");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        let epoch = s.backup(file, &path).unwrap();
+        assert_eq!(fs::read_dir(&restored).unwrap().count(), 1, "no lock file beside the copy");
         let r = Store::open(&restored, 1 << 24).unwrap();
-        assert_eq!(r.epoch(), s.epoch());
+        assert_ne!(r.epoch(), s.epoch(), "a copy is another history: a new epoch");
+        assert_eq!(r.epoch(), epoch);
         assert_eq!(all(&r, "a", 0), vec![(1, "{\"k\":1}".to_string())]);
+    }
+
+    #[test]
+    fn commit_saves_the_clock_floor_only_when_given_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let opts = Commit { floor: Some(5000), isolate: false };
+        s.commit(&[append("a", "u", "1", None)], 4000, 0, &|_| KEEP_ALL, opts).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 5000);
+        s.commit(&[append("a", "u", "2", None)], 9000, 0, &|_| KEEP_ALL, Commit::default()).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 5000);
+        s.save_clock_floor(3000).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 3000, "a floor can be lowered");
+    }
+
+    #[test]
+    fn an_item_lmdb_refuses_fails_alone_when_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        // Past the edge checks on purpose: a sub and id too long for a key.
+        let long = "s".repeat(MAX_DEDUPE_SUB_AND_ID_BYTES);
+        let batch =
+            [append("a", "u", "1", Some("1")), append("a", &long, "2", Some("22")), append("a", "u", "3", None)];
+        match s.append_batch(&batch, 1000, 60_000, &|_| KEEP_ALL) {
+            Err(e @ StoreError::Content(_)) => assert!(!e.is_fatal() && !e.is_transient(), "{e}"),
+            other => panic!("expected a content error, got {other:?}"),
+        }
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo::EMPTY, "nothing of the failed batch is stored");
+        let out = s.commit(&batch, 1000, 60_000, &|_| KEEP_ALL, Commit { floor: None, isolate: true }).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1000 });
+        assert!(matches!(out[1], Outcome::Invalid(_)), "{:?}", out[1]);
+        assert_eq!(out[2], Outcome::Stored { seq: 2, ts: 1000 });
+        assert_eq!(all(&s, "a", 0), vec![(1, "1".into()), (2, "3".into())]);
+        // The dedupe record of the first item is there, the refused one left nothing.
+        let again = s.append_batch(&batch[..1], 1001, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(again[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+    }
+
+    #[test]
+    fn the_longest_sub_and_id_commit_and_one_byte_more_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let id = "\"k\"";
+        let sub = "s".repeat(MAX_DEDUPE_SUB_AND_ID_BYTES - id.len());
+        assert!(dedupe_fits(&sub, id));
+        let out = s.append_batch(&[append("a", &sub, "1", Some(id))], 1000, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1000 });
+        // And it expires like any other (the expiry key is the longest key).
+        assert_eq!(s.maintain(61_000, 100, &|_| KEEP_ALL).unwrap(), 1);
+        let longer = format!("{sub}s");
+        assert!(!dedupe_fits(&longer, id));
+        assert!(matches!(
+            s.append_batch(&[append("a", &longer, "1", Some(id))], 1000, 60_000, &|_| KEEP_ALL),
+            Err(StoreError::Content(_))
+        ));
     }
 
     #[test]

@@ -14,14 +14,22 @@
 //! transactions, so trimming never holds the write lock for long.
 //!
 //! This thread reads the wall clock itself: `ts` is the commit time, and only
-//! the thread that commits knows it.
+//! the thread that commits knows it. The time it reads is `Clock`'s
+//! effective time (spec §10), which the loop shares for token checks.
+//!
+//! A batch whose content LMDB refuses (`StoreError::Content`) is committed
+//! again with each item in its own nested transaction, so only the item at
+//! fault fails (`Outcome::Invalid`); only a broken environment stops the
+//! thread.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::clock;
+use crate::store::{Append, Commit, Outcome, Retention, Store, StoreError};
 
 /// Most appends merged into one transaction: bounds the transaction's dirty
 /// pages and the latency of the first publisher in it.
@@ -30,6 +38,10 @@ pub const MAX_BATCH: usize = 4096;
 const MAINTAIN_BUDGET: usize = 2000;
 /// Retention must take effect within 1 s of the commit that passes a limit.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(400);
+/// While no publish carries it, a floor that rose is saved this often (a
+/// floor that fell is saved at once): a small commit an hour, not an SD
+/// card write every maintenance pass.
+const SAVE_RISEN_FLOOR_EVERY_MS: u64 = 3_600_000;
 
 /// One commit's results: the appends as sent, in order, with their outcomes.
 pub struct Done<T> {
@@ -57,6 +69,87 @@ pub struct Writer<T: Send + 'static> {
 pub struct Policy {
     pub dedupe_window: Duration,
     pub retention: Arc<dyn Fn(&str) -> Retention + Send + Sync>,
+    pub clock: Clock,
+}
+
+/// Who says whether the system clock is synchronized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncSource {
+    /// The kernel (`adjtimex`).
+    Kernel,
+    /// A fixed answer (`ROOSTD_TEST_CLOCK_SYNCED`, for tests).
+    Fixed(bool),
+}
+
+/// The effective wall-clock time (spec §10), shared by the loop (token
+/// checks) and the writer (`ts`): the system time, never below a floor
+/// that only a synchronized clock moves (`clock::next_floor`).
+#[derive(Clone)]
+pub struct Clock {
+    floor_ms: Arc<AtomicU64>,
+    sync: SyncSource,
+}
+
+/// One reading of the `Clock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// The effective time, ms since the epoch.
+    pub ms: u64,
+    /// The floor after this reading.
+    pub floor_ms: u64,
+    /// The clock was synchronized: the floor may be saved.
+    pub synced: bool,
+}
+
+impl Clock {
+    /// A clock starting from the floor saved in the store.
+    pub fn new(floor_ms: u64, sync: SyncSource) -> Clock {
+        Clock { floor_ms: Arc::new(AtomicU64::new(floor_ms)), sync }
+    }
+
+    /// Reads the system clock and moves the floor by the rule.
+    pub fn now(&self) -> Now {
+        let system = system_ms();
+        let synced = match self.sync {
+            SyncSource::Fixed(synced) => synced,
+            SyncSource::Kernel => kernel_synced().unwrap_or(false),
+        };
+        let mut floor = self.floor_ms.load(Ordering::Relaxed);
+        loop {
+            let next = clock::next_floor(floor, system, synced);
+            if next == floor {
+                break;
+            }
+            match self.floor_ms.compare_exchange(floor, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => floor = next,
+                Err(seen) => floor = seen,
+            }
+        }
+        Now { ms: clock::effective(floor, system), floor_ms: floor, synced }
+    }
+}
+
+fn system_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Whether the kernel reports the system clock synchronized (NTP or PTP
+/// disciplining it): `adjtimex` in read-only mode answers not `TIME_ERROR`
+/// and `STA_UNSYNC` is clear. `Err` when the call is refused (a sandbox
+/// that filters it, such as systemd's `ProtectClock=`).
+pub fn kernel_synced() -> Result<bool, std::io::Error> {
+    // SAFETY: `timex` is a C struct of integers, for which all-zero bytes
+    // are a valid value; with `modes` 0 `adjtimex` changes nothing and only
+    // writes the kernel's clock state into the struct we own.
+    #[allow(unsafe_code)]
+    let (state, status) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        (libc::adjtimex(&mut tx), tx.status)
+    };
+    if state == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(state != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0)
 }
 
 impl<T: Send + 'static> Writer<T> {
@@ -101,18 +194,12 @@ impl<T: Send + 'static> Drop for Writer<T> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
     let retention = &*policy.retention;
-    // `ts` never goes back, even when the system clock does (a Pi before NTP).
-    let mut floor = store.clock_floor().unwrap_or(0);
-    let mut now_ms = move || {
-        floor = floor.max(now_ms());
-        floor
-    };
+    let clock = policy.clock;
+    // The floor as saved in the store: it is saved again only while the
+    // clock is synchronized (spec §10).
+    let mut saved_floor = store.clock_floor().unwrap_or(0);
     let window_ms = policy.dedupe_window.as_millis() as u64;
     let mut next_maintenance = Instant::now() + MAINTAIN_EVERY;
     let mut stopping = false;
@@ -122,11 +209,18 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             Ok(Job::Append(items)) => items,
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                next_maintenance = match store.maintain(now_ms(), MAINTAIN_BUDGET, retention) {
+                let now = clock.now();
+                let fell = now.floor_ms < saved_floor;
+                let rose = now.floor_ms >= saved_floor.saturating_add(SAVE_RISEN_FLOOR_EVERY_MS);
+                let saved = match now.synced && (fell || rose) {
+                    true => store.save_clock_floor(now.floor_ms).map(|()| saved_floor = now.floor_ms),
+                    false => Ok(()),
+                };
+                next_maintenance = match saved.and_then(|()| store.maintain(now.ms, MAINTAIN_BUDGET, retention)) {
                     // More to trim: come back right after any waiting publishes.
                     Ok(n) if n == MAINTAIN_BUDGET => Instant::now(),
                     Ok(_) => Instant::now() + MAINTAIN_EVERY,
-                    Err(e) if e.is_transient() => {
+                    Err(e) if !e.is_fatal() => {
                         log::warn!("retention pass failed: {e}");
                         Instant::now() + MAINTAIN_EVERY
                     }
@@ -155,9 +249,26 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             }
         }
         let started = Instant::now();
-        let result = store.append_batch(items.iter().map(|(_, a)| a), now_ms(), window_ms, retention);
+        let now = clock.now();
+        let opts =
+            Commit { floor: (now.synced && now.floor_ms != saved_floor).then_some(now.floor_ms), isolate: false };
+        let appends = || items.iter().map(|(_, a)| a);
+        let mut result = store.commit(appends(), now.ms, window_ms, retention, opts);
+        if let Err(StoreError::Content(why)) = &result {
+            // One item is at fault, not the store: find it without failing
+            // the others (still one commit).
+            log::warn!("LMDB refused part of a batch of {} ({why}); committing each on its own", items.len());
+            result = match store.commit(appends(), now.ms, window_ms, retention, Commit { isolate: true, ..opts }) {
+                // Only if the commit itself refused: fail the batch, not the server.
+                Err(StoreError::Content(why)) => Ok(vec![Outcome::Invalid(why); items.len()]),
+                other => other,
+            };
+        }
         let took = started.elapsed();
-        let fatal = matches!(&result, Err(e) if !e.is_transient());
+        if let (Ok(_), Some(floor)) = (&result, opts.floor) {
+            saved_floor = floor;
+        }
+        let fatal = matches!(&result, Err(e) if e.is_fatal());
         if let Err(e) = &result {
             log::error!("commit of {} messages failed: {e}", items.len());
         }
