@@ -283,3 +283,44 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(from: &str, data: &str, id: Option<&str>) -> Append {
+        Append { ch: "a".into(), from: from.into(), data: data.into(), id: id.map(Into::into) }
+    }
+
+    #[test]
+    fn an_item_lmdb_refuses_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let keep = Retention { messages: u64::MAX, age_ms: u64::MAX };
+        let policy = Policy {
+            dedupe_window: Duration::from_secs(60),
+            retention: Arc::new(move |_| keep),
+            clock: Clock::new(0, SyncSource::Fixed(true)),
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::start(store.clone(), policy, Box::new(move || drop(tx.send(()))));
+        // As if an edge check were missing: a sub and id too long for an LMDB key.
+        let long = "s".repeat(crate::store::MAX_DEDUPE_SUB_AND_ID_BYTES);
+        writer.submit(vec![
+            (1, append("u", "1", Some("1"))),
+            (2, append(&long, "2", Some("22"))),
+            (3, append("u", "3", None)),
+        ]);
+        rx.recv_timeout(Duration::from_secs(10)).expect("a result");
+        let done: Vec<Done<i32>> = writer.results().collect();
+        let outcomes = done[0].result.as_ref().expect("the batch commits");
+        assert!(matches!(outcomes[0], Outcome::Stored { seq: 1, .. }), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Outcome::Invalid(_)), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Outcome::Stored { seq: 2, .. }), "{outcomes:?}");
+        // The thread is still there and commits the next batch.
+        writer.submit(vec![(4, append("u", "4", None))]);
+        let done = writer.stop();
+        assert!(matches!(done[0].result.as_deref(), Ok([Outcome::Stored { seq: 3, .. }])));
+        assert!(store.clock_floor().unwrap() > 0, "a synchronized clock's floor is saved with the commit");
+    }
+}

@@ -8,10 +8,12 @@ mod support;
 
 mod api;
 mod cli;
+mod clock;
 mod handshake;
 mod hook;
 mod lifecycle;
 mod limits;
+mod store_limits;
 mod sync;
 mod tidy;
 mod tls;

@@ -212,7 +212,9 @@ impl TestServer {
         self.start_again();
     }
 
-    fn start_again(&mut self) {
+    /// Starts the server again on the same data folder after it stopped
+    /// (the port may change); lets a test change the folder in between.
+    pub fn start_again(&mut self) {
         let (child, events, addr) = spawn_server(self.data.path(), &self.options, &self.log);
         self.child = Some(child);
         self.events = events;
@@ -263,6 +265,15 @@ impl TestServer {
     /// Sends a raw HTTP request and reads one answer.
     pub fn http(&self, request: &str) -> HttpResponse {
         self.http_bytes(request.as_bytes())
+    }
+
+    /// `POST /api/channels/{ch}/messages` with `token`, a JSON `body` and
+    /// `extra` header lines (each ending in `\r\n`).
+    pub fn post(&self, ch: &str, token: &str, body: &str, extra: &str) -> HttpResponse {
+        let len = body.len();
+        self.http(&format!(
+            "POST /api/channels/{ch}/messages HTTP/1.1\r\nHost: roostd.test\r\nAuthorization: Bearer {token}\r\nContent-Length: {len}\r\n{extra}\r\n{body}"
+        ))
     }
 
     /// A plain TCP connection to the server, with timeouts.
