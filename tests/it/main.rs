@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod backup;
 mod cli;
 mod clock;
 mod handshake;
