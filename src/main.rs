@@ -353,7 +353,7 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
 fn backup(args: Vec<OsString>) -> Result<(), Fail> {
     let (cfg, others) = match load_config(args, &[""]) {
         Err(Fail(0, _)) => {
-            print!("Usage: roostd backup FILE [--config FILE] [--data DIR]\n\nWrites a consistent, compacted copy of the store, also while the server runs.\nRestore: put FILE as data.mdb into an empty data folder.\n");
+            print!("Usage: roostd backup FILE [--config FILE] [--data DIR]\n\nWrites a consistent, compacted copy of the store, also while the server runs,\nunder a new epoch (clients resuming against a restored copy resync). FILE must\nnot exist; it is created with mode 0600.\nRestore: put FILE as data.mdb into an empty data folder.\n");
             return Ok(());
         }
         other => other?,

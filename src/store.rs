@@ -8,7 +8,8 @@
 //! write transaction holding it has committed.
 //!
 //! Layout (all keys big-endian so LMDB's byte order is numeric order):
-//! - `meta`:     `epoch` → text; `next_chan` → u64.
+//! - `meta`:     `epoch` → text (new for a backup copy); `next_chan` → u64;
+//!   `clock` → u64, the clock floor in ms (spec §10).
 //! - `channels`: name → `id u64 | first u64 | last u64`. `first` is the oldest
 //!   seq still stored (`last + 1` when everything was trimmed).
 //! - `messages`: `chan id u64 | seq u64` → `ts u64 | from len u16 | from | data`.
@@ -272,7 +273,8 @@ impl Store {
         Ok(Store { env, meta, channels, messages, dedupe, expiry, epoch })
     }
 
-    /// The store's identity: created with it, never changed.
+    /// The store's identity: created with it, never changed (a backup copy
+    /// gets its own).
     pub fn epoch(&self) -> &str {
         &self.epoch
     }

@@ -303,7 +303,13 @@ mod tests {
             clock: Clock::new(0, SyncSource::Fixed(true)),
         };
         let (tx, rx) = mpsc::channel();
-        let mut writer = Writer::start(store.clone(), policy, Box::new(move || drop(tx.send(()))));
+        let mut writer = Writer::start(
+            store.clone(),
+            policy,
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
         // As if an edge check were missing: a sub and id too long for an LMDB key.
         let long = "s".repeat(crate::store::MAX_DEDUPE_SUB_AND_ID_BYTES);
         writer.submit(vec![
