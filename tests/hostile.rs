@@ -516,8 +516,8 @@ fn fuzz_http_head_parser_stays_within_its_limits() {
                 let _ = http::query_param(&head.query, "token");
                 let _ = http::percent_decode_path(&head.path);
                 if let Some(origin) = &head.origin {
-                    let _ = http::origin_allowed(origin, head.host.as_deref(), &[]);
-                    let _ = http::origin_allowed(origin, head.host.as_deref(), &["http://pi.local:8080".into()]);
+                    let _ = http::origin_allowed(origin, head.host.as_deref(), false, &[]);
+                    let _ = http::origin_allowed(origin, head.host.as_deref(), true, &["http://pi.local:8080".into()]);
                 }
             }
             Ok(None) => {
