@@ -12,6 +12,7 @@ mod cli;
 mod clock;
 mod handshake;
 mod hook;
+mod http;
 mod lifecycle;
 mod limits;
 mod store_limits;
