@@ -13,8 +13,9 @@ use serde_json::json;
 use crate::support::*;
 
 const DAY_MS: u64 = 86_400_000;
-/// Only address space: the server's own map size is larger anyway.
-const MAP: u64 = 1 << 30;
+/// Smaller than the server's map on purpose: LMDB saves a larger map size
+/// into the file, and a server with a smaller one would fail (MDB_MAP_RESIZED).
+const MAP: u64 = 1 << 24;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
