@@ -34,7 +34,7 @@ use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::store::{Append, Outcome, Refusal, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
 use crate::writer::{Done, Policy, Writer};
 
@@ -213,7 +213,12 @@ impl Server {
             let (messages, age) = rules.retention_for(ch);
             Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
         });
-        let policy = Policy { dedupe_window: cfg.dedupe_window, retention };
+        let policy = Policy {
+            dedupe_window: cfg.dedupe_window,
+            retention,
+            retention_rules: cfg.retention_rules(),
+            max_channels: cfg.max_channels,
+        };
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = wake_with.wake();
@@ -540,7 +545,7 @@ impl Server {
                 let text = self.metrics.render(self.gauges());
                 self.http_reply(id, req, 200, "text/plain; version=0.0.4", text.as_bytes(), false, now)
             }
-            Decision::Channels => match self.store.channels() {
+            Decision::Channels { after, limit } => match self.store.channels(&after, limit) {
                 Ok(list) => self.http_reply(id, req, 200, "application/json", &api::channels(&list), false, now),
                 Err(e) => self.store_unavailable(id, req, e, now),
             },
@@ -862,6 +867,12 @@ impl Server {
                             let (ch, seq, ts, new) = match &outcome {
                                 Outcome::Stored { seq, ts } => (append.ch.as_str(), *seq, *ts, true),
                                 Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
+                                Outcome::Refused(why) => {
+                                    let (status, body) = api::refused(*why);
+                                    self.http_reply(ticket.conn, req, status, "application/json", &body, false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
                             };
                             if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
                             {
@@ -890,6 +901,14 @@ impl Server {
                                 if ticket.http.is_none() {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
                                 }
+                            }
+                            Outcome::Refused(Refusal::TooManyChannels) => {
+                                let text = wire::err(
+                                    ErrCode::TooManyChannels,
+                                    "the store holds --max-channels channels; publish to an existing one",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
                             }
                         }
                     }
@@ -1118,6 +1137,7 @@ fn error_code(body: &[u8]) -> &'static str {
         "server_full",
         "headers_too_large",
         "unavailable",
+        "too_many_channels",
     ];
     let text = std::str::from_utf8(body).unwrap_or("");
     CODES.iter().find(|c| text.contains(&format!("\"{c}\""))).copied().unwrap_or("other")

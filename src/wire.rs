@@ -58,6 +58,7 @@ pub enum ErrCode {
     BadChannel,
     TooManySubscriptions,
     Unavailable,
+    TooManyChannels,
 }
 
 impl ErrCode {
@@ -71,6 +72,7 @@ impl ErrCode {
             ErrCode::BadChannel => "bad_channel",
             ErrCode::TooManySubscriptions => "too_many_subscriptions",
             ErrCode::Unavailable => "unavailable",
+            ErrCode::TooManyChannels => "too_many_channels",
         }
     }
 }

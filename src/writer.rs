@@ -11,7 +11,9 @@
 //! Results come back in commit order through a channel, and `wake` (a
 //! `mio::Waker` in the server) tells the loop to collect them. Between
 //! batches the thread runs retention and dedupe expiry in small bounded
-//! transactions, so trimming never holds the write lock for long.
+//! transactions, so trimming never holds the write lock for long; a pass
+//! that is due runs before the next batch is taken, so publishers that never
+//! pause cannot starve it.
 //!
 //! This thread reads the wall clock itself: `ts` is the commit time, and only
 //! the thread that commits knows it.
@@ -57,6 +59,11 @@ pub struct Writer<T: Send + 'static> {
 pub struct Policy {
     pub dedupe_window: Duration,
     pub retention: Arc<dyn Fn(&str) -> Retention + Send + Sync>,
+    /// A description of the retention settings: when it differs from the
+    /// one the store's retention index was built for, the index is rebuilt.
+    pub retention_rules: String,
+    /// A publish that would create a channel past this many is refused.
+    pub max_channels: u64,
 }
 
 impl<T: Send + 'static> Writer<T> {
@@ -106,6 +113,7 @@ fn now_ms() -> u64 {
 }
 
 fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
+    let store = store.with_max_channels(policy.max_channels);
     let retention = &*policy.retention;
     // `ts` never goes back, even when the system clock does (a Pi before NTP).
     let mut floor = store.clock_floor().unwrap_or(0);
@@ -114,34 +122,33 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
         floor
     };
     let window_ms = policy.dedupe_window.as_millis() as u64;
-    let mut next_maintenance = Instant::now() + MAINTAIN_EVERY;
+    // The first turn builds the retention index if the store needs it.
+    let mut next_maintenance = Instant::now();
+    let mut indexed = false;
     let mut stopping = false;
     while !stopping {
+        // Due maintenance runs before the next batch is taken: under a
+        // steady stream of publishes the queue is never empty, and waiting
+        // for a quiet moment would let retention fall behind for good.
+        if Instant::now() >= next_maintenance {
+            match maintain(&store, &policy, &mut indexed, now_ms()) {
+                Ok(next) => next_maintenance = next,
+                Err(e) => {
+                    // The environment is broken (an I/O error, a panic
+                    // after a failed meta write): report it like a failed
+                    // commit, so the server stops instead of limping on.
+                    log::error!("retention pass failed: {e}");
+                    let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
+                    wake();
+                    break;
+                }
+            }
+        }
         let wait = next_maintenance.saturating_duration_since(Instant::now());
         let mut items = match jobs.recv_timeout(wait) {
             Ok(Job::Append(items)) => items,
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                next_maintenance = match store.maintain(now_ms(), MAINTAIN_BUDGET, retention) {
-                    // More to trim: come back right after any waiting publishes.
-                    Ok(n) if n == MAINTAIN_BUDGET => Instant::now(),
-                    Ok(_) => Instant::now() + MAINTAIN_EVERY,
-                    Err(e) if e.is_transient() => {
-                        log::warn!("retention pass failed: {e}");
-                        Instant::now() + MAINTAIN_EVERY
-                    }
-                    Err(e) => {
-                        // The environment is broken (an I/O error, a panic
-                        // after a failed meta write): report it like a failed
-                        // commit, so the server stops instead of limping on.
-                        log::error!("retention pass failed: {e}");
-                        let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
-                        wake();
-                        break;
-                    }
-                };
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
         };
         // Group commit: everything queued while the last commit ran.
         while items.len() < MAX_BATCH {
@@ -170,5 +177,35 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             // holds may not be what is on disk.
             break;
         }
+    }
+}
+
+/// One maintenance turn: builds the retention index first if it is not
+/// built yet, then one bounded pass. Returns when the next turn is due; an
+/// error is fatal (transient ones are logged and retried).
+fn maintain(store: &Store, policy: &Policy, indexed: &mut bool, now_ms: u64) -> Result<Instant, StoreError> {
+    let retention = &*policy.retention;
+    let later = Instant::now() + MAINTAIN_EVERY;
+    if !*indexed {
+        match store.index_retention(&policy.retention_rules, retention) {
+            Ok(0) => {}
+            Ok(n) => log::info!("indexed {n} channels for the retention settings"),
+            Err(e) if e.is_transient() => {
+                log::warn!("building the retention index failed: {e}; retrying");
+                return Ok(later);
+            }
+            Err(e) => return Err(e),
+        }
+        *indexed = true;
+    }
+    match store.maintain(now_ms, MAINTAIN_BUDGET, retention) {
+        // More to trim: come back right after the next waiting batch.
+        Ok(n) if n == MAINTAIN_BUDGET => Ok(Instant::now()),
+        Ok(_) => Ok(later),
+        Err(e) if e.is_transient() => {
+            log::warn!("retention pass failed: {e}");
+            Ok(later)
+        }
+        Err(e) => Err(e),
     }
 }

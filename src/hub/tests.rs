@@ -74,6 +74,7 @@ impl World {
                     }
                 }
                 Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id.as_deref(), &ch, seq)),
+                Outcome::Refused(why) => panic!("refused: {why:?}"),
             }
         }
     }
