@@ -903,7 +903,8 @@ mod tests {
         // An emptied channel keeps its record, so it still counts.
         while s.maintain(5000, 100, &short).unwrap() > 0 {}
         assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 3, last: 2 });
-        let out = roomy.append_batch(&[append("d", "u", "1", None), append("a", "u", "3", None)], 5000, 0, &short).unwrap();
+        let out =
+            roomy.append_batch(&[append("d", "u", "1", None), append("a", "u", "3", None)], 5000, 0, &short).unwrap();
         assert_eq!(out, vec![Outcome::Refused(Refusal::TooManyChannels), Outcome::Stored { seq: 3, ts: 5000 }]);
     }
 

@@ -209,3 +209,58 @@ fn maintain(store: &Store, policy: &Policy, indexed: &mut bool, now_ms: u64) -> 
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_up_while_the_queue_is_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 28).unwrap();
+        let policy = Policy {
+            dedupe_window: Duration::ZERO,
+            retention: Arc::new(|_: &str| Retention { messages: u64::MAX, age_ms: 300 }),
+            retention_rules: "300 ms".into(),
+            max_channels: u64::MAX,
+        };
+        // Each commit takes 5 ms more (as one does on an SD card): with an
+        // append submitted every millisecond, the writer's queue is never
+        // empty when it looks.
+        let slow = Box::new(|| thread::sleep(Duration::from_millis(5)));
+        let writer = Writer::<()>::start(store.clone(), policy, slow);
+        let append = Append { ch: "t".into(), from: "u".into(), data: "1".into(), id: None };
+        let started = Instant::now();
+        let mut next_look = started + Duration::from_millis(1300);
+        let mut lags = Vec::new();
+        let mut next = started;
+        while started.elapsed() < Duration::from_millis(2500) {
+            writer.submit(vec![((), append.clone())]);
+            for done in writer.results() {
+                done.result.unwrap();
+            }
+            next += Duration::from_millis(1);
+            while Instant::now() < next {
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= next_look {
+                next_look += Duration::from_millis(100);
+                // Stored ts are commit times: the newest against the oldest.
+                let info = store.channel("t").unwrap();
+                let ts = |seq: u64| {
+                    let mut ts = 0;
+                    store
+                        .read("t", seq - 1, 1, |r| {
+                            ts = r.ts;
+                            false
+                        })
+                        .unwrap();
+                    ts
+                };
+                lags.push(ts(info.last) - ts(info.first));
+            }
+        }
+        // 300 ms old, plus 1 s to take effect.
+        assert!(lags.len() > 5 && lags.iter().all(|&lag| lag <= 1300), "retention fell behind: {lags:?}");
+    }
+}

@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod channels;
 mod cli;
 mod handshake;
 mod hook;
