@@ -501,6 +501,21 @@ mod tests {
     }
 
     #[test]
+    fn max_channels_and_the_retention_rules_text() {
+        let mut c = Config::default();
+        assert_eq!(c.max_channels, 100_000);
+        c.apply_toml("max_channels = 5", "test.toml").unwrap();
+        assert_eq!(c.max_channels, 5);
+        assert!(c.set("max-channels", "0").unwrap_err().0.contains("at least 1"));
+        let before = c.retention_rules();
+        c.set("retention-age", "1d").unwrap();
+        assert_ne!(c.retention_rules(), before, "a changed age rebuilds the retention index");
+        let before = c.retention_rules();
+        c.apply_toml("[[retention]]\npattern = \"s:*\"\nmessages = 5", "test.toml").unwrap();
+        assert_ne!(c.retention_rules(), before, "so does a new rule");
+    }
+
+    #[test]
     fn flags_and_file_share_one_path() {
         let mut c = Config::default();
         c.apply_toml(
