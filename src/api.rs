@@ -315,7 +315,9 @@ mod tests {
             (head("GET", "/api/channels/a/messages?since=x", Some(all.clone()), None), 400),
             (head("POST", "/api/channels/a/messages", Some(all.clone()), Some("5")), 1),
             (head("GET", "/api/channels/room%3A1/messages?since=3&limit=5", Some(reader), None), 2),
-            (head("GET", "/api/channels", Some(all), None), 3),
+            (head("GET", "/api/channels?limit=0", Some(all.clone()), None), 400),
+            (head("GET", "/api/channels?limit=1001", Some(all.clone()), None), 400),
+            (head("GET", "/api/channels", Some(all.clone()), None), 3),
         ];
         for (h, want) in cases {
             assert_eq!(status(&decide(&h, &v, 1_700_000_000, 65536, true)), want, "{} {}", h.method, h.path);
@@ -333,6 +335,16 @@ mod tests {
             true,
         ) {
             Decision::History { ch, since, limit } => assert_eq!((ch.as_str(), since, limit), ("room:1", 3, 5)),
+            d => panic!("{d:?}"),
+        }
+        match decide(
+            &head("GET", "/api/channels?after=room%3A1&limit=5", Some(all), None),
+            &v,
+            1_700_000_000,
+            65536,
+            true,
+        ) {
+            Decision::Channels { after, limit } => assert_eq!((after.as_str(), limit), ("room:1", 5)),
             d => panic!("{d:?}"),
         }
         let mut chunked = head(

@@ -903,6 +903,7 @@ impl Server {
                                 }
                             }
                             Outcome::Refused(Refusal::TooManyChannels) => {
+                                self.metrics.refuse(ErrCode::TooManyChannels.as_str());
                                 let text = wire::err(
                                     ErrCode::TooManyChannels,
                                     "the store holds --max-channels channels; publish to an existing one",
