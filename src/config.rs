@@ -88,6 +88,11 @@ pub struct Config {
     pub demo: bool,
     /// LMDB map size: the most the store may ever occupy.
     pub max_store_bytes: u64,
+    /// Channels in the store. A channel's record outlives its messages (its
+    /// seqs must never repeat), so without a bound a token with a prefix
+    /// grant could fill the disk with channels; a publish that would create
+    /// one more is refused with `too_many_channels`.
+    pub max_channels: u64,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Conformance testing only: echo every message back unchanged.
@@ -195,6 +200,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "on-corrupt", value: "fresh|refuse", default: "fresh", help: "what to do with an unreadable store" },
     Setting { key: "no-demo", value: "", default: "demo on", help: "do not serve the demo page and /roost.js" },
     Setting { key: "max-store-bytes", value: "N", default: "1 GiB (256 MiB on 32-bit)", help: "LMDB map limit" },
+    Setting {
+        key: "max-channels",
+        value: "N",
+        default: "100000",
+        help: "channels in the store; past it a new channel is refused (too_many_channels)",
+    },
     Setting { key: "tls-cert", value: "FILE", default: "-", help: "PEM certificate: serve https:// and wss://" },
     Setting { key: "tls-key", value: "FILE", default: "-", help: "PEM private key for --tls-cert" },
     Setting { key: "echo", value: "", default: "off", help: "conformance testing only: echo every message back" },
@@ -231,6 +242,7 @@ impl Default for Config {
             on_corrupt: OnCorrupt::Fresh,
             demo: true,
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            max_channels: 100_000,
             tls_cert: None,
             tls_key: None,
             echo: false,
@@ -280,6 +292,7 @@ impl Config {
             }
             "no-demo" => self.demo = !boolean(key, v)?,
             "max-store-bytes" => self.max_store_bytes = positive(key, v)? as u64,
+            "max-channels" => self.max_channels = positive(key, v)? as u64,
             "tls-cert" => self.tls_cert = Some(PathBuf::from(nonempty(key, v)?)),
             "tls-key" => self.tls_key = Some(PathBuf::from(nonempty(key, v)?)),
             "echo" => self.echo = boolean(key, v)?,
@@ -362,6 +375,14 @@ impl Config {
             }
         }
         (self.retention_messages, self.retention_age)
+    }
+
+    /// The retention settings as one text: equal texts mean equal rules
+    /// for every channel (the store rebuilds its retention index when it changes).
+    pub fn retention_rules(&self) -> String {
+        let rules: Vec<String> =
+            self.retention.iter().map(|r| format!("{} {} {}", r.pattern, r.messages, r.age.as_millis())).collect();
+        format!("{} {} [{}]", self.retention_messages, self.retention_age.as_millis(), rules.join(", "))
     }
 }
 
@@ -477,6 +498,21 @@ mod tests {
         assert!(duration("x", "7w").is_err());
         assert!(duration("x", "s").is_err());
         assert!(duration("x", "-1s").is_err());
+    }
+
+    #[test]
+    fn max_channels_and_the_retention_rules_text() {
+        let mut c = Config::default();
+        assert_eq!(c.max_channels, 100_000);
+        c.apply_toml("max_channels = 5", "test.toml").unwrap();
+        assert_eq!(c.max_channels, 5);
+        assert!(c.set("max-channels", "0").unwrap_err().0.contains("at least 1"));
+        let before = c.retention_rules();
+        c.set("retention-age", "1d").unwrap();
+        assert_ne!(c.retention_rules(), before, "a changed age rebuilds the retention index");
+        let before = c.retention_rules();
+        c.apply_toml("[[retention]]\npattern = \"s:*\"\nmessages = 5", "test.toml").unwrap();
+        assert_ne!(c.retention_rules(), before, "so does a new rule");
     }
 
     #[test]

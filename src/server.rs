@@ -34,7 +34,7 @@ use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::store::{Append, Outcome, Refusal, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
@@ -240,7 +240,13 @@ impl Server {
                 );
             }
         }
-        let policy = Policy { dedupe_window: cfg.dedupe_window, retention, clock: clock.clone() };
+        let policy = Policy {
+            dedupe_window: cfg.dedupe_window,
+            retention,
+            retention_rules: cfg.retention_rules(),
+            max_channels: cfg.max_channels,
+            clock: clock.clone(),
+        };
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = wake_with.wake();
@@ -602,7 +608,7 @@ impl Server {
                 let text = self.metrics.render(self.gauges());
                 self.http_reply(id, req, 200, "text/plain; version=0.0.4", text.as_bytes(), false, now)
             }
-            Decision::Channels => match self.store.channels() {
+            Decision::Channels { after, limit } => match self.store.channels(&after, limit) {
                 Ok(list) => self.http_reply(id, req, 200, "application/json", &api::channels(&list), false, now),
                 Err(e) => self.store_unavailable(id, req, e, now),
             },
@@ -955,6 +961,12 @@ impl Server {
                                     self.again.push(ticket.conn);
                                     continue;
                                 }
+                                Outcome::Refused(why) => {
+                                    let (status, body) = api::refused(*why);
+                                    self.http_reply(ticket.conn, req, status, "application/json", &body, false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
                             };
                             if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
                             {
@@ -988,6 +1000,15 @@ impl Server {
                                 let text = wire::err(
                                     ErrCode::BadRequest,
                                     "the store cannot hold this message",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
+                            }
+                            Outcome::Refused(Refusal::TooManyChannels) => {
+                                self.metrics.refuse(ErrCode::TooManyChannels.as_str());
+                                let text = wire::err(
+                                    ErrCode::TooManyChannels,
+                                    "the store holds --max-channels channels; publish to an existing one",
                                     ticket.id.as_deref(),
                                 );
                                 self.send(ticket.conn, text.into());
@@ -1222,6 +1243,7 @@ fn error_code(body: &[u8]) -> &'static str {
         "server_full",
         "headers_too_large",
         "unavailable",
+        "too_many_channels",
     ];
     let text = std::str::from_utf8(body).unwrap_or("");
     CODES.iter().find(|c| text.contains(&format!("\"{c}\""))).copied().unwrap_or("other")

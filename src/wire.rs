@@ -59,6 +59,7 @@ pub enum ErrCode {
     BadChannel,
     TooManySubscriptions,
     Unavailable,
+    TooManyChannels,
 }
 
 impl ErrCode {
@@ -72,6 +73,7 @@ impl ErrCode {
             ErrCode::BadChannel => "bad_channel",
             ErrCode::TooManySubscriptions => "too_many_subscriptions",
             ErrCode::Unavailable => "unavailable",
+            ErrCode::TooManyChannels => "too_many_channels",
         }
     }
 }

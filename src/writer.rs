@@ -11,7 +11,9 @@
 //! Results come back in commit order through a channel, and `wake` (a
 //! `mio::Waker` in the server) tells the loop to collect them. Between
 //! batches the thread runs retention and dedupe expiry in small bounded
-//! transactions, so trimming never holds the write lock for long.
+//! transactions, so trimming never holds the write lock for long; a pass
+//! that is due runs before the next batch is taken, so publishers that never
+//! pause cannot starve it.
 //!
 //! This thread reads the wall clock itself: `ts` is the commit time, and only
 //! the thread that commits knows it. The time it reads is `Clock`'s
@@ -69,6 +71,11 @@ pub struct Writer<T: Send + 'static> {
 pub struct Policy {
     pub dedupe_window: Duration,
     pub retention: Arc<dyn Fn(&str) -> Retention + Send + Sync>,
+    /// A description of the retention settings: when it differs from the
+    /// one the store's retention index was built for, the index is rebuilt.
+    pub retention_rules: String,
+    /// A publish that would create a channel past this many is refused.
+    pub max_channels: u64,
     pub clock: Clock,
 }
 
@@ -195,47 +202,49 @@ impl<T: Send + 'static> Drop for Writer<T> {
 }
 
 fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
+    let store = store.with_max_channels(policy.max_channels);
     let retention = &*policy.retention;
-    let clock = policy.clock;
+    let clock = policy.clock.clone();
     // The floor as saved in the store: it is saved again only while the
     // clock is synchronized (spec §10).
     let mut saved_floor = store.clock_floor().unwrap_or(0);
     let window_ms = policy.dedupe_window.as_millis() as u64;
-    let mut next_maintenance = Instant::now() + MAINTAIN_EVERY;
+    // The first turn builds the retention index if the store needs it.
+    let mut next_maintenance = Instant::now();
+    let mut indexed = false;
     let mut stopping = false;
     while !stopping {
+        // Due maintenance runs before the next batch is taken: under a
+        // steady stream of publishes the queue is never empty, and waiting
+        // for a quiet moment would let retention fall behind for good.
+        if Instant::now() >= next_maintenance {
+            let now = clock.now();
+            // A floor that a synchronized clock moved is saved even while
+            // nobody publishes (lowered at once; raised once an hour).
+            let fell = now.floor_ms < saved_floor;
+            let rose = now.floor_ms >= saved_floor.saturating_add(SAVE_RISEN_FLOOR_EVERY_MS);
+            let saved = match now.synced && (fell || rose) {
+                true => store.save_clock_floor(now.floor_ms).map(|()| saved_floor = now.floor_ms),
+                false => Ok(()),
+            };
+            match saved.and_then(|()| maintain(&store, &policy, &mut indexed, now.ms)) {
+                Ok(next) => next_maintenance = next,
+                Err(e) => {
+                    // The environment is broken (an I/O error, a panic
+                    // after a failed meta write): report it like a failed
+                    // commit, so the server stops instead of limping on.
+                    log::error!("retention pass failed: {e}");
+                    let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
+                    wake();
+                    break;
+                }
+            }
+        }
         let wait = next_maintenance.saturating_duration_since(Instant::now());
         let mut items = match jobs.recv_timeout(wait) {
             Ok(Job::Append(items)) => items,
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                let now = clock.now();
-                let fell = now.floor_ms < saved_floor;
-                let rose = now.floor_ms >= saved_floor.saturating_add(SAVE_RISEN_FLOOR_EVERY_MS);
-                let saved = match now.synced && (fell || rose) {
-                    true => store.save_clock_floor(now.floor_ms).map(|()| saved_floor = now.floor_ms),
-                    false => Ok(()),
-                };
-                next_maintenance = match saved.and_then(|()| store.maintain(now.ms, MAINTAIN_BUDGET, retention)) {
-                    // More to trim: come back right after any waiting publishes.
-                    Ok(n) if n == MAINTAIN_BUDGET => Instant::now(),
-                    Ok(_) => Instant::now() + MAINTAIN_EVERY,
-                    Err(e) if !e.is_fatal() => {
-                        log::warn!("retention pass failed: {e}");
-                        Instant::now() + MAINTAIN_EVERY
-                    }
-                    Err(e) => {
-                        // The environment is broken (an I/O error, a panic
-                        // after a failed meta write): report it like a failed
-                        // commit, so the server stops instead of limping on.
-                        log::error!("retention pass failed: {e}");
-                        let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
-                        wake();
-                        break;
-                    }
-                };
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
         };
         // Group commit: everything queued while the last commit ran.
         while items.len() < MAX_BATCH {
@@ -284,6 +293,36 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
     }
 }
 
+/// One maintenance turn: builds the retention index first if it is not
+/// built yet, then one bounded pass. Returns when the next turn is due; an
+/// error is fatal (transient ones are logged and retried).
+fn maintain(store: &Store, policy: &Policy, indexed: &mut bool, now_ms: u64) -> Result<Instant, StoreError> {
+    let retention = &*policy.retention;
+    let later = Instant::now() + MAINTAIN_EVERY;
+    if !*indexed {
+        match store.index_retention(&policy.retention_rules, retention) {
+            Ok(0) => {}
+            Ok(n) => log::info!("indexed {n} channels for the retention settings"),
+            Err(e) if !e.is_fatal() => {
+                log::warn!("building the retention index failed: {e}; retrying");
+                return Ok(later);
+            }
+            Err(e) => return Err(e),
+        }
+        *indexed = true;
+    }
+    match store.maintain(now_ms, MAINTAIN_BUDGET, retention) {
+        // More to trim: come back right after the next waiting batch.
+        Ok(n) if n == MAINTAIN_BUDGET => Ok(Instant::now()),
+        Ok(_) => Ok(later),
+        Err(e) if !e.is_fatal() => {
+            log::warn!("retention pass failed: {e}");
+            Ok(later)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +339,8 @@ mod tests {
         let policy = Policy {
             dedupe_window: Duration::from_secs(60),
             retention: Arc::new(move |_| keep),
+            retention_rules: String::new(),
+            max_channels: u64::MAX,
             clock: Clock::new(0, SyncSource::Fixed(true)),
         };
         let (tx, rx) = mpsc::channel();
@@ -328,5 +369,59 @@ mod tests {
         let done = writer.stop();
         assert!(matches!(done[0].result.as_deref(), Ok([Outcome::Stored { seq: 3, .. }])));
         assert!(store.clock_floor().unwrap() > 0, "a synchronized clock's floor is saved with the commit");
+    }
+
+    #[test]
+    fn retention_keeps_up_while_the_queue_is_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 28).unwrap();
+        let policy = Policy {
+            dedupe_window: Duration::ZERO,
+            retention: Arc::new(|_: &str| Retention { messages: u64::MAX, age_ms: 300 }),
+            retention_rules: "300 ms".into(),
+            max_channels: u64::MAX,
+            clock: Clock::new(0, SyncSource::Fixed(false)),
+        };
+        // Each commit takes 5 ms more (as one does on an SD card): with an
+        // append submitted every millisecond, the writer's queue is never
+        // empty when it looks.
+        let slow = Box::new(|| thread::sleep(Duration::from_millis(5)));
+        let writer = Writer::<()>::start(store.clone(), policy, slow);
+        let append = Append { ch: "t".into(), from: "u".into(), data: "1".into(), id: None };
+        let started = Instant::now();
+        // Under emulation (ROOSTD_TEST_SCALE=small) everything is ten times slower.
+        let small = std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small");
+        let (limit_ms, run_ms) = if small { (5000, 8000) } else { (1300, 2500) };
+        let mut next_look = started + Duration::from_millis(limit_ms);
+        let mut lags = Vec::new();
+        let mut next = started;
+        while started.elapsed() < Duration::from_millis(run_ms) {
+            writer.submit(vec![((), append.clone())]);
+            for done in writer.results() {
+                done.result.unwrap();
+            }
+            next += Duration::from_millis(1);
+            while Instant::now() < next {
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= next_look {
+                next_look += Duration::from_millis(100);
+                // Stored ts are commit times: the newest against the oldest.
+                let info = store.channel("t").unwrap();
+                let ts = |seq: u64| {
+                    let mut ts = 0;
+                    store
+                        .read("t", seq - 1, 1, |r| {
+                            ts = r.ts;
+                            false
+                        })
+                        .unwrap();
+                    ts
+                };
+                lags.push(ts(info.last) - ts(info.first));
+            }
+        }
+        // 300 ms old, plus 1 s to take effect.
+        assert!(lags.len() > 5 && lags.iter().all(|&lag| lag <= limit_ms), "retention fell behind: {lags:?}");
     }
 }

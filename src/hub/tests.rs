@@ -75,6 +75,7 @@ impl World {
                 }
                 Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id.as_deref(), &ch, seq)),
                 Outcome::Invalid(why) => self.deliver(conn, &wire::err(wire::ErrCode::BadRequest, &why, id.as_deref())),
+                Outcome::Refused(why) => panic!("refused: {why:?}"),
             }
         }
     }
@@ -266,7 +267,10 @@ fn trimmed_history_is_a_gap() {
     w.join(1, claims("p", &["*"], &["*"]));
     publish(&mut w, 1, "c", 5);
     w.take(1);
-    w.store.maintain(1_000_000, 100, &|_| Retention { messages: 2, age_ms: u64::MAX }).unwrap();
+    // A lowered count limit, as after a restart with new settings.
+    let keep2 = |_: &str| Retention { messages: 2, age_ms: u64::MAX };
+    w.store.index_retention("keep 2", &keep2).unwrap();
+    w.store.maintain(1_000_000, 100, &keep2).unwrap();
     let epoch = w.store.epoch().to_string();
     w.req(1, json!({"op":"sub","ch":"c","since":1,"epoch":epoch}));
     assert_eq!(w.take(1)[0]["gap"], true);

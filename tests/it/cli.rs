@@ -65,6 +65,7 @@ fn serve_help_exits_0_and_documents_every_flag() {
         "--on-corrupt",
         "--no-demo",
         "--max-store-bytes",
+        "--max-channels",
         "--tls-cert",
         "--tls-key",
         "--echo",

@@ -8,6 +8,7 @@ mod support;
 
 mod api;
 mod backup;
+mod channels;
 mod cli;
 mod clock;
 mod handshake;

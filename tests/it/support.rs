@@ -78,6 +78,11 @@ pub fn token_all(sub: &str) -> String {
     token(sub, &["*"], &["*"])
 }
 
+/// The main application's token for the HTTP API: every channel, `"api": true`.
+pub fn api_token(sub: &str) -> String {
+    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": ["*"], "write": ["*"], "api": true}))
+}
+
 // ---------------------------------------------------------------------------
 // The server process.
 
@@ -265,6 +270,11 @@ impl TestServer {
     /// Sends a raw HTTP request and reads one answer.
     pub fn http(&self, request: &str) -> HttpResponse {
         self.http_bytes(request.as_bytes())
+    }
+
+    /// `GET target` on the HTTP API with `token` as Bearer.
+    pub fn api_get(&self, target: &str, token: &str) -> HttpResponse {
+        self.http(&format!("GET {target} HTTP/1.1\r\nHost: roostd.test\r\nAuthorization: Bearer {token}\r\n\r\n"))
     }
 
     /// `POST /api/channels/{ch}/messages` with `token`, a JSON `body` and
