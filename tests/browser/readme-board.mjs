@@ -1,0 +1,98 @@
+// The README's step 5, checked in Debian's Chromium (through playwright-core):
+// the address the README prints opens a live board on the channel of steps
+// 3-4 showing exactly the messages those steps stored, with no error on the
+// page or in the console. Run by .ci/readme-test:
+//
+//   node tests/browser/readme-board.mjs URL EXPECTED.json [SCREENSHOT.png]
+//
+// EXPECTED.json: [{"ch","seq","from","text"}...], the `msg` lines the
+// walkthrough printed. Only 127.0.0.1 is contacted.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+import { tempDir, removeDir, sleep } from './server.mjs';
+
+const [url, expectedFile, shot] = process.argv.slice(2);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const expected = JSON.parse(readFileSync(expectedFile, 'utf8'));
+
+async function waitFor(what, cond, ms = 20000) {
+  const start = Date.now();
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() - start > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+async function main() {
+  assert.ok(url && url.startsWith('http://127.0.0.1:'), `a loopback URL from the README, got ${url}`);
+  assert.ok(expected.length > 0, 'the walkthrough printed messages');
+  const channel = expected[0].ch;
+  assert.ok(expected.every((m) => m.ch === channel), 'steps 3-4 use one channel');
+
+  const profile = tempDir('roost-readme-chromium-');
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    viewport: { width: 1024, height: 720 },
+    timeout: 60000,
+  });
+  try {
+    const page = await context.newPage();
+    const problems = [];
+    page.on('console', (m) => m.type() === 'error' && problems.push(m.text()));
+    page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+    page.on('response', (r) => r.status() >= 400 && problems.push(`HTTP ${r.status()} for ${r.url()}`));
+    await page.goto(url);
+
+    await waitFor('the badge to say live', () => page.evaluate(() => document.getElementById('badge').dataset.state === 'open'));
+    const active = await waitFor('a channel to be open', () =>
+      page.evaluate(() => document.querySelector('#channels li.active')?.dataset.ch),
+    );
+    assert.equal(active, channel, `the page opens the channel of steps 3-4`);
+    const rows = () =>
+      page.evaluate((ch) => {
+        const list = document.querySelector(`ol.msgs[data-ch="${CSS.escape(ch)}"]`);
+        return [...(list?.querySelectorAll('li[data-seq]') ?? [])].map((li) => ({
+          seq: Number(li.dataset.seq),
+          from: li.querySelector('.from').textContent,
+          text: li.querySelector('.text').textContent,
+        }));
+      }, channel);
+    await waitFor(`${expected.length} messages on the board`, async () => (await rows()).length >= expected.length);
+    await sleep(300); // a duplicate would show up now
+    assert.deepEqual(
+      await rows(),
+      expected.map(({ seq, from, text }) => ({ seq, from, text })),
+      'the board shows the messages of steps 3-4, once each, in order',
+    );
+    assert.equal(await page.textContent('#status'), '', 'no error or refusal shown on the page');
+    assert.ok(await page.isHidden('#empty'), 'no empty-state hint over a board with messages');
+    assert.equal(await page.evaluate(() => document.getElementById('badge').dataset.state), 'open', 'still live');
+    assert.deepEqual(problems, [], 'no errors in the browser console');
+    if (shot) await page.screenshot({ path: shot });
+    console.log(`ok - readme step 5: ${url.replace(/token=[^&]+/, 'token=…')} shows a live board of ${channel} with seqs ${expected.map((m) => m.seq).join(', ')}`);
+  } finally {
+    await context.close();
+    removeDir(profile);
+  }
+}
+
+try {
+  await main();
+} catch (e) {
+  console.log(`not ok - readme step 5\n${e && e.stack ? e.stack : e}`);
+  process.exit(1);
+}
