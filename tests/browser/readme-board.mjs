@@ -1,7 +1,8 @@
 // The README's step 5, checked in Debian's Chromium (through playwright-core):
 // the address the README prints opens a live board on the channel of steps
 // 3-4 showing exactly the messages those steps stored, with no error on the
-// page or in the console. Run by .ci/readme-test:
+// page or in the console; then that a channel the token may not read, and an
+// empty one, tell the user what to do. Run by .ci/readme-test:
 //
 //   node tests/browser/readme-board.mjs URL EXPECTED.json [SCREENSHOT.png]
 //
@@ -83,6 +84,19 @@ async function main() {
     assert.equal(await page.evaluate(() => document.getElementById('badge').dataset.state), 'open', 'still live');
     assert.deepEqual(problems, [], 'no errors in the browser console');
     if (shot) await page.screenshot({ path: shot });
+
+    // The forbidden and the empty state say what to do next.
+    const other = await context.newPage();
+    await other.goto(`${url}&ch=lobby`);
+    const refusal = await waitFor('the refusal of lobby', async () => {
+      const t = await other.textContent('#status');
+      return t.includes('lobby') && t;
+    });
+    assert.match(refusal, /lobby: this token may not read that channel \(it reads 'room:\*'\)\. Open room:1 on the left, or mint a token with --read 'lobby'/);
+    await other.fill('#joininput', 'room:2');
+    await other.press('#joininput', 'Enter');
+    await waitFor('the empty-channel hint', () => other.isVisible('#empty'));
+    assert.equal(await other.textContent('#empty'), 'No messages in room:2 yet: write the first one below.');
     console.log(`ok - readme step 5: ${url.replace(/token=[^&]+/, 'token=…')} shows a live board of ${channel} with seqs ${expected.map((m) => m.seq).join(', ')}`);
   } finally {
     await context.close();
