@@ -423,7 +423,9 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
                 "Usage: roostd token --sub NAME [--read PATTERN]... [--write PATTERN]... [--ttl 1h]\n\
                  \x20             [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
                  Prints a token signed with the key `roostd serve` uses. Patterns: a channel\n\
-                 name, a prefix ending in * (room:*), or * for every channel.\n"
+                 name, a prefix ending in * (room:*), or * for every channel. A token without\n\
+                 --read or --write can do nothing (a warning says so). Given the server's\n\
+                 --config (or --listen and --tls-cert), it names the URL to connect to.\n"
             );
             return Ok(());
         }
