@@ -10,22 +10,10 @@
 // walkthrough printed. Only 127.0.0.1 is contacted.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { chromium } from 'playwright-core';
-import { tempDir, removeDir, sleep } from './server.mjs';
+import { launchChromium, tempDir, removeDir, sleep, waitFor } from './server.mjs';
 
 const [url, expectedFile, shot] = process.argv.slice(2);
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const expected = JSON.parse(readFileSync(expectedFile, 'utf8'));
-
-async function waitFor(what, cond, ms = 20000) {
-  const start = Date.now();
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() - start > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 async function main() {
   assert.ok(url && url.startsWith('http://127.0.0.1:'), `a loopback URL from the README, got ${url}`);
@@ -34,22 +22,7 @@ async function main() {
   assert.ok(expected.every((m) => m.ch === channel), 'steps 3-4 use one channel');
 
   const profile = tempDir('roost-readme-chromium-');
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-    viewport: { width: 1024, height: 720 },
-    timeout: 60000,
-  });
+  const context = await launchChromium(profile);
   try {
     const page = await context.newPage();
     const problems = [];

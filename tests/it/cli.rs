@@ -184,21 +184,24 @@ fn the_unknown_command_message_lists_every_command() {
     assert!(line.contains("did you mean `roostd cert`?"), "{line}");
 }
 
-#[test]
-fn a_mistyped_config_key_is_echoed_as_typed_with_the_nearest_key() {
+/// `roostd serve --config FILE` with `toml` in FILE: the one-line usage error.
+#[track_caller]
+fn serve_config_error(toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("roostd.toml");
-    std::fs::write(&file, "max_mesage_bytes = 5\n").unwrap();
-    let line = assert_usage_error(&run_roostd(&["serve", "--config", file.to_str().unwrap()], &[]));
+    std::fs::write(&file, toml).unwrap();
+    assert_usage_error(&run_roostd(&["serve", "--config", file.to_str().unwrap()], &[]))
+}
+
+#[test]
+fn a_mistyped_config_key_is_echoed_as_typed_with_the_nearest_key() {
+    let line = serve_config_error("max_mesage_bytes = 5\n");
     assert!(line.contains("`max_mesage_bytes` (did you mean `max_message_bytes`?)"), "{line}");
 }
 
 #[test]
 fn a_retention_table_with_one_bracket_says_to_write_two() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("roostd.toml");
-    std::fs::write(&file, "[retention]\npattern = \"sensor:*\"\nmessages = 50\n").unwrap();
-    let line = assert_usage_error(&run_roostd(&["serve", "--config", file.to_str().unwrap()], &[]));
+    let line = serve_config_error("[retention]\npattern = \"sensor:*\"\nmessages = 50\n");
     assert!(line.contains("`[[retention]]`"), "{line}");
     assert!(!line.contains("string, number or boolean"), "{line}");
 }
