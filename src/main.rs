@@ -124,8 +124,8 @@ fn serve_help() -> String {
         "\nOnly in the --config file (lists of tables, one [[...]] header per entry):\n\
          \x20 [[retention]]  pattern = \"sensor:*\", messages = 500, age = \"1d\": retention for the\n\
          \x20                channels a pattern matches (first match wins; else the two flags above)\n\
-         \x20 [[keys]]       id = \"k1\", secret_file = \"/etc/roostd/k1\": a key ring for rotation; tokens\n\
-         \x20                name their key with the JWT header kid, the first key signs roostd token\n",
+         \x20 [[keys]]       id = \"k1\", secret_file = \"/etc/roostd/k1\": a key ring for rotation: a token\n\
+         \x20                names its key in the JWT header kid; the first is the default (no kid)\n",
     );
     out.push_str("\nDurations: 500ms, 10s, 5m, 2h, 7d. Sizes in bytes. RUST_LOG sets the log level (default info).\n");
     out
