@@ -15,10 +15,20 @@
 //!
 //! Knobs (environment):
 //! - `ROOSTD_CRASH_SEED`: PRNG seed (decimal or `0x` hex); a constant otherwise.
-//! - `ROOSTD_CRASH_CYCLES`: kill/restart cycles (default 30; 8 when
-//!   `ROOSTD_TEST_SCALE=small`, for qemu emulation).
-//! - `ROOSTD_CRASH_SECS`: wall-time budget in seconds (default 120); cycling
-//!   stops early so that the whole test stays within it.
+//! - `ROOSTD_CRASH_CYCLES`: kill/restart cycles (default 30, also under
+//!   emulation, where a cycle takes about 0.7 s; at least 2). Fewer cycles
+//!   make the "some resend was deduplicated" check below less certain: under
+//!   qemu about one resend in ten is.
+//! - `ROOSTD_CRASH_SECS`: wall-time budget in seconds (default 120, ten times
+//!   that when `ROOSTD_TEST_SCALE=small`). Cycling stops when it runs out and
+//!   the test fails: every planned cycle must run.
+//!
+//! The test proves what it claims, or fails: every planned cycle ran, every
+//! SIGKILL landed while at least one publish was in flight (sent, its reply
+//! not yet taken; the controller holds the publishers' reply gate while it
+//! kills), every run acked something, and across the run some in-flight
+//! publishes were resent after a kill and some of those were found already
+//! stored by the killed run (deduplicated, or stored though never acked).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead as _, BufReader};
@@ -257,7 +267,16 @@ fn connect(addr: SocketAddr, token: &str) -> Result<WebSocket<TcpStream>, Failur
 /// Sends `request` and reads until the reply carrying `id` (other frames are
 /// skipped).
 fn request(ws: &mut WebSocket<TcpStream>, request: &Value, id: &str) -> Result<Value, Failure> {
-    ws.send(Message::text(request.to_string())).map_err(|e| classify(e, "send"))?;
+    send(ws, request)?;
+    reply(ws, id)
+}
+
+fn send(ws: &mut WebSocket<TcpStream>, request: &Value) -> Result<(), Failure> {
+    ws.send(Message::text(request.to_string())).map_err(|e| classify(e, "send"))
+}
+
+/// Reads until the reply carrying `id` (other frames are skipped).
+fn reply(ws: &mut WebSocket<TcpStream>, id: &str) -> Result<Value, Failure> {
     loop {
         match ws.read().map_err(|e| classify(e, "read"))? {
             Message::Text(text) => {
@@ -294,6 +313,11 @@ struct Shared {
     state: Mutex<State>,
     cv: Condvar,
     acked: AtomicU64,
+    /// Publishes sent whose reply the publisher has not taken yet. A
+    /// publisher takes this lock to take a reply; the controller holds it
+    /// across a SIGKILL, so the count it sees is the one at the kill.
+    awaiting: Mutex<u64>,
+    awaiting_cv: Condvar,
 }
 
 #[derive(Clone, Debug)]
@@ -377,7 +401,17 @@ fn publisher(idx: usize, shared: Arc<Shared>) -> Report {
             };
             inflight = Some(sent.clone());
             let pub_req = json!({"op": "pub", "ch": sent.ch, "data": {"p": sub, "n": sent.n}, "id": sent.id});
-            match request(&mut ws, &pub_req, &sent.id) {
+            let reply = match send(&mut ws, &pub_req) {
+                Ok(()) => {
+                    *shared.awaiting.lock().unwrap() += 1;
+                    shared.awaiting_cv.notify_all();
+                    let reply = reply(&mut ws, &sent.id);
+                    *shared.awaiting.lock().unwrap() -= 1;
+                    reply
+                }
+                Err(e) => Err(e),
+            };
+            match reply {
                 Ok(v) if v["op"] == "ack" => {
                     let seq = v["seq"].as_u64().unwrap_or(0);
                     if v["ch"] != sent.ch || seq == 0 {
@@ -467,8 +501,10 @@ fn read_history(ws: &mut WebSocket<TcpStream>, ch: &'static str, problems: &mut 
 fn acked_messages_survive_sigkill_exactly_once() {
     let t0 = Instant::now();
     let seed = env_u64("ROOSTD_CRASH_SEED").unwrap_or(DEFAULT_SEED);
-    let cycles = env_u64("ROOSTD_CRASH_CYCLES").unwrap_or(if small() { 8 } else { 30 });
-    let budget = Duration::from_secs(env_u64("ROOSTD_CRASH_SECS").unwrap_or(120));
+    let cycles = env_u64("ROOSTD_CRASH_CYCLES").unwrap_or(30);
+    // One cycle ends the run: a resend after a kill needs a second.
+    assert!(cycles >= 2, "ROOSTD_CRASH_CYCLES={cycles}: at least 2 cycles are needed to see resends after a kill");
+    let budget = Duration::from_secs(env_u64("ROOSTD_CRASH_SECS").unwrap_or(120) * if small() { 10 } else { 1 });
     let cycle_budget = budget.saturating_sub(CHECK_RESERVE);
     println!("crash: seed {seed:#x}, {cycles} cycles, budget {budget:?}");
 
@@ -482,6 +518,8 @@ fn acked_messages_survive_sigkill_exactly_once() {
         state: Mutex::new(State { addr: server.addr, gen: 1, killed: 0, stop: false }),
         cv: Condvar::new(),
         acked: AtomicU64::new(0),
+        awaiting: Mutex::new(0),
+        awaiting_cv: Condvar::new(),
     });
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|i| {
@@ -494,6 +532,8 @@ fn acked_messages_survive_sigkill_exactly_once() {
     let mut cycles_run = 0u64;
     let mut acked_before = 0;
     let mut idle_cycles = 0u64;
+    // Per kill: publishes in flight when the SIGKILL was sent.
+    let mut in_flight_at_kill: Vec<u64> = Vec::new();
     while cycles_run < cycles {
         // Let this run ack something first: under emulation a restart alone
         // can take longer than the longest random delay.
@@ -516,7 +556,13 @@ fn acked_messages_survive_sigkill_exactly_once() {
             st.stop = last;
         }
         shared.cv.notify_all();
+        // Kill only while a publish is in flight: holding the gate keeps
+        // every publisher from taking a reply until the process is gone.
+        let awaiting = shared.awaiting.lock().unwrap();
+        let (awaiting, _) = shared.awaiting_cv.wait_timeout_while(awaiting, io_timeout(), |n| *n == 0).unwrap();
+        in_flight_at_kill.push(*awaiting);
         server.kill9();
+        drop(awaiting);
         cycles_run += 1;
         run_start_ms.push(now_ms());
         server = Server::start(data.path(), &log);
@@ -642,7 +688,8 @@ fn acked_messages_survive_sigkill_exactly_once() {
         "crash: {cycles_run} cycles (seed {seed:#x}), {acked_total} acked, {checked} checked \
          ({} on {}, {} on {}), {resends} resends after a kill ({resends_deduped} deduplicated against \
          the killed run), {} unacked at the end ({unacked_stored} of them stored), {breaks} broken \
-         connections, {idle_cycles} cycles without progress, {} ids stored twice; publishing {:.1?}, total {:.1?}",
+         connections, {idle_cycles} cycles without progress, in flight at each kill {in_flight_at_kill:?}, \
+         {} ids stored twice; publishing {:.1?}, total {:.1?}",
         stored.values().flatten().filter(|m| m.ch == CHANNELS[0]).count(),
         CHANNELS[0],
         stored.values().flatten().filter(|m| m.ch == CHANNELS[1]).count(),
@@ -663,4 +710,21 @@ fn acked_messages_survive_sigkill_exactly_once() {
         tail(&log, 40)
     );
     assert!(acked_total as u64 >= cycles_run, "too little progress: {acked_total} acks in {cycles_run} cycles");
+    // What the test claims to have exercised, it must have exercised.
+    assert_eq!(
+        cycles_run, cycles,
+        "only {cycles_run} of {cycles} planned kill cycles ran within the budget of {budget:?} \
+         (raise ROOSTD_CRASH_SECS, or lower ROOSTD_CRASH_CYCLES)"
+    );
+    assert_eq!(idle_cycles, 0, "{idle_cycles} runs acked nothing before their SIGKILL");
+    let idle_kills = in_flight_at_kill.iter().filter(|&&n| n == 0).count();
+    assert_eq!(idle_kills, 0, "{idle_kills} SIGKILLs landed with no publish in flight: {in_flight_at_kill:?}");
+    assert!(resends > 0, "no publish in flight at a kill was resent and acked afterwards");
+    assert!(
+        resends_deduped + unacked_stored > 0,
+        "no publish was committed by a killed run before its ack went out ({resends} resends, none \
+         deduplicated against the killed run; {} unacked at the end, none stored): the crash window \
+         between commit and ack was never hit",
+        unacked.len()
+    );
 }

@@ -9,26 +9,28 @@
 #   bash tests/browser/run.sh
 #
 # ROOSTD_BIN picks the binary (default: target/debug/roostd, built here when
-# ROOSTD_BIN is unset). Chromium comes from Debian (apt-get) when missing;
-# where it cannot be had the browser part prints "browser: SKIPPED <reason>"
-# and the script still passes. npm packages: pinned in package-lock.json.
+# ROOSTD_BIN is unset). Chromium comes from Debian (apt-get) when missing.
+# Where node >= 20, the npm packages (pinned in package-lock.json) or
+# Chromium cannot be had, prints "browser: SKIPPED <reason>" and exits 77, or
+# 78 when a registry could not be reached (see .ci/lib.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 here="$root/tests/browser"
 t0=$(date +%s)
 
-skip() {
-    echo "browser: SKIPPED $*"
-    exit 0
-}
+SKIP_NAME=browser
+. "$root/.ci/lib.sh"
+log="$(mktemp "${TMPDIR:-/tmp}/roostd-browser.XXXXXX")"
+trap 'rm -f "$log"' EXIT
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    skip "node and npm are not installed"
-fi
+# Debian 12's nodejs is 18: node 20 comes from elsewhere (NodeSource) and is
+# not installed here.
+need_apt node nodejs
+need_apt npm npm
 major=$(node -p 'process.versions.node.split(".")[0]')
 if (( major < 20 )); then
-    skip "node $(node --version) is older than 20"
+    skip "node $(node --version) is older than 20 (install node 20 or newer, e.g. from NodeSource)"
 fi
 
 if [[ -z "${ROOSTD_BIN:-}" ]]; then
@@ -37,8 +39,9 @@ if [[ -z "${ROOSTD_BIN:-}" ]]; then
     export ROOSTD_BIN="$root/target/debug/roostd"
 fi
 
-if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error); then
-    skip "npm ci could not install playwright-core and ws"
+if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error) 2>"$log"; then
+    cat "$log" >&2
+    skip_install_failed "npm ci could not install playwright-core and ws" "$log"
 fi
 
 status=0
@@ -52,9 +55,9 @@ if [[ ! -x "$chromium" ]]; then
         [[ $status -eq 0 ]] || exit 1
         skip "chromium is not installed and this is not root (apt-get install chromium)"
     fi
-    if ! apt-get update -q >/dev/null || ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; then
+    if ! apt_install "$log" chromium; then
         [[ $status -eq 0 ]] || exit 1
-        skip "apt-get could not install chromium"
+        skip_install_failed "apt-get could not install chromium" "$log"
     fi
 fi
 if ! "$chromium" --version >/dev/null 2>&1; then

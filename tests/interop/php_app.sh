@@ -3,8 +3,9 @@
 #
 #   bash tests/interop/php_app.sh
 #
-# Installs php-cli with apt-get when `php` is missing (prints
-# "php: SKIPPED (<reason>)" and exits 0 when the package cannot be had),
+# Installs php-cli with apt-get when `php` is missing (when it cannot: prints
+# "php_app: SKIPPED..." and exits 78 if the registry could not be reached,
+# 77 otherwise; see .ci/lib.sh),
 # starts roostd and `php -S` with the same secret (ROOSTD_SECRET), then checks
 # with a plain python3 WebSocket client (raw socket, standard library only):
 #   - a token minted by PHP (hash_hmac HS256) is accepted by roostd, and its
@@ -14,7 +15,7 @@
 #     Idempotency-Key is answered 200 with the original seq;
 #   - /hook answers as a publish hook would (called directly: roostd's
 #     --publish-hook is not built yet).
-# Exit status: 0 when every check passed (or SKIPPED), 1 otherwise.
+# Exit status: 0 when every check passed, 77/78 when skipped, 1 otherwise.
 #
 # Environment:
 #   ROOSTD_BIN   the server binary (default: target/debug/roostd, built here
@@ -24,14 +25,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 T0=$(date +%s)
 
-if ! command -v php >/dev/null 2>&1; then
-    echo "php_app: php is missing; installing php-cli with apt-get"
-    if ! { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q php-cli >/dev/null 2>&1; } \
-        || ! command -v php >/dev/null 2>&1; then
-        echo "php: SKIPPED (php-cli could not be installed with apt-get)"
-        exit 0
-    fi
-fi
+SKIP_NAME=php_app
+. .ci/lib.sh
+need_apt php php-cli
 php --version | head -n1
 
 BIN=${ROOSTD_BIN:-$ROOT/target/debug/roostd}

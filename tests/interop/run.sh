@@ -23,7 +23,15 @@ if [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv" >/dev/null 2>&1; the
     # Reinstall only when the requirements changed.
     stamp="$venv/.requirements"
     if ! cmp -s "$here/requirements.txt" "$stamp"; then
-        "$py" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+        log="$venv/pip.log"
+        if ! "$py" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" 2>"$log"; then
+            cat "$log" >&2
+            # An unreachable PyPI is a skip (exit 78), anything else fails.
+            SKIP_NAME=interop
+            . .ci/lib.sh
+            registry_unreachable "$log" && skip_registry "pip could not reach PyPI for tests/interop/requirements.txt"
+            exit 1
+        fi
         cp "$here/requirements.txt" "$stamp"
     fi
 else

@@ -20,8 +20,9 @@
 # Before scanning, the checker is run on made-up results that must FAIL, so
 # a checker that passes everything is caught.
 #
-# When neither scanner can be installed: prints `tls-scan: SKIPPED <reason>`
-# and exits 0.
+# When neither scanner can be installed: prints `tls-scan: SKIPPED...
+# <reason>` and exits 78 when a registry (PyPI, Debian) could not be
+# reached, 77 otherwise (see .ci/lib.sh).
 #
 # Environment:
 #   ROOSTD_BIN        the binary (default: target/debug/roostd, built here when unset)
@@ -31,10 +32,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 
 say() { echo "tls-scan: $*"; }
-skip() {
-    say "SKIPPED $*"
-    exit 0
-}
+SKIP_NAME=tls-scan
+. .ci/lib.sh
 
 if [[ -z "${ROOSTD_BIN:-}" ]]; then
     cargo build --quiet --bin roostd
@@ -65,21 +64,24 @@ why_not=()
 if [[ -z "$want" || "$want" == sslyze ]]; then
     venv="$root/target/tls-scan-venv"
     python="${PYTHON:-python3}"
+    # Debian splits venv (and its pip) off into python3-venv.
+    if [[ ! -x "$venv/bin/python" ]] && ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        apt_install "$work/apt-venv.log" python3-venv || true
+    fi
     if { [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv" >/dev/null 2>&1; } \
         && { "$venv/bin/python" -c 'import sslyze' 2>/dev/null \
             || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'sslyze==6.*' >"$work/pip.log" 2>&1; }; then
         scanner=sslyze
         scanner_version="sslyze $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("sslyze"))')"
     else
-        why_not+=("sslyze: $(tail -n 1 "$work/pip.log" 2>/dev/null || echo "no python venv")")
+        why_not+=("sslyze: $(tail -n 1 "$work/pip.log" 2>/dev/null || echo "no python venv (apt-get install python3-venv: $(tail -n 1 "$work/apt-venv.log" 2>/dev/null))")")
     fi
 fi
 if [[ -z "$scanner" && ( -z "$want" || "$want" == testssl ) ]]; then
     testssl_bin="$(command -v testssl || command -v testssl.sh || true)"
-    if [[ -z "$testssl_bin" ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq testssl.sh >"$work/apt.log" 2>&1 \
-            || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq testssl.sh >"$work/apt.log" 2>&1; } \
-            || true
+    if [[ -z "$testssl_bin" ]]; then
+        apt_install "$work/apt.log" testssl.sh || true
         testssl_bin="$(command -v testssl || command -v testssl.sh || true)"
     fi
     if [[ -n "$testssl_bin" ]]; then
@@ -89,7 +91,8 @@ if [[ -z "$scanner" && ( -z "$want" || "$want" == testssl ) ]]; then
         why_not+=("testssl.sh: $(tail -n 1 "$work/apt.log" 2>/dev/null || echo "not installed and apt-get unavailable")")
     fi
 fi
-[[ -n "$scanner" ]] || skip "no TLS scanner could be installed (${why_not[*]})"
+[[ -n "$scanner" ]] || skip_install_failed "no TLS scanner could be installed (${why_not[*]})" \
+    "$work/pip.log" "$work/apt.log" "$work/apt-venv.log"
 say "scanner: $scanner_version"
 
 # ------------------------------------------------------------------ the checker

@@ -1,0 +1,74 @@
+# Shared by the CI scripts (sourced, not run): how a script says it skipped,
+# and installing Debian packages. The contract is described at the top of
+# .ci/run:
+#
+#   exit 77  SKIPPED: the script could not do its job here (a tool missing
+#            that it could not install, no root, no ptrace...). Fails the run.
+#   exit 78  SKIPPED(registry): a package registry (Debian, PyPI, npm,
+#            crates.io) could not be reached, so a tool could not be
+#            installed. The run passes, and its summary names the skip.
+#
+# Before exiting, the script prints one line `<name>: SKIPPED <reason>` or
+# `<name>: SKIPPED(registry) <reason>`; .ci/run quotes the last such line.
+#
+# A script sets SKIP_NAME (the prefix of its lines) before using these.
+
+# Lines that mean the network or the registry failed, not the request: apt
+# (name resolution, refused/failed connections, a mirror in sync or a file
+# missing from it), pip (urllib3 retries), npm (errno codes), cargo.
+REGISTRY_ERRORS='Temporary failure (in name )?resolv|Could not resolve|Could not connect|Unable to connect|Failed to fetch|Connection (refused|timed out|failed|reset)|Network is unreachable|No route to host|Hash Sum mismatch|File has unexpected size|Mirror sync in progress|NewConnectionError|Max retries exceeded|ReadTimeoutError|ProxyError|ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|spurious network error|failed to download|Couldn.t resolve host|failed to query replaced source registry|failed to update registry'
+
+skip() {
+    echo "${SKIP_NAME:-ci}: SKIPPED $*"
+    exit 77
+}
+
+skip_registry() {
+    echo "${SKIP_NAME:-ci}: SKIPPED(registry) $*"
+    exit 78
+}
+
+# registry_unreachable FILE...: true when the logs show a registry that
+# could not be reached.
+registry_unreachable() {
+    grep -qE "$REGISTRY_ERRORS" "$@" 2>/dev/null
+}
+
+# skip_install_failed REASON FILE...: skips (78 when FILE... show an
+# unreachable registry, 77 otherwise), quoting the first error line.
+skip_install_failed() {
+    local why=$1 line
+    shift
+    line=$(grep -hE "$REGISTRY_ERRORS|^E:|^ERROR|^npm ERR|^npm error|^error" "$@" 2>/dev/null | head -n 1)
+    if registry_unreachable "$@"; then
+        skip_registry "$why${line:+ ($line)}"
+    fi
+    skip "$why${line:+ ($line)}"
+}
+
+# apt_install LOG PACKAGE...: installs Debian packages (as root), retrying
+# `apt-get update` once; apt's output goes to LOG. Returns apt-get's status.
+apt_install() {
+    local log=$1
+    shift
+    [ "$(id -u)" = 0 ] || { echo "not root: cannot apt-get install $*" >"$log"; return 1; }
+    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get" >"$log"; return 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    local opts=(-o Acquire::Retries=3 -o DPkg::Lock::Timeout=300)
+    apt-get "${opts[@]}" install -y -q "$@" >"$log" 2>&1 && return 0
+    { apt-get "${opts[@]}" update -q && apt-get "${opts[@]}" install -y -q "$@"; } >>"$log" 2>&1
+}
+
+# need_apt COMMAND PACKAGE: installs PACKAGE when COMMAND is missing; skips
+# (77, or 78 when the registry could not be reached) when it cannot.
+need_apt() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    local log
+    log=$(mktemp "${TMPDIR:-/tmp}/ci-apt.XXXXXX")
+    echo "${SKIP_NAME:-ci}: $1 is missing; apt-get install $2"
+    if ! apt_install "$log" "$2" || ! command -v "$1" >/dev/null 2>&1; then
+        tail -n 5 "$log" | sed 's/^/  apt: /'
+        skip_install_failed "$1 is not installed and apt-get install $2 failed" "$log"
+    fi
+    rm -f "$log"
+}
