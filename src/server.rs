@@ -1110,6 +1110,7 @@ fn error_code(body: &[u8]) -> &'static str {
         "not_found",
         "method_not_allowed",
         "forbidden",
+        "api_forbidden",
         "length_required",
         "too_large",
         "bad_request",

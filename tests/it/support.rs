@@ -78,6 +78,17 @@ pub fn token_all(sub: &str) -> String {
     token(sub, &["*"], &["*"])
 }
 
+/// The main application's token (`"api": true`, spec §5): the only kind the
+/// HTTP API accepts.
+pub fn api_token(sub: &str, read: &[&str], write: &[&str]) -> String {
+    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": read, "write": write, "api": true}))
+}
+
+/// The main application's token for every channel.
+pub fn api_token_all(sub: &str) -> String {
+    api_token(sub, &["*"], &["*"])
+}
+
 // ---------------------------------------------------------------------------
 // The server process.
 
