@@ -11,7 +11,7 @@ import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { Server, mintToken, tempDir, removeDir, sleep, ROOT } from './server.mjs';
+import { Server, mintToken, mintAppToken, tempDir, removeDir, sleep, ROOT } from './server.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const CH = 'room:demo';
@@ -81,7 +81,7 @@ async function main() {
   cleanups.push(() => server.stop('SIGKILL'));
   await server.start(0);
   log(`roostd on ${server.url}`);
-  const tokens = { alice: mintToken(data, 'alice'), bob: mintToken(data, 'bob'), app: mintToken(data, 'main-app') };
+  const tokens = { alice: mintToken(data, 'alice'), bob: mintToken(data, 'bob'), app: mintAppToken(data, 'main-app') };
 
   // A fresh profile folder for this run (Playwright's persistent context is
   // how it takes --user-data-dir).
