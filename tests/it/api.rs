@@ -218,7 +218,8 @@ fn a_repeated_idempotency_key_is_200_with_the_original_seq_and_ts_and_stored_onc
     assert_eq!(probe["id"], "probe", "no msg frame before the reply: {probe}");
 
     // The key belongs to the token's sub: another sub with the same key publishes anew.
-    let other_sub = server.http_bytes(&post("orders:42", &api_token_all("app2"), "4", "Idempotency-Key: order-1234\r\n"));
+    let other_sub =
+        server.http_bytes(&post("orders:42", &api_token_all("app2"), "4", "Idempotency-Key: order-1234\r\n"));
     assert_eq!(assert_created(&other_sub, "orders:42").0, 4);
 }
 

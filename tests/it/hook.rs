@@ -252,7 +252,11 @@ fn publishes_waiting_for_the_hook_share_one_global_budget() {
     open.send(()).unwrap();
     for i in 1..=8u64 {
         let ack = client.reply();
-        assert_eq!((ack["op"].as_str(), ack["id"].as_u64(), ack["seq"].as_u64()), (Some("ack"), Some(i), Some(i)), "{ack}");
+        assert_eq!(
+            (ack["op"].as_str(), ack["id"].as_u64(), ack["seq"].as_u64()),
+            (Some("ack"), Some(i), Some(i)),
+            "{ack}"
+        );
     }
     for i in 13..=20u64 {
         let ack = client.request(json!({"op":"pub","ch":"big","data":big,"id":i}));
