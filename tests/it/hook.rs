@@ -164,6 +164,23 @@ fn a_hook_url_that_is_not_http_is_refused_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
 }
 
+/// Reads one hook call (head and `Content-Length` body); false if the
+/// connection ended first.
+fn read_call(reader: &mut BufReader<std::net::TcpStream>) -> bool {
+    let (mut line, mut len) = (String::new(), 0usize);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).is_ok()
+}
+
 /// An application that reads each hook call whole and then holds its answer
 /// (204) until `open` is sent; `calls` counts the calls it has seen.
 fn held_application() -> (String, mpsc::Sender<()>, mpsc::Receiver<()>) {
@@ -185,18 +202,7 @@ fn held_application() -> (String, mpsc::Sender<()>, mpsc::Receiver<()>) {
             let (gate, call_tx) = (gate.clone(), call_tx.clone());
             thread::spawn(move || {
                 let mut reader = BufReader::new(sock);
-                let (mut line, mut len) = (String::new(), 0usize);
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                if reader.read_exact(&mut body).is_err() {
+                if !read_call(&mut reader) {
                     return;
                 }
                 let _ = call_tx.send(());
@@ -281,18 +287,7 @@ fn a_2xx_answer_that_cannot_be_read_refuses_the_publish() {
         for answer in answers {
             let Ok((sock, _)) = listener.accept() else { return };
             let mut reader = BufReader::new(sock);
-            let (mut line, mut len) = (String::new(), 0usize);
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
+            read_call(&mut reader);
             let _ = reader.get_mut().write_all(answer.as_bytes());
         }
     });
