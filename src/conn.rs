@@ -538,6 +538,8 @@ pub struct Conn {
     close_after: Option<Box<CloseFrame>>,
     /// Drop once everything is flushed (a failed connection: no reply awaited).
     drop_after_flush: bool,
+    /// Reading waits for the pending answer to be written (`block_reads`).
+    reads_blocked: bool,
     // Deadlines.
     /// For the request head while reading HTTP; for the peer's Close (or
     /// for reading our refusal) while closing.
@@ -564,6 +566,7 @@ impl Conn {
             unflushed: false,
             close_after: None,
             drop_after_flush: false,
+            reads_blocked: false,
             deadline,
             expires: None,
             last_heard: now,
@@ -589,30 +592,52 @@ impl Conn {
     }
 
     /// Reads until the request head is complete, the limit is passed, or
-    /// the socket has nothing more.
+    /// the socket has nothing more. What is buffered is parsed before the
+    /// socket is read: a pipelined request may be whole already, and
+    /// reading ahead of it would only grow the buffer (a client that sends
+    /// requests faster than it reads answers must meet TCP's flow control,
+    /// not our memory). So the buffer never holds more than one head's
+    /// limit and one read past it.
     pub fn read_head(&mut self, max_bytes: usize) -> HeadStatus {
         let Io::Raw(sock) = &mut self.io else { return HeadStatus::Gone };
         let mut chunk = [0u8; 2048];
         loop {
+            match http::parse_head(&self.head, max_bytes) {
+                Ok(None) => {}
+                Ok(Some(head)) => return HeadStatus::Ready(Box::new(head)),
+                Err(HeadError::TooLarge) => return HeadStatus::Refuse(431, "headers_too_large"),
+                Err(HeadError::Malformed) => return HeadStatus::Refuse(400, "bad_request"),
+            }
             match sock.read(&mut chunk) {
                 Ok(0) => return HeadStatus::Gone,
                 Ok(n) => self.head.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return HeadStatus::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return HeadStatus::Gone,
             }
-            // Parse as bytes arrive, so an oversize head is refused without
-            // buffering more than the limit and a bit.
-            if self.head.len() > max_bytes || self.head.windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
         }
-        match http::parse_head(&self.head, max_bytes) {
-            Ok(None) => HeadStatus::Pending,
-            Ok(Some(head)) => HeadStatus::Ready(Box::new(head)),
-            Err(HeadError::TooLarge) => HeadStatus::Refuse(431, "headers_too_large"),
-            Err(HeadError::Malformed) => HeadStatus::Refuse(400, "bad_request"),
+    }
+
+    /// True while an HTTP answer (or the 101) is not yet all on the wire.
+    pub fn answer_pending(&self) -> bool {
+        self.raw_pos < self.raw.len()
+    }
+
+    /// Reading waits until the pending answer is written: a client gets
+    /// its next request read only once it took the last answer, so no
+    /// connection ever holds more than one answer of output.
+    pub fn block_reads(&mut self) {
+        self.reads_blocked = true;
+    }
+
+    /// True once, when reading was blocked on output that is now written:
+    /// the caller reads again (no readiness event will say so).
+    pub fn take_unblocked(&mut self) -> bool {
+        let unblocked = self.reads_blocked && !self.answer_pending() && self.phase != Phase::Closed;
+        if unblocked {
+            self.reads_blocked = false;
         }
+        unblocked
     }
 
     /// Answers with a plain HTTP response and ends the connection after it.
@@ -705,7 +730,13 @@ impl Conn {
     pub fn read_message(&mut self, now: Instant) -> Incoming {
         // The 101 must reach the wire before anything tungstenite writes
         // (a pong, say) — and so before it reads.
-        if self.raw_pos < self.raw.len() || !matches!(self.phase, Phase::Open | Phase::Closing) {
+        if self.answer_pending() {
+            // Frames that came with the head wait for the 101; the flush that
+            // writes it says so (`take_unblocked`).
+            self.reads_blocked = true;
+            return Incoming::WouldBlock;
+        }
+        if !matches!(self.phase, Phase::Open | Phase::Closing) {
             return Incoming::WouldBlock;
         }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };

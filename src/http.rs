@@ -105,6 +105,12 @@ pub fn parse_head(buf: &[u8], max_bytes: usize) -> Result<Option<Head>, HeadErro
             None => *slot = Some(value.to_string()),
         }
     }
+    // Digits only (RFC 9110 §8.6). Rust's parser takes "+5", and a length
+    // that a proxy in front reads differently is a request-smuggling hole;
+    // repeated lengths (joined "5, 5") are refused for the same reason.
+    if head.content_length.as_deref().is_some_and(|l| l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(HeadError::Malformed);
+    }
     Ok(Some(head))
 }
 
@@ -214,19 +220,43 @@ pub fn switching_protocols(up: &Upgrade) -> Vec<u8> {
 }
 
 /// Is a browser's `Origin` allowed (spec §6)? With no allow-list, only a
-/// page served from this very host and port.
-pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+/// page served from this very scheme, host and port: `secure` is whether
+/// this request came over TLS. The scheme matters: a page on
+/// `http://pi.local` is not the origin of `https://pi.local`, and a Host
+/// without a port means the default port of the scheme actually in use,
+/// not the one the origin names.
+pub fn origin_allowed(origin: &str, host: Option<&str>, secure: bool, allowed: &[String]) -> bool {
     let origin = origin.trim_end_matches('/');
     if !allowed.is_empty() {
         return allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
     }
     let Some(host) = host else { return false };
-    let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
-    let default_port = if origin.starts_with("https://") { ":443" } else { ":80" };
-    let has_port =
-        |h: &str| h.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let with_port = |h: &str| if has_port(h) { h.to_string() } else { format!("{h}{default_port}") };
-    !authority.is_empty() && with_port(authority).eq_ignore_ascii_case(&with_port(host))
+    let scheme = if secure { "https" } else { "http" };
+    let Some((origin_scheme, authority)) = origin.split_once("://") else { return false };
+    if !origin_scheme.eq_ignore_ascii_case(scheme) || authority.is_empty() {
+        return false;
+    }
+    let default_port = if secure { "443" } else { "80" };
+    match (split_port(authority), split_port(host)) {
+        (Some((oname, oport)), Some((hname, hport))) => {
+            oname.eq_ignore_ascii_case(hname) && oport.unwrap_or(default_port) == hport.unwrap_or(default_port)
+        }
+        _ => false,
+    }
+}
+
+/// `name[:port]` or `[v6][:port]` → (name, port); `None` for a port that is
+/// not a number.
+fn split_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    let (name, port) = match authority.rsplit_once(':') {
+        // A bare IPv6 literal's colons are inside the brackets.
+        Some((name, port)) if !port.contains(']') => (name, Some(port)),
+        _ => (authority, None),
+    };
+    match port {
+        Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => None,
+        _ => Some((name, port.map(|p| p.trim_start_matches('0')))),
+    }
 }
 
 /// Does the `Host` header name one of `allowed` (port ignored)? An empty
@@ -364,16 +394,41 @@ mod tests {
     #[test]
     fn origins() {
         let none: &[String] = &[];
-        assert!(origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), none));
-        assert!(origin_allowed("http://pi.local", Some("pi.local:80"), none));
-        assert!(origin_allowed("https://pi.local", Some("pi.local"), none));
-        assert!(!origin_allowed("https://pi.local", Some("pi.local:80"), none));
-        assert!(!origin_allowed("http://evil.example", Some("127.0.0.1:8080"), none));
-        assert!(!origin_allowed("http://127.0.0.1:8080", None, none));
-        assert!(!origin_allowed("null", Some("127.0.0.1:8080"), none));
+        assert!(origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), false, none));
+        assert!(origin_allowed("http://pi.local", Some("pi.local:80"), false, none));
+        assert!(origin_allowed("http://PI.local", Some("pi.local"), false, none));
+        assert!(origin_allowed("https://pi.local", Some("pi.local"), true, none));
+        assert!(origin_allowed("https://pi.local:443", Some("pi.local"), true, none));
+        assert!(origin_allowed("https://[::1]:8443", Some("[::1]:8443"), true, none));
+        assert!(!origin_allowed("https://pi.local", Some("pi.local:80"), true, none));
+        assert!(!origin_allowed("http://evil.example", Some("127.0.0.1:8080"), false, none));
+        assert!(!origin_allowed("http://127.0.0.1:8080", None, false, none));
+        assert!(!origin_allowed("null", Some("127.0.0.1:8080"), false, none));
+        assert!(!origin_allowed("http://127.0.0.1:x", Some("127.0.0.1:x"), false, none));
         let list = vec!["http://app.example".to_string()];
-        assert!(origin_allowed("http://app.example", Some("127.0.0.1:8080"), &list));
-        assert!(!origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), &list));
+        assert!(origin_allowed("http://app.example", Some("127.0.0.1:8080"), false, &list));
+        assert!(!origin_allowed("http://127.0.0.1:8080", Some("127.0.0.1:8080"), false, &list));
+    }
+
+    #[test]
+    fn a_content_length_that_is_not_plain_digits_is_malformed() {
+        for bad in ["+5", "-0", " 5x", "5, 5", "0x10", "5 5"] {
+            let req = format!("POST /api/channels/a/messages HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(parse_head(req.as_bytes(), 8192).err(), Some(HeadError::Malformed), "{bad:?}");
+        }
+        let ok = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 05\r\n\r\n", 8192).unwrap().unwrap();
+        assert_eq!(ok.content_length.as_deref(), Some("05"));
+    }
+
+    #[test]
+    fn a_page_on_plain_http_is_not_the_origin_of_the_same_host_over_tls() {
+        let none: &[String] = &[];
+        // The same name, and no port on either side: only the scheme differs.
+        assert!(!origin_allowed("http://pi.local", Some("pi.local"), true, none));
+        assert!(!origin_allowed("https://pi.local", Some("pi.local"), false, none));
+        // Ports spelled out that agree with each other still need the scheme.
+        assert!(!origin_allowed("http://pi.local:8443", Some("pi.local:8443"), true, none));
+        assert!(origin_allowed("https://pi.local:8443", Some("pi.local:8443"), true, none));
     }
 
     #[test]

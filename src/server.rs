@@ -46,6 +46,8 @@ const FIRST_CONN: usize = 16;
 
 /// Messages read from one connection per turn before others get a go.
 const READ_BUDGET: usize = 64;
+/// HTTP requests handled on one connection per turn, likewise.
+const REQUEST_BUDGET: usize = 16;
 /// Bytes of publishes waiting for the writer, over all connections; past it
 /// publishes are refused with `unavailable` instead of queueing without bound.
 const MAX_INFLIGHT_BYTES: usize = 64 << 20;
@@ -55,12 +57,25 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Sockets accepted beyond `max_connections` only to answer 503.
 const REFUSAL_HEADROOM: usize = 64;
+/// The same for one address beyond `max_connections_per_ip`; past both,
+/// its new sockets are closed at accept.
+const PER_IP_REFUSAL_HEADROOM: usize = 4;
 
 /// Connections the kernel may queue before we accept them. A reconnect
 /// storm — every client of a Pi coming back at once after a Wi-Fi drop —
 /// must wait in the queue, not be dropped: a dropped SYN costs its client a
 /// one-second retransmit. The kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
+
+/// Refused connections logged per second; the rest are counted.
+const REFUSAL_LOGS_PER_SEC: u32 = 10;
+
+/// The refusal log's budget for the current second.
+struct RefusalLog {
+    since: Instant,
+    logged: u32,
+    dropped: u64,
+}
 
 /// A publish waiting for its commit.
 struct Ticket {
@@ -157,6 +172,7 @@ pub struct Server {
     stopping: Option<Instant>,
     fatal: Option<StoreError>,
     metrics: Metrics,
+    refusal_log: RefusalLog,
     clock_floor_secs: u64,
     hook: Option<Hook<HookTicket>>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -288,6 +304,7 @@ impl Server {
             stopping: None,
             fatal: None,
             metrics: Metrics::default(),
+            refusal_log: RefusalLog { since: Instant::now(), logged: 0, dropped: 0 },
             clock_floor_secs,
             hook,
             tls,
@@ -401,6 +418,22 @@ impl Server {
                 drop(sock);
                 continue;
             }
+            // One address may not hold more than its share of sockets, idle
+            // ones included: counted here, at accept, not only at upgrade, or
+            // one host could fill every slot with sockets that never send a
+            // byte. A few past its limit are still read, so their requests
+            // are answered in the contract's order (404 before 503).
+            let from_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
+            if from_ip >= self.cfg.max_connections_per_ip.saturating_add(PER_IP_REFUSAL_HEADROOM) {
+                self.metrics.refuse("server_full");
+                self.log_refusal(now, addr.ip(), &"too many connections from this address");
+                if self.tls.is_none() {
+                    // Best effort, on a fresh socket whose buffer is empty:
+                    // a plain client learns why; a TLS one just sees the close.
+                    let _ = io::Write::write(&mut sock, &http::error_response(503, "server_full"));
+                }
+                continue;
+            }
             let _ = sock.set_nodelay(true);
             let id = self.next_id;
             self.next_id += 1;
@@ -409,7 +442,6 @@ impl Server {
                 log::warn!("cannot register a connection: {e}");
                 continue;
             }
-            *self.per_ip.entry(addr.ip()).or_default() += 1;
             let stream = match &self.tls {
                 None => Stream::Plain(sock),
                 Some(config) => match Stream::tls(sock, config.clone()) {
@@ -420,6 +452,8 @@ impl Server {
                     }
                 },
             };
+            // Counted only once the connection exists: `remove` gives it back.
+            *self.per_ip.entry(addr.ip()).or_default() += 1;
             let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
             let slot = Slot { conn, timer: None, joined: false, body: None, hook: None };
             self.slots.insert(id, Box::new(slot));
@@ -475,10 +509,22 @@ impl Server {
 
     /// Reads HTTP requests until one needs to wait (for bytes or a
     /// commit), the connection upgrades, or it ends. Kept-alive connections
-    /// may have several pipelined requests buffered.
+    /// may have several pipelined requests buffered: each is read only once
+    /// the answer to the one before is on the wire (else reading stops until
+    /// the socket takes it, see `flush_dirty`), and at most `REQUEST_BUDGET`
+    /// per turn, so a client that pipelines without reading costs one
+    /// answer of memory and cannot hold the loop.
     fn read_requests(&mut self, id: ConnId, now: Instant) {
-        loop {
+        for _ in 0..REQUEST_BUDGET {
             let Some(slot) = self.slots.get_mut(&id) else { return };
+            if slot.conn.phase() == Phase::Head && slot.conn.answer_pending() {
+                slot.conn.flush();
+                if slot.conn.answer_pending() {
+                    slot.conn.block_reads();
+                    self.schedule(id);
+                    return;
+                }
+            }
             let more = match slot.conn.phase() {
                 Phase::Head => match slot.conn.read_head(self.cfg.max_header_bytes) {
                     HeadStatus::Pending => false,
@@ -503,6 +549,10 @@ impl Server {
                 return;
             }
         }
+        // Budget spent: more requests may be buffered, and no readiness
+        // event will say so.
+        self.schedule(id);
+        self.again.push(id);
     }
 
     /// Acts on a complete request head; true when the next request may be
@@ -514,7 +564,12 @@ impl Server {
             return self.http_reply(id, req, 403, "application/json", body, true, now);
         }
         let decision = api::decide(&head, &self.verifier, self.now_unix(), self.cfg.max_message_bytes, self.cfg.demo);
-        let req = HttpRequest { consumed: head.len, keep_alive: keep_alive(&head) };
+        // Only a publish reads its body. Any other request's body is unread
+        // bytes in front of the next request: answer it, then close, so a
+        // body can never be taken for a request of its own (smuggling).
+        let has_body =
+            head.transfer_encoding.is_some() || head.content_length.as_deref().is_some_and(|l| l.trim() != "0");
+        let req = HttpRequest { consumed: head.len, keep_alive: keep_alive(&head) && !has_body };
         match decision {
             Decision::WebSocket => {
                 self.open_websocket(id, head, now);
@@ -524,11 +579,7 @@ impl Server {
                 if status == 401 {
                     self.metrics.auth_failure(error_code(&body));
                 }
-                // A refused request's body was not read: the connection
-                // cannot find the next request, so it ends here.
-                let has_body =
-                    head.transfer_encoding.is_some() || head.content_length.as_deref().is_some_and(|l| l.trim() != "0");
-                self.http_reply(id, req, status, content_type, &body, close || has_body, now)
+                self.http_reply(id, req, status, content_type, &body, close, now)
             }
             Decision::Health => {
                 let (status, body): (u16, &[u8]) = if self.fatal.is_some() {
@@ -630,6 +681,29 @@ impl Server {
         keep
     }
 
+    /// Logs a refused connection at debug, at most `REFUSAL_LOGS_PER_SEC`
+    /// a second: refusals are what an attacker makes by the thousand, and
+    /// the log (an SD card, journald) must not be the thing that gives out.
+    /// The metrics count every one.
+    fn log_refusal(&mut self, now: Instant, ip: IpAddr, why: &dyn std::fmt::Display) {
+        let budget = &mut self.refusal_log;
+        if now.saturating_duration_since(budget.since) >= Duration::from_secs(1) {
+            if budget.dropped > 0 {
+                log::debug!("... and {} more refused connections in the last second", budget.dropped);
+            }
+            *budget = RefusalLog { since: now, logged: 0, dropped: 0 };
+        }
+        if budget.logged < REFUSAL_LOGS_PER_SEC {
+            budget.logged += 1;
+            log::debug!("refused a connection from {ip}: {why}");
+        } else {
+            if budget.dropped == 0 {
+                log::debug!("more refusals this second are counted in /metrics, not logged");
+            }
+            budget.dropped += 1;
+        }
+    }
+
     fn gauges(&self) -> Gauges {
         let (store_bytes, map_bytes) = self.store.usage();
         Gauges {
@@ -647,6 +721,7 @@ impl Server {
             None => return,
         };
         let open = self.slots.len();
+        let secure = self.tls.is_some();
         let refusal = |status: u16, code: &str| Some(http::error_response(status, code));
         let up = http::upgrade_request(&head);
         let verdict = match &up {
@@ -658,10 +733,9 @@ impl Server {
                 refusal(503, "server_full").map(|r| (r, "connection limit"))
             }
             Some(_)
-                if head
-                    .origin
-                    .as_deref()
-                    .is_some_and(|o| !http::origin_allowed(o, head.host.as_deref(), &self.cfg.allowed_origins)) =>
+                if head.origin.as_deref().is_some_and(|o| {
+                    !http::origin_allowed(o, head.host.as_deref(), secure, &self.cfg.allowed_origins)
+                }) =>
             {
                 refusal(403, "origin_forbidden").map(|r| (r, "origin not allowed"))
             }
@@ -671,22 +745,23 @@ impl Server {
         let now_unix = self.now_unix();
         let slot = self.slots.get_mut(&id).expect("slot checked above");
         if let Some((answer, why)) = verdict {
-            log::info!("refused /ws?token=<redacted> from {ip}: {why}");
+            slot.conn.refuse(answer.clone(), now);
             self.metrics.refuse(error_code(&answer));
-            return slot.conn.refuse(answer, now);
+            return self.log_refusal(now, ip, &why);
         }
         let up = up.expect("checked above");
         let token = up.token.as_deref().unwrap_or("");
         let claims = match self.verifier.verify(token, now_unix) {
             Ok(c) => c,
             Err(e) => {
-                log::info!("refused /ws?token=<redacted> from {ip}: {e}");
+                slot.conn.refuse(http::error_response(401, e.code()), now);
                 self.metrics.refuse(e.code());
                 self.metrics.auth_failure(e.code());
-                return slot.conn.refuse(http::error_response(401, e.code()), now);
+                return self.log_refusal(now, ip, &e);
             }
         };
-        log::debug!("open /ws?token=<redacted> from {ip} as {}", claims.sub);
+        // `sub` is the token's text: escaped, so it cannot forge log lines.
+        log::debug!("open /ws?token=<redacted> from {ip} as \"{}\"", claims.sub.escape_debug());
         let until_expiry = (claims.exp.saturating_add(self.verifier.leeway_secs())).saturating_sub(now_unix);
         let expires = now.checked_add(Duration::from_secs(until_expiry));
         slot.conn.upgrade(http::switching_protocols(&up), head.len, expires, now);
@@ -1023,6 +1098,9 @@ impl Server {
             if slot.conn.phase() == Phase::Closed {
                 self.remove(id);
             } else {
+                if slot.conn.take_unblocked() {
+                    self.again.push(id);
+                }
                 self.schedule(id);
             }
         }

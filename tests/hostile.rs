@@ -521,8 +521,8 @@ fn fuzz_http_head_parser_stays_within_its_limits() {
                 let _ = http::query_param(&head.query, "token");
                 let _ = http::percent_decode_path(&head.path);
                 if let Some(origin) = &head.origin {
-                    let _ = http::origin_allowed(origin, head.host.as_deref(), &[]);
-                    let _ = http::origin_allowed(origin, head.host.as_deref(), &["http://pi.local:8080".into()]);
+                    let _ = http::origin_allowed(origin, head.host.as_deref(), false, &[]);
+                    let _ = http::origin_allowed(origin, head.host.as_deref(), true, &["http://pi.local:8080".into()]);
                 }
             }
             Ok(None) => {
@@ -1671,4 +1671,221 @@ fn sigint_closes_every_websocket_with_1001_and_exits_0() {
     let status = server.wait_exit(io_timeout());
     assert_eq!(status.code(), Some(0), "exit status after SIGINT; log:\n{}", server.log());
     assert!(server.log().contains("stopped cleanly"), "{}", server.log());
+}
+
+// ---------------------------------------------------------------------------
+// The second abuse run: HTTP attackers and a misbehaving main application.
+
+/// A publish hook on 127.0.0.1 standing in for the main application: it
+/// approves at once, except publishes from `dripper`, whose answer it
+/// drips one byte every 200 ms, forever.
+fn drip_hook(stop: &'static AtomicBool) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the hook");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { continue };
+            std::thread::spawn(move || {
+                let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head and a body of Content-Length bytes.
+                let complete = |req: &[u8]| {
+                    let text = String::from_utf8_lossy(req);
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    body.len() >= len
+                };
+                while !complete(&req) {
+                    match sock.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if String::from_utf8_lossy(&req).contains(r#""from":"dripper""#) {
+                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n");
+                    while !stop.load(Ordering::Relaxed) && sock.write_all(b" ").is_ok() {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                } else {
+                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `request` over and over on one socket and never reads an answer,
+/// until `stop`. Returns the bytes the server took.
+fn pipeline_without_reading(addr: SocketAddr, request: &str, stop: &AtomicBool) -> u64 {
+    let Ok(mut sock) = TcpStream::connect(addr) else { return 0 };
+    sock.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+    let burst = request.repeat(64);
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match sock.write(burst.as_bytes()) {
+            Ok(n) => sent += n as u64,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // Dropped by the server (it stopped reading and the deadline passed): again.
+            Err(_) => match TcpStream::connect(addr) {
+                Ok(s) => {
+                    sock = s;
+                    sock.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            },
+        }
+    }
+    sent
+}
+
+#[test]
+fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unharmed() {
+    let _serial = serial();
+    static STOP_HOOK: AtomicBool = AtomicBool::new(false);
+    let hook = drip_hook(&STOP_HOOK);
+    let hook_url = format!("http://{hook}/hook");
+    let server = Server::start(&[
+        "--handshake-timeout",
+        "2s",
+        "--publish-hook",
+        &hook_url,
+        "--publish-hook-timeout",
+        "1s",
+        "--max-channels",
+        "2000",
+    ]);
+    let good_n = 200;
+    let channels_wanted = scale(10_000, 3_000);
+    let stop = AtomicBool::new(false);
+    let rss_max = AtomicUsize::new(0);
+    let rss_start = server.rss_kib();
+    let api = mint(
+        &json!({"sub": "app", "exp": now_secs() + 3600, "api": true, "read": ["*"], "write": ["*"]}),
+        &test_key(),
+    );
+    let (headers_431, created, refused_channels, drips, pipelined, unread, mut lat) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                rss_max.fetch_max(server.rss_kib() as usize, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        // The pipelining attack of issue 13.
+        let pipelined = s.spawn(|| pipeline_without_reading(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", &stop));
+        // A client of the API that never reads its (large) answers.
+        let history = format!("GET /api/channels/good/messages?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api}\r\n\r\n");
+        let (addr, stop_ref) = (server.addr, &stop);
+        let unread = s.spawn(move || pipeline_without_reading(addr, &history, stop_ref));
+        // Header floods: heads past the 8 KiB limit, one connection after another.
+        let flood = s.spawn(|| {
+            let mut refused = 0;
+            let line = format!("X-Flood: {}\r\n", "a".repeat(100));
+            while !stop.load(Ordering::Relaxed) {
+                let mut sock = server.tcp();
+                let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+                for _ in 0..160 {
+                    head.extend_from_slice(line.as_bytes());
+                }
+                let _ = sock.write_all(&head);
+                let mut answer = [0u8; 12];
+                if sock.read_exact(&mut answer).is_ok() && &answer[9..12] == b"431" {
+                    refused += 1;
+                }
+            }
+            refused
+        });
+        // A token with a prefix grant creating channels without end.
+        let creator = s.spawn(|| {
+            let mut c = server.ws(&token_all("creator"));
+            let (mut created, mut refused) = (0, 0);
+            for batch in 0..channels_wanted / 100 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for i in 0..100 {
+                    let n = batch * 100 + i;
+                    c.send_json(json!({"op": "pub", "ch": format!("spam:{n}"), "data": n, "id": n}));
+                }
+                for _ in 0..100 {
+                    let r = c.request_reply();
+                    match (r["op"].as_str(), r["code"].as_str()) {
+                        (Some("ack"), _) => created += 1,
+                        (Some("err"), Some("too_many_channels")) => refused += 1,
+                        _ => panic!("channel creator: {r}"),
+                    }
+                }
+            }
+            (created, refused)
+        });
+        // A client whose every publish the main application drips an answer to.
+        let dripper = s.spawn(|| {
+            let mut c = server.ws(&token_all("dripper"));
+            let mut unavailable = 0;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.request(json!({"op": "pub", "ch": "drip", "data": i, "id": i}));
+                assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+                unavailable += 1;
+                i += 1;
+            }
+            unavailable
+        });
+
+        // The well-behaved pair, meanwhile.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut subscriber = server.ws(&token_all("good-sub"));
+        assert_eq!(subscriber.request(json!({"op": "sub", "ch": "good"}))["op"], "subok");
+        let mut publisher = server.ws(&token_all("good-pub"));
+        let mut lat = Vec::with_capacity(good_n);
+        for i in 0..good_n {
+            let t = Instant::now();
+            let r = publisher.request(json!({"op": "pub", "ch": "good", "data": {"i": i}, "id": i}));
+            assert_eq!((r["op"].as_str(), r["seq"].as_u64()), (Some("ack"), Some(i as u64 + 1)), "{r}");
+            assert_eq!(subscriber.recv_msg()["data"]["i"], i);
+            lat.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (created, refused_channels) = creator.join().expect("the channel creator");
+        stop.store(true, Ordering::Relaxed);
+        let healthz = server.http(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(healthz.0, 200, "{healthz:?}");
+        (
+            flood.join().unwrap(),
+            created,
+            refused_channels,
+            dripper.join().unwrap(),
+            pipelined.join().unwrap(),
+            unread.join().unwrap(),
+            lat,
+        )
+    });
+    STOP_HOOK.store(true, Ordering::Relaxed);
+    lat.sort();
+    let rss_max_kib = rss_max.load(Ordering::Relaxed) as u64;
+    eprintln!("=== second abuse run ({} scale) ===", if small() { "small" } else { "full" });
+    eprintln!(
+        "good client: {good_n} pubs through the hook, pub->delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct_ms(&lat, 50.0),
+        pct_ms(&lat, 99.0),
+        pct_ms(&lat, 100.0)
+    );
+    eprintln!("server RSS: {:.1} MiB at start, {:.1} MiB max", rss_start as f64 / 1024.0, rss_max_kib as f64 / 1024.0);
+    eprintln!(
+        "pipelining: {pipelined} bytes of GET / taken; unread API answers: {unread} bytes of requests taken; \
+         header floods refused with 431: {headers_431}; channels created {created}, refused {refused_channels} \
+         (--max-channels 2000); dripping hook: {drips} publishes answered unavailable"
+    );
+    let bound = Duration::from_millis(500) * slow_factor();
+    assert!(*lat.last().unwrap() < bound, "the good client waited {:?} (bound {bound:?})", lat.last());
+    let rss_bound_mib = if small() { 256 } else { 32 };
+    assert!(rss_max_kib < rss_bound_mib * 1024, "RSS reached {rss_max_kib} KiB (bound {rss_bound_mib} MiB)");
+    assert!(headers_431 > 0 && drips > 0 && pipelined > 0 && unread > 0, "every attacker ran");
+    assert_eq!(created, 2000 - 1, "channels up to the limit (the good channel is one of them)");
+    assert_eq!(created + refused_channels, channels_wanted, "every creation was answered");
 }

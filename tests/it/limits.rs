@@ -114,15 +114,6 @@ fn a_sustained_publish_flood_is_closed_with_1008() {
     assert!(replies.iter().any(|r| r["code"] == "rate_limited"), "warned before being closed: {replies:?}");
 }
 
-/// A masked client frame, built by hand: the test client would refuse to
-/// send a flood.
-fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![if fin { 0x80 | opcode } else { opcode }, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
-    f.extend_from_slice(payload);
-    f
-}
-
 /// The close code in the first server frame read from a raw socket.
 fn read_close_code(sock: &mut std::net::TcpStream) -> Option<u16> {
     use std::io::Read as _;

@@ -10,6 +10,7 @@ mod api;
 mod cli;
 mod handshake;
 mod hook;
+mod http;
 mod lifecycle;
 mod limits;
 mod sync;

@@ -396,6 +396,16 @@ pub fn run_roostd(args: &[&str], env: &[(&str, &str)]) -> Output {
 // ---------------------------------------------------------------------------
 // Raw HTTP.
 
+/// A masked client frame of under 126 payload bytes, built by hand: the
+/// test client would refuse to send a flood, or to send before the 101.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "client_frame builds short frames only");
+    let mut f = vec![if fin { 0x80 | opcode } else { opcode }, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
+    f.extend_from_slice(payload);
+    f
+}
+
 /// Reads a response head, byte by byte so nothing after it is consumed.
 fn read_head(sock: &mut TcpStream) -> Vec<u8> {
     let mut raw = Vec::new();
