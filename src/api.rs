@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use crate::auth::{Claims, Verifier};
 use crate::http::{self, Head};
 use crate::hub;
-use crate::store::{Append, ChannelInfo, Store, StoreError};
+use crate::store::{self, Append, ChannelInfo, Refusal, Store, StoreError};
 use crate::wire::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
 
 /// What a request head asks for, once it passed every check that needs no body.
@@ -45,7 +45,11 @@ pub enum Decision {
         since: Seq,
         limit: usize,
     },
-    Channels,
+    /// A page of the channel list: up to `limit` channels named after `after`.
+    Channels {
+        after: String,
+        limit: usize,
+    },
     Health,
     Metrics,
 }
@@ -54,6 +58,10 @@ pub enum Decision {
 /// needs no other files.
 pub const DEMO_PAGE: &[u8] = include_bytes!("../web/index.html");
 pub const ROOST_JS: &[u8] = include_bytes!("../web/roost.js");
+
+/// Default and largest `limit` of `GET /api/channels`: a page is at most
+/// about 200 KiB (names are at most 164 bytes).
+pub const MAX_CHANNELS_PAGE: usize = 1000;
 
 fn asset(body: &'static [u8], content_type: &'static str) -> Decision {
     Decision::Reply { status: 200, body: body.to_vec(), content_type, close: false }
@@ -119,7 +127,16 @@ pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize, 
     }
     match route {
         Route::Channels if !claims.read.allows_all() => reply(403, "forbidden"),
-        Route::Channels => Decision::Channels,
+        Route::Channels => {
+            let after = http::query_param(&head.query, "after").unwrap_or_default();
+            match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
+                None => Decision::Channels { after, limit: MAX_CHANNELS_PAGE },
+                Some(s) => match s.parse::<usize>() {
+                    Ok(n) if (1..=MAX_CHANNELS_PAGE).contains(&n) => Decision::Channels { after, limit: n },
+                    _ => reply(400, "bad_request"),
+                },
+            }
+        }
         Route::Messages(ch) if method == "POST" => {
             if !claims.write.allows(&ch) {
                 return reply(403, "forbidden");
@@ -189,7 +206,9 @@ pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option
         None => None,
         Some(k) => {
             let json = serde_json::to_string(k).unwrap_or_default();
-            if k.is_empty() || json.len() > MAX_ID_BYTES {
+            // The sub and the key together key the dedupe tables: a pair
+            // too long for LMDB is refused here, not by the commit.
+            if k.is_empty() || json.len() > MAX_ID_BYTES || !store::dedupe_fits(&claims.sub, &json) {
                 return Err(reply(400, "bad_request"));
             }
             Some(json)
@@ -227,7 +246,14 @@ pub fn history(store: &Store, ch: &str, since: Seq, limit: usize, max_bytes: usi
     Ok(body.into_bytes())
 }
 
-/// `200 [{"ch","seq","count"}...]`
+/// The status and body for an append the store refused.
+pub fn refused(why: Refusal) -> (u16, Vec<u8>) {
+    match why {
+        Refusal::TooManyChannels => (507, br#"{"error":"too_many_channels"}"#.to_vec()),
+    }
+}
+
+/// `200 [{"ch","seq","count"}...]`, one page: a full page means there may be more.
 pub fn channels(list: &[(String, ChannelInfo)]) -> Vec<u8> {
     let mut body = String::from("[");
     for (i, (ch, info)) in list.iter().enumerate() {
@@ -272,7 +298,7 @@ mod tests {
             Decision::Reply { status, .. } => *status,
             Decision::Publish { .. } => 1,
             Decision::History { .. } => 2,
-            Decision::Channels => 3,
+            Decision::Channels { .. } => 3,
             _ => 0,
         }
     }
@@ -304,7 +330,9 @@ mod tests {
             (head("GET", "/api/channels/a/messages?since=x", Some(all.clone()), None), 400),
             (head("POST", "/api/channels/a/messages", Some(all.clone()), Some("5")), 1),
             (head("GET", "/api/channels/room%3A1/messages?since=3&limit=5", Some(reader), None), 2),
-            (head("GET", "/api/channels", Some(all), None), 3),
+            (head("GET", "/api/channels?limit=0", Some(all.clone()), None), 400),
+            (head("GET", "/api/channels?limit=1001", Some(all.clone()), None), 400),
+            (head("GET", "/api/channels", Some(all.clone()), None), 3),
         ];
         for (h, want) in cases {
             assert_eq!(status(&decide(&h, &v, 1_700_000_000, 65536, true)), want, "{} {}", h.method, h.path);
@@ -322,6 +350,16 @@ mod tests {
             true,
         ) {
             Decision::History { ch, since, limit } => assert_eq!((ch.as_str(), since, limit), ("room:1", 3, 5)),
+            d => panic!("{d:?}"),
+        }
+        match decide(
+            &head("GET", "/api/channels?after=room%3A1&limit=5", Some(all), None),
+            &v,
+            1_700_000_000,
+            65536,
+            true,
+        ) {
+            Decision::Channels { after, limit } => assert_eq!((after.as_str(), limit), ("room:1", 5)),
             d => panic!("{d:?}"),
         }
         let mut chunked = head(
@@ -366,7 +404,7 @@ mod tests {
         let app = json!({"sub":"app","exp":2_000_000_000u64,"read":["*"],"api":true});
         assert!(matches!(
             decide(&head("GET", "/api/channels", Some(app), None), &v, 1_700_000_000, 65536, true),
-            Decision::Channels
+            Decision::Channels { .. }
         ));
     }
 
@@ -388,6 +426,27 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_sub_and_key_publish_and_one_byte_more_is_a_400() {
+        use crate::store::{Outcome, MAX_DEDUPE_SUB_AND_ID_BYTES};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 22).unwrap();
+        let keep = |_: &str| crate::store::Retention { messages: 100, age_ms: u64::MAX };
+        let app = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default(), api: true };
+        // The key "k" is "\"k\"" (3 bytes) as an id.
+        let room = MAX_DEDUPE_SUB_AND_ID_BYTES - 3;
+        let fits = Claims { sub: "s".repeat(room), ..app.clone() };
+        let a = publish("c".into(), &fits, b"1", Some("k")).unwrap();
+        let out = store.append_batch([&a], 5, 60_000, &keep).unwrap();
+        assert_eq!(out, vec![Outcome::Stored { seq: 1, ts: 5 }], "the longest pair commits to a real store");
+        let over = Claims { sub: "s".repeat(room + 1), ..app };
+        match publish("c".into(), &over, b"1", Some("k")) {
+            Err(Decision::Reply { status: 400, body, .. }) => assert_eq!(body, br#"{"error":"bad_request"}"#),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+        assert!(publish("c".into(), &over, b"1", None).is_ok(), "without a key the sub is no key");
+    }
+
+    #[test]
     fn bodies_are_json() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 22).unwrap();
@@ -397,7 +456,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&history(&store, "c", 1, 1, 1 << 20).unwrap()).unwrap();
         assert_eq!(v["msgs"][0]["seq"], 2);
         assert_eq!(v["more"], true);
-        let v: serde_json::Value = serde_json::from_slice(&channels(&store.channels().unwrap())).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&channels(&store.channels("", 10).unwrap())).unwrap();
         assert_eq!(v, json!([{"ch":"c","seq":3,"count":3}]));
     }
 }

@@ -44,6 +44,10 @@ pub struct Config {
     /// Where to listen. Loopback by default: exposing a server on the LAN is
     /// a decision the operator makes with `--listen 0.0.0.0:8080`.
     pub listen: SocketAddr,
+    /// The host name given to `--listen` when it was not an IP address
+    /// (`localhost:8081`). `main` resolves it into `listen` (this module does
+    /// no I/O); printed URLs show it as typed.
+    pub listen_name: Option<String>,
     /// The LMDB environment and the generated secret live here.
     pub data: PathBuf,
     pub secret_file: Option<PathBuf>,
@@ -88,6 +92,11 @@ pub struct Config {
     pub demo: bool,
     /// LMDB map size: the most the store may ever occupy.
     pub max_store_bytes: u64,
+    /// Channels in the store. A channel's record outlives its messages (its
+    /// seqs must never repeat), so without a bound a token with a prefix
+    /// grant could fill the disk with channels; a publish that would create
+    /// one more is refused with `too_many_channels`.
+    pub max_channels: u64,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Conformance testing only: echo every message back unchanged.
@@ -195,6 +204,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "on-corrupt", value: "fresh|refuse", default: "fresh", help: "what to do with an unreadable store" },
     Setting { key: "no-demo", value: "", default: "demo on", help: "do not serve the demo page and /roost.js" },
     Setting { key: "max-store-bytes", value: "N", default: "1 GiB (256 MiB on 32-bit)", help: "LMDB map limit" },
+    Setting {
+        key: "max-channels",
+        value: "N",
+        default: "100000",
+        help: "channels in the store; past it a new channel is refused (too_many_channels)",
+    },
     Setting { key: "tls-cert", value: "FILE", default: "-", help: "PEM certificate: serve https:// and wss://" },
     Setting { key: "tls-key", value: "FILE", default: "-", help: "PEM private key for --tls-cert" },
     Setting { key: "echo", value: "", default: "off", help: "conformance testing only: echo every message back" },
@@ -204,6 +219,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_name: None,
             data: PathBuf::from("./roostd-data"),
             secret_file: None,
             keys: Vec::new(),
@@ -231,6 +247,7 @@ impl Default for Config {
             on_corrupt: OnCorrupt::Fresh,
             demo: true,
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            max_channels: 100_000,
             tls_cert: None,
             tls_key: None,
             echo: false,
@@ -245,9 +262,13 @@ impl Config {
         let v = value;
         match key {
             "listen" => {
-                self.listen = v.parse().or_else(|_| {
-                    err(format!("--listen {v:?} is not an address; write it like 127.0.0.1:8080 or [::1]:8080"))
-                })?
+                (self.listen, self.listen_name) = match v.parse() {
+                    Ok(addr) => (addr, None),
+                    Err(_) => {
+                        let (host, port) = host_port(v)?;
+                        (SocketAddr::from(([127, 0, 0, 1], port)), Some(host.to_string()))
+                    }
+                }
             }
             "data" => self.data = PathBuf::from(nonempty(key, v)?),
             "secret-file" => self.secret_file = Some(PathBuf::from(nonempty(key, v)?)),
@@ -280,10 +301,16 @@ impl Config {
             }
             "no-demo" => self.demo = !boolean(key, v)?,
             "max-store-bytes" => self.max_store_bytes = positive(key, v)? as u64,
+            "max-channels" => self.max_channels = positive(key, v)? as u64,
             "tls-cert" => self.tls_cert = Some(PathBuf::from(nonempty(key, v)?)),
             "tls-key" => self.tls_key = Some(PathBuf::from(nonempty(key, v)?)),
             "echo" => self.echo = boolean(key, v)?,
-            _ => return err(format!("unknown setting `{key}`; `roostd serve --help` lists them all")),
+            _ => {
+                return err(format!(
+                    "unknown setting `{key}`{}; `roostd serve --help` lists them all",
+                    did_you_mean(key, "--", &[])
+                ))
+            }
         }
         Ok(())
     }
@@ -299,7 +326,21 @@ impl Config {
         let table: toml::Table = text.parse().or_else(|e| err(format!("{origin}: not valid TOML: {e}")))?;
         for (name, value) in &table {
             let key = name.replace('_', "-");
+            if !FILE_ONLY.contains(&key.as_str())
+                && !matches!(key.as_str(), "allowed-origins" | "allowed-hosts")
+                && !SETTINGS.iter().any(|s| s.key == key)
+            {
+                // Echoed as typed, with the nearest key in file spelling.
+                let hint = did_you_mean(&key, "", FILE_ONLY).replace('-', "_");
+                return err(format!("{origin}: unknown setting `{name}`{hint}; `roostd serve --help` lists them all"));
+            }
             match (key.as_str(), value) {
+                ("keys" | "retention", toml::Value::Table(_)) => {
+                    return err(format!(
+                        "{origin}: write `[[{key}]]` (two brackets, once before each entry), not `[{key}]`: \
+                         it is a list of tables"
+                    ));
+                }
                 ("keys", toml::Value::Array(items)) => {
                     for item in items {
                         self.keys.push(key_table(item, origin)?);
@@ -363,6 +404,14 @@ impl Config {
         }
         (self.retention_messages, self.retention_age)
     }
+
+    /// The retention settings as one text: equal texts mean equal rules
+    /// for every channel (the store rebuilds its retention index when it changes).
+    pub fn retention_rules(&self) -> String {
+        let rules: Vec<String> =
+            self.retention.iter().map(|r| format!("{} {} {}", r.pattern, r.messages, r.age.as_millis())).collect();
+        format!("{} {} [{}]", self.retention_messages, self.retention_age.as_millis(), rules.join(", "))
+    }
 }
 
 fn scalar(v: &toml::Value) -> Option<String> {
@@ -411,6 +460,76 @@ fn retention_table(item: &toml::Value, base: &Config, origin: &str) -> Result<Re
         }
     }
     Ok(rule)
+}
+
+/// Settings that exist only in the config file, as lists of tables.
+pub const FILE_ONLY: &[&str] = &["retention", "keys"];
+
+/// Names people reach for that roostd spells differently.
+const ALIASES: &[(&str, &str)] = &[
+    ("port", "listen"),
+    ("host", "listen"),
+    ("bind", "listen"),
+    ("addr", "listen"),
+    ("address", "listen"),
+    ("data-dir", "data"),
+    ("dir", "data"),
+    ("secret", "secret-file"),
+    ("cert", "tls-cert"),
+    ("key", "tls-key"),
+    ("origin", "allowed-origin"),
+];
+
+/// ` (did you mean `--listen`?)` for the setting nearest to `typed` (also
+/// among `extra` names), or "" when nothing is close. `prefix` is how the
+/// names are written: `--` for flags, "" for file keys.
+pub fn did_you_mean(typed: &str, prefix: &str, extra: &[&str]) -> String {
+    let typed = typed.to_ascii_lowercase().replace('_', "-");
+    let alias = ALIASES.iter().find(|(a, _)| *a == typed).map(|(_, to)| *to);
+    let candidates = SETTINGS.iter().map(|s| s.key).chain(extra.iter().copied()).filter(|c| !c.is_empty());
+    let near = candidates
+        .map(|c| (edit_distance(&typed, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < typed.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c);
+    match near.or(alias) {
+        Some(name) => format!(" (did you mean `{prefix}{name}`?)"),
+        None => String::new(),
+    }
+}
+
+/// Levenshtein distance: typos are one or two letters off.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Splits `name:port` for a `--listen` that is not an IP address.
+fn host_port(v: &str) -> Result<(&str, u16), ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "--listen {v:?} is not an address; write it like 127.0.0.1:8080, [::1]:8080 or localhost:8080"
+        ))
+    };
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !name_ok {
+        return Err(bad());
+    }
+    Ok((host, port))
 }
 
 fn nonempty<'a>(key: &str, v: &'a str) -> Result<&'a str, ConfigError> {
@@ -480,6 +599,21 @@ mod tests {
     }
 
     #[test]
+    fn max_channels_and_the_retention_rules_text() {
+        let mut c = Config::default();
+        assert_eq!(c.max_channels, 100_000);
+        c.apply_toml("max_channels = 5", "test.toml").unwrap();
+        assert_eq!(c.max_channels, 5);
+        assert!(c.set("max-channels", "0").unwrap_err().0.contains("at least 1"));
+        let before = c.retention_rules();
+        c.set("retention-age", "1d").unwrap();
+        assert_ne!(c.retention_rules(), before, "a changed age rebuilds the retention index");
+        let before = c.retention_rules();
+        c.apply_toml("[[retention]]\npattern = \"s:*\"\nmessages = 5", "test.toml").unwrap();
+        assert_ne!(c.retention_rules(), before, "so does a new rule");
+    }
+
+    #[test]
     fn flags_and_file_share_one_path() {
         let mut c = Config::default();
         c.apply_toml(
@@ -516,11 +650,31 @@ mod tests {
     fn bad_settings_say_what_to_do() {
         let mut c = Config::default();
         let e = c.apply_toml("max_mesage_bytes = 5", "f.toml").unwrap_err();
-        assert!(e.0.contains("unknown setting `max-mesage-bytes`"), "{e}");
+        assert!(e.0.contains("unknown setting `max_mesage_bytes` (did you mean `max_message_bytes`?)"), "{e}");
+        let e = c.apply_toml("[retention]\npattern = \"a:*\"\nmessages = 5", "f.toml").unwrap_err();
+        assert!(e.0.contains("`[[retention]]`"), "{e}");
         assert!(c.set("listen", "localhost").unwrap_err().0.contains("127.0.0.1:8080"));
+        assert!(c.set("listen", "bad host:80").is_err());
         assert!(c.set("max-subscriptions", "0").is_err());
         assert!(c.apply_toml("listen = [", "f.toml").unwrap_err().0.contains("not valid TOML"));
         c.set("max-message-bytes", "1000000").unwrap();
         assert!(c.validate().unwrap_err().0.contains("max-send-buffer-bytes"));
+    }
+
+    #[test]
+    fn a_host_name_in_listen_is_kept_for_main_to_resolve() {
+        let mut c = Config::default();
+        c.set("listen", "localhost:8081").unwrap();
+        assert_eq!((c.listen.port(), c.listen_name.as_deref()), (8081, Some("localhost")));
+        c.set("listen", "127.0.0.1:9000").unwrap();
+        assert_eq!(c.listen_name, None, "an address replaces an earlier name");
+    }
+
+    #[test]
+    fn the_nearest_setting_is_suggested() {
+        assert_eq!(did_you_mean("port", "--", &[]), " (did you mean `--listen`?)");
+        assert_eq!(did_you_mean("max-conections", "--", &[]), " (did you mean `--max-connections`?)");
+        assert_eq!(did_you_mean("reed", "--", &["read"]), " (did you mean `--read`?)");
+        assert_eq!(did_you_mean("zzzzzzzz", "--", &[]), "");
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
-use crate::store::{Append, ChannelInfo, Record, Store, MAX_DEDUPE_SUB_BYTES};
+use crate::store::{self, Append, ChannelInfo, Record, Store};
 use crate::wire::{self, ErrCode, Msg, Request, Seq};
 
 /// A connection, as the hub knows it: the server's token for it.
@@ -218,11 +218,11 @@ impl Hub {
                 if !peer.claims.write.allows(ch) {
                     return reply_err(out, ErrCode::Forbidden, "this token may not publish to that channel");
                 }
-                if id.is_some() && peer.claims.sub.len() > MAX_DEDUPE_SUB_BYTES {
+                if id.is_some_and(|id| !store::dedupe_fits(&peer.claims.sub, id)) {
                     return reply_err(
                         out,
                         ErrCode::BadRequest,
-                        "a token whose sub is over 381 bytes cannot publish with an id",
+                        "the token's sub and this id are over 501 bytes together; use a shorter id or sub",
                     );
                 }
                 if !peer.bucket.take(now, self.limits.publish_rate) {

@@ -8,7 +8,8 @@
 //! - [`auth`]: JWT HS256 tokens, verified by hand; channel patterns.
 //! - [`wire`]: the JSON messages, parsed and emitted. Pure.
 //! - [`store`]: LMDB through heed: channels, messages, dedupe, retention.
-//! - [`writer`]: the writer thread: group commit off the event loop.
+//! - [`clock`]: the clock floor rule (spec §10): effective time from the system time. Pure.
+//! - [`writer`]: the writer thread: group commit off the event loop; the shared `Clock`.
 //! - [`hub`]: the sync protocol: subscriptions, cursors, replay, fan-out. Sans-I/O.
 //! - [`http`]: request heads, upgrade checks, plain responses. Pure.
 //! - [`conn`]: one connection's transport state machine (the only tungstenite user).
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod hook;

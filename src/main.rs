@@ -16,6 +16,7 @@ use roostd::config::{self, Config, OnCorrupt, SETTINGS};
 use roostd::logger;
 use roostd::server::{self, Server};
 use roostd::store::{self, Store, StoreError};
+use roostd::writer::SyncSource;
 
 /// Shortest secret accepted: HS256 keys shorter than the hash are weak.
 const MIN_SECRET_BYTES: usize = 32;
@@ -52,16 +53,26 @@ fn run(args: Vec<OsString>) -> Result<(), Fail> {
         Some("backup") => backup(rest),
         Some("cert") => cert(rest),
         Some("-h" | "--help" | "help") => {
-            print!("{}\n{}", top_help(), serve_help());
+            print!("{}", top_help());
             Ok(())
         }
         Some("-V" | "--version") => {
             println!("roostd {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        _ => usage(format!("unknown command {cmd:?}; the commands are serve, token, backup (see roostd --help)")),
+        _ => {
+            let typed = cmd.to_string_lossy();
+            let near = COMMANDS.iter().find(|c| typed.len() > 1 && (c.starts_with(&*typed) || typed.starts_with(*c)));
+            let hint = near.map(|c| format!("did you mean `roostd {c}`? ")).unwrap_or_default();
+            usage(format!(
+                "unknown command {typed:?}; {hint}the commands are {} (see roostd --help)",
+                COMMANDS.join(", ")
+            ))
+        }
     }
 }
+
+const COMMANDS: [&str; 4] = ["serve", "token", "backup", "cert"];
 
 fn top_help() -> String {
     format!(
@@ -69,9 +80,36 @@ fn top_help() -> String {
          Usage:\n  roostd serve [FLAGS]        run the server (roostd serve --help)\n  \
          roostd token --sub NAME ... print a token signed with the server's key\n  \
          roostd backup FILE          write a consistent, compacted copy of the store\n  \
-         roostd cert --name NAME ... write a self-signed certificate for --tls-cert\n",
-        env!("CARGO_PKG_VERSION")
+         roostd cert --name NAME ... write a self-signed certificate for --tls-cert\n\n\
+         Each command explains itself: roostd COMMAND --help.\n\n\
+         Flags of serve (also keys of its --config FILE; details in roostd serve --help):\n{}",
+        env!("CARGO_PKG_VERSION"),
+        wrap(std::iter::once("--config FILE".to_string()).chain(SETTINGS.iter().map(|s| if s.value.is_empty() {
+            format!("--{}", s.key)
+        } else {
+            format!("--{} {}", s.key, s.value)
+        })))
     )
+}
+
+/// Lists words separated by commas on indented lines of at most 80 columns.
+fn wrap(words: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    let mut line = String::from(" ");
+    for w in words {
+        if line.len() + w.len() + 2 > 80 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from(" ");
+        }
+        line.push(' ');
+        line.push_str(&w);
+        line.push(',');
+    }
+    line.pop();
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 fn serve_help() -> String {
@@ -83,6 +121,13 @@ fn serve_help() -> String {
         let flag = if s.value.is_empty() { format!("--{}", s.key) } else { format!("--{} {}", s.key, s.value) };
         out.push_str(&format!("  {flag:<34} {} [default: {}]\n", s.help, s.default));
     }
+    out.push_str(
+        "\nOnly in the --config file (lists of tables, one [[...]] header per entry):\n\
+         \x20 [[retention]]  pattern = \"sensor:*\", messages = 500, age = \"1d\": retention for the\n\
+         \x20                channels a pattern matches (first match wins; else the two flags above)\n\
+         \x20 [[keys]]       id = \"k1\", secret_file = \"/etc/roostd/k1\": a key ring for rotation: a token\n\
+         \x20                names its key in the JWT header kid; the first is the default (no kid)\n",
+    );
     out.push_str("\nDurations: 500ms, 10s, 5m, 2h, 7d. Sizes in bytes. RUST_LOG sets the log level (default info).\n");
     out
 }
@@ -92,7 +137,7 @@ const COMMAND_SWITCHES: &[&str] = &["api"];
 
 /// Reads `--config FILE` and every setting flag, file first, flags after.
 /// Flags not settings (`extra`) are handed back for the command to use.
-fn load_config(args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(String, String)>), Fail> {
+fn load_config(cmd: &str, args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(String, String)>), Fail> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut flags: Vec<(String, String)> = Vec::new();
     let mut others = Vec::new();
@@ -119,7 +164,13 @@ fn load_config(args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(Stri
                 others.push((name, v));
             }
             lexopt::Arg::Value(v) if extra.contains(&"") => others.push((String::new(), v.to_string_lossy().into())),
-            other => return usage(format!("{}; see --help", other.unexpected())),
+            lexopt::Arg::Long(name) => {
+                let mut known = vec!["config"];
+                known.extend(extra.iter().filter(|e| !e.is_empty()));
+                let hint = config::did_you_mean(name, "--", &known);
+                return usage(format!("unknown flag --{name}{hint}; roostd {cmd} --help lists them all"));
+            }
+            other => return usage(format!("{}; see roostd {cmd} --help", other.unexpected())),
         }
     }
     let mut cfg = Config::default();
@@ -149,7 +200,8 @@ fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, Fail> {
 
 /// How to find the signing keys (spec §6): `[[keys]]`, else `--secret-file`,
 /// else `$ROOSTD_SECRET`, else `<data>/secret` (generated by `serve` only).
-fn key_ring(cfg: &Config, may_generate: bool) -> Result<KeyRing, Fail> {
+/// True in the second place when the secret was created just now.
+fn key_ring(cfg: &Config, may_generate: bool) -> Result<(KeyRing, bool), Fail> {
     let check = |secret: Vec<u8>, whence: &str| -> Result<Vec<u8>, Fail> {
         if secret.len() < MIN_SECRET_BYTES {
             return usage(format!(
@@ -165,20 +217,20 @@ fn key_ring(cfg: &Config, may_generate: bool) -> Result<KeyRing, Fail> {
             let secret = read_secret(&k.secret_file)?;
             keys.push(Key::new(Some(k.id.clone()), check(secret, &k.secret_file.display().to_string())?));
         }
-        return Ok(KeyRing::new(keys));
+        return Ok((KeyRing::new(keys), false));
     }
     if let Some(file) = &cfg.secret_file {
         let secret = check(read_secret(file)?, &file.display().to_string())?;
-        return Ok(KeyRing::new(vec![Key::new(None, secret)]));
+        return Ok((KeyRing::new(vec![Key::new(None, secret)]), false));
     }
     if let Some(env) = std::env::var_os("ROOSTD_SECRET") {
         let secret = env.into_string().or_else(|_| usage("ROOSTD_SECRET must be valid UTF-8"))?;
-        return Ok(KeyRing::new(vec![Key::new(None, check(secret.into_bytes(), "ROOSTD_SECRET")?)]));
+        return Ok((KeyRing::new(vec![Key::new(None, check(secret.into_bytes(), "ROOSTD_SECRET")?)]), false));
     }
     let path = cfg.data.join("secret");
     if path.exists() {
         let secret = check(read_secret(&path)?, &path.display().to_string())?;
-        return Ok(KeyRing::new(vec![Key::new(None, secret)]));
+        return Ok((KeyRing::new(vec![Key::new(None, secret)]), false));
     }
     if !may_generate {
         return usage(format!(
@@ -187,12 +239,63 @@ fn key_ring(cfg: &Config, may_generate: bool) -> Result<KeyRing, Fail> {
         ));
     }
     let secret = generate_secret(&path)?;
-    eprintln!(
-        "roostd: created a new secret in {}\nroostd: mint a first token with: roostd token --data {} --sub me --read '*' --write '*'",
-        path.display(),
-        cfg.data.display()
-    );
-    Ok(KeyRing::new(vec![Key::new(None, secret)]))
+    Ok((KeyRing::new(vec![Key::new(None, secret)]), true))
+}
+
+/// How the user can run this binary again from the current folder: `roostd`
+/// when that name on the PATH is this file, else its path (`target/release/roostd`
+/// after `cargo run`), so a printed hint works when pasted.
+fn self_command() -> String {
+    let Ok(me) = std::env::current_exe().and_then(fs::canonicalize) else {
+        return "roostd".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|dir| fs::canonicalize(dir.join("roostd")).is_ok_and(|f| f == me))
+    });
+    if on_path {
+        return "roostd".into();
+    }
+    let cwd = std::env::current_dir().and_then(fs::canonicalize).unwrap_or_default();
+    me.strip_prefix(&cwd).unwrap_or(&me).display().to_string()
+}
+
+/// `--listen localhost:8081`: the name resolved, IPv4 first (what
+/// `127.0.0.1` clients and the docs expect).
+fn resolve_listen(cfg: &mut Config) -> Result<(), Fail> {
+    use std::net::ToSocketAddrs as _;
+    let Some(name) = cfg.listen_name.clone() else { return Ok(()) };
+    let port = cfg.listen.port();
+    let addrs: Vec<_> = (name.as_str(), port)
+        .to_socket_addrs()
+        .or_else(|e| {
+            usage(format!(
+                "--listen {name}:{port}: cannot resolve {name:?} ({e}); give an IP address like 127.0.0.1:{port}"
+            ))
+        })?
+        .collect();
+    cfg.listen = match addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
+        Some(a) => *a,
+        None => {
+            return usage(format!(
+                "--listen {name}:{port}: {name:?} has no address; give an IP address like 127.0.0.1:{port}"
+            ))
+        }
+    };
+    Ok(())
+}
+
+/// The WebSocket URL of the server these settings describe; `<host>` stands
+/// for a wildcard address, which no client can connect to.
+fn ws_url(cfg: &Config) -> String {
+    let scheme = if cfg.tls_cert.is_some() { "wss" } else { "ws" };
+    let port = cfg.listen.port();
+    let host = match (&cfg.listen_name, cfg.listen.ip()) {
+        (Some(name), _) => name.clone(),
+        (None, ip) if ip.is_unspecified() => "<host>".into(),
+        (None, std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        (None, ip) => ip.to_string(),
+    };
+    format!("{scheme}://{host}:{port}/ws")
 }
 
 fn read_secret(path: &Path) -> Result<Vec<u8>, Fail> {
@@ -222,7 +325,7 @@ fn generate_secret(path: &Path) -> Result<Vec<u8>, Fail> {
 }
 
 fn serve(args: Vec<OsString>) -> Result<(), Fail> {
-    let (cfg, _) = match load_config(args, &[]) {
+    let (mut cfg, _) = match load_config("serve", args, &[]) {
         Err(Fail(0, _)) => {
             print!("{}", serve_help());
             return Ok(());
@@ -236,9 +339,22 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     if let Some(url) = &cfg.publish_hook {
         roostd::hook::HookUrl::parse(url).map_err(|e| Fail(2, e))?;
     }
+    resolve_listen(&mut cfg)?;
+    let listen = cfg.listen;
+    let cannot_listen = |e: std::io::Error| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "another program uses that port; stop it or pass --listen with another port"
+        } else {
+            "check --listen"
+        };
+        Fail(2, format!("cannot listen on {listen}: {e}; {hint}"))
+    };
+    // A trial bind before anything is created: a server that cannot listen
+    // must not leave a data folder and a secret behind.
+    drop(std::net::TcpListener::bind(listen).map_err(cannot_listen)?);
     fs::create_dir_all(&cfg.data)
         .or_else(|e| usage(format!("cannot create the data folder {}: {e}; pass --data DIR", cfg.data.display())))?;
-    let keys = key_ring(&cfg, true)?;
+    let (keys, new_secret) = key_ring(&cfg, true)?;
     let _owner = store::claim(&cfg.data).map_err(|e| match e {
         StoreError::Locked(m) => Fail(2, m),
         e => Fail(2, format!("{e}; is the data folder writable? pass --data DIR")),
@@ -247,16 +363,25 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     let nofile = raise_nofile_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| server::default_max_connections(nofile));
     let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
-    let listen = cfg.listen;
     let tls_note = if tls.is_some() { ", TLS" } else { "" };
-    let mut server = Server::bind(cfg, store, verifier, max_connections, tls).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            "another program uses that port; stop it or pass --listen with another port"
-        } else {
-            "check --listen"
-        };
-        Fail(2, format!("cannot listen on {listen}: {e}; {hint}"))
-    })?;
+    let clock_sync = match std::env::var("ROOSTD_TEST_CLOCK_SYNCED").as_deref() {
+        Err(_) => SyncSource::Kernel,
+        Ok("1") => SyncSource::Fixed(true),
+        Ok("0") => SyncSource::Fixed(false),
+        Ok(v) => return usage(format!("ROOSTD_TEST_CLOCK_SYNCED must be 0 or 1, not {v:?}; unset it outside tests")),
+    };
+    let first_token = new_secret.then(|| {
+        format!(
+            "roostd: created a new secret in {}\nroostd: mint a first token with: {} token --data {} --sub me --read '*' --write '*'",
+            cfg.data.join("secret").display(),
+            self_command(),
+            cfg.data.display()
+        )
+    });
+    let mut server = Server::bind(cfg, store, verifier, max_connections, tls, clock_sync).map_err(cannot_listen)?;
+    if let Some(hint) = first_token {
+        eprintln!("{hint}");
+    }
     log::info!(
         "roostd {} listening on {} (max {max_connections} connections{tls_note})",
         env!("CARGO_PKG_VERSION"),
@@ -306,13 +431,15 @@ fn open_store(cfg: &Config) -> Result<Store, Fail> {
 
 fn token(args: Vec<OsString>) -> Result<(), Fail> {
     let extra = ["sub", "read", "write", "ttl", "api"];
-    let (cfg, others) = match load_config(args, &extra) {
+    let (cfg, others) = match load_config("token", args, &extra) {
         Err(Fail(0, _)) => {
             print!(
                 "Usage: roostd token --sub NAME [--read PATTERN]... [--write PATTERN]... [--ttl 1h]\n\
                  \x20             [--api] [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
                  Prints a token signed with the key `roostd serve` uses. Patterns: a channel\n\
-                 name, a prefix ending in * (room:*), or * for every channel.\n\
+                 name, a prefix ending in * (room:*), or * for every channel. A token without\n\
+                 --read or --write can do nothing (a warning says so). Given the server's\n\
+                 --config (or --listen and --tls-cert), it names the URL to connect to.\n\
                  --api marks the main application's own token (\"api\": true): only such\n\
                  tokens may call the HTTP API (/api/...); never hand one to a client.\n"
             );
@@ -336,7 +463,7 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
     let Some(sub) = sub.filter(|s| !s.is_empty()) else {
         return usage("roostd token needs --sub NAME (the client's identity)");
     };
-    let keys = key_ring(&cfg, false)?;
+    let (keys, _) = key_ring(&cfg, false)?;
     let key = keys.default_key().ok_or_else(|| Fail(2, "no key configured".into()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + ttl.as_secs() });
@@ -352,15 +479,27 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
     if claims_api {
         claims["api"] = true.into();
     }
+    // Anything that grants access (read, write, or a flag such as `api`) is
+    // a claim other than the identity, times and audience.
+    let grants = claims.as_object().is_some_and(|c| {
+        c.iter()
+            .any(|(k, v)| !matches!(k.as_str(), "sub" | "iat" | "exp" | "aud") && *v != serde_json::Value::Bool(false))
+    });
     println!("{}", auth::mint(&claims, key));
-    eprintln!("roostd: token for {sub}, valid for {}s; connect to ws://{}/ws?token=...", ttl.as_secs(), cfg.listen);
+    if !grants {
+        eprintln!(
+            "roostd: warning: this token grants nothing: it may connect but not read or write any channel; \
+             add --read PATTERN and --write PATTERN (e.g. --read 'room:*' --write 'room:*')"
+        );
+    }
+    eprintln!("roostd: token for {sub}, valid for {}s; connect to {}?token=...", ttl.as_secs(), ws_url(&cfg));
     Ok(())
 }
 
 fn backup(args: Vec<OsString>) -> Result<(), Fail> {
-    let (cfg, others) = match load_config(args, &[""]) {
+    let (cfg, others) = match load_config("backup", args, &[""]) {
         Err(Fail(0, _)) => {
-            print!("Usage: roostd backup FILE [--config FILE] [--data DIR]\n\nWrites a consistent, compacted copy of the store, also while the server runs.\nRestore: put FILE as data.mdb into an empty data folder.\n");
+            print!("Usage: roostd backup FILE [--config FILE] [--data DIR]\n\nWrites a consistent, compacted copy of the store, also while the server runs,\nunder a new epoch (clients resuming against a restored copy resync). FILE must\nnot exist; it is created with mode 0600.\nRestore: put FILE as data.mdb into an empty data folder.\n");
             return Ok(());
         }
         other => other?,
@@ -370,15 +509,39 @@ fn backup(args: Vec<OsString>) -> Result<(), Fail> {
         return usage("roostd backup takes one FILE to write");
     };
     let dest = PathBuf::from(dest);
-    if dest.exists() {
-        return usage(format!("{} exists; give a new file name", dest.display()));
-    }
     if !cfg.data.join("data.mdb").exists() {
         return usage(format!("there is no store in {}; pass --data DIR", cfg.data.display()));
     }
+    // A new file only, never through a symlink: a backup holds every
+    // message, and `roostd backup` may run as a more privileged user than
+    // whoever can write where FILE points.
+    let file = match fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&dest)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ELOOP) => {
+            return usage(format!(
+                "{} exists (a file or a symlink); give a new file name, or remove it first",
+                dest.display()
+            ))
+        }
+        Err(e) => return usage(format!("cannot create {}: {e}; give a file in a writable folder", dest.display())),
+    };
     let store = Store::open(&cfg.data, cfg.max_store_bytes).map_err(|e| Fail(1, e.to_string()))?;
-    store.backup(&dest).map_err(|e| Fail(1, e.to_string()))?;
-    eprintln!("roostd: wrote {} (restore: copy it as data.mdb into an empty data folder)", dest.display());
+    let epoch = store.backup(file, &dest).map_err(|e| {
+        // Half a copy is no backup; the name is free for the next try.
+        let _ = fs::remove_file(&dest);
+        Fail(1, format!("{e}; check the free space where FILE goes"))
+    })?;
+    eprintln!(
+        "roostd: wrote {} with the new epoch {epoch} (restore: copy it as data.mdb into an empty data folder)",
+        dest.display()
+    );
     Ok(())
 }
 

@@ -34,9 +34,9 @@ use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::store::{Append, Outcome, Refusal, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
-use crate::writer::{Done, Policy, Writer};
+use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -173,7 +173,7 @@ pub struct Server {
     fatal: Option<StoreError>,
     metrics: Metrics,
     refusal_log: RefusalLog,
-    clock_floor_secs: u64,
+    clock: Clock,
     hook: Option<Hook<HookTicket>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: UnixStream,
@@ -201,13 +201,15 @@ impl Server {
     /// Binds the listener and starts the writer thread. `max_connections`
     /// is the resolved total limit (main derives the default).
     /// `tls`: serve https:// and wss:// with this configuration (SIGHUP
-    /// reloads it from `cfg.tls_cert`/`cfg.tls_key`).
+    /// reloads it from `cfg.tls_cert`/`cfg.tls_key`). `clock_sync`: who
+    /// says whether the clock is synchronized (spec §10).
     pub fn bind(
         cfg: Config,
         store: Store,
         verifier: Verifier,
         max_connections: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
+        clock_sync: SyncSource,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = listen(cfg.listen)?;
@@ -233,7 +235,22 @@ impl Server {
             let (messages, age) = rules.retention_for(ch);
             Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
         });
-        let policy = Policy { dedupe_window: cfg.dedupe_window, retention };
+        let clock = Clock::new(store.clock_floor().unwrap_or(0), clock_sync);
+        if clock_sync == SyncSource::Kernel {
+            if let Err(e) = writer::kernel_synced() {
+                log::warn!(
+                    "cannot ask the kernel whether the clock is synchronized (adjtimex: {e}); the clock floor will not move. \
+                     Allow the adjtimex system call (see debian/roostd.service)"
+                );
+            }
+        }
+        let policy = Policy {
+            dedupe_window: cfg.dedupe_window,
+            retention,
+            retention_rules: cfg.retention_rules(),
+            max_channels: cfg.max_channels,
+            clock: clock.clone(),
+        };
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = wake_with.wake();
@@ -247,11 +264,11 @@ impl Server {
         };
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
-        let clock_floor_secs = store.clock_floor().unwrap_or(0) / 1000;
-        if system_unix() < clock_floor_secs {
+        let start = clock.now();
+        if system_unix() < start.floor_ms / 1000 {
             log::warn!(
-                "the system clock is {} s behind the last commit; using the commit time for token checks until it catches up (is NTP running?)",
-                clock_floor_secs - system_unix()
+                "the system clock is {} s behind the last good time; using that for token checks and ts until it is synchronized (is NTP running?)",
+                start.floor_ms / 1000 - system_unix()
             );
         }
         let writer = Writer::start(store.clone(), policy, wake);
@@ -305,7 +322,7 @@ impl Server {
             fatal: None,
             metrics: Metrics::default(),
             refusal_log: RefusalLog { since: Instant::now(), logged: 0, dropped: 0 },
-            clock_floor_secs,
+            clock,
             hook,
             tls,
             reload,
@@ -314,11 +331,11 @@ impl Server {
         })
     }
 
-    /// Wall-clock seconds for token checks: never before the highest time
-    /// a commit has seen, so a Pi that boots with a stale clock does not
-    /// accept tokens that expired long ago.
+    /// Wall-clock seconds for token checks: the effective time (spec §10),
+    /// so a Pi that boots with a stale clock does not accept tokens that
+    /// expired long ago.
     fn now_unix(&self) -> u64 {
-        system_unix().max(self.clock_floor_secs)
+        self.clock.now().ms / 1000
     }
 
     /// The address actually bound (the port, when 0 was asked for).
@@ -595,7 +612,7 @@ impl Server {
                 let text = self.metrics.render(self.gauges());
                 self.http_reply(id, req, 200, "text/plain; version=0.0.4", text.as_bytes(), false, now)
             }
-            Decision::Channels => match self.store.channels() {
+            Decision::Channels { after, limit } => match self.store.channels(&after, limit) {
                 Ok(list) => self.http_reply(id, req, 200, "application/json", &api::channels(&list), false, now),
                 Err(e) => self.store_unavailable(id, req, e, now),
             },
@@ -956,6 +973,19 @@ impl Server {
                             let (ch, seq, ts, new) = match &outcome {
                                 Outcome::Stored { seq, ts } => (append.ch.as_str(), *seq, *ts, true),
                                 Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
+                                Outcome::Invalid(why) => {
+                                    log::warn!("refused one publish: {why}");
+                                    let body = br#"{"error":"bad_request"}"#;
+                                    self.http_reply(ticket.conn, req, 400, "application/json", body, false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
+                                Outcome::Refused(why) => {
+                                    let (status, body) = api::refused(*why);
+                                    self.http_reply(ticket.conn, req, status, "application/json", &body, false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
                             };
                             if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
                             {
@@ -967,7 +997,6 @@ impl Server {
                         match outcome {
                             Outcome::Stored { seq, ts } => {
                                 self.metrics.published += 1;
-                                self.clock_floor_secs = self.clock_floor_secs.max(ts / 1000);
                                 if ticket.http.is_none() {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
                                 }
@@ -984,6 +1013,24 @@ impl Server {
                                 if ticket.http.is_none() {
                                     self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
                                 }
+                            }
+                            Outcome::Invalid(why) => {
+                                log::warn!("refused one publish: {why}");
+                                let text = wire::err(
+                                    ErrCode::BadRequest,
+                                    "the store cannot hold this message",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
+                            }
+                            Outcome::Refused(Refusal::TooManyChannels) => {
+                                self.metrics.refuse(ErrCode::TooManyChannels.as_str());
+                                let text = wire::err(
+                                    ErrCode::TooManyChannels,
+                                    "the store holds --max-channels channels; publish to an existing one",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
                             }
                         }
                     }
@@ -1006,7 +1053,7 @@ impl Server {
                             self.send(ticket.conn, text.into());
                         }
                     }
-                    if !transient && self.fatal.is_none() {
+                    if e.is_fatal() && self.fatal.is_none() {
                         log::error!("{e}; closing every connection and stopping");
                         self.fatal = Some(e);
                         self.close_all(code::INTERNAL, "store failure", now);
@@ -1216,6 +1263,7 @@ fn error_code(body: &[u8]) -> &'static str {
         "server_full",
         "headers_too_large",
         "unavailable",
+        "too_many_channels",
     ];
     let text = std::str::from_utf8(body).unwrap_or("");
     CODES.iter().find(|c| text.contains(&format!("\"{c}\""))).copied().unwrap_or("other")

@@ -8,9 +8,16 @@
 //! write transaction holding it has committed.
 //!
 //! Layout (all keys big-endian so LMDB's byte order is numeric order):
-//! - `meta`:     `epoch` → text; `next_chan` → u64.
+//! - `meta`:     `epoch` → text (new for a backup copy); `next_chan` → u64;
+//!   `clock` → u64, the clock floor in ms (spec §10); `due_rules` → the
+//!   retention rules the `due` index was built for.
 //! - `channels`: name → `id u64 | first u64 | last u64`. `first` is the oldest
-//!   seq still stored (`last + 1` when everything was trimmed).
+//!   seq still stored (`last + 1` when everything was trimmed). A record is
+//!   never removed, so seqs never repeat under one epoch; LMDB's own entry
+//!   count of this table is the channel count `--max-channels` bounds.
+//! - `due`:      `due_ms u64 | chan id u64` → name: one entry per channel that
+//!   stores messages, at or before the time its oldest message passes the
+//!   age limit, so maintenance visits only channels with something to trim.
 //! - `messages`: `chan id u64 | seq u64` → `ts u64 | from len u16 | from | data`.
 //! - `dedupe`:   `sub len u16 | sub | id` → `seq u64 | ts u64 | expires u64 | ch`.
 //! - `expiry`:   `expires u64 | dedupe key` → empty, to expire in time order.
@@ -28,7 +35,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{CompactionOption, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 
 pub type Seq = u64;
 
@@ -80,6 +87,31 @@ pub enum Outcome {
     /// The `(from, id)` was already published within the window: the
     /// original channel, seq and time; nothing new was stored.
     Duplicate { ch: String, seq: Seq, ts: u64 },
+    /// LMDB refused this item's content (`StoreError::Content`): nothing of
+    /// it was stored, the rest of its batch was. The edge checks keep every
+    /// size within LMDB's limits, so this means one of them is missing; the
+    /// publisher gets `bad_request`.
+    Invalid(String),
+    /// Not stored, for this reason; the rest of the batch is unaffected.
+    Refused(Refusal),
+}
+
+/// Options of `Store::commit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Save this clock floor (ms) with the batch. The writer passes one only
+    /// while the kernel reports the clock synchronized (spec §10).
+    pub floor: Option<u64>,
+    /// One nested transaction per item, so an item LMDB refuses fails alone.
+    pub isolate: bool,
+}
+
+/// Why one append of a batch was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It would create a channel past `--max-channels`: publish to an
+    /// existing channel, or raise the limit.
+    TooManyChannels,
 }
 
 /// Retention limits of one channel.
@@ -89,14 +121,22 @@ pub struct Retention {
     pub age_ms: u64,
 }
 
-/// A store failure, classified by what the caller must do.
+/// A store failure, classified by what the caller must do: space
+/// (`Full`, `NoSpace`: transient), content (`Content`: one item's fault),
+/// or a broken environment (`Corrupt`, `Fatal`: stop).
 #[derive(Debug)]
 pub enum StoreError {
     /// The map is full: refuse writes (`unavailable`), keep serving reads;
     /// writes work again once retention frees pages.
     Full,
-    /// The disk is full (ENOSPC): same handling as `Full`.
+    /// The disk is full (ENOSPC), or one commit needs more pages than a
+    /// transaction may hold: same handling as `Full`.
     NoSpace,
+    /// LMDB refused what a batch holds (a key over 511 bytes, an empty key,
+    /// a key that must not exist): the environment is fine. Retry the
+    /// batch's items one by one (`append_batch` with `isolate`) so only the
+    /// offending one fails.
+    Content(String),
     /// The files are not a readable LMDB store: move them aside or refuse to start.
     Corrupt(String),
     /// Another process owns the data folder.
@@ -111,6 +151,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Full | StoreError::NoSpace)
     }
+
+    /// True when the disk or the environment is broken: the server stops.
+    /// Space and content errors never stop it.
+    pub fn is_fatal(&self) -> bool {
+        !self.is_transient() && !matches!(self, StoreError::Content(_))
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -118,6 +164,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Full => f.write_str("the store is full (max-store-bytes reached)"),
             StoreError::NoSpace => f.write_str("the disk is full"),
+            StoreError::Content(m) => write!(f, "the store refused a message: {m}"),
             StoreError::Corrupt(m) => write!(f, "the store is unreadable: {m}"),
             StoreError::Locked(m) => f.write_str(m),
             StoreError::Fatal(m) => write!(f, "store failure: {m}"),
@@ -131,6 +178,11 @@ impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> StoreError {
         match e {
             heed::Error::Mdb(MdbError::MapFull) => StoreError::Full,
+            // Too many dirty pages in one transaction: a smaller commit works.
+            heed::Error::Mdb(MdbError::TxnFull) => StoreError::NoSpace,
+            // What was asked is wrong, not the environment: LMDB checks these
+            // before it changes a page, and the transaction is aborted anyway.
+            heed::Error::Mdb(MdbError::BadValSize | MdbError::KeyExist) => StoreError::Content(e.to_string()),
             // After a failed write LMDB refuses everything on this environment.
             heed::Error::Mdb(MdbError::Panic) => StoreError::Fatal(e.to_string()),
             heed::Error::Mdb(
@@ -153,7 +205,10 @@ pub struct Store {
     messages: Db,
     dedupe: Db,
     expiry: Db,
+    due: Db,
     epoch: String,
+    /// A publish that would create a channel past this many is refused.
+    max_channels: u64,
 }
 
 /// Holds the data folder for this process; dropping it releases the folder.
@@ -203,15 +258,7 @@ impl Store {
             // where a store was is damage, not a fresh start.
             return Err(StoreError::Corrupt(format!("{} is empty", file.display())));
         }
-        let mut opts = EnvOpenOptions::new();
-        opts.map_size(max_bytes as usize).max_dbs(8).max_readers(126);
-        // SAFETY: heed requires that the environment is not opened twice in
-        // this process and that nothing else truncates or maps the file in a
-        // way that breaks LMDB's assumptions. `claim` (taken by `serve`
-        // before this call) keeps other roostd servers out of the folder, and
-        // this process opens each store once.
-        #[allow(unsafe_code)]
-        let env = unsafe { opts.open(dir) }.map_err(StoreError::from)?;
+        let env = open_env(dir, max_bytes, EnvFlags::empty())?;
         // A file shorter than the pages its meta page names would fault
         // (SIGBUS) on the first read of a missing page: refuse it here.
         if existed.is_some() {
@@ -233,6 +280,7 @@ impl Store {
         let messages: Db = env.create_database(&mut wtxn, Some("messages"))?;
         let dedupe: Db = env.create_database(&mut wtxn, Some("dedupe"))?;
         let expiry: Db = env.create_database(&mut wtxn, Some("expiry"))?;
+        let due: Db = env.create_database(&mut wtxn, Some("due"))?;
         let epoch = match meta.get(&wtxn, b"epoch")? {
             Some(e) => String::from_utf8_lossy(e).into_owned(),
             None => {
@@ -242,10 +290,23 @@ impl Store {
             }
         };
         wtxn.commit()?;
-        Ok(Store { env, meta, channels, messages, dedupe, expiry, epoch })
+        Ok(Store { env, meta, channels, messages, dedupe, expiry, due, epoch, max_channels: u64::MAX })
     }
 
-    /// The store's identity: created with it, never changed.
+    /// This handle refuses appends that would create more than `n` channels.
+    pub fn with_max_channels(mut self, n: u64) -> Store {
+        self.max_channels = n;
+        self
+    }
+
+    /// Channels in the store, emptied ones included.
+    pub fn channel_count(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.channels.len(&rtxn)?)
+    }
+
+    /// The store's identity: created with it, never changed (a backup copy
+    /// gets its own).
     pub fn epoch(&self) -> &str {
         &self.epoch
     }
@@ -264,11 +325,13 @@ impl Store {
         Ok(self.channels.get(txn, ch.as_bytes())?.and_then(decode_channel))
     }
 
-    /// Every channel with its state, in name order.
-    pub fn channels(&self) -> Result<Vec<(String, ChannelInfo)>, StoreError> {
+    /// Up to `limit` channels named after `after` (from the first when
+    /// empty), with their state, in name order.
+    pub fn channels(&self, after: &str, limit: usize) -> Result<Vec<(String, ChannelInfo)>, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut out = Vec::new();
-        for item in self.channels.iter(&rtxn)? {
+        let from = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after.as_bytes()) };
+        for item in self.channels.range(&rtxn, &(from, Bound::Unbounded))?.take(limit) {
             let (k, v) = item?;
             if let Some((_, info)) = decode_channel(v) {
                 out.push((String::from_utf8_lossy(k).into_owned(), info));
@@ -306,7 +369,7 @@ impl Store {
     }
 
     /// Commits a batch in one write transaction: one fsync for all of it.
-    /// On error nothing of the batch is stored.
+    /// On error nothing of the batch is stored. Leaves the clock floor alone.
     pub fn append_batch<'a>(
         &self,
         batch: impl IntoIterator<Item = &'a Append>,
@@ -314,16 +377,43 @@ impl Store {
         dedupe_window_ms: u64,
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.commit(batch, now_ms, dedupe_window_ms, retention, Commit::default())
+    }
+
+    /// `append_batch` with the writer's options: the clock floor to save
+    /// with the batch, and whether each item runs in its own nested
+    /// transaction (still one commit, one fsync), so an item LMDB refuses
+    /// comes back as `Outcome::Invalid` and the others are stored.
+    pub fn commit<'a>(
+        &self,
+        batch: impl IntoIterator<Item = &'a Append>,
+        now_ms: u64,
+        dedupe_window_ms: u64,
+        retention: &dyn Fn(&str) -> Retention,
+        opts: Commit,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let mut out = Vec::new();
         for a in batch {
-            out.push(self.append_one(&mut wtxn, a, now_ms, dedupe_window_ms, retention)?);
+            if !opts.isolate {
+                out.push(self.append_one(&mut wtxn, a, now_ms, dedupe_window_ms, retention)?);
+                continue;
+            }
+            let mut item = self.env.nested_write_txn(&mut wtxn)?;
+            match self.append_one(&mut item, a, now_ms, dedupe_window_ms, retention) {
+                Ok(outcome) => {
+                    item.commit()?;
+                    out.push(outcome);
+                }
+                Err(StoreError::Content(why)) => {
+                    item.abort();
+                    out.push(Outcome::Invalid(why));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        // The clock floor: a Pi without a real-time clock boots with a stale
-        // time until NTP syncs; the floor keeps ts and token checks from
-        // going back in time.
-        if now_ms > self.clock_floor_in(&wtxn)? {
-            self.meta.put(&mut wtxn, b"clock", &now_ms.to_be_bytes())?;
+        if let Some(floor) = opts.floor {
+            self.meta.put(&mut wtxn, b"clock", &floor.to_be_bytes())?;
         }
         wtxn.commit()?;
         Ok(out)
@@ -338,6 +428,7 @@ impl Store {
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Outcome, StoreError> {
         let dkey = a.id.as_deref().map(|id| dedupe_key(&a.from, id));
+        let mut stale_expiry = None;
         if let Some(dkey) = &dkey {
             if let Some(v) = self.dedupe.get(wtxn, dkey)? {
                 if let Some((seq, ts, expires, ch)) = decode_dedupe(v) {
@@ -346,14 +437,27 @@ impl Store {
                     }
                     let mut old = expires.to_be_bytes().to_vec();
                     old.extend_from_slice(dkey);
-                    self.expiry.delete(wtxn, &old)?;
+                    stale_expiry = Some(old);
                 }
             }
         }
         let (id, mut info) = match self.channel_in(wtxn, &a.ch)? {
             Some(found) => found,
+            // LMDB keeps the entry count: no scan, and no counter to drift.
+            None if self.channels.len(wtxn)? >= self.max_channels => {
+                return Ok(Outcome::Refused(Refusal::TooManyChannels))
+            }
             None => (self.next_channel_id(wtxn)?, ChannelInfo::EMPTY),
         };
+        // Deleted only now: a refused append leaves the old record expirable.
+        if let Some(old) = stale_expiry {
+            self.expiry.delete(wtxn, &old)?;
+        }
+        let limits = retention(&a.ch);
+        if info.count() == 0 {
+            // The channel's only index entry: maintenance moves it along.
+            self.due.put(wtxn, &due_key(due_at(now_ms, limits.age_ms), id), a.ch.as_bytes())?;
+        }
         let seq = info.last + 1;
         info.last = seq;
         let mut value = Vec::with_capacity(10 + a.from.len() + a.data.len());
@@ -366,7 +470,7 @@ impl Store {
         // Count retention inline, a few deletions per append, so a channel
         // never grows past its limit between maintenance passes; the pass
         // does the rest when a limit was lowered.
-        let keep = retention(&a.ch).messages.max(1);
+        let keep = limits.messages.max(1);
         let mut budget = 16;
         while info.count() > keep && budget > 0 {
             self.messages.delete(wtxn, &msg_key(id, info.first))?;
@@ -393,10 +497,20 @@ impl Store {
         Ok(self.meta.get(txn, b"clock")?.and_then(be_u64).unwrap_or(0))
     }
 
-    /// The highest wall-clock time (ms) any commit has seen.
+    /// The saved clock floor (ms): the last good time, below which the
+    /// effective time never goes (spec §10); 0 when none was saved.
     pub fn clock_floor(&self) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
         self.clock_floor_in(&rtxn)
+    }
+
+    /// Saves the clock floor in a transaction of its own: for a floor that
+    /// changed while no publish came to carry it.
+    pub fn save_clock_floor(&self, floor_ms: u64) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.put(&mut wtxn, b"clock", &floor_ms.to_be_bytes())?;
+        wtxn.commit()?;
+        Ok(())
     }
 
     fn next_channel_id(&self, wtxn: &mut RwTxn) -> Result<u64, StoreError> {
@@ -407,8 +521,9 @@ impl Store {
 
     /// One bounded maintenance transaction: trims messages past their
     /// channel's count or age limit and forgets expired dedupe records, at
-    /// most `budget` deletions. Returns how many it deleted; call again while
-    /// that equals `budget`.
+    /// most `budget` units of work (a deletion, or a visit to a channel
+    /// that had nothing to trim yet). Returns the work done; call again
+    /// while that equals `budget`.
     pub fn maintain(
         &self,
         now_ms: u64,
@@ -431,41 +546,59 @@ impl Store {
             self.dedupe.delete(&mut wtxn, &k[8..])?;
             done += 1;
         }
-        // Messages, channel by channel.
-        let mut updates = Vec::new();
-        for item in self.channels.iter(&wtxn)? {
+        // Messages: only channels whose oldest message has come due (or
+        // that hold more than their count), earliest first. Idle channels
+        // cost nothing here, however many there are.
+        let mut visits = Vec::new();
+        for item in self.due.iter(&wtxn)? {
+            let (k, name) = item?;
+            if done + visits.len() >= budget || be_u64(k).unwrap_or(0) > now_ms {
+                break;
+            }
+            visits.push((k.to_vec(), name.to_vec()));
+        }
+        for (key, name) in visits {
             if done >= budget {
                 break;
             }
-            let (name, v) = item?;
-            let Some((id, mut info)) = decode_channel(v) else { continue };
-            let ch = String::from_utf8_lossy(name).into_owned();
+            self.due.delete(&mut wtxn, &key)?;
+            let ch = String::from_utf8_lossy(&name).into_owned();
+            let Some((id, mut info)) = self.channel_in(&wtxn, &ch)? else {
+                done += 1;
+                continue;
+            };
             let limits = retention(&ch);
             let oldest_allowed = now_ms.saturating_sub(limits.age_ms);
             let before = info.first;
-            while info.first <= info.last && done < budget {
+            let mut next_due = None;
+            while info.first <= info.last {
+                let k = msg_key(id, info.first);
+                // `None`: already gone, just advance.
+                let ts = self.messages.get(&wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
                 let too_many = info.count() > limits.messages.max(1);
-                let too_old = match self.messages.get(&wtxn, &msg_key(id, info.first))? {
-                    Some(v) => be_u64(&v[..8.min(v.len())]).unwrap_or(0) < oldest_allowed,
-                    None => true, // already gone: just advance
-                };
+                let too_old = ts.is_none_or(|ts| ts < oldest_allowed);
                 if !(too_many || too_old) {
+                    next_due = ts.map(|ts| due_at(ts, limits.age_ms));
                     break;
                 }
-                updates.push((msg_key(id, info.first).to_vec(), None));
+                if done >= budget {
+                    // Out of budget: still due, the next pass goes on.
+                    next_due = be_u64(&key);
+                    break;
+                }
+                self.messages.delete(&mut wtxn, &k)?;
                 info.first += 1;
                 done += 1;
             }
             if info.first != before {
-                updates.push((ch.into_bytes(), Some(encode_channel(id, info))));
+                self.channels.put(&mut wtxn, &name, &encode_channel(id, info))?;
+            } else {
+                // Visited early (count retention on append moved `first`
+                // on): work too, so a pass stays bounded.
+                done += 1;
             }
-        }
-        for (k, v) in updates {
-            match v {
-                None => {
-                    self.messages.delete(&mut wtxn, &k)?;
-                }
-                Some(v) => self.channels.put(&mut wtxn, &k, &v)?,
+            if let Some(at) = next_due {
+                self.due.put(&mut wtxn, &due_key(at, id), &name)?;
             }
         }
         if done == 0 {
@@ -476,12 +609,77 @@ impl Store {
         Ok(done)
     }
 
-    /// Writes a compacted, consistent copy of the store to `dest` (a new file).
-    pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
-        self.env
-            .copy_to_path(dest, CompactionOption::Enabled)
-            .map(|_| ())
-            .map_err(|e| StoreError::Fatal(format!("cannot write backup {}: {e}", dest.display())))
+    /// Makes the `due` index match `rules`, a description of the retention
+    /// settings: each entry's time depends on them, so the index is built
+    /// for a store written before it existed and rebuilt when the settings
+    /// changed. A no-op when it matches. Runs in transactions of
+    /// `INDEX_CHUNK` channels; until it finishes, the old rules stay unmarked
+    /// and a restart builds it again. Returns the channels it visited.
+    pub fn index_retention(&self, rules: &str, retention: &dyn Fn(&str) -> Retention) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        if self.meta.get(&rtxn, b"due_rules")? == Some(rules.as_bytes()) {
+            return Ok(0);
+        }
+        drop(rtxn);
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.delete(&mut wtxn, b"due_rules")?;
+        self.due.clear(&mut wtxn)?;
+        let mut after: Option<Vec<u8>> = None;
+        let mut visited = 0;
+        loop {
+            let mut chunk = Vec::new();
+            let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            for item in self.channels.range(&wtxn, &(from, Bound::Unbounded))?.take(INDEX_CHUNK) {
+                let (name, v) = item?;
+                chunk.push((name.to_vec(), decode_channel(v)));
+            }
+            for (name, record) in &chunk {
+                let Some((id, info)) = *record else { continue };
+                if info.count() == 0 {
+                    continue;
+                }
+                let limits = retention(&String::from_utf8_lossy(name));
+                let oldest = self.messages.get(&wtxn, &msg_key(id, info.first))?.and_then(be_u64);
+                let at = match oldest {
+                    Some(ts) if info.count() <= limits.messages.max(1) => due_at(ts, limits.age_ms),
+                    // Over a lowered count limit, or a hole: trim now.
+                    _ => 0,
+                };
+                self.due.put(&mut wtxn, &due_key(at, id), name)?;
+            }
+            visited += chunk.len() as u64;
+            after = chunk.last().map(|(name, _)| name.clone());
+            if chunk.len() < INDEX_CHUNK {
+                break;
+            }
+            wtxn.commit()?;
+            wtxn = self.env.write_txn()?;
+        }
+        self.meta.put(&mut wtxn, b"due_rules", rules.as_bytes())?;
+        wtxn.commit()?;
+        Ok(visited)
+    }
+
+    /// Writes a compacted, consistent copy of the store into `file`, a new
+    /// empty file at `path` that the caller created (0600, `O_EXCL`), and
+    /// gives the copy a new epoch (spec §6): the copy carries the same
+    /// history, but a store restored from it will hand out seqs that
+    /// clients already saw with other messages, so every resume against it
+    /// must be told `gap`. Returns the copy's epoch.
+    pub fn backup(&self, mut file: File, path: &Path) -> Result<String, StoreError> {
+        let fail = |e: &dyn fmt::Display| StoreError::Fatal(format!("cannot write backup {}: {e}", path.display()));
+        self.env.copy_to_file(&mut file, CompactionOption::Enabled).map_err(|e| fail(&e))?;
+        file.sync_all().map_err(|e| fail(&e))?;
+        // NO_LOCK: the copy is ours alone (just created with O_EXCL), and a
+        // lock file would be one more path to create beside FILE.
+        let env = open_env(path, self.env.info().map_size as u64, EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK)?;
+        let epoch = new_epoch();
+        let mut wtxn = env.write_txn()?;
+        let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
+        meta.put(&mut wtxn, b"epoch", epoch.as_bytes())?;
+        wtxn.commit()?;
+        env.force_sync()?;
+        Ok(epoch)
     }
 
     /// Bytes of the map in use, and the map size.
@@ -491,6 +689,22 @@ impl Store {
         let used = (info.last_page_number as u64 + 1) * stat.page_size as u64;
         (used, info.map_size as u64)
     }
+}
+
+/// Opens an LMDB environment: the crate's one `unsafe` call.
+fn open_env(path: &Path, max_bytes: u64, flags: EnvFlags) -> Result<Env, StoreError> {
+    let mut opts = EnvOpenOptions::new();
+    opts.map_size(max_bytes as usize).max_dbs(16).max_readers(126);
+    // SAFETY: heed requires that the environment is not opened twice in
+    // this process and that nothing else truncates or maps the file in a
+    // way that breaks LMDB's assumptions. `claim` (taken by `serve` before
+    // `Store::open`) keeps other roostd servers out of the folder, and this
+    // process opens each store once. The flags: `NO_SUB_DIR | NO_LOCK` only
+    // for a backup copy, a file `backup` has just created with O_EXCL, that
+    // nothing else has open, so no lock is needed.
+    #[allow(unsafe_code)]
+    let env = unsafe { opts.flags(flags).open(path) }?;
+    Ok(env)
 }
 
 fn new_epoch() -> String {
@@ -514,6 +728,19 @@ fn msg_key(chan: u64, seq: Seq) -> [u8; 16] {
     k[..8].copy_from_slice(&chan.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Channels indexed per transaction by `index_retention`: bounds its dirty pages.
+const INDEX_CHUNK: usize = 10_000;
+
+/// When a message stored at `ts` passes an age limit: maintenance trims a
+/// message once `ts < now - age`, i.e. from `ts + age + 1` on.
+fn due_at(ts: u64, age_ms: u64) -> u64 {
+    ts.saturating_add(age_ms).saturating_add(1)
+}
+
+fn due_key(at: u64, chan: u64) -> [u8; 16] {
+    msg_key(at, chan)
 }
 
 fn encode_channel(id: u64, info: ChannelInfo) -> [u8; 24] {
@@ -546,9 +773,20 @@ fn dedupe_key(from: &str, id: &str) -> Vec<u8> {
     k
 }
 
-/// The longest `sub` whose publishes can carry an id: LMDB keys are at most
-/// 511 bytes, and the dedupe key is `2 + sub + id (≤ 128)`.
-pub const MAX_DEDUPE_SUB_BYTES: usize = 511 - 2 - 128;
+/// LMDB's largest key (its default `MDB_MAXKEYSIZE`).
+const MAX_KEY_BYTES: usize = 511;
+
+/// The most bytes a `sub` and an id (as JSON text) may have together for a
+/// publish with that id: the longest key they make is the expiry key,
+/// `expires u64 | sub len u16 | sub | id`, and LMDB keys are at most 511
+/// bytes. A longer pair would make the commit fail, so the edges (`hub`
+/// for `pub`, `api` for `Idempotency-Key`) refuse it with `bad_request`.
+pub const MAX_DEDUPE_SUB_AND_ID_BYTES: usize = MAX_KEY_BYTES - 8 - 2;
+
+/// True when a publish by `sub` with this id (JSON text) fits the store.
+pub fn dedupe_fits(sub: &str, id: &str) -> bool {
+    sub.len() + id.len() <= MAX_DEDUPE_SUB_AND_ID_BYTES
+}
 
 fn decode_dedupe(v: &[u8]) -> Option<(Seq, u64, u64, &str)> {
     Some((be_u64(v)?, be_u64(v.get(8..)?)?, be_u64(v.get(16..)?)?, std::str::from_utf8(v.get(24..)?).ok()?))
@@ -605,8 +843,8 @@ mod tests {
         assert_eq!(all(&s, "a", 1), vec![(2, "3".into())]);
         assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 1, last: 2 });
         assert_eq!(s.channel("zzz").unwrap(), ChannelInfo::EMPTY);
-        assert_eq!(s.channels().unwrap().len(), 2);
-        assert_eq!(s.clock_floor().unwrap(), 1000);
+        assert_eq!(s.channels("", 10).unwrap().len(), 2);
+        assert_eq!(s.clock_floor().unwrap(), 0, "append_batch saves no clock floor");
     }
 
     #[test]
@@ -687,6 +925,166 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_visits_only_channels_whose_oldest_message_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 26).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let ten_s = |_: &str| {
+            asked.set(asked.get() + 1);
+            Retention { messages: 100, age_ms: 10_000 }
+        };
+        // 1000 channels: c0000..c0004 written at 1000..1004, the rest at 2000.
+        for i in 0..5u64 {
+            s.append_batch(&[append(&format!("c{i:04}"), "u", "1", None)], 1000 + i, 0, &ten_s).unwrap();
+        }
+        let rest: Vec<Append> = (5..1000).map(|i| append(&format!("c{i:04}"), "u", "1", None)).collect();
+        s.append_batch(&rest, 2000, 0, &ten_s).unwrap();
+        asked.set(0);
+        assert_eq!(s.maintain(5_000, 2000, &ten_s).unwrap(), 0);
+        assert_eq!(asked.get(), 0, "no channel is due: none is looked at");
+        // c0000..c0004 (written at 1000..1004) pass 10 s at 11_001..11_005.
+        assert_eq!(s.maintain(11_005, 2000, &ten_s).unwrap(), 5);
+        assert_eq!(asked.get(), 5, "only the due channels are looked at");
+        assert_eq!(s.channel("c0004").unwrap(), ChannelInfo { first: 2, last: 1 });
+        assert_eq!(s.channel("c0005").unwrap(), ChannelInfo { first: 1, last: 1 });
+        // An emptied channel leaves the index until it stores again.
+        asked.set(0);
+        assert_eq!(s.maintain(11_005, 2000, &ten_s).unwrap(), 0);
+        assert_eq!(asked.get(), 0);
+        let out = s.append_batch(&[append("c0000", "u", "2", None)], 20_000, 0, &ten_s).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 2, ts: 20_000 }, "seqs go on after the channel was emptied");
+        assert_eq!(s.maintain(29_999, 2000, &ten_s).unwrap(), 995, "the other 995, not the new message");
+        assert_eq!(s.maintain(30_001, 2000, &ten_s).unwrap(), 1);
+        assert_eq!(s.channel("c0000").unwrap(), ChannelInfo { first: 3, last: 2 });
+    }
+
+    #[test]
+    fn an_early_index_entry_costs_one_visit_and_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let keep2 = |_: &str| Retention { messages: 2, age_ms: 1000 };
+        // Count retention on append moves `first` past the message the
+        // index entry was made for (ts 0): the entry is early, not late.
+        for t in [0, 500, 900] {
+            s.append_batch(&[append("a", "u", "1", None)], t, 0, &keep2).unwrap();
+        }
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 2, last: 3 });
+        assert_eq!(s.maintain(1001, 100, &keep2).unwrap(), 1, "a visit that trims nothing");
+        assert_eq!(s.maintain(1001, 100, &keep2).unwrap(), 0, "and then the entry is at seq 2's time");
+        assert_eq!(s.maintain(1501, 100, &keep2).unwrap(), 1);
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 3, last: 3 });
+    }
+
+    #[test]
+    fn a_publish_past_max_channels_is_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap().with_max_channels(2);
+        let short = |_: &str| Retention { messages: 10, age_ms: 100 };
+        let out = s
+            .append_batch(
+                &[
+                    append("a", "u", "1", None),
+                    append("b", "u", "1", None),
+                    append("c", "u", "1", Some("9")),
+                    append("a", "u", "2", None),
+                ],
+                1000,
+                60_000,
+                &short,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Stored { seq: 1, ts: 1000 },
+                Outcome::Stored { seq: 1, ts: 1000 },
+                Outcome::Refused(Refusal::TooManyChannels),
+                Outcome::Stored { seq: 2, ts: 1000 },
+            ]
+        );
+        assert_eq!((s.channel("c").unwrap(), s.channel_count().unwrap()), (ChannelInfo::EMPTY, 2));
+        // The refused id was not remembered: it can be published once there is room.
+        let roomy = s.clone().with_max_channels(3);
+        let out = roomy.append_batch(&[append("c", "u", "1", Some("9"))], 1001, 60_000, &short).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1001 });
+        // An emptied channel keeps its record, so it still counts.
+        while s.maintain(5000, 100, &short).unwrap() > 0 {}
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 3, last: 2 });
+        let out =
+            roomy.append_batch(&[append("d", "u", "1", None), append("a", "u", "3", None)], 5000, 0, &short).unwrap();
+        assert_eq!(out, vec![Outcome::Refused(Refusal::TooManyChannels), Outcome::Stored { seq: 3, ts: 5000 }]);
+    }
+
+    #[test]
+    fn channels_come_in_pages_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let batch: Vec<Append> = ["b", "a:1", "c", "a"].iter().map(|ch| append(ch, "u", "1", None)).collect();
+        s.append_batch(&batch, 1, 0, &|_| KEEP_ALL).unwrap();
+        let names = |after: &str, limit: usize| -> Vec<String> {
+            s.channels(after, limit).unwrap().into_iter().map(|(ch, _)| ch).collect()
+        };
+        assert_eq!(names("", 2), ["a", "a:1"]);
+        assert_eq!(names("a:1", 2), ["b", "c"]);
+        assert_eq!(names("c", 2), Vec::<String>::new());
+        assert_eq!(names("a:", 10), ["a:1", "b", "c"], "after need not be a channel");
+        assert_eq!(names("", 10).len(), 4);
+    }
+
+    /// Makes `s` look like a store written before the `due` index existed.
+    fn forget_index(s: &Store) {
+        let mut wtxn = s.env.write_txn().unwrap();
+        s.due.clear(&mut wtxn).unwrap();
+        s.meta.delete(&mut wtxn, b"due_rules").unwrap();
+        wtxn.commit().unwrap();
+    }
+
+    #[test]
+    fn an_old_store_is_indexed_on_start_and_reindexed_when_the_rules_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = |_: &str| Retention { messages: 100, age_ms: 604_800_000 };
+        {
+            let s = Store::open(dir.path(), 1 << 26).unwrap();
+            // Two messages in each of c00000..c10004; c{k}xxx written at 1000 + k.
+            let names: Vec<String> = (0..INDEX_CHUNK + 5).map(|i| format!("c{i:05}")).collect();
+            for (k, chunk) in names.chunks(1000).enumerate() {
+                let batch: Vec<Append> =
+                    chunk.iter().flat_map(|ch| [append(ch, "u", "1", None), append(ch, "u", "2", None)]).collect();
+                s.append_batch(&batch, 1000 + k as u64, 0, &week).unwrap();
+            }
+            // One emptied channel: no index entry, but a record.
+            s.append_batch(&[append("empty", "u", "1", None)], 0, 0, &week).unwrap();
+            assert_eq!(s.maintain(604_800_001, 100, &week).unwrap(), 1);
+            forget_index(&s);
+        }
+        let s = Store::open(dir.path(), 1 << 26).unwrap();
+        let n = INDEX_CHUNK as u64 + 6;
+        assert_eq!(s.channel_count().unwrap(), n, "counted without a counter");
+        assert_eq!(s.maintain(10_000_000_000, 2000, &week).unwrap(), 0, "nothing is indexed yet");
+        assert_eq!(s.index_retention("week", &week).unwrap(), n);
+        assert_eq!(s.index_retention("week", &week).unwrap(), 0, "built once");
+        // c00000..c00999 (ts 1000) pass a week at 604_801_001; the rest later.
+        assert_eq!(s.maintain(604_801_001, 2000, &week).unwrap(), 2000);
+        assert_eq!(s.maintain(604_801_001, 2000, &week).unwrap(), 0);
+        assert_eq!(s.channel("c00999").unwrap(), ChannelInfo { first: 3, last: 2 });
+        assert_eq!(s.channel("c01000").unwrap(), ChannelInfo { first: 1, last: 2 });
+        // Lower limits take effect at once: the index is rebuilt for them.
+        let one = |_: &str| Retention { messages: 1, age_ms: 604_800_000 };
+        assert_eq!(s.index_retention("one", &one).unwrap(), n);
+        let mut trimmed = 0;
+        loop {
+            let done = s.maintain(2000, 2000, &one).unwrap();
+            trimmed += done;
+            if done < 2000 {
+                break;
+            }
+        }
+        assert_eq!(trimmed, INDEX_CHUNK + 5 - 1000, "one message of each channel that had two");
+        assert_eq!(s.channel("c01000").unwrap(), ChannelInfo { first: 2, last: 2 });
+        assert_eq!(s.channel(&format!("c{:05}", INDEX_CHUNK + 4)).unwrap(), ChannelInfo { first: 2, last: 2 });
+    }
+
+    #[test]
     fn a_full_map_refuses_writes_and_keeps_reads() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -714,10 +1112,69 @@ mod tests {
         s.append_batch(&[append("a", "u", "{\"k\":1}", None)], 5, 0, &|_| KEEP_ALL).unwrap();
         let restored = dir.path().join("restored");
         fs::create_dir_all(&restored).unwrap();
-        s.backup(&restored.join("data.mdb")).unwrap();
+        let path = restored.join("data.mdb");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        let epoch = s.backup(file, &path).unwrap();
+        assert_eq!(fs::read_dir(&restored).unwrap().count(), 1, "no lock file beside the copy");
         let r = Store::open(&restored, 1 << 24).unwrap();
-        assert_eq!(r.epoch(), s.epoch());
+        assert_ne!(r.epoch(), s.epoch(), "a copy is another history: a new epoch");
+        assert_eq!(r.epoch(), epoch);
         assert_eq!(all(&r, "a", 0), vec![(1, "{\"k\":1}".to_string())]);
+    }
+
+    #[test]
+    fn commit_saves_the_clock_floor_only_when_given_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let opts = Commit { floor: Some(5000), isolate: false };
+        s.commit(&[append("a", "u", "1", None)], 4000, 0, &|_| KEEP_ALL, opts).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 5000);
+        s.commit(&[append("a", "u", "2", None)], 9000, 0, &|_| KEEP_ALL, Commit::default()).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 5000);
+        s.save_clock_floor(3000).unwrap();
+        assert_eq!(s.clock_floor().unwrap(), 3000, "a floor can be lowered");
+    }
+
+    #[test]
+    fn an_item_lmdb_refuses_fails_alone_when_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        // Past the edge checks on purpose: a sub and id too long for a key.
+        let long = "s".repeat(MAX_DEDUPE_SUB_AND_ID_BYTES);
+        let batch =
+            [append("a", "u", "1", Some("1")), append("a", &long, "2", Some("22")), append("a", "u", "3", None)];
+        match s.append_batch(&batch, 1000, 60_000, &|_| KEEP_ALL) {
+            Err(e @ StoreError::Content(_)) => assert!(!e.is_fatal() && !e.is_transient(), "{e}"),
+            other => panic!("expected a content error, got {other:?}"),
+        }
+        assert_eq!(s.channel("a").unwrap(), ChannelInfo::EMPTY, "nothing of the failed batch is stored");
+        let out = s.commit(&batch, 1000, 60_000, &|_| KEEP_ALL, Commit { floor: None, isolate: true }).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1000 });
+        assert!(matches!(out[1], Outcome::Invalid(_)), "{:?}", out[1]);
+        assert_eq!(out[2], Outcome::Stored { seq: 2, ts: 1000 });
+        assert_eq!(all(&s, "a", 0), vec![(1, "1".into()), (2, "3".into())]);
+        // The dedupe record of the first item is there, the refused one left nothing.
+        let again = s.append_batch(&batch[..1], 1001, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(again[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+    }
+
+    #[test]
+    fn the_longest_sub_and_id_commit_and_one_byte_more_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let id = "\"k\"";
+        let sub = "s".repeat(MAX_DEDUPE_SUB_AND_ID_BYTES - id.len());
+        assert!(dedupe_fits(&sub, id));
+        let out = s.append_batch(&[append("a", &sub, "1", Some(id))], 1000, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1000 });
+        // And it expires like any other (the expiry key is the longest key).
+        assert_eq!(s.maintain(61_000, 100, &|_| KEEP_ALL).unwrap(), 1);
+        let longer = format!("{sub}s");
+        assert!(!dedupe_fits(&longer, id));
+        assert!(matches!(
+            s.append_batch(&[append("a", &longer, "1", Some(id))], 1000, 60_000, &|_| KEEP_ALL),
+            Err(StoreError::Content(_))
+        ));
     }
 
     #[test]

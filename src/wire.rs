@@ -20,7 +20,8 @@ pub const MAX_HIST_LIMIT: u32 = 1000;
 /// `limit` of a `hist` request that gives none.
 pub const DEFAULT_HIST_LIMIT: u32 = 100;
 /// Longest request `id`, as JSON text. Ids key the dedupe table, and LMDB
-/// keys are at most 511 bytes.
+/// keys are at most 511 bytes; with the token's `sub` the id must also pass
+/// `store::dedupe_fits`, which `hub` checks.
 pub const MAX_ID_BYTES: usize = 128;
 
 /// One client request, checked: every field has the right type.
@@ -58,6 +59,7 @@ pub enum ErrCode {
     BadChannel,
     TooManySubscriptions,
     Unavailable,
+    TooManyChannels,
 }
 
 impl ErrCode {
@@ -71,6 +73,7 @@ impl ErrCode {
             ErrCode::BadChannel => "bad_channel",
             ErrCode::TooManySubscriptions => "too_many_subscriptions",
             ErrCode::Unavailable => "unavailable",
+            ErrCode::TooManyChannels => "too_many_channels",
         }
     }
 }

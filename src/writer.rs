@@ -11,17 +11,27 @@
 //! Results come back in commit order through a channel, and `wake` (a
 //! `mio::Waker` in the server) tells the loop to collect them. Between
 //! batches the thread runs retention and dedupe expiry in small bounded
-//! transactions, so trimming never holds the write lock for long.
+//! transactions, so trimming never holds the write lock for long; a pass
+//! that is due runs before the next batch is taken, so publishers that never
+//! pause cannot starve it.
 //!
 //! This thread reads the wall clock itself: `ts` is the commit time, and only
-//! the thread that commits knows it.
+//! the thread that commits knows it. The time it reads is `Clock`'s
+//! effective time (spec §10), which the loop shares for token checks.
+//!
+//! A batch whose content LMDB refuses (`StoreError::Content`) is committed
+//! again with each item in its own nested transaction, so only the item at
+//! fault fails (`Outcome::Invalid`); only a broken environment stops the
+//! thread.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::clock;
+use crate::store::{Append, Commit, Outcome, Retention, Store, StoreError};
 
 /// Most appends merged into one transaction: bounds the transaction's dirty
 /// pages and the latency of the first publisher in it.
@@ -30,6 +40,10 @@ pub const MAX_BATCH: usize = 4096;
 const MAINTAIN_BUDGET: usize = 2000;
 /// Retention must take effect within 1 s of the commit that passes a limit.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(400);
+/// While no publish carries it, a floor that rose is saved this often (a
+/// floor that fell is saved at once): a small commit an hour, not an SD
+/// card write every maintenance pass.
+const SAVE_RISEN_FLOOR_EVERY_MS: u64 = 3_600_000;
 
 /// One commit's results: the appends as sent, in order, with their outcomes.
 pub struct Done<T> {
@@ -57,6 +71,92 @@ pub struct Writer<T: Send + 'static> {
 pub struct Policy {
     pub dedupe_window: Duration,
     pub retention: Arc<dyn Fn(&str) -> Retention + Send + Sync>,
+    /// A description of the retention settings: when it differs from the
+    /// one the store's retention index was built for, the index is rebuilt.
+    pub retention_rules: String,
+    /// A publish that would create a channel past this many is refused.
+    pub max_channels: u64,
+    pub clock: Clock,
+}
+
+/// Who says whether the system clock is synchronized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncSource {
+    /// The kernel (`adjtimex`).
+    Kernel,
+    /// A fixed answer (`ROOSTD_TEST_CLOCK_SYNCED`, for tests).
+    Fixed(bool),
+}
+
+/// The effective wall-clock time (spec §10), shared by the loop (token
+/// checks) and the writer (`ts`): the system time, never below a floor
+/// that only a synchronized clock moves (`clock::next_floor`).
+#[derive(Clone)]
+pub struct Clock {
+    floor_ms: Arc<AtomicU64>,
+    sync: SyncSource,
+}
+
+/// One reading of the `Clock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// The effective time, ms since the epoch.
+    pub ms: u64,
+    /// The floor after this reading.
+    pub floor_ms: u64,
+    /// The clock was synchronized: the floor may be saved.
+    pub synced: bool,
+}
+
+impl Clock {
+    /// A clock starting from the floor saved in the store.
+    pub fn new(floor_ms: u64, sync: SyncSource) -> Clock {
+        Clock { floor_ms: Arc::new(AtomicU64::new(floor_ms)), sync }
+    }
+
+    /// Reads the system clock and moves the floor by the rule.
+    pub fn now(&self) -> Now {
+        let system = system_ms();
+        let synced = match self.sync {
+            SyncSource::Fixed(synced) => synced,
+            SyncSource::Kernel => kernel_synced().unwrap_or(false),
+        };
+        let mut floor = self.floor_ms.load(Ordering::Relaxed);
+        loop {
+            let next = clock::next_floor(floor, system, synced);
+            if next == floor {
+                break;
+            }
+            match self.floor_ms.compare_exchange(floor, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => floor = next,
+                Err(seen) => floor = seen,
+            }
+        }
+        Now { ms: clock::effective(floor, system), floor_ms: floor, synced }
+    }
+}
+
+fn system_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Whether the kernel reports the system clock synchronized (NTP or PTP
+/// disciplining it): `adjtimex` in read-only mode answers not `TIME_ERROR`
+/// and `STA_UNSYNC` is clear. `Err` when the call is refused (a sandbox
+/// that filters it, such as systemd's `ProtectClock=`).
+pub fn kernel_synced() -> Result<bool, std::io::Error> {
+    // SAFETY: `timex` is a C struct of integers, for which all-zero bytes
+    // are a valid value; with `modes` 0 `adjtimex` changes nothing and only
+    // writes the kernel's clock state into the struct we own.
+    #[allow(unsafe_code)]
+    let (state, status) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        (libc::adjtimex(&mut tx), tx.status)
+    };
+    if state == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(state != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0)
 }
 
 impl<T: Send + 'static> Writer<T> {
@@ -101,47 +201,50 @@ impl<T: Send + 'static> Drop for Writer<T> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
+    let store = store.with_max_channels(policy.max_channels);
     let retention = &*policy.retention;
-    // `ts` never goes back, even when the system clock does (a Pi before NTP).
-    let mut floor = store.clock_floor().unwrap_or(0);
-    let mut now_ms = move || {
-        floor = floor.max(now_ms());
-        floor
-    };
+    let clock = policy.clock.clone();
+    // The floor as saved in the store: it is saved again only while the
+    // clock is synchronized (spec §10).
+    let mut saved_floor = store.clock_floor().unwrap_or(0);
     let window_ms = policy.dedupe_window.as_millis() as u64;
-    let mut next_maintenance = Instant::now() + MAINTAIN_EVERY;
+    // The first turn builds the retention index if the store needs it.
+    let mut next_maintenance = Instant::now();
+    let mut indexed = false;
     let mut stopping = false;
     while !stopping {
+        // Due maintenance runs before the next batch is taken: under a
+        // steady stream of publishes the queue is never empty, and waiting
+        // for a quiet moment would let retention fall behind for good.
+        if Instant::now() >= next_maintenance {
+            let now = clock.now();
+            // A floor that a synchronized clock moved is saved even while
+            // nobody publishes (lowered at once; raised once an hour).
+            let fell = now.floor_ms < saved_floor;
+            let rose = now.floor_ms >= saved_floor.saturating_add(SAVE_RISEN_FLOOR_EVERY_MS);
+            let saved = match now.synced && (fell || rose) {
+                true => store.save_clock_floor(now.floor_ms).map(|()| saved_floor = now.floor_ms),
+                false => Ok(()),
+            };
+            match saved.and_then(|()| maintain(&store, &policy, &mut indexed, now.ms)) {
+                Ok(next) => next_maintenance = next,
+                Err(e) => {
+                    // The environment is broken (an I/O error, a panic
+                    // after a failed meta write): report it like a failed
+                    // commit, so the server stops instead of limping on.
+                    log::error!("retention pass failed: {e}");
+                    let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
+                    wake();
+                    break;
+                }
+            }
+        }
         let wait = next_maintenance.saturating_duration_since(Instant::now());
         let mut items = match jobs.recv_timeout(wait) {
             Ok(Job::Append(items)) => items,
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                next_maintenance = match store.maintain(now_ms(), MAINTAIN_BUDGET, retention) {
-                    // More to trim: come back right after any waiting publishes.
-                    Ok(n) if n == MAINTAIN_BUDGET => Instant::now(),
-                    Ok(_) => Instant::now() + MAINTAIN_EVERY,
-                    Err(e) if e.is_transient() => {
-                        log::warn!("retention pass failed: {e}");
-                        Instant::now() + MAINTAIN_EVERY
-                    }
-                    Err(e) => {
-                        // The environment is broken (an I/O error, a panic
-                        // after a failed meta write): report it like a failed
-                        // commit, so the server stops instead of limping on.
-                        log::error!("retention pass failed: {e}");
-                        let _ = done.send(Done { items: Vec::new(), result: Err(e), took: Duration::ZERO });
-                        wake();
-                        break;
-                    }
-                };
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
         };
         // Group commit: everything queued while the last commit ran.
         while items.len() < MAX_BATCH {
@@ -155,9 +258,26 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             }
         }
         let started = Instant::now();
-        let result = store.append_batch(items.iter().map(|(_, a)| a), now_ms(), window_ms, retention);
+        let now = clock.now();
+        let opts =
+            Commit { floor: (now.synced && now.floor_ms != saved_floor).then_some(now.floor_ms), isolate: false };
+        let appends = || items.iter().map(|(_, a)| a);
+        let mut result = store.commit(appends(), now.ms, window_ms, retention, opts);
+        if let Err(StoreError::Content(why)) = &result {
+            // One item is at fault, not the store: find it without failing
+            // the others (still one commit).
+            log::warn!("LMDB refused part of a batch of {} ({why}); committing each on its own", items.len());
+            result = match store.commit(appends(), now.ms, window_ms, retention, Commit { isolate: true, ..opts }) {
+                // Only if the commit itself refused: fail the batch, not the server.
+                Err(StoreError::Content(why)) => Ok(vec![Outcome::Invalid(why); items.len()]),
+                other => other,
+            };
+        }
         let took = started.elapsed();
-        let fatal = matches!(&result, Err(e) if !e.is_transient());
+        if let (Ok(_), Some(floor)) = (&result, opts.floor) {
+            saved_floor = floor;
+        }
+        let fatal = matches!(&result, Err(e) if e.is_fatal());
         if let Err(e) = &result {
             log::error!("commit of {} messages failed: {e}", items.len());
         }
@@ -170,5 +290,138 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             // holds may not be what is on disk.
             break;
         }
+    }
+}
+
+/// One maintenance turn: builds the retention index first if it is not
+/// built yet, then one bounded pass. Returns when the next turn is due; an
+/// error is fatal (transient ones are logged and retried).
+fn maintain(store: &Store, policy: &Policy, indexed: &mut bool, now_ms: u64) -> Result<Instant, StoreError> {
+    let retention = &*policy.retention;
+    let later = Instant::now() + MAINTAIN_EVERY;
+    if !*indexed {
+        match store.index_retention(&policy.retention_rules, retention) {
+            Ok(0) => {}
+            Ok(n) => log::info!("indexed {n} channels for the retention settings"),
+            Err(e) if !e.is_fatal() => {
+                log::warn!("building the retention index failed: {e}; retrying");
+                return Ok(later);
+            }
+            Err(e) => return Err(e),
+        }
+        *indexed = true;
+    }
+    match store.maintain(now_ms, MAINTAIN_BUDGET, retention) {
+        // More to trim: come back right after the next waiting batch.
+        Ok(n) if n == MAINTAIN_BUDGET => Ok(Instant::now()),
+        Ok(_) => Ok(later),
+        Err(e) if !e.is_fatal() => {
+            log::warn!("retention pass failed: {e}");
+            Ok(later)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(from: &str, data: &str, id: Option<&str>) -> Append {
+        Append { ch: "a".into(), from: from.into(), data: data.into(), id: id.map(Into::into) }
+    }
+
+    #[test]
+    fn an_item_lmdb_refuses_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let keep = Retention { messages: u64::MAX, age_ms: u64::MAX };
+        let policy = Policy {
+            dedupe_window: Duration::from_secs(60),
+            retention: Arc::new(move |_| keep),
+            retention_rules: String::new(),
+            max_channels: u64::MAX,
+            clock: Clock::new(0, SyncSource::Fixed(true)),
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::start(
+            store.clone(),
+            policy,
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+        // As if an edge check were missing: a sub and id too long for an LMDB key.
+        let long = "s".repeat(crate::store::MAX_DEDUPE_SUB_AND_ID_BYTES);
+        writer.submit(vec![
+            (1, append("u", "1", Some("1"))),
+            (2, append(&long, "2", Some("22"))),
+            (3, append("u", "3", None)),
+        ]);
+        rx.recv_timeout(Duration::from_secs(10)).expect("a result");
+        let done: Vec<Done<i32>> = writer.results().collect();
+        let outcomes = done[0].result.as_ref().expect("the batch commits");
+        assert!(matches!(outcomes[0], Outcome::Stored { seq: 1, .. }), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Outcome::Invalid(_)), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Outcome::Stored { seq: 2, .. }), "{outcomes:?}");
+        // The thread is still there and commits the next batch.
+        writer.submit(vec![(4, append("u", "4", None))]);
+        let done = writer.stop();
+        assert!(matches!(done[0].result.as_deref(), Ok([Outcome::Stored { seq: 3, .. }])));
+        assert!(store.clock_floor().unwrap() > 0, "a synchronized clock's floor is saved with the commit");
+    }
+
+    #[test]
+    fn retention_keeps_up_while_the_queue_is_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 28).unwrap();
+        let policy = Policy {
+            dedupe_window: Duration::ZERO,
+            retention: Arc::new(|_: &str| Retention { messages: u64::MAX, age_ms: 300 }),
+            retention_rules: "300 ms".into(),
+            max_channels: u64::MAX,
+            clock: Clock::new(0, SyncSource::Fixed(false)),
+        };
+        // Each commit takes 5 ms more (as one does on an SD card): with an
+        // append submitted every millisecond, the writer's queue is never
+        // empty when it looks.
+        let slow = Box::new(|| thread::sleep(Duration::from_millis(5)));
+        let writer = Writer::<()>::start(store.clone(), policy, slow);
+        let append = Append { ch: "t".into(), from: "u".into(), data: "1".into(), id: None };
+        let started = Instant::now();
+        // Under emulation (ROOSTD_TEST_SCALE=small) everything is ten times slower.
+        let small = std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small");
+        let (limit_ms, run_ms) = if small { (5000, 8000) } else { (1300, 2500) };
+        let mut next_look = started + Duration::from_millis(limit_ms);
+        let mut lags = Vec::new();
+        let mut next = started;
+        while started.elapsed() < Duration::from_millis(run_ms) {
+            writer.submit(vec![((), append.clone())]);
+            for done in writer.results() {
+                done.result.unwrap();
+            }
+            next += Duration::from_millis(1);
+            while Instant::now() < next {
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= next_look {
+                next_look += Duration::from_millis(100);
+                // Stored ts are commit times: the newest against the oldest.
+                let info = store.channel("t").unwrap();
+                let ts = |seq: u64| {
+                    let mut ts = 0;
+                    store
+                        .read("t", seq - 1, 1, |r| {
+                            ts = r.ts;
+                            false
+                        })
+                        .unwrap();
+                    ts
+                };
+                lags.push(ts(info.last) - ts(info.first));
+            }
+        }
+        // 300 ms old, plus 1 s to take effect.
+        assert!(lags.len() > 5 && lags.iter().all(|&lag| lag <= limit_ms), "retention fell behind: {lags:?}");
     }
 }

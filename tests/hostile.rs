@@ -1695,7 +1695,9 @@ fn drip_hook(stop: &'static AtomicBool) -> SocketAddr {
                     let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
                     let len = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
                         .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
                     body.len() >= len
@@ -1765,10 +1767,8 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     let stop = AtomicBool::new(false);
     let rss_max = AtomicUsize::new(0);
     let rss_start = server.rss_kib();
-    let api = mint(
-        &json!({"sub": "app", "exp": now_secs() + 3600, "api": true, "read": ["*"], "write": ["*"]}),
-        &test_key(),
-    );
+    let api =
+        mint(&json!({"sub": "app", "exp": now_secs() + 3600, "api": true, "read": ["*"], "write": ["*"]}), &test_key());
     let (headers_431, created, refused_channels, drips, pipelined, unread, mut lat) = std::thread::scope(|s| {
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
@@ -1779,7 +1779,9 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
         // The pipelining attack of issue 13.
         let pipelined = s.spawn(|| pipeline_without_reading(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", &stop));
         // A client of the API that never reads its (large) answers.
-        let history = format!("GET /api/channels/good/messages?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api}\r\n\r\n");
+        let history = format!(
+            "GET /api/channels/good/messages?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api}\r\n\r\n"
+        );
         let (addr, stop_ref) = (server.addr, &stop);
         let unread = s.spawn(move || pipeline_without_reading(addr, &history, stop_ref));
         // Header floods: heads past the 8 KiB limit, one connection after another.

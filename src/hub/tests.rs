@@ -74,6 +74,8 @@ impl World {
                     }
                 }
                 Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id.as_deref(), &ch, seq)),
+                Outcome::Invalid(why) => self.deliver(conn, &wire::err(wire::ErrCode::BadRequest, &why, id.as_deref())),
+                Outcome::Refused(why) => panic!("refused: {why:?}"),
             }
         }
     }
@@ -265,7 +267,10 @@ fn trimmed_history_is_a_gap() {
     w.join(1, claims("p", &["*"], &["*"]));
     publish(&mut w, 1, "c", 5);
     w.take(1);
-    w.store.maintain(1_000_000, 100, &|_| Retention { messages: 2, age_ms: u64::MAX }).unwrap();
+    // A lowered count limit, as after a restart with new settings.
+    let keep2 = |_: &str| Retention { messages: 2, age_ms: u64::MAX };
+    w.store.index_retention("keep 2", &keep2).unwrap();
+    w.store.maintain(1_000_000, 100, &keep2).unwrap();
     let epoch = w.store.epoch().to_string();
     w.req(1, json!({"op":"sub","ch":"c","since":1,"epoch":epoch}));
     assert_eq!(w.take(1)[0]["gap"], true);
@@ -344,4 +349,29 @@ fn duplicate_ids_ack_the_original() {
     w.req(1, json!({"op":"pub","ch":"c","data":3,"id":"b"}));
     let acks: Vec<u64> = w.take(1).iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(acks, vec![1, 1, 2]);
+}
+
+#[test]
+fn the_longest_sub_and_id_publish_and_one_byte_more_is_a_bad_request() {
+    use crate::store::MAX_DEDUPE_SUB_AND_ID_BYTES;
+    let mut w = World::new();
+    // The id "k" is 3 bytes of JSON text; the longest id (128 bytes) leaves the least room.
+    let long_id = format!("\"{}\"", "i".repeat(crate::wire::MAX_ID_BYTES - 2));
+    for (id, id_text) in [(json!("k"), "\"k\"".to_string()), (json!(long_id[1..long_id.len() - 1]), long_id.clone())] {
+        let room = MAX_DEDUPE_SUB_AND_ID_BYTES - id_text.len();
+        w.join(1, claims(&"s".repeat(room), &["*"], &["*"]));
+        w.join(2, claims(&"s".repeat(room + 1), &["*"], &["*"]));
+        w.req(1, json!({"op":"pub","ch":"a","data":1,"id":id}));
+        assert_eq!(w.take(1)[0]["op"], "ack", "a sub of {room} bytes with a {}-byte id commits", id_text.len());
+        w.req(2, json!({"op":"pub","ch":"a","data":1,"id":id}));
+        let got = w.take(2);
+        assert_eq!((&got[0]["op"], &got[0]["code"], &got[0]["id"]), (&json!("err"), &json!("bad_request"), &id));
+        // Without an id nothing keys the dedupe tables: the same sub publishes.
+        w.req(2, json!({"op":"pub","ch":"a","data":1}));
+        assert_eq!(w.take(2)[0]["op"], "ack");
+        w.hub.leave(1);
+        w.hub.leave(2);
+    }
+    // The longest dedupe records also expire (their expiry keys are the longest keys).
+    assert_eq!(w.store.maintain(1000 + 60_001, 100, &|_| KEEP_ALL).unwrap(), 2);
 }

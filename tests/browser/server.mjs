@@ -12,6 +12,42 @@ const ENV = { ...process.env, ROOSTD_SECRET: SECRET, RUST_LOG: process.env.RUST_
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Debian's Chromium as the browser tests run it: headless, no sandbox (root in CI), nothing phoning home. */
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Chromium with a fresh profile folder (Playwright's persistent context is how it takes --user-data-dir). */
+export async function launchChromium(profile, options = {}) {
+  const { chromium } = await import('playwright-core');
+  return chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1024, height: 720 },
+    timeout: 60000,
+    ...options,
+  });
+}
+
+/** Polls `cond` until it returns something truthy (returned), or throws after `ms`. */
+export async function waitFor(what, cond, ms = 20000) {
+  const start = Date.now();
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() - start > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
 export function tempDir(prefix) {
   return mkdtempSync(join(tmpdir(), prefix));
 }

@@ -6,21 +6,11 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { Server, BIN, mintToken, tempDir, removeDir, sleep } from './server.mjs';
+import { Server, BIN, mintToken, tempDir, removeDir, sleep, CHROMIUM_ARGS, waitFor } from './server.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const CH = 'room:tls';
 const cleanups = [];
-
-async function waitFor(what, cond, ms = 20000) {
-  const start = Date.now();
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() - start > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 const seqs = (page) =>
   page.evaluate((ch) => {
@@ -46,14 +36,7 @@ async function main() {
     headless: true,
     ignoreHTTPSErrors: true,
     args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
+      ...CHROMIUM_ARGS,
       '--ignore-certificate-errors',
     ],
     timeout: 60000,

@@ -10,25 +10,13 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { Server, mintToken, mintAppToken, tempDir, removeDir, sleep, ROOT } from './server.mjs';
+import { Server, mintToken, mintAppToken, tempDir, removeDir, sleep, ROOT, launchChromium, waitFor } from './server.mjs';
 
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const CH = 'room:demo';
 const SHOT = join(ROOT, 'docs', 'demo.png');
 const t0 = Date.now();
 const cleanups = [];
 const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
-
-async function waitFor(what, cond, ms = 20000) {
-  const start = Date.now();
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() - start > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 /** What a page shows for the channel: [{seq, from, text}] in DOM order. */
 function rows(page) {
@@ -83,24 +71,7 @@ async function main() {
   log(`roostd on ${server.url}`);
   const tokens = { alice: mintToken(data, 'alice'), bob: mintToken(data, 'bob'), app: mintAppToken(data, 'main-app') };
 
-  // A fresh profile folder for this run (Playwright's persistent context is
-  // how it takes --user-data-dir).
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-    viewport: { width: 1024, height: 720 },
-    timeout: 60000,
-  });
+  const context = await launchChromium(profile);
   cleanups.push(() => context.close());
   log(`chromium ${context.browser()?.version() ?? ''} started`);
 

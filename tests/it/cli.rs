@@ -66,6 +66,7 @@ fn serve_help_exits_0_and_documents_every_flag() {
         "--on-corrupt",
         "--no-demo",
         "--max-store-bytes",
+        "--max-channels",
         "--tls-cert",
         "--tls-key",
         "--echo",
@@ -190,4 +191,124 @@ fn serve_without_a_secret_creates_one_with_mode_0600() {
     assert_eq!(c.publish("first", json!("hello")), 1);
     // A token signed with another secret is not accepted.
     assert_eq!(server.try_ws(&token_all("alice")).err().map(|e| e.0), Some(401));
+}
+
+// Issue 20: every error names the fix.
+
+#[test]
+fn a_flag_roostd_does_not_have_suggests_the_nearest_one() {
+    let line = assert_usage_error(&run_roostd(&["serve", "--port", "8081"], &[]));
+    assert!(line.contains("--port") && line.contains("did you mean `--listen`?"), "{line}");
+    let line = assert_usage_error(&run_roostd(&["serve", "--max-conections", "5"], &[]));
+    assert!(line.contains("did you mean `--max-connections`?"), "{line}");
+    let line = assert_usage_error(&run_roostd(&["token", "--sub", "x", "--reed", "*"], &[("ROOSTD_SECRET", SECRET)]));
+    assert!(line.contains("did you mean `--read`?") && line.contains("roostd token --help"), "{line}");
+}
+
+#[test]
+fn the_unknown_command_message_lists_every_command() {
+    let line = assert_usage_error(&run_roostd(&["frobnicate"], &[]));
+    for cmd in ["serve", "token", "backup", "cert"] {
+        assert!(line.contains(cmd), "{cmd} missing from: {line}");
+    }
+    let line = assert_usage_error(&run_roostd(&["cer"], &[]));
+    assert!(line.contains("did you mean `roostd cert`?"), "{line}");
+}
+
+/// `roostd serve --config FILE` with `toml` in FILE: the one-line usage error.
+#[track_caller]
+fn serve_config_error(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roostd.toml");
+    std::fs::write(&file, toml).unwrap();
+    assert_usage_error(&run_roostd(&["serve", "--config", file.to_str().unwrap()], &[]))
+}
+
+#[test]
+fn a_mistyped_config_key_is_echoed_as_typed_with_the_nearest_key() {
+    let line = serve_config_error("max_mesage_bytes = 5\n");
+    assert!(line.contains("`max_mesage_bytes` (did you mean `max_message_bytes`?)"), "{line}");
+}
+
+#[test]
+fn a_retention_table_with_one_bracket_says_to_write_two() {
+    let line = serve_config_error("[retention]\npattern = \"sensor:*\"\nmessages = 50\n");
+    assert!(line.contains("`[[retention]]`"), "{line}");
+    assert!(!line.contains("string, number or boolean"), "{line}");
+}
+
+#[test]
+fn listen_accepts_a_host_name() {
+    let server = TestServer::start(&["--listen", "localhost:0"]);
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+    let mut c = server.ws(&token_all("alice"));
+    assert_eq!(c.publish("room:1", json!("by name")), 1);
+}
+
+#[test]
+fn a_serve_that_cannot_listen_creates_no_data_folder_and_no_secret() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run_roostd(&["serve", "--listen", &addr, "--data", data.to_str().unwrap()], &[]);
+    let line = assert_usage_error(&out);
+    assert!(line.contains("another program uses that port"), "{line}");
+    assert!(!data.exists(), "{} was created by a serve that never listened", data.display());
+    assert!(!stderr(&out).contains("mint a first token"), "{}", stderr(&out));
+}
+
+#[test]
+fn top_level_help_is_short_and_serve_help_lists_the_file_only_settings() {
+    let top = stdout(&run_roostd(&["--help"], &[]));
+    assert!(top.lines().count() <= 30, "`roostd --help` is a page, not the whole serve help:\n{top}");
+    assert!(top.contains("roostd COMMAND --help"), "{top}");
+    assert!(!top.contains("[default:"), "per-flag details belong to `roostd serve --help`:\n{top}");
+    let serve = stdout(&run_roostd(&["serve", "--help"], &[]));
+    for table in ["[[retention]]", "[[keys]]"] {
+        assert!(serve.contains(table), "`roostd serve --help` does not mention {table}:\n{serve}");
+    }
+}
+
+#[test]
+fn a_token_that_grants_nothing_is_minted_with_a_warning() {
+    let env = [("ROOSTD_SECRET", SECRET)];
+    let out = run_roostd(&["token", "--sub", "bob"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "the token is still printed");
+    assert!(stderr(&out).contains("grants nothing") && stderr(&out).contains("--read"), "{}", stderr(&out));
+    let out = run_roostd(&["token", "--sub", "bob", "--read", "room:*"], &env);
+    assert!(!stderr(&out).contains("grants nothing"), "{}", stderr(&out));
+}
+
+#[test]
+fn roostd_token_names_the_url_of_the_server_its_settings_describe() {
+    let env = [("ROOSTD_SECRET", SECRET)];
+    let out = run_roostd(&["token", "--sub", "a", "--read", "*"], &env);
+    assert!(stderr(&out).contains("ws://127.0.0.1:8080/ws?token="), "{}", stderr(&out));
+    let tls = ["--listen", "0.0.0.0:8443", "--tls-cert", "c.pem", "--tls-key", "k.pem"];
+    let out = run_roostd(&[&["token", "--sub", "a", "--read", "*"][..], &tls].concat(), &env);
+    assert!(stderr(&out).contains("wss://<host>:8443/ws?token="), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roostd.toml");
+    std::fs::write(&file, "listen = \"localhost:9001\"\n").unwrap();
+    let out = run_roostd(&["token", "--sub", "a", "--read", "*", "--config", file.to_str().unwrap()], &env);
+    assert!(stderr(&out).contains("ws://localhost:9001/ws?token="), "{}", stderr(&out));
+}
+
+#[test]
+fn the_first_run_hint_is_a_command_that_works_when_pasted() {
+    let server = TestServer::options().no_secret().start();
+    let log = server.log();
+    let hint = log.lines().find_map(|l| l.split_once("mint a first token with: ")).map(|(_, cmd)| cmd.to_string());
+    let hint = hint.unwrap_or_else(|| panic!("no first-token hint in:\n{log}"));
+    // The words of the hint as a shell would split them (it quotes only '*').
+    let words: Vec<String> = hint.split_whitespace().map(|w| w.replace('\'', "")).collect();
+    let program = std::path::Path::new(&words[0]);
+    assert!(words[0] == "roostd" || program.is_file(), "the hint starts with a program that exists: {hint}");
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let out = run_roostd(&args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{hint}: {}", stderr(&out));
+    let mut c = server.ws(stdout(&out).trim());
+    assert_eq!(c.publish("room:1", json!("hello")), 1);
 }

@@ -107,7 +107,7 @@ fn the_applications_own_http_publishes_skip_the_hook() {
     let body = r#"{"text":"refuse"}"#;
     let req = format!(
         "POST /api/channels/c/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
-        api_token_all("app"),
+        api_token("app"),
         body.len()
     );
     assert_eq!(server.http(&req).status, 201);

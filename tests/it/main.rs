@@ -7,12 +7,16 @@
 mod support;
 
 mod api;
+mod backup;
+mod channels;
 mod cli;
+mod clock;
 mod handshake;
 mod hook;
 mod http;
 mod lifecycle;
 mod limits;
+mod store_limits;
 mod sync;
 mod tidy;
 mod tls;

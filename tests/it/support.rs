@@ -78,15 +78,15 @@ pub fn token_all(sub: &str) -> String {
     token(sub, &["*"], &["*"])
 }
 
-/// The main application's token (`"api": true`, spec §5): the only kind the
-/// HTTP API accepts.
-pub fn api_token(sub: &str, read: &[&str], write: &[&str]) -> String {
-    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": read, "write": write, "api": true}))
+/// The main application's token for the HTTP API: every channel, `"api": true`.
+pub fn api_token(sub: &str) -> String {
+    api_token_with(sub, &["*"], &["*"])
 }
 
-/// The main application's token for every channel.
-pub fn api_token_all(sub: &str) -> String {
-    api_token(sub, &["*"], &["*"])
+/// The main application's token (`"api": true`, spec §5), the only kind the
+/// HTTP API accepts, with these read and write patterns.
+pub fn api_token_with(sub: &str, read: &[&str], write: &[&str]) -> String {
+    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": read, "write": write, "api": true}))
 }
 
 // ---------------------------------------------------------------------------
@@ -223,7 +223,9 @@ impl TestServer {
         self.start_again();
     }
 
-    fn start_again(&mut self) {
+    /// Starts the server again on the same data folder after it stopped
+    /// (the port may change); lets a test change the folder in between.
+    pub fn start_again(&mut self) {
         let (child, events, addr) = spawn_server(self.data.path(), &self.options, &self.log);
         self.child = Some(child);
         self.events = events;
@@ -274,6 +276,20 @@ impl TestServer {
     /// Sends a raw HTTP request and reads one answer.
     pub fn http(&self, request: &str) -> HttpResponse {
         self.http_bytes(request.as_bytes())
+    }
+
+    /// `GET target` on the HTTP API with `token` as Bearer.
+    pub fn api_get(&self, target: &str, token: &str) -> HttpResponse {
+        self.http(&format!("GET {target} HTTP/1.1\r\nHost: roostd.test\r\nAuthorization: Bearer {token}\r\n\r\n"))
+    }
+
+    /// `POST /api/channels/{ch}/messages` with `token`, a JSON `body` and
+    /// `extra` header lines (each ending in `\r\n`).
+    pub fn post(&self, ch: &str, token: &str, body: &str, extra: &str) -> HttpResponse {
+        let len = body.len();
+        self.http(&format!(
+            "POST /api/channels/{ch}/messages HTTP/1.1\r\nHost: roostd.test\r\nAuthorization: Bearer {token}\r\nContent-Length: {len}\r\n{extra}\r\n{body}"
+        ))
     }
 
     /// A plain TCP connection to the server, with timeouts.
