@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # HTTP publish throughput with keep-alive: python3 examples/httpbench.py TOKEN CONNECTIONS SECONDS
-# against roostd on 127.0.0.1:8092 (the token needs write on bench*).
+# against roostd on 127.0.0.1:8092 (the token needs write on bench* and "api": true:
+# roostd token --sub app --write '*' --api).
 import http.client, sys, threading, time
 tok, conns, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 counts = [0]*conns; lat = [[] for _ in range(conns)]

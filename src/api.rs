@@ -3,9 +3,14 @@
 //! in, a decision out; the server does the I/O and the commit.
 //!
 //! The order of checks is the contract's — 404 path, 405 method, 401 token,
-//! 403 permission, 411/413 length, 400 body — so a client learns the most
-//! basic thing wrong first, and an unauthenticated client learns nothing
-//! about bodies or lengths.
+//! 403 `api_forbidden` (a token without `"api": true`), 403 permission,
+//! 411/413 length, 400 body — so a client learns the most basic thing wrong
+//! first, and an unauthenticated client learns nothing about bodies or
+//! lengths.
+//!
+//! Only the main application's tokens (`"api": true`) get past the token
+//! check: a client token is for the WebSocket, whose path runs the publish
+//! hook and the publish rate; the API must not be a way around them.
 
 use std::fmt::Write as _;
 
@@ -117,6 +122,9 @@ pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize, 
             Err(e) => return reply(401, e.code()),
         },
     };
+    if !claims.api {
+        return reply(403, "api_forbidden");
+    }
     match route {
         Route::Channels if !claims.read.allows_all() => reply(403, "forbidden"),
         Route::Channels => {
@@ -298,9 +306,10 @@ mod tests {
     #[test]
     fn checks_run_in_the_contract_order() {
         let v = verifier();
-        let all = json!({"sub":"app","exp":2_000_000_000u64,"read":["*"],"write":["*"]});
-        let reader = json!({"sub":"r","exp":2_000_000_000u64,"read":["room:*"]});
-        let expired = json!({"sub":"app","exp":1000,"read":["*"],"write":["*"]});
+        let all = json!({"sub":"app","exp":2_000_000_000u64,"read":["*"],"write":["*"],"api":true});
+        let reader = json!({"sub":"r","exp":2_000_000_000u64,"read":["room:*"],"api":true});
+        let expired = json!({"sub":"app","exp":1000,"read":["*"],"write":["*"],"api":true});
+        let client = json!({"sub":"c","exp":2_000_000_000u64,"read":["*"],"write":["*"]});
         let cases: Vec<(Head, u16)> = vec![
             (head("GET", "/nope", None, None), 404),
             (head("GET", "/api/channels/bad%20name/messages", None, None), 404),
@@ -308,6 +317,10 @@ mod tests {
             (head("POST", "/api/channels", Some(all.clone()), None), 405),
             (head("POST", "/api/channels/a/messages", None, Some("5")), 401),
             (head("POST", "/api/channels/a/messages", Some(expired), Some("5")), 401),
+            // A client token: 403 before permissions, lengths and bodies.
+            (head("POST", "/api/channels/a/messages", Some(client.clone()), None), 403),
+            (head("GET", "/api/channels/a/messages?limit=0", Some(client.clone()), None), 403),
+            (head("DELETE", "/api/channels/a/messages", Some(client), None), 405),
             (head("POST", "/api/channels/room:1/messages", Some(reader.clone()), None), 403),
             (head("GET", "/api/channels/other/messages", Some(reader.clone()), None), 403),
             (head("GET", "/api/channels", Some(reader.clone()), None), 403),
@@ -328,7 +341,7 @@ mod tests {
             &head(
                 "GET",
                 "/api/channels/room%3A1/messages?since=3&limit=5",
-                Some(json!({"sub":"a","exp":2_000_000_000u64,"read":["*"]})),
+                Some(json!({"sub":"a","exp":2_000_000_000u64,"read":["*"],"api":true})),
                 None,
             ),
             &v,
@@ -352,7 +365,7 @@ mod tests {
         let mut chunked = head(
             "POST",
             "/api/channels/a/messages",
-            Some(json!({"sub":"a","exp":2_000_000_000u64,"write":["*"]})),
+            Some(json!({"sub":"a","exp":2_000_000_000u64,"write":["*"],"api":true})),
             Some("5"),
         );
         chunked.transfer_encoding = Some("chunked".into());
@@ -363,8 +376,42 @@ mod tests {
     }
 
     #[test]
+    fn only_tokens_with_api_true_pass_the_token_check() {
+        let v = verifier();
+        let code = |d: Decision| match d {
+            Decision::Reply { status, body, .. } => (status, String::from_utf8(body).unwrap()),
+            d => (status(&d), String::new()),
+        };
+        let forbidden = (403, r#"{"error":"api_forbidden"}"#.to_string());
+        for api in [None, Some(false)] {
+            let mut claims = json!({"sub":"c","exp":2_000_000_000u64,"read":["*"],"write":["*"]});
+            if let Some(api) = api {
+                claims["api"] = api.into();
+            }
+            for (method, path, len) in [
+                ("POST", "/api/channels/a/messages", Some("5")),
+                ("GET", "/api/channels/a/messages", None),
+                ("GET", "/api/channels", None),
+            ] {
+                let d = decide(&head(method, path, Some(claims.clone()), len), &v, 1_700_000_000, 65536, true);
+                assert_eq!(code(d), forbidden, "{method} {path} with api {api:?}");
+            }
+        }
+        // Even a client token that reads nothing hears `api_forbidden`, not `forbidden`.
+        let nothing = json!({"sub":"c","exp":2_000_000_000u64});
+        let d = decide(&head("GET", "/api/channels", Some(nothing), None), &v, 1_700_000_000, 65536, true);
+        assert_eq!(code(d), forbidden);
+        let app = json!({"sub":"app","exp":2_000_000_000u64,"read":["*"],"api":true});
+        assert!(matches!(
+            decide(&head("GET", "/api/channels", Some(app), None), &v, 1_700_000_000, 65536, true),
+            Decision::Channels { .. }
+        ));
+    }
+
+    #[test]
     fn publish_bodies() {
-        let claims = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default() };
+        let claims =
+            Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default(), api: true };
         let a = publish("c".into(), &claims, br#" {"x": 1} "#, Some("k-1")).unwrap();
         assert_eq!((a.data.as_str(), a.id.as_deref(), a.from.as_str()), (r#"{"x": 1}"#, Some("\"k-1\""), "app"));
         assert!(publish("c".into(), &claims, b"{nope", None).is_err());
@@ -384,7 +431,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 22).unwrap();
         let keep = |_: &str| crate::store::Retention { messages: 100, age_ms: u64::MAX };
-        let app = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default() };
+        let app = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default(), api: true };
         // The key "k" is "\"k\"" (3 bytes) as an id.
         let room = MAX_DEDUPE_SUB_AND_ID_BYTES - 3;
         let fits = Claims { sub: "s".repeat(room), ..app.clone() };

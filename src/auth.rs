@@ -20,7 +20,7 @@
 //! 4. the HMAC over the ASCII `header.payload` text, compared in constant
 //!    time by [`Mac::verify_slice`];
 //! 5. only then the claims: `sub`, `exp`, `nbf`, `iat`, `aud`, `read`,
-//!    `write`, with time checks tolerant of `leeway_secs` of clock skew.
+//!    `write`, `api`, with time checks tolerant of `leeway_secs` of clock skew.
 //!
 //! The key is the UTF-8 bytes of the configured secret, exactly as PyJWT and
 //! php-jwt use it, so tokens minted by other services verify here.
@@ -154,6 +154,9 @@ pub struct Claims {
     pub exp: u64,
     pub read: Patterns,
     pub write: Patterns,
+    /// `"api": true`: the main application's own token, the only kind the
+    /// HTTP API accepts (spec §5). Client tokens leave it out.
+    pub api: bool,
 }
 
 /// Why a token was judged invalid. Deliberately coarse and content-free so it
@@ -344,6 +347,7 @@ impl Verifier {
         let iat = claims.get("iat").map(numeric_date).transpose()?;
         let read = patterns(claims.get("read"))?;
         let write = patterns(claims.get("write"))?;
+        let api = api_flag(claims.get("api"))?;
         self.check_audience(claims.get("aud"))?;
 
         // Saturating: a huge exp or leeway must not wrap into the past.
@@ -359,7 +363,7 @@ impl Verifier {
         if now > exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired);
         }
-        Ok(Claims { sub, exp, read, write })
+        Ok(Claims { sub, exp, read, write, api })
     }
 
     fn check_audience(&self, aud: Option<&Value>) -> Result<(), Reason> {
@@ -454,6 +458,18 @@ fn patterns(value: Option<&Value>) -> Result<Patterns, Reason> {
         .map(|item| item.as_str().map(str::to_owned).ok_or(Reason::BadClaims))
         .collect::<Result<Vec<_>, _>>()
         .map(Patterns::new)
+}
+
+/// `api`: absent or `false` is a client token. Anything but a boolean
+/// (`"true"`, `1`) is refused rather than guessed at: the claim grants the
+/// HTTP API, and an issuer that wrote it some other way should hear so at
+/// once instead of finding its API calls answered 403.
+fn api_flag(value: Option<&Value>) -> Result<bool, Reason> {
+    match value {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(Reason::BadClaims),
+    }
 }
 
 /// A JSON object that refuses duplicate members. RFC 7515 allows parsers to
@@ -627,6 +643,7 @@ mod tests {
                 exp: NOW + 60,
                 read: Patterns::new(vec!["room:*".into(), "news".into()]),
                 write: Patterns::new(vec!["room:1".into()]),
+                api: false,
             }
         );
         assert!(got.read.allows("room:42"));
@@ -911,11 +928,24 @@ mod tests {
             ("write object", t(json!({"write": {"room": 1}})), invalid(Reason::BadClaims)),
             ("write true", t(json!({"write": true})), invalid(Reason::BadClaims)),
             ("read empty", t(json!({"read": []})), Ok(())),
+            ("api true", t(json!({"api": true})), Ok(())),
+            ("api false", t(json!({"api": false})), Ok(())),
+            ("api string", t(json!({"api": "true"})), invalid(Reason::BadClaims)),
+            ("api number", t(json!({"api": 1})), invalid(Reason::BadClaims)),
+            ("api array", t(json!({"api": [true]})), invalid(Reason::BadClaims)),
         ]);
         // Explicit null is a present-but-wrong claim, not an absent one.
         let explicit_null =
             signed_raw(&hs256().to_string(), &format!(r#"{{"sub":"a","exp":{},"read":null}}"#, NOW + 60));
         assert_eq!(outcome(&verifier(), &explicit_null), invalid(Reason::BadClaims));
+    }
+
+    #[test]
+    fn only_api_true_marks_the_main_applications_token() {
+        let api = |edit: Value| verifier().verify(&mint(&claims_with(edit), &key()), NOW).unwrap().api;
+        assert!(api(json!({"api": true})));
+        assert!(!api(json!({"api": false})));
+        assert!(!api(json!({})), "a token without the claim is a client token");
     }
 
     #[test]

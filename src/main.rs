@@ -132,6 +132,9 @@ fn serve_help() -> String {
     out
 }
 
+/// The extra flags of a command that take no value.
+const COMMAND_SWITCHES: &[&str] = &["api"];
+
 /// Reads `--config FILE` and every setting flag, file first, flags after.
 /// Flags not settings (`extra`) are handed back for the command to use.
 fn load_config(cmd: &str, args: Vec<OsString>, extra: &[&str]) -> Result<(Config, Vec<(String, String)>), Fail> {
@@ -150,6 +153,10 @@ fn load_config(cmd: &str, args: Vec<OsString>, extra: &[&str]) -> Result<(Config
                 let name = name.to_string();
                 let v = value(&mut parser, &name)?;
                 flags.push((name, v));
+            }
+            // A command's own switch (`token --api`): no value follows.
+            lexopt::Arg::Long(name) if COMMAND_SWITCHES.contains(&name) && extra.contains(&name) => {
+                others.push((name.to_string(), "true".into()));
             }
             lexopt::Arg::Long(name) if extra.contains(&name) => {
                 let name = name.to_string();
@@ -423,16 +430,18 @@ fn open_store(cfg: &Config) -> Result<Store, Fail> {
 }
 
 fn token(args: Vec<OsString>) -> Result<(), Fail> {
-    let extra = ["sub", "read", "write", "ttl"];
+    let extra = ["sub", "read", "write", "ttl", "api"];
     let (cfg, others) = match load_config("token", args, &extra) {
         Err(Fail(0, _)) => {
             print!(
                 "Usage: roostd token --sub NAME [--read PATTERN]... [--write PATTERN]... [--ttl 1h]\n\
-                 \x20             [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
+                 \x20             [--api] [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
                  Prints a token signed with the key `roostd serve` uses. Patterns: a channel\n\
                  name, a prefix ending in * (room:*), or * for every channel. A token without\n\
                  --read or --write can do nothing (a warning says so). Given the server's\n\
-                 --config (or --listen and --tls-cert), it names the URL to connect to.\n"
+                 --config (or --listen and --tls-cert), it names the URL to connect to.\n\
+                 --api marks the main application's own token (\"api\": true): only such\n\
+                 tokens may call the HTTP API (/api/...); never hand one to a client.\n"
             );
             return Ok(());
         }
@@ -440,12 +449,14 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
     };
     let mut sub = None;
     let (mut read, mut write, mut ttl) = (Vec::new(), Vec::new(), std::time::Duration::from_secs(3600));
+    let mut claims_api = false;
     for (k, v) in others {
         match k.as_str() {
             "sub" => sub = Some(v),
             "read" => read.push(v),
             "write" => write.push(v),
             "ttl" => ttl = config::duration("ttl", &v).map_err(|e| Fail(2, e.0))?,
+            "api" => claims_api = true,
             _ => {}
         }
     }
@@ -464,6 +475,9 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
     }
     if let Some(aud) = &cfg.audience {
         claims["aud"] = aud.clone().into();
+    }
+    if claims_api {
+        claims["api"] = true.into();
     }
     // Anything that grants access (read, write, or a flag such as `api`) is
     // a claim other than the identity, times and audience.

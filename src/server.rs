@@ -118,8 +118,9 @@ struct Slot {
 struct HookState {
     /// The client's token, for the hook's Authorization header.
     token: Box<str>,
-    /// Publishes waiting for the hook; the front one is in flight when `busy`.
-    queue: VecDeque<(Append, Option<String>)>,
+    /// Publishes waiting for the hook, each with its bytes held against the
+    /// hook's global budget; the front one is in flight when `busy`.
+    queue: VecDeque<(Append, Option<String>, hook::Held)>,
     busy: bool,
 }
 
@@ -128,6 +129,9 @@ struct HookTicket {
     conn: ConnId,
     append: Append,
     id: Option<String>,
+    /// Given back to the budget when the ticket is dropped: after the
+    /// verdict, or with a job the full queue refused.
+    held: hook::Held,
 }
 
 /// Publishes one connection may have waiting for the hook.
@@ -850,10 +854,10 @@ impl Server {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         let Some(state) = &mut slot.hook else { return };
         while !state.busy {
-            let Some((append, req_id)) = state.queue.pop_front() else { return };
+            let Some((append, req_id, held)) = state.queue.pop_front() else { return };
             let body = hook::request_body(&append.ch, &append.from, &append.data, req_id.as_deref());
             let token = state.token.to_string();
-            let job = hook::Job { ticket: HookTicket { conn: id, append, id: req_id }, token, body };
+            let job = hook::Job { ticket: HookTicket { conn: id, append, id: req_id, held }, token, body };
             match hook.submit(job) {
                 Ok(()) => state.busy = true,
                 Err(job) => {
@@ -875,7 +879,10 @@ impl Server {
     fn collect_hook_verdicts(&mut self) {
         let Some(hook) = &self.hook else { return };
         let verdicts: Vec<(HookTicket, Verdict)> = hook.results().collect();
-        for (HookTicket { conn, mut append, id }, verdict) in verdicts {
+        for (HookTicket { conn, mut append, id, held }, verdict) in verdicts {
+            // The publish is decided: its bytes no longer wait for the hook
+            // (an approved one is counted by `commit_later` from here on).
+            drop(held);
             let Some(slot) = self.slots.get_mut(&conn) else { continue };
             if let Some(state) = &mut slot.hook {
                 state.busy = false;
@@ -914,7 +921,19 @@ impl Server {
                         wire::err(ErrCode::Unavailable, "too many publishes waiting for approval", req_id.as_deref());
                     return self.send(id, e.into());
                 }
-                state.queue.push_back((append, req_id));
+                // The message waits here, and again as the request body
+                // built from it (with the token) while the call runs.
+                let size = append.data.len() + append.ch.len() + append.from.len();
+                let bytes = 2 * size + req_id.as_ref().map_or(0, String::len) + state.token.len();
+                let Some(held) = self.hook.as_ref().and_then(|hook| hook.hold(bytes)) else {
+                    let e = wire::err(
+                        ErrCode::Unavailable,
+                        "too many publishes are waiting for the application; retry with the same id",
+                        req_id.as_deref(),
+                    );
+                    return self.send(id, e.into());
+                };
+                state.queue.push_back((append, req_id, held));
                 self.hook_next(id);
             }
             Action::Publish { append, id: req_id } => self.commit_later(id, append, req_id),
@@ -1235,6 +1254,7 @@ fn error_code(body: &[u8]) -> &'static str {
         "not_found",
         "method_not_allowed",
         "forbidden",
+        "api_forbidden",
         "length_required",
         "too_large",
         "bad_request",

@@ -70,6 +70,13 @@ fn token(sub: &str) -> String {
     mint(&claims, &Key::new(None, SECRET.as_bytes().to_vec()))
 }
 
+/// The main application's token (`"api": true`), for the HTTP API.
+fn api_token(sub: &str) -> String {
+    let exp = now_ms() / 1000 + 3600;
+    let claims = json!({"sub": sub, "exp": exp, "read": ["*"], "write": ["*"], "api": true});
+    mint(&claims, &Key::new(None, SECRET.as_bytes().to_vec()))
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -212,7 +219,7 @@ impl Server {
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
             self.addr,
-            token("app"),
+            api_token("app"),
             body.len()
         );
         sock.write_all(req.as_bytes()).unwrap();

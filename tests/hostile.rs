@@ -316,6 +316,10 @@ fn claim_problems(c: &Map<String, Value>, audience: Option<&str>) -> (Vec<Reason
             Some(_) => bad.push(Reason::BadClaims),
         }
     }
+    match c.get("api") {
+        None | Some(Value::Bool(_)) => {}
+        Some(_) => bad.push(Reason::BadClaims),
+    }
     if let Some(want) = audience {
         let ok = match c.get("aud") {
             Some(Value::String(a)) => a == want,
@@ -344,7 +348,7 @@ fn fuzz_token_claims_follow_the_contract() {
         json!({"sub": "bob", "exp": FUZZ_NOW, "nbf": FUZZ_NOW, "iat": FUZZ_NOW, "aud": ["roostd", "x"]}),
         json!({"sub": "carol", "exp": FUZZ_NOW - 31, "aud": "roostd", "read": [], "write": ["*"]}),
     ];
-    let names = ["sub", "exp", "nbf", "iat", "read", "write", "aud", "extra"];
+    let names = ["sub", "exp", "nbf", "iat", "read", "write", "aud", "api", "extra"];
     let t = FUZZ_NOW as i64;
     let l = FUZZ_LEEWAY as i64;
     let values = [
@@ -400,6 +404,7 @@ fn fuzz_token_claims_follow_the_contract() {
                     accepted += 1;
                     assert!(problems.is_empty() && !is_expired, "input {i}: accepted despite {problems:?}: {claims:?}");
                     assert_eq!(Some(c.sub.as_str()), claims["sub"].as_str());
+                    assert_eq!(c.api, claims.get("api") == Some(&json!(true)), "input {i}: api of {claims:?}");
                 }
                 Err(AuthError::Missing) => panic!("input {i}: Missing for a non-empty token"),
             }
@@ -415,7 +420,7 @@ fn fuzz_token_claims_follow_the_contract() {
 const HEAD_LIMIT: usize = 8192;
 
 fn head_seeds() -> Vec<Vec<u8>> {
-    let jwt = mint(&json!({"sub": "a", "exp": FUZZ_NOW}), &test_key());
+    let jwt = mint(&json!({"sub": "a", "exp": FUZZ_NOW, "api": true}), &test_key());
     [
         format!(
             "GET /ws?token={jwt} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -1471,7 +1476,8 @@ fn a_canary_token_never_appears_in_a_trace_log() {
     // canary rides in a claim of its own, and in the token text itself.
     let sub = format!("subject-{}", std::process::id());
     let now = now_secs();
-    let claims = |exp: u64| json!({"sub": sub, "exp": exp, "read": ["*"], "write": ["*"], "note": canary});
+    // `api`: the same token also calls the HTTP API (step 3).
+    let claims = |exp: u64| json!({"sub": sub, "exp": exp, "read": ["*"], "write": ["*"], "api": true, "note": canary});
     let good = mint(&claims(now + 3600), &test_key());
     let expired = mint(&claims(now - 3600), &test_key());
     let bad_sig = {

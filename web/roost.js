@@ -17,6 +17,12 @@
 //
 // In Node 20 (no global WebSocket) pass one: `{ WebSocket }` from the `ws`
 // package. Node 22 and browsers have one built in.
+//
+// The token is a client token (`sub`, `exp`, `read`, `write`) minted by the
+// main application for this user. Never give a browser the application's
+// own API token (`"api": true`): that one opens roostd's HTTP API, which
+// skips the publish hook; roostd refuses client tokens there (403
+// api_forbidden), and this library speaks only the WebSocket.
 
 const OPEN = 1;
 const BACKOFF_MIN_MS = 250;

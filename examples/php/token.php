@@ -80,7 +80,11 @@ function client_token(string $sub, string $secret, int $ttl = 3600): string
     ], $secret);
 }
 
-/** The application's own token for roostd's HTTP API: everything allowed. */
+/**
+ * The application's own token for roostd's HTTP API: everything allowed.
+ * `api: true` is what the HTTP API requires; client tokens never carry it,
+ * so a browser cannot use the API to skip the publish hook.
+ */
 function app_token(string $sub, string $secret, int $ttl = 300): string
 {
     $now = time();
@@ -90,5 +94,6 @@ function app_token(string $sub, string $secret, int $ttl = 300): string
         'exp' => $now + $ttl,
         'read' => ['*'],
         'write' => ['*'],
+        'api' => true,
     ], $secret);
 }

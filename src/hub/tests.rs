@@ -24,7 +24,7 @@ struct World {
 
 fn claims(sub: &str, read: &[&str], write: &[&str]) -> Claims {
     let p = |v: &[&str]| Patterns::new(v.iter().map(|s| s.to_string()).collect());
-    Claims { sub: sub.into(), exp: u64::MAX, read: p(read), write: p(write) }
+    Claims { sub: sub.into(), exp: u64::MAX, read: p(read), write: p(write), api: false }
 }
 
 impl World {

@@ -70,6 +70,11 @@ export function mintToken(data, sub, ttl = '1h') {
   return token(data, ['--sub', sub, '--read', '*', '--write', '*', '--ttl', ttl]);
 }
 
+/** The main application's token (`--api`): the only kind the HTTP API accepts. */
+export function mintAppToken(data, sub) {
+  return token(data, ['--sub', sub, '--read', '*', '--write', '*', '--api']);
+}
+
 /** One running roostd: `port`, `stop(signal)`, and its log lines in `log`. */
 export class Server {
   constructor(data, args = []) {

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
-import { Server, mintToken, tempDir, removeDir, sleep, ROOT, launchChromium, waitFor } from './server.mjs';
+import { Server, mintToken, mintAppToken, tempDir, removeDir, sleep, ROOT, launchChromium, waitFor } from './server.mjs';
 
 const CH = 'room:demo';
 const SHOT = join(ROOT, 'docs', 'demo.png');
@@ -69,7 +69,7 @@ async function main() {
   cleanups.push(() => server.stop('SIGKILL'));
   await server.start(0);
   log(`roostd on ${server.url}`);
-  const tokens = { alice: mintToken(data, 'alice'), bob: mintToken(data, 'bob'), app: mintToken(data, 'main-app') };
+  const tokens = { alice: mintToken(data, 'alice'), bob: mintToken(data, 'bob'), app: mintAppToken(data, 'main-app') };
 
   const context = await launchChromium(profile);
   cleanups.push(() => context.close());

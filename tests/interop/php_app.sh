@@ -10,9 +10,10 @@
 # with a plain python3 WebSocket client (raw socket, standard library only):
 #   - a token minted by PHP (hash_hmac HS256) is accepted by roostd, and its
 #     read/write patterns (room:*) are honoured;
-#   - /publish on the PHP app publishes through roostd's HTTP API: the
-#     subscriber gets the message with from = the app's sub, and a repeated
-#     Idempotency-Key is answered 200 with the original seq;
+#   - /publish on the PHP app publishes through roostd's HTTP API with the
+#     app's own token ("api": true): the subscriber gets the message with
+#     from = the app's sub, and a repeated Idempotency-Key is answered 200
+#     with the original seq; a client token on the API is 403 api_forbidden;
 #   - /hook answers as a publish hook would (called directly: roostd's
 #     --publish-hook is not built yet).
 # Exit status: 0 when every check passed, 77/78 when skipped, 1 otherwise.
@@ -247,6 +248,11 @@ check(ws.recv()["seq"] == 2, "delivered once")
 # roostd's refusals come back as they are.
 status, body = curl(f"{PHP}/publish?ch=bad%20name&text=x")
 check(status == 404 and json.loads(body) == {"error": "not_found"}, f"a bad channel name → 404 ({status} {body})")
+# The HTTP API is the app's alone: bob's client token (no "api": true) is refused.
+status, body = curl(f"http://127.0.0.1:{ROOSTD}/api/channels/room:1/messages",
+                    "-H", f"Authorization: Bearer {token}")
+check(status == 403 and json.loads(body) == {"error": "api_forbidden"},
+      f"a PHP client token on roostd's HTTP API → 403 api_forbidden ({status} {body})")
 
 # The PHP client token may publish to room:* over the WebSocket too.
 ws.send({"op": "pub", "ch": "room:1", "data": {"text": "from bob"}, "id": "b1"})

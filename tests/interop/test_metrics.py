@@ -43,9 +43,11 @@ def server():
     assert s.stop() == 0, "roostd did not stop cleanly on SIGTERM:\n" + "\n".join(s.log)
 
 
-def token(sub, secret=SECRET, read=("*",), write=("*",)):
+def token(sub, secret=SECRET, read=("*",), write=("*",), api=False):
     now = int(time.time())
     claims = {"sub": sub, "iat": now, "exp": now + 3600, "read": list(read), "write": list(write)}
+    if api:
+        claims["api"] = True  # the main application's own token: only these may use /api/
     return jwt.encode(claims, secret, "HS256")
 
 
@@ -91,7 +93,7 @@ async def recv(ws):
 
 
 def test_metrics_count_the_traffic_and_parse_with_prometheus_client(server):
-    app = token("app")
+    app = token("app", api=True)
 
     async def go():
         async with connect(ws_url(server, token("viewer")), open_timeout=TIMEOUT, proxy=None) as viewer, connect(

@@ -110,9 +110,12 @@ def ctx(certs):
 # --------------------------------------------------------------- helpers
 
 
-def token(sub="alice", read=("*",), write=("*",), ttl=3600):
+def token(sub="alice", read=("*",), write=("*",), ttl=3600, api=False):
     now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + ttl, "read": list(read), "write": list(write)}, SECRET)
+    claims = {"sub": sub, "iat": now, "exp": now + ttl, "read": list(read), "write": list(write)}
+    if api:
+        claims["api"] = True  # the main application's own token: only these may use /api/
+    return jwt.encode(claims, SECRET)
 
 
 def run(coro):
@@ -292,7 +295,7 @@ def test_resume_with_since_and_epoch_after_reconnect(server, ctx):
 
 
 def test_http_api_over_https(server, ctx):
-    app = token(sub="app")
+    app = token(sub="app", api=True)
     ch = "orders:tls"
 
     async def go():
@@ -312,6 +315,9 @@ def test_http_api_over_https(server, ctx):
     assert status == 200, body
     assert [(m["seq"], m["data"]) for m in body["msgs"]] == [(1, {"text": "shipped"})] and body["more"] is False
     assert https(server, ctx, "GET", f"/api/channels/{ch}/messages") == (401, {"error": "token_missing"})
+    # A client token (no "api": true) is for the WebSocket only.
+    client = token(sub="watcher")
+    assert https(server, ctx, "GET", f"/api/channels/{ch}/messages", client) == (403, {"error": "api_forbidden"})
     assert https(server, ctx, "GET", "/healthz") == (200, "ok")
 
 

@@ -86,7 +86,7 @@ fn seqs(msgs: &[Value]) -> Vec<u64> {
 
 /// `GET /api/channels` as a map ch → (seq, count).
 fn channel_list(server: &TestServer) -> Vec<(String, u64, u64)> {
-    let resp = server.http_bytes(&get("/api/channels", Some(&token_all("app"))));
+    let resp = server.http_bytes(&get("/api/channels", Some(&api_token("app"))));
     assert_eq!(resp.status, 200, "{resp:?}");
     let v = json_body(&resp);
     let mut list: Vec<(String, u64, u64)> = v
@@ -152,7 +152,7 @@ fn publish_is_201_after_commit_and_subscribers_get_the_message() {
     sub.sub("room:1");
 
     let body = r#"{"text":"shipped","n":[1,2.5,null],"u":"h\u00e9llo \ud83d\ude00"}"#;
-    let resp = server.http_bytes(&post("room:1", &token_all("app"), body, ""));
+    let resp = server.http_bytes(&post("room:1", &api_token("app"), body, ""));
     let (seq, ts) = assert_created(&resp, "room:1");
     assert_eq!(seq, 1);
     let now_ms = now_secs() * 1000;
@@ -166,13 +166,13 @@ fn publish_is_201_after_commit_and_subscribers_get_the_message() {
                "data": serde_json::from_str::<Value>(body).unwrap()})
     );
     // Committed before the answer: the history has it at once.
-    let (msgs, more) = history(&server, "/api/channels/room:1/messages", &token_all("app"));
+    let (msgs, more) = history(&server, "/api/channels/room:1/messages", &api_token("app"));
     assert_eq!(msgs, vec![m.clone()]);
     assert!(!more);
 
     // Any JSON value is data; seqs go on without gaps.
     for (i, data) in ["1", "\"text\"", "null", "[]", " {\"x\": true} "].iter().enumerate() {
-        let resp = server.http_bytes(&post("room:1", &token_all("app"), data, ""));
+        let resp = server.http_bytes(&post("room:1", &api_token("app"), data, ""));
         assert_eq!(assert_created(&resp, "room:1").0, i as u64 + 2, "{data}");
         let m = sub.recv_msg();
         assert_eq!(m["data"], serde_json::from_str::<Value>(data).unwrap());
@@ -180,13 +180,13 @@ fn publish_is_201_after_commit_and_subscribers_get_the_message() {
     }
     // The largest body allowed (65536 bytes, the default limit) is fine.
     let big = format!("\"{}\"", "b".repeat(65536 - 2));
-    assert_eq!(assert_created(&server.http_bytes(&post("big", &token_all("app"), &big, "")), "big").0, 1);
+    assert_eq!(assert_created(&server.http_bytes(&post("big", &api_token("app"), &big, "")), "big").0, 1);
 }
 
 #[test]
 fn a_repeated_idempotency_key_is_200_with_the_original_seq_and_ts_and_stored_once() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     let mut sub = server.ws(&token_all("viewer"));
     sub.sub("orders:42");
 
@@ -218,14 +218,14 @@ fn a_repeated_idempotency_key_is_200_with_the_original_seq_and_ts_and_stored_onc
     assert_eq!(probe["id"], "probe", "no msg frame before the reply: {probe}");
 
     // The key belongs to the token's sub: another sub with the same key publishes anew.
-    let other_sub = server.http_bytes(&post("orders:42", &token_all("app2"), "4", "Idempotency-Key: order-1234\r\n"));
+    let other_sub = server.http_bytes(&post("orders:42", &api_token("app2"), "4", "Idempotency-Key: order-1234\r\n"));
     assert_eq!(assert_created(&other_sub, "orders:42").0, 4);
 }
 
 #[test]
 fn the_idempotency_key_is_the_websocket_id_of_the_same_sub() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     let resp = server.http_bytes(&post("room:1", &app, r#"{"via":"http"}"#, "Idempotency-Key: k\r\n"));
     let (seq, ts) = assert_created(&resp, "room:1");
 
@@ -262,7 +262,7 @@ fn the_idempotency_key_is_the_websocket_id_of_the_same_sub() {
 #[test]
 fn an_idempotency_key_over_126_bytes_is_400() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     let ok = format!("Idempotency-Key: {}\r\n", "k".repeat(126));
     assert_created(&server.http_bytes(&post("c", &app, "1", &ok)), "c");
     let long = format!("Idempotency-Key: {}\r\n", "k".repeat(127));
@@ -272,17 +272,21 @@ fn an_idempotency_key_over_126_bytes_is_400() {
 
 // ---------------------------------------------------------------------------
 // Errors, in the contract's order: 404 path, 405 method, 401 token, 403
-// permission, 411/413 length, 400 body.
+// api_forbidden (a token without `"api": true`), 403 permission, 411/413
+// length, 400 body.
 
 #[test]
 fn errors_come_in_the_contract_order_with_json_bodies() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
-    let reader = token("reader", &["room:*"], &[]);
-    let writer = token("writer", &[], &["room:*"]);
-    let expired = mint_claims(&json!({"sub": "app", "exp": now_secs() - 3600, "read": ["*"], "write": ["*"]}));
+    let app = api_token("app");
+    let reader = api_token_with("reader", &["room:*"], &[]);
+    let writer = api_token_with("writer", &[], &["room:*"]);
+    let expired =
+        mint_claims(&json!({"sub": "app", "exp": now_secs() - 3600, "read": ["*"], "write": ["*"], "api": true}));
+    let expired_client = mint_claims(&json!({"sub": "c", "exp": now_secs() - 3600, "read": ["*"], "write": ["*"]}));
+    let client = token("client", &["room:*"], &[]);
     let forged = mint(
-        &json!({"sub": "app", "exp": now_secs() + 3600, "read": ["*"], "write": ["*"]}),
+        &json!({"sub": "app", "exp": now_secs() + 3600, "read": ["*"], "write": ["*"], "api": true}),
         &Key::new(None, b"another-secret-of-at-least-32-bytes!!".to_vec()),
     );
     let long_name = "a".repeat(129);
@@ -318,6 +322,13 @@ fn errors_come_in_the_contract_order_with_json_bodies() {
         ("expired token", request("POST", &msgs("a"), Some(&expired), body, ""), 401, "token_expired"),
         ("expired, GET list", get("/api/channels", Some(&expired)), 401, "token_expired"),
         ("token in the query is not a bearer", get(&format!("{}?token={app}", msgs("a")), None), 401, "token_missing"),
+        ("expired client token", get("/api/channels", Some(&expired_client)), 401, "token_expired"),
+        // 403 api_forbidden: a valid client token, before permissions, lengths and bodies.
+        ("client token, 405 first", request("PUT", &msgs("room:1"), Some(&client), body, ""), 405, "method_not_allowed"),
+        ("client token, no write", request("POST", &msgs("room:1"), Some(&client), body, ""), 403, "api_forbidden"),
+        ("client token, no length", request("POST", &msgs("room:1"), Some(&client), None, ""), 403, "api_forbidden"),
+        ("client token, bad since", get(&format!("{}?since=abc", msgs("room:1")), Some(&client)), 403, "api_forbidden"),
+        ("client token, list", get("/api/channels", Some(&client)), 403, "api_forbidden"),
         // 403 permission: before lengths and bodies.
         ("no write", request("POST", &msgs("room:1"), Some(&reader), body, ""), 403, "forbidden"),
         ("no write, no length", request("POST", &msgs("room:1"), Some(&reader), None, ""), 403, "forbidden"),
@@ -356,10 +367,44 @@ fn errors_come_in_the_contract_order_with_json_bodies() {
     }
 }
 
+/// Spec §5: the HTTP API is the main application's alone. A client token —
+/// no `api` claim, or `"api": false` — is refused on every route even when
+/// its read/write patterns would allow the request, so no client can skip
+/// the WebSocket path's publish hook or rate limit.
+#[test]
+fn a_client_token_gets_403_api_forbidden_on_every_api_route() {
+    let server = TestServer::start(&[]);
+    let no_claim = token_all("client");
+    let api_false =
+        mint_claims(&json!({"sub": "client", "exp": now_secs() + 3600, "read": ["*"], "write": ["*"], "api": false}));
+    for client in [&no_claim, &api_false] {
+        for raw in [
+            post("room:1", client, r#"{"x":1}"#, ""),
+            post("room:1", client, "1", "Idempotency-Key: k\r\n"),
+            get("/api/channels/room:1/messages", Some(client)),
+            get("/api/channels", Some(client)),
+        ] {
+            server.http_bytes(&raw).assert_refusal(403, "api_forbidden");
+        }
+    }
+    // Nothing was stored, and the same client may still use the WebSocket.
+    assert_eq!(channel_list(&server), []);
+    let mut ws = server.ws(&no_claim);
+    assert_eq!(ws.publish("room:1", json!(1)), 1);
+    // The main application's token works on every route.
+    let app = api_token("app");
+    assert_created(&server.http_bytes(&post("room:1", &app, "2", "")), "room:1");
+    assert_eq!(history(&server, "/api/channels/room:1/messages", &app).0.len(), 2);
+    assert_eq!(channel_list(&server), [("room:1".to_string(), 2, 2)]);
+    // The refusals have their own metrics label.
+    let metrics = server.http("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(metrics.body.contains("code=\"api_forbidden\"} 8\n"), "{}", metrics.body);
+}
+
 #[test]
 fn a_post_without_content_length_is_411_and_the_connection_is_closed() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     // No Content-Length at all.
     let mut c = Conn::open(&server);
     let resp = c.call(&request("POST", "/api/channels/a/messages", Some(&app), None, ""));
@@ -387,7 +432,7 @@ fn a_post_without_content_length_is_411_and_the_connection_is_closed() {
 #[test]
 fn a_body_over_the_limit_is_413_and_nothing_is_stored() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     // Announced too large: refused from the head alone, even if the body is not JSON.
     let head = request("POST", "/api/channels/a/messages", Some(&app), None, "Content-Length: 70000\r\n");
     server.http_bytes(&head).assert_refusal(413, "too_large");
@@ -409,8 +454,8 @@ fn a_body_over_the_limit_is_413_and_nothing_is_stored() {
 #[test]
 fn an_error_answer_before_the_body_keeps_the_connection_in_step() {
     let server = TestServer::start(&["--max-message-bytes", "1024"]);
-    let app = token_all("app");
-    let reader = token("reader", &["*"], &[]);
+    let app = api_token("app");
+    let reader = api_token_with("reader", &["*"], &[]);
     let body = br#"{"text":"GET /healthz HTTP/1.1"}"#;
     let big = vec![b'x'; 2000];
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -471,8 +516,8 @@ fn an_error_answer_before_the_body_keeps_the_connection_in_step() {
 #[test]
 fn history_pages_with_since_and_limit() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
-    let reader = token("reader", &["room:*"], &[]);
+    let app = api_token("app");
+    let reader = api_token_with("reader", &["room:*"], &[]);
     // Published under a percent-encoded name: the same channel as room:1.
     for i in 1..=5u64 {
         let ch = if i % 2 == 0 { "room%3A1" } else { "room:1" };
@@ -539,7 +584,7 @@ fn a_since_of_u64_max_is_past_the_end_not_a_crash() {
     let mut failures = Vec::new();
     // Over HTTP.
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     assert_created(&server.http_bytes(&post("c", &app, "1", "")), "c");
     for ch in ["c", "empty"] {
         let target = format!("/api/channels/{ch}/messages?since=18446744073709551615");
@@ -576,10 +621,10 @@ fn a_since_of_u64_max_is_past_the_end_not_a_crash() {
 fn the_channel_list_has_seq_and_count() {
     let server = TestServer::start(&[]);
     assert_eq!(channel_list(&server), []);
-    let resp = server.http_bytes(&get("/api/channels", Some(&token("all-reader", &["*"], &[]))));
+    let resp = server.http_bytes(&get("/api/channels", Some(&api_token_with("all-reader", &["*"], &[]))));
     assert_eq!((resp.status, resp.body.as_str(), resp.header("Content-Type")), (200, "[]", Some("application/json")));
 
-    let app = token_all("app");
+    let app = api_token("app");
     for _ in 0..3 {
         assert_created(&server.http_bytes(&post("room:1", &app, "1", "")), "room:1");
     }
@@ -595,7 +640,7 @@ fn the_channel_list_has_seq_and_count() {
 #[test]
 fn the_channel_list_counts_what_retention_keeps() {
     let server = TestServer::start(&["--retention-messages", "2"]);
-    let app = token_all("app");
+    let app = api_token("app");
     for _ in 0..5 {
         assert_created(&server.http_bytes(&post("r", &app, "1", "")), "r");
     }
@@ -627,7 +672,7 @@ fn the_channel_list_counts_what_retention_keeps() {
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection_in_order() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     let mut c = Conn::open(&server);
 
     let resp = c.call(&get("/api/channels/k/messages", Some(&app)));
@@ -683,7 +728,7 @@ fn keep_alive_serves_several_requests_on_one_connection_in_order() {
 #[test]
 fn a_request_followed_by_the_clients_half_close_is_still_answered() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("POST", post("hc", &app, "{}", ""), 201),
         ("GET /healthz", get("/healthz", None), 200),
@@ -711,7 +756,7 @@ fn a_request_followed_by_the_clients_half_close_is_still_answered() {
 #[test]
 fn a_trickled_body_is_cut_off_at_the_handshake_timeout_while_others_are_served() {
     let server = TestServer::start(&["--handshake-timeout", "1s"]);
-    let app = token_all("app");
+    let app = api_token("app");
     let body = br#"{"text":"one byte every 100 ms, 40 bytes"}"#;
     assert!(body.len() >= 30, "longer than the timeout at 10 bytes a second");
 
@@ -785,7 +830,7 @@ fn a_trickled_body_is_cut_off_at_the_handshake_timeout_while_others_are_served()
 #[test]
 fn a_kept_alive_connection_gets_a_fresh_head_deadline_per_request_and_idles_out() {
     let server = TestServer::start(&["--handshake-timeout", "1s"]);
-    let app = token_all("app");
+    let app = api_token("app");
     let mut c = Conn::open(&server);
     // Requests spread over more than the timeout, each well within it.
     for i in 0..4 {
@@ -801,7 +846,7 @@ fn a_kept_alive_connection_gets_a_fresh_head_deadline_per_request_and_idles_out(
 #[test]
 fn an_oversize_head_is_431() {
     let server = TestServer::start(&[]);
-    let app = token_all("app");
+    let app = api_token("app");
     let pad = format!("X-Pad: {}\r\n", "p".repeat(9000));
     let raw = request("POST", "/api/channels/a/messages", Some(&app), Some(b"{}"), &pad);
     assert!(raw.len() > 9000);
@@ -830,7 +875,7 @@ fn healthz_and_metrics_need_no_token() {
     assert!(resp.header("Content-Type").is_some_and(|t| t.starts_with("text/plain")), "{resp:?}");
 
     // Some traffic first, so the labeled families have series.
-    let app = token_all("app");
+    let app = api_token("app");
     assert_created(&server.http_bytes(&post("m", &app, "1", "")), "m");
     server.http_bytes(&get("/api/channels", None)).assert_refusal(401, "token_missing");
     let _ws = server.ws(&app);

@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Output;
 
+use roostd::auth::{KeyRing, Verifier};
 use serde_json::json;
 
 use crate::support::*;
@@ -141,6 +142,35 @@ fn roostd_token_prints_one_line_that_the_server_accepts() {
     // `--read '*'` only: publishing is forbidden.
     let r = c.request(json!({"op": "pub", "ch": "anything", "data": 1, "id": 1}));
     assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("forbidden")), "{r}");
+}
+
+#[test]
+fn roostd_token_api_mints_the_main_applications_token_for_the_http_api() {
+    let server = TestServer::start(&[]);
+    let data = server.data_dir().to_str().unwrap().to_string();
+    let mint = |api: bool| {
+        let mut args = vec!["token", "--data", &data, "--sub", "app", "--read", "*", "--write", "*"];
+        if api {
+            args.push("--api");
+        }
+        let out = run_roostd(&args, &[("ROOSTD_SECRET", SECRET)]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let verifier = Verifier::new(KeyRing::new(vec![test_key()]), 30, None);
+    let app = mint(true);
+    assert!(verifier.verify(&app, now_secs()).unwrap().api, "--api sets \"api\": true");
+    let client = mint(false);
+    assert!(!verifier.verify(&client, now_secs()).unwrap().api, "without --api, no api claim");
+
+    let get = |token: &str| {
+        server.http(&format!("GET /api/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"))
+    };
+    assert_eq!(get(&app).status, 200);
+    get(&client).assert_refusal(403, "api_forbidden");
+
+    let help = stdout(&run_roostd(&["token", "--help"], &[]));
+    assert!(help.contains("--api"), "token --help documents --api: {help}");
 }
 
 #[test]

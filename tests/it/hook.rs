@@ -107,7 +107,7 @@ fn the_applications_own_http_publishes_skip_the_hook() {
     let body = r#"{"text":"refuse"}"#;
     let req = format!(
         "POST /api/channels/c/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
-        token_all("app"),
+        api_token("app"),
         body.len()
     );
     assert_eq!(server.http(&req).status, 201);
@@ -162,4 +162,144 @@ fn a_hook_url_that_is_not_http_is_refused_at_start() {
         run_roostd(&["serve", "--listen", "127.0.0.1:0", "--data", data, "--publish-hook", "https://app/hook"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+}
+
+/// Reads one hook call (head and `Content-Length` body); false if the
+/// connection ended first.
+fn read_call(reader: &mut BufReader<std::net::TcpStream>) -> bool {
+    let (mut line, mut len) = (String::new(), 0usize);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).is_ok()
+}
+
+/// An application that reads each hook call whole and then holds its answer
+/// (204) until `open` is sent; `calls` counts the calls it has seen.
+fn held_application() -> (String, mpsc::Sender<()>, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    let (open_tx, open_rx) = mpsc::channel::<()>();
+    let (call_tx, call_rx) = mpsc::channel();
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let opener = gate.clone();
+    thread::spawn(move || {
+        if open_rx.recv().is_ok() {
+            *opener.0.lock().unwrap() = true;
+            opener.1.notify_all();
+        }
+    });
+    thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { return };
+            let (gate, call_tx) = (gate.clone(), call_tx.clone());
+            thread::spawn(move || {
+                let mut reader = BufReader::new(sock);
+                if !read_call(&mut reader) {
+                    return;
+                }
+                let _ = call_tx.send(());
+                let mut open = gate.0.lock().unwrap();
+                while !*open {
+                    open = gate.1.wait(open).unwrap();
+                }
+                drop(open);
+                let _ = reader.get_mut().write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            });
+        }
+    });
+    (url, open_tx, call_rx)
+}
+
+/// Bytes waiting for the hook count against one global budget (16 MiB):
+/// with the application holding its answers, publishes of about 1 MB queue
+/// up to it, the rest get `err unavailable` at once (each connection alone
+/// would allow 64), and the budget comes back once the application answers.
+#[test]
+fn publishes_waiting_for_the_hook_share_one_global_budget() {
+    let (url, open, calls) = held_application();
+    let server = TestServer::start(&[
+        "--publish-hook",
+        &url,
+        "--publish-hook-timeout",
+        "10m",
+        "--max-message-bytes",
+        "1048576",
+        "--max-send-buffer-bytes",
+        "4194304",
+    ]);
+    let mut client = server.ws(&token_all("big"));
+    let big = "x".repeat(1_000_000);
+    let n = 12;
+    for i in 1..=n {
+        client.send_json(json!({"op":"pub","ch":"big","data":big,"id":i}));
+    }
+    // Each waits as itself and as the hook's request body: about 2 MB, so
+    // 8 fit into 16 MiB and the other 4 are refused without a hook call.
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        let r = client.reply();
+        assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+        assert!(r["msg"].as_str().unwrap().contains("waiting for the application"), "{r}");
+        refused.push(r["id"].as_u64().unwrap());
+    }
+    assert_eq!(refused, [9, 10, 11, 12]);
+    calls.recv_timeout(io_timeout()).expect("the first publish reaches the application");
+
+    // The application answers: the 8 that waited are committed in order,
+    // and their bytes are given back: the next publish waits again.
+    open.send(()).unwrap();
+    for i in 1..=8u64 {
+        let ack = client.reply();
+        assert_eq!(
+            (ack["op"].as_str(), ack["id"].as_u64(), ack["seq"].as_u64()),
+            (Some("ack"), Some(i), Some(i)),
+            "{ack}"
+        );
+    }
+    for i in 13..=20u64 {
+        let ack = client.request(json!({"op":"pub","ch":"big","data":big,"id":i}));
+        assert_eq!((ack["op"].as_str(), ack["id"].as_u64()), (Some("ack"), Some(i)), "{ack}");
+    }
+}
+
+/// Fail closed, end to end: a 2xx the application garbles refuses the
+/// publish with `unavailable` and stores nothing.
+#[test]
+fn a_2xx_answer_that_cannot_be_read_refuses_the_publish() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    let answers = [
+        // Not JSON, cut short, badly chunked, and one good (chunked) approval.
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{nope".to_string(),
+        "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"data\":\"REWRITTEN\"}".to_string(),
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"data\":1}\r\n0\r\n\r\n".to_string(),
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n{\"data\":\"REWRITTEN\"}\r\n0\r\n\r\n".to_string(),
+    ];
+    thread::spawn(move || {
+        for answer in answers {
+            let Ok((sock, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(sock);
+            read_call(&mut reader);
+            let _ = reader.get_mut().write_all(answer.as_bytes());
+        }
+    });
+    let server = TestServer::start(&["--publish-hook", &url, "--publish-hook-timeout", "5s"]);
+    let mut client = server.ws(&token_all("c"));
+    for id in 1..=3 {
+        let r = client.request(json!({"op":"pub","ch":"c","data":"original","id":id}));
+        assert_eq!((r["code"].as_str(), r["id"].as_u64()), (Some("unavailable"), Some(id)), "answer {id}: {r}");
+    }
+    let ack = client.request(json!({"op":"pub","ch":"c","data":"original","id":4}));
+    assert_eq!((ack["op"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some(1)), "{ack}");
+    let hist = client.request(json!({"op":"hist","ch":"c"}));
+    assert_eq!(hist["msgs"].as_array().unwrap().len(), 1, "{hist}");
+    assert_eq!(hist["msgs"][0]["data"], "REWRITTEN", "{hist}");
 }

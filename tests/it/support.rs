@@ -80,7 +80,13 @@ pub fn token_all(sub: &str) -> String {
 
 /// The main application's token for the HTTP API: every channel, `"api": true`.
 pub fn api_token(sub: &str) -> String {
-    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": ["*"], "write": ["*"], "api": true}))
+    api_token_with(sub, &["*"], &["*"])
+}
+
+/// The main application's token (`"api": true`, spec §5), the only kind the
+/// HTTP API accepts, with these read and write patterns.
+pub fn api_token_with(sub: &str, read: &[&str], write: &[&str]) -> String {
+    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": read, "write": write, "api": true}))
 }
 
 // ---------------------------------------------------------------------------
