@@ -1770,7 +1770,16 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     let rss_start = server.rss_kib();
     let api =
         mint(&json!({"sub": "app", "exp": now_secs() + 3600, "api": true, "read": ["*"], "write": ["*"]}), &test_key());
+    /// Sets `stop` when the test's own thread unwinds, so a failed
+    /// assertion ends the attackers instead of leaving the scope waiting.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let (headers_431, created, refused_channels, drips, pipelined, unread, mut lat) = std::thread::scope(|s| {
+        let _stop_on_drop = StopOnDrop(&stop);
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 rss_max.fetch_max(server.rss_kib() as usize, Ordering::Relaxed);
@@ -1807,21 +1816,29 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
         let creator = s.spawn(|| {
             let mut c = server.ws(&token_all("creator"));
             let (mut created, mut refused) = (0, 0);
-            for batch in 0..channels_wanted / 100 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                for i in 0..100 {
-                    let n = batch * 100 + i;
+            // Fifty at a time (a connection may have 64 waiting for the
+            // hook); the rate limit's refusals are sent again.
+            let mut todo: VecDeque<usize> = (0..channels_wanted).collect();
+            while !todo.is_empty() && !stop.load(Ordering::Relaxed) {
+                let batch: Vec<usize> = todo.drain(..todo.len().min(50)).collect();
+                for n in &batch {
                     c.send_json(json!({"op": "pub", "ch": format!("spam:{n}"), "data": n, "id": n}));
                 }
-                for _ in 0..100 {
+                let mut limited = false;
+                for _ in &batch {
                     let r = c.request_reply();
                     match (r["op"].as_str(), r["code"].as_str()) {
                         (Some("ack"), _) => created += 1,
                         (Some("err"), Some("too_many_channels")) => refused += 1,
+                        (Some("err"), Some("rate_limited")) => {
+                            todo.push_back(r["id"].as_u64().expect("an id") as usize);
+                            limited = true;
+                        }
                         _ => panic!("channel creator: {r}"),
                     }
+                }
+                if limited {
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
             (created, refused)
