@@ -134,8 +134,11 @@ struct HookTicket {
     held: hook::Held,
 }
 
-/// Publishes one connection may have waiting for the hook.
-const MAX_HOOK_QUEUE: usize = 64;
+/// Publishes one connection may have waiting for the hook. Memory is
+/// bounded by the hook's global budget (`hook::MAX_WAITING_BYTES`); this
+/// only keeps one connection's backlog (and its wait) sane, and leaves room
+/// for a client that pipelines a hundred small publishes.
+const MAX_HOOK_QUEUE: usize = 256;
 
 /// Why the server stopped.
 #[derive(Debug)]
