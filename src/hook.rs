@@ -579,14 +579,21 @@ fn read_chunked(r: &mut impl BufRead, body: &mut Vec<u8>) -> io::Result<()> {
 }
 
 /// The body of a 2xx answer: empty approves unchanged; a JSON object
-/// approves, and its `data` (when present and not null) replaces the
+/// approves, and its `data` (when present, `null` too) replaces the
 /// message's data. Anything else is an answer we cannot understand, and
 /// so no approval: `Err` says why.
 fn replacement(answer: &[u8]) -> Result<Option<String>, &'static str> {
+    use serde::Deserialize as _;
+    use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Answer<'a> {
-        #[serde(borrow)]
-        data: Option<&'a serde_json::value::RawValue>,
+        // Present, even as `null`, means "replace" (spec §5): serde's own
+        // `Option` would read `null` as absent.
+        #[serde(borrow, default, deserialize_with = "present")]
+        data: Option<&'a RawValue>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&RawValue>::deserialize(d).map(Some)
     }
     let text = std::str::from_utf8(answer).map_err(|_| "the answer's body is not UTF-8")?;
     let text = text.trim_matches([' ', '\t', '\r', '\n']);
@@ -638,7 +645,7 @@ mod tests {
     fn replacements() {
         assert_eq!(replacement(br#"{"data":{"x":1}}"#), Ok(Some(r#"{"x":1}"#.into())));
         assert_eq!(replacement(br#" {"ok":true} "#), Ok(None));
-        assert_eq!(replacement(br#"{"data":null}"#), Ok(None));
+        assert_eq!(replacement(br#"{"data":null}"#), Ok(Some("null".into())));
         assert_eq!(replacement(b""), Ok(None));
         assert_eq!(replacement(b" \r\n"), Ok(None));
         assert!(replacement(b"ok").is_err());
