@@ -668,3 +668,6 @@ impl<S: Transport> Conn<S> {
 fn far_future(from: Instant) -> Instant {
     from + Duration::from_secs(86400 * 365)
 }
+
+#[cfg(test)]
+mod tests;
