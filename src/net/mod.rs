@@ -4,14 +4,14 @@
 //!
 //! One file per concept, in the order bytes meet them:
 //!
-//! - [`stream`]: `Stream`, plain TCP or TLS (rustls), and `Transport`, what
+//! - `stream`: `Stream`, plain TCP or TLS (rustls), and `Transport`, what
 //!   `Conn` needs of a stream; the only file here that knows mio and rustls.
-//! - [`counted`]: between the stream and tungstenite: `FrameCounter`
+//! - `counted`: between the stream and tungstenite: `FrameCounter`
 //!   (fragments per message), `Counted` (reads fed from one shared bite, the
 //!   `hold` gate on writes) and the pool of spare tungstenite states.
-//! - [`frame`]: `Frame`, an outgoing WebSocket frame encoded once and shared;
+//! - `frame`: `Frame`, an outgoing WebSocket frame encoded once and shared;
 //!   the close codes.
-//! - [`conn`]: `Conn`, one connection's transport state machine (phases,
+//! - `conn`: `Conn`, one connection's transport state machine (phases,
 //!   queue, deadlines), generic over its `Transport` so it is unit tested
 //!   with a scripted stream and plain `Instant`s.
 
