@@ -162,6 +162,18 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// The connection waits until `at` and not a moment longer: its deadline is
+/// `at`, a tick just before changes nothing, the tick at `at` drops it.
+fn dropped_exactly_at(c: &mut Conn<Fake>, at: Instant) {
+    assert_eq!(c.next_deadline(), Some(at));
+    let phase = c.phase();
+    assert_eq!(c.tick(at - Duration::from_millis(1)), Tick::Nothing);
+    assert_eq!(c.phase(), phase);
+    assert_eq!(c.tick(at), Tick::Drop);
+    assert_eq!(c.phase(), Phase::Closed);
+    assert_eq!(c.next_deadline(), None);
+}
+
 #[test]
 fn a_refused_request_is_answered_then_drained_until_the_peer_closes() {
     let t0 = Instant::now();
@@ -329,12 +341,19 @@ fn a_head_not_complete_within_the_handshake_timeout_is_dropped() {
     let (mut c, fake) = conn(t0);
     fake.send(b"GET / HT");
     assert!(matches!(c.read_head(8192), HeadStatus::Pending));
-    assert_eq!(c.next_deadline(), Some(t0 + HANDSHAKE));
-    assert_eq!(c.tick(t0 + HANDSHAKE - Duration::from_millis(1)), Tick::Nothing);
     assert_eq!(c.phase(), Phase::Head);
-    assert_eq!(c.tick(t0 + HANDSHAKE), Tick::Drop);
-    assert_eq!(c.phase(), Phase::Closed);
-    assert_eq!(c.next_deadline(), None);
+    dropped_exactly_at(&mut c, t0 + HANDSHAKE);
+}
+
+#[test]
+fn a_refusal_the_peer_does_not_read_is_dropped_after_the_close_grace() {
+    let t0 = Instant::now();
+    let (mut c, fake) = conn(t0);
+    fake.room(0);
+    c.refuse(http::error_response(503, "server_full"), t0);
+    c.flush();
+    assert_eq!(c.phase(), Phase::Responding);
+    dropped_exactly_at(&mut c, t0 + CLOSE_GRACE);
 }
 
 #[test]
@@ -349,11 +368,8 @@ fn a_quiet_peer_is_pinged_and_dropped_when_no_pong_comes() {
     assert_eq!(c.tick(pinged), Tick::Nothing);
     c.flush();
     assert_eq!(fake.written(), [0x89, 0x00], "a ping");
-    assert_eq!(c.next_deadline(), Some(pinged + PONG_WITHIN));
-    assert_eq!(c.tick(pinged + PONG_WITHIN - secs(1)), Tick::Nothing);
     assert_eq!(c.phase(), Phase::Open);
-    assert_eq!(c.tick(pinged + PONG_WITHIN), Tick::Drop);
-    assert_eq!(c.phase(), Phase::Closed);
+    dropped_exactly_at(&mut c, pinged + PONG_WITHIN);
 }
 
 #[test]
@@ -389,11 +405,7 @@ fn an_expired_token_asks_for_4001_and_the_close_grace_bounds_the_wait_for_the_re
     let mut close = vec![0x88, 2 + 13, 0x0f, 0xa1];
     close.extend_from_slice(b"token expired");
     assert_eq!(fake.written(), close);
-    assert_eq!(c.next_deadline(), Some(expires + CLOSE_GRACE));
-    assert_eq!(c.tick(expires + CLOSE_GRACE - Duration::from_millis(1)), Tick::Nothing);
-    assert_eq!(c.phase(), Phase::Closing);
-    assert_eq!(c.tick(expires + CLOSE_GRACE), Tick::Drop);
-    assert_eq!(c.phase(), Phase::Closed);
+    dropped_exactly_at(&mut c, expires + CLOSE_GRACE);
 }
 
 #[test]
@@ -401,9 +413,7 @@ fn a_slow_consumer_gets_the_longer_close_grace() {
     let t0 = Instant::now();
     let (mut c, _fake) = open(t0, None);
     c.close(code::SLOW, "slow consumer", t0);
-    assert_eq!(c.next_deadline(), Some(t0 + SLOW_CLOSE_GRACE));
-    assert_eq!(c.tick(t0 + CLOSE_GRACE), Tick::Nothing);
-    assert_eq!(c.tick(t0 + SLOW_CLOSE_GRACE), Tick::Drop);
+    dropped_exactly_at(&mut c, t0 + SLOW_CLOSE_GRACE);
 }
 
 #[test]
