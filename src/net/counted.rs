@@ -117,7 +117,8 @@ pub struct Counted<S> {
     /// asking again would only cost a syscall that says WouldBlock. Bytes
     /// arriving after that read raise a new readiness event (epoll reports
     /// every arrival, even edge-triggered), and `Conn::readable` clears this.
-    /// Plain TCP only: rustls may hold decrypted bytes a short read left.
+    /// Only where `Transport::short_read_empties` (plain TCP): rustls may
+    /// hold decrypted bytes a short read left.
     pub(super) empty: bool,
     /// Bytes read from the socket that tungstenite has not asked for yet
     /// (see `READ_BITE`), from `spill_pos` on; without a buffer on an
