@@ -12,7 +12,8 @@
 //! - [`writer`]: the writer thread: group commit off the event loop; the shared `Clock`.
 //! - [`hub`]: the sync protocol: subscriptions, cursors, replay, fan-out. Sans-I/O.
 //! - [`http`]: request heads, upgrade checks, plain responses. Pure.
-//! - [`conn`]: one connection's transport state machine (the only tungstenite user).
+//! - [`net`]: one connection's transport: the state machine `Conn`, over plain TCP or
+//!   TLS, outgoing frames encoded once (the only tungstenite user).
 //! - [`server`]: the mio event loop that connects them.
 //! - [`logger`]: a small stderr logger.
 //!
@@ -28,12 +29,12 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
-pub mod conn;
 pub mod hook;
 pub mod http;
 pub mod hub;
 pub mod logger;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! TLS: certificates in, a `rustls::ServerConfig` out, and self-signed
 //! certificates for a LAN.
 //!
-//! The connections themselves run TLS inside the event loop (`conn::Stream`
+//! The connections themselves run TLS inside the event loop (`net::Stream`
 //! wraps a non-blocking `rustls::ServerConnection`), so a token in a URL is
 //! never readable on shop-floor Wi-Fi. This module only builds and checks the
 //! configuration: TLS 1.2 and 1.3 with rustls' safe defaults (no SSLv3, TLS

@@ -1,0 +1,302 @@
+//! What stands between a WebSocket's stream and tungstenite: the frame
+//! counter (fragments per message), `Counted` (counted reads fed from one
+//! shared bite, a gate on writes) and the spare tungstenite states.
+
+use std::io;
+
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+use super::stream::Transport;
+
+/// Counts the frames of fragmented messages as bytes pass from the socket to
+/// tungstenite, which has no such limit: a message split into thousands of
+/// tiny frames costs the server a frame's work each while staying under the
+/// byte limit. Past `max` frames in one message the read fails and the
+/// connection is closed with 1008.
+#[derive(Debug, Clone)]
+pub struct FrameCounter {
+    max: usize,
+    /// Frames of the message in progress (0 when none is).
+    frames: usize,
+    head: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+}
+
+/// The error a read returns when a message has too many fragments.
+#[derive(Debug)]
+pub(super) struct TooManyFragments;
+
+impl std::fmt::Display for TooManyFragments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many fragments in one message")
+    }
+}
+
+impl std::error::Error for TooManyFragments {}
+
+impl FrameCounter {
+    pub fn new(max: usize) -> FrameCounter {
+        FrameCounter { max, frames: 0, head: [0; 14], have: 0, skip: 0 }
+    }
+
+    /// Feeds bytes as they arrive; false once a message has too many frames.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                self.skip -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.head[self.have as usize] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.head[1] & 0x7f;
+            let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+            let need: u8 = 2
+                + mask
+                + if len7 == 126 {
+                    2
+                } else if len7 == 127 {
+                    8
+                } else {
+                    0
+                };
+            if self.have < need {
+                continue;
+            }
+            let len = match len7 {
+                126 => u16::from_be_bytes([self.head[2], self.head[3]]) as u64,
+                127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0; 8])),
+                n => n as u64,
+            };
+            let (fin, opcode) = (self.head[0] & 0x80 != 0, self.head[0] & 0x0f);
+            // Control frames (0x8-0xf) may come between fragments and do not count.
+            if opcode < 0x8 {
+                self.frames += 1;
+                if self.frames > self.max {
+                    return false;
+                }
+                if fin {
+                    self.frames = 0;
+                }
+            }
+            self.skip = len;
+            self.have = 0;
+        }
+        true
+    }
+
+    /// Puts the message in progress at the limit: its next frame fails the
+    /// read (bytes that came with the head and already held too many).
+    pub(super) fn at_limit(&mut self) {
+        self.frames = self.max;
+    }
+
+    /// True when the bytes fed so far end exactly at the end of a whole
+    /// message: no frame, and no fragmented message, is half received.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.have == 0 && self.skip == 0 && self.frames == 0
+    }
+}
+
+/// The stream tungstenite reads and writes: the connection's, with the
+/// frame counter on the way in and a gate on the way out.
+pub struct Counted<S> {
+    pub(super) stream: S,
+    pub(super) counter: FrameCounter,
+    /// A frame of ours is half written: tungstenite's own frames (pongs,
+    /// close replies) must wait, or they would land inside it.
+    pub(super) hold: bool,
+    /// The last read from the TCP socket came back short: it is empty, and
+    /// asking again would only cost a syscall that says WouldBlock. Bytes
+    /// arriving after that read raise a new readiness event (epoll reports
+    /// every arrival, even edge-triggered), and `Conn::readable` clears this.
+    /// Only where `Transport::short_read_empties` (plain TCP): rustls may
+    /// hold decrypted bytes a short read left.
+    pub(super) empty: bool,
+    /// Bytes read from the socket that tungstenite has not asked for yet
+    /// (see `READ_BITE`), from `spill_pos` on; without a buffer on an
+    /// idle connection.
+    spill: Vec<u8>,
+    spill_pos: usize,
+}
+
+impl<S> Counted<S> {
+    pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
+        Counted { stream, counter, hold: false, empty: false, spill: Vec::new(), spill_pos: 0 }
+    }
+}
+
+/// Bytes one read takes from a socket. tungstenite asks for its read
+/// buffer's size at a time (1 KiB, so an idle-to-busy connection costs
+/// little); reading the socket in bigger bites into one buffer the whole
+/// loop shares turns a 16 KiB message into one syscall instead of sixteen.
+pub(super) const READ_BITE: usize = 64 * 1024;
+
+thread_local! {
+    static BITE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<S: Transport> io::Read for Counted<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = if self.spill_pos < self.spill.len() {
+            // Left from the last bite: hand it over first, in order.
+            let left = &self.spill[self.spill_pos..];
+            let n = buf.len().min(left.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.spill_pos += n;
+            if self.spill_pos == self.spill.len() {
+                // Keeps its buffer while the connection is busy; `Ws::release` frees it.
+                self.spill.clear();
+                self.spill_pos = 0;
+            }
+            n
+        } else if self.empty {
+            return Err(io::ErrorKind::WouldBlock.into());
+        } else {
+            BITE.with_borrow_mut(|bite| -> io::Result<usize> {
+                bite.resize(READ_BITE, 0);
+                let got = self.stream.read(bite)?;
+                self.empty = got > 0 && got < READ_BITE && self.stream.short_read_empties();
+                let n = buf.len().min(got);
+                buf[..n].copy_from_slice(&bite[..n]);
+                // What tungstenite did not ask for stays with this connection.
+                self.spill.extend_from_slice(&bite[n..got]);
+                Ok(n)
+            })?
+        };
+        if !self.counter.feed(&buf[..n]) {
+            return Err(io::Error::other(TooManyFragments));
+        }
+        Ok(n)
+    }
+}
+
+impl<S: Transport> io::Write for Counted<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.hold {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// An open WebSocket. tungstenite's state — its read buffer above all —
+/// exists only while bytes are in flight: an idle connection, the common
+/// case by far, keeps just its socket and the frame counter.
+pub(super) struct Ws<S> {
+    pub(super) stream: Counted<S>,
+    pub(super) ctx: Option<Box<WebSocketContext>>,
+    /// The last read ended in WouldBlock: tungstenite holds no whole frame.
+    pub(super) drained: bool,
+}
+
+/// Released tungstenite states kept for reuse, so a connection that sends
+/// now and then does not allocate one (and its read buffer) per message.
+/// A released state is as good as new: open, nothing buffered, nothing owed.
+/// Few: a read buffer a big message grew stays grown (16 × 64 KiB at most
+/// with the default message limit).
+const SPARE_CONTEXTS: usize = 16;
+
+thread_local! {
+    // Boxed on purpose: a state moves between a connection and this list
+    // as a pointer, never as the struct.
+    #[allow(clippy::vec_box)]
+    static SPARE: std::cell::RefCell<Vec<Box<WebSocketContext>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<S: Transport> Ws<S> {
+    /// tungstenite's state, built if the connection was idle, and the stream.
+    pub(super) fn parts(&mut self, config: WebSocketConfig) -> (&mut WebSocketContext, &mut Counted<S>) {
+        let ctx = self.ctx.get_or_insert_with(|| {
+            SPARE
+                .with_borrow_mut(Vec::pop)
+                .unwrap_or_else(|| Box::new(WebSocketContext::new(Role::Server, Some(config))))
+        });
+        (ctx, &mut self.stream)
+    }
+
+    /// Drops tungstenite's state when it holds nothing: no bytes of a
+    /// message received, none of its own waiting to be written. Returns
+    /// false when its output could not be written yet.
+    pub(super) fn release(&mut self) -> bool {
+        if !self.drained || !self.stream.counter.at_boundary() || !self.stream.spill.is_empty() {
+            return true;
+        }
+        let Some(ctx) = &mut self.ctx else { return true };
+        match ctx.flush(&mut self.stream) {
+            Ok(()) => {
+                self.stream.spill = Vec::new();
+                if let Some(ctx) = self.ctx.take() {
+                    SPARE.with_borrow_mut(|spare| {
+                        if spare.len() < SPARE_CONTEXTS {
+                            spare.push(ctx);
+                        }
+                    });
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame with `len` payload bytes.
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match len {
+            0..=125 => f.push(0x80 | len as u8),
+            126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    #[test]
+    fn fragments_are_counted_per_message() {
+        let mut c = FrameCounter::new(4);
+        // A fragmented message of 4 frames is fine, with a ping in between.
+        let mut bytes = frame(false, 1, 10);
+        bytes.extend(frame(false, 0, 200));
+        bytes.extend(frame(true, 9, 4));
+        bytes.extend(frame(false, 0, 70_000));
+        bytes.extend(frame(true, 0, 1));
+        // Fed in awkward pieces, as a socket would deliver them.
+        for chunk in bytes.chunks(7) {
+            assert!(c.feed(chunk));
+        }
+        assert_eq!(c.frames, 0, "the final frame ends the message");
+        // Unfragmented messages never count.
+        for _ in 0..100 {
+            assert!(c.feed(&frame(true, 1, 5)));
+        }
+        // The fifth frame of one message is too many.
+        let mut flood = Vec::new();
+        for _ in 0..5 {
+            flood.extend(frame(false, 0, 0));
+        }
+        assert!(!c.feed(&flood));
+    }
+}
