@@ -6,7 +6,7 @@
 //! writer thread (acks and fan-out), fire deadlines, stream replay into
 //! connections that have room, hand this turn's publishes to the writer and
 //! flush every connection that got output. Protocol decisions live in `hub`,
-//! framing in `conn`, storage in `store`/`writer`; this module only connects
+//! framing in `net`, storage in `store`/`writer`; this module only connects
 //! them.
 //!
 //! Sockets are registered once for READABLE | WRITABLE (edge-triggered), so
