@@ -17,9 +17,9 @@ use std::fmt::Write as _;
 use serde_json::value::RawValue;
 
 use crate::auth::{Claims, Verifier};
-use crate::http::{self, Head};
+use crate::http::{self, Head, Refusal};
 use crate::hub;
-use crate::store::{self, Append, ChannelInfo, Refusal, Store, StoreError};
+use crate::store::{self, Append, ChannelInfo, Limit, Store, StoreError};
 use crate::wire::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
 
 /// What a request head asks for, once it passed every check that needs no body.
@@ -32,6 +32,8 @@ pub enum Decision {
         content_type: &'static str,
         close: bool,
     },
+    /// Refuse: the status and the `error` code of the JSON body.
+    Refuse(Refusal),
     /// Upgrade to a WebSocket (`/ws`): the server runs the §3 checks.
     WebSocket,
     /// Read `len` body bytes, then call [`publish`].
@@ -67,15 +69,8 @@ fn asset(body: &'static [u8], content_type: &'static str) -> Decision {
     Decision::Reply { status: 200, body: body.to_vec(), content_type, close: false }
 }
 
-fn reply(status: u16, code: &str) -> Decision {
-    // 411 closes: without a length the server cannot find the next request.
-    let close = status == 411;
-    Decision::Reply {
-        status,
-        body: format!("{{\"error\":\"{code}\"}}").into_bytes(),
-        content_type: "application/json",
-        close,
-    }
+fn reply(status: u16, code: &'static str) -> Decision {
+    Decision::Refuse(Refusal::new(status, code))
 }
 
 /// Routes and checks a request head. `demo`: serve the demo page and `/roost.js`.
@@ -192,13 +187,13 @@ fn channel(segment: &str) -> Option<String> {
 }
 
 /// Checks a publish body and builds the append. `Err` is the reply.
-pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option<&str>) -> Result<Append, Decision> {
+pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option<&str>) -> Result<Append, Refusal> {
     let Ok(text) = std::str::from_utf8(body) else {
-        return Err(reply(400, "bad_request"));
+        return Err(Refusal::new(400, "bad_request"));
     };
     let data = match serde_json::from_str::<&RawValue>(text) {
         Ok(v) => v.get().to_string(),
-        Err(_) => return Err(reply(400, "bad_request")),
+        Err(_) => return Err(Refusal::new(400, "bad_request")),
     };
     // An Idempotency-Key is deduped with WebSocket ids of the same sub: it
     // is the id as a JSON string.
@@ -209,7 +204,7 @@ pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option
             // The sub and the key together key the dedupe tables: a pair
             // too long for LMDB is refused here, not by the commit.
             if k.is_empty() || json.len() > MAX_ID_BYTES || !store::dedupe_fits(&claims.sub, &json) {
-                return Err(reply(400, "bad_request"));
+                return Err(Refusal::new(400, "bad_request"));
             }
             Some(json)
         }
@@ -246,10 +241,10 @@ pub fn history(store: &Store, ch: &str, since: Seq, limit: usize, max_bytes: usi
     Ok(body.into_bytes())
 }
 
-/// The status and body for an append the store refused.
-pub fn refused(why: Refusal) -> (u16, Vec<u8>) {
-    match why {
-        Refusal::TooManyChannels => (507, br#"{"error":"too_many_channels"}"#.to_vec()),
+/// The answer to an append that would pass a limit of the store.
+pub fn over_limit(limit: Limit) -> Refusal {
+    match limit {
+        Limit::Channels => Refusal::new(507, "too_many_channels"),
     }
 }
 
@@ -296,6 +291,7 @@ mod tests {
     fn status(d: &Decision) -> u16 {
         match d {
             Decision::Reply { status, .. } => *status,
+            Decision::Refuse(r) => r.status,
             Decision::Publish { .. } => 1,
             Decision::History { .. } => 2,
             Decision::Channels { .. } => 3,
@@ -371,7 +367,7 @@ mod tests {
         chunked.transfer_encoding = Some("chunked".into());
         assert!(matches!(
             decide(&chunked, &v, 1_700_000_000, 65536, true),
-            Decision::Reply { status: 411, close: true, .. }
+            Decision::Refuse(r) if r.status == 411 && r.ends_connection()
         ));
     }
 
@@ -379,7 +375,7 @@ mod tests {
     fn only_tokens_with_api_true_pass_the_token_check() {
         let v = verifier();
         let code = |d: Decision| match d {
-            Decision::Reply { status, body, .. } => (status, String::from_utf8(body).unwrap()),
+            Decision::Refuse(r) => (r.status, String::from_utf8(r.body()).unwrap()),
             d => (status(&d), String::new()),
         };
         let forbidden = (403, r#"{"error":"api_forbidden"}"#.to_string());
@@ -440,7 +436,7 @@ mod tests {
         assert_eq!(out, vec![Outcome::Stored { seq: 1, ts: 5 }], "the longest pair commits to a real store");
         let over = Claims { sub: "s".repeat(room + 1), ..app };
         match publish("c".into(), &over, b"1", Some("k")) {
-            Err(Decision::Reply { status: 400, body, .. }) => assert_eq!(body, br#"{"error":"bad_request"}"#),
+            Err(r) => assert_eq!(r, Refusal::new(400, "bad_request")),
             other => panic!("expected a 400, got {other:?}"),
         }
         assert!(publish("c".into(), &over, b"1", None).is_ok(), "without a key the sub is no key");

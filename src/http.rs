@@ -296,9 +296,34 @@ pub fn response(status: u16, content_type: &str, body: &[u8], close: bool) -> Ve
     out
 }
 
-/// `{"error":"<code>"}` with its status, closing the connection.
-pub fn error_response(status: u16, code: &str) -> Vec<u8> {
-    response(status, "application/json", format!("{{\"error\":\"{code}\"}}").as_bytes(), true)
+/// A refused request: the status and the `error` code of its JSON body
+/// `{"error":"<code>"}`. One value from the check that refuses to the bytes
+/// on the wire and the metrics label, which counts `code` as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+}
+
+impl Refusal {
+    pub const fn new(status: u16, code: &'static str) -> Refusal {
+        Refusal { status, code }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        format!("{{\"error\":\"{}\"}}", self.code).into_bytes()
+    }
+
+    /// The whole answer; `close` adds `Connection: close`.
+    pub fn response(&self, close: bool) -> Vec<u8> {
+        response(self.status, "application/json", &self.body(), close)
+    }
+
+    /// After this refusal the next request cannot be found: a request
+    /// without a length (411) left its body unread.
+    pub fn ends_connection(&self) -> bool {
+        self.status == 411
+    }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -445,7 +470,7 @@ mod tests {
 
     #[test]
     fn error_bodies() {
-        let r = String::from_utf8(error_response(401, "token_invalid")).unwrap();
+        let r = String::from_utf8(Refusal::new(401, "token_invalid").response(true)).unwrap();
         assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
         assert!(r.ends_with("\r\n\r\n{\"error\":\"token_invalid\"}"));
         assert!(r.contains("Content-Length: 25\r\n"));

@@ -30,11 +30,11 @@ use crate::api::{self, Decision};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hook::{self, Hook, HookUrl, Verdict};
-use crate::http::{self, Head};
+use crate::http::{self, Head, Refusal};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
-use crate::store::{Append, Outcome, Refusal, Retention, Store, StoreError};
+use crate::store::{Append, Limit, Outcome, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
@@ -66,6 +66,9 @@ const PER_IP_REFUSAL_HEADROOM: usize = 4;
 /// must wait in the queue, not be dropped: a dropped SYN costs its client a
 /// one-second retransmit. The kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
+
+/// The store cannot take or give this now: retry (with the same key).
+const UNAVAILABLE: Refusal = Refusal::new(503, "unavailable");
 
 /// Refused connections logged per second; the rest are counted.
 const REFUSAL_LOGS_PER_SEC: u32 = 10;
@@ -450,7 +453,7 @@ impl Server {
                 if self.tls.is_none() {
                     // Best effort, on a fresh socket whose buffer is empty:
                     // a plain client learns why; a TLS one just sees the close.
-                    let _ = io::Write::write(&mut sock, &http::error_response(503, "server_full"));
+                    let _ = io::Write::write(&mut sock, &Refusal::new(503, "server_full").response(true));
                 }
                 continue;
             }
@@ -556,7 +559,7 @@ impl Server {
                     }
                     HeadStatus::Refuse(status, code) => {
                         self.metrics.refuse(code);
-                        slot.conn.refuse(http::error_response(status, code), now);
+                        slot.conn.refuse(Refusal::new(status, code).response(true), now);
                         false
                     }
                     HeadStatus::Ready(head) => self.on_head(id, *head, now),
@@ -580,8 +583,7 @@ impl Server {
     fn on_head(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
         if !http::host_allowed(head.host.as_deref(), &self.cfg.allowed_hosts) {
             let req = HttpRequest { consumed: head.len, keep_alive: false };
-            let body = br#"{"error":"host_forbidden"}"#;
-            return self.http_reply(id, req, 403, "application/json", body, true, now);
+            return self.http_refuse(id, req, Refusal::new(403, "host_forbidden"), true, now);
         }
         let decision = api::decide(&head, &self.verifier, self.now_unix(), self.cfg.max_message_bytes, self.cfg.demo);
         // Only a publish reads its body. Any other request's body is unread
@@ -596,10 +598,13 @@ impl Server {
                 false
             }
             Decision::Reply { status, body, content_type, close } => {
-                if status == 401 {
-                    self.metrics.auth_failure(error_code(&body));
-                }
                 self.http_reply(id, req, status, content_type, &body, close, now)
+            }
+            Decision::Refuse(refusal) => {
+                if refusal.status == 401 {
+                    self.metrics.auth_failure(refusal.code);
+                }
+                self.http_refuse(id, req, refusal, false, now)
             }
             Decision::Health => {
                 let (status, body): (u16, &[u8]) = if self.fatal.is_some() {
@@ -656,8 +661,7 @@ impl Server {
             Ok(append) => {
                 let bytes = append.data.len() + append.ch.len() + append.from.len();
                 if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
-                    let body = br#"{"error":"unavailable"}"#;
-                    return self.http_reply(id, req, 503, "application/json", body, false, now);
+                    return self.http_refuse(id, req, UNAVAILABLE, false, now);
                 }
                 slot.conn.wait_commit();
                 self.inflight_bytes += bytes;
@@ -665,16 +669,21 @@ impl Server {
                 self.pending.push((Ticket { conn: id, id: id_json, bytes, http: Some(req) }, append));
                 false
             }
-            Err(Decision::Reply { status, body, content_type, close }) => {
-                self.http_reply(id, req, status, content_type, &body, close, now)
-            }
-            Err(_) => false,
+            Err(refusal) => self.http_refuse(id, req, refusal, false, now),
         }
     }
 
     fn store_unavailable(&mut self, id: ConnId, req: HttpRequest, e: StoreError, now: Instant) -> bool {
         log::warn!("reading the store failed: {e}");
-        self.http_reply(id, req, 503, "application/json", br#"{"error":"unavailable"}"#, false, now)
+        self.http_refuse(id, req, UNAVAILABLE, false, now)
+    }
+
+    /// Queues a refusal and counts it by its code; `close` ends the
+    /// connection after it (as some refusals always do).
+    fn http_refuse(&mut self, id: ConnId, req: HttpRequest, refusal: Refusal, close: bool, now: Instant) -> bool {
+        self.metrics.refuse(refusal.code);
+        let close = close || refusal.ends_connection();
+        self.http_reply(id, req, refusal.status, "application/json", &refusal.body(), close, now)
     }
 
     /// Queues an HTTP answer; true when the connection stays open for the
@@ -693,9 +702,6 @@ impl Server {
         let Some(slot) = self.slots.get_mut(&id) else { return false };
         let keep = req.keep_alive && !close && self.stopping.is_none();
         self.metrics.http_requests += 1;
-        if status >= 400 {
-            self.metrics.refuse(error_code(body));
-        }
         slot.conn.respond(http::response(status, content_type, body, !keep), req.consumed, keep, now);
         self.dirty.push(id);
         keep
@@ -742,31 +748,31 @@ impl Server {
         };
         let open = self.slots.len();
         let secure = self.tls.is_some();
-        let refusal = |status: u16, code: &str| Some(http::error_response(status, code));
+        let refusal = |status: u16, code: &'static str, why: &'static str| Some((Refusal::new(status, code), why));
         let up = http::upgrade_request(&head);
         let verdict = match &up {
-            None => refusal(400, "bad_request").map(|r| (r, "not a valid upgrade")),
+            None => refusal(400, "bad_request", "not a valid upgrade"),
             Some(_)
                 if open > self.max_connections
                     || self.per_ip.get(&ip).copied().unwrap_or(0) > self.cfg.max_connections_per_ip =>
             {
-                refusal(503, "server_full").map(|r| (r, "connection limit"))
+                refusal(503, "server_full", "connection limit")
             }
             Some(_)
                 if head.origin.as_deref().is_some_and(|o| {
                     !http::origin_allowed(o, head.host.as_deref(), secure, &self.cfg.allowed_origins)
                 }) =>
             {
-                refusal(403, "origin_forbidden").map(|r| (r, "origin not allowed"))
+                refusal(403, "origin_forbidden", "origin not allowed")
             }
-            Some(Upgrade { token: None, .. }) => refusal(401, "token_missing").map(|r| (r, "no token")),
+            Some(Upgrade { token: None, .. }) => refusal(401, "token_missing", "no token"),
             Some(_) => None,
         };
         let now_unix = self.now_unix();
         let slot = self.slots.get_mut(&id).expect("slot checked above");
-        if let Some((answer, why)) = verdict {
-            slot.conn.refuse(answer.clone(), now);
-            self.metrics.refuse(error_code(&answer));
+        if let Some((refused, why)) = verdict {
+            slot.conn.refuse(refused.response(true), now);
+            self.metrics.refuse(refused.code);
             return self.log_refusal(now, ip, &why);
         }
         let up = up.expect("checked above");
@@ -774,7 +780,7 @@ impl Server {
         let claims = match self.verifier.verify(token, now_unix) {
             Ok(c) => c,
             Err(e) => {
-                slot.conn.refuse(http::error_response(401, e.code()), now);
+                slot.conn.refuse(Refusal::new(401, e.code()).response(true), now);
                 self.metrics.refuse(e.code());
                 self.metrics.auth_failure(e.code());
                 return self.log_refusal(now, ip, &e);
@@ -978,14 +984,12 @@ impl Server {
                                 Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
                                 Outcome::Invalid(why) => {
                                     log::warn!("refused one publish: {why}");
-                                    let body = br#"{"error":"bad_request"}"#;
-                                    self.http_reply(ticket.conn, req, 400, "application/json", body, false, now);
+                                    self.http_refuse(ticket.conn, req, Refusal::new(400, "bad_request"), false, now);
                                     self.again.push(ticket.conn);
                                     continue;
                                 }
-                                Outcome::Refused(why) => {
-                                    let (status, body) = api::refused(*why);
-                                    self.http_reply(ticket.conn, req, status, "application/json", &body, false, now);
+                                Outcome::OverLimit(limit) => {
+                                    self.http_refuse(ticket.conn, req, api::over_limit(*limit), false, now);
                                     self.again.push(ticket.conn);
                                     continue;
                                 }
@@ -1026,7 +1030,7 @@ impl Server {
                                 );
                                 self.send(ticket.conn, text.into());
                             }
-                            Outcome::Refused(Refusal::TooManyChannels) => {
+                            Outcome::OverLimit(Limit::Channels) => {
                                 self.metrics.refuse(ErrCode::TooManyChannels.as_str());
                                 let text = wire::err(
                                     ErrCode::TooManyChannels,
@@ -1045,8 +1049,7 @@ impl Server {
                     for (ticket, _) in items {
                         self.inflight_bytes -= ticket.bytes;
                         if let Some(req) = ticket.http {
-                            let body = br#"{"error":"unavailable"}"#;
-                            self.http_reply(ticket.conn, req, 503, "application/json", body, true, now);
+                            self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
                         } else if transient {
                             let text = wire::err(
                                 ErrCode::Unavailable,
@@ -1246,30 +1249,6 @@ fn keep_alive(head: &Head) -> bool {
     } else {
         http::has_token(conn, "keep-alive")
     }
-}
-
-/// The `error` code of a JSON error body, as a metrics label.
-fn error_code(body: &[u8]) -> &'static str {
-    const CODES: &[&str] = &[
-        "token_missing",
-        "token_invalid",
-        "token_expired",
-        "not_found",
-        "method_not_allowed",
-        "forbidden",
-        "api_forbidden",
-        "length_required",
-        "too_large",
-        "bad_request",
-        "origin_forbidden",
-        "host_forbidden",
-        "server_full",
-        "headers_too_large",
-        "unavailable",
-        "too_many_channels",
-    ];
-    let text = std::str::from_utf8(body).unwrap_or("");
-    CODES.iter().find(|c| text.contains(&format!("\"{c}\""))).copied().unwrap_or("other")
 }
 
 /// Resolves the default connection limit from the open-file limit: each

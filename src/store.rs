@@ -92,8 +92,8 @@ pub enum Outcome {
     /// size within LMDB's limits, so this means one of them is missing; the
     /// publisher gets `bad_request`.
     Invalid(String),
-    /// Not stored, for this reason; the rest of the batch is unaffected.
-    Refused(Refusal),
+    /// Not stored: it would pass this limit. The rest of the batch is unaffected.
+    OverLimit(Limit),
 }
 
 /// Options of `Store::commit`.
@@ -106,12 +106,12 @@ pub struct Commit {
     pub isolate: bool,
 }
 
-/// Why one append of a batch was not stored.
+/// A limit of the store that one append of a batch would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Limit {
     /// It would create a channel past `--max-channels`: publish to an
     /// existing channel, or raise the limit.
-    TooManyChannels,
+    Channels,
 }
 
 /// Retention limits of one channel.
@@ -444,9 +444,7 @@ impl Store {
         let (id, mut info) = match self.channel_in(wtxn, &a.ch)? {
             Some(found) => found,
             // LMDB keeps the entry count: no scan, and no counter to drift.
-            None if self.channels.len(wtxn)? >= self.max_channels => {
-                return Ok(Outcome::Refused(Refusal::TooManyChannels))
-            }
+            None if self.channels.len(wtxn)? >= self.max_channels => return Ok(Outcome::OverLimit(Limit::Channels)),
             None => (self.next_channel_id(wtxn)?, ChannelInfo::EMPTY),
         };
         // Deleted only now: a refused append leaves the old record expirable.
@@ -998,7 +996,7 @@ mod tests {
             vec![
                 Outcome::Stored { seq: 1, ts: 1000 },
                 Outcome::Stored { seq: 1, ts: 1000 },
-                Outcome::Refused(Refusal::TooManyChannels),
+                Outcome::OverLimit(Limit::Channels),
                 Outcome::Stored { seq: 2, ts: 1000 },
             ]
         );
@@ -1012,7 +1010,7 @@ mod tests {
         assert_eq!(s.channel("a").unwrap(), ChannelInfo { first: 3, last: 2 });
         let out =
             roomy.append_batch(&[append("d", "u", "1", None), append("a", "u", "3", None)], 5000, 0, &short).unwrap();
-        assert_eq!(out, vec![Outcome::Refused(Refusal::TooManyChannels), Outcome::Stored { seq: 3, ts: 5000 }]);
+        assert_eq!(out, vec![Outcome::OverLimit(Limit::Channels), Outcome::Stored { seq: 3, ts: 5000 }]);
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl World {
                 }
                 Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id.as_deref(), &ch, seq)),
                 Outcome::Invalid(why) => self.deliver(conn, &wire::err(wire::ErrCode::BadRequest, &why, id.as_deref())),
-                Outcome::Refused(why) => panic!("refused: {why:?}"),
+                Outcome::OverLimit(why) => panic!("refused: {why:?}"),
             }
         }
     }

@@ -180,7 +180,7 @@ fn a_refused_request_is_answered_then_drained_until_the_peer_closes() {
     let (mut c, fake) = conn(t0);
     fake.send(b"NOT A REQUEST\r\n\r\n");
     assert!(matches!(c.read_head(8192), HeadStatus::Refuse(400, "bad_request")));
-    let answer = http::error_response(400, "bad_request");
+    let answer = http::Refusal::new(400, "bad_request").response(true);
     c.refuse(answer.clone(), t0);
     assert_eq!(c.phase(), Phase::Responding);
 
@@ -350,7 +350,7 @@ fn a_refusal_the_peer_does_not_read_is_dropped_after_the_close_grace() {
     let t0 = Instant::now();
     let (mut c, fake) = conn(t0);
     fake.room(0);
-    c.refuse(http::error_response(503, "server_full"), t0);
+    c.refuse(http::Refusal::new(503, "server_full").response(true), t0);
     c.flush();
     assert_eq!(c.phase(), Phase::Responding);
     dropped_exactly_at(&mut c, t0 + CLOSE_GRACE);
