@@ -97,12 +97,6 @@ pub fn api_token_with(sub: &str, read: &[&str], write: &[&str]) -> String {
 // ---------------------------------------------------------------------------
 // The server process.
 
-enum Event {
-    Listening(SocketAddr),
-    /// stderr closed: the process has exited (or is about to).
-    Eof,
-}
-
 /// Log lines kept per server.
 const MAX_LOG_LINES: usize = 100_000;
 
@@ -158,8 +152,10 @@ impl Options {
         };
         let data = self.data.clone().unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (child, events, addr) = try_spawn(&data, &self, &log)?;
-        Ok(TestServer { addr, child: Some(child), events: Mutex::new(events), data, _temp: temp, options: self, log })
+        let run = tempfile::tempdir().expect("creating a temp folder for the ready file");
+        let (child, events, addr) = try_spawn(&data, run.path(), &self, &log)?;
+        let events = Mutex::new(events);
+        Ok(TestServer { addr, child: Some(child), events, data, _temp: temp, run, options: self, log })
     }
 }
 
@@ -167,11 +163,14 @@ impl Options {
 pub struct TestServer {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// Says that stderr closed: the process has exited (or is about to).
     /// In a Mutex so threads of a test can share `&TestServer` (a Receiver is not Sync).
-    events: Mutex<Receiver<Event>>,
+    events: Mutex<Receiver<()>>,
     data: PathBuf,
     /// The temp folder behind `data`, unless the test gave its own.
     _temp: Option<tempfile::TempDir>,
+    /// Holds the `--ready-file` the server writes its address to.
+    run: tempfile::TempDir,
     options: Options,
     /// Every stderr line of every run of this server, in order.
     log: Arc<Mutex<Vec<String>>>,
@@ -197,6 +196,11 @@ impl TestServer {
 
     pub fn data_dir(&self) -> &Path {
         &self.data
+    }
+
+    /// The `--ready-file` the server wrote its address to.
+    pub fn ready_file(&self) -> PathBuf {
+        self.run.path().join("ready")
     }
 
     pub fn pid(&self) -> u32 {
@@ -236,8 +240,7 @@ impl TestServer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.lock().unwrap().recv_timeout(left) {
-                Ok(Event::Listening(_)) => continue,
-                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     panic!("the server did not exit in time; the log ends with:\n{}", self.log_tail(30))
                 }
@@ -275,7 +278,7 @@ impl TestServer {
     /// Starts the server again on the same data folder after it stopped
     /// (the port may change); lets a test change the folder in between.
     pub fn start_again(&mut self) {
-        let (child, events, addr) = try_spawn(&self.data, &self.options, &self.log)
+        let (child, events, addr) = try_spawn(&self.data, self.run.path(), &self.options, &self.log)
             .unwrap_or_else(|(status, log)| panic!("roostd did not start again (exit {status:?}); log:\n{log}"));
         self.child = Some(child);
         self.events = Mutex::new(events);
@@ -384,7 +387,7 @@ impl Drop for TestServer {
     }
 }
 
-fn server_command(data: &Path, options: &Options) -> Command {
+fn server_command(data: &Path, ready: &Path, options: &Options) -> Command {
     let mut cmd = match options.wrapper.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -393,7 +396,8 @@ fn server_command(data: &Path, options: &Options) -> Command {
         }
         None => Command::new(BIN),
     };
-    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--data"]).arg(data).args(&options.args);
+    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--data"]).arg(data).arg("--ready-file").arg(ready);
+    cmd.args(&options.args);
     cmd.env_remove("ROOSTD_SECRET").env("RUST_LOG", "info");
     if !options.no_secret {
         cmd.env("ROOSTD_SECRET", SECRET);
@@ -404,14 +408,19 @@ fn server_command(data: &Path, options: &Options) -> Command {
     cmd
 }
 
-/// Spawns the server and waits for its address; when it exits (or hangs)
-/// before listening: its exit status (None: killed) and its whole log.
+/// Spawns the server and waits for the address it writes to `run/ready`;
+/// when it exits (or hangs) before that: its exit status (None: killed) and
+/// its whole log.
 fn try_spawn(
     data: &Path,
+    run: &Path,
     options: &Options,
     log: &Arc<Mutex<Vec<String>>>,
-) -> Result<(Child, Receiver<Event>, SocketAddr), (Option<ExitStatus>, String)> {
-    let mut child = server_command(data, options)
+) -> Result<(Child, Receiver<()>, SocketAddr), (Option<ExitStatus>, String)> {
+    let ready = run.join("ready");
+    // A restart must not read the address of the run before.
+    let _ = std::fs::remove_file(&ready);
+    let mut child = server_command(data, &ready, options)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -423,40 +432,37 @@ fn try_spawn(
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(addr) = listening_addr(&line) {
-                let _ = tx.send(Event::Listening(addr));
-            }
             let mut log = sink.lock().unwrap();
             // A server stuck in a loop can log millions of lines: keep the start.
             if log.len() < MAX_LOG_LINES {
                 log.push(line);
             }
         }
-        let _ = tx.send(Event::Eof);
+        let _ = tx.send(());
     });
-    match events.recv_timeout(start_timeout()) {
-        Ok(Event::Listening(addr)) => Ok((child, events, addr)),
-        Ok(Event::Eof) | Err(_) => {
-            // Give a dying process a moment to be reaped before killing it.
-            let mut status = child.try_wait().ok().flatten();
-            if status.is_none() {
-                std::thread::sleep(Duration::from_millis(200));
-                status = child.try_wait().ok().flatten();
-            }
-            if status.is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Err((status, log.lock().unwrap().join("\n")))
+    // Poll for the file, waking early when stderr closes (the server died).
+    let deadline = Instant::now() + start_timeout();
+    let mut exited = false;
+    while !exited && Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let addr = text.trim_end().parse().unwrap_or_else(|e| panic!("the ready file holds {text:?}: {e}"));
+            return Ok((child, events, addr));
         }
+        exited = !matches!(events.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
     }
+    // Give a dying process a moment to be reaped before killing it.
+    let mut status = child.try_wait().ok().flatten();
+    if status.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        status = child.try_wait().ok().flatten();
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Err((status, log.lock().unwrap().join("\n")))
 }
 
-/// `... listening on 127.0.0.1:PORT (max N connections)` → the address.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split(" listening on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
 
 // ---------------------------------------------------------------------------
 // Running the binary for CLI tests.
