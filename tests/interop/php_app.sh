@@ -65,14 +65,15 @@ fail() {
     exit 1
 }
 
-# roostd on a port the kernel picks, read from its log.
+# roostd on a port the kernel picks, read from its --ready-file.
 : >"$TMP/roostd.log"
-RUST_LOG=info "$BIN" serve --listen 127.0.0.1:0 --data "$TMP/data" 2>"$TMP/roostd.log" >/dev/null &
+RUST_LOG=info "$BIN" serve --listen 127.0.0.1:0 --data "$TMP/data" --ready-file "$TMP/roostd.addr" \
+    2>"$TMP/roostd.log" >/dev/null &
 PIDS+=("$!")
 ROOSTD_PID=$!
 ROOSTD_PORT=
 for _ in $(seq 1 100); do
-    ROOSTD_PORT=$(sed -n 's/.* listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$TMP/roostd.log" | head -n1 || true)
+    [[ -s "$TMP/roostd.addr" ]] && ROOSTD_PORT=$(sed 's/.*://' "$TMP/roostd.addr")
     [[ -n "$ROOSTD_PORT" ]] && break
     kill -0 "$ROOSTD_PID" 2>/dev/null || break
     sleep 0.1
