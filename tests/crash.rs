@@ -383,14 +383,8 @@ fn acked_messages_survive_sigkill_exactly_once() {
     let mut run_start_ms = vec![0, now_ms()];
     // The check wants every seq from 1: nothing may be trimmed, and
     // one-in-flight publishers must never be rate limited.
-    let mut server = TestServer::start(&[
-        "--retention-messages",
-        "1000000000",
-        "--retention-age",
-        "3650d",
-        "--publish-rate",
-        "0",
-    ]);
+    let mut server =
+        TestServer::start(&["--retention-messages", "1000000000", "--retention-age", "3650d", "--publish-rate", "0"]);
     let shared = Arc::new(Shared {
         state: Mutex::new(State { addr: server.addr, gen: 1, killed: 0, stop: false }),
         cv: Condvar::new(),

@@ -275,7 +275,8 @@ fn a_full_store_refuses_writes_keeps_reads_and_recovers_after_retention_trims() 
         let v = ws.publish("full:a", json!({"again": i, "pad": "x".repeat(8000)}), &format!("again-{i}"));
         assert_eq!(v["code"], "unavailable", "{v}");
     }
-    let (status, body) = http_with(&server, 
+    let (status, body) = http_with(
+        &server,
         "POST",
         "/api/channels/full:a/messages",
         "Idempotency-Key: http-1\r\n",

@@ -1187,7 +1187,8 @@ fn a_stream_of_empty_fragments_does_not_stall_other_clients() {
 #[test]
 fn a_canary_token_never_appears_in_a_trace_log() {
     let _serial = serial();
-    let mut server = TestServer::options().args(&["--allowed-origin", "http://app.example"]).env("RUST_LOG", "trace").start();
+    let mut server =
+        TestServer::options().args(&["--allowed-origin", "http://app.example"]).env("RUST_LOG", "trace").start();
     let canary = format!(
         "CANARY-{:016x}",
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), now_secs())

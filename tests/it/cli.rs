@@ -272,7 +272,8 @@ fn a_ready_file_that_cannot_be_written_exits_2_naming_it() {
     let config = dir.path().join("roostd.toml");
     std::fs::write(&config, format!("ready_file = {:?}\n", ready.to_str().unwrap())).unwrap();
     let data = dir.path().join("data");
-    let args = ["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()];
+    let args =
+        ["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()];
     let out = run_roostd(&args, &[("ROOSTD_SECRET", SECRET)]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("cannot write the ready file {}", ready.display())), "{}", stderr(&out));

@@ -187,7 +187,9 @@ impl TestServer {
     }
 
     pub fn start_with(options: Options) -> TestServer {
-        options.try_start().unwrap_or_else(|(status, log)| panic!("roostd did not start (exit {status:?}); log:\n{log}"))
+        options
+            .try_start()
+            .unwrap_or_else(|(status, log)| panic!("roostd did not start (exit {status:?}); log:\n{log}"))
     }
 
     pub fn port(&self) -> u16 {
@@ -236,15 +238,10 @@ impl TestServer {
 
     /// Waits (bounded) for the process to exit on its own.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + start_timeout();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.lock().unwrap().recv_timeout(left) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("the server did not exit in time; the log ends with:\n{}", self.log_tail(30))
-                }
-            }
+        // stderr closes when the process exits.
+        let closed = self.events.lock().unwrap().recv_timeout(start_timeout());
+        if let Err(RecvTimeoutError::Timeout) = closed {
+            panic!("the server did not exit in time; the log ends with:\n{}", self.log_tail(30))
         }
         let mut child = self.child.take().expect("server running");
         child.wait().expect("waiting for the server")
@@ -408,6 +405,9 @@ fn server_command(data: &Path, ready: &Path, options: &Options) -> Command {
     cmd
 }
 
+/// A started server: the process, the "stderr closed" signal, the address.
+type Spawned = (Child, Receiver<()>, SocketAddr);
+
 /// Spawns the server and waits for the address it writes to `run/ready`;
 /// when it exits (or hangs) before that: its exit status (None: killed) and
 /// its whole log.
@@ -416,7 +416,7 @@ fn try_spawn(
     run: &Path,
     options: &Options,
     log: &Arc<Mutex<Vec<String>>>,
-) -> Result<(Child, Receiver<()>, SocketAddr), (Option<ExitStatus>, String)> {
+) -> Result<Spawned, (Option<ExitStatus>, String)> {
     let ready = run.join("ready");
     // A restart must not read the address of the run before.
     let _ = std::fs::remove_file(&ready);
@@ -462,7 +462,6 @@ fn try_spawn(
     }
     Err((status, log.lock().unwrap().join("\n")))
 }
-
 
 // ---------------------------------------------------------------------------
 // Running the binary for CLI tests.
