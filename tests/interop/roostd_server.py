@@ -199,7 +199,9 @@ class RawWS:
     is chosen here (several frames in one write, oversize messages), which
     a library client would not allow."""
 
-    def __init__(self, port, token, timeout=TIMEOUT, host="127.0.0.1"):
+    def __init__(self, port, token, timeout=TIMEOUT, host="127.0.0.1", refusal_ok=False):
+        """Opens `/ws?token=`; a refusal raises, or with `refusal_ok` leaves
+        `status` and `head` (and the body for `rest()`)."""
         self.s = socket.create_connection((host, port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
         self.s.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -212,9 +214,28 @@ class RawWS:
                 raise Closed(None, "EOF in the handshake")
             self.buf += d
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n")[0] + b" ":
-            raise RuntimeError("handshake refused: " + head.decode(errors="replace"))
+        self.head = head.decode("latin-1")
+        self.status = int(self.head.split(" ", 2)[1])
         self.queued = []
+        if self.status == 101:
+            accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+            if f"Sec-WebSocket-Accept: {accept.decode()}" not in self.head:
+                raise RuntimeError("a wrong Sec-WebSocket-Accept: " + self.head)
+        elif not refusal_ok:
+            raise RuntimeError("handshake refused: " + self.head)
+
+    def rest(self):
+        """The body of a refusal: `Content-Length` bytes, or up to EOF."""
+        m = re.search(r"(?im)^content-length:\s*(\d+)", self.head)
+        want = int(m.group(1)) if m else None
+        out = self.buf
+        while want is None or len(out) < want:
+            d = self.s.recv(65536)
+            if not d:
+                break
+            out += d
+        self.buf = b""
+        return out.decode(errors="replace")
 
     def send_frame(self, op, payload):
         self.s.sendall(client_frame(op, payload))
@@ -249,21 +270,33 @@ class RawWS:
             raise RuntimeError("a masked server frame (RFC 6455 5.1 forbids it)")
         self._need(off + n)
         p, self.buf = self.buf[off:off + n], self.buf[off + n:]
+        self.fin = bool(b0 & 0x80)
         return b0 & 0x0F, p
 
     def recv(self):
-        """The next text frame as JSON (pings answered); Closed on a Close."""
+        """The next text message as JSON (pings answered, fragments joined);
+        Closed on a Close."""
         if self.queued:
             return self.queued.pop(0)
+        message = b""
         while True:
             op, p = self.read_frame()
-            if op == 1:
-                return json.loads(p)
-            if op == 8:
+            if op in (0, 1):
+                message += p
+                if self.fin:
+                    return json.loads(message)
+            elif op == 8:
                 code = struct.unpack(">H", p[:2])[0] if len(p) >= 2 else None
                 raise Closed(code, p[2:].decode(errors="replace"))
-            if op == 9:
+            elif op == 9:
                 self.send_frame(10, p)
+
+    def close(self):
+        """Sends Close 1000 and hangs up."""
+        try:
+            self.send_frame(8, struct.pack(">H", 1000))
+        finally:
+            self.s.close()
 
     def req(self, obj):
         """Sends `obj` and returns the reply with its `id`; other frames are kept."""
