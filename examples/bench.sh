@@ -55,11 +55,13 @@ measure_once() {
     shift 2
     local data="$work/data-$name-$run"
     rm -rf "$data"
+    local ready="$work/ready-$name-$run"
+    rm -f "$ready"
     nice -n "$NICE" taskset -c "$SERVER_CPUS" target/release/roostd serve --listen "127.0.0.1:$PORT" --data "$data" \
-        2>"$work/server-$name-$run.log" &
+        --ready-file "$ready" 2>"$work/server-$name-$run.log" &
     server_pid=$!
     for _ in $(seq 100); do
-        grep -q "listening on" "$work/server-$name-$run.log" 2>/dev/null && break
+        [ -s "$ready" ] && break
         sleep 0.05
     done
     echo "== $name, run $run: loadgen $*" >&2

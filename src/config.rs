@@ -101,6 +101,9 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Conformance testing only: echo every message back unchanged.
     pub echo: bool,
+    /// Once listening, `main` writes the bound address here (atomically), so
+    /// scripts and tests started with port 0 need not scrape the log.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// A configuration problem, worded so the user knows what to change.
@@ -213,6 +216,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "tls-cert", value: "FILE", default: "-", help: "PEM certificate: serve https:// and wss://" },
     Setting { key: "tls-key", value: "FILE", default: "-", help: "PEM private key for --tls-cert" },
     Setting { key: "echo", value: "", default: "off", help: "conformance testing only: echo every message back" },
+    Setting {
+        key: "ready-file",
+        value: "FILE",
+        default: "-",
+        help: "once listening, write the bound address (ip:port and a newline) here",
+    },
 ];
 
 impl Default for Config {
@@ -251,6 +260,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             echo: false,
+            ready_file: None,
         }
     }
 }
@@ -305,6 +315,7 @@ impl Config {
             "tls-cert" => self.tls_cert = Some(PathBuf::from(nonempty(key, v)?)),
             "tls-key" => self.tls_key = Some(PathBuf::from(nonempty(key, v)?)),
             "echo" => self.echo = boolean(key, v)?,
+            "ready-file" => self.ready_file = Some(PathBuf::from(nonempty(key, v)?)),
             _ => {
                 return err(format!(
                     "unknown setting `{key}`{}; `roostd serve --help` lists them all",

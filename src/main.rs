@@ -6,6 +6,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -378,6 +379,7 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
             cfg.data.display()
         )
     });
+    let ready_file = cfg.ready_file.clone();
     let mut server = Server::bind(cfg, store, verifier, max_connections, tls, clock_sync).map_err(cannot_listen)?;
     if let Some(hint) = first_token {
         eprintln!("{hint}");
@@ -387,6 +389,9 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         env!("CARGO_PKG_VERSION"),
         server.local_addr()
     );
+    if let Some(path) = ready_file {
+        write_ready_file(&path, server.local_addr())?;
+    }
     match server.run() {
         Ok(_) => {
             log::info!("stopped cleanly");
@@ -394,6 +399,17 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         }
         Err(e) => Err(Fail(1, format!("{e}; the server stopped. Check the disk, then restart it"))),
     }
+}
+
+/// Writes `addr` and a newline to `path` through a temp file and a rename,
+/// so a reader polling for the file never sees it half written.
+fn write_ready_file(path: &Path, addr: SocketAddr) -> Result<(), Fail> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| Fail(2, format!("cannot write the ready file {}: {e}; check --ready-file", path.display())))
 }
 
 /// Opens the store, moving a damaged one aside when told to.

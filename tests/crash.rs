@@ -30,24 +30,19 @@
 //! publishes were resent after a kill and some of those were found already
 //! stored by the killed run (deduplicated, or stored though never acked).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roostd::auth::{mint, Key};
 use serde_json::{json, Value};
+use support::{io_timeout, small, TestServer};
 use tungstenite::{Message, WebSocket};
 
-/// The HMAC secret of the server under test (40 bytes).
-const SECRET: &str = "roostd-crash-harness-secret-0123456789ab";
-const BIN: &str = env!("CARGO_BIN_EXE_roostd");
 const CHANNELS: [&str; 2] = ["crash:a", "crash:b"];
 const PUBLISHERS: usize = 4;
 const DEFAULT_SEED: u64 = 0x5eed_c0ff_ee15_dead;
@@ -56,20 +51,6 @@ const MIN_DELAY_MS: u64 = 20;
 const MAX_DELAY_MS: u64 = 300;
 /// Wall time kept for the final restart and the history check.
 const CHECK_RESERVE: Duration = Duration::from_secs(25);
-
-fn small() -> bool {
-    std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small")
-}
-
-/// Longest wait for any single socket read or write.
-fn io_timeout() -> Duration {
-    Duration::from_secs(if small() { 60 } else { 10 })
-}
-
-/// Longest wait for a server to start or stop.
-fn start_timeout() -> Duration {
-    Duration::from_secs(if small() { 60 } else { 20 })
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -86,9 +67,7 @@ fn now_ms() -> u64 {
 }
 
 fn token(sub: &str) -> String {
-    let exp = now_ms() / 1000 + 3600;
-    let claims = json!({"sub": sub, "exp": exp, "read": ["crash:*"], "write": ["crash:*"]});
-    mint(&claims, &Key::new(None, SECRET.as_bytes().to_vec()))
+    support::token(sub, &["crash:*"], &["crash:*"])
 }
 
 /// xorshift64*: small, seedable, good enough for delays.
@@ -112,115 +91,6 @@ impl Rng {
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
-}
-
-// ---------------------------------------------------------------------------
-// The server process.
-
-enum Event {
-    Listening(SocketAddr),
-    /// stderr closed: the process exited.
-    Eof,
-}
-
-/// One run of `roostd serve` on the shared data folder.
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-    events: Receiver<Event>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts the server and waits (bounded) for its `listening on` line.
-    fn start(data: &Path, log: &Arc<Mutex<Vec<String>>>) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            // The check wants every seq from 1: nothing may be trimmed, and
-            // one-in-flight publishers must never be rate limited.
-            .args(["--retention-messages", "1000000000", "--retention-age", "3650d", "--publish-rate", "0"])
-            .env_remove("ROOSTD_SECRET")
-            .env("ROOSTD_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning roostd");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, events) = mpsc::channel();
-        let sink = Arc::clone(log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(Event::Listening(addr));
-                }
-                sink.lock().unwrap().push(line);
-            }
-            let _ = tx.send(Event::Eof);
-        });
-        let addr = match events.recv_timeout(start_timeout()) {
-            Ok(Event::Listening(addr)) => addr,
-            Ok(Event::Eof) | Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!("roostd did not start (exit {status:?}); log:\n{}", tail(log, 60));
-            }
-        };
-        Server { child: Some(child), addr, events, log: Arc::clone(log) }
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("server running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("waiting for the killed server");
-    }
-
-    /// SIGTERM and a bounded wait; the stop must be clean (exit 0).
-    fn terminate(&mut self) {
-        let mut child = self.child.take().expect("server running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("running kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + start_timeout();
-        loop {
-            match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Event::Listening(_)) => continue,
-                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the server did not stop on SIGTERM in time; log:\n{}", tail(&self.log, 60));
-                }
-            }
-        }
-        let status = child.wait().expect("waiting for the server");
-        assert!(status.success(), "SIGTERM must stop the server cleanly, got {status}; log:\n{}", tail(&self.log, 60));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `... listening on 127.0.0.1:PORT (max N connections)` → the address.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split(" listening on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// The last `n` lines the server runs wrote to stderr.
-fn tail(log: &Arc<Mutex<Vec<String>>>, n: usize) -> String {
-    let log = log.lock().unwrap();
-    log[log.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -508,12 +378,13 @@ fn acked_messages_survive_sigkill_exactly_once() {
     let cycle_budget = budget.saturating_sub(CHECK_RESERVE);
     println!("crash: seed {seed:#x}, {cycles} cycles, budget {budget:?}");
 
-    let data = tempfile::tempdir().expect("a temp data folder");
-    let log = Arc::new(Mutex::new(Vec::new()));
     // Wall-clock start of each server run (index = run number), to tell a
     // resend deduplicated against the killed run from one stored anew.
     let mut run_start_ms = vec![0, now_ms()];
-    let mut server = Server::start(data.path(), &log);
+    // The check wants every seq from 1: nothing may be trimmed, and
+    // one-in-flight publishers must never be rate limited.
+    let mut server =
+        TestServer::start(&["--retention-messages", "1000000000", "--retention-age", "3650d", "--publish-rate", "0"]);
     let shared = Arc::new(Shared {
         state: Mutex::new(State { addr: server.addr, gen: 1, killed: 0, stop: false }),
         cv: Condvar::new(),
@@ -561,11 +432,11 @@ fn acked_messages_survive_sigkill_exactly_once() {
         let awaiting = shared.awaiting.lock().unwrap();
         let (awaiting, _) = shared.awaiting_cv.wait_timeout_while(awaiting, io_timeout(), |n| *n == 0).unwrap();
         in_flight_at_kill.push(*awaiting);
-        server.kill9();
+        server.kill_and_wait();
         drop(awaiting);
         cycles_run += 1;
         run_start_ms.push(now_ms());
-        server = Server::start(data.path(), &log);
+        server.start_again();
         {
             let mut st = shared.state.lock().unwrap();
             st.gen += 1;
@@ -580,8 +451,8 @@ fn acked_messages_survive_sigkill_exactly_once() {
     let publish_time = t0.elapsed();
 
     // A clean restart before reading back.
-    server.terminate();
-    let mut server = Server::start(data.path(), &log);
+    server.stop();
+    server.start_again();
     let mut reader = connect(server.addr, &token("checker")).unwrap_or_else(|e| match e {
         Failure::Broken(e) | Failure::Fatal(e) => panic!("checker connect: {e}"),
     });
@@ -682,7 +553,7 @@ fn acked_messages_survive_sigkill_exactly_once() {
     }
     let stored_twice = by_id.values().filter(|&&k| k > 1).count();
 
-    server.terminate();
+    server.stop();
     let breaks: u64 = reports.iter().map(|r| r.breaks).sum();
     println!(
         "crash: {cycles_run} cycles (seed {seed:#x}), {acked_total} acked, {checked} checked \
@@ -707,7 +578,7 @@ fn acked_messages_survive_sigkill_exactly_once() {
         "{} problems (seed {seed:#x}); first: {}\nserver log tail:\n{}",
         problems.len(),
         problems[0],
-        tail(&log, 40)
+        server.log_tail(40)
     );
     assert!(acked_total as u64 >= cycles_run, "too little progress: {acked_total} acks in {cycles_run} cycles");
     // What the test claims to have exercised, it must have exercised.

@@ -11,48 +11,21 @@
 //! Each test prints a `durability:` line with what it measured; run with
 //! `cargo test --test durability -- --nocapture` to see them.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roostd::auth::{mint, Key};
 use serde_json::{json, Value};
+use support::{api_token, io_timeout, scale, small, token_all, Client, TestServer, SECRET};
 use tungstenite::{Message, WebSocket};
-
-/// The HMAC secret of the servers under test (40 bytes).
-const SECRET: &str = "roostd-durability-test-secret-0123456789";
-const BIN: &str = env!("CARGO_BIN_EXE_roostd");
-
-fn small() -> bool {
-    std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small")
-}
-
-/// `full` normally, `small` when `ROOSTD_TEST_SCALE=small`.
-fn scale(full: usize, small_: usize) -> usize {
-    if small() {
-        small_
-    } else {
-        full
-    }
-}
-
-/// Longest wait for any single socket read or write.
-fn io_timeout() -> Duration {
-    Duration::from_secs(if small() { 60 } else { 10 })
-}
-
-/// Longest wait for a server to start or stop.
-fn start_timeout() -> Duration {
-    Duration::from_secs(if small() { 60 } else { 20 })
-}
 
 /// Extra time allowed on top of a contract deadline under qemu, where the
 /// process runs ten times slower (the deadlines themselves are wall clock).
@@ -64,19 +37,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-fn token(sub: &str) -> String {
-    let exp = now_ms() / 1000 + 3600;
-    let claims = json!({"sub": sub, "exp": exp, "read": ["*"], "write": ["*"]});
-    mint(&claims, &Key::new(None, SECRET.as_bytes().to_vec()))
-}
-
-/// The main application's token (`"api": true`), for the HTTP API.
-fn api_token(sub: &str) -> String {
-    let exp = now_ms() / 1000 + 3600;
-    let claims = json!({"sub": sub, "exp": exp, "read": ["*"], "write": ["*"], "api": true});
-    mint(&claims, &Key::new(None, SECRET.as_bytes().to_vec()))
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -86,196 +46,38 @@ fn file_len(path: &Path) -> u64 {
 }
 
 // ---------------------------------------------------------------------------
-// The server process (after tests/crash.rs).
+// The server process: `roostd serve --data DIR ARGS...` (tests/support).
 
-enum Event {
-    Listening(SocketAddr),
-    /// stderr closed: the process exited.
-    Eof,
+fn start(data: &Path, args: &[&str]) -> TestServer {
+    TestServer::options().data(data).args(args).start()
 }
 
-/// One run of `roostd serve --data DIR ARGS...`.
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-    events: Receiver<Event>,
-    log: Arc<Mutex<Vec<String>>>,
+/// Starts the server; when it exits before listening, gives its exit
+/// status and log instead.
+fn try_start(data: &Path, args: &[&str]) -> Result<TestServer, (Option<ExitStatus>, String)> {
+    TestServer::options().data(data).args(args).try_start()
 }
 
-fn serve_command(data: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(args)
-        .env_remove("ROOSTD_SECRET")
-        .env("ROOSTD_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
+/// A plain HTTP/1.1 request with `Connection: close` and the API token; (status, body).
+fn http(server: &TestServer, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(server, method, path, "", body)
 }
 
-impl Server {
-    /// Starts the server and waits (bounded) for its `listening on` line.
-    fn start(data: &Path, args: &[&str]) -> Server {
-        match Server::try_start(data, args) {
-            Ok(s) => s,
-            Err((status, log)) => panic!("roostd did not start (exit {status:?}); log:\n{log}"),
-        }
-    }
-
-    /// Starts the server; when it exits before listening, gives its exit
-    /// status and log instead.
-    fn try_start(data: &Path, args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
-        let mut child = serve_command(data, args).spawn().expect("spawning roostd");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, events) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(Event::Listening(addr));
-                }
-                sink.lock().unwrap().push(line);
-            }
-            let _ = tx.send(Event::Eof);
-        });
-        match events.recv_timeout(start_timeout()) {
-            Ok(Event::Listening(addr)) => Ok(Server { child: Some(child), addr, events, log }),
-            Ok(Event::Eof) | Err(_) => {
-                let status = match child.try_wait() {
-                    Ok(Some(s)) => Some(s),
-                    _ => {
-                        // Give a dying process a moment before killing it.
-                        thread::sleep(Duration::from_millis(200));
-                        match child.try_wait() {
-                            Ok(Some(s)) => Some(s),
-                            _ => {
-                                let _ = child.kill();
-                                child.wait().ok();
-                                None
-                            }
-                        }
-                    }
-                };
-                let text = log.lock().unwrap().join("\n");
-                Err((status, text))
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("server running").id()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM and a bounded wait; returns the exit status.
-    fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("running kill");
-        assert!(status.success(), "kill -TERM failed");
-        let mut child = self.child.take().expect("server running");
-        let deadline = Instant::now() + start_timeout();
-        loop {
-            match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Event::Listening(_)) => continue,
-                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the server did not stop on SIGTERM in time; log:\n{}", self.log());
-                }
-            }
-        }
-        child.wait().expect("waiting for the server")
-    }
-
-    /// SIGTERM; the stop must be clean (exit 0).
-    fn stop(&mut self) {
-        let status = self.terminate();
-        assert!(status.success(), "SIGTERM must stop the server cleanly, got {status}; log:\n{}", self.log());
-    }
-
-    fn ws(&self, sub: &str) -> Ws {
-        Ws::connect(self.addr, sub)
-    }
-
-    /// A plain HTTP/1.1 request with `Connection: close`; (status, body).
-    fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        self.http_with(method, path, "", body)
-    }
-
-    /// Same, with `extra` header lines (each ending in `\r\n`).
-    fn http_with(&self, method: &str, path: &str, extra: &str, body: &str) -> (u16, String) {
-        let mut sock = TcpStream::connect_timeout(&self.addr, io_timeout()).expect("connecting");
-        sock.set_read_timeout(Some(io_timeout())).unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
-            self.addr,
-            api_token("app"),
-            body.len()
-        );
-        sock.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let _ = sock.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
-    }
-
-    /// A gauge or counter from `/metrics`.
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.http("GET", "/metrics", "");
-        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `... listening on 127.0.0.1:PORT (max N connections)` → the address.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split(" listening on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+/// Same, with `extra` header lines (each ending in `\r\n`).
+fn http_with(server: &TestServer, method: &str, path: &str, extra: &str, body: &str) -> (u16, String) {
+    let resp = server.http(&format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        server.addr,
+        api_token("app"),
+        body.len()
+    ));
+    (resp.status, resp.body)
 }
 
 /// Runs `roostd ARGS` to completion (bounded), with the test secret.
 fn run_roostd(args: &[&str]) -> Output {
-    let child = Command::new(BIN)
-        .args(args)
-        .env("ROOSTD_SECRET", SECRET)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning roostd");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(start_timeout()) {
-        Ok(out) => out.expect("running roostd"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("`roostd {}` did not finish in time", args.join(" "));
-        }
-    }
+    support::run_roostd(args, &[("ROOSTD_SECRET", SECRET)])
 }
 
 fn stderr_of(out: &Output) -> String {
@@ -293,13 +95,7 @@ struct Ws {
 
 impl Ws {
     fn connect(addr: SocketAddr, sub: &str) -> Ws {
-        let sock = TcpStream::connect_timeout(&addr, io_timeout()).expect("connecting to roostd");
-        sock.set_read_timeout(Some(io_timeout())).unwrap();
-        sock.set_write_timeout(Some(io_timeout())).unwrap();
-        sock.set_nodelay(true).unwrap();
-        let url = format!("ws://{addr}/ws?token={}", token(sub));
-        let (ws, _) = tungstenite::client::client(url.as_str(), sock).unwrap_or_else(|e| panic!("handshake: {e}"));
-        Ws { ws, queued: VecDeque::new() }
+        Ws { ws: Client::open(addr, &token_all(sub)).ws, queued: VecDeque::new() }
     }
 
     fn send(&mut self, v: &Value) {
@@ -448,8 +244,8 @@ fn a_full_store_refuses_writes_keeps_reads_and_recovers_after_retention_trims() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let limit = "1048576";
-    let mut server = Server::start(&data, &["--max-store-bytes", limit, "--publish-rate", "0"]);
-    let mut ws = server.ws("filler");
+    let mut server = start(&data, &["--max-store-bytes", limit, "--publish-rate", "0"]);
+    let mut ws = Ws::connect(server.addr, "filler");
     // Fill with 2 KB messages, then top up with small ones until not even a
     // small message fits (the map is as full as it gets).
     let (mut acked, refusal) = fill(&mut ws, "full:a", 2000, "big", 10_000);
@@ -465,7 +261,7 @@ fn a_full_store_refuses_writes_keeps_reads_and_recovers_after_retention_trims() 
     let (msgs, _) = ws.history("full:a", 0);
     let want: Vec<u64> = acked.iter().map(|a| a.0).collect();
     assert_eq!(seqs(&msgs), want, "every acked message, and nothing refused, is in the history");
-    let mut reader = server.ws("reader");
+    let mut reader = Ws::connect(server.addr, "reader");
     let subok = reader.subscribe("full:a", 0, None);
     assert_eq!(subok["seq"].as_u64(), want.last().copied(), "{subok}");
     for &seq in &want {
@@ -479,7 +275,8 @@ fn a_full_store_refuses_writes_keeps_reads_and_recovers_after_retention_trims() 
         let v = ws.publish("full:a", json!({"again": i, "pad": "x".repeat(8000)}), &format!("again-{i}"));
         assert_eq!(v["code"], "unavailable", "{v}");
     }
-    let (status, body) = server.http_with(
+    let (status, body) = http_with(
+        &server,
         "POST",
         "/api/channels/full:a/messages",
         "Idempotency-Key: http-1\r\n",
@@ -489,17 +286,17 @@ fn a_full_store_refuses_writes_keeps_reads_and_recovers_after_retention_trims() 
     let v = reader.request(json!({"op": "hist", "ch": "full:a", "since": want.last(), "id": "tail"}));
     assert_eq!(v["msgs"], json!([]), "nothing refused is stored: {v}");
     assert!(reader.queued.is_empty(), "nothing refused is delivered: {:?}", reader.queued);
-    let (status, body) = server.http("GET", "/api/channels/full:a/messages?since=0&limit=5", "");
+    let (status, body) = http(&server, "GET", "/api/channels/full:a/messages?since=0&limit=5", "");
     assert_eq!(status, 200, "HTTP history on a full store: {body}");
-    let (status, body) = server.http("GET", "/healthz", "");
+    let (status, body) = http(&server, "GET", "/healthz", "");
     let healthz = format!("{status} {}", body.trim());
     drop((ws, reader));
     server.stop();
 
     // The operator lowers the retention: the first maintenance pass trims
     // the channel, and writes work again.
-    let mut server = Server::start(&data, &["--max-store-bytes", limit, "--retention-messages", "10"]);
-    let mut ws = server.ws("filler");
+    let mut server = start(&data, &["--max-store-bytes", limit, "--retention-messages", "10"]);
+    let mut ws = Ws::connect(server.addr, "filler");
     let deadline = Instant::now() + Duration::from_secs(2) + slack();
     let ack = loop {
         let v = ws.publish("full:a", json!({"after": "trim"}), "after-trim");
@@ -541,8 +338,8 @@ fn a_full_store_refuses_writes_keeps_reads_and_recovers_after_retention_trims() 
 #[test]
 fn hist_of_large_messages_keeps_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--publish-rate", "0"]);
-    let mut ws = server.ws("big");
+    let mut server = start(dir.path(), &["--publish-rate", "0"]);
+    let mut ws = Ws::connect(server.addr, "big");
     let pad = "z".repeat(16_000);
     for i in 0..40 {
         let v = ws.publish("big:a", json!({"i": i, "pad": pad}), &format!("b{i}"));
@@ -571,7 +368,7 @@ fn max_store_bytes_limits_are_refused_with_exit_2() {
     for pages in 1..=16u64 {
         let dir = tempfile::tempdir().unwrap();
         let size = (pages * page).to_string();
-        match Server::try_start(dir.path(), &["--max-store-bytes", &size]) {
+        match try_start(dir.path(), &["--max-store-bytes", &size]) {
             Ok(mut s) => {
                 s.stop();
                 smallest = Some(pages * page);
@@ -586,7 +383,7 @@ fn max_store_bytes_limits_are_refused_with_exit_2() {
     let smallest = smallest.expect("some map of up to 64 KiB starts");
     // Not a multiple of the page size: LMDB refuses; exit 2 with a reason.
     let dir = tempfile::tempdir().unwrap();
-    let odd = Server::try_start(dir.path(), &["--max-store-bytes", "1000000"]).err().expect("1000000 is refused");
+    let odd = try_start(dir.path(), &["--max-store-bytes", "1000000"]).err().expect("1000000 is refused");
     assert_eq!(odd.0.and_then(|s| s.code()), Some(2), "{}", odd.1);
     assert!(odd.1.contains("page size"), "the reason says what to do: {}", odd.1);
     println!("durability: smallest --max-store-bytes a new store starts with: {smallest} bytes; 1000000: {}", odd.1);
@@ -597,8 +394,8 @@ fn max_store_bytes_limits_are_refused_with_exit_2() {
 
 /// Makes a store with a few messages; returns its epoch and the seq of the last one.
 fn make_store(data: &Path) -> (String, u64) {
-    let mut server = Server::start(data, &[]);
-    let mut ws = server.ws("maker");
+    let mut server = start(data, &[]);
+    let mut ws = Ws::connect(server.addr, "maker");
     let acks = publish_pipelined(&mut ws, "c:a", 300, 50, |i| json!({"i": i, "pad": "p".repeat(200)}));
     let epoch = ws.subscribe("c:a", 0, None)["epoch"].as_str().unwrap().to_string();
     drop(ws);
@@ -666,7 +463,7 @@ fn fresh_case(damage: Damage) {
     damage.apply(&file);
     let damaged = fs::read(&file).unwrap();
     let t0 = Instant::now();
-    let mut server = match Server::try_start(&data, &[]) {
+    let mut server = match try_start(&data, &[]) {
         Ok(s) => s,
         Err((status, log)) => panic!(
             "{damage:?}: with --on-corrupt fresh (the default) the server must start on a fresh store; \
@@ -692,7 +489,7 @@ fn fresh_case(damage: Damage) {
         log.lines().any(|l| l.contains("ERROR") && l.contains(&name)),
         "{damage:?}: an ERROR line says where the store went ({name}); log:\n{log}"
     );
-    let mut ws = server.ws("resumer");
+    let mut ws = Ws::connect(server.addr, "resumer");
     let subok = ws.subscribe("c:a", last, Some(&old_epoch));
     assert_ne!(subok["epoch"].as_str(), Some(old_epoch.as_str()), "{damage:?}: a fresh store has a new epoch");
     assert_eq!(subok["gap"], true, "{damage:?}: resuming with the old epoch gives gap:true: {subok}");
@@ -711,7 +508,7 @@ fn refuse_case(damage: Damage) {
     let file = data.join("data.mdb");
     damage.apply(&file);
     let before = fs::read(&file).unwrap();
-    let (status, log) = match Server::try_start(&data, &["--on-corrupt", "refuse"]) {
+    let (status, log) = match try_start(&data, &["--on-corrupt", "refuse"]) {
         Ok(mut s) => {
             s.stop();
             panic!("{damage:?} + --on-corrupt refuse: the server started; log:\n{}", s.log())
@@ -788,7 +585,7 @@ fn backup_while_publishing_restores_the_same_history() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
-    let mut server = Server::start(&live, &["--publish-rate", "0", "--retention-messages", "1000000"]);
+    let mut server = start(&live, &["--publish-rate", "0", "--retention-messages", "1000000"]);
     let channels = ["bk:a", "bk:b"];
     // Two publishers, one per channel, each with a window of 20 in flight.
     let stop = Arc::new(AtomicBool::new(false));
@@ -838,7 +635,7 @@ fn backup_while_publishing_restores_the_same_history() {
     for p in publishers {
         p.join().expect("a publisher failed");
     }
-    let mut ws = server.ws("checker");
+    let mut ws = Ws::connect(server.addr, "checker");
     let live_epoch = ws.subscribe("bk:a", 0, None)["epoch"].as_str().unwrap().to_string();
     drop(ws);
     let live_size = file_len(&live.join("data.mdb"));
@@ -848,8 +645,8 @@ fn backup_while_publishing_restores_the_same_history() {
     let restored = dir.path().join("restored");
     fs::create_dir_all(&restored).unwrap();
     fs::copy(&file, restored.join("data.mdb")).unwrap();
-    let mut server = Server::start(&restored, &["--retention-messages", "1000000"]);
-    let mut ws = server.ws("checker");
+    let mut server = start(&restored, &["--retention-messages", "1000000"]);
+    let mut ws = Ws::connect(server.addr, "checker");
     let acked = acked.lock().unwrap();
     let mut counts = Vec::new();
     for (c, ch) in channels.iter().enumerate() {
@@ -894,8 +691,8 @@ fn backup_while_publishing_restores_the_same_history() {
 fn backup_refuses_an_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &[]);
-    server.ws("w").publish("x", json!(1), "1");
+    let mut server = start(&data, &[]);
+    Ws::connect(server.addr, "w").publish("x", json!(1), "1");
     let file = dir.path().join("exists.mdb");
     fs::write(&file, b"keep me").unwrap();
     let out = run_roostd(&["backup", file.to_str().unwrap(), "--data", data.to_str().unwrap()]);
@@ -927,11 +724,11 @@ struct Growth {
 fn replay_during_writes(n: usize, window: usize, hold_reader: bool) -> Growth {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--publish-rate", "0", "--retention-messages", "100000000"]);
+    let mut server = start(&data, &["--publish-rate", "0", "--retention-messages", "100000000"]);
     let ch = "replay:a";
     let make =
         |i: usize| json!({"i": i, "text": "a message of about one hundred bytes, as a chat line or a sensor reading"});
-    let mut ws = server.ws("writer");
+    let mut ws = Ws::connect(server.addr, "writer");
     let t0 = Instant::now();
     publish_pipelined(&mut ws, ch, n, 64, make);
     let first_took = t0.elapsed();
@@ -1064,8 +861,8 @@ fn control_a_read_transaction_held_across_writes_makes_data_mdb_grow() {
 #[test]
 fn retention_messages_5_keeps_the_last_5_within_1s() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--retention-messages", "5", "--publish-rate", "0"]);
-    let mut ws = server.ws("r");
+    let mut server = start(dir.path(), &["--retention-messages", "5", "--publish-rate", "0"]);
+    let mut ws = Ws::connect(server.addr, "r");
     for i in 1..=20 {
         let v = ws.publish("ret:n", json!(i), &format!("m{i}"));
         assert_eq!(v["seq"], i, "{v}");
@@ -1084,11 +881,11 @@ fn retention_messages_5_keeps_the_last_5_within_1s() {
     assert!(gap, "hist from 0 over trimmed messages says gap:true");
     let data: Vec<Value> = msgs.iter().map(|m| m["data"].clone()).collect();
     assert_eq!(data, (16..=20).map(|i| json!(i)).collect::<Vec<_>>());
-    let mut sub = server.ws("s");
+    let mut sub = Ws::connect(server.addr, "s");
     let subok = sub.subscribe("ret:n", 0, None);
     assert_eq!(subok["gap"], true, "sub since 0 over trimmed messages: {subok}");
     assert_eq!(sub.next().unwrap()["seq"], 16, "replay starts at the oldest kept");
-    let (status, body) = server.http("GET", "/api/channels", "");
+    let (status, body) = http(&server, "GET", "/api/channels", "");
     assert!(status == 200 && body.contains("\"count\":5"), "channel count 5: {status} {body}");
     println!("durability: --retention-messages 5: 16..20 with gap:true {took:.1?} after the 20th ack");
     server.stop();
@@ -1097,8 +894,8 @@ fn retention_messages_5_keeps_the_last_5_within_1s() {
 #[test]
 fn retention_age_1s_trims_older_messages_within_2s() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--retention-age", "1s", "--publish-rate", "0"]);
-    let mut ws = server.ws("r");
+    let mut server = start(dir.path(), &["--retention-age", "1s", "--publish-rate", "0"]);
+    let mut ws = Ws::connect(server.addr, "r");
     for i in 1..=5 {
         assert_eq!(ws.publish("ret:age", json!(i), &format!("a{i}"))["op"], "ack");
     }

@@ -16,38 +16,25 @@
 //! `ROOSTD_TEST_SCALE=small` shrinks counts and widens time bounds (qemu).
 //! `cargo test --test hostile -- --nocapture` prints the measured numbers.
 
+mod support;
+
 use std::collections::VecDeque;
-use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use roostd::auth::{mint, AuthError, Claims, Key, KeyRing, Reason, Verifier};
 use roostd::http::{self, HeadError};
 use roostd::wire::{self, Request};
 use serde_json::{json, Map, Value};
-use tungstenite::{ClientRequestBuilder, Message, WebSocket};
+use support::{io_timeout, now_secs, scale, small, test_key, token_all, Answer, Client, TestServer, SECRET};
+use tungstenite::ClientRequestBuilder;
 
 // ---------------------------------------------------------------------------
 // Scale, time, serialisation.
-
-/// The HMAC secret every test server uses.
-const SECRET: &str = "roostd-hostile-test-secret-0123456789abcdef";
-const BIN: &str = env!("CARGO_BIN_EXE_roostd");
-
-fn small() -> bool {
-    std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small")
-}
-
-fn scale(full: usize, small_n: usize) -> usize {
-    if small() {
-        small_n
-    } else {
-        full
-    }
-}
 
 /// Time bounds are multiplied by this under emulation.
 fn slow_factor() -> u32 {
@@ -58,27 +45,11 @@ fn slow_factor() -> u32 {
     }
 }
 
-fn io_timeout() -> Duration {
-    Duration::from_secs(10) * slow_factor()
-}
-
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One test at a time (a failed test must not block the others).
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn test_key() -> Key {
-    Key::new(None, SECRET.as_bytes().to_vec())
-}
-
-fn token_all(sub: &str) -> String {
-    mint(&json!({"sub": sub, "exp": now_secs() + 3600, "read": ["*"], "write": ["*"]}), &test_key())
 }
 
 /// Nearest-rank percentile of sorted durations, in milliseconds.
@@ -667,286 +638,35 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
 }
 
 // ---------------------------------------------------------------------------
-// The server process.
+// The server process (tests/support), what /proc says about it, and raw frames.
 
-fn start_timeout() -> Duration {
-    Duration::from_secs(20) * slow_factor().min(3)
+/// Resident memory, KiB (`VmRSS`).
+fn rss_kib(server: &TestServer) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
-/// A running `roostd serve` with its own data folder; killed on drop.
-struct Server {
-    addr: SocketAddr,
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    _data: tempfile::TempDir,
+/// CPU time (user + system) in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(server: &TestServer) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).expect("reading /proc/PID/stat");
+    // Fields after the command name (which may hold spaces): state is 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    line.split(" listening on ").nth(1)?.split_whitespace().next()?.parse().ok()
+fn open_fds(server: &TestServer) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid())).map(|d| d.count()).unwrap_or(0)
 }
 
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        Server::launch(&[], args, &[])
-    }
-
-    /// `[wrapper...] roostd serve --listen 127.0.0.1:0 --data TMP ARGS` with `env`.
-    fn launch(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
-        let data = tempfile::tempdir().expect("a temp data folder");
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--data"]).arg(data.path()).args(args);
-        cmd.env("ROOSTD_SECRET", SECRET).env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child =
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawning roostd");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        match rx.recv_timeout(start_timeout()) {
-            Ok(addr) => Server { addr, child: Some(child), log, _data: data },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("roostd did not start; log:\n{}", log.lock().unwrap().join("\n"));
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("server running").id()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.pid().to_string()]).status().expect("running kill");
-        assert!(status.success(), "kill {sig} failed");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().expect("server running");
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for roostd") {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "roostd did not exit in time; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Resident memory, KiB (`VmRSS`).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// CPU time (user + system) in clock ticks (USER_HZ, 100 on Linux).
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("reading /proc/PID/stat");
-        // Fields after the command name (which may hold spaces): state is 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
-    }
-
-    fn ws(&self, token: &str) -> Client {
-        self.try_ws(token).unwrap_or_else(|e| panic!("refused: {e:?}; log:\n{}", self.log()))
-    }
-
-    fn try_ws(&self, token: &str) -> Result<Client, (u16, String)> {
-        let uri = format!("ws://{}/ws?token={token}", self.addr);
-        self.ws_request(ClientRequestBuilder::new(uri.parse().unwrap()))
-    }
-
-    fn ws_request(&self, request: ClientRequestBuilder) -> Result<Client, (u16, String)> {
-        Client::connect(self.addr, request)
-    }
-
-    fn tcp(&self) -> TcpStream {
-        let sock = TcpStream::connect(self.addr).expect("connecting to the server");
-        sock.set_read_timeout(Some(io_timeout())).unwrap();
-        sock.set_write_timeout(Some(io_timeout())).unwrap();
-        sock
-    }
-
-    /// Sends raw bytes, reads one response: (status, body).
-    fn http(&self, request: &[u8]) -> (u16, String) {
-        let mut sock = self.tcp();
-        let _ = sock.write_all(request);
-        read_response(&mut sock)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn read_response(sock: &mut TcpStream) -> (u16, String) {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        match sock.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) => raw.push(byte[0]),
-            Err(e) => panic!("reading a response head: {e} (got {:?})", lossy(&raw)),
-        }
-    }
-    let head = lossy(&raw);
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a response: {head:?}"));
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().unwrap())
-    });
-    let mut body = vec![0u8; len.unwrap_or(0)];
-    sock.read_exact(&mut body).expect("reading a response body");
-    (status, lossy(&body))
-}
-
-// ---------------------------------------------------------------------------
-// A blocking WebSocket client, and raw frames.
-
-struct Client {
-    ws: WebSocket<TcpStream>,
-    inbox: VecDeque<Value>,
-    pongs: usize,
-}
-
-/// What came back for a request: a reply, or the server's Close.
-#[derive(Debug)]
-enum Answer {
-    Reply(Value),
-    /// Close code (None: the connection ended without a Close frame).
-    Closed(Option<u16>),
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, request: ClientRequestBuilder) -> Result<Client, (u16, String)> {
-        let sock = TcpStream::connect(addr).map_err(|e| (0, format!("connect: {e}")))?;
-        sock.set_read_timeout(Some(io_timeout())).unwrap();
-        sock.set_write_timeout(Some(io_timeout())).unwrap();
-        sock.set_nodelay(true).unwrap();
-        match tungstenite::client::client_with_config(request, sock, None) {
-            Ok((ws, _)) => Ok(Client { ws, inbox: VecDeque::new(), pongs: 0 }),
-            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-                let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                Err((resp.status().as_u16(), body.into_owned()))
-            }
-            Err(e) => Err((0, format!("handshake failed: {e}"))),
-        }
-    }
-
-    fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).expect("sending a text frame");
-    }
-
-    /// Writes bytes straight to the socket (hand-made frames).
-    fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.ws.get_mut().write_all(bytes)
-    }
-
-    /// The next text frame, or how the connection ended.
-    fn next(&mut self) -> Answer {
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) => return Answer::Reply(serde_json::from_str(&t).expect("JSON from the server")),
-                Ok(Message::Pong(_)) => self.pongs += 1,
-                Ok(Message::Close(frame)) => {
-                    let _ = self.ws.flush();
-                    let _ = self.ws.get_ref().shutdown(Shutdown::Both);
-                    return Answer::Closed(frame.map(|f| u16::from(f.code)));
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    panic!("no frame within {:?}", io_timeout())
-                }
-                Err(_) => return Answer::Closed(None),
-            }
-        }
-    }
-
-    /// The next frame that is not a `msg` (deliveries are kept).
-    fn answer(&mut self) -> Answer {
-        loop {
-            match self.next() {
-                Answer::Reply(v) if v["op"] == "msg" => self.inbox.push_back(v),
-                other => return other,
-            }
-        }
-    }
-
-    fn request(&mut self, v: Value) -> Value {
-        self.send_json(v);
-        match self.answer() {
-            Answer::Reply(r) => r,
-            Answer::Closed(code) => panic!("closed with {code:?} instead of a reply"),
-        }
-    }
-
-    fn recv_msg(&mut self) -> Value {
-        if let Some(v) = self.inbox.pop_front() {
-            return v;
-        }
-        match self.next() {
-            Answer::Reply(v) => v,
-            Answer::Closed(code) => panic!("closed with {code:?} while waiting for a msg"),
-        }
-    }
-
-    /// Reads to the Close frame: the messages before it, and its code.
-    fn recv_until_close(&mut self) -> (Vec<Value>, Option<u16>) {
-        let mut msgs: Vec<Value> = self.inbox.drain(..).collect();
-        loop {
-            match self.next() {
-                Answer::Reply(v) => msgs.push(v),
-                Answer::Closed(code) => return (msgs, code),
-            }
-        }
-    }
-
-    fn close(mut self) {
-        let _ = self.ws.close(None);
-        let _ = self.ws.flush();
-    }
+/// Sends raw bytes, reads one response: (status, body).
+fn http_raw(server: &TestServer, request: &[u8]) -> (u16, String) {
+    let resp = server.http_bytes(request);
+    (resp.status, resp.body)
 }
 
 /// A masked client frame (RFC 6455 §5.2): `len` is what the header claims,
@@ -1088,7 +808,7 @@ fn fragment_outcome(c: &mut Client, bytes: &[u8]) -> (String, Duration) {
 fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
     let _serial = serial();
     let handshake_timeout = Duration::from_secs(2);
-    let server = Server::start(&[
+    let server = TestServer::start(&[
         "--handshake-timeout",
         "2s",
         "--max-send-buffer-bytes",
@@ -1101,7 +821,7 @@ fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
     let stop = AtomicBool::new(false);
     let loris_open = AtomicUsize::new(0);
     let rss_max = AtomicUsize::new(0);
-    let rss_start = server.rss_kib();
+    let rss_start = rss_kib(&server);
     let report = Mutex::new(AbuseReport::default());
 
     // Baseline: the same pair with nobody else around.
@@ -1127,7 +847,7 @@ fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
         // Memory, sampled every 20 ms.
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                rss_max.fetch_max(server.rss_kib() as usize, Ordering::Relaxed);
+                rss_max.fetch_max(rss_kib(&server) as usize, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -1192,7 +912,7 @@ fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
             let mut published = 0;
             // The server counts the close in /metrics (and logs it); publish until it has.
             let closed = || {
-                let (_, metrics) = server.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let (_, metrics) = http_raw(&server, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 metrics.contains("roostd_disconnects_total{reason=\"slow_consumer\"}")
                     || server.log_count("closing slow consumer") > 0
             };
@@ -1372,7 +1092,7 @@ impl Client {
 #[test]
 fn a_message_in_more_fragments_than_max_fragments_is_refused() {
     let _serial = serial();
-    let server = Server::start(&["--max-fragments", "16"]);
+    let server = TestServer::start(&["--max-fragments", "16"]);
     let mut c = server.ws(&token_all("frag"));
     let (what, _) = fragment_outcome(&mut c, &fragmented_pub("frag", "f1", 100, b"x"));
     assert!(
@@ -1413,7 +1133,7 @@ fn a_message_in_more_fragments_than_max_fragments_is_refused() {
 #[test]
 fn a_stream_of_empty_fragments_does_not_stall_other_clients() {
     let _serial = serial();
-    let server = Server::start(&[]);
+    let server = TestServer::start(&[]);
     let frames = scale(300_000, 30_000);
     let mut good = server.ws(&token_all("good"));
     let mut baseline = Vec::new();
@@ -1467,7 +1187,8 @@ fn a_stream_of_empty_fragments_does_not_stall_other_clients() {
 #[test]
 fn a_canary_token_never_appears_in_a_trace_log() {
     let _serial = serial();
-    let mut server = Server::launch(&[], &["--allowed-origin", "http://app.example"], &[("RUST_LOG", "trace")]);
+    let mut server =
+        TestServer::options().args(&["--allowed-origin", "http://app.example"]).env("RUST_LOG", "trace").start();
     let canary = format!(
         "CANARY-{:016x}",
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), now_secs())
@@ -1528,7 +1249,7 @@ fn a_canary_token_never_appears_in_a_trace_log() {
         (upgrade(&format!("/ws?token={good}"), &format!("X-Pad: {}\r\n", "p".repeat(9000))), 431),
     ];
     for (request, status) in &cases {
-        assert_eq!(server.http(request.as_bytes()).0, *status, "{}", &request[..60]);
+        assert_eq!(http_raw(&server, request.as_bytes()).0, *status, "{}", &request[..60]);
     }
 
     // 3. The HTTP API with a Bearer token: good, bad signature, expired.
@@ -1538,20 +1259,20 @@ fn a_canary_token_never_appears_in_a_trace_log() {
              Content-Type: application/json\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{{\"a\":1}}"
         )
     };
-    assert_eq!(server.http(post(&good).as_bytes()).0, 201);
-    assert_eq!(server.http(post(&bad_sig).as_bytes()).0, 401);
-    assert_eq!(server.http(post(&expired).as_bytes()).0, 401);
+    assert_eq!(http_raw(&server, post(&good).as_bytes()).0, 201);
+    assert_eq!(http_raw(&server, post(&bad_sig).as_bytes()).0, 401);
+    assert_eq!(http_raw(&server, post(&expired).as_bytes()).0, 401);
     let get = format!(
         "GET /api/channels/canary/messages?since=0&token={good} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\n\
          Connection: close\r\n\r\n"
     );
-    assert_eq!(server.http(get.as_bytes()).0, 200);
-    let (status, metrics) = server.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(http_raw(&server, get.as_bytes()).0, 200);
+    let (status, metrics) = http_raw(&server, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);
     assert!(!metrics.contains(&canary) && !metrics.contains(&sub), "metrics leak a token's claims");
 
     server.signal("-TERM");
-    assert!(server.wait_exit(io_timeout()).success());
+    assert!(server.wait_exit().success());
     let log = server.log();
     assert!(log.contains("TRACE") || log.contains("DEBUG"), "the server did not log at trace level:\n{log}");
     assert!(log.contains("token=<redacted>"), "refusals are logged with the token redacted:\n{log}");
@@ -1582,18 +1303,17 @@ fn out_of_descriptors_the_server_backs_off_without_spinning_and_recovers() {
         Command::new("prlimit").arg("--version").output().is_ok(),
         "prlimit is needed to lower the server's descriptor limit: apt-get install util-linux"
     );
-    let server = Server::launch(
-        &["prlimit", "--nofile=64:64", "--"],
-        &["--max-connections", "1000", "--handshake-timeout", "60s"],
-        &[],
-    );
+    let server = TestServer::options()
+        .wrapper(&["prlimit", "--nofile=64:64", "--"])
+        .args(&["--max-connections", "1000", "--handshake-timeout", "60s"])
+        .start();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
     let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert!(nofile.split_whitespace().filter(|w| *w == "64").count() == 2, "{nofile}");
 
     let mut live = server.ws(&token_all("live"));
     assert_eq!(live.request(json!({"op": "sub", "ch": "x"}))["op"], "subok");
-    let fds_idle = server.open_fds();
+    let fds_idle = open_fds(&server);
 
     // Connect until the server says it is out of descriptors, then a few more
     // so the listen backlog is not empty.
@@ -1611,15 +1331,15 @@ fn out_of_descriptors_the_server_backs_off_without_spinning_and_recovers() {
     for _ in 0..10 {
         socks.push(server.tcp());
     }
-    let fds_full = server.open_fds();
+    let fds_full = open_fds(&server);
 
     // Exhausted: an open WebSocket is still served, and the loop does not spin.
     let r = live.request(json!({"op": "hist", "ch": "x", "id": "during"}));
     assert_eq!(r["id"], "during", "{r}");
     let window = Duration::from_secs(2);
-    let (ticks0, warns0, wall0) = (server.cpu_ticks(), server.log_count("out of file descriptors"), Instant::now());
+    let (ticks0, warns0, wall0) = (cpu_ticks(&server), server.log_count("out of file descriptors"), Instant::now());
     std::thread::sleep(window);
-    let (ticks1, warns1, wall) = (server.cpu_ticks(), server.log_count("out of file descriptors"), wall0.elapsed());
+    let (ticks1, warns1, wall) = (cpu_ticks(&server), server.log_count("out of file descriptors"), wall0.elapsed());
     let cpu = Duration::from_millis((ticks1 - ticks0) * 10);
     let warnings = warns1 - warns0;
 
@@ -1651,7 +1371,7 @@ fn out_of_descriptors_the_server_backs_off_without_spinning_and_recovers() {
 #[test]
 fn sigint_closes_every_websocket_with_1001_and_exits_0() {
     let _serial = serial();
-    let mut server = Server::start(&[]);
+    let mut server = TestServer::start(&[]);
     let mut sub = server.ws(&token_all("sub"));
     assert_eq!(sub.request(json!({"op": "sub", "ch": "room"}))["op"], "subok");
     let mut publisher = server.ws(&token_all("pub"));
@@ -1669,7 +1389,7 @@ fn sigint_closes_every_websocket_with_1001_and_exits_0() {
         assert_eq!(code, Some(1001), "{name}");
         assert!(msgs.iter().all(|m| m["op"] == "msg"), "{name}: {msgs:?}");
     }
-    let status = server.wait_exit(io_timeout());
+    let status = server.wait_exit();
     assert_eq!(status.code(), Some(0), "exit status after SIGINT; log:\n{}", server.log());
     assert!(server.log().contains("stopped cleanly"), "{}", server.log());
 }
@@ -1753,7 +1473,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     static STOP_HOOK: AtomicBool = AtomicBool::new(false);
     let hook = drip_hook(&STOP_HOOK);
     let hook_url = format!("http://{hook}/hook");
-    let server = Server::start(&[
+    let server = TestServer::start(&[
         "--handshake-timeout",
         "2s",
         "--publish-hook",
@@ -1767,7 +1487,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     let channels_wanted = scale(10_000, 3_000);
     let stop = AtomicBool::new(false);
     let rss_max = AtomicUsize::new(0);
-    let rss_start = server.rss_kib();
+    let rss_start = rss_kib(&server);
     let api =
         mint(&json!({"sub": "app", "exp": now_secs() + 3600, "api": true, "read": ["*"], "write": ["*"]}), &test_key());
     /// Sets `stop` when the test's own thread unwinds, so a failed
@@ -1782,7 +1502,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
         let _stop_on_drop = StopOnDrop(&stop);
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                rss_max.fetch_max(server.rss_kib() as usize, Ordering::Relaxed);
+                rss_max.fetch_max(rss_kib(&server) as usize, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -1873,7 +1593,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
         }
         let (created, refused_channels) = creator.join().expect("the channel creator");
         stop.store(true, Ordering::Relaxed);
-        let healthz = server.http(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let healthz = http_raw(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert_eq!(healthz.0, 200, "{healthz:?}");
         (
             flood.join().unwrap(),

@@ -1,6 +1,6 @@
 // Starts, stops and restarts the real roostd binary for the end-to-end tests.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -85,40 +85,52 @@ export class Server {
     this.log = [];
   }
 
-  /** Starts on `port` (0: any free one) and resolves once it listens. */
+  /** Starts on `port` (0: any free one) and resolves once it listens (the
+   *  address it writes to its `--ready-file`). */
   start(port = this.port) {
     if (this.proc) throw new Error('server already running');
-    const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data', this.data, ...this.args], {
-      env: ENV,
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const ready = `${this.data}.ready`;
+    rmSync(ready, { force: true }); // the address of the run before
+    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--data', this.data, '--ready-file', ready, ...this.args];
+    const proc = spawn(BIN, args, { env: ENV, stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc = proc;
     proc.exited = new Promise((res) => proc.on('exit', (code, signal) => res({ code, signal })));
     return new Promise((res, rej) => {
       let buf = '';
-      const timer = setTimeout(() => rej(new Error(`roostd did not listen within 15 s:\n${this.log.join('\n')}`)), 15000);
+      const done = () => {
+        clearTimeout(timer);
+        clearInterval(poll);
+      };
+      const timer = setTimeout(() => {
+        done();
+        rej(new Error(`roostd did not listen within 15 s:\n${this.log.join('\n')}`));
+      }, 15000);
+      const poll = setInterval(() => {
+        let text;
+        try {
+          text = readFileSync(ready, 'utf8');
+        } catch {
+          return;
+        }
+        done();
+        this.port = Number(text.trim().split(':').pop());
+        res(this.port);
+      }, 20);
       proc.stderr.setEncoding('utf8');
       proc.stderr.on('data', (chunk) => {
         buf += chunk;
         let nl;
         while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl);
+          this.log.push(buf.slice(0, nl));
           buf = buf.slice(nl + 1);
-          this.log.push(line);
-          const m = /listening on 127\.0\.0\.1:(\d+)/.exec(line);
-          if (m) {
-            this.port = Number(m[1]);
-            clearTimeout(timer);
-            res(this.port);
-          }
         }
       });
       proc.on('error', (e) => {
-        clearTimeout(timer);
+        done();
         rej(e);
       });
       proc.exited.then(({ code, signal }) => {
-        clearTimeout(timer);
+        done();
         rej(new Error(`roostd exited (${code ?? signal}) before listening:\n${this.log.join('\n')}`));
       });
     });

@@ -81,7 +81,8 @@ class Server(roostd_server.Server):
         super().__init__(
             "--tls-cert", cert, "--tls-key", key, *extra_args, env_secret=SECRET, prefix="roostd-tls-interop-"
         )
-        assert any("TLS)" in line for line in self.log), "the startup line should say TLS:\n" + "\n".join(self.log)
+        # The startup line says TLS (it is logged before the ready file is written).
+        self.wait_log(r"listening on .*TLS\)")
 
     def url(self, scheme="wss", path="/ws"):
         return self.url_for(scheme, path)

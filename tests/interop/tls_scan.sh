@@ -292,13 +292,14 @@ fi
 start_server() {
     local cert=$1 key=$2
     : >"$work/server.log"
+    rm -f "$work/server.addr"  # the address of an earlier run
     ROOSTD_SECRET="tls-scan-secret-0123456789abcdef-0123456789" RUST_LOG=info \
         "$ROOSTD_BIN" serve --listen 127.0.0.1:0 --data "$work/data" --tls-cert "$cert" --tls-key "$key" \
-        </dev/null >/dev/null 2>"$work/server.log" &
+        --ready-file "$work/server.addr" </dev/null >/dev/null 2>"$work/server.log" &
     server_pid=$!
     port=""
     for _ in $(seq 1 100); do
-        port="$(sed -n 's/.* listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$work/server.log" | head -n 1)"
+        [[ -s "$work/server.addr" ]] && port="$(sed 's/.*://' "$work/server.addr")"
         [[ -n "$port" ]] && return 0
         kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1

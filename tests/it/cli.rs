@@ -49,6 +49,7 @@ fn serve_help_exits_0_and_documents_every_flag() {
         "--secret-file",
         "--allowed-origin",
         "--max-connections",
+        "--ready-file",
         "--max-connections-per-ip",
         "--max-message-bytes",
         "--handshake-timeout",
@@ -243,6 +244,39 @@ fn listen_accepts_a_host_name() {
     assert!(server.addr.ip().is_loopback(), "{}", server.addr);
     let mut c = server.ws(&token_all("alice"));
     assert_eq!(c.publish("room:1", json!("by name")), 1);
+}
+
+#[test]
+fn the_ready_file_holds_the_address_the_server_logs_and_answers_on() {
+    // The harness passes `--listen 127.0.0.1:0 --ready-file`: the port is the
+    // kernel's choice, known only from the server.
+    let server = TestServer::start(&[]);
+    let text = std::fs::read_to_string(server.ready_file()).unwrap();
+    let addr: std::net::SocketAddr = text.strip_suffix('\n').unwrap_or_else(|| panic!("{text:?}")).parse().unwrap();
+    assert_ne!(addr.port(), 0, "{text:?}");
+    let logged = format!("listening on {addr} ");
+    assert!(server.log().contains(&logged), "the log names another address than {text:?}:\n{}", server.log());
+    let mut tmp = server.ready_file().into_os_string();
+    tmp.push(".tmp");
+    assert!(!std::path::Path::new(&tmp).exists(), "the temp file was renamed into place");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connecting to the ready file's address");
+    sock.set_read_timeout(Some(io_timeout())).unwrap();
+    std::io::Write::write_all(&mut sock, b"GET /healthz HTTP/1.1\r\nHost: roostd.test\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut sock).status, 200);
+}
+
+#[test]
+fn a_ready_file_that_cannot_be_written_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("no-such-folder").join("ready");
+    let config = dir.path().join("roostd.toml");
+    std::fs::write(&config, format!("ready_file = {:?}\n", ready.to_str().unwrap())).unwrap();
+    let data = dir.path().join("data");
+    let args =
+        ["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()];
+    let out = run_roostd(&args, &[("ROOSTD_SECRET", SECRET)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("cannot write the ready file {}", ready.display())), "{}", stderr(&out));
 }
 
 #[test]

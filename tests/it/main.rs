@@ -4,6 +4,7 @@
 //! fresh data folder), so tests run in parallel and independently. Set
 //! `ROOSTD_TEST_SCALE=small` to scale the big tests down (under emulation).
 
+#[path = "../support/mod.rs"]
 mod support;
 
 mod api;

@@ -1,11 +1,16 @@
 //! Test support: the real `roostd` binary as a child process, tokens, a
 //! blocking WebSocket client and raw HTTP — all bounded by timeouts, so a
 //! broken server fails a test instead of hanging the suite.
+//!
+//! The one harness of every test binary (`tests/it`, `crash`, `durability`,
+//! `hostile`): each includes it as `mod support`, and none uses all of it.
+
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -92,12 +97,6 @@ pub fn api_token_with(sub: &str, read: &[&str], write: &[&str]) -> String {
 // ---------------------------------------------------------------------------
 // The server process.
 
-enum Event {
-    Listening(SocketAddr),
-    /// stderr closed: the process has exited (or is about to).
-    Eof,
-}
-
 /// Log lines kept per server.
 const MAX_LOG_LINES: usize = 100_000;
 
@@ -108,6 +107,10 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Do not set `ROOSTD_SECRET` (the server then generates `<data>/secret`).
     pub no_secret: bool,
+    /// Serve this folder instead of a fresh temp folder.
+    pub data: Option<PathBuf>,
+    /// A command the server runs under (`strace -f ...`, `prlimit ...`).
+    pub wrapper: Vec<String>,
 }
 
 impl Options {
@@ -126,8 +129,33 @@ impl Options {
         self
     }
 
+    pub fn data(mut self, dir: &Path) -> Options {
+        self.data = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn wrapper(mut self, command: &[&str]) -> Options {
+        self.wrapper = command.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     pub fn start(self) -> TestServer {
         TestServer::start_with(self)
+    }
+
+    /// Starts the server; when it exits before listening, gives its exit
+    /// status (None: it had to be killed) and its log instead.
+    pub fn try_start(self) -> Result<TestServer, (Option<ExitStatus>, String)> {
+        let temp = match self.data {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("creating a temp data folder")),
+        };
+        let data = self.data.clone().unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let run = tempfile::tempdir().expect("creating a temp folder for the ready file");
+        let (child, events, addr) = try_spawn(&data, run.path(), &self, &log)?;
+        let events = Mutex::new(events);
+        Ok(TestServer { addr, child: Some(child), events, data, _temp: temp, run, options: self, log })
     }
 }
 
@@ -135,8 +163,14 @@ impl Options {
 pub struct TestServer {
     pub addr: SocketAddr,
     child: Option<Child>,
-    events: Receiver<Event>,
-    data: tempfile::TempDir,
+    /// Says that stderr closed: the process has exited (or is about to).
+    /// In a Mutex so threads of a test can share `&TestServer` (a Receiver is not Sync).
+    events: Mutex<Receiver<()>>,
+    data: PathBuf,
+    /// The temp folder behind `data`, unless the test gave its own.
+    _temp: Option<tempfile::TempDir>,
+    /// Holds the `--ready-file` the server writes its address to.
+    run: tempfile::TempDir,
     options: Options,
     /// Every stderr line of every run of this server, in order.
     log: Arc<Mutex<Vec<String>>>,
@@ -153,10 +187,9 @@ impl TestServer {
     }
 
     pub fn start_with(options: Options) -> TestServer {
-        let data = tempfile::tempdir().expect("creating a temp data folder");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (child, events, addr) = spawn_server(data.path(), &options, &log);
-        TestServer { addr, child: Some(child), events, data, options, log }
+        options
+            .try_start()
+            .unwrap_or_else(|(status, log)| panic!("roostd did not start (exit {status:?}); log:\n{log}"))
     }
 
     pub fn port(&self) -> u16 {
@@ -164,7 +197,12 @@ impl TestServer {
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.data.path()
+        &self.data
+    }
+
+    /// The `--ready-file` the server wrote its address to.
+    pub fn ready_file(&self) -> PathBuf {
+        self.run.path().join("ready")
     }
 
     pub fn pid(&self) -> u32 {
@@ -176,7 +214,13 @@ impl TestServer {
         self.log.lock().unwrap().join("\n")
     }
 
-    fn signal(&self, sig: &str) {
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`, ...).
+    pub fn signal(&self, sig: &str) {
         let status = Command::new("kill").args([sig, &self.pid().to_string()]).status().expect("running kill");
         assert!(status.success(), "kill {sig} failed");
     }
@@ -194,19 +238,19 @@ impl TestServer {
 
     /// Waits (bounded) for the process to exit on its own.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + start_timeout();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(Event::Listening(_)) => continue,
-                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("the server did not exit in time; the log ends with:\n{}", self.log_tail(30))
-                }
-            }
+        // stderr closes when the process exits.
+        let closed = self.events.lock().unwrap().recv_timeout(start_timeout());
+        if let Err(RecvTimeoutError::Timeout) = closed {
+            panic!("the server did not exit in time; the log ends with:\n{}", self.log_tail(30))
         }
         let mut child = self.child.take().expect("server running");
         child.wait().expect("waiting for the server")
+    }
+
+    /// SIGTERM and wait; the stop must be clean (exit 0).
+    pub fn stop(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "SIGTERM must stop the server cleanly, got {status}; log:\n{}", self.log_tail(60));
     }
 
     /// SIGTERM, wait, and start again on the same data folder (the port may change).
@@ -218,17 +262,23 @@ impl TestServer {
 
     /// SIGKILL, wait, and start again on the same data folder.
     pub fn kill9(&mut self) {
+        self.kill_and_wait();
+        self.start_again();
+    }
+
+    /// SIGKILL, and wait until the process is gone (no restart).
+    pub fn kill_and_wait(&mut self) {
         self.signal("-KILL");
         self.wait_exit();
-        self.start_again();
     }
 
     /// Starts the server again on the same data folder after it stopped
     /// (the port may change); lets a test change the folder in between.
     pub fn start_again(&mut self) {
-        let (child, events, addr) = spawn_server(self.data.path(), &self.options, &self.log);
+        let (child, events, addr) = try_spawn(&self.data, self.run.path(), &self.options, &self.log)
+            .unwrap_or_else(|(status, log)| panic!("roostd did not start again (exit {status:?}); log:\n{log}"));
         self.child = Some(child);
-        self.events = events;
+        self.events = Mutex::new(events);
         self.addr = addr;
     }
 
@@ -292,6 +342,12 @@ impl TestServer {
         ))
     }
 
+    /// A gauge or counter from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let body = self.http("GET /metrics HTTP/1.1\r\nHost: roostd.test\r\n\r\n").body;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// A plain TCP connection to the server, with timeouts.
     pub fn tcp(&self) -> TcpStream {
         let sock = TcpStream::connect(self.addr).expect("connecting to the server");
@@ -328,9 +384,17 @@ impl Drop for TestServer {
     }
 }
 
-fn server_command(data: &Path, options: &Options) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--data"]).arg(data).args(&options.args);
+fn server_command(data: &Path, ready: &Path, options: &Options) -> Command {
+    let mut cmd = match options.wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--data"]).arg(data).arg("--ready-file").arg(ready);
+    cmd.args(&options.args);
     cmd.env_remove("ROOSTD_SECRET").env("RUST_LOG", "info");
     if !options.no_secret {
         cmd.env("ROOSTD_SECRET", SECRET);
@@ -341,8 +405,22 @@ fn server_command(data: &Path, options: &Options) -> Command {
     cmd
 }
 
-fn spawn_server(data: &Path, options: &Options, log: &Arc<Mutex<Vec<String>>>) -> (Child, Receiver<Event>, SocketAddr) {
-    let mut child = server_command(data, options)
+/// A started server: the process, the "stderr closed" signal, the address.
+type Spawned = (Child, Receiver<()>, SocketAddr);
+
+/// Spawns the server and waits for the address it writes to `run/ready`;
+/// when it exits (or hangs) before that: its exit status (None: killed) and
+/// its whole log.
+fn try_spawn(
+    data: &Path,
+    run: &Path,
+    options: &Options,
+    log: &Arc<Mutex<Vec<String>>>,
+) -> Result<Spawned, (Option<ExitStatus>, String)> {
+    let ready = run.join("ready");
+    // A restart must not read the address of the run before.
+    let _ = std::fs::remove_file(&ready);
+    let mut child = server_command(data, &ready, options)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -354,32 +432,35 @@ fn spawn_server(data: &Path, options: &Options, log: &Arc<Mutex<Vec<String>>>) -
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(addr) = listening_addr(&line) {
-                let _ = tx.send(Event::Listening(addr));
-            }
             let mut log = sink.lock().unwrap();
             // A server stuck in a loop can log millions of lines: keep the start.
             if log.len() < MAX_LOG_LINES {
                 log.push(line);
             }
         }
-        let _ = tx.send(Event::Eof);
+        let _ = tx.send(());
     });
-    let addr = match events.recv_timeout(start_timeout()) {
-        Ok(Event::Listening(addr)) => addr,
-        Ok(Event::Eof) | Err(_) => {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            panic!("roostd did not start (exit {status:?}); log:\n{}", log.lock().unwrap().join("\n"));
+    // Poll for the file, waking early when stderr closes (the server died).
+    let deadline = Instant::now() + start_timeout();
+    let mut exited = false;
+    while !exited && Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let addr = text.trim_end().parse().unwrap_or_else(|e| panic!("the ready file holds {text:?}: {e}"));
+            return Ok((child, events, addr));
         }
-    };
-    (child, events, addr)
-}
-
-/// `... listening on 127.0.0.1:PORT (max N connections)` → the address.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split(" listening on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+        exited = !matches!(events.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
+    }
+    // Give a dying process a moment to be reaped before killing it.
+    let mut status = child.try_wait().ok().flatten();
+    if status.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        status = child.try_wait().ok().flatten();
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Err((status, log.lock().unwrap().join("\n")))
 }
 
 // ---------------------------------------------------------------------------
@@ -510,17 +591,35 @@ pub struct Client {
     /// Frames read so far and the last one, for failure messages.
     frames: u64,
     last: Option<Value>,
+    /// Pongs read so far.
+    pub pongs: usize,
     pub response: tungstenite::handshake::client::Response,
 }
 
+/// What came back for a request: a reply, or the server's Close.
+#[derive(Debug)]
+pub enum Answer {
+    Reply(Value),
+    /// Close code (None: the connection ended without a Close frame).
+    Closed(Option<u16>),
+}
+
 impl Client {
-    fn connect(addr: SocketAddr, request: ClientRequestBuilder) -> Result<Client, (u16, String)> {
+    /// Opens `ws://addr/ws?token=`; panics on refusal (for threads that
+    /// hold only the address).
+    pub fn open(addr: SocketAddr, token: &str) -> Client {
+        let uri = format!("ws://{addr}/ws?token={token}");
+        Client::connect(addr, ClientRequestBuilder::new(uri.parse().unwrap()))
+            .unwrap_or_else(|(status, body)| panic!("refused with {status}: {body}"))
+    }
+
+    pub fn connect(addr: SocketAddr, request: ClientRequestBuilder) -> Result<Client, (u16, String)> {
         let sock = TcpStream::connect(addr).expect("connecting to the server");
         sock.set_read_timeout(Some(io_timeout())).unwrap();
         sock.set_write_timeout(Some(io_timeout())).unwrap();
         sock.set_nodelay(true).unwrap();
         match tungstenite::client::client_with_config(request, sock, None) {
-            Ok((ws, response)) => Ok(Client { ws, inbox: VecDeque::new(), frames: 0, last: None, response }),
+            Ok((ws, response)) => Ok(Client { ws, inbox: VecDeque::new(), frames: 0, last: None, pongs: 0, response }),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
                 let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
                 Err((resp.status().as_u16(), body.into_owned()))
@@ -560,10 +659,49 @@ impl Client {
                     self.last = Some(v.clone());
                     return v;
                 }
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Ping(_)) => continue,
+                Ok(Message::Pong(_)) => self.pongs += 1,
                 Ok(Message::Close(frame)) => panic!("the server closed the connection: {frame:?}{}", self.context()),
                 Ok(other) => panic!("unexpected frame: {other:?}{}", self.context()),
                 Err(e) => panic!("reading a frame: {e}{}", self.context()),
+            }
+        }
+    }
+
+    /// Writes bytes straight to the socket (hand-made frames).
+    pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.ws.get_mut().write_all(bytes)
+    }
+
+    /// The next text frame from the network, or how the connection ended
+    /// (for tests where a Close is one of the expected outcomes).
+    pub fn next_answer(&mut self) -> Answer {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Answer::Reply(serde_json::from_str(&t).expect("JSON from the server")),
+                Ok(Message::Pong(_)) => self.pongs += 1,
+                Ok(Message::Close(frame)) => {
+                    let _ = self.ws.flush();
+                    let _ = self.ws.get_ref().shutdown(Shutdown::Both);
+                    return Answer::Closed(frame.map(|f| u16::from(f.code)));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    panic!("no frame within {:?}{}", io_timeout(), self.context())
+                }
+                Err(_) => return Answer::Closed(None),
+            }
+        }
+    }
+
+    /// The next frame that is not a `msg` (deliveries are kept), or the Close.
+    pub fn answer(&mut self) -> Answer {
+        loop {
+            match self.next_answer() {
+                Answer::Reply(v) if v["op"] == "msg" => self.inbox.push_back(v),
+                other => return other,
             }
         }
     }
