@@ -183,7 +183,7 @@ enum Route {
 /// A channel name from a path segment, percent-decoded and checked.
 fn channel(segment: &str) -> Option<String> {
     let decoded = http::percent_decode_path(segment)?;
-    wire::valid_channel(&decoded).then_some(decoded)
+    crate::channel::valid_name(&decoded).then_some(decoded)
 }
 
 /// Checks a publish body and builds the append. `Err` is the reply.

@@ -128,7 +128,7 @@ impl Patterns {
     }
 
     pub fn allows(&self, channel: &str) -> bool {
-        self.every || self.list.iter().any(|p| crate::wire::pattern_matches(p, channel))
+        self.every || self.list.iter().any(|p| crate::channel::matches(p, channel))
     }
 
     /// True iff the patterns contain `*` itself, i.e. grant every channel.

@@ -409,7 +409,7 @@ impl Config {
     /// Retention for one channel: the first matching `[[retention]]` rule, else the defaults.
     pub fn retention_for(&self, channel: &str) -> (u64, Duration) {
         for rule in &self.retention {
-            if crate::wire::pattern_matches(&rule.pattern, channel) {
+            if crate::channel::matches(&rule.pattern, channel) {
                 return (rule.messages, rule.age);
             }
         }

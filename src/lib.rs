@@ -4,6 +4,7 @@
 //!
 //! Read in this order; each module's own docs say why it is shaped so.
 //!
+//! - [`channel`]: channel names, patterns and seqs, the one rule everything shares. A leaf.
 //! - [`config`]: every knob and limit, validated once.
 //! - [`auth`]: JWT HS256 tokens, verified by hand; channel patterns.
 //! - [`wire`]: the JSON messages, parsed and emitted. Pure.
@@ -24,9 +25,13 @@
 //! - One thread owns every socket; the writer thread owns every write transaction.
 //! - Every buffer and queue has a configured bound.
 #![forbid(unsafe_op_in_unsafe_fn)]
+// Two blocks may use it, each with `#[allow(unsafe_code)]` and a SAFETY
+// note: the LMDB open (`store::open_env`) and `adjtimex` (`writer`).
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod hook;

@@ -2,6 +2,7 @@
 //! store, run the server, and turn every failure into an exit code with a
 //! one-line reason (0 clean stop, 1 runtime failure, 2 bad configuration or
 //! usage). The only place that reads argv, the environment and key files.
+#![deny(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fs;

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use heed::types::Bytes;
 use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 
-pub type Seq = u64;
+pub use crate::channel::Seq;
 
 /// Where a channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

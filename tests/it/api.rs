@@ -289,7 +289,7 @@ fn errors_come_in_the_contract_order_with_json_bodies() {
         &json!({"sub": "app", "exp": now_secs() + 3600, "read": ["*"], "write": ["*"], "api": true}),
         &Key::new(None, b"another-secret-of-at-least-32-bytes!!".to_vec()),
     );
-    let long_name = "a".repeat(129);
+    let long_name = "a".repeat(165);
     let body = Some(&b"{}"[..]);
     let msgs = |ch: &str| format!("/api/channels/{ch}/messages");
 

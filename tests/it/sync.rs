@@ -368,7 +368,7 @@ fn the_token_decides_what_may_be_read_and_written() {
 fn bad_input_is_answered_with_err_and_the_connection_stays_open() {
     let server = TestServer::start(&[]);
     let mut c = server.ws(&token_all("alice"));
-    let long_channel = "x".repeat(129);
+    let long_channel = "x".repeat(165);
     let cases: Vec<(String, &str, Value)> = vec![
         ("not json".into(), "bad_request", Value::Null),
         ("[1,2,3]".into(), "bad_request", Value::Null),

@@ -123,3 +123,80 @@ fn no_test_is_ignored_or_expects_a_panic() {
         }
     }
 }
+
+/// The modules a source file names through `crate::` (`use crate::a::b`,
+/// `use crate::{a, b::c}`, `crate::a::f()`), its tests left out.
+fn crate_edges(text: &str) -> Vec<String> {
+    let code = code(text);
+    let mut edges = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let group = match rest.strip_prefix('{') {
+            Some(inner) => &inner[..inner.find('}').unwrap_or(inner.len())],
+            None => rest,
+        };
+        for item in group.split(',') {
+            let name: String = item.trim().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if !name.is_empty() && name != "self" {
+                edges.push(name);
+            }
+            if !rest.starts_with('{') {
+                break; // a plain path names one module
+            }
+        }
+    }
+    edges.sort();
+    edges.dedup();
+    edges
+}
+
+/// The code map of docs/ARCHITECTURE.md: module → the modules it may use
+/// (`None`: any), read from the table's backticked names.
+fn code_map() -> Vec<(String, Option<Vec<String>>)> {
+    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md")).unwrap();
+    let section = doc.split("## Code map").nth(1).expect("a Code map section").split("\n## ").next().unwrap();
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`').skip(1).step_by(2).map(|t| t.split("::").next().unwrap().to_string()).collect()
+    };
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let module = ticked(cells[0])[0].trim_end_matches(".rs").to_string();
+            let may = cells.last().unwrap();
+            let any = may.contains("everything") || may.contains("all of the above");
+            (module, (!any).then(|| ticked(may)))
+        })
+        .collect()
+}
+
+#[test]
+fn modules_use_only_what_the_code_map_allows() {
+    let map = code_map();
+    assert!(map.len() > 10, "the code map table was not found: {map:?}");
+    for (name, text) in sources() {
+        if name.ends_with("tests.rs") || name == "lib.rs" {
+            continue;
+        }
+        let module = name.split('/').next().unwrap().trim_end_matches(".rs");
+        let Some((_, allowed)) = map.iter().find(|(m, _)| m == module) else {
+            panic!("src/{name}: module `{module}` has no row in the code map of docs/ARCHITECTURE.md");
+        };
+        let Some(allowed) = allowed else { continue };
+        for used in crate_edges(&text) {
+            assert!(
+                used == module || allowed.contains(&used),
+                "src/{name} uses crate::{used}, which the code map in docs/ARCHITECTURE.md does not allow \
+                 `{module}` (it may use {allowed:?}): change the code, or the map first"
+            );
+        }
+    }
+}
+
+#[test]
+fn crate_edges_are_read_from_every_form_of_path() {
+    let text = "use crate::a::X;\nuse crate::{b, c::Y, self};\nfn f() { crate::d::g(); }\n// crate::e\n";
+    assert_eq!(crate_edges(text), ["a", "b", "c", "d"]);
+}
