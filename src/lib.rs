@@ -15,6 +15,10 @@
 //! - [`http`]: request heads, upgrade checks, plain responses. Pure.
 //! - [`net`]: one connection's transport: the state machine `Conn`, over plain TCP or
 //!   TLS, outgoing frames encoded once (the only tungstenite user).
+//! - [`api`]: the HTTP API's routing, order of checks and JSON bodies. Pure.
+//! - [`hook`]: the publish hook: worker threads asking the main application.
+//! - [`metrics`]: counters and histograms, Prometheus text.
+//! - [`tls`]: certificates into a rustls config; `roostd cert`.
 //! - [`server`]: the mio event loop that connects them.
 //! - [`logger`]: a small stderr logger.
 //!
