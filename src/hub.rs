@@ -12,9 +12,12 @@
 //! replay is behind is simply read from the store later: no gap, no
 //! duplicate, whatever order the store and the commit results are seen in.
 //!
-//! Reads go to the store directly (`&Store` as a context parameter): LMDB
-//! reads are short, never block on the writer, and keeping them here keeps
-//! the replay logic in one place. Tests use a real store in a temp folder.
+//! Reads go to the store directly, through the small `History` trait as a
+//! context parameter: LMDB reads are short, never block on the writer, and
+//! keeping them here keeps the replay logic in one place. `Store` implements
+//! it; the tests also use an in-memory fake that can be told to fail. Writes
+//! leave as `Publish` requests, which the server turns into the store's
+//! `Append`s, so the hub names no write type of the store.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
-use crate::store::{self, Append, ChannelInfo, Record, Store};
+use crate::store::{self, ChannelInfo, Record, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg, Request, Seq};
 
 /// A connection, as the hub knows it: the server's token for it.
@@ -68,13 +71,63 @@ pub struct Limits {
     pub max_reply_bytes: usize,
 }
 
+/// The stored history as the hub reads it: where a channel stands and its
+/// messages in seq order. Generic (`&impl History`), so the server's reads
+/// of the real `Store` are direct calls.
+pub trait History {
+    /// Where a channel stands; `ChannelInfo::EMPTY` for one never published to.
+    fn channel(&self, ch: &str) -> Result<ChannelInfo, StoreError>;
+
+    /// Calls `each` for stored messages of `ch` with seq > `after`, in order,
+    /// until it returns false or `limit` messages were given. Returns the
+    /// channel's state as of this read. An error may come after some
+    /// messages were given.
+    fn read(
+        &self,
+        ch: &str,
+        after: Seq,
+        limit: usize,
+        each: impl FnMut(Record<'_>) -> bool,
+    ) -> Result<ChannelInfo, StoreError>;
+}
+
+impl History for Store {
+    fn channel(&self, ch: &str) -> Result<ChannelInfo, StoreError> {
+        Store::channel(self, ch)
+    }
+
+    fn read(
+        &self,
+        ch: &str,
+        after: Seq,
+        limit: usize,
+        each: impl FnMut(Record<'_>) -> bool,
+    ) -> Result<ChannelInfo, StoreError> {
+        Store::read(self, ch, after, limit, each)
+    }
+}
+
+/// A message the hub accepted for publishing: the server commits it (as a
+/// `store::Append`), then acks and fans it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub ch: String,
+    /// The publisher's token `sub`.
+    pub from: String,
+    /// The message's `data`, as JSON text.
+    pub data: String,
+    /// The request id as JSON text, when the publisher gave one: the ack
+    /// carries it, and the store publishes `(from, id)` at most once.
+    pub id: Option<String>,
+}
+
 /// What the server must do for one request.
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// Send this text to the connection.
     Reply(String),
-    /// Commit this message, then ack with `id` (JSON text) and fan it out.
-    Publish { append: Append, id: Option<String> },
+    /// Commit this message, then ack with its `id` and fan it out.
+    Publish(Publish),
     /// Close the connection with this code (1008 for sustained abuse).
     Close(u16, &'static str),
 }
@@ -163,7 +216,7 @@ impl Hub {
     }
 
     /// Handles one text frame from `conn`, pushing what to do into `out`.
-    pub fn handle(&mut self, conn: ConnId, text: &str, now: Instant, store: &Store, out: &mut Vec<Action>) {
+    pub fn handle(&mut self, conn: ConnId, text: &str, now: Instant, store: &impl History, out: &mut Vec<Action>) {
         let frame = match wire::parse(text) {
             Ok(f) => f,
             Err(e) => return out.push(Action::Reply(wire::err(e.code, e.msg, e.id))),
@@ -232,13 +285,12 @@ impl Hub {
                     }
                     return reply_err(out, ErrCode::RateLimited, "too many publishes; slow down");
                 }
-                let append = Append {
+                out.push(Action::Publish(Publish {
                     ch: ch.to_string(),
                     from: peer.claims.sub.clone(),
                     data: data.to_string(),
                     id: id.map(str::to_string),
-                };
-                out.push(Action::Publish { append, id: id.map(str::to_string) });
+                }));
             }
             Request::Hist { ch, since, limit } => {
                 if !peer.claims.read.allows(ch) {
@@ -283,7 +335,7 @@ impl Hub {
 
     /// Replays stored messages to `conn`, at most `room` bytes, into `out`.
     /// A subscription that reaches the end of its channel becomes live.
-    pub fn pump(&mut self, conn: ConnId, store: &Store, room: usize, out: &mut Vec<String>) {
+    pub fn pump(&mut self, conn: ConnId, store: &impl History, room: usize, out: &mut Vec<String>) {
         let Some(peer) = self.peers.get_mut(&conn) else {
             self.replaying.remove(&conn);
             return;
@@ -376,13 +428,13 @@ pub struct Page {
 /// `limit` of them, and stopping once `out` passes `max_bytes`. Shared by
 /// the `hist` op and the HTTP API.
 pub fn page(
-    store: &Store,
+    store: &impl History,
     ch: &str,
     since: Seq,
     limit: usize,
     max_bytes: usize,
     out: &mut String,
-) -> Result<Page, crate::store::StoreError> {
+) -> Result<Page, StoreError> {
     let mut last_sent = since;
     let mut first = true;
     let info = store.read(ch, since, limit, |r| {
@@ -402,13 +454,13 @@ pub fn page(
 
 /// Builds a `hist` reply.
 fn history(
-    store: &Store,
+    store: &impl History,
     ch: &str,
     since: Seq,
     limit: usize,
     max_bytes: usize,
     id: Option<&str>,
-) -> Result<String, crate::store::StoreError> {
+) -> Result<String, StoreError> {
     let mut out = String::with_capacity(256);
     out.push_str("{\"op\":\"hist\",\"ch\":");
     wire::json_str(&mut out, ch);

@@ -31,7 +31,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::{self, Head, Refusal};
-use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
+use crate::hub::{Action, ConnId, Hub, IdMap, Limits, Publish};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
 use crate::store::{Append, Limit, Outcome, Retention, Store, StoreError};
@@ -193,6 +193,13 @@ pub struct Server {
 
 fn system_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The writer's form of a publish the hub accepted (the hub names no
+/// write type of the store), and the request id its ack carries.
+fn to_append(p: Publish) -> (Append, Option<String>) {
+    let req_id = p.id.clone();
+    (Append { ch: p.ch, from: p.from, data: p.data, id: p.id }, req_id)
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -923,7 +930,8 @@ impl Server {
     fn act(&mut self, id: ConnId, action: Action, now: Instant) {
         match action {
             Action::Reply(text) => self.send(id, text.into()),
-            Action::Publish { append, id: req_id } if self.hook.is_some() => {
+            Action::Publish(publish) if self.hook.is_some() => {
+                let (append, req_id) = to_append(publish);
                 let Some(state) = self.slots.get_mut(&id).and_then(|slot| slot.hook.as_mut()) else { return };
                 if state.queue.len() >= MAX_HOOK_QUEUE {
                     let e =
@@ -945,7 +953,10 @@ impl Server {
                 state.queue.push_back((append, req_id, held));
                 self.hook_next(id);
             }
-            Action::Publish { append, id: req_id } => self.commit_later(id, append, req_id),
+            Action::Publish(publish) => {
+                let (append, req_id) = to_append(publish);
+                self.commit_later(id, append, req_id)
+            }
             Action::Close(code, reason) => {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.conn.close(code, reason, now);

@@ -1,6 +1,9 @@
-//! Hub tests: plain values in, actions out, a real store in a temp folder.
-//! Commits are simulated the way the server does them: `append_batch`, then
-//! `committed` for each stored message.
+//! Hub tests: plain values in, actions out. Most run over `Fake`, an
+//! in-memory history that can be told to fail; the ones about the store
+//! itself (dedupe, key sizes, retention) run over a real store in a temp
+//! folder, and the central scenarios run over both. Commits are simulated
+//! the way the server does them: commit the batch, then `committed` for
+//! each stored message.
 
 use std::time::{Duration, Instant};
 
@@ -8,13 +11,132 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::auth::{Claims, Patterns};
-use crate::store::{Outcome, Retention};
+use crate::store::{Append, Outcome, Retention};
 
 const KEEP_ALL: Retention = Retention { messages: u64::MAX, age_ms: u64::MAX };
 
-struct World {
+/// What a test world reads from and commits to.
+trait Backend {
+    type H: History;
+    fn history(&self) -> &Self::H;
+    fn epoch(&self) -> &str;
+    /// Commits a batch: one outcome per publish, in order.
+    fn commit(&mut self, batch: &[Publish]) -> Vec<Outcome>;
+}
+
+/// The real store in a temp folder.
+struct Real {
     _dir: tempfile::TempDir,
     store: Store,
+}
+
+impl Real {
+    fn new() -> Real {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        Real { _dir: dir, store }
+    }
+}
+
+impl Backend for Real {
+    type H = Store;
+
+    fn history(&self) -> &Store {
+        &self.store
+    }
+
+    fn epoch(&self) -> &str {
+        self.store.epoch()
+    }
+
+    fn commit(&mut self, batch: &[Publish]) -> Vec<Outcome> {
+        let appends: Vec<Append> = batch
+            .iter()
+            .map(|p| Append { ch: p.ch.clone(), from: p.from.clone(), data: p.data.clone(), id: p.id.clone() })
+            .collect();
+        self.store.append_batch(&appends, 1000, 60_000, &|_| KEEP_ALL).unwrap()
+    }
+}
+
+/// An in-memory history: seqs from 1 per channel, `ts` = seq, no dedupe.
+#[derive(Default)]
+struct Fake {
+    channels: HashMap<String, (ChannelInfo, Vec<(Seq, String, String)>)>,
+    /// `Some(n)`: reads fail after giving `n` messages (`Some(0)`: at once,
+    /// and `channel` fails too), as LMDB may on a broken environment.
+    fail: Option<usize>,
+}
+
+impl Fake {
+    fn error() -> StoreError {
+        StoreError::Fatal("the fake was told to fail".into())
+    }
+
+    /// Drops all but the newest `keep` messages, as retention does.
+    fn trim(&mut self, ch: &str, keep: usize) {
+        let (info, msgs) = self.channels.get_mut(ch).unwrap();
+        let cut = msgs.len().saturating_sub(keep);
+        msgs.drain(..cut);
+        info.first = msgs.first().map_or(info.last + 1, |m| m.0);
+    }
+}
+
+impl History for Fake {
+    fn channel(&self, ch: &str) -> Result<ChannelInfo, StoreError> {
+        if self.fail == Some(0) {
+            return Err(Fake::error());
+        }
+        Ok(self.channels.get(ch).map_or(ChannelInfo::EMPTY, |(info, _)| *info))
+    }
+
+    fn read(
+        &self,
+        ch: &str,
+        after: Seq,
+        limit: usize,
+        mut each: impl FnMut(Record<'_>) -> bool,
+    ) -> Result<ChannelInfo, StoreError> {
+        let Some((info, msgs)) = self.channels.get(ch) else { return Ok(ChannelInfo::EMPTY) };
+        for (given, (seq, from, data)) in msgs.iter().filter(|m| m.0 > after).take(limit).enumerate() {
+            if self.fail == Some(given) {
+                return Err(Fake::error());
+            }
+            if !each(Record { seq: *seq, ts: *seq, from, data }) {
+                break;
+            }
+        }
+        if self.fail == Some(0) {
+            return Err(Fake::error());
+        }
+        Ok(*info)
+    }
+}
+
+impl Backend for Fake {
+    type H = Fake;
+
+    fn history(&self) -> &Fake {
+        self
+    }
+
+    fn epoch(&self) -> &str {
+        "fake-epoch"
+    }
+
+    fn commit(&mut self, batch: &[Publish]) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for p in batch {
+            let (info, msgs) = self.channels.entry(p.ch.clone()).or_insert((ChannelInfo::EMPTY, Vec::new()));
+            info.last += 1;
+            msgs.push((info.last, p.from.clone(), p.data.clone()));
+            out.push(Outcome::Stored { seq: info.last, ts: info.last });
+        }
+        out
+    }
+}
+
+struct World<B> {
+    b: B,
     hub: Hub,
     now: Instant,
     /// Everything each connection was sent, as JSON.
@@ -27,16 +149,28 @@ fn claims(sub: &str, read: &[&str], write: &[&str]) -> Claims {
     Claims { sub: sub.into(), exp: u64::MAX, read: p(read), write: p(write), api: false }
 }
 
-impl World {
-    fn new() -> World {
-        World::with_limits(Limits { max_subscriptions: 4, publish_rate: 0, max_reply_bytes: 1 << 20 })
+const LIMITS: Limits = Limits { max_subscriptions: 4, publish_rate: 0, max_reply_bytes: 1 << 20 };
+
+impl World<Fake> {
+    fn new() -> World<Fake> {
+        World::over(Fake::default(), LIMITS)
+    }
+}
+
+impl World<Real> {
+    fn real() -> World<Real> {
+        World::over(Real::new(), LIMITS)
+    }
+}
+
+impl<B: Backend> World<B> {
+    fn over(b: B, limits: Limits) -> World<B> {
+        let hub = Hub::new(b.epoch(), limits);
+        World { b, hub, now: Instant::now(), inbox: HashMap::new(), closed: Vec::new() }
     }
 
-    fn with_limits(limits: Limits) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 24).unwrap();
-        let hub = Hub::new(store.epoch(), limits);
-        World { _dir: dir, store, hub, now: Instant::now(), inbox: HashMap::new(), closed: Vec::new() }
+    fn epoch(&self) -> String {
+        self.b.epoch().to_string()
     }
 
     fn join(&mut self, conn: ConnId, c: Claims) {
@@ -46,12 +180,16 @@ impl World {
     /// Sends one request; publishes are committed at once.
     fn req(&mut self, conn: ConnId, v: Value) {
         let mut out = Vec::new();
-        self.hub.handle(conn, &v.to_string(), self.now, &self.store, &mut out);
+        self.hub.handle(conn, &v.to_string(), self.now, self.b.history(), &mut out);
+        self.act(conn, out);
+    }
+
+    fn act(&mut self, conn: ConnId, out: Vec<Action>) {
         let mut publishes = Vec::new();
         for a in out {
             match a {
                 Action::Reply(t) => self.deliver(conn, &t),
-                Action::Publish { append, id } => publishes.push((append, id)),
+                Action::Publish(p) => publishes.push(p),
                 Action::Close(code, _) => self.closed.push((conn, code)),
             }
         }
@@ -60,21 +198,22 @@ impl World {
         }
     }
 
-    fn commit(&mut self, conn: ConnId, publishes: Vec<(Append, Option<String>)>) {
-        let outcomes = self.store.append_batch(publishes.iter().map(|(a, _)| a), 1000, 60_000, &|_| KEEP_ALL).unwrap();
-        for ((a, id), o) in publishes.into_iter().zip(outcomes) {
+    fn commit(&mut self, conn: ConnId, publishes: Vec<Publish>) {
+        let outcomes = self.b.commit(&publishes);
+        for (p, o) in publishes.into_iter().zip(outcomes) {
+            let id = p.id.as_deref();
             match o {
                 Outcome::Stored { seq, ts } => {
-                    self.deliver(conn, &wire::ack(id.as_deref(), &a.ch, seq));
-                    let text = wire::msg(&Msg { ch: &a.ch, seq, ts, from: &a.from, data: &a.data });
+                    self.deliver(conn, &wire::ack(id, &p.ch, seq));
+                    let text = wire::msg(&Msg { ch: &p.ch, seq, ts, from: &p.from, data: &p.data });
                     let mut to = Vec::new();
-                    self.hub.committed(&a.ch, seq, &mut to);
+                    self.hub.committed(&p.ch, seq, &mut to);
                     for c in to {
                         self.deliver(c, &text);
                     }
                 }
-                Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id.as_deref(), &ch, seq)),
-                Outcome::Invalid(why) => self.deliver(conn, &wire::err(wire::ErrCode::BadRequest, &why, id.as_deref())),
+                Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id, &ch, seq)),
+                Outcome::Invalid(why) => self.deliver(conn, &wire::err(wire::ErrCode::BadRequest, &why, id)),
                 Outcome::OverLimit(why) => panic!("refused: {why:?}"),
             }
         }
@@ -83,8 +222,8 @@ impl World {
     /// Stores a message behind the hub's back (as if committed, result not
     /// yet collected).
     fn store_only(&mut self, ch: &str, data: &str) -> Seq {
-        let a = Append { ch: ch.into(), from: "x".into(), data: data.into(), id: None };
-        match self.store.append_batch([&a], 1000, 60_000, &|_| KEEP_ALL).unwrap()[0] {
+        let p = Publish { ch: ch.into(), from: "x".into(), data: data.into(), id: None };
+        match self.b.commit(&[p])[0] {
             Outcome::Stored { seq, .. } => seq,
             ref o => panic!("{o:?}"),
         }
@@ -93,7 +232,7 @@ impl World {
     fn pump(&mut self, room: usize) {
         for conn in self.hub.replaying().collect::<Vec<_>>() {
             let mut texts = Vec::new();
-            self.hub.pump(conn, &self.store, room, &mut texts);
+            self.hub.pump(conn, self.b.history(), room, &mut texts);
             for t in texts {
                 self.deliver(conn, &t);
             }
@@ -115,32 +254,26 @@ impl World {
 }
 
 /// Publishes `n` messages in one commit, as one loop turn's worth would be.
-fn publish(w: &mut World, conn: ConnId, ch: &str, n: usize) {
+fn publish<B: Backend>(w: &mut World<B>, conn: ConnId, ch: &str, n: usize) {
     let mut out = Vec::new();
     for i in 0..n {
         let text = json!({"op":"pub","ch":ch,"data":{"i":i}}).to_string();
-        w.hub.handle(conn, &text, w.now, &w.store, &mut out);
+        w.hub.handle(conn, &text, w.now, w.b.history(), &mut out);
     }
-    let mut publishes = Vec::new();
-    for a in out {
-        match a {
-            Action::Reply(t) => w.deliver(conn, &t),
-            Action::Publish { append, id } => publishes.push((append, id)),
-            Action::Close(code, _) => w.closed.push((conn, code)),
-        }
-    }
-    if !publishes.is_empty() {
-        w.commit(conn, publishes);
-    }
+    w.act(conn, out);
 }
 
 #[test]
 fn publish_acks_and_fans_out() {
-    let mut w = World::new();
+    acks_and_fans_out(World::new());
+    acks_and_fans_out(World::real());
+}
+
+fn acks_and_fans_out<B: Backend>(mut w: World<B>) {
     w.join(1, claims("alice", &["*"], &["*"]));
     w.join(2, claims("bob", &["room:*"], &[]));
     w.req(2, json!({"op":"sub","ch":"room:1","id":"s"}));
-    let epoch = w.store.epoch().to_string();
+    let epoch = w.epoch();
     assert_eq!(w.take(2), vec![json!({"op":"subok","ch":"room:1","seq":0,"epoch":epoch,"id":"s"})]);
     w.req(1, json!({"op":"pub","ch":"room:1","data":{"t":"hi"},"id":7}));
     assert_eq!(w.take(1), vec![json!({"op":"ack","id":7,"ch":"room:1","seq":1})]);
@@ -153,7 +286,7 @@ fn publish_acks_and_fans_out() {
 fn permissions_and_limits_answer_with_errors() {
     let mut w = World::new();
     w.join(1, claims("u", &["room:*"], &["room:1"]));
-    let err_code = |w: &mut World| w.take(1).pop().unwrap()["code"].clone();
+    let err_code = |w: &mut World<Fake>| w.take(1).pop().unwrap()["code"].clone();
     w.req(1, json!({"op":"sub","ch":"other","id":1}));
     assert_eq!(err_code(&mut w), "forbidden");
     w.req(1, json!({"op":"hist","ch":"other"}));
@@ -175,11 +308,15 @@ fn permissions_and_limits_answer_with_errors() {
 
 #[test]
 fn resume_replays_exactly_what_was_missed() {
-    let mut w = World::new();
+    resumes_exactly(World::new());
+    resumes_exactly(World::real());
+}
+
+fn resumes_exactly<B: Backend>(mut w: World<B>) {
     w.join(1, claims("p", &[], &["*"]));
     publish(&mut w, 1, "c", 5);
     w.join(2, claims("s", &["*"], &[]));
-    let epoch = w.store.epoch().to_string();
+    let epoch = w.epoch();
     w.req(2, json!({"op":"sub","ch":"c","since":2,"epoch":epoch}));
     assert_eq!(w.take(2)[0]["seq"], 5, "subok carries the last seq");
     // Live messages published before the replay ran must not jump the queue.
@@ -239,11 +376,15 @@ fn a_commit_seen_by_replay_before_its_result_is_not_sent_twice() {
 
 #[test]
 fn gaps_are_reported() {
-    let mut w = World::new();
+    reports_gaps(World::new());
+    reports_gaps(World::real());
+}
+
+fn reports_gaps<B: Backend>(mut w: World<B>) {
     w.join(1, claims("p", &["*"], &["*"]));
     publish(&mut w, 1, "c", 3);
     w.take(1);
-    let epoch = w.store.epoch().to_string();
+    let epoch = w.epoch();
     let cases = [
         (json!({"op":"sub","ch":"c","since":1,"epoch":"another"}), true, vec![1, 2, 3]),
         (json!({"op":"sub","ch":"c","since":9,"epoch":epoch}), true, vec![1, 2, 3]),
@@ -263,15 +404,22 @@ fn gaps_are_reported() {
 
 #[test]
 fn trimmed_history_is_a_gap() {
-    let mut w = World::new();
+    trimmed_is_a_gap(World::new(), |fake| fake.trim("c", 2));
+    trimmed_is_a_gap(World::real(), |real| {
+        // A lowered count limit, as after a restart with new settings.
+        let keep2 = |_: &str| Retention { messages: 2, age_ms: u64::MAX };
+        real.store.index_retention("keep 2", &keep2).unwrap();
+        real.store.maintain(1_000_000, 100, &keep2).unwrap();
+    });
+}
+
+/// `trim` keeps the newest 2 messages of channel `c`.
+fn trimmed_is_a_gap<B: Backend>(mut w: World<B>, trim: impl FnOnce(&mut B)) {
     w.join(1, claims("p", &["*"], &["*"]));
     publish(&mut w, 1, "c", 5);
     w.take(1);
-    // A lowered count limit, as after a restart with new settings.
-    let keep2 = |_: &str| Retention { messages: 2, age_ms: u64::MAX };
-    w.store.index_retention("keep 2", &keep2).unwrap();
-    w.store.maintain(1_000_000, 100, &keep2).unwrap();
-    let epoch = w.store.epoch().to_string();
+    trim(&mut w.b);
+    let epoch = w.epoch();
     w.req(1, json!({"op":"sub","ch":"c","since":1,"epoch":epoch}));
     assert_eq!(w.take(1)[0]["gap"], true);
     w.pump(1 << 20);
@@ -285,7 +433,7 @@ fn trimmed_history_is_a_gap() {
 
 #[test]
 fn hist_pages_by_limit_and_bytes() {
-    let mut w = World::with_limits(Limits { max_subscriptions: 4, publish_rate: 0, max_reply_bytes: 1000 });
+    let mut w = World::over(Fake::default(), Limits { max_reply_bytes: 1000, ..LIMITS });
     w.join(1, claims("p", &["*"], &["*"]));
     publish(&mut w, 1, "c", 50);
     w.take(1);
@@ -325,7 +473,7 @@ fn unsubscribe_stops_delivery_and_leave_forgets() {
 
 #[test]
 fn publish_rate_is_limited_then_closed_on_sustained_abuse() {
-    let mut w = World::with_limits(Limits { max_subscriptions: 4, publish_rate: 10, max_reply_bytes: 1 << 20 });
+    let mut w = World::over(Fake::default(), Limits { publish_rate: 10, ..LIMITS });
     w.join(1, claims("p", &[], &["*"]));
     publish(&mut w, 1, "c", 20);
     assert_eq!(w.take(1).iter().filter(|v| v["op"] == "ack").count(), 20, "burst is 2x the rate");
@@ -342,7 +490,7 @@ fn publish_rate_is_limited_then_closed_on_sustained_abuse() {
 
 #[test]
 fn duplicate_ids_ack_the_original() {
-    let mut w = World::new();
+    let mut w = World::real();
     w.join(1, claims("p", &[], &["*"]));
     w.req(1, json!({"op":"pub","ch":"c","data":1,"id":"a"}));
     w.req(1, json!({"op":"pub","ch":"c","data":2,"id":"a"}));
@@ -354,7 +502,7 @@ fn duplicate_ids_ack_the_original() {
 #[test]
 fn the_longest_sub_and_id_publish_and_one_byte_more_is_a_bad_request() {
     use crate::store::MAX_DEDUPE_SUB_AND_ID_BYTES;
-    let mut w = World::new();
+    let mut w = World::real();
     // The id "k" is 3 bytes of JSON text; the longest id (128 bytes) leaves the least room.
     let long_id = format!("\"{}\"", "i".repeat(crate::wire::MAX_ID_BYTES - 2));
     for (id, id_text) in [(json!("k"), "\"k\"".to_string()), (json!(long_id[1..long_id.len() - 1]), long_id.clone())] {
@@ -373,5 +521,5 @@ fn the_longest_sub_and_id_publish_and_one_byte_more_is_a_bad_request() {
         w.hub.leave(2);
     }
     // The longest dedupe records also expire (their expiry keys are the longest keys).
-    assert_eq!(w.store.maintain(1000 + 60_001, 100, &|_| KEEP_ALL).unwrap(), 2);
+    assert_eq!(w.b.store.maintain(1000 + 60_001, 100, &|_| KEEP_ALL).unwrap(), 2);
 }
