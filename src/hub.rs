@@ -357,9 +357,11 @@ impl Hub {
                 next = r.seq + 1;
                 used < room
             });
+            // What the read gave is in `out` and will be sent, even when the
+            // read then failed: the cursor moves past it either way.
+            cursor.next = next;
             match res {
                 Ok(info) => {
-                    cursor.next = next;
                     if read < REPLAY_BATCH && used < room {
                         // Reached the end of what is stored. Anything committed
                         // later is fanned out live; `next` guards against the

@@ -58,10 +58,13 @@ impl Backend for Real {
     }
 }
 
+type Stored = (Seq, String, String);
+
 /// An in-memory history: seqs from 1 per channel, `ts` = seq, no dedupe.
 #[derive(Default)]
 struct Fake {
-    channels: HashMap<String, (ChannelInfo, Vec<(Seq, String, String)>)>,
+    /// Each channel's state and its stored `(seq, from, data)`, oldest first.
+    channels: HashMap<String, (ChannelInfo, Vec<Stored>)>,
     /// `Some(n)`: reads fail after giving `n` messages (`Some(0)`: at once,
     /// and `channel` fails too), as LMDB may on a broken environment.
     fail: Option<usize>,
@@ -522,4 +525,89 @@ fn the_longest_sub_and_id_publish_and_one_byte_more_is_a_bad_request() {
     }
     // The longest dedupe records also expire (their expiry keys are the longest keys).
     assert_eq!(w.b.store.maintain(1000 + 60_001, 100, &|_| KEEP_ALL).unwrap(), 2);
+}
+
+#[test]
+fn a_failed_channel_read_refuses_the_sub_and_holds_nothing() {
+    let mut w = World::new();
+    w.join(1, claims("p", &[], &["*"]));
+    w.join(2, claims("s", &["*"], &[]));
+    publish(&mut w, 1, "c", 2);
+    w.b.fail = Some(0);
+    w.req(2, json!({"op":"sub","ch":"c","since":0,"id":"s"}));
+    let got = w.take(2);
+    assert_eq!(
+        got,
+        vec![json!({"op":"err","code":"unavailable","msg":"the store cannot be read; try again","id":"s"})]
+    );
+    assert_eq!((w.hub.subscription_count(), w.hub.replaying().count()), (0, 0));
+    publish(&mut w, 1, "c", 1);
+    assert!(w.seqs(2).is_empty(), "a refused sub receives nothing");
+    // Once the store reads again, the same request works and loses nothing.
+    w.b.fail = None;
+    w.req(2, json!({"op":"sub","ch":"c","since":0,"id":"s"}));
+    assert_eq!(w.take(2)[0]["op"], "subok");
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_failed_hist_read_answers_unavailable_and_no_partial_page() {
+    let mut w = World::new();
+    w.join(1, claims("p", &["*"], &["*"]));
+    publish(&mut w, 1, "c", 5);
+    w.take(1);
+    // At once, and after two messages were read.
+    for fail in [0, 2] {
+        w.b.fail = Some(fail);
+        w.req(1, json!({"op":"hist","ch":"c","id":"h"}));
+        assert_eq!(
+            w.take(1),
+            vec![json!({"op":"err","code":"unavailable","msg":"the store cannot be read; try again","id":"h"})],
+            "failing after {fail}"
+        );
+    }
+    w.b.fail = None;
+    w.req(1, json!({"op":"hist","ch":"c","id":"h"}));
+    assert_eq!(w.take(1)[0]["msgs"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn a_failed_replay_read_keeps_the_cursor_and_retries() {
+    let mut w = World::new();
+    w.join(1, claims("p", &[], &["*"]));
+    publish(&mut w, 1, "c", 3);
+    w.join(2, claims("s", &["*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"c","since":0}));
+    assert_eq!(w.take(2)[0]["op"], "subok");
+    w.b.fail = Some(0);
+    w.pump(1 << 20);
+    assert!(w.take(2).is_empty(), "a failed read sends nothing, not even an error");
+    assert_eq!(w.hub.replaying().collect::<Vec<_>>(), vec![2], "the subscription still has replay work");
+    // A live message meanwhile is not sent ahead of the ones still unread.
+    publish(&mut w, 1, "c", 1);
+    assert!(w.seqs(2).is_empty());
+    w.b.fail = None;
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![1, 2, 3, 4]);
+    assert_eq!(w.hub.replaying().count(), 0);
+    publish(&mut w, 1, "c", 1);
+    assert_eq!(w.seqs(2), vec![5]);
+}
+
+#[test]
+fn a_replay_read_failing_midway_sends_no_message_twice() {
+    let mut w = World::new();
+    w.join(1, claims("p", &[], &["*"]));
+    publish(&mut w, 1, "c", 5);
+    w.join(2, claims("s", &["*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"c","since":0}));
+    w.take(2);
+    // The read gives two messages, then fails: those two are sent.
+    w.b.fail = Some(2);
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![1, 2]);
+    w.b.fail = None;
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![3, 4, 5], "the cursor moved past what was sent");
 }
