@@ -331,14 +331,21 @@ fn resumes_exactly<B: Backend>(mut w: World<B>) {
     assert_eq!(w.seqs(2), vec![8]);
 }
 
-#[test]
-fn replay_is_bounded_by_room_and_has_no_gap_or_duplicate() {
+/// Connection 1 published `n` messages to `c`; connection 2 subscribed
+/// with `since: 0` (its `subok` taken) and has all of them to replay.
+fn replaying_from_start(n: usize) -> World<Fake> {
     let mut w = World::new();
     w.join(1, claims("p", &[], &["*"]));
-    publish(&mut w, 1, "c", 600);
+    publish(&mut w, 1, "c", n);
     w.join(2, claims("s", &["*"], &[]));
     w.req(2, json!({"op":"sub","ch":"c","since":0}));
-    w.take(2);
+    assert_eq!(w.take(2)[0]["op"], "subok");
+    w
+}
+
+#[test]
+fn replay_is_bounded_by_room_and_has_no_gap_or_duplicate() {
+    let mut w = replaying_from_start(600);
     let mut seen = Vec::new();
     let mut rounds = 0;
     while w.hub.replaying().next().is_some() {
@@ -574,12 +581,7 @@ fn a_failed_hist_read_answers_unavailable_and_no_partial_page() {
 
 #[test]
 fn a_failed_replay_read_keeps_the_cursor_and_retries() {
-    let mut w = World::new();
-    w.join(1, claims("p", &[], &["*"]));
-    publish(&mut w, 1, "c", 3);
-    w.join(2, claims("s", &["*"], &[]));
-    w.req(2, json!({"op":"sub","ch":"c","since":0}));
-    assert_eq!(w.take(2)[0]["op"], "subok");
+    let mut w = replaying_from_start(3);
     w.b.fail = Some(0);
     w.pump(1 << 20);
     assert!(w.take(2).is_empty(), "a failed read sends nothing, not even an error");
@@ -597,12 +599,7 @@ fn a_failed_replay_read_keeps_the_cursor_and_retries() {
 
 #[test]
 fn a_replay_read_failing_midway_sends_no_message_twice() {
-    let mut w = World::new();
-    w.join(1, claims("p", &[], &["*"]));
-    publish(&mut w, 1, "c", 5);
-    w.join(2, claims("s", &["*"], &[]));
-    w.req(2, json!({"op":"sub","ch":"c","since":0}));
-    w.take(2);
+    let mut w = replaying_from_start(5);
     // The read gives two messages, then fails: those two are sent.
     w.b.fail = Some(2);
     w.pump(1 << 20);
