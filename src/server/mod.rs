@@ -180,25 +180,8 @@ impl Server {
         let local = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        // Signals arrive as bytes on a socket pair, so they are one more
-        // event for the loop instead of a flag checked between polls.
-        let (read_end, notify) = std::os::unix::net::UnixStream::pair()?;
-        read_end.set_nonblocking(true)?;
-        let mut signals = UnixStream::from_std(read_end);
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
-        }
-        let (read_end, notify) = std::os::unix::net::UnixStream::pair()?;
-        read_end.set_nonblocking(true)?;
-        let mut reload = UnixStream::from_std(read_end);
-        poll.registry().register(&mut reload, RELOAD, Interest::READABLE)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, notify)?;
-        let rules = cfg.clone();
-        let retention = Arc::new(move |ch: &str| {
-            let (messages, age) = rules.retention_for(ch);
-            Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
-        });
+        let signals = signal_pipe(&poll, SIGNALS, &[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        let reload = signal_pipe(&poll, RELOAD, &[signal_hook::consts::SIGHUP])?;
         let clock = Clock::new(store.clock_floor().unwrap_or(0), clock_sync);
         if clock_sync == SyncSource::Kernel {
             if let Err(e) = writer::kernel_synced() {
@@ -208,13 +191,7 @@ impl Server {
                 );
             }
         }
-        let policy = Policy {
-            dedupe_window: cfg.dedupe_window,
-            retention,
-            retention_rules: cfg.retention_rules(),
-            max_channels: cfg.max_channels,
-            clock: clock.clone(),
-        };
+        let policy = writer_policy(&cfg, clock.clone());
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = wake_with.wake();
@@ -244,30 +221,13 @@ impl Server {
                 max_reply_bytes: cfg.max_send_buffer_bytes / 2,
             },
         );
-        let max_message = cfg.max_message_bytes;
-        let ws_config = WebSocketConfig::default()
-            // Allocated while a connection has bytes in flight (an idle one
-            // has no tungstenite state at all); a big frame grows it to fit.
-            .read_buffer_size(1024)
-            // tungstenite writes only its own control frames (pongs, Close):
-            // messages go out through conn's queue, encoded once.
-            .write_buffer_size(0)
-            .max_write_buffer_size(64 * 1024)
-            .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message));
         Ok(Server {
             poll,
             listener: Some(listener),
             local,
             signals,
             max_connections,
-            conn_settings: Arc::new(Settings {
-                ws: ws_config,
-                handshake_timeout: cfg.handshake_timeout,
-                ping_every: cfg.ping_interval,
-                pong_within: cfg.pong_timeout,
-                max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
-            }),
+            conn_settings: Arc::new(conn_settings(&cfg)),
             verifier,
             hub,
             writer,
@@ -654,6 +614,58 @@ impl Server {
             return Some(Ok(Stop::Signal));
         }
         None
+    }
+}
+
+/// A socket pair on which `signal-hook` writes a byte for each of `sigs`:
+/// signals are one more event for the loop, registered as `token`, instead
+/// of a flag checked between polls.
+fn signal_pipe(poll: &Poll, token: Token, sigs: &[i32]) -> io::Result<UnixStream> {
+    let (read_end, notify) = std::os::unix::net::UnixStream::pair()?;
+    read_end.set_nonblocking(true)?;
+    let mut pipe = UnixStream::from_std(read_end);
+    poll.registry().register(&mut pipe, token, Interest::READABLE)?;
+    for sig in sigs {
+        signal_hook::low_level::pipe::register(*sig, notify.try_clone()?)?;
+    }
+    Ok(pipe)
+}
+
+/// What the writer thread needs of the configuration.
+fn writer_policy(cfg: &Config, clock: Clock) -> Policy {
+    let rules = cfg.clone();
+    let retention = Arc::new(move |ch: &str| {
+        let (messages, age) = rules.retention_for(ch);
+        Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
+    });
+    Policy {
+        dedupe_window: cfg.dedupe_window,
+        retention,
+        retention_rules: cfg.retention_rules(),
+        max_channels: cfg.max_channels,
+        clock,
+    }
+}
+
+/// What every connection shares: tungstenite's limits and the timers.
+fn conn_settings(cfg: &Config) -> Settings {
+    let max_message = cfg.max_message_bytes;
+    let ws = WebSocketConfig::default()
+        // Allocated while a connection has bytes in flight (an idle one
+        // has no tungstenite state at all); a big frame grows it to fit.
+        .read_buffer_size(1024)
+        // tungstenite writes only its own control frames (pongs, Close):
+        // messages go out through the connection's queue, encoded once.
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    Settings {
+        ws,
+        handshake_timeout: cfg.handshake_timeout,
+        ping_every: cfg.ping_interval,
+        pong_within: cfg.pong_timeout,
+        max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
     }
 }
 
