@@ -1,0 +1,174 @@
+//! Commits and fan-out: publishes handed to the writer (within a global
+//! byte budget), and what comes back — the ack, the message encoded once
+//! and queued on every subscriber whose cursor it is, the HTTP answer —
+//! plus replay streamed into connections with room.
+
+use super::*;
+use http_door::{HttpRequest, UNAVAILABLE};
+
+/// Bytes of publishes waiting for the writer, over all connections; past it
+/// publishes are refused with `unavailable` instead of queueing without bound.
+pub(super) const MAX_INFLIGHT_BYTES: usize = 64 << 20;
+
+/// A publish waiting for its commit.
+pub(super) struct Ticket {
+    pub(super) conn: ConnId,
+    pub(super) id: Option<String>,
+    pub(super) bytes: usize,
+    /// Set for an HTTP publish: what to answer on.
+    pub(super) http: Option<HttpRequest>,
+}
+
+impl Server {
+    /// Queues a publish for the writer, unless too much already waits.
+    pub(super) fn commit_later(&mut self, id: ConnId, append: Append, req_id: Option<String>) {
+        let bytes = append.data.len() + append.ch.len() + append.from.len();
+        if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
+            let e = wire::err(
+                ErrCode::Unavailable,
+                "the server is busy writing; retry with the same id",
+                req_id.as_deref(),
+            );
+            return self.send(id, e.into());
+        }
+        self.inflight_bytes += bytes;
+        self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, append));
+    }
+
+    pub(super) fn collect_commits(&mut self, now: Instant) {
+        let done: Vec<Done<Ticket>> = self.writer.results().collect();
+        let mut to = Vec::new();
+        for Done { items, result, took } in done {
+            match result {
+                Ok(outcomes) => {
+                    self.store_full = false;
+                    self.metrics.commit(took, items.len());
+                    for ((ticket, append), outcome) in items.into_iter().zip(outcomes) {
+                        self.inflight_bytes -= ticket.bytes;
+                        if let Some(req) = ticket.http {
+                            let (ch, seq, ts, new) = match &outcome {
+                                Outcome::Stored { seq, ts } => (append.ch.as_str(), *seq, *ts, true),
+                                Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
+                                Outcome::Invalid(why) => {
+                                    log::warn!("refused one publish: {why}");
+                                    self.http_refuse(ticket.conn, req, Refusal::new(400, "bad_request"), false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
+                                Outcome::OverLimit(limit) => {
+                                    self.http_refuse(ticket.conn, req, api::over_limit(*limit), false, now);
+                                    self.again.push(ticket.conn);
+                                    continue;
+                                }
+                            };
+                            if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
+                            {
+                                self.http_reply(ticket.conn, req, status, content_type, &body, false, now);
+                                // A pipelined request may be waiting in the buffer.
+                                self.again.push(ticket.conn);
+                            }
+                        }
+                        match outcome {
+                            Outcome::Stored { seq, ts } => {
+                                self.metrics.published += 1;
+                                if ticket.http.is_none() {
+                                    self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
+                                }
+                                let msg = Msg { ch: &append.ch, seq, ts, from: &append.from, data: &append.data };
+                                let frame = Frame::from(wire::msg(&msg));
+                                self.hub.committed(&append.ch, seq, &mut to);
+                                self.metrics.delivered += to.len() as u64;
+                                for conn in to.drain(..) {
+                                    self.send(conn, frame.clone());
+                                }
+                            }
+                            Outcome::Duplicate { ch, seq, .. } => {
+                                self.metrics.duplicates += 1;
+                                if ticket.http.is_none() {
+                                    self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
+                                }
+                            }
+                            Outcome::Invalid(why) => {
+                                log::warn!("refused one publish: {why}");
+                                let text = wire::err(
+                                    ErrCode::BadRequest,
+                                    "the store cannot hold this message",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
+                            }
+                            Outcome::OverLimit(Limit::Channels) => {
+                                self.metrics.refuse(ErrCode::TooManyChannels.as_str());
+                                let text = wire::err(
+                                    ErrCode::TooManyChannels,
+                                    "the store holds --max-channels channels; publish to an existing one",
+                                    ticket.id.as_deref(),
+                                );
+                                self.send(ticket.conn, text.into());
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let transient = e.is_transient();
+                    self.store_full = transient;
+                    self.metrics.commit_failures += !items.is_empty() as u64;
+                    for (ticket, _) in items {
+                        self.inflight_bytes -= ticket.bytes;
+                        if let Some(req) = ticket.http {
+                            self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
+                        } else if transient {
+                            let text = wire::err(
+                                ErrCode::Unavailable,
+                                "the store is full; retry later with the same id",
+                                ticket.id.as_deref(),
+                            );
+                            self.send(ticket.conn, text.into());
+                        }
+                    }
+                    if e.is_fatal() && self.fatal.is_none() {
+                        log::error!("{e}; closing every connection and stopping");
+                        self.fatal = Some(e);
+                        self.close_all(code::INTERNAL, "store failure", now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when a replaying connection has room in its send queue. Then
+    /// the loop must not sleep: no socket event would wake it, since the
+    /// queue may have drained without ever filling the socket.
+    pub(super) fn replay_has_room(&self) -> bool {
+        self.hub.replaying().any(|id| {
+            self.slots.get(&id).is_some_and(|s| {
+                s.conn.phase() == Phase::Open && s.conn.queued_bytes() < self.cfg.max_send_buffer_bytes / 2
+            })
+        })
+    }
+
+    /// Streams stored messages to replaying subscribers with room in their
+    /// send queue. A turn sends at most a batch per subscription, so a long
+    /// replay is spread over turns and never holds up other connections.
+    pub(super) fn pump_replays(&mut self) {
+        let mut texts = Vec::new();
+        for id in self.hub.replaying().collect::<Vec<_>>() {
+            let Some(slot) = self.slots.get(&id) else {
+                self.hub.leave(id);
+                continue;
+            };
+            if slot.conn.phase() != Phase::Open {
+                continue;
+            }
+            let room = (self.cfg.max_send_buffer_bytes / 2).saturating_sub(slot.conn.queued_bytes());
+            if room == 0 {
+                continue;
+            }
+            self.hub.pump(id, &self.store, room, &mut texts);
+            self.metrics.replayed += texts.len() as u64;
+            for t in texts.drain(..) {
+                self.send(id, t.into());
+            }
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The event loop: one thread, every socket, one `mio::Poll`.
+//!
+//! A turn of the loop: wait for readiness (or the next deadline), read the
+//! clock once, then move bytes — accept, read heads and frames, hand
+//! requests to the hub, queue replies — then collect commit results from the
+//! writer thread (acks and fan-out), fire deadlines, stream replay into
+//! connections that have room, hand this turn's publishes to the writer and
+//! flush every connection that got output. Protocol decisions live in `hub`,
+//! framing in `net`, storage in `store`/`writer`; this module only connects
+//! them.
+//!
+//! Sockets are registered once for READABLE | WRITABLE (edge-triggered), so
+//! the loop never re-registers: a WRITABLE edge just means "flush again".
+//! Every read drains until WouldBlock — or until a per-turn budget, after
+//! which the connection is revisited next turn so one flooding client
+//! cannot starve the rest.
+//!
+//! This file is the loop: poll, accept, timers, flushing, shutdown. What a
+//! connection's bytes mean is in one file per front door and concern, each
+//! an `impl Server` block over the same connection table:
+//! - `http_door`: HTTP requests (the API, health, metrics, the demo page),
+//!   pipelined one answer at a time;
+//! - `ws_door`: the native WebSocket protocol: upgrade checks, frames into
+//!   the hub, the hub's actions;
+//! - `hooks`: publishes waiting for the main application's verdict;
+//! - `commits`: publishes to the writer, acks and fan-out, replay.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::api::{self, Decision};
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::hook::{self, Hook, HookUrl, Verdict};
+use crate::http::{self, Head, Refusal};
+use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
+use crate::metrics::{Gauges, Metrics};
+use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
+use crate::store::{Append, Limit, Outcome, Retention, Store, StoreError};
+use crate::wire::{self, ErrCode, Msg};
+use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
+
+mod commits;
+mod hooks;
+mod http_door;
+mod ws_door;
+
+use commits::Ticket;
+use hooks::{HookState, HookTicket};
+use http_door::PendingBody;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const RELOAD: Token = Token(3);
+const FIRST_CONN: usize = 16;
+
+/// Pause before accepting again after running out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long shutdown waits for peers to take their Close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Sockets accepted beyond `max_connections` only to answer 503.
+const REFUSAL_HEADROOM: usize = 64;
+/// The same for one address beyond `max_connections_per_ip`; past both,
+/// its new sockets are closed at accept.
+const PER_IP_REFUSAL_HEADROOM: usize = 4;
+
+/// Connections the kernel may queue before we accept them. A reconnect
+/// storm — every client of a Pi coming back at once after a Wi-Fi drop —
+/// must wait in the queue, not be dropped: a dropped SYN costs its client a
+/// one-second retransmit. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Refused connections logged per second; the rest are counted.
+const REFUSAL_LOGS_PER_SEC: u32 = 10;
+
+/// The refusal log's budget for the current second.
+struct RefusalLog {
+    since: Instant,
+    logged: u32,
+    dropped: u64,
+}
+
+struct Slot {
+    conn: Conn,
+    /// The deadline this connection has in the timer heap.
+    timer: Option<Instant>,
+    /// Set once the connection is a WebSocket known to the hub.
+    joined: bool,
+    /// Boxed, like `hook`: rare, and every idle connection would carry it.
+    body: Option<Box<PendingBody>>,
+    /// Set on a WebSocket when a publish hook is configured.
+    hook: Option<Box<HookState>>,
+}
+
+/// Why the server stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// SIGTERM/SIGINT: everything committed, every WebSocket closed with 1001.
+    Signal,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local: SocketAddr,
+    signals: UnixStream,
+    cfg: Config,
+    max_connections: usize,
+    conn_settings: Arc<Settings>,
+    verifier: Verifier,
+    store: Store,
+    hub: Hub,
+    writer: Writer<Ticket>,
+    /// Boxed: the table's spare capacity then costs a pointer per entry,
+    /// not a whole slot.
+    slots: IdMap<Box<Slot>>,
+    next_id: ConnId,
+    per_ip: HashMap<IpAddr, usize>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    pending: Vec<(Ticket, Append)>,
+    inflight_bytes: usize,
+    /// Connections with output queued this turn.
+    dirty: Vec<ConnId>,
+    /// Connections whose read budget ran out: read again next turn.
+    again: Vec<ConnId>,
+    accept_paused_until: Option<Instant>,
+    stopping: Option<Instant>,
+    fatal: Option<StoreError>,
+    metrics: Metrics,
+    refusal_log: RefusalLog,
+    clock: Clock,
+    hook: Option<Hook<HookTicket>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    reload: UnixStream,
+    /// The last commit failed for lack of space (map or disk full).
+    store_full: bool,
+    /// Held here so the waker's descriptor lives as long as the loop: if
+    /// the writer thread exits (on a fatal error) and dropped the last
+    /// handle, its final wake-up would vanish with the descriptor.
+    _waker: Arc<Waker>,
+}
+
+fn system_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+impl Server {
+    /// Binds the listener and starts the writer thread. `max_connections`
+    /// is the resolved total limit (main derives the default).
+    /// `tls`: serve https:// and wss:// with this configuration (SIGHUP
+    /// reloads it from `cfg.tls_cert`/`cfg.tls_key`). `clock_sync`: who
+    /// says whether the clock is synchronized (spec §10).
+    pub fn bind(
+        cfg: Config,
+        store: Store,
+        verifier: Verifier,
+        max_connections: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        clock_sync: SyncSource,
+    ) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = listen(cfg.listen)?;
+        let local = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let signals = signal_pipe(&poll, SIGNALS, &[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        let reload = signal_pipe(&poll, RELOAD, &[signal_hook::consts::SIGHUP])?;
+        let clock = Clock::new(store.clock_floor().unwrap_or(0), clock_sync);
+        if clock_sync == SyncSource::Kernel {
+            if let Err(e) = writer::kernel_synced() {
+                log::warn!(
+                    "cannot ask the kernel whether the clock is synchronized (adjtimex: {e}); the clock floor will not move. \
+                     Allow the adjtimex system call (see debian/roostd.service)"
+                );
+            }
+        }
+        let policy = writer_policy(&cfg, clock.clone());
+        let wake_with = waker.clone();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = wake_with.wake();
+        });
+        let hook = match &cfg.publish_hook {
+            Some(url) => {
+                let url = HookUrl::parse(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Some(Hook::start(url, cfg.publish_hook_timeout, wake.clone()))
+            }
+            None => None,
+        };
+        let wake_writer = wake.clone();
+        let wake = Box::new(move || wake_writer());
+        let start = clock.now();
+        if system_unix() < start.floor_ms / 1000 {
+            log::warn!(
+                "the system clock is {} s behind the last good time; using that for token checks and ts until it is synchronized (is NTP running?)",
+                start.floor_ms / 1000 - system_unix()
+            );
+        }
+        let writer = Writer::start(store.clone(), policy, wake);
+        let hub = Hub::new(
+            store.epoch(),
+            Limits {
+                max_subscriptions: cfg.max_subscriptions,
+                publish_rate: if cfg.echo { 0 } else { cfg.publish_rate },
+                max_reply_bytes: cfg.max_send_buffer_bytes / 2,
+            },
+        );
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local,
+            signals,
+            max_connections,
+            conn_settings: Arc::new(conn_settings(&cfg)),
+            verifier,
+            hub,
+            writer,
+            store,
+            cfg,
+            slots: IdMap::default(),
+            next_id: FIRST_CONN,
+            per_ip: HashMap::new(),
+            timers: BinaryHeap::new(),
+            pending: Vec::new(),
+            inflight_bytes: 0,
+            dirty: Vec::new(),
+            again: Vec::new(),
+            accept_paused_until: None,
+            stopping: None,
+            fatal: None,
+            metrics: Metrics::default(),
+            refusal_log: RefusalLog { since: Instant::now(), logged: 0, dropped: 0 },
+            clock,
+            hook,
+            tls,
+            reload,
+            store_full: false,
+            _waker: waker,
+        })
+    }
+
+    /// Wall-clock seconds for token checks: the effective time (spec §10),
+    /// so a Pi that boots with a stale clock does not accept tokens that
+    /// expired long ago.
+    fn now_unix(&self) -> u64 {
+        self.clock.now().ms / 1000
+    }
+
+    /// The address actually bound (the port, when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until a signal (Ok) or a fatal store error (Err).
+    pub fn run(&mut self) -> Result<Stop, StoreError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if !interrupted(&e) {
+                    return Err(StoreError::Fatal(format!("poll failed: {e}")));
+                }
+            }
+            let now = Instant::now();
+            let again = std::mem::take(&mut self.again);
+            for id in again {
+                self.on_readable(id, now);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {}
+                    SIGNALS => self.on_signal(now),
+                    RELOAD => self.on_reload(),
+                    Token(id) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(id, now);
+                        }
+                        if event.is_writable() {
+                            self.dirty.push(id);
+                        }
+                    }
+                }
+            }
+            self.collect_commits(now);
+            self.collect_hook_verdicts();
+            self.fire_timers(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept(now);
+            }
+            self.pump_replays();
+            if !self.pending.is_empty() {
+                self.writer.submit(std::mem::take(&mut self.pending));
+            }
+            self.flush_dirty();
+            if let Some(stop) = self.advance_shutdown(now) {
+                return stop;
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.again.is_empty() || self.replay_has_room() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
+        for t in
+            [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))].into_iter().flatten()
+        {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() || self.stopping.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let (mut sock, addr) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => continue,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    // Edge-triggered: no new event will come for the
+                    // backlog, so come back on a timer and drain it then.
+                    log::warn!("out of file descriptors ({e}); pausing accept for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            if self.slots.len() >= self.max_connections + REFUSAL_HEADROOM {
+                // Not even room to answer 503: close at once.
+                drop(sock);
+                continue;
+            }
+            // One address may not hold more than its share of sockets, idle
+            // ones included: counted here, at accept, not only at upgrade, or
+            // one host could fill every slot with sockets that never send a
+            // byte. A few past its limit are still read, so their requests
+            // are answered in the contract's order (404 before 503).
+            let from_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
+            if from_ip >= self.cfg.max_connections_per_ip.saturating_add(PER_IP_REFUSAL_HEADROOM) {
+                self.metrics.refuse("server_full");
+                self.log_refusal(now, addr.ip(), &"too many connections from this address");
+                if self.tls.is_none() {
+                    // Best effort, on a fresh socket whose buffer is empty:
+                    // a plain client learns why; a TLS one just sees the close.
+                    let _ = io::Write::write(&mut sock, &Refusal::new(503, "server_full").response(true));
+                }
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let id = self.next_id;
+            self.next_id += 1;
+            if let Err(e) = self.poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE)
+            {
+                log::warn!("cannot register a connection: {e}");
+                continue;
+            }
+            let stream = match &self.tls {
+                None => Stream::Plain(sock),
+                Some(config) => match Stream::tls(sock, config.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("cannot start TLS for a connection: {e}");
+                        continue;
+                    }
+                },
+            };
+            // Counted only once the connection exists: `remove` gives it back.
+            *self.per_ip.entry(addr.ip()).or_default() += 1;
+            let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
+            let slot = Slot { conn, timer: None, joined: false, body: None, hook: None };
+            self.slots.insert(id, Box::new(slot));
+            self.metrics.accepted += 1;
+            self.schedule(id);
+            // Data may have arrived with the connection.
+            self.on_readable(id, now);
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let mut buf = [0u8; 64];
+        while matches!(io::Read::read(&mut self.signals, &mut buf), Ok(n) if n > 0) {}
+        if self.stopping.is_none() {
+            log::info!("stopping: committing what is pending and closing connections");
+            self.stopping = Some(now);
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+    }
+
+    /// SIGHUP: load the certificate and key again. New connections use
+    /// them; open ones keep the session they have. A bad file keeps the old.
+    fn on_reload(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(io::Read::read(&mut self.reload, &mut buf), Ok(n) if n > 0) {}
+        let (Some(cert), Some(key)) = (&self.cfg.tls_cert, &self.cfg.tls_key) else {
+            log::info!("SIGHUP: no TLS configured, nothing to reload");
+            return;
+        };
+        match crate::tls::load(cert, key) {
+            Ok(config) => {
+                self.tls = Some(config);
+                let fp = crate::tls::file_fingerprint(cert).unwrap_or_default();
+                log::info!("SIGHUP: reloaded the certificate {} (SHA-256 {fp})", cert.display());
+            }
+            Err(e) => log::error!("SIGHUP: kept the old certificate: {e}"),
+        }
+    }
+
+    fn on_readable(&mut self, id: ConnId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        slot.conn.readable();
+        match slot.conn.phase() {
+            Phase::Head | Phase::Body => self.read_requests(id, now),
+            Phase::Open | Phase::Closing => self.read_frames(id, now),
+            Phase::Draining => slot.conn.drain(),
+            Phase::Waiting | Phase::Responding | Phase::Closed => {}
+        }
+        self.dirty.push(id);
+    }
+
+    /// Logs a refused connection at debug, at most `REFUSAL_LOGS_PER_SEC`
+    /// a second: refusals are what an attacker makes by the thousand, and
+    /// the log (an SD card, journald) must not be the thing that gives out.
+    /// The metrics count every one.
+    pub(super) fn log_refusal(&mut self, now: Instant, ip: IpAddr, why: &dyn std::fmt::Display) {
+        let budget = &mut self.refusal_log;
+        if now.saturating_duration_since(budget.since) >= Duration::from_secs(1) {
+            if budget.dropped > 0 {
+                log::debug!("... and {} more refused connections in the last second", budget.dropped);
+            }
+            *budget = RefusalLog { since: now, logged: 0, dropped: 0 };
+        }
+        if budget.logged < REFUSAL_LOGS_PER_SEC {
+            budget.logged += 1;
+            log::debug!("refused a connection from {ip}: {why}");
+        } else {
+            if budget.dropped == 0 {
+                log::debug!("more refusals this second are counted in /metrics, not logged");
+            }
+            budget.dropped += 1;
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        let (store_bytes, map_bytes) = self.store.usage();
+        Gauges {
+            connections: self.slots.len(),
+            websockets: self.slots.values().filter(|s| s.joined).count(),
+            subscriptions: self.hub.subscription_count(),
+            store_bytes,
+            map_bytes,
+        }
+    }
+
+    /// Queues text for a connection; a connection past its send-buffer
+    /// limit is a slow consumer: closed with 1013, to resume with `since`.
+    fn send(&mut self, id: ConnId, frame: Frame) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if !slot.conn.send(frame, self.cfg.max_send_buffer_bytes) {
+            log::info!("closing slow consumer {} ({} bytes queued)", slot.conn.peer, slot.conn.queued_bytes());
+            self.metrics.close("slow_consumer");
+            slot.conn.discard_queue();
+            slot.conn.close(code::SLOW, "slow consumer: resume with since", Instant::now());
+        }
+        self.dirty.push(id);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            if slot.timer != Some(at) {
+                continue; // superseded by an earlier deadline
+            }
+            slot.timer = None;
+            match slot.conn.tick(now) {
+                Tick::Nothing => {}
+                Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
+                Tick::TokenExpired => {
+                    self.metrics.close("token_expired");
+                    slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now)
+                }
+            }
+            self.dirty.push(id);
+            self.schedule(id);
+        }
+    }
+
+    /// Makes sure the heap holds this connection's next deadline. Later
+    /// deadlines are not pushed: the earlier entry fires, finds nothing to
+    /// do, and reschedules — so each connection has about one heap entry.
+    fn schedule(&mut self, id: ConnId) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(next) = slot.conn.next_deadline() else { return };
+        if slot.timer.is_none_or(|t| next < t) {
+            slot.timer = Some(next);
+            self.timers.push(Reverse((next, id)));
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            slot.conn.flush();
+            if slot.conn.phase() == Phase::Closed {
+                self.remove(id);
+            } else {
+                if slot.conn.take_unblocked() {
+                    self.again.push(id);
+                }
+                self.schedule(id);
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    fn remove(&mut self, id: ConnId) {
+        // No deregister: closing the socket (dropping the slot) takes it out
+        // of epoll, since nothing else shares its file description, and that
+        // saves a syscall per connection. Ids are never reused, so an event
+        // for it still in this turn's batch finds no slot and is ignored.
+        let Some(slot) = self.slots.remove(&id) else { return };
+        if slot.joined {
+            self.hub.leave(id);
+        }
+        if let Some(n) = self.per_ip.get_mut(&slot.conn.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&slot.conn.peer);
+            }
+        }
+    }
+
+    fn close_all(&mut self, code: u16, reason: &'static str, now: Instant) {
+        for (id, slot) in self.slots.iter_mut() {
+            slot.conn.close(code, reason, now);
+            self.dirty.push(*id);
+        }
+    }
+
+    /// Shutdown in order: stop accepting (done on the signal), let every
+    /// publish already taken reach the disk and its ack reach the queue,
+    /// then close every WebSocket with 1001 and wait briefly for the peers.
+    fn advance_shutdown(&mut self, now: Instant) -> Option<Result<Stop, StoreError>> {
+        if self.fatal.is_some() {
+            let pending = self.slots.values().any(|s| s.conn.phase() != Phase::Closed && s.conn.wants_write());
+            if !pending || self.stopping.is_some_and(|t| now.duration_since(t) > Duration::from_secs(1)) {
+                return self.fatal.take().map(Err);
+            }
+            self.stopping.get_or_insert(now);
+            return None;
+        }
+        let since = self.stopping?;
+        if self.inflight_bytes > 0 && now.duration_since(since) < SHUTDOWN_GRACE {
+            return None;
+        }
+        // WebSockets get 1001; HTTP connections between requests (a
+        // browser's idle keep-alive) or mid-request are simply closed.
+        let ending: Vec<ConnId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.conn.phase(), Phase::Open | Phase::Head | Phase::Body | Phase::Draining))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ending {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.conn.close(code::GOING_AWAY, "server shutting down", now);
+                self.dirty.push(id);
+            }
+        }
+        self.flush_dirty();
+        if self.slots.is_empty() || now.duration_since(since) > SHUTDOWN_GRACE {
+            for done in self.writer.stop() {
+                if let Err(e) = done.result {
+                    log::error!("last commit failed: {e}");
+                }
+            }
+            return Some(Ok(Stop::Signal));
+        }
+        None
+    }
+}
+
+/// A socket pair on which `signal-hook` writes a byte for each of `sigs`:
+/// signals are one more event for the loop, registered as `token`, instead
+/// of a flag checked between polls.
+fn signal_pipe(poll: &Poll, token: Token, sigs: &[i32]) -> io::Result<UnixStream> {
+    let (read_end, notify) = std::os::unix::net::UnixStream::pair()?;
+    read_end.set_nonblocking(true)?;
+    let mut pipe = UnixStream::from_std(read_end);
+    poll.registry().register(&mut pipe, token, Interest::READABLE)?;
+    for sig in sigs {
+        signal_hook::low_level::pipe::register(*sig, notify.try_clone()?)?;
+    }
+    Ok(pipe)
+}
+
+/// What the writer thread needs of the configuration.
+fn writer_policy(cfg: &Config, clock: Clock) -> Policy {
+    let rules = cfg.clone();
+    let retention = Arc::new(move |ch: &str| {
+        let (messages, age) = rules.retention_for(ch);
+        Retention { messages, age_ms: age.as_millis().min(u64::MAX as u128) as u64 }
+    });
+    Policy {
+        dedupe_window: cfg.dedupe_window,
+        retention,
+        retention_rules: cfg.retention_rules(),
+        max_channels: cfg.max_channels,
+        clock,
+    }
+}
+
+/// What every connection shares: tungstenite's limits and the timers.
+fn conn_settings(cfg: &Config) -> Settings {
+    let max_message = cfg.max_message_bytes;
+    let ws = WebSocketConfig::default()
+        // Allocated while a connection has bytes in flight (an idle one
+        // has no tungstenite state at all); a big frame grows it to fit.
+        .read_buffer_size(1024)
+        // tungstenite writes only its own control frames (pongs, Close):
+        // messages go out through the connection's queue, encoded once.
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    Settings {
+        ws,
+        handshake_timeout: cfg.handshake_timeout,
+        ping_every: cfg.ping_interval,
+        pong_within: cfg.pong_timeout,
+        max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
+    }
+}
+
+/// A listening socket like mio's `TcpListener::bind`, with our backlog
+/// (mio's is fixed at 1024).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
+/// Resolves the default connection limit from the open-file limit: each
+/// connection is one descriptor; keep headroom for LMDB, the listener, the
+/// poller, logs and the sockets accepted only to answer 503.
+pub fn default_max_connections(nofile: u64) -> usize {
+    let headroom = 64 + REFUSAL_HEADROOM as u64;
+    nofile.saturating_sub(headroom).clamp(16, 1 << 20) as usize
+}
