@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
-use crate::store::{self, ChannelInfo, Record, Store, StoreError};
+use crate::store::{self, ChannelInfo, Limit, Outcome, Record, Store, StoreError};
 use crate::wire::{self, ErrCode, Msg, Request, Seq};
 
 /// A connection, as the hub knows it: the server's token for it.
@@ -119,6 +119,15 @@ pub struct Publish {
     /// The request id as JSON text, when the publisher gave one: the ack
     /// carries it, and the store publishes `(from, id)` at most once.
     pub id: Option<String>,
+}
+
+/// What a commit result means for the native protocol (`Hub::on_commit`).
+#[derive(Debug, PartialEq)]
+pub struct Committed {
+    /// The publisher's `ack` or `err`, when it is answered on its WebSocket.
+    pub reply: Option<String>,
+    /// A stored message: the `msg` text, and who gets it now.
+    pub msg: Option<(String, Vec<ConnId>)>,
 }
 
 /// What the server must do for one request.
@@ -307,9 +316,40 @@ impl Hub {
         }
     }
 
+    /// One publish's commit result, in one place: the publisher's reply
+    /// (`ack`, or `err` when the store refused the item) and, for a stored
+    /// message, the `msg` encoded once with the connections whose cursor it
+    /// is. `id` is the publisher's request id; `reply` is false for a
+    /// publisher that is answered elsewhere (an HTTP publish).
+    pub fn on_commit(&mut self, publish: &Publish, outcome: &Outcome, reply: bool) -> Committed {
+        let id = publish.id.as_deref();
+        let answer = |text: String| reply.then_some(text);
+        match outcome {
+            Outcome::Stored { seq, ts } => {
+                let msg = Msg { ch: &publish.ch, seq: *seq, ts: *ts, from: &publish.from, data: &publish.data };
+                let mut to = Vec::new();
+                self.committed(&publish.ch, *seq, &mut to);
+                Committed { reply: answer(wire::ack(id, &publish.ch, *seq)), msg: Some((wire::msg(&msg), to)) }
+            }
+            Outcome::Duplicate { ch, seq, .. } => Committed { reply: answer(wire::ack(id, ch, *seq)), msg: None },
+            Outcome::Invalid(_) => Committed {
+                reply: answer(wire::err(ErrCode::BadRequest, "the store cannot hold this message", id)),
+                msg: None,
+            },
+            Outcome::OverLimit(Limit::Channels) => Committed {
+                reply: answer(wire::err(
+                    ErrCode::TooManyChannels,
+                    "the store holds --max-channels channels; publish to an existing one",
+                    id,
+                )),
+                msg: None,
+            },
+        }
+    }
+
     /// A message was committed: pushes the connections that must receive it
     /// now into `to`. Replaying subscribers read it from the store later.
-    pub fn committed(&mut self, ch: &str, seq: Seq, to: &mut Vec<ConnId>) {
+    fn committed(&mut self, ch: &str, seq: Seq, to: &mut Vec<ConnId>) {
         let Some(list) = self.channels.get(ch) else { return };
         for &conn in list {
             let Some(cursor) = self.peers.get_mut(&conn).and_then(|p| p.cursor(ch)) else { continue };

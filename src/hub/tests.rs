@@ -2,8 +2,8 @@
 //! in-memory history that can be told to fail; the ones about the store
 //! itself (dedupe, key sizes, retention) run over a real store in a temp
 //! folder, and the central scenarios run over both. Commits are simulated
-//! the way the server does them: commit the batch, then `committed` for
-//! each stored message.
+//! the way the server does them: commit the batch, then `on_commit` for
+//! each publish.
 
 use std::time::{Duration, Instant};
 
@@ -204,20 +204,14 @@ impl<B: Backend> World<B> {
     fn commit(&mut self, conn: ConnId, publishes: Vec<Publish>) {
         let outcomes = self.b.commit(&publishes);
         for (p, o) in publishes.into_iter().zip(outcomes) {
-            let id = p.id.as_deref();
-            match o {
-                Outcome::Stored { seq, ts } => {
-                    self.deliver(conn, &wire::ack(id, &p.ch, seq));
-                    let text = wire::msg(&Msg { ch: &p.ch, seq, ts, from: &p.from, data: &p.data });
-                    let mut to = Vec::new();
-                    self.hub.committed(&p.ch, seq, &mut to);
-                    for c in to {
-                        self.deliver(c, &text);
-                    }
+            let committed = self.hub.on_commit(&p, &o, true);
+            if let Some(reply) = committed.reply {
+                self.deliver(conn, &reply);
+            }
+            if let Some((text, to)) = committed.msg {
+                for c in to {
+                    self.deliver(c, &text);
                 }
-                Outcome::Duplicate { ch, seq, .. } => self.deliver(conn, &wire::ack(id, &ch, seq)),
-                Outcome::Invalid(why) => self.deliver(conn, &wire::err(wire::ErrCode::BadRequest, &why, id)),
-                Outcome::OverLimit(why) => panic!("refused: {why:?}"),
             }
         }
     }
@@ -607,4 +601,30 @@ fn a_replay_read_failing_midway_sends_no_message_twice() {
     w.b.fail = None;
     w.pump(1 << 20);
     assert_eq!(w.seqs(2), vec![3, 4, 5], "the cursor moved past what was sent");
+}
+
+#[test]
+fn a_commit_result_is_one_reply_and_one_encoded_message() {
+    let mut w = World::new();
+    w.join(1, claims("alice", &["*"], &["*"]));
+    w.join(2, claims("bob", &["*"], &[]));
+    w.req(2, json!({"op": "sub", "ch": "c"}));
+    w.take(2);
+    let p = Publish { ch: "c".into(), from: "alice".into(), data: "7".into(), id: Some("\"m1\"".into()) };
+    let stored = w.hub.on_commit(&p, &Outcome::Stored { seq: 1, ts: 5 }, true);
+    let reply: Value = serde_json::from_str(stored.reply.as_deref().unwrap()).unwrap();
+    assert_eq!(reply, json!({"op": "ack", "id": "m1", "ch": "c", "seq": 1}));
+    let (text, to) = stored.msg.unwrap();
+    assert_eq!(to, vec![2], "the live subscriber, once");
+    let msg: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(msg, json!({"op": "msg", "ch": "c", "seq": 1, "ts": 5, "from": "alice", "data": 7}));
+    // The same message again is not sent twice (the cursor moved on).
+    assert_eq!(w.hub.on_commit(&p, &Outcome::Stored { seq: 1, ts: 5 }, true).msg.unwrap().1, Vec::<ConnId>::new());
+    // A publisher answered over HTTP gets no WebSocket reply.
+    assert_eq!(w.hub.on_commit(&p, &Outcome::Stored { seq: 2, ts: 6 }, false).reply, None);
+    let over = w.hub.on_commit(&p, &Outcome::OverLimit(Limit::Channels), true);
+    let err: Value = serde_json::from_str(over.reply.as_deref().unwrap()).unwrap();
+    assert_eq!((err["code"].clone(), err["id"].clone(), over.msg), (json!("too_many_channels"), json!("m1"), None));
+    let dup = w.hub.on_commit(&p, &Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 5 }, true);
+    assert_eq!((dup.reply.is_some(), dup.msg), (true, None));
 }

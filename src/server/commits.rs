@@ -4,6 +4,7 @@
 //! plus replay streamed into connections with room.
 
 use super::*;
+use crate::hub::Publish;
 use http_door::{HttpRequest, UNAVAILABLE};
 
 /// Bytes of publishes waiting for the writer, over all connections; past it
@@ -37,102 +38,71 @@ impl Server {
 
     pub(super) fn collect_commits(&mut self, now: Instant) {
         let done: Vec<Done<Ticket>> = self.writer.results().collect();
-        let mut to = Vec::new();
         for Done { items, result, took } in done {
             match result {
                 Ok(outcomes) => {
                     self.store_full = false;
                     self.metrics.commit(took, items.len());
                     for ((ticket, append), outcome) in items.into_iter().zip(outcomes) {
-                        self.inflight_bytes -= ticket.bytes;
-                        if let Some(req) = ticket.http {
-                            let (ch, seq, ts, new) = match &outcome {
-                                Outcome::Stored { seq, ts } => (append.ch.as_str(), *seq, *ts, true),
-                                Outcome::Duplicate { ch, seq, ts } => (ch.as_str(), *seq, *ts, false),
-                                Outcome::Invalid(why) => {
-                                    log::warn!("refused one publish: {why}");
-                                    self.http_refuse(ticket.conn, req, Refusal::new(400, "bad_request"), false, now);
-                                    self.again.push(ticket.conn);
-                                    continue;
-                                }
-                                Outcome::OverLimit(limit) => {
-                                    self.http_refuse(ticket.conn, req, api::over_limit(*limit), false, now);
-                                    self.again.push(ticket.conn);
-                                    continue;
-                                }
-                            };
-                            if let Decision::Reply { status, body, content_type, .. } = api::published(ch, seq, ts, new)
-                            {
-                                self.http_reply(ticket.conn, req, status, content_type, &body, false, now);
-                                // A pipelined request may be waiting in the buffer.
-                                self.again.push(ticket.conn);
-                            }
-                        }
-                        match outcome {
-                            Outcome::Stored { seq, ts } => {
-                                self.metrics.published += 1;
-                                if ticket.http.is_none() {
-                                    self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &append.ch, seq).into());
-                                }
-                                let msg = Msg { ch: &append.ch, seq, ts, from: &append.from, data: &append.data };
-                                let frame = Frame::from(wire::msg(&msg));
-                                self.hub.committed(&append.ch, seq, &mut to);
-                                self.metrics.delivered += to.len() as u64;
-                                for conn in to.drain(..) {
-                                    self.send(conn, frame.clone());
-                                }
-                            }
-                            Outcome::Duplicate { ch, seq, .. } => {
-                                self.metrics.duplicates += 1;
-                                if ticket.http.is_none() {
-                                    self.send(ticket.conn, wire::ack(ticket.id.as_deref(), &ch, seq).into())
-                                }
-                            }
-                            Outcome::Invalid(why) => {
-                                log::warn!("refused one publish: {why}");
-                                let text = wire::err(
-                                    ErrCode::BadRequest,
-                                    "the store cannot hold this message",
-                                    ticket.id.as_deref(),
-                                );
-                                self.send(ticket.conn, text.into());
-                            }
-                            Outcome::OverLimit(Limit::Channels) => {
-                                self.metrics.refuse(ErrCode::TooManyChannels.as_str());
-                                let text = wire::err(
-                                    ErrCode::TooManyChannels,
-                                    "the store holds --max-channels channels; publish to an existing one",
-                                    ticket.id.as_deref(),
-                                );
-                                self.send(ticket.conn, text.into());
-                            }
-                        }
+                        self.on_committed(ticket, append, outcome, now);
                     }
                 }
-                Err(e) => {
-                    let transient = e.is_transient();
-                    self.store_full = transient;
-                    self.metrics.commit_failures += !items.is_empty() as u64;
-                    for (ticket, _) in items {
-                        self.inflight_bytes -= ticket.bytes;
-                        if let Some(req) = ticket.http {
-                            self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
-                        } else if transient {
-                            let text = wire::err(
-                                ErrCode::Unavailable,
-                                "the store is full; retry later with the same id",
-                                ticket.id.as_deref(),
-                            );
-                            self.send(ticket.conn, text.into());
-                        }
-                    }
-                    if e.is_fatal() && self.fatal.is_none() {
-                        log::error!("{e}; closing every connection and stopping");
-                        self.fatal = Some(e);
-                        self.close_all(code::INTERNAL, "store failure", now);
-                    }
-                }
+                Err(e) => self.on_commit_failed(items, e, now),
             }
+        }
+    }
+
+    /// One publish of a committed batch: the publisher's answer (on its
+    /// WebSocket, or its HTTP response), then the message to every
+    /// subscriber whose cursor it is — decided by `Hub::on_commit`.
+    fn on_committed(&mut self, ticket: Ticket, append: Append, outcome: Outcome, now: Instant) {
+        self.inflight_bytes -= ticket.bytes;
+        match &outcome {
+            Outcome::Stored { .. } => self.metrics.published += 1,
+            Outcome::Duplicate { .. } => self.metrics.duplicates += 1,
+            Outcome::Invalid(why) => log::warn!("refused one publish: {why}"),
+            Outcome::OverLimit(_) => self.metrics.refuse(ErrCode::TooManyChannels.as_str()),
+        }
+        if let Some(req) = ticket.http {
+            self.answer_publish(ticket.conn, req, &append.ch, &outcome, now);
+        }
+        let publish = Publish { ch: append.ch, from: append.from, data: append.data, id: ticket.id };
+        let committed = self.hub.on_commit(&publish, &outcome, ticket.http.is_none());
+        if let Some(reply) = committed.reply {
+            self.send(ticket.conn, reply.into());
+        }
+        if let Some((text, to)) = committed.msg {
+            self.metrics.delivered += to.len() as u64;
+            let frame = Frame::from(text);
+            for conn in to {
+                self.send(conn, frame.clone());
+            }
+        }
+    }
+
+    /// A batch that did not commit: its publishers are told to retry, and a
+    /// broken environment stops the server.
+    fn on_commit_failed(&mut self, items: Vec<(Ticket, Append)>, e: StoreError, now: Instant) {
+        let transient = e.is_transient();
+        self.store_full = transient;
+        self.metrics.commit_failures += !items.is_empty() as u64;
+        for (ticket, _) in items {
+            self.inflight_bytes -= ticket.bytes;
+            if let Some(req) = ticket.http {
+                self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
+            } else if transient {
+                let text = wire::err(
+                    ErrCode::Unavailable,
+                    "the store is full; retry later with the same id",
+                    ticket.id.as_deref(),
+                );
+                self.send(ticket.conn, text.into());
+            }
+        }
+        if e.is_fatal() && self.fatal.is_none() {
+            log::error!("{e}; closing every connection and stopping");
+            self.fatal = Some(e);
+            self.close_all(code::INTERNAL, "store failure", now);
         }
     }
 

@@ -171,6 +171,26 @@ impl Server {
         }
     }
 
+    /// The HTTP answer to a publish whose commit came back: `201`/`200`
+    /// with its seq, or the refusal of the one item the store refused. A
+    /// pipelined request may be waiting behind it: read on next turn.
+    pub(super) fn answer_publish(&mut self, conn: ConnId, req: HttpRequest, ch: &str, outcome: &Outcome, now: Instant) {
+        let answer = match outcome {
+            Outcome::Stored { seq, ts } => api::published(ch, *seq, *ts, true),
+            Outcome::Duplicate { ch, seq, ts } => api::published(ch, *seq, *ts, false),
+            Outcome::Invalid(_) => Decision::Refuse(Refusal::new(400, "bad_request")),
+            Outcome::OverLimit(limit) => Decision::Refuse(api::over_limit(*limit)),
+        };
+        match answer {
+            Decision::Reply { status, body, content_type, .. } => {
+                self.http_reply(conn, req, status, content_type, &body, false, now)
+            }
+            Decision::Refuse(refusal) => self.http_refuse(conn, req, refusal, false, now),
+            _ => false,
+        };
+        self.again.push(conn);
+    }
+
     pub(super) fn store_unavailable(&mut self, id: ConnId, req: HttpRequest, e: StoreError, now: Instant) -> bool {
         log::warn!("reading the store failed: {e}");
         self.http_refuse(id, req, UNAVAILABLE, false, now)

@@ -44,8 +44,8 @@ use crate::http::{self, Head, Refusal};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
-use crate::store::{Append, Limit, Outcome, Retention, Store, StoreError};
-use crate::wire::{self, ErrCode, Msg};
+use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::wire::{self, ErrCode};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 mod commits;
