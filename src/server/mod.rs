@@ -23,7 +23,9 @@
 //! - `ws_door`: the native WebSocket protocol: upgrade checks, frames into
 //!   the hub, the hub's actions;
 //! - `hooks`: publishes waiting for the main application's verdict;
-//! - `commits`: publishes to the writer, acks and fan-out, replay.
+//! - `commits`: publishes to the writer, acks and fan-out, replay;
+//! - `admission`: accept within the limits, and the refusal log;
+//! - `lifecycle`: signals, reload, shutdown.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -48,9 +50,11 @@ use crate::store::{Append, Outcome, Retention, Store, StoreError};
 use crate::wire::{self, ErrCode};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
+mod admission;
 mod commits;
 mod hooks;
 mod http_door;
+mod lifecycle;
 mod ws_door;
 
 use commits::Ticket;
@@ -330,112 +334,6 @@ impl Server {
         next.map(|at| at.saturating_duration_since(now))
     }
 
-    fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() || self.stopping.is_some() {
-            return;
-        }
-        loop {
-            let Some(listener) = &self.listener else { return };
-            let (mut sock, addr) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if would_block(&e) => return,
-                Err(e) if interrupted(&e) => continue,
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
-                {
-                    // Edge-triggered: no new event will come for the
-                    // backlog, so come back on a timer and drain it then.
-                    log::warn!("out of file descriptors ({e}); pausing accept for {ACCEPT_BACKOFF:?}");
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-                Err(e) => {
-                    log::warn!("accept failed: {e}");
-                    continue;
-                }
-            };
-            if self.slots.len() >= self.max_connections + REFUSAL_HEADROOM {
-                // Not even room to answer 503: close at once.
-                drop(sock);
-                continue;
-            }
-            // One address may not hold more than its share of sockets, idle
-            // ones included: counted here, at accept, not only at upgrade, or
-            // one host could fill every slot with sockets that never send a
-            // byte. A few past its limit are still read, so their requests
-            // are answered in the contract's order (404 before 503).
-            let from_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
-            if from_ip >= self.cfg.max_connections_per_ip.saturating_add(PER_IP_REFUSAL_HEADROOM) {
-                self.metrics.refuse("server_full");
-                self.log_refusal(now, addr.ip(), &"too many connections from this address");
-                if self.tls.is_none() {
-                    // Best effort, on a fresh socket whose buffer is empty:
-                    // a plain client learns why; a TLS one just sees the close.
-                    let _ = io::Write::write(&mut sock, &Refusal::new(503, "server_full").response(true));
-                }
-                continue;
-            }
-            let _ = sock.set_nodelay(true);
-            let id = self.next_id;
-            self.next_id += 1;
-            if let Err(e) = self.poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE)
-            {
-                log::warn!("cannot register a connection: {e}");
-                continue;
-            }
-            let stream = match &self.tls {
-                None => Stream::Plain(sock),
-                Some(config) => match Stream::tls(sock, config.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("cannot start TLS for a connection: {e}");
-                        continue;
-                    }
-                },
-            };
-            // Counted only once the connection exists: `remove` gives it back.
-            *self.per_ip.entry(addr.ip()).or_default() += 1;
-            let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
-            let slot = Slot { conn, timer: None, joined: false, body: None, hook: None };
-            self.slots.insert(id, Box::new(slot));
-            self.metrics.accepted += 1;
-            self.schedule(id);
-            // Data may have arrived with the connection.
-            self.on_readable(id, now);
-        }
-    }
-
-    fn on_signal(&mut self, now: Instant) {
-        let mut buf = [0u8; 64];
-        while matches!(io::Read::read(&mut self.signals, &mut buf), Ok(n) if n > 0) {}
-        if self.stopping.is_none() {
-            log::info!("stopping: committing what is pending and closing connections");
-            self.stopping = Some(now);
-            if let Some(mut l) = self.listener.take() {
-                let _ = self.poll.registry().deregister(&mut l);
-            }
-        }
-    }
-
-    /// SIGHUP: load the certificate and key again. New connections use
-    /// them; open ones keep the session they have. A bad file keeps the old.
-    fn on_reload(&mut self) {
-        let mut buf = [0u8; 64];
-        while matches!(io::Read::read(&mut self.reload, &mut buf), Ok(n) if n > 0) {}
-        let (Some(cert), Some(key)) = (&self.cfg.tls_cert, &self.cfg.tls_key) else {
-            log::info!("SIGHUP: no TLS configured, nothing to reload");
-            return;
-        };
-        match crate::tls::load(cert, key) {
-            Ok(config) => {
-                self.tls = Some(config);
-                let fp = crate::tls::file_fingerprint(cert).unwrap_or_default();
-                log::info!("SIGHUP: reloaded the certificate {} (SHA-256 {fp})", cert.display());
-            }
-            Err(e) => log::error!("SIGHUP: kept the old certificate: {e}"),
-        }
-    }
-
     fn on_readable(&mut self, id: ConnId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         slot.conn.readable();
@@ -446,29 +344,6 @@ impl Server {
             Phase::Waiting | Phase::Responding | Phase::Closed => {}
         }
         self.dirty.push(id);
-    }
-
-    /// Logs a refused connection at debug, at most `REFUSAL_LOGS_PER_SEC`
-    /// a second: refusals are what an attacker makes by the thousand, and
-    /// the log (an SD card, journald) must not be the thing that gives out.
-    /// The metrics count every one.
-    pub(super) fn log_refusal(&mut self, now: Instant, ip: IpAddr, why: &dyn std::fmt::Display) {
-        let budget = &mut self.refusal_log;
-        if now.saturating_duration_since(budget.since) >= Duration::from_secs(1) {
-            if budget.dropped > 0 {
-                log::debug!("... and {} more refused connections in the last second", budget.dropped);
-            }
-            *budget = RefusalLog { since: now, logged: 0, dropped: 0 };
-        }
-        if budget.logged < REFUSAL_LOGS_PER_SEC {
-            budget.logged += 1;
-            log::debug!("refused a connection from {ip}: {why}");
-        } else {
-            if budget.dropped == 0 {
-                log::debug!("more refusals this second are counted in /metrics, not logged");
-            }
-            budget.dropped += 1;
-        }
     }
 
     fn gauges(&self) -> Gauges {
@@ -565,55 +440,6 @@ impl Server {
                 self.per_ip.remove(&slot.conn.peer);
             }
         }
-    }
-
-    fn close_all(&mut self, code: u16, reason: &'static str, now: Instant) {
-        for (id, slot) in self.slots.iter_mut() {
-            slot.conn.close(code, reason, now);
-            self.dirty.push(*id);
-        }
-    }
-
-    /// Shutdown in order: stop accepting (done on the signal), let every
-    /// publish already taken reach the disk and its ack reach the queue,
-    /// then close every WebSocket with 1001 and wait briefly for the peers.
-    fn advance_shutdown(&mut self, now: Instant) -> Option<Result<Stop, StoreError>> {
-        if self.fatal.is_some() {
-            let pending = self.slots.values().any(|s| s.conn.phase() != Phase::Closed && s.conn.wants_write());
-            if !pending || self.stopping.is_some_and(|t| now.duration_since(t) > Duration::from_secs(1)) {
-                return self.fatal.take().map(Err);
-            }
-            self.stopping.get_or_insert(now);
-            return None;
-        }
-        let since = self.stopping?;
-        if self.inflight_bytes > 0 && now.duration_since(since) < SHUTDOWN_GRACE {
-            return None;
-        }
-        // WebSockets get 1001; HTTP connections between requests (a
-        // browser's idle keep-alive) or mid-request are simply closed.
-        let ending: Vec<ConnId> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s.conn.phase(), Phase::Open | Phase::Head | Phase::Body | Phase::Draining))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ending {
-            if let Some(slot) = self.slots.get_mut(&id) {
-                slot.conn.close(code::GOING_AWAY, "server shutting down", now);
-                self.dirty.push(id);
-            }
-        }
-        self.flush_dirty();
-        if self.slots.is_empty() || now.duration_since(since) > SHUTDOWN_GRACE {
-            for done in self.writer.stop() {
-                if let Err(e) = done.result {
-                    log::error!("last commit failed: {e}");
-                }
-            }
-            return Some(Ok(Stop::Signal));
-        }
-        None
     }
 }
 
