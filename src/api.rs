@@ -74,26 +74,18 @@ fn reply(status: u16, code: &'static str) -> Decision {
 }
 
 /// Routes and checks a request head. `demo`: serve the demo page and `/roost.js`.
+///
+/// Each step below is one rung of the contract's order of checks; the
+/// per-route helpers at the end take the 403 permission, 411/413 and 400
+/// rungs in that order.
 pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize, demo: bool) -> Decision {
-    let segments: Vec<&str> = head.path.trim_start_matches('/').split('/').collect();
     let method = head.method.as_str();
-    let route = match segments.as_slice() {
-        ["ws"] => return Decision::WebSocket,
-        [""] | ["index.html"] if demo && method == "GET" => return asset(DEMO_PAGE, "text/html; charset=utf-8"),
-        ["roost.js"] if demo && method == "GET" => return asset(ROOST_JS, "text/javascript; charset=utf-8"),
-        // Browsers ask for it on every page; an empty answer keeps their console clean.
-        ["favicon.ico"] if demo && method == "GET" => {
-            return Decision::Reply { status: 204, body: Vec::new(), content_type: "image/x-icon", close: false }
-        }
-        ["healthz"] => Route::Health,
-        ["metrics"] => Route::Metrics,
-        ["api", "channels"] => Route::Channels,
-        ["api", "channels", ch, "messages"] => match channel(ch) {
-            Some(ch) => Route::Messages(ch),
-            None => return reply(404, "not_found"),
-        },
-        _ => return reply(404, "not_found"),
+    // 404: the path (the WebSocket and the demo assets are answered here).
+    let route = match route(&head.path, method, demo) {
+        Ok(route) => route,
+        Err(decision) => return decision,
     };
+    // 405: the method.
     let allowed = match route {
         Route::Messages(_) => method == "GET" || method == "POST",
         _ => method == "GET",
@@ -101,76 +93,122 @@ pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize, 
     if !allowed {
         return reply(405, "method_not_allowed");
     }
+    // Health and metrics need no token.
     let route = match route {
         Route::Health => return Decision::Health,
         Route::Metrics => return Decision::Metrics,
         r => r,
     };
+    // 401: the token.
+    let claims = match bearer_claims(head, verifier, now_unix) {
+        Ok(claims) => claims,
+        Err(code) => return reply(401, code),
+    };
+    // 403 `api_forbidden`: a client token is for the WebSocket only.
+    if !claims.api {
+        return reply(403, "api_forbidden");
+    }
+    // 403 permission, then 411/413 length, then 400 for the query or length.
+    match route {
+        Route::Channels => channels_page(head, &claims),
+        Route::Messages(ch) if method == "POST" => publish_head(head, ch, claims, max_body),
+        Route::Messages(ch) => history_query(head, ch, &claims),
+        Route::Health | Route::Metrics => unreachable!("answered above"),
+    }
+}
+
+/// The route a path names, or the answer to give without one: the
+/// WebSocket upgrade, a demo asset, or 404.
+fn route(path: &str, method: &str, demo: bool) -> Result<Route, Decision> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Ok(match segments.as_slice() {
+        ["ws"] => return Err(Decision::WebSocket),
+        [""] | ["index.html"] if demo && method == "GET" => return Err(asset(DEMO_PAGE, "text/html; charset=utf-8")),
+        ["roost.js"] if demo && method == "GET" => return Err(asset(ROOST_JS, "text/javascript; charset=utf-8")),
+        // Browsers ask for it on every page; an empty answer keeps their console clean.
+        ["favicon.ico"] if demo && method == "GET" => {
+            return Err(Decision::Reply { status: 204, body: Vec::new(), content_type: "image/x-icon", close: false })
+        }
+        ["healthz"] => Route::Health,
+        ["metrics"] => Route::Metrics,
+        ["api", "channels"] => Route::Channels,
+        ["api", "channels", ch, "messages"] => match channel(ch) {
+            Some(ch) => Route::Messages(ch),
+            None => return Err(reply(404, "not_found")),
+        },
+        _ => return Err(reply(404, "not_found")),
+    })
+}
+
+/// The claims of the request's `Authorization: Bearer` token; `Err` is the
+/// 401 `error` code.
+fn bearer_claims(head: &Head, verifier: &Verifier, now_unix: u64) -> Result<Claims, &'static str> {
     let token = head.authorization.as_deref().and_then(|a| {
         let (scheme, rest) = a.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
-    let claims = match token {
-        None | Some("") => return reply(401, "token_missing"),
-        Some(t) => match verifier.verify(t, now_unix) {
-            Ok(c) => c,
-            Err(e) => return reply(401, e.code()),
+    match token {
+        None | Some("") => Err("token_missing"),
+        Some(t) => verifier.verify(t, now_unix).map_err(|e| e.code()),
+    }
+}
+
+/// `GET /api/channels`: 403 without read on every channel, 400 for a bad `limit`.
+fn channels_page(head: &Head, claims: &Claims) -> Decision {
+    if !claims.read.allows_all() {
+        return reply(403, "forbidden");
+    }
+    let after = http::query_param(&head.query, "after").unwrap_or_default();
+    match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
+        None => Decision::Channels { after, limit: MAX_CHANNELS_PAGE },
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_CHANNELS_PAGE).contains(&n) => Decision::Channels { after, limit: n },
+            _ => reply(400, "bad_request"),
+        },
+    }
+}
+
+/// `POST /api/channels/{ch}/messages`, before its body: 403 permission,
+/// 411 without a `Content-Length` (or with `Transfer-Encoding`), 400 for a
+/// bad one, 413 past `max_body`.
+fn publish_head(head: &Head, ch: String, claims: Claims, max_body: usize) -> Decision {
+    if !claims.write.allows(&ch) {
+        return reply(403, "forbidden");
+    }
+    if head.transfer_encoding.is_some() {
+        return reply(411, "length_required");
+    }
+    let len = match head.content_length.as_deref().map(str::parse::<usize>) {
+        None => return reply(411, "length_required"),
+        Some(Err(_)) => return reply(400, "bad_request"),
+        Some(Ok(n)) => n,
+    };
+    if len > max_body {
+        return reply(413, "too_large");
+    }
+    Decision::Publish { ch, claims: Box::new(claims), len }
+}
+
+/// `GET /api/channels/{ch}/messages`: 403 permission, 400 for a bad `since` or `limit`.
+fn history_query(head: &Head, ch: String, claims: &Claims) -> Decision {
+    if !claims.read.allows(&ch) {
+        return reply(403, "forbidden");
+    }
+    let since = match http::query_param(&head.query, "since").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => match s.parse::<Seq>() {
+            Ok(n) => n,
+            Err(_) => return reply(400, "bad_request"),
         },
     };
-    if !claims.api {
-        return reply(403, "api_forbidden");
-    }
-    match route {
-        Route::Channels if !claims.read.allows_all() => reply(403, "forbidden"),
-        Route::Channels => {
-            let after = http::query_param(&head.query, "after").unwrap_or_default();
-            match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
-                None => Decision::Channels { after, limit: MAX_CHANNELS_PAGE },
-                Some(s) => match s.parse::<usize>() {
-                    Ok(n) if (1..=MAX_CHANNELS_PAGE).contains(&n) => Decision::Channels { after, limit: n },
-                    _ => reply(400, "bad_request"),
-                },
-            }
-        }
-        Route::Messages(ch) if method == "POST" => {
-            if !claims.write.allows(&ch) {
-                return reply(403, "forbidden");
-            }
-            if head.transfer_encoding.is_some() {
-                return reply(411, "length_required");
-            }
-            let len = match head.content_length.as_deref().map(str::parse::<usize>) {
-                None => return reply(411, "length_required"),
-                Some(Err(_)) => return reply(400, "bad_request"),
-                Some(Ok(n)) => n,
-            };
-            if len > max_body {
-                return reply(413, "too_large");
-            }
-            Decision::Publish { ch, claims: Box::new(claims), len }
-        }
-        Route::Messages(ch) => {
-            if !claims.read.allows(&ch) {
-                return reply(403, "forbidden");
-            }
-            let since = match http::query_param(&head.query, "since").filter(|s| !s.is_empty()) {
-                None => 0,
-                Some(s) => match s.parse::<Seq>() {
-                    Ok(n) => n,
-                    Err(_) => return reply(400, "bad_request"),
-                },
-            };
-            let limit = match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
-                None => DEFAULT_HIST_LIMIT,
-                Some(s) => match s.parse::<u32>() {
-                    Ok(n) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
-                    _ => return reply(400, "bad_request"),
-                },
-            };
-            Decision::History { ch, since, limit: limit as usize }
-        }
-        Route::Health | Route::Metrics => unreachable!("answered above"),
-    }
+    let limit = match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
+        None => DEFAULT_HIST_LIMIT,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
+            _ => return reply(400, "bad_request"),
+        },
+    };
+    Decision::History { ch, since, limit: limit as usize }
 }
 
 enum Route {
