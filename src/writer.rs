@@ -203,12 +203,9 @@ impl<T: Send + 'static> Drop for Writer<T> {
 
 fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Done<T>>, wake: Box<dyn Fn() + Send>) {
     let store = store.with_max_channels(policy.max_channels);
-    let retention = &*policy.retention;
-    let clock = policy.clock.clone();
     // The floor as saved in the store: it is saved again only while the
     // clock is synchronized (spec §10).
     let mut saved_floor = store.clock_floor().unwrap_or(0);
-    let window_ms = policy.dedupe_window.as_millis() as u64;
     // The first turn builds the retention index if the store needs it.
     let mut next_maintenance = Instant::now();
     let mut indexed = false;
@@ -218,16 +215,7 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
         // steady stream of publishes the queue is never empty, and waiting
         // for a quiet moment would let retention fall behind for good.
         if Instant::now() >= next_maintenance {
-            let now = clock.now();
-            // A floor that a synchronized clock moved is saved even while
-            // nobody publishes (lowered at once; raised once an hour).
-            let fell = now.floor_ms < saved_floor;
-            let rose = now.floor_ms >= saved_floor.saturating_add(SAVE_RISEN_FLOOR_EVERY_MS);
-            let saved = match now.synced && (fell || rose) {
-                true => store.save_clock_floor(now.floor_ms).map(|()| saved_floor = now.floor_ms),
-                false => Ok(()),
-            };
-            match saved.and_then(|()| maintain(&store, &policy, &mut indexed, now.ms)) {
+            match maintenance_turn(&store, &policy, &mut saved_floor, &mut indexed) {
                 Ok(next) => next_maintenance = next,
                 Err(e) => {
                     // The environment is broken (an I/O error, a panic
@@ -241,42 +229,17 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             }
         }
         let wait = next_maintenance.saturating_duration_since(Instant::now());
-        let mut items = match jobs.recv_timeout(wait) {
-            Ok(Job::Append(items)) => items,
-            Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => continue,
-        };
-        // Group commit: everything queued while the last commit ran.
-        while items.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(Job::Append(more)) => items.extend(more),
-                Ok(Job::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
+        let items = match take_batch(&jobs, wait) {
+            Taken::Batch { items, then_stop } => {
+                stopping = then_stop;
+                items
             }
-        }
+            Taken::Idle => continue,
+            Taken::Stop => break,
+        };
         let started = Instant::now();
-        let now = clock.now();
-        let opts =
-            Commit { floor: (now.synced && now.floor_ms != saved_floor).then_some(now.floor_ms), isolate: false };
-        let appends = || items.iter().map(|(_, a)| a);
-        let mut result = store.commit(appends(), now.ms, window_ms, retention, opts);
-        if let Err(StoreError::Content(why)) = &result {
-            // One item is at fault, not the store: find it without failing
-            // the others (still one commit).
-            log::warn!("LMDB refused part of a batch of {} ({why}); committing each on its own", items.len());
-            result = match store.commit(appends(), now.ms, window_ms, retention, Commit { isolate: true, ..opts }) {
-                // Only if the commit itself refused: fail the batch, not the server.
-                Err(StoreError::Content(why)) => Ok(vec![Outcome::Invalid(why); items.len()]),
-                other => other,
-            };
-        }
+        let result = commit_batch(&store, &policy, &mut saved_floor, &items);
         let took = started.elapsed();
-        if let (Ok(_), Some(floor)) = (&result, opts.floor) {
-            saved_floor = floor;
-        }
         let fatal = matches!(&result, Err(e) if e.is_fatal());
         if let Err(e) = &result {
             log::error!("commit of {} messages failed: {e}", items.len());
@@ -291,6 +254,86 @@ fn run<T>(store: Store, policy: Policy, jobs: Receiver<Job<T>>, done: Sender<Don
             break;
         }
     }
+}
+
+/// What [`take_batch`] found on the queue.
+enum Taken<T> {
+    /// Appends to commit; `then_stop` if a stop was queued behind them.
+    Batch { items: Vec<(T, Append)>, then_stop: bool },
+    /// Nothing came before maintenance is due.
+    Idle,
+    /// Stop now: asked to, or the server dropped its handle.
+    Stop,
+}
+
+/// Waits up to `wait` for appends, then takes everything queued behind
+/// them, up to [`MAX_BATCH`] (group commit: everything queued while the
+/// last commit ran).
+fn take_batch<T>(jobs: &Receiver<Job<T>>, wait: Duration) -> Taken<T> {
+    let mut items = match jobs.recv_timeout(wait) {
+        Ok(Job::Append(items)) => items,
+        Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => return Taken::Stop,
+        Err(RecvTimeoutError::Timeout) => return Taken::Idle,
+    };
+    while items.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(Job::Append(more)) => items.extend(more),
+            Ok(Job::Stop) => return Taken::Batch { items, then_stop: true },
+            Err(_) => break,
+        }
+    }
+    Taken::Batch { items, then_stop: false }
+}
+
+/// Commits one batch at the clock's time, saving the clock floor with it
+/// while the clock is synchronized (`saved_floor` follows what was saved).
+fn commit_batch<T>(
+    store: &Store,
+    policy: &Policy,
+    saved_floor: &mut u64,
+    items: &[(T, Append)],
+) -> Result<Vec<Outcome>, StoreError> {
+    let retention = &*policy.retention;
+    let window_ms = policy.dedupe_window.as_millis() as u64;
+    let now = policy.clock.now();
+    let opts = Commit { floor: (now.synced && now.floor_ms != *saved_floor).then_some(now.floor_ms), isolate: false };
+    let appends = || items.iter().map(|(_, a)| a);
+    let mut result = store.commit(appends(), now.ms, window_ms, retention, opts);
+    if let Err(StoreError::Content(why)) = &result {
+        // One item is at fault, not the store: find it without failing
+        // the others (still one commit).
+        log::warn!("LMDB refused part of a batch of {} ({why}); committing each on its own", items.len());
+        result = match store.commit(appends(), now.ms, window_ms, retention, Commit { isolate: true, ..opts }) {
+            // Only if the commit itself refused: fail the batch, not the server.
+            Err(StoreError::Content(why)) => Ok(vec![Outcome::Invalid(why); items.len()]),
+            other => other,
+        };
+    }
+    if let (Ok(_), Some(floor)) = (&result, opts.floor) {
+        *saved_floor = floor;
+    }
+    result
+}
+
+/// A due maintenance turn: saves a clock floor that a synchronized clock
+/// moved, then [`maintain`]. Returns when the next turn is due; an error is
+/// fatal.
+fn maintenance_turn(
+    store: &Store,
+    policy: &Policy,
+    saved_floor: &mut u64,
+    indexed: &mut bool,
+) -> Result<Instant, StoreError> {
+    let now = policy.clock.now();
+    // A floor that a synchronized clock moved is saved even while
+    // nobody publishes (lowered at once; raised once an hour).
+    let fell = now.floor_ms < *saved_floor;
+    let rose = now.floor_ms >= saved_floor.saturating_add(SAVE_RISEN_FLOOR_EVERY_MS);
+    if now.synced && (fell || rose) {
+        store.save_clock_floor(now.floor_ms)?;
+        *saved_floor = now.floor_ms;
+    }
+    maintain(store, policy, indexed, now.ms)
 }
 
 /// One maintenance turn: builds the retention index first if it is not
