@@ -231,87 +231,120 @@ impl Hub {
             Err(e) => return out.push(Action::Reply(wire::err(e.code, e.msg, e.id))),
         };
         let id = frame.id;
-        let reply_err = |out: &mut Vec<Action>, code, msg| out.push(Action::Reply(wire::err(code, msg, id)));
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
-        match frame.req {
-            Request::Sub { ch, since, epoch } => {
-                if !peer.claims.read.allows(ch) {
-                    return reply_err(out, ErrCode::Forbidden, "this token may not read that channel");
-                }
-                let resub = peer.cursor(ch).is_some();
-                if !resub && peer.subs.len() >= self.limits.max_subscriptions {
-                    return reply_err(out, ErrCode::TooManySubscriptions, "unsubscribe from a channel first");
-                }
-                let info = match store.channel(ch) {
-                    Ok(info) => info,
-                    Err(e) => {
-                        log::warn!("reading channel state failed: {e}");
-                        return reply_err(out, ErrCode::Unavailable, "the store cannot be read; try again");
-                    }
-                };
-                let (cursor, gap) = start_cursor(info, since, epoch.as_deref(), &self.epoch);
-                out.push(Action::Reply(wire::subok(ch, info.last, &self.epoch, gap, id)));
-                if let Some(held) = peer.cursor(ch) {
-                    *held = cursor;
-                } else {
-                    let name = match self.channels.get_key_value(ch) {
-                        Some((name, _)) => name.clone(),
-                        None => Arc::from(ch),
-                    };
-                    if peer.subs.len() == peer.subs.capacity() {
-                        // Grow from one, not four: most connections hold one.
-                        peer.subs.reserve_exact(peer.subs.len().max(1));
-                    }
-                    peer.subs.push((name.clone(), cursor));
-                    self.channels.entry(name).or_default().push(conn);
-                }
-                if !cursor.live {
-                    self.replaying.insert(conn);
-                }
+        // Each request gets one answer (none for an unknown connection).
+        let answer = match frame.req {
+            Request::Sub { ch, since, epoch } => self.on_sub(conn, ch, since, epoch.as_deref(), id, store),
+            Request::Unsub { ch } => self.on_unsub(conn, ch, id),
+            Request::Pub { ch, data } => self.on_pub(conn, ch, data, id, now),
+            Request::Hist { ch, since, limit } => self.on_hist(conn, ch, since, limit, id, store),
+        };
+        out.extend(answer);
+    }
+
+    /// `sub`: checks, replies `subok`, then holds (or moves) the cursor.
+    fn on_sub(
+        &mut self,
+        conn: ConnId,
+        ch: &str,
+        since: Option<Seq>,
+        epoch: Option<&str>,
+        id: Option<&str>,
+        store: &impl History,
+    ) -> Option<Action> {
+        let peer = self.peers.get_mut(&conn)?;
+        if !peer.claims.read.allows(ch) {
+            return refuse(ErrCode::Forbidden, "this token may not read that channel", id);
+        }
+        let resub = peer.cursor(ch).is_some();
+        if !resub && peer.subs.len() >= self.limits.max_subscriptions {
+            return refuse(ErrCode::TooManySubscriptions, "unsubscribe from a channel first", id);
+        }
+        let info = match store.channel(ch) {
+            Ok(info) => info,
+            Err(e) => {
+                log::warn!("reading channel state failed: {e}");
+                return refuse(ErrCode::Unavailable, "the store cannot be read; try again", id);
             }
-            Request::Unsub { ch } => {
-                if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
-                    peer.subs.swap_remove(at);
-                    self.drop_subscriber(ch, conn);
-                }
-                out.push(Action::Reply(wire::unsubok(ch, id)));
+        };
+        let (cursor, gap) = start_cursor(info, since, epoch, &self.epoch);
+        let subok = Action::Reply(wire::subok(ch, info.last, &self.epoch, gap, id));
+        if let Some(held) = peer.cursor(ch) {
+            *held = cursor;
+        } else {
+            let name = match self.channels.get_key_value(ch) {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(ch),
+            };
+            if peer.subs.len() == peer.subs.capacity() {
+                // Grow from one, not four: most connections hold one.
+                peer.subs.reserve_exact(peer.subs.len().max(1));
             }
-            Request::Pub { ch, data } => {
-                if !peer.claims.write.allows(ch) {
-                    return reply_err(out, ErrCode::Forbidden, "this token may not publish to that channel");
-                }
-                if id.is_some_and(|id| !store::dedupe_fits(&peer.claims.sub, id)) {
-                    return reply_err(
-                        out,
-                        ErrCode::BadRequest,
-                        "the token's sub and this id are over 501 bytes together; use a shorter id or sub",
-                    );
-                }
-                if !peer.bucket.take(now, self.limits.publish_rate) {
-                    if peer.bucket.refused > 2 * self.limits.publish_rate.max(1) {
-                        out.push(Action::Close(1008, "publish rate exceeded"));
-                        return;
-                    }
-                    return reply_err(out, ErrCode::RateLimited, "too many publishes; slow down");
-                }
-                out.push(Action::Publish(Publish {
-                    ch: ch.to_string(),
-                    from: peer.claims.sub.clone(),
-                    data: data.to_string(),
-                    id: id.map(str::to_string),
-                }));
+            peer.subs.push((name.clone(), cursor));
+            self.channels.entry(name).or_default().push(conn);
+        }
+        if !cursor.live {
+            self.replaying.insert(conn);
+        }
+        Some(subok)
+    }
+
+    /// `unsub`: always `unsubok`, subscribed or not.
+    fn on_unsub(&mut self, conn: ConnId, ch: &str, id: Option<&str>) -> Option<Action> {
+        let peer = self.peers.get_mut(&conn)?;
+        if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
+            peer.subs.swap_remove(at);
+            self.drop_subscriber(ch, conn);
+        }
+        Some(Action::Reply(wire::unsubok(ch, id)))
+    }
+
+    /// `pub`: checks the token, the id's size and the publish rate, then
+    /// asks the server to commit.
+    fn on_pub(&mut self, conn: ConnId, ch: &str, data: &str, id: Option<&str>, now: Instant) -> Option<Action> {
+        let peer = self.peers.get_mut(&conn)?;
+        if !peer.claims.write.allows(ch) {
+            return refuse(ErrCode::Forbidden, "this token may not publish to that channel", id);
+        }
+        if id.is_some_and(|id| !store::dedupe_fits(&peer.claims.sub, id)) {
+            return refuse(
+                ErrCode::BadRequest,
+                "the token's sub and this id are over 501 bytes together; use a shorter id or sub",
+                id,
+            );
+        }
+        if !peer.bucket.take(now, self.limits.publish_rate) {
+            if peer.bucket.refused > 2 * self.limits.publish_rate.max(1) {
+                return Some(Action::Close(1008, "publish rate exceeded"));
             }
-            Request::Hist { ch, since, limit } => {
-                if !peer.claims.read.allows(ch) {
-                    return reply_err(out, ErrCode::Forbidden, "this token may not read that channel");
-                }
-                match history(store, ch, since, limit as usize, self.limits.max_reply_bytes, id) {
-                    Ok(text) => out.push(Action::Reply(text)),
-                    Err(e) => {
-                        log::warn!("reading history failed: {e}");
-                        reply_err(out, ErrCode::Unavailable, "the store cannot be read; try again")
-                    }
-                }
+            return refuse(ErrCode::RateLimited, "too many publishes; slow down", id);
+        }
+        Some(Action::Publish(Publish {
+            ch: ch.to_string(),
+            from: peer.claims.sub.clone(),
+            data: data.to_string(),
+            id: id.map(str::to_string),
+        }))
+    }
+
+    /// `hist`: one page of history, read now.
+    fn on_hist(
+        &self,
+        conn: ConnId,
+        ch: &str,
+        since: Seq,
+        limit: u32,
+        id: Option<&str>,
+        store: &impl History,
+    ) -> Option<Action> {
+        let peer = self.peers.get(&conn)?;
+        if !peer.claims.read.allows(ch) {
+            return refuse(ErrCode::Forbidden, "this token may not read that channel", id);
+        }
+        match history(store, ch, since, limit as usize, self.limits.max_reply_bytes, id) {
+            Ok(text) => Some(Action::Reply(text)),
+            Err(e) => {
+                log::warn!("reading history failed: {e}");
+                refuse(ErrCode::Unavailable, "the store cannot be read; try again", id)
             }
         }
     }
@@ -442,6 +475,11 @@ impl Bucket {
             false
         }
     }
+}
+
+/// The `err` answer to a request.
+fn refuse(code: ErrCode, msg: &str, id: Option<&str>) -> Option<Action> {
+    Some(Action::Reply(wire::err(code, msg, id)))
 }
 
 /// Where a new subscription starts, and whether the client missed messages
