@@ -113,29 +113,38 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Parsed<'_>, WireError<'_>> {
-    let bad = |msg, id| WireError { code: ErrCode::BadRequest, msg, id };
+    let bad = |msg| WireError { code: ErrCode::BadRequest, msg, id: None };
     // serde would accept a JSON array as a struct in sequence form.
     if !text.trim_start().starts_with('{') {
-        return Err(bad("a frame must hold one JSON object", None));
+        return Err(bad("a frame must hold one JSON object"));
     }
     let raw: RawRequest<'_> = match serde_json::from_str(text) {
         Ok(raw) => raw,
-        Err(_) => return Err(bad("not a valid JSON object", None)),
+        Err(_) => return Err(bad("not a valid JSON object")),
     };
-    let id = match raw.id {
-        None => None,
-        Some(v) => {
-            let t = v.get();
-            let is_string_or_number = t.starts_with('"') || t.starts_with('-') || t.as_bytes()[0].is_ascii_digit();
-            if !is_string_or_number {
-                return Err(bad("id must be a string or a number", None));
-            }
-            if t.len() > MAX_ID_BYTES {
-                return Err(bad("id is longer than 128 bytes", None));
-            }
-            Some(t)
-        }
-    };
+    let id = frame_id(raw.id).map_err(bad)?;
+    let req = request(raw, id)?;
+    Ok(Parsed { id, req })
+}
+
+/// The frame's `id` as JSON text; `Err` is the message of a bad one (which
+/// the error cannot echo).
+fn frame_id(v: Option<&RawValue>) -> Result<Option<&str>, &'static str> {
+    let Some(v) = v else { return Ok(None) };
+    let t = v.get();
+    let is_string_or_number = t.starts_with('"') || t.starts_with('-') || t.as_bytes()[0].is_ascii_digit();
+    if !is_string_or_number {
+        return Err("id must be a string or a number");
+    }
+    if t.len() > MAX_ID_BYTES {
+        return Err("id is longer than 128 bytes");
+    }
+    Ok(Some(t))
+}
+
+/// The request of a frame whose `id` was read: its errors echo the `id`.
+/// The fields every op shares are checked before the op's own.
+fn request<'a>(raw: RawRequest<'a>, id: Option<&'a str>) -> Result<Request<'a>, WireError<'a>> {
     let bad = |msg| WireError { code: ErrCode::BadRequest, msg, id };
     let op: &str = match raw.op.map(|v| str_of(v)) {
         None => return Err(bad("missing op")),
@@ -163,39 +172,42 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, WireError<'_>> {
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return Err(bad("since must be a non-negative integer")),
     };
-    let req = match op {
-        "sub" => {
-            let ch = need_ch()?;
-            let epoch = match raw.epoch {
-                None => None,
-                Some(v) => match serde_json::from_str::<String>(v.get()) {
-                    Ok(e) => Some(e),
-                    Err(_) => return Err(bad("epoch must be a string")),
-                },
-            };
-            if matches!(since, Some(s) if s > 0) && epoch.is_none() {
-                return Err(bad("since > 0 needs the epoch it was counted in"));
-            }
-            Request::Sub { ch, since, epoch }
-        }
-        "unsub" => Request::Unsub { ch: need_ch()? },
+    match op {
+        "sub" => sub_request(need_ch()?, since, raw.epoch).map_err(bad),
+        "unsub" => Ok(Request::Unsub { ch: need_ch()? }),
         "pub" => {
             let ch = need_ch()?;
             let data = raw.data.ok_or(bad("missing data"))?.get();
-            Request::Pub { ch, data }
+            Ok(Request::Pub { ch, data })
         }
-        "hist" => {
-            let ch = need_ch()?;
-            let limit = match raw.limit.map(|v| serde_json::from_str::<u32>(v.get())) {
-                None => DEFAULT_HIST_LIMIT,
-                Some(Ok(n)) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
-                Some(_) => return Err(bad("limit must be an integer from 1 to 1000")),
-            };
-            Request::Hist { ch, since: since.unwrap_or(0), limit }
-        }
-        _ => return Err(WireError { code: ErrCode::UnknownOp, msg: "op must be sub, unsub, pub or hist", id }),
+        "hist" => hist_request(need_ch()?, since, raw.limit).map_err(bad),
+        _ => Err(WireError { code: ErrCode::UnknownOp, msg: "op must be sub, unsub, pub or hist", id }),
+    }
+}
+
+/// A `sub` with its checked `epoch`; `Err` is the message of a bad request.
+fn sub_request<'a>(ch: &'a str, since: Option<Seq>, epoch: Option<&RawValue>) -> Result<Request<'a>, &'static str> {
+    let epoch = match epoch {
+        None => None,
+        Some(v) => match serde_json::from_str::<String>(v.get()) {
+            Ok(e) => Some(e),
+            Err(_) => return Err("epoch must be a string"),
+        },
     };
-    Ok(Parsed { id, req })
+    if matches!(since, Some(s) if s > 0) && epoch.is_none() {
+        return Err("since > 0 needs the epoch it was counted in");
+    }
+    Ok(Request::Sub { ch, since, epoch })
+}
+
+/// A `hist` with its checked `limit`; `Err` is the message of a bad request.
+fn hist_request<'a>(ch: &'a str, since: Option<Seq>, limit: Option<&RawValue>) -> Result<Request<'a>, &'static str> {
+    let limit = match limit.map(|v| serde_json::from_str::<u32>(v.get())) {
+        None => DEFAULT_HIST_LIMIT,
+        Some(Ok(n)) if (1..=MAX_HIST_LIMIT).contains(&n) => n,
+        Some(_) => return Err("limit must be an integer from 1 to 1000"),
+    };
+    Ok(Request::Hist { ch, since: since.unwrap_or(0), limit })
 }
 
 /// A JSON string's contents, borrowed when it has no escapes.
