@@ -529,26 +529,51 @@ impl Store {
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<usize, StoreError> {
         let mut wtxn = self.env.write_txn()?;
-        let mut done = 0;
-        // Dedupe records, oldest expiry first.
+        // Dedupe expiry takes at most half the budget, so messages are
+        // trimmed on every pass.
+        let done = self.expire_dedupe(&mut wtxn, now_ms, budget / 2)?;
+        let done = self.trim_due_channels(&mut wtxn, now_ms, budget, done, retention)?;
+        if done == 0 {
+            wtxn.abort();
+        } else {
+            wtxn.commit()?;
+        }
+        Ok(done)
+    }
+
+    /// Forgets up to `max` expired dedupe records, oldest expiry first.
+    /// Returns how many.
+    fn expire_dedupe(&self, wtxn: &mut RwTxn, now_ms: u64, max: usize) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
-        for item in self.expiry.iter(&wtxn)? {
+        for item in self.expiry.iter(wtxn)? {
             let (k, _) = item?;
-            if expired.len() >= budget / 2 || be_u64(&k[..8.min(k.len())]).unwrap_or(0) > now_ms {
+            if expired.len() >= max || be_u64(&k[..8.min(k.len())]).unwrap_or(0) > now_ms {
                 break;
             }
             expired.push(k.to_vec());
         }
         for k in &expired {
-            self.expiry.delete(&mut wtxn, k)?;
-            self.dedupe.delete(&mut wtxn, &k[8..])?;
-            done += 1;
+            self.expiry.delete(wtxn, k)?;
+            self.dedupe.delete(wtxn, &k[8..])?;
         }
+        Ok(expired.len())
+    }
+
+    /// Trims the channels that have come due, earliest first, until the
+    /// work `done` so far reaches `budget`. Returns the work done in all.
+    fn trim_due_channels(
+        &self,
+        wtxn: &mut RwTxn,
+        now_ms: u64,
+        budget: usize,
+        mut done: usize,
+        retention: &dyn Fn(&str) -> Retention,
+    ) -> Result<usize, StoreError> {
         // Messages: only channels whose oldest message has come due (or
         // that hold more than their count), earliest first. Idle channels
         // cost nothing here, however many there are.
         let mut visits = Vec::new();
-        for item in self.due.iter(&wtxn)? {
+        for item in self.due.iter(wtxn)? {
             let (k, name) = item?;
             if done + visits.len() >= budget || be_u64(k).unwrap_or(0) > now_ms {
                 break;
@@ -559,9 +584,9 @@ impl Store {
             if done >= budget {
                 break;
             }
-            self.due.delete(&mut wtxn, &key)?;
+            self.due.delete(wtxn, &key)?;
             let ch = String::from_utf8_lossy(&name).into_owned();
-            let Some((id, mut info)) = self.channel_in(&wtxn, &ch)? else {
+            let Some((id, mut info)) = self.channel_in(wtxn, &ch)? else {
                 done += 1;
                 continue;
             };
@@ -572,7 +597,7 @@ impl Store {
             while info.first <= info.last {
                 let k = msg_key(id, info.first);
                 // `None`: already gone, just advance.
-                let ts = self.messages.get(&wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
+                let ts = self.messages.get(wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
                 let too_many = info.count() > limits.messages.max(1);
                 let too_old = ts.is_none_or(|ts| ts < oldest_allowed);
                 if !(too_many || too_old) {
@@ -584,25 +609,20 @@ impl Store {
                     next_due = be_u64(&key);
                     break;
                 }
-                self.messages.delete(&mut wtxn, &k)?;
+                self.messages.delete(wtxn, &k)?;
                 info.first += 1;
                 done += 1;
             }
             if info.first != before {
-                self.channels.put(&mut wtxn, &name, &encode_channel(id, info))?;
+                self.channels.put(wtxn, &name, &encode_channel(id, info))?;
             } else {
                 // Visited early (count retention on append moved `first`
                 // on): work too, so a pass stays bounded.
                 done += 1;
             }
             if let Some(at) = next_due {
-                self.due.put(&mut wtxn, &due_key(at, id), &name)?;
+                self.due.put(wtxn, &due_key(at, id), &name)?;
             }
-        }
-        if done == 0 {
-            wtxn.abort();
-        } else {
-            wtxn.commit()?;
         }
         Ok(done)
     }
