@@ -186,15 +186,7 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let signals = signal_pipe(&poll, SIGNALS, &[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
         let reload = signal_pipe(&poll, RELOAD, &[signal_hook::consts::SIGHUP])?;
-        let clock = Clock::new(store.clock_floor().unwrap_or(0), clock_sync);
-        if clock_sync == SyncSource::Kernel {
-            if let Err(e) = writer::kernel_synced() {
-                log::warn!(
-                    "cannot ask the kernel whether the clock is synchronized (adjtimex: {e}); the clock floor will not move. \
-                     Allow the adjtimex system call (see debian/roostd.service)"
-                );
-            }
-        }
+        let clock = start_clock(&store, clock_sync);
         let policy = writer_policy(&cfg, clock.clone());
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -209,13 +201,6 @@ impl Server {
         };
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
-        let start = clock.now();
-        if system_unix() < start.floor_ms / 1000 {
-            log::warn!(
-                "the system clock is {} s behind the last good time; using that for token checks and ts until it is synchronized (is NTP running?)",
-                start.floor_ms / 1000 - system_unix()
-            );
-        }
         let writer = Writer::start(store.clone(), policy, wake);
         let hub = Hub::new(
             store.epoch(),
@@ -441,6 +426,28 @@ impl Server {
             }
         }
     }
+}
+
+/// The effective clock (spec §10), from the floor the store saved; says
+/// so when the kernel cannot be asked, or the system clock is behind.
+fn start_clock(store: &Store, clock_sync: SyncSource) -> Clock {
+    let clock = Clock::new(store.clock_floor().unwrap_or(0), clock_sync);
+    if clock_sync == SyncSource::Kernel {
+        if let Err(e) = writer::kernel_synced() {
+            log::warn!(
+                "cannot ask the kernel whether the clock is synchronized (adjtimex: {e}); the clock floor will not move. \
+                 Allow the adjtimex system call (see debian/roostd.service)"
+            );
+        }
+    }
+    let start = clock.now();
+    if system_unix() < start.floor_ms / 1000 {
+        log::warn!(
+            "the system clock is {} s behind the last good time; using that for token checks and ts until it is synchronized (is NTP running?)",
+            start.floor_ms / 1000 - system_unix()
+        );
+    }
+    clock
 }
 
 /// A socket pair on which `signal-hook` writes a byte for each of `sigs`:
