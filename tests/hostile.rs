@@ -61,6 +61,16 @@ fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
+/// `p50 X ms, p99 Y ms, max Z ms` of sorted durations.
+fn spread(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct_ms(sorted, 50.0),
+        pct_ms(sorted, 99.0),
+        pct_ms(sorted, 100.0)
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -985,21 +995,11 @@ fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
     lifetimes.sort();
     eprintln!("=== abuse run ({} scale), {:.1} s wall ===", if small() { "small" } else { "full" }, wall.as_secs_f64());
     eprintln!(
-        "good client: {good_n} pubs one in flight; pub->ack p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
-         pub->delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct_ms(&ack_lat, 50.0),
-        pct_ms(&ack_lat, 99.0),
-        pct_ms(&ack_lat, 100.0),
-        pct_ms(&deliver, 50.0),
-        pct_ms(&deliver, 99.0),
-        pct_ms(&deliver, 100.0)
+        "good client: {good_n} pubs one in flight; pub->ack {}; pub->delivery {}",
+        spread(&ack_lat),
+        spread(&deliver)
     );
-    eprintln!(
-        "baseline (no abuse, 50 pubs): pub->delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct_ms(&baseline, 50.0),
-        pct_ms(&baseline, 99.0),
-        pct_ms(&baseline, 100.0)
-    );
+    eprintln!("baseline (no abuse, 50 pubs): pub->delivery {}", spread(&baseline));
     eprintln!("server RSS: {:.1} MiB at start, {:.1} MiB max", rss_start as f64 / 1024.0, rss_max_kib as f64 / 1024.0);
     eprintln!(
         "slowloris: {} open at once, {} dropped by the server, lifetime min {:.0} ms max {:.0} ms; oldest still open at stop {:.0} ms",
@@ -1609,12 +1609,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     lat.sort();
     let rss_max_kib = rss_max.load(Ordering::Relaxed) as u64;
     eprintln!("=== second abuse run ({} scale) ===", if small() { "small" } else { "full" });
-    eprintln!(
-        "good client: {good_n} pubs through the hook, pub->delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct_ms(&lat, 50.0),
-        pct_ms(&lat, 99.0),
-        pct_ms(&lat, 100.0)
-    );
+    eprintln!("good client: {good_n} pubs through the hook, pub->delivery {}", spread(&lat));
     eprintln!("server RSS: {:.1} MiB at start, {:.1} MiB max", rss_start as f64 / 1024.0, rss_max_kib as f64 / 1024.0);
     eprintln!(
         "pipelining: {pipelined} bytes of GET / taken; unread API answers: {unread} bytes of requests taken; \
