@@ -49,6 +49,16 @@ pub enum HeadError {
     Malformed,
 }
 
+impl HeadError {
+    /// The answer to a head that could not be read.
+    pub fn refusal(self) -> Refusal {
+        match self {
+            HeadError::TooLarge => Refusal::new(431, "headers_too_large"),
+            HeadError::Malformed => Refusal::new(400, "bad_request"),
+        }
+    }
+}
+
 /// Parses a request head from the bytes received so far.
 /// `Ok(None)`: not complete yet, read more.
 pub fn parse_head(buf: &[u8], max_bytes: usize) -> Result<Option<Head>, HeadError> {

@@ -114,7 +114,17 @@ impl Clock {
         Clock { floor_ms: Arc::new(AtomicU64::new(floor_ms)), sync }
     }
 
-    /// Reads the system clock and moves the floor by the rule.
+    /// The effective time in ms, for the loop's token checks: the system
+    /// time against the floor as the writer last moved it. No system call
+    /// beyond the time itself: the writer asks the kernel, at every commit
+    /// and maintenance turn (at least every `MAINTAIN_EVERY`), not the loop
+    /// at every upgrade and API request.
+    pub fn effective_ms(&self) -> u64 {
+        clock::effective(self.floor_ms.load(Ordering::Relaxed), system_ms())
+    }
+
+    /// Reads the system clock, asks whether it is synchronized, and moves
+    /// the floor by the rule. The writer's reading.
     pub fn now(&self) -> Now {
         let system = system_ms();
         let synced = match self.sync {

@@ -1488,8 +1488,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     let stop = AtomicBool::new(false);
     let rss_max = AtomicUsize::new(0);
     let rss_start = rss_kib(&server);
-    let api =
-        mint(&json!({"sub": "app", "exp": now_secs() + 3600, "api": true, "read": ["*"], "write": ["*"]}), &test_key());
+    let api = support::api_token("app");
     /// Sets `stop` when the test's own thread unwinds, so a failed
     /// assertion ends the attackers instead of leaving the scope waiting.
     struct StopOnDrop<'a>(&'a AtomicBool);

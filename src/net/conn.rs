@@ -34,7 +34,7 @@ use tungstenite::{Message, Utf8Bytes};
 use super::counted::{Counted, FrameCounter, TooManyFragments, Ws};
 use super::frame::{code, Frame};
 use super::stream::{Stream, Transport};
-use crate::http::{self, Head, HeadError};
+use crate::http::{self, Head, Refusal};
 
 /// Frames handed to one `writev`.
 const WRITEV_FRAMES: usize = 64;
@@ -86,8 +86,8 @@ pub enum HeadStatus {
     /// Need more bytes.
     Pending,
     Ready(Box<Head>),
-    /// Refuse with this status and error code.
-    Refuse(u16, &'static str),
+    /// Answer with this refusal (431, 400) and end the connection.
+    Refuse(Refusal),
     /// The peer went away.
     Gone,
 }
@@ -212,8 +212,7 @@ impl<S: Transport> Conn<S> {
             match http::parse_head(&self.head, max_bytes) {
                 Ok(None) => {}
                 Ok(Some(head)) => return HeadStatus::Ready(Box::new(head)),
-                Err(HeadError::TooLarge) => return HeadStatus::Refuse(431, "headers_too_large"),
-                Err(HeadError::Malformed) => return HeadStatus::Refuse(400, "bad_request"),
+                Err(e) => return HeadStatus::Refuse(e.refusal()),
             }
             match sock.read(&mut chunk) {
                 Ok(0) => return HeadStatus::Gone,

@@ -55,9 +55,9 @@ impl Server {
                         slot.conn.refuse(Vec::new(), now);
                         false
                     }
-                    HeadStatus::Refuse(status, code) => {
-                        self.metrics.refuse(code);
-                        slot.conn.refuse(Refusal::new(status, code).response(true), now);
+                    HeadStatus::Refuse(refusal) => {
+                        self.metrics.refuse(refusal.code);
+                        slot.conn.refuse(refusal.response(true), now);
                         false
                     }
                     HeadStatus::Ready(head) => self.on_head(id, *head, now),

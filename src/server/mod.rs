@@ -248,7 +248,7 @@ impl Server {
     /// so a Pi that boots with a stale clock does not accept tokens that
     /// expired long ago.
     fn now_unix(&self) -> u64 {
-        self.clock.now().ms / 1000
+        self.clock.effective_ms() / 1000
     }
 
     /// The address actually bound (the port, when 0 was asked for).

@@ -134,7 +134,7 @@ fn a_get_with_a_body_is_answered_then_closed_so_the_body_is_never_a_request() {
 #[test]
 fn a_content_length_with_a_sign_is_400_and_closes() {
     let server = TestServer::start(&[]);
-    let t = mint_claims(&json!({"sub": "app", "exp": now_secs() + 60, "api": true, "write": ["*"], "read": ["*"]}));
+    let t = api_token("app");
     for len in ["+5", "5, 5", "-1"] {
         let req = format!(
             "POST /api/channels/room:1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Length: {len}\r\n\r\n12345"

@@ -6,11 +6,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// An API token (`"api": true`) for `sub` that may read and write everything.
-fn api_token(sub: &str) -> String {
-    mint_claims(&json!({"sub": sub, "exp": now_secs() + 3600, "read": ["*"], "write": ["*"], "api": true}))
-}
-
 #[test]
 fn a_sub_and_key_too_long_for_the_store_are_refused_and_the_server_keeps_serving() {
     let server = TestServer::start(&[]);
