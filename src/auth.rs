@@ -535,6 +535,26 @@ pub fn mint(claims: &serde_json::Value, key: &Key) -> String {
     format!("{signing_input}.{signature}")
 }
 
+/// `hex(HMAC-SHA256(key, msg))`, lower-case: the signature webhooks carry
+/// (`X-Roost-Signature`) and the one the Pusher protocol checks and makes
+/// (channel auth, the signed HTTP API). Comparing one with a received value
+/// must use [`hex_eq`], never `==`.
+pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(msg);
+    let mut out = String::with_capacity(64);
+    for b in mac.finalize().into_bytes() {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Constant-time equality of two signatures as text (their lengths are public).
+pub fn hex_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,6 +598,15 @@ mod tests {
 
     fn b64(bytes: impl AsRef<[u8]>) -> String {
         URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn hmac_sha256_hex_matches_rfc_4231_case_2() {
+        let got = hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(got, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert!(hex_eq(&got, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+        assert!(!hex_eq(&got, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3844"));
+        assert!(!hex_eq(&got, "5bdc"));
     }
 
     fn sign(signing_input: &str, secret: &[u8]) -> String {
