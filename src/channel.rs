@@ -19,6 +19,14 @@ pub fn valid_name(ch: &str) -> bool {
         && ch.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;:/".contains(&b))
 }
 
+/// The longest message key, in bytes (spec §8).
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// Message keys (spec §8): 1 to 128 bytes, the characters of channel names.
+pub fn valid_key(key: &str) -> bool {
+    key.len() <= MAX_KEY_BYTES && valid_name(key)
+}
+
 /// A channel pattern: an exact name, a `prefix*`, or `*` (every channel).
 pub fn matches(pattern: &str, channel: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -42,6 +50,15 @@ mod tests {
         for bad in ["é", "a b", "a*", "a#b", "a?b", "a\"b", "a\\b", "a%b"] {
             assert!(!valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn keys_are_1_to_128_bytes_of_channel_characters() {
+        assert!(valid_key(&"k".repeat(128)));
+        assert!(!valid_key(&"k".repeat(129)));
+        assert!(!valid_key(""));
+        assert!(valid_key("temp:kitchen"));
+        assert!(!valid_key("temp kitchen"));
     }
 
     #[test]

@@ -104,7 +104,31 @@ pub struct Config {
     /// Once listening, `main` writes the bound address here (atomically), so
     /// scripts and tests started with port 0 need not scrape the log.
     pub ready_file: Option<PathBuf>,
+    /// Channel patterns whose subscribers are members (spec §7); `presence-*`
+    /// is always one, whatever is configured.
+    pub presence: Vec<String>,
+    /// A member who leaves and comes back within it is never reported gone.
+    pub presence_grace: Duration,
+    /// The grace for members stored before a start (clients' reconnect backoff).
+    pub presence_restart_grace: Duration,
+    pub max_presence_members: usize,
+    /// Compacted channels (spec §8): retention keeps the latest message per key.
+    pub compact: Vec<String>,
+    /// Live keys per compacted channel.
+    pub max_keys: u64,
+    /// Where lifecycle events are POSTed (spec §9).
+    pub webhook: Option<String>,
+    /// The event names sent; empty means all of [`WEBHOOK_EVENTS`].
+    pub webhook_events: Vec<String>,
+    pub webhook_retry_for: Duration,
+    pub webhook_backoff_min: Duration,
+    pub webhook_max_pending: u64,
 }
+
+/// Every webhook event name (spec §9; `client_event` and `cache_miss` come
+/// from the Pusher protocol).
+pub const WEBHOOK_EVENTS: &[&str] =
+    &["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss"];
 
 /// A configuration problem, worded so the user knows what to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +241,42 @@ pub const SETTINGS: &[Setting] = &[
     Setting { key: "tls-key", value: "FILE", default: "-", help: "PEM private key for --tls-cert" },
     Setting { key: "echo", value: "", default: "off", help: "conformance testing only: echo every message back" },
     Setting {
+        key: "presence",
+        value: "PATTERN",
+        default: "presence-*",
+        help: "channels whose subscribers are members (repeatable; presence-* always is one)",
+    },
+    Setting {
+        key: "presence-grace",
+        value: "D",
+        default: "3s",
+        help: "a member who comes back within it is never reported gone",
+    },
+    Setting {
+        key: "presence-restart-grace",
+        value: "D",
+        default: "30s",
+        help: "the same, for members stored before a start",
+    },
+    Setting { key: "max-presence-members", value: "N", default: "1000", help: "members per presence channel" },
+    Setting {
+        key: "compact",
+        value: "PATTERN",
+        default: "none",
+        help: "compacted channels: keep the latest message per key (repeatable)",
+    },
+    Setting { key: "max-keys", value: "N", default: "10000", help: "live keys per compacted channel" },
+    Setting { key: "webhook", value: "URL", default: "-", help: "POST lifecycle events here (http:// or https://)" },
+    Setting { key: "webhook-events", value: "LIST", default: "all", help: "comma-separated event names to send" },
+    Setting { key: "webhook-retry-for", value: "D", default: "24h", help: "how long a failed delivery is retried" },
+    Setting { key: "webhook-backoff-min", value: "D", default: "1s", help: "first retry delay, doubling to 1 min" },
+    Setting {
+        key: "webhook-max-pending",
+        value: "N",
+        default: "100000",
+        help: "events waiting; past it the oldest are dropped",
+    },
+    Setting {
         key: "ready-file",
         value: "FILE",
         default: "-",
@@ -261,6 +321,17 @@ impl Default for Config {
             tls_key: None,
             echo: false,
             ready_file: None,
+            presence: Vec::new(),
+            presence_grace: Duration::from_secs(3),
+            presence_restart_grace: Duration::from_secs(30),
+            max_presence_members: 1000,
+            compact: Vec::new(),
+            max_keys: 10_000,
+            webhook: None,
+            webhook_events: Vec::new(),
+            webhook_retry_for: Duration::from_secs(24 * 3600),
+            webhook_backoff_min: Duration::from_secs(1),
+            webhook_max_pending: 100_000,
         }
     }
 }
@@ -316,6 +387,34 @@ impl Config {
             "tls-key" => self.tls_key = Some(PathBuf::from(nonempty(key, v)?)),
             "echo" => self.echo = boolean(key, v)?,
             "ready-file" => self.ready_file = Some(PathBuf::from(nonempty(key, v)?)),
+            "presence" => self.presence.push(pattern(key, v)?),
+            "presence-grace" => self.presence_grace = duration(key, v)?,
+            "presence-restart-grace" => self.presence_restart_grace = duration(key, v)?,
+            "max-presence-members" => self.max_presence_members = positive(key, v)?,
+            "compact" => self.compact.push(pattern(key, v)?),
+            "max-keys" => self.max_keys = positive(key, v)? as u64,
+            "webhook" => {
+                let url = nonempty(key, v)?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < "http://x".len() {
+                    return err(format!("--webhook takes an http:// or https:// URL, not {url:?}"));
+                }
+                self.webhook = Some(url.to_string());
+            }
+            "webhook-events" => {
+                self.webhook_events.clear();
+                for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if !WEBHOOK_EVENTS.contains(&name) {
+                        return err(format!(
+                            "--webhook-events: unknown event {name:?}; the events are {}",
+                            WEBHOOK_EVENTS.join(", ")
+                        ));
+                    }
+                    self.webhook_events.push(name.to_string());
+                }
+            }
+            "webhook-retry-for" => self.webhook_retry_for = duration(key, v)?,
+            "webhook-backoff-min" => self.webhook_backoff_min = duration(key, v)?,
+            "webhook-max-pending" => self.webhook_max_pending = positive(key, v)? as u64,
             _ => {
                 return err(format!(
                     "unknown setting `{key}`{}; `roostd serve --help` lists them all",
@@ -363,14 +462,14 @@ impl Config {
                     }
                 }
                 (
-                    "allowed-origin" | "allowed-origins" | "allowed-host" | "allowed-hosts",
+                    "allowed-origin" | "allowed-origins" | "allowed-host" | "allowed-hosts" | "presence" | "compact",
                     toml::Value::Array(items),
                 ) => {
-                    let k = if key.contains("origin") { "allowed-origin" } else { "allowed-host" };
+                    let k = key.strip_suffix('s').filter(|k| k.starts_with("allowed-")).unwrap_or(&key);
                     for item in items {
                         let text = scalar(item)
-                            .ok_or_else(|| ConfigError(format!("{origin}: allowed_origin takes strings")))?;
-                        self.set(k, &text)?;
+                            .ok_or_else(|| ConfigError(format!("{origin}: `{name}` takes a list of strings")))?;
+                        self.set(k, &text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
                     }
                 }
                 (k, v) => {
@@ -404,6 +503,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `channel` is a presence channel (spec §7).
+    pub fn is_presence(&self, channel: &str) -> bool {
+        channel.starts_with("presence-") || self.presence.iter().any(|p| crate::channel::matches(p, channel))
+    }
+
+    /// Whether `channel` is compacted (spec §8).
+    pub fn is_compacted(&self, channel: &str) -> bool {
+        self.compact.iter().any(|p| crate::channel::matches(p, channel))
+    }
+
+    /// Whether webhook event `name` is sent (all are, unless narrowed).
+    pub fn webhook_sends(&self, name: &str) -> bool {
+        self.webhook.is_some() && (self.webhook_events.is_empty() || self.webhook_events.iter().any(|e| e == name))
     }
 
     /// Retention for one channel: the first matching `[[retention]]` rule, else the defaults.
@@ -543,6 +657,15 @@ fn host_port(v: &str) -> Result<(&str, u16), ConfigError> {
     Ok((host, port))
 }
 
+/// A channel pattern: a valid channel name, optionally ending in `*`, or `*`.
+fn pattern(key: &str, v: &str) -> Result<String, ConfigError> {
+    let name = v.strip_suffix('*').unwrap_or(v);
+    if v != "*" && !crate::channel::valid_name(name) {
+        return err(format!("--{key} takes a channel name or a prefix ending in `*` (like `room:*`), not {v:?}"));
+    }
+    Ok(v.to_string())
+}
+
 fn nonempty<'a>(key: &str, v: &'a str) -> Result<&'a str, ConfigError> {
     if v.is_empty() {
         return err(format!("--{key} needs a value"));
@@ -596,6 +719,31 @@ pub fn duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_compact_and_webhook_settings_are_checked() {
+        let mut c = Config::default();
+        assert!(c.is_presence("presence-room:1"));
+        assert!(!c.is_presence("room:1"));
+        c.set("presence", "room:*").unwrap();
+        assert!(c.is_presence("room:1"));
+        assert!(c.set("presence", "bad name*").unwrap_err().0.contains("prefix ending in `*`"));
+        assert!(!c.is_compacted("sensors:1"));
+        c.apply_toml("compact = [\"sensors:*\", \"kv\"]\nmax_keys = 5", "t.toml").unwrap();
+        assert!(c.is_compacted("kv"));
+        assert!(c.is_compacted("sensors:1"));
+        assert_eq!(c.max_keys, 5);
+        assert!(!c.webhook_sends("member_added"), "no URL, nothing is sent");
+        assert!(c.set("webhook", "ftp://app/hooks").unwrap_err().0.contains("http:// or https://"));
+        c.set("webhook", "http://127.0.0.1:9/hooks").unwrap();
+        assert!(c.webhook_sends("member_added"));
+        c.set("webhook-events", "member_added, member_removed").unwrap();
+        assert!(c.webhook_sends("member_removed"));
+        assert!(!c.webhook_sends("channel_vacated"));
+        assert!(c.set("webhook-events", "member_added,memberremoved").unwrap_err().0.contains("unknown event"));
+        c.set("webhook-backoff-min", "50ms").unwrap();
+        assert_eq!(c.webhook_backoff_min, Duration::from_millis(50));
+    }
 
     #[test]
     fn durations() {
