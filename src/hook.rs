@@ -612,9 +612,9 @@ fn replacement(answer: &[u8]) -> Result<Option<String>, &'static str> {
 pub fn request_body(ch: &str, from: &str, data: &str, id: Option<&str>) -> String {
     let mut out = String::with_capacity(48 + ch.len() + from.len() + data.len());
     out.push_str("{\"ch\":");
-    crate::wire::json_str(&mut out, ch);
+    crate::proto::roost::json_str(&mut out, ch);
     out.push_str(",\"from\":");
-    crate::wire::json_str(&mut out, from);
+    crate::proto::roost::json_str(&mut out, from);
     out.push_str(",\"data\":");
     out.push_str(data);
     out.push_str(",\"id\":");

@@ -33,7 +33,6 @@
 // note: the LMDB open (`store::open_env`) and `adjtimex` (`writer`).
 #![deny(unsafe_code)]
 
-pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod clock;
@@ -44,8 +43,9 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod net;
+pub mod proto;
 pub mod server;
 pub mod store;
 pub mod tls;
-pub mod wire;
+
 pub mod writer;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use roostd::auth::{mint, AuthError, Claims, Key, KeyRing, Reason, Verifier};
 use roostd::http::{self, HeadError};
-use roostd::wire::{self, Request};
+use roostd::proto::roost::{self, Request};
 use serde_json::{json, Map, Value};
 use support::{io_timeout, now_secs, scale, small, test_key, token_all, Answer, Client, TestServer, SECRET};
 use tungstenite::ClientRequestBuilder;
@@ -586,17 +586,17 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
     for i in 0..n {
         let seed = rng.pick(&seeds).clone();
         let text = lossy(&mutate(&mut rng, &seed, &seeds, dict));
-        match wire::parse(&text) {
+        match roost::parse(&text) {
             Ok(frame) => {
                 ok += 1;
                 assert!(text.trim_start().starts_with('{') && grammatical(&text), "input {i}: not JSON: {text:?}");
                 let ch = frame.req.channel();
                 assert!(roostd::channel::valid_name(ch), "input {i}: {ch:?}");
                 if let Some(id) = frame.id {
-                    assert!(id.len() <= wire::MAX_ID_BYTES, "input {i}");
+                    assert!(id.len() <= roost::MAX_ID_BYTES, "input {i}");
                     assert!(id.starts_with('"') || id.starts_with('-') || id.as_bytes()[0].is_ascii_digit(), "{id}");
                     // The echoed id keeps a reply JSON.
-                    assert!(grammatical(&wire::ack(Some(id), ch, 1)), "input {i}: {text:?}");
+                    assert!(grammatical(&roost::ack(Some(id), ch, 1)), "input {i}: {text:?}");
                 }
                 if let Request::Pub { data, .. } = frame.req {
                     assert!(grammatical(data), "input {i}: data {data:?}");
@@ -620,7 +620,7 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
                     }
                     Request::Hist { since, limit, .. } => {
                         assert_eq!(v["op"], "hist");
-                        assert!((1..=wire::MAX_HIST_LIMIT).contains(&limit), "input {i}");
+                        assert!((1..=roost::MAX_HIST_LIMIT).contains(&limit), "input {i}");
                         assert_eq!(since, v["since"].as_u64().unwrap_or(0), "input {i}");
                     }
                     Request::Sub { since, epoch, .. } => {
@@ -634,7 +634,7 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
             Err(e) => {
                 *refused.entry(e.code.as_str()).or_default() += 1;
                 // Whatever was refused, the err reply is JSON.
-                let reply = wire::err(e.code, e.msg, e.id);
+                let reply = roost::err(e.code, e.msg, e.id);
                 assert!(grammatical(&reply), "input {i}: err reply is not JSON: {reply:?}");
             }
         }

@@ -508,7 +508,7 @@ fn the_longest_sub_and_id_publish_and_one_byte_more_is_a_bad_request() {
     use crate::store::MAX_DEDUPE_SUB_AND_ID_BYTES;
     let mut w = World::real();
     // The id "k" is 3 bytes of JSON text; the longest id (128 bytes) leaves the least room.
-    let long_id = format!("\"{}\"", "i".repeat(crate::wire::MAX_ID_BYTES - 2));
+    let long_id = format!("\"{}\"", "i".repeat(crate::proto::roost::MAX_ID_BYTES - 2));
     for (id, id_text) in [(json!("k"), "\"k\"".to_string()), (json!(long_id[1..long_id.len() - 1]), long_id.clone())] {
         let room = MAX_DEDUPE_SUB_AND_ID_BYTES - id_text.len();
         w.join(1, claims(&"s".repeat(room), &["*"], &["*"]));

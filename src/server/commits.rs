@@ -25,7 +25,7 @@ impl Server {
     pub(super) fn commit_later(&mut self, id: ConnId, append: Append, req_id: Option<String>) {
         let bytes = append.data.len() + append.ch.len() + append.from.len();
         if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
-            let e = wire::err(
+            let e = roost::err(
                 ErrCode::Unavailable,
                 "the server is busy writing; retry with the same id",
                 req_id.as_deref(),
@@ -91,7 +91,7 @@ impl Server {
             if let Some(req) = ticket.http {
                 self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
             } else if transient {
-                let text = wire::err(
+                let text = roost::err(
                     ErrCode::Unavailable,
                     "the store is full; retry later with the same id",
                     ticket.id.as_deref(),

@@ -45,7 +45,7 @@ impl Server {
             match hook.submit(job) {
                 Ok(()) => state.busy = true,
                 Err(job) => {
-                    let e = wire::err(
+                    let e = roost::err(
                         ErrCode::Unavailable,
                         "the publish hook is overloaded; retry with the same id",
                         job.ticket.id.as_deref(),
@@ -79,11 +79,11 @@ impl Server {
                     self.commit_later(conn, append, id);
                 }
                 Verdict::Refuse => {
-                    let e = wire::err(ErrCode::Forbidden, "the application refused this message", id.as_deref());
+                    let e = roost::err(ErrCode::Forbidden, "the application refused this message", id.as_deref());
                     self.send(conn, e.into());
                 }
                 Verdict::Unavailable => {
-                    let e = wire::err(
+                    let e = roost::err(
                         ErrCode::Unavailable,
                         "the application did not answer; retry with the same id",
                         id.as_deref(),

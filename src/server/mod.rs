@@ -38,16 +38,16 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::api::{self, Decision};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hook::{self, Hook, HookUrl, Verdict};
+use crate::http::api::{self, Decision};
 use crate::http::{self, Head, Refusal};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
+use crate::proto::roost::{self, ErrCode};
 use crate::store::{Append, Outcome, Retention, Store, StoreError};
-use crate::wire::{self, ErrCode};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 mod admission;

@@ -91,7 +91,7 @@ impl Server {
                     slot.conn.send(Frame::text(&t), usize::MAX);
                 }
                 Incoming::Binary(_) => {
-                    let e = wire::err(
+                    let e = roost::err(
                         ErrCode::BadRequest,
                         "binary frames are not part of the protocol; send JSON text",
                         None,
@@ -119,7 +119,7 @@ impl Server {
                 let Some(state) = self.slots.get_mut(&id).and_then(|slot| slot.hook.as_mut()) else { return };
                 if state.queue.len() >= MAX_HOOK_QUEUE {
                     let e =
-                        wire::err(ErrCode::Unavailable, "too many publishes waiting for approval", req_id.as_deref());
+                        roost::err(ErrCode::Unavailable, "too many publishes waiting for approval", req_id.as_deref());
                     return self.send(id, e.into());
                 }
                 // The message waits here, and again as the request body
@@ -127,7 +127,7 @@ impl Server {
                 let size = append.data.len() + append.ch.len() + append.from.len();
                 let bytes = 2 * size + req_id.as_ref().map_or(0, String::len) + state.token.len();
                 let Some(held) = self.hook.as_ref().and_then(|hook| hook.hold(bytes)) else {
-                    let e = wire::err(
+                    let e = roost::err(
                         ErrCode::Unavailable,
                         "too many publishes are waiting for the application; retry with the same id",
                         req_id.as_deref(),

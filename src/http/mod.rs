@@ -6,6 +6,11 @@
 //! status and a JSON body (spec §3), the order of checks is the contract's,
 //! and the same port can serve the HTTP API. Pure functions: bytes in,
 //! decisions and bytes out.
+//!
+//! [`api`] is the HTTP API for the main application (spec §5), the HTTP
+//! front door onto the hub.
+
+pub mod api;
 
 use std::fmt::Write as _;
 

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
+use crate::proto::roost::{self, ErrCode, Msg, Request, Seq};
 use crate::store::{self, ChannelInfo, Limit, Outcome, Record, Store, StoreError};
-use crate::wire::{self, ErrCode, Msg, Request, Seq};
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
@@ -226,9 +226,9 @@ impl Hub {
 
     /// Handles one text frame from `conn`, pushing what to do into `out`.
     pub fn handle(&mut self, conn: ConnId, text: &str, now: Instant, store: &impl History, out: &mut Vec<Action>) {
-        let frame = match wire::parse(text) {
+        let frame = match roost::parse(text) {
             Ok(f) => f,
-            Err(e) => return out.push(Action::Reply(wire::err(e.code, e.msg, e.id))),
+            Err(e) => return out.push(Action::Reply(roost::err(e.code, e.msg, e.id))),
         };
         let id = frame.id;
         // Each request gets one answer (none for an unknown connection).
@@ -267,7 +267,7 @@ impl Hub {
             }
         };
         let (cursor, gap) = start_cursor(info, since, epoch, &self.epoch);
-        let subok = Action::Reply(wire::subok(ch, info.last, &self.epoch, gap, id));
+        let subok = Action::Reply(roost::subok(ch, info.last, &self.epoch, gap, id));
         if let Some(held) = peer.cursor(ch) {
             *held = cursor;
         } else {
@@ -295,7 +295,7 @@ impl Hub {
             peer.subs.swap_remove(at);
             self.drop_subscriber(ch, conn);
         }
-        Some(Action::Reply(wire::unsubok(ch, id)))
+        Some(Action::Reply(roost::unsubok(ch, id)))
     }
 
     /// `pub`: checks the token, the id's size and the publish rate, then
@@ -362,15 +362,15 @@ impl Hub {
                 let msg = Msg { ch: &publish.ch, seq: *seq, ts: *ts, from: &publish.from, data: &publish.data };
                 let mut to = Vec::new();
                 self.committed(&publish.ch, *seq, &mut to);
-                Committed { reply: answer(wire::ack(id, &publish.ch, *seq)), msg: Some((wire::msg(&msg), to)) }
+                Committed { reply: answer(roost::ack(id, &publish.ch, *seq)), msg: Some((roost::msg(&msg), to)) }
             }
-            Outcome::Duplicate { ch, seq, .. } => Committed { reply: answer(wire::ack(id, ch, *seq)), msg: None },
+            Outcome::Duplicate { ch, seq, .. } => Committed { reply: answer(roost::ack(id, ch, *seq)), msg: None },
             Outcome::Invalid(_) => Committed {
-                reply: answer(wire::err(ErrCode::BadRequest, "the store cannot hold this message", id)),
+                reply: answer(roost::err(ErrCode::BadRequest, "the store cannot hold this message", id)),
                 msg: None,
             },
             Outcome::OverLimit(Limit::Channels) => Committed {
-                reply: answer(wire::err(
+                reply: answer(roost::err(
                     ErrCode::TooManyChannels,
                     "the store holds --max-channels channels; publish to an existing one",
                     id,
@@ -423,7 +423,7 @@ impl Hub {
             let mut read = 0;
             let mut next = cursor.next;
             let res = store.read(ch, next - 1, REPLAY_BATCH, |r: Record<'_>| {
-                let text = wire::msg(&Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
+                let text = roost::msg(&Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
                 used += text.len();
                 out.push(text);
                 read += 1;
@@ -479,7 +479,7 @@ impl Bucket {
 
 /// The `err` answer to a request.
 fn refuse(code: ErrCode, msg: &str, id: Option<&str>) -> Option<Action> {
-    Some(Action::Reply(wire::err(code, msg, id)))
+    Some(Action::Reply(roost::err(code, msg, id)))
 }
 
 /// Where a new subscription starts, and whether the client missed messages
@@ -522,7 +522,7 @@ pub fn page(
             out.push(',');
         }
         first = false;
-        wire::msg_into(out, &Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
+        roost::msg_into(out, &Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
         last_sent = r.seq;
         out.len() < max_bytes
     })?;
@@ -543,7 +543,7 @@ fn history(
 ) -> Result<String, StoreError> {
     let mut out = String::with_capacity(256);
     out.push_str("{\"op\":\"hist\",\"ch\":");
-    wire::json_str(&mut out, ch);
+    roost::json_str(&mut out, ch);
     out.push_str(",\"msgs\":[");
     let page = page(store, ch, since, limit, max_bytes, &mut out)?;
     let _ = write!(out, "],\"more\":{}", page.more);

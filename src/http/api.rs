@@ -19,8 +19,8 @@ use serde_json::value::RawValue;
 use crate::auth::{Claims, Verifier};
 use crate::http::{self, Head, Refusal};
 use crate::hub;
+use crate::proto::roost::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
 use crate::store::{self, Append, ChannelInfo, Limit, Store, StoreError};
-use crate::wire::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
 
 /// What a request head asks for, once it passed every check that needs no body.
 #[derive(Debug)]
@@ -58,8 +58,8 @@ pub enum Decision {
 
 /// The demo page and the client library, built into the binary so a Pi
 /// needs no other files.
-pub const DEMO_PAGE: &[u8] = include_bytes!("../web/index.html");
-pub const ROOST_JS: &[u8] = include_bytes!("../web/roost.js");
+pub const DEMO_PAGE: &[u8] = include_bytes!("../../web/index.html");
+pub const ROOST_JS: &[u8] = include_bytes!("../../web/roost.js");
 
 /// Default and largest `limit` of `GET /api/channels`: a page is at most
 /// about 200 KiB (names are at most 164 bytes).
@@ -254,7 +254,7 @@ pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option
 pub fn published(ch: &str, seq: Seq, ts: u64, new: bool) -> Decision {
     let mut body = String::with_capacity(64);
     body.push_str("{\"ch\":");
-    wire::json_str(&mut body, ch);
+    roost::json_str(&mut body, ch);
     let _ = write!(body, ",\"seq\":{seq},\"ts\":{ts}}}");
     Decision::Reply {
         status: if new { 201 } else { 200 },
@@ -268,7 +268,7 @@ pub fn published(ch: &str, seq: Seq, ts: u64, new: bool) -> Decision {
 pub fn history(store: &Store, ch: &str, since: Seq, limit: usize, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
     let mut body = String::with_capacity(256);
     body.push_str("{\"ch\":");
-    wire::json_str(&mut body, ch);
+    roost::json_str(&mut body, ch);
     body.push_str(",\"msgs\":[");
     let page = hub::page(store, ch, since, limit, max_bytes, &mut body)?;
     let _ = write!(body, "],\"more\":{}", page.more);
@@ -294,7 +294,7 @@ pub fn channels(list: &[(String, ChannelInfo)]) -> Vec<u8> {
             body.push(',');
         }
         body.push_str("{\"ch\":");
-        wire::json_str(&mut body, ch);
+        roost::json_str(&mut body, ch);
         let _ = write!(body, ",\"seq\":{},\"count\":{}}}", info.last, info.count());
     }
     body.push(']');
