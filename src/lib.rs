@@ -7,15 +7,16 @@
 //! - [`channel`]: channel names, patterns and seqs, the one rule everything shares. A leaf.
 //! - [`config`]: every knob and limit, validated once.
 //! - [`auth`]: JWT HS256 tokens, verified by hand; channel patterns.
-//! - [`wire`]: the JSON messages, parsed and emitted. Pure.
 //! - [`store`]: LMDB through heed: channels, messages, dedupe, retention.
 //! - [`clock`]: the clock floor rule (spec §10): effective time from the system time. Pure.
 //! - [`writer`]: the writer thread: group commit off the event loop; the shared `Clock`.
-//! - [`hub`]: the sync protocol: subscriptions, cursors, replay, fan-out. Sans-I/O.
-//! - [`http`]: request heads, upgrade checks, plain responses. Pure.
+//! - [`hub`]: the protocol-neutral core: subscriptions, cursors, replay, fan-out;
+//!   requests in, events out. Sans-I/O.
+//! - [`proto`]: the front doors' languages: `roost` (the native `/ws` protocol). Pure.
+//! - [`http`]: request heads, upgrade checks, plain responses; `http::api`, the HTTP
+//!   API's routing, order of checks and JSON bodies. Pure.
 //! - [`net`]: one connection's transport: the state machine `Conn`, over plain TCP or
 //!   TLS, outgoing frames encoded once (the only tungstenite user).
-//! - [`api`]: the HTTP API's routing, order of checks and JSON bodies. Pure.
 //! - [`hook`]: the publish hook: worker threads asking the main application.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
@@ -47,5 +48,4 @@ pub mod proto;
 pub mod server;
 pub mod store;
 pub mod tls;
-
 pub mod writer;

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use roostd::auth::{mint, AuthError, Claims, Key, KeyRing, Reason, Verifier};
 use roostd::http::{self, HeadError};
-use roostd::proto::roost::{self, Request};
+use roostd::hub::{Request, Start};
+use roostd::proto::roost;
 use serde_json::{json, Map, Value};
 use support::{io_timeout, now_secs, scale, small, test_key, token_all, Answer, Client, TestServer, SECRET};
 use tungstenite::ClientRequestBuilder;
@@ -623,10 +624,17 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
                         assert!((1..=roost::MAX_HIST_LIMIT).contains(&limit), "input {i}");
                         assert_eq!(since, v["since"].as_u64().unwrap_or(0), "input {i}");
                     }
-                    Request::Sub { since, epoch, .. } => {
+                    Request::Sub { start, .. } => {
                         assert_eq!(v["op"], "sub");
+                        let (since, epoch) = match start {
+                            Start::Now => (None, None),
+                            Start::Since { since, epoch } => (Some(since), epoch),
+                        };
+                        assert_eq!(since, v["since"].as_u64(), "input {i}");
                         assert!(since.unwrap_or(0) == 0 || epoch.is_some(), "input {i}: since > 0 needs an epoch");
-                        assert_eq!(epoch.as_deref(), v["epoch"].as_str(), "input {i}");
+                        if since.is_some() {
+                            assert_eq!(epoch.as_deref(), v["epoch"].as_str(), "input {i}");
+                        }
                     }
                     Request::Unsub { .. } => assert_eq!(v["op"], "unsub"),
                 }

@@ -270,7 +270,7 @@ pub fn history(store: &Store, ch: &str, since: Seq, limit: usize, max_bytes: usi
     body.push_str("{\"ch\":");
     roost::json_str(&mut body, ch);
     body.push_str(",\"msgs\":[");
-    let page = hub::page(store, ch, since, limit, max_bytes, &mut body)?;
+    let page = hub::page(store, ch, since, limit, max_bytes, &roost::Roost, &mut body)?;
     let _ = write!(body, "],\"more\":{}", page.more);
     if page.gap {
         body.push_str(",\"gap\":true");

@@ -19,15 +19,19 @@
 //! leave as `Publish` requests, which the server turns into the store's
 //! `Append`s, so the hub names no write type of the store.
 
+mod event;
+mod history;
+
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
-use crate::proto::roost::{self, ErrCode, Msg, Request, Seq};
-use crate::store::{self, ChannelInfo, Limit, Outcome, Record, Store, StoreError};
+pub use crate::channel::Seq;
+use crate::store::{self, ChannelInfo, Limit, Outcome, Record};
+pub use event::{Dialect, ErrCode, Event, Msg, Page, Request, Start};
+pub use history::{page, History};
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
@@ -71,42 +75,6 @@ pub struct Limits {
     pub max_reply_bytes: usize,
 }
 
-/// The stored history as the hub reads it: where a channel stands and its
-/// messages in seq order. Generic (`&impl History`), so the server's reads
-/// of the real `Store` are direct calls.
-pub trait History {
-    /// Where a channel stands; `ChannelInfo::EMPTY` for one never published to.
-    fn channel(&self, ch: &str) -> Result<ChannelInfo, StoreError>;
-
-    /// Calls `each` for stored messages of `ch` with seq > `after`, in order,
-    /// until it returns false or `limit` messages were given. Returns the
-    /// channel's state as of this read. An error may come after some
-    /// messages were given.
-    fn read(
-        &self,
-        ch: &str,
-        after: Seq,
-        limit: usize,
-        each: impl FnMut(Record<'_>) -> bool,
-    ) -> Result<ChannelInfo, StoreError>;
-}
-
-impl History for Store {
-    fn channel(&self, ch: &str) -> Result<ChannelInfo, StoreError> {
-        Store::channel(self, ch)
-    }
-
-    fn read(
-        &self,
-        ch: &str,
-        after: Seq,
-        limit: usize,
-        each: impl FnMut(Record<'_>) -> bool,
-    ) -> Result<ChannelInfo, StoreError> {
-        Store::read(self, ch, after, limit, each)
-    }
-}
-
 /// A message the hub accepted for publishing: the server commits it (as a
 /// `store::Append`), then acks and fans it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,15 +87,18 @@ pub struct Publish {
     /// The request id as JSON text, when the publisher gave one: the ack
     /// carries it, and the store publishes `(from, id)` at most once.
     pub id: Option<String>,
+    /// The message's key (spec §8) and event name (pusher.md §4).
+    pub key: Option<String>,
+    pub event: Option<String>,
 }
 
-/// What a commit result means for the native protocol (`Hub::on_commit`).
-#[derive(Debug, PartialEq)]
+/// What a commit result means for the connections (`Hub::on_commit`).
+#[derive(Debug, Default, PartialEq)]
 pub struct Committed {
     /// The publisher's `ack` or `err`, when it is answered on its WebSocket.
     pub reply: Option<String>,
-    /// A stored message: the `msg` text, and who gets it now.
-    pub msg: Option<(String, Vec<ConnId>)>,
+    /// A stored message, written once per dialect, and who gets each now.
+    pub deliveries: Vec<(String, Vec<ConnId>)>,
 }
 
 /// What the server must do for one request.
@@ -158,6 +129,8 @@ struct Bucket {
 
 struct Peer {
     claims: Claims,
+    /// How this connection's front door writes events.
+    dialect: &'static dyn Dialect,
     /// A list, not a map: a connection holds a few subscriptions, and an
     /// idle one should cost little. The channel's name is shared with
     /// `Hub::channels`.
@@ -168,6 +141,16 @@ struct Peer {
 impl Peer {
     fn cursor(&mut self, ch: &str) -> Option<&mut Cursor> {
         self.subs.iter_mut().find(|(c, _)| &**c == ch).map(|(_, cursor)| cursor)
+    }
+
+    /// An answer to a request, in this connection's dialect.
+    fn say(&self, event: Event<'_>, id: Option<&str>) -> Option<Action> {
+        Some(Action::Reply(self.dialect.frame(&event, id)))
+    }
+
+    /// The `err` answer to a request.
+    fn refuse(&self, code: ErrCode, msg: &str, id: Option<&str>) -> Option<Action> {
+        self.say(Event::Refused { code, msg }, id)
     }
 }
 
@@ -193,11 +176,17 @@ impl Hub {
         }
     }
 
-    /// A connection passed authentication.
-    pub fn join(&mut self, conn: ConnId, claims: Claims, now: Instant) {
+    /// A connection passed authentication; its front door speaks `dialect`.
+    pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: &'static dyn Dialect, now: Instant) {
         let tokens = 2.0 * self.limits.publish_rate as f64;
         let bucket = Bucket { tokens, at: now, refused: 0 };
-        self.peers.insert(conn, Box::new(Peer { claims, subs: Vec::new(), bucket }));
+        self.peers.insert(conn, Box::new(Peer { claims, dialect, subs: Vec::new(), bucket }));
+    }
+
+    /// One event for `conn` in its dialect (the server's own refusals, such
+    /// as a busy writer); `None` for a connection the hub does not know.
+    pub fn tell(&self, conn: ConnId, event: Event<'_>, id: Option<&str>) -> Option<String> {
+        self.peers.get(&conn).map(|p| p.dialect.frame(&event, id))
     }
 
     /// A connection is gone: forget its subscriptions.
@@ -224,18 +213,22 @@ impl Hub {
         }
     }
 
-    /// Handles one text frame from `conn`, pushing what to do into `out`.
-    pub fn handle(&mut self, conn: ConnId, text: &str, now: Instant, store: &impl History, out: &mut Vec<Action>) {
-        let frame = match roost::parse(text) {
-            Ok(f) => f,
-            Err(e) => return out.push(Action::Reply(roost::err(e.code, e.msg, e.id))),
-        };
-        let id = frame.id;
+    /// Handles one request from `conn` (its `id` as the client wrote it),
+    /// pushing what to do into `out`.
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        id: Option<&str>,
+        req: Request<'_>,
+        now: Instant,
+        store: &impl History,
+        out: &mut Vec<Action>,
+    ) {
         // Each request gets one answer (none for an unknown connection).
-        let answer = match frame.req {
-            Request::Sub { ch, since, epoch } => self.on_sub(conn, ch, since, epoch.as_deref(), id, store),
+        let answer = match req {
+            Request::Sub { ch, start } => self.on_sub(conn, ch, start, id, store),
             Request::Unsub { ch } => self.on_unsub(conn, ch, id),
-            Request::Pub { ch, data } => self.on_pub(conn, ch, data, id, now),
+            Request::Pub { ch, data, key, event } => self.on_pub(conn, ch, data, key, event, id, now),
             Request::Hist { ch, since, limit } => self.on_hist(conn, ch, since, limit, id, store),
         };
         out.extend(answer);
@@ -246,28 +239,27 @@ impl Hub {
         &mut self,
         conn: ConnId,
         ch: &str,
-        since: Option<Seq>,
-        epoch: Option<&str>,
+        start: Start<'_>,
         id: Option<&str>,
         store: &impl History,
     ) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
         if !peer.claims.read.allows(ch) {
-            return refuse(ErrCode::Forbidden, "this token may not read that channel", id);
+            return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id);
         }
         let resub = peer.cursor(ch).is_some();
         if !resub && peer.subs.len() >= self.limits.max_subscriptions {
-            return refuse(ErrCode::TooManySubscriptions, "unsubscribe from a channel first", id);
+            return peer.refuse(ErrCode::TooManySubscriptions, "unsubscribe from a channel first", id);
         }
         let info = match store.channel(ch) {
             Ok(info) => info,
             Err(e) => {
                 log::warn!("reading channel state failed: {e}");
-                return refuse(ErrCode::Unavailable, "the store cannot be read; try again", id);
+                return peer.refuse(ErrCode::Unavailable, "the store cannot be read; try again", id);
             }
         };
-        let (cursor, gap) = start_cursor(info, since, epoch, &self.epoch);
-        let subok = Action::Reply(roost::subok(ch, info.last, &self.epoch, gap, id));
+        let (cursor, gap) = start_cursor(info, start, &self.epoch);
+        let subok = peer.say(Event::Subscribed { ch, seq: info.last, epoch: &self.epoch, gap }, id)?;
         if let Some(held) = peer.cursor(ch) {
             *held = cursor;
         } else {
@@ -291,22 +283,33 @@ impl Hub {
     /// `unsub`: always `unsubok`, subscribed or not.
     fn on_unsub(&mut self, conn: ConnId, ch: &str, id: Option<&str>) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
+        let answer = peer.say(Event::Unsubscribed { ch }, id);
         if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
             peer.subs.swap_remove(at);
             self.drop_subscriber(ch, conn);
         }
-        Some(Action::Reply(roost::unsubok(ch, id)))
+        answer
     }
 
     /// `pub`: checks the token, the id's size and the publish rate, then
     /// asks the server to commit.
-    fn on_pub(&mut self, conn: ConnId, ch: &str, data: &str, id: Option<&str>, now: Instant) -> Option<Action> {
+    #[allow(clippy::too_many_arguments)] // a request's fields, as they came
+    fn on_pub(
+        &mut self,
+        conn: ConnId,
+        ch: &str,
+        data: &str,
+        key: Option<&str>,
+        event: Option<&str>,
+        id: Option<&str>,
+        now: Instant,
+    ) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
         if !peer.claims.write.allows(ch) {
-            return refuse(ErrCode::Forbidden, "this token may not publish to that channel", id);
+            return peer.refuse(ErrCode::Forbidden, "this token may not publish to that channel", id);
         }
         if id.is_some_and(|id| !store::dedupe_fits(&peer.claims.sub, id)) {
-            return refuse(
+            return peer.refuse(
                 ErrCode::BadRequest,
                 "the token's sub and this id are over 501 bytes together; use a shorter id or sub",
                 id,
@@ -316,13 +319,15 @@ impl Hub {
             if peer.bucket.refused > 2 * self.limits.publish_rate.max(1) {
                 return Some(Action::Close(1008, "publish rate exceeded"));
             }
-            return refuse(ErrCode::RateLimited, "too many publishes; slow down", id);
+            return peer.refuse(ErrCode::RateLimited, "too many publishes; slow down", id);
         }
         Some(Action::Publish(Publish {
             ch: ch.to_string(),
             from: peer.claims.sub.clone(),
             data: data.to_string(),
             id: id.map(str::to_string),
+            key: key.map(str::to_string),
+            event: event.map(str::to_string),
         }))
     }
 
@@ -338,60 +343,69 @@ impl Hub {
     ) -> Option<Action> {
         let peer = self.peers.get(&conn)?;
         if !peer.claims.read.allows(ch) {
-            return refuse(ErrCode::Forbidden, "this token may not read that channel", id);
+            return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id);
         }
-        match history(store, ch, since, limit as usize, self.limits.max_reply_bytes, id) {
-            Ok(text) => Some(Action::Reply(text)),
+        let mut msgs = String::with_capacity(256);
+        match page(store, ch, since, limit as usize, self.limits.max_reply_bytes, peer.dialect, &mut msgs) {
+            Ok(page) => peer.say(Event::History { ch, msgs: &msgs, page }, id),
             Err(e) => {
                 log::warn!("reading history failed: {e}");
-                refuse(ErrCode::Unavailable, "the store cannot be read; try again", id)
+                peer.refuse(ErrCode::Unavailable, "the store cannot be read; try again", id)
             }
         }
     }
 
     /// One publish's commit result, in one place: the publisher's reply
     /// (`ack`, or `err` when the store refused the item) and, for a stored
-    /// message, the `msg` encoded once with the connections whose cursor it
-    /// is. `id` is the publisher's request id; `reply` is false for a
-    /// publisher that is answered elsewhere (an HTTP publish).
-    pub fn on_commit(&mut self, publish: &Publish, outcome: &Outcome, reply: bool) -> Committed {
+    /// message, the message written once per dialect with the connections
+    /// whose cursor it is. `publisher` is the connection answered here;
+    /// `None` for a publisher answered elsewhere (an HTTP publish).
+    pub fn on_commit(&mut self, publish: &Publish, outcome: &Outcome, publisher: Option<ConnId>) -> Committed {
         let id = publish.id.as_deref();
-        let answer = |text: String| reply.then_some(text);
+        let dialect = publisher.and_then(|c| self.peers.get(&c)).map(|p| p.dialect);
+        let answer = |event: Event<'_>| dialect.map(|d| d.frame(&event, id));
         match outcome {
             Outcome::Stored { seq, ts } => {
                 let msg = Msg { ch: &publish.ch, seq: *seq, ts: *ts, from: &publish.from, data: &publish.data };
-                let mut to = Vec::new();
-                self.committed(&publish.ch, *seq, &mut to);
-                Committed { reply: answer(roost::ack(id, &publish.ch, *seq)), msg: Some((roost::msg(&msg), to)) }
+                let reply = answer(Event::Acked { ch: &publish.ch, seq: *seq });
+                Committed { reply, deliveries: self.committed(&msg) }
             }
-            Outcome::Duplicate { ch, seq, .. } => Committed { reply: answer(roost::ack(id, ch, *seq)), msg: None },
+            Outcome::Duplicate { ch, seq, .. } => {
+                Committed { reply: answer(Event::Acked { ch, seq: *seq }), deliveries: Vec::new() }
+            }
             Outcome::Invalid(_) => Committed {
-                reply: answer(roost::err(ErrCode::BadRequest, "the store cannot hold this message", id)),
-                msg: None,
+                reply: answer(Event::Refused { code: ErrCode::BadRequest, msg: "the store cannot hold this message" }),
+                deliveries: Vec::new(),
             },
             Outcome::OverLimit(Limit::Channels) => Committed {
-                reply: answer(roost::err(
-                    ErrCode::TooManyChannels,
-                    "the store holds --max-channels channels; publish to an existing one",
-                    id,
-                )),
-                msg: None,
+                reply: answer(Event::Refused {
+                    code: ErrCode::TooManyChannels,
+                    msg: "the store holds --max-channels channels; publish to an existing one",
+                }),
+                deliveries: Vec::new(),
             },
         }
     }
 
-    /// A message was committed: pushes the connections that must receive it
-    /// now into `to`. Replaying subscribers read it from the store later.
-    fn committed(&mut self, ch: &str, seq: Seq, to: &mut Vec<ConnId>) {
-        let Some(list) = self.channels.get(ch) else { return };
+    /// A message was committed: the connections that must receive it now,
+    /// with the message written once in each of their dialects. Replaying
+    /// subscribers read it from the store later.
+    fn committed(&mut self, msg: &Msg<'_>) -> Vec<(String, Vec<ConnId>)> {
+        let mut deliveries: Vec<(&'static dyn Dialect, String, Vec<ConnId>)> = Vec::new();
+        let Some(list) = self.channels.get(msg.ch) else { return Vec::new() };
         for &conn in list {
-            let Some(cursor) = self.peers.get_mut(&conn).and_then(|p| p.cursor(ch)) else { continue };
-            if !cursor.live || seq < cursor.next {
+            let Some(peer) = self.peers.get_mut(&conn) else { continue };
+            let dialect = peer.dialect;
+            let Some(cursor) = peer.cursor(msg.ch) else { continue };
+            if !cursor.live || msg.seq < cursor.next {
                 continue;
             }
-            if seq == cursor.next {
+            if msg.seq == cursor.next {
                 cursor.next += 1;
-                to.push(conn);
+                match deliveries.iter_mut().find(|(d, ..)| d.name() == dialect.name()) {
+                    Some((.., to)) => to.push(conn),
+                    None => deliveries.push((dialect, dialect.frame(&Event::Message(*msg), None), vec![conn])),
+                }
             } else {
                 // A hole between what was sent and this message: read it
                 // from the store rather than skip it.
@@ -399,6 +413,7 @@ impl Hub {
                 self.replaying.insert(conn);
             }
         }
+        deliveries.into_iter().map(|(_, text, to)| (text, to)).collect()
     }
 
     /// Connections with replay work left.
@@ -422,8 +437,10 @@ impl Hub {
             }
             let mut read = 0;
             let mut next = cursor.next;
+            let dialect = peer.dialect;
             let res = store.read(ch, next - 1, REPLAY_BATCH, |r: Record<'_>| {
-                let text = roost::msg(&Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
+                let msg = Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data };
+                let text = dialect.frame(&Event::Message(msg), None);
                 used += text.len();
                 out.push(text);
                 read += 1;
@@ -477,85 +494,19 @@ impl Bucket {
     }
 }
 
-/// The `err` answer to a request.
-fn refuse(code: ErrCode, msg: &str, id: Option<&str>) -> Option<Action> {
-    Some(Action::Reply(roost::err(code, msg, id)))
-}
-
 /// Where a new subscription starts, and whether the client missed messages
 /// it cannot get back (spec §4: other epoch, trimmed, or `since` past the end).
-fn start_cursor(info: ChannelInfo, since: Option<Seq>, epoch: Option<&str>, ours: &str) -> (Cursor, bool) {
+fn start_cursor(info: ChannelInfo, start: Start<'_>, ours: &str) -> (Cursor, bool) {
     let replay_from = |next: Seq, gap| (Cursor { next, live: next > info.last }, gap);
-    match since {
-        None => (Cursor { next: info.last + 1, live: true }, false),
-        Some(0) => replay_from(info.first, info.first > 1),
-        Some(s) if epoch != Some(ours) || s > info.last => replay_from(info.first, true),
-        Some(s) if s + 1 < info.first => replay_from(info.first, true),
-        Some(s) => replay_from(s + 1, false),
-    }
-}
-
-/// Whether a page of history is the whole story.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    /// Higher seqs exist than the page holds.
-    pub more: bool,
-    /// Seq `since + 1` was trimmed, or `since` is past the end.
-    pub gap: bool,
-}
-
-/// Appends `msg` objects after `since` to `out`, comma-separated: at most
-/// `limit` of them, and stopping once `out` passes `max_bytes`. Shared by
-/// the `hist` op and the HTTP API.
-pub fn page(
-    store: &impl History,
-    ch: &str,
-    since: Seq,
-    limit: usize,
-    max_bytes: usize,
-    out: &mut String,
-) -> Result<Page, StoreError> {
-    let mut last_sent = since;
-    let mut first = true;
-    let info = store.read(ch, since, limit, |r| {
-        if !first {
-            out.push(',');
+    match start {
+        Start::Now => (Cursor { next: info.last + 1, live: true }, false),
+        Start::Since { since: 0, .. } => replay_from(info.first, info.first > 1),
+        Start::Since { since, epoch } if epoch.as_deref() != Some(ours) || since > info.last => {
+            replay_from(info.first, true)
         }
-        first = false;
-        roost::msg_into(out, &Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data });
-        last_sent = r.seq;
-        out.len() < max_bytes
-    })?;
-    // Past trimmed seqs nothing is left to page through: `more` counts from
-    // the oldest stored message.
-    let seen = last_sent.max(info.first.saturating_sub(1));
-    Ok(Page { more: seen < info.last, gap: since.saturating_add(1) < info.first || since > info.last })
-}
-
-/// Builds a `hist` reply.
-fn history(
-    store: &impl History,
-    ch: &str,
-    since: Seq,
-    limit: usize,
-    max_bytes: usize,
-    id: Option<&str>,
-) -> Result<String, StoreError> {
-    let mut out = String::with_capacity(256);
-    out.push_str("{\"op\":\"hist\",\"ch\":");
-    roost::json_str(&mut out, ch);
-    out.push_str(",\"msgs\":[");
-    let page = page(store, ch, since, limit, max_bytes, &mut out)?;
-    let _ = write!(out, "],\"more\":{}", page.more);
-    if page.gap {
-        out.push_str(",\"gap\":true");
+        Start::Since { since, .. } if since + 1 < info.first => replay_from(info.first, true),
+        Start::Since { since, .. } => replay_from(since + 1, false),
     }
-    if let Some(id) = id {
-        out.push_str(",\"id\":");
-        out.push_str(id);
-    }
-    out.push('}');
-    Ok(out)
 }
 
 #[cfg(test)]

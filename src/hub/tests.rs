@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::auth::{Claims, Patterns};
-use crate::store::{Append, Outcome, Retention};
+use crate::proto::roost::{self, Roost};
+use crate::store::{Append, Outcome, Retention, Store, StoreError};
 
 const KEEP_ALL: Retention = Retention { messages: u64::MAX, age_ms: u64::MAX };
 
@@ -177,13 +178,17 @@ impl<B: Backend> World<B> {
     }
 
     fn join(&mut self, conn: ConnId, c: Claims) {
-        self.hub.join(conn, c, self.now);
+        self.hub.join(conn, c, &Roost, self.now);
     }
 
     /// Sends one request; publishes are committed at once.
     fn req(&mut self, conn: ConnId, v: Value) {
         let mut out = Vec::new();
-        self.hub.handle(conn, &v.to_string(), self.now, self.b.history(), &mut out);
+        let text = v.to_string();
+        match roost::parse(&text) {
+            Ok(p) => self.hub.handle(conn, p.id, p.req, self.now, self.b.history(), &mut out),
+            Err(e) => out.push(Action::Reply(roost::err(e.code, e.msg, e.id))),
+        }
         self.act(conn, out);
     }
 
@@ -204,11 +209,11 @@ impl<B: Backend> World<B> {
     fn commit(&mut self, conn: ConnId, publishes: Vec<Publish>) {
         let outcomes = self.b.commit(&publishes);
         for (p, o) in publishes.into_iter().zip(outcomes) {
-            let committed = self.hub.on_commit(&p, &o, true);
+            let committed = self.hub.on_commit(&p, &o, Some(conn));
             if let Some(reply) = committed.reply {
                 self.deliver(conn, &reply);
             }
-            if let Some((text, to)) = committed.msg {
+            for (text, to) in committed.deliveries {
                 for c in to {
                     self.deliver(c, &text);
                 }
@@ -219,7 +224,7 @@ impl<B: Backend> World<B> {
     /// Stores a message behind the hub's back (as if committed, result not
     /// yet collected).
     fn store_only(&mut self, ch: &str, data: &str) -> Seq {
-        let p = Publish { ch: ch.into(), from: "x".into(), data: data.into(), id: None };
+        let p = Publish { ch: ch.into(), from: "x".into(), data: data.into(), id: None, key: None, event: None };
         match self.b.commit(&[p])[0] {
             Outcome::Stored { seq, .. } => seq,
             ref o => panic!("{o:?}"),
@@ -255,7 +260,8 @@ fn publish<B: Backend>(w: &mut World<B>, conn: ConnId, ch: &str, n: usize) {
     let mut out = Vec::new();
     for i in 0..n {
         let text = json!({"op":"pub","ch":ch,"data":{"i":i}}).to_string();
-        w.hub.handle(conn, &text, w.now, w.b.history(), &mut out);
+        let p = roost::parse(&text).unwrap();
+        w.hub.handle(conn, p.id, p.req, w.now, w.b.history(), &mut out);
     }
     w.act(conn, out);
 }
@@ -373,9 +379,8 @@ fn a_commit_seen_by_replay_before_its_result_is_not_sent_twice() {
     w.pump(1 << 20);
     assert_eq!(w.seqs(2), vec![1, 2]);
     // Now the result arrives: the cursor is already past it.
-    let mut to = Vec::new();
-    w.hub.committed("c", seq, &mut to);
-    assert!(to.is_empty());
+    let msg = Msg { ch: "c", seq, ts: seq, from: "x", data: "2" };
+    assert_eq!(w.hub.committed(&msg), Vec::new());
 }
 
 #[test]
@@ -610,21 +615,79 @@ fn a_commit_result_is_one_reply_and_one_encoded_message() {
     w.join(2, claims("bob", &["*"], &[]));
     w.req(2, json!({"op": "sub", "ch": "c"}));
     w.take(2);
-    let p = Publish { ch: "c".into(), from: "alice".into(), data: "7".into(), id: Some("\"m1\"".into()) };
-    let stored = w.hub.on_commit(&p, &Outcome::Stored { seq: 1, ts: 5 }, true);
+    let p = Publish {
+        ch: "c".into(),
+        from: "alice".into(),
+        data: "7".into(),
+        id: Some("\"m1\"".into()),
+        key: None,
+        event: None,
+    };
+    let stored = w.hub.on_commit(&p, &Outcome::Stored { seq: 1, ts: 5 }, Some(1));
     let reply: Value = serde_json::from_str(stored.reply.as_deref().unwrap()).unwrap();
     assert_eq!(reply, json!({"op": "ack", "id": "m1", "ch": "c", "seq": 1}));
-    let (text, to) = stored.msg.unwrap();
-    assert_eq!(to, vec![2], "the live subscriber, once");
-    let msg: Value = serde_json::from_str(&text).unwrap();
+    let [(text, to)] = &stored.deliveries[..] else { panic!("one dialect, one text: {stored:?}") };
+    assert_eq!(to, &vec![2], "the live subscriber, once");
+    let msg: Value = serde_json::from_str(text).unwrap();
     assert_eq!(msg, json!({"op": "msg", "ch": "c", "seq": 1, "ts": 5, "from": "alice", "data": 7}));
     // The same message again is not sent twice (the cursor moved on).
-    assert_eq!(w.hub.on_commit(&p, &Outcome::Stored { seq: 1, ts: 5 }, true).msg.unwrap().1, Vec::<ConnId>::new());
+    assert_eq!(w.hub.on_commit(&p, &Outcome::Stored { seq: 1, ts: 5 }, Some(1)).deliveries, Vec::new());
     // A publisher answered over HTTP gets no WebSocket reply.
-    assert_eq!(w.hub.on_commit(&p, &Outcome::Stored { seq: 2, ts: 6 }, false).reply, None);
-    let over = w.hub.on_commit(&p, &Outcome::OverLimit(Limit::Channels), true);
+    assert_eq!(w.hub.on_commit(&p, &Outcome::Stored { seq: 2, ts: 6 }, None).reply, None);
+    let over = w.hub.on_commit(&p, &Outcome::OverLimit(Limit::Channels), Some(1));
     let err: Value = serde_json::from_str(over.reply.as_deref().unwrap()).unwrap();
-    assert_eq!((err["code"].clone(), err["id"].clone(), over.msg), (json!("too_many_channels"), json!("m1"), None));
-    let dup = w.hub.on_commit(&p, &Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 5 }, true);
-    assert_eq!((dup.reply.is_some(), dup.msg), (true, None));
+    assert_eq!((err["code"].clone(), err["id"].clone()), (json!("too_many_channels"), json!("m1")));
+    assert!(over.deliveries.is_empty());
+    let dup = w.hub.on_commit(&p, &Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 5 }, Some(1));
+    assert_eq!((dup.reply.is_some(), dup.deliveries), (true, Vec::new()));
+}
+
+/// A second front door's language, as the Pusher protocol will be: the hub
+/// decides, each dialect writes.
+struct Shout;
+
+impl Dialect for Shout {
+    fn name(&self) -> &'static str {
+        "shout"
+    }
+
+    fn write(&self, out: &mut String, event: &Event<'_>, id: Option<&str>) {
+        match event {
+            Event::Message(m) => out.push_str(&format!("MSG {} {} {}", m.ch, m.seq, m.data)),
+            Event::Acked { seq, .. } => out.push_str(&format!("ACK {seq} {}", id.unwrap_or("-"))),
+            other => out.push_str(&format!("{other:?}")),
+        }
+    }
+}
+
+#[test]
+fn one_commit_is_written_once_per_dialect_and_each_subscriber_gets_its_own() {
+    let mut w = World::new();
+    w.join(1, claims("alice", &["*"], &["*"]));
+    w.hub.join(2, claims("bob", &["*"], &[]), &Shout, w.now);
+    w.hub.join(3, claims("carol", &["*"], &[]), &Shout, w.now);
+    w.join(4, claims("dave", &["*"], &[]));
+    for conn in [2, 3, 4] {
+        let mut out = Vec::new();
+        let req = Request::Sub { ch: "c", start: Start::Now };
+        w.hub.handle(conn, None, req, w.now, w.b.history(), &mut out);
+        assert_eq!(out.len(), 1, "one subok each");
+    }
+    let mut out = Vec::new();
+    let req = Request::Pub { ch: "c", data: "7", key: None, event: None };
+    w.hub.handle(1, Some("9"), req, w.now, w.b.history(), &mut out);
+    let [Action::Publish(p)] = &out[..] else { panic!("{out:?}") };
+    let committed = w.hub.on_commit(p, &Outcome::Stored { seq: 1, ts: 5 }, Some(1));
+    let mut got = committed.deliveries.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("MSG c 1 7".to_string(), vec![2, 3]),
+            (r#"{"op":"msg","ch":"c","seq":1,"ts":5,"from":"alice","data":7}"#.to_string(), vec![4]),
+        ]
+    );
+    // A Shout publisher is answered in its own dialect.
+    let again = w.hub.on_commit(p, &Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 5 }, Some(2));
+    assert_eq!(again.reply.as_deref(), Some("ACK 1 9"));
 }

@@ -1,5 +1,6 @@
-//! The JSON messages of the WebSocket protocol: parse what clients send,
-//! emit what the server sends. Pure functions, no I/O, fuzzable.
+//! The native protocol (`/ws`, spec §4): its JSON frames parsed into the
+//! hub's requests, and the hub's events written as its frames (`Roost`, the
+//! dialect). Pure functions, no I/O, fuzzable.
 //!
 //! Parsing borrows from the frame (`RawValue`), so `data` travels from the
 //! client's frame to the store and out to subscribers as the exact JSON text
@@ -7,13 +8,15 @@
 //! writes straight into a `String`; a `msg` is encoded once per commit and
 //! shared by every subscriber that receives it.
 
-use std::fmt::{self, Write as _};
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::channel::valid_name;
 pub use crate::channel::Seq;
+use crate::hub::{Dialect, ErrCode, Event, Msg, Page, Request, Start};
 
 /// Largest `limit` a `hist` request may ask for.
 pub const MAX_HIST_LIMIT: u32 = 1000;
@@ -24,58 +27,11 @@ pub const DEFAULT_HIST_LIMIT: u32 = 100;
 /// `store::dedupe_fits`, which `hub` checks.
 pub const MAX_ID_BYTES: usize = 128;
 
-/// One client request, checked: every field has the right type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request<'a> {
-    Sub { ch: &'a str, since: Option<Seq>, epoch: Option<String> },
-    Unsub { ch: &'a str },
-    Pub { ch: &'a str, data: &'a str },
-    Hist { ch: &'a str, since: Seq, limit: u32 },
-}
-
-impl Request<'_> {
-    pub fn channel(&self) -> &str {
-        match self {
-            Request::Sub { ch, .. } | Request::Unsub { ch } | Request::Pub { ch, .. } | Request::Hist { ch, .. } => ch,
-        }
-    }
-}
-
 /// A parsed request and the `id` to echo (its JSON text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed<'a> {
     pub id: Option<&'a str>,
     pub req: Request<'a>,
-}
-
-/// The error codes of the contract (`{"op":"err","code":...}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrCode {
-    BadRequest,
-    Forbidden,
-    TooLarge,
-    RateLimited,
-    UnknownOp,
-    BadChannel,
-    TooManySubscriptions,
-    Unavailable,
-    TooManyChannels,
-}
-
-impl ErrCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrCode::BadRequest => "bad_request",
-            ErrCode::Forbidden => "forbidden",
-            ErrCode::TooLarge => "too_large",
-            ErrCode::RateLimited => "rate_limited",
-            ErrCode::UnknownOp => "unknown_op",
-            ErrCode::BadChannel => "bad_channel",
-            ErrCode::TooManySubscriptions => "too_many_subscriptions",
-            ErrCode::Unavailable => "unavailable",
-            ErrCode::TooManyChannels => "too_many_channels",
-        }
-    }
 }
 
 /// Why a frame was refused; answered with `err` and the connection stays open.
@@ -178,7 +134,7 @@ fn request<'a>(raw: RawRequest<'a>, id: Option<&'a str>) -> Result<Request<'a>, 
         "pub" => {
             let ch = need_ch()?;
             let data = raw.data.ok_or(bad("missing data"))?.get();
-            Ok(Request::Pub { ch, data })
+            Ok(Request::Pub { ch, data, key: None, event: None })
         }
         "hist" => hist_request(need_ch()?, since, raw.limit).map_err(bad),
         _ => Err(WireError { code: ErrCode::UnknownOp, msg: "op must be sub, unsub, pub or hist", id }),
@@ -186,18 +142,24 @@ fn request<'a>(raw: RawRequest<'a>, id: Option<&'a str>) -> Result<Request<'a>, 
 }
 
 /// A `sub` with its checked `epoch`; `Err` is the message of a bad request.
-fn sub_request<'a>(ch: &'a str, since: Option<Seq>, epoch: Option<&RawValue>) -> Result<Request<'a>, &'static str> {
+fn sub_request<'a>(ch: &'a str, since: Option<Seq>, epoch: Option<&'a RawValue>) -> Result<Request<'a>, &'static str> {
     let epoch = match epoch {
         None => None,
-        Some(v) => match serde_json::from_str::<String>(v.get()) {
-            Ok(e) => Some(e),
-            Err(_) => return Err("epoch must be a string"),
+        Some(v) => match str_of(v) {
+            Some(e) => Some(Cow::Borrowed(e)),
+            // Escapes: decoded (an epoch is compared for equality only).
+            None => match serde_json::from_str::<String>(v.get()) {
+                Ok(e) => Some(Cow::Owned(e)),
+                Err(_) => return Err("epoch must be a string"),
+            },
         },
     };
-    if matches!(since, Some(s) if s > 0) && epoch.is_none() {
-        return Err("since > 0 needs the epoch it was counted in");
-    }
-    Ok(Request::Sub { ch, since, epoch })
+    let start = match since {
+        None => Start::Now,
+        Some(s) if s > 0 && epoch.is_none() => return Err("since > 0 needs the epoch it was counted in"),
+        Some(since) => Start::Since { since, epoch },
+    };
+    Ok(Request::Sub { ch, start })
 }
 
 /// A `hist` with its checked `limit`; `Err` is the message of a bad request.
@@ -220,17 +182,6 @@ fn str_of(v: &RawValue) -> Option<&str> {
         return None;
     }
     Some(inner)
-}
-
-/// A message as it travels to subscribers and into `hist` replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Msg<'a> {
-    pub ch: &'a str,
-    pub seq: Seq,
-    pub ts: u64,
-    pub from: &'a str,
-    /// JSON text.
-    pub data: &'a str,
 }
 
 /// Writes a JSON string literal.
@@ -325,10 +276,39 @@ pub fn err(code: ErrCode, msg: &str, id: Option<&str>) -> String {
     out
 }
 
-impl fmt::Display for ErrCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The native protocol's dialect: the hub's events as `/ws` frames (and as
+/// the messages of the HTTP API's pages).
+pub struct Roost;
+
+impl Dialect for Roost {
+    fn name(&self) -> &'static str {
+        "roost"
     }
+
+    fn write(&self, out: &mut String, event: &Event<'_>, id: Option<&str>) {
+        match *event {
+            Event::Subscribed { ch, seq, epoch, gap } => out.push_str(&subok(ch, seq, epoch, gap, id)),
+            Event::Unsubscribed { ch } => out.push_str(&unsubok(ch, id)),
+            Event::Acked { ch, seq } => out.push_str(&ack(id, ch, seq)),
+            Event::Refused { code, msg } => out.push_str(&err(code, msg, id)),
+            Event::Message(ref m) => msg_into(out, m),
+            Event::History { ch, msgs, page } => hist_into(out, ch, msgs, page, id),
+        }
+    }
+}
+
+/// `{"op":"hist","ch","msgs":[...],"more",("gap",)"id"}`
+fn hist_into(out: &mut String, ch: &str, msgs: &str, page: Page, id: Option<&str>) {
+    out.push_str("{\"op\":\"hist\",\"ch\":");
+    json_str(out, ch);
+    out.push_str(",\"msgs\":[");
+    out.push_str(msgs);
+    let _ = write!(out, "],\"more\":{}", page.more);
+    if page.gap {
+        out.push_str(",\"gap\":true");
+    }
+    id_field(out, id);
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -344,19 +324,25 @@ mod tests {
     fn requests() {
         assert_eq!(
             parsed(r#"{"op":"sub","ch":"room:1","id":7}"#),
-            Ok(Parsed { id: Some("7"), req: Request::Sub { ch: "room:1", since: None, epoch: None } })
+            Ok(Parsed { id: Some("7"), req: Request::Sub { ch: "room:1", start: Start::Now } })
         );
         assert_eq!(
             parsed(r#"{"op":"sub","ch":"a","since":5,"epoch":"e1"}"#).unwrap().req,
-            Request::Sub { ch: "a", since: Some(5), epoch: Some("e1".into()) }
+            Request::Sub { ch: "a", start: Start::Since { since: 5, epoch: Some("e1".into()) } }
         );
         assert_eq!(
             parsed(r#" {"op":"pub","ch":"a","data":{"x": [1, 2]},"id":"p1"}"#),
-            Ok(Parsed { id: Some("\"p1\""), req: Request::Pub { ch: "a", data: r#"{"x": [1, 2]}"# } })
+            Ok(Parsed {
+                id: Some("\"p1\""),
+                req: Request::Pub { ch: "a", data: r#"{"x": [1, 2]}"#, key: None, event: None }
+            })
         );
         assert_eq!(parsed(r#"{"op":"hist","ch":"a"}"#).unwrap().req, Request::Hist { ch: "a", since: 0, limit: 100 });
         assert_eq!(parsed(r#"{"op":"unsub","ch":"a","x":1}"#).unwrap().req, Request::Unsub { ch: "a" });
-        assert_eq!(parsed(r#"{"op":"pub","ch":"a","data":null}"#).unwrap().req, Request::Pub { ch: "a", data: "null" });
+        assert_eq!(
+            parsed(r#"{"op":"pub","ch":"a","data":null}"#).unwrap().req,
+            Request::Pub { ch: "a", data: "null", key: None, event: None }
+        );
     }
 
     #[test]

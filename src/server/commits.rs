@@ -25,12 +25,8 @@ impl Server {
     pub(super) fn commit_later(&mut self, id: ConnId, append: Append, req_id: Option<String>) {
         let bytes = append.data.len() + append.ch.len() + append.from.len();
         if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
-            let e = roost::err(
-                ErrCode::Unavailable,
-                "the server is busy writing; retry with the same id",
-                req_id.as_deref(),
-            );
-            return self.send(id, e.into());
+            let msg = "the server is busy writing; retry with the same id";
+            return self.refuse(id, ErrCode::Unavailable, msg, req_id.as_deref());
         }
         self.inflight_bytes += bytes;
         self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, append));
@@ -66,12 +62,14 @@ impl Server {
         if let Some(req) = ticket.http {
             self.answer_publish(ticket.conn, req, &append.ch, &outcome, now);
         }
-        let publish = Publish { ch: append.ch, from: append.from, data: append.data, id: ticket.id };
-        let committed = self.hub.on_commit(&publish, &outcome, ticket.http.is_none());
+        let publish =
+            Publish { ch: append.ch, from: append.from, data: append.data, id: ticket.id, key: None, event: None };
+        let publisher = ticket.http.is_none().then_some(ticket.conn);
+        let committed = self.hub.on_commit(&publish, &outcome, publisher);
         if let Some(reply) = committed.reply {
             self.send(ticket.conn, reply.into());
         }
-        if let Some((text, to)) = committed.msg {
+        for (text, to) in committed.deliveries {
             self.metrics.delivered += to.len() as u64;
             let frame = Frame::from(text);
             for conn in to {
@@ -91,12 +89,8 @@ impl Server {
             if let Some(req) = ticket.http {
                 self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
             } else if transient {
-                let text = roost::err(
-                    ErrCode::Unavailable,
-                    "the store is full; retry later with the same id",
-                    ticket.id.as_deref(),
-                );
-                self.send(ticket.conn, text.into());
+                let msg = "the store is full; retry later with the same id";
+                self.refuse(ticket.conn, ErrCode::Unavailable, msg, ticket.id.as_deref());
             }
         }
         if e.is_fatal() && self.fatal.is_none() {

@@ -45,12 +45,15 @@ impl Server {
             match hook.submit(job) {
                 Ok(()) => state.busy = true,
                 Err(job) => {
-                    let e = roost::err(
-                        ErrCode::Unavailable,
-                        "the publish hook is overloaded; retry with the same id",
+                    let e = self.hub.tell(
+                        id,
+                        Event::Refused {
+                            code: ErrCode::Unavailable,
+                            msg: "the publish hook is overloaded; retry with the same id",
+                        },
                         job.ticket.id.as_deref(),
                     );
-                    if !slot.conn.send(e.into(), self.cfg.max_send_buffer_bytes) {
+                    if !slot.conn.send(e.unwrap_or_default().into(), self.cfg.max_send_buffer_bytes) {
                         slot.conn.discard_queue();
                     }
                     self.dirty.push(id);
@@ -79,16 +82,15 @@ impl Server {
                     self.commit_later(conn, append, id);
                 }
                 Verdict::Refuse => {
-                    let e = roost::err(ErrCode::Forbidden, "the application refused this message", id.as_deref());
-                    self.send(conn, e.into());
+                    self.refuse(conn, ErrCode::Forbidden, "the application refused this message", id.as_deref());
                 }
                 Verdict::Unavailable => {
-                    let e = roost::err(
+                    self.refuse(
+                        conn,
                         ErrCode::Unavailable,
                         "the application did not answer; retry with the same id",
                         id.as_deref(),
                     );
-                    self.send(conn, e.into());
                 }
             }
             self.hook_next(conn);

@@ -44,9 +44,10 @@ use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::api::{self, Decision};
 use crate::http::{self, Head, Refusal};
 use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
+use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
-use crate::proto::roost::{self, ErrCode};
+use crate::proto::roost;
 use crate::store::{Append, Outcome, Retention, Store, StoreError};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
@@ -344,6 +345,13 @@ impl Server {
 
     /// Queues text for a connection; a connection past its send-buffer
     /// limit is a slow consumer: closed with 1013, to resume with `since`.
+    /// Tells `id` its request was refused, in its front door's dialect.
+    fn refuse(&mut self, id: ConnId, code: ErrCode, msg: &str, req_id: Option<&str>) {
+        if let Some(text) = self.hub.tell(id, Event::Refused { code, msg }, req_id) {
+            self.send(id, text.into());
+        }
+    }
+
     fn send(&mut self, id: ConnId, frame: Frame) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         if !slot.conn.send(frame, self.cfg.max_send_buffer_bytes) {

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::hub::Publish;
+use crate::proto::roost::Roost;
 use hooks::MAX_HOOK_QUEUE;
 use http::Upgrade;
 
@@ -65,7 +66,7 @@ impl Server {
         if self.hook.is_some() {
             slot.hook = Some(Box::new(HookState { token: token.into(), queue: VecDeque::new(), busy: false }));
         }
-        self.hub.join(id, claims, now);
+        self.hub.join(id, claims, &Roost, now);
         // Frames may have arrived right behind the head.
         self.read_frames(id, now);
     }
@@ -91,15 +92,14 @@ impl Server {
                     slot.conn.send(Frame::text(&t), usize::MAX);
                 }
                 Incoming::Binary(_) => {
-                    let e = roost::err(
-                        ErrCode::BadRequest,
-                        "binary frames are not part of the protocol; send JSON text",
-                        None,
-                    );
-                    self.send(id, e.into());
+                    let msg = "binary frames are not part of the protocol; send JSON text";
+                    self.refuse(id, ErrCode::BadRequest, msg, None);
                 }
                 Incoming::Text(text) => {
-                    self.hub.handle(id, &text, now, &self.store, &mut actions);
+                    match roost::parse(&text) {
+                        Ok(p) => self.hub.handle(id, p.id, p.req, now, &self.store, &mut actions),
+                        Err(e) => self.refuse(id, e.code, e.msg, e.id),
+                    }
                     for action in actions.drain(..) {
                         self.act(id, action, now);
                     }
@@ -118,21 +118,16 @@ impl Server {
                 let (append, req_id) = to_append(publish);
                 let Some(state) = self.slots.get_mut(&id).and_then(|slot| slot.hook.as_mut()) else { return };
                 if state.queue.len() >= MAX_HOOK_QUEUE {
-                    let e =
-                        roost::err(ErrCode::Unavailable, "too many publishes waiting for approval", req_id.as_deref());
-                    return self.send(id, e.into());
+                    let msg = "too many publishes waiting for approval";
+                    return self.refuse(id, ErrCode::Unavailable, msg, req_id.as_deref());
                 }
                 // The message waits here, and again as the request body
                 // built from it (with the token) while the call runs.
                 let size = append.data.len() + append.ch.len() + append.from.len();
                 let bytes = 2 * size + req_id.as_ref().map_or(0, String::len) + state.token.len();
                 let Some(held) = self.hook.as_ref().and_then(|hook| hook.hold(bytes)) else {
-                    let e = roost::err(
-                        ErrCode::Unavailable,
-                        "too many publishes are waiting for the application; retry with the same id",
-                        req_id.as_deref(),
-                    );
-                    return self.send(id, e.into());
+                    let msg = "too many publishes are waiting for the application; retry with the same id";
+                    return self.refuse(id, ErrCode::Unavailable, msg, req_id.as_deref());
                 };
                 state.queue.push_back((append, req_id, held));
                 self.hook_next(id);

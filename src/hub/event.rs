@@ -1,0 +1,148 @@
+//! What the hub says, before any protocol writes it down: the requests it
+//! takes, the events it emits, and `Dialect`, the one trait a front door
+//! implements to turn an event into its own frame.
+//!
+//! The hub decides *what* a connection is told (subscribed at seq 41 with a
+//! gap; refused as forbidden; message 42 of `room:1`); the connection's
+//! dialect decides *how* (`{"op":"subok",...}` on `/ws`,
+//! `pusher_internal:subscription_succeeded` on `/app/`). So the sync rules
+//! live once, and a second protocol is a second dialect, not a second hub.
+
+use std::borrow::Cow;
+
+use crate::channel::Seq;
+
+/// A connection's request, as every front door translates it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request<'a> {
+    Sub { ch: &'a str, start: Start<'a> },
+    Unsub { ch: &'a str },
+    Pub { ch: &'a str, data: &'a str, key: Option<&'a str>, event: Option<&'a str> },
+    Hist { ch: &'a str, since: Seq, limit: u32 },
+}
+
+impl Request<'_> {
+    pub fn channel(&self) -> &str {
+        match self {
+            Request::Sub { ch, .. } | Request::Unsub { ch } | Request::Pub { ch, .. } | Request::Hist { ch, .. } => ch,
+        }
+    }
+}
+
+/// Where a new subscription starts (spec §4, §8).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start<'a> {
+    /// With the next message committed.
+    Now,
+    /// After `since`, counted in `epoch` (`None` only with `since` 0).
+    Since { since: Seq, epoch: Option<Cow<'a, str>> },
+}
+
+/// The error codes of the contract: why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    BadRequest,
+    Forbidden,
+    TooLarge,
+    RateLimited,
+    UnknownOp,
+    BadChannel,
+    TooManySubscriptions,
+    Unavailable,
+    TooManyChannels,
+}
+
+impl ErrCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrCode::BadRequest => "bad_request",
+            ErrCode::Forbidden => "forbidden",
+            ErrCode::TooLarge => "too_large",
+            ErrCode::RateLimited => "rate_limited",
+            ErrCode::UnknownOp => "unknown_op",
+            ErrCode::BadChannel => "bad_channel",
+            ErrCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrCode::Unavailable => "unavailable",
+            ErrCode::TooManyChannels => "too_many_channels",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored message, as it travels to subscribers and into history pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg<'a> {
+    pub ch: &'a str,
+    pub seq: Seq,
+    pub ts: u64,
+    pub from: &'a str,
+    /// JSON text.
+    pub data: &'a str,
+}
+
+/// Whether a page of history is the whole story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Higher seqs exist than the page holds.
+    pub more: bool,
+    /// Seq `since + 1` was trimmed, or `since` is past the end.
+    pub gap: bool,
+}
+
+/// What the hub tells one connection. `id` (the request's, as the client
+/// wrote it) travels beside the event, since only answers have one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event<'a> {
+    /// A `sub` took effect: the channel's last seq, the store's epoch, and
+    /// whether the client missed messages it cannot get back.
+    Subscribed {
+        ch: &'a str,
+        seq: Seq,
+        epoch: &'a str,
+        gap: bool,
+    },
+    Unsubscribed {
+        ch: &'a str,
+    },
+    /// A publish is committed under `seq`.
+    Acked {
+        ch: &'a str,
+        seq: Seq,
+    },
+    Refused {
+        code: ErrCode,
+        msg: &'a str,
+    },
+    Message(Msg<'a>),
+    /// A page of history: `msgs` holds its messages, each written by the
+    /// same dialect as `Event::Message`, comma-separated.
+    History {
+        ch: &'a str,
+        msgs: &'a str,
+        page: Page,
+    },
+}
+
+/// A front door's way of writing the hub's events as frames (one frame per
+/// event, appended to `out`). Implemented in `proto/`; a connection's
+/// dialect is fixed when it joins the hub.
+pub trait Dialect: Sync {
+    /// The protocol's name, unique per dialect: a fan-out writes a message
+    /// once per name. (Not the address: dialects are zero-sized values,
+    /// and zero-sized values may share one.)
+    fn name(&self) -> &'static str;
+
+    fn write(&self, out: &mut String, event: &Event<'_>, id: Option<&str>);
+
+    /// One event as a new frame.
+    fn frame(&self, event: &Event<'_>, id: Option<&str>) -> String {
+        let mut out = String::with_capacity(96);
+        self.write(&mut out, event, id);
+        out
+    }
+}
