@@ -157,6 +157,10 @@ pub struct Claims {
     /// `"api": true`: the main application's own token, the only kind the
     /// HTTP API accepts (spec §5). Client tokens leave it out.
     pub api: bool,
+    /// The `info` claim as JSON text, shown to others in presence (spec §7).
+    /// Any JSON is accepted here; the hub refuses a presence subscription
+    /// whose `info` is not an object of at most 1 KiB.
+    pub info: Option<Box<str>>,
 }
 
 /// Why a token was judged invalid. Deliberately coarse and content-free so it
@@ -348,6 +352,7 @@ impl Verifier {
         let read = patterns(claims.get("read"))?;
         let write = patterns(claims.get("write"))?;
         let api = api_flag(claims.get("api"))?;
+        let info = claims.get("info").map(|v| v.to_string().into_boxed_str());
         self.check_audience(claims.get("aud"))?;
 
         // Saturating: a huge exp or leeway must not wrap into the past.
@@ -363,7 +368,7 @@ impl Verifier {
         if now > exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired);
         }
-        Ok(Claims { sub, exp, read, write, api })
+        Ok(Claims { sub, exp, read, write, api, info })
     }
 
     fn check_audience(&self, aud: Option<&Value>) -> Result<(), Reason> {
@@ -673,8 +678,11 @@ mod tests {
                 read: Patterns::new(vec!["room:*".into(), "news".into()]),
                 write: Patterns::new(vec!["room:1".into()]),
                 api: false,
+                info: None,
             }
         );
+        let with_info = mint(&json!({"sub": "bob", "exp": NOW + 60, "info": {"name": "Bob"}}), &key());
+        assert_eq!(verifier().verify(&with_info, NOW).unwrap().info.as_deref(), Some(r#"{"name":"Bob"}"#));
         assert!(got.read.allows("room:42"));
         assert!(got.read.allows("news"));
         assert!(!got.read.allows("newsroom"));

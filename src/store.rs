@@ -64,6 +64,8 @@ pub struct Record<'a> {
     pub ts: u64,
     pub from: &'a str,
     pub data: &'a str,
+    pub key: Option<&'a str>,
+    pub event: Option<&'a str>,
 }
 
 /// A message to commit.
@@ -779,7 +781,7 @@ fn decode_message<'a>(k: &[u8], v: &'a [u8]) -> Option<Record<'a>> {
     let flen = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
     let from = std::str::from_utf8(v.get(10..10 + flen)?).ok()?;
     let data = std::str::from_utf8(v.get(10 + flen..)?).ok()?;
-    Some(Record { seq, ts, from, data })
+    Some(Record { seq, ts, from, data, key: None, event: None })
 }
 
 fn dedupe_key(from: &str, id: &str) -> Vec<u8> {

@@ -629,6 +629,10 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
                         let (since, epoch) = match start {
                             Start::Now => (None, None),
                             Start::Since { since, epoch } => (Some(since), epoch),
+                            Start::Last(n) => {
+                                assert_eq!(Some(u64::from(n)), v["last"].as_u64(), "input {i}");
+                                (None, None)
+                            }
                         };
                         assert_eq!(since, v["since"].as_u64(), "input {i}");
                         assert!(since.unwrap_or(0) == 0 || epoch.is_some(), "input {i}: since > 0 needs an epoch");
@@ -637,6 +641,7 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
                         }
                     }
                     Request::Unsub { .. } => assert_eq!(v["op"], "unsub"),
+                    Request::Presence { .. } => assert_eq!(v["op"], "presence"),
                 }
             }
             Err(e) => {

@@ -444,8 +444,14 @@ mod tests {
 
     #[test]
     fn publish_bodies() {
-        let claims =
-            Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default(), api: true };
+        let claims = Claims {
+            sub: "app".into(),
+            exp: 0,
+            read: Default::default(),
+            write: Default::default(),
+            api: true,
+            info: None,
+        };
         let a = publish("c".into(), &claims, br#" {"x": 1} "#, Some("k-1")).unwrap();
         assert_eq!((a.data.as_str(), a.id.as_deref(), a.from.as_str()), (r#"{"x": 1}"#, Some("\"k-1\""), "app"));
         assert!(publish("c".into(), &claims, b"{nope", None).is_err());
@@ -465,7 +471,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 22).unwrap();
         let keep = |_: &str| crate::store::Retention { messages: 100, age_ms: u64::MAX };
-        let app = Claims { sub: "app".into(), exp: 0, read: Default::default(), write: Default::default(), api: true };
+        let app = Claims {
+            sub: "app".into(),
+            exp: 0,
+            read: Default::default(),
+            write: Default::default(),
+            api: true,
+            info: None,
+        };
         // The key "k" is "\"k\"" (3 bytes) as an id.
         let room = MAX_DEDUPE_SUB_AND_ID_BYTES - 3;
         let fits = Claims { sub: "s".repeat(room), ..app.clone() };

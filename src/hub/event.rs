@@ -15,16 +15,41 @@ use crate::channel::Seq;
 /// A connection's request, as every front door translates it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request<'a> {
-    Sub { ch: &'a str, start: Start<'a> },
-    Unsub { ch: &'a str },
-    Pub { ch: &'a str, data: &'a str, key: Option<&'a str>, event: Option<&'a str> },
-    Hist { ch: &'a str, since: Seq, limit: u32 },
+    /// `state`: the client keeps the channel's state (spec §8; the channel
+    /// must be compacted): with `Start::Now` it starts with a snapshot.
+    Sub {
+        ch: &'a str,
+        start: Start<'a>,
+        state: bool,
+    },
+    Unsub {
+        ch: &'a str,
+    },
+    Pub {
+        ch: &'a str,
+        data: &'a str,
+        key: Option<&'a str>,
+        event: Option<&'a str>,
+    },
+    Hist {
+        ch: &'a str,
+        since: Seq,
+        limit: u32,
+    },
+    /// Who is on a presence channel now (spec §7).
+    Presence {
+        ch: &'a str,
+    },
 }
 
 impl Request<'_> {
     pub fn channel(&self) -> &str {
         match self {
-            Request::Sub { ch, .. } | Request::Unsub { ch } | Request::Pub { ch, .. } | Request::Hist { ch, .. } => ch,
+            Request::Sub { ch, .. }
+            | Request::Unsub { ch }
+            | Request::Pub { ch, .. }
+            | Request::Hist { ch, .. }
+            | Request::Presence { ch } => ch,
         }
     }
 }
@@ -36,7 +61,14 @@ pub enum Start<'a> {
     Now,
     /// After `since`, counted in `epoch` (`None` only with `since` 0).
     Since { since: Seq, epoch: Option<Cow<'a, str>> },
+    /// With the channel's last `n` stored messages (1 to [`MAX_LAST`]).
+    Last(u32),
 }
+
+/// The most messages `Start::Last` replays.
+pub const MAX_LAST: u32 = 100;
+/// The longest event name a message may carry (pusher.md §4).
+pub const MAX_EVENT_BYTES: usize = 200;
 
 /// The error codes of the contract: why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +82,8 @@ pub enum ErrCode {
     TooManySubscriptions,
     Unavailable,
     TooManyChannels,
+    TooManyMembers,
+    TooManyKeys,
 }
 
 impl ErrCode {
@@ -64,6 +98,8 @@ impl ErrCode {
             ErrCode::TooManySubscriptions => "too_many_subscriptions",
             ErrCode::Unavailable => "unavailable",
             ErrCode::TooManyChannels => "too_many_channels",
+            ErrCode::TooManyMembers => "too_many_members",
+            ErrCode::TooManyKeys => "too_many_keys",
         }
     }
 }
@@ -83,6 +119,19 @@ pub struct Msg<'a> {
     pub from: &'a str,
     /// JSON text.
     pub data: &'a str,
+    /// The message's key (spec §8), if any.
+    pub key: Option<&'a str>,
+    /// The message's event name (pusher.md §4), if any, as a JSON string
+    /// literal (quotes included): it travels as written, like `data`.
+    pub event: Option<&'a str>,
+}
+
+/// One member of a presence channel: its user (the token's `sub`) and the
+/// token's `info` object as JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub user: &'a str,
+    pub info: Option<&'a str>,
 }
 
 /// Whether a page of history is the whole story.
@@ -125,6 +174,26 @@ pub enum Event<'a> {
         ch: &'a str,
         msgs: &'a str,
         page: Page,
+    },
+    /// Everyone on a presence channel now, sorted by user.
+    Presence {
+        ch: &'a str,
+        members: &'a [Member<'a>],
+    },
+    /// A user's first connection joined a presence channel.
+    Joined {
+        ch: &'a str,
+        member: Member<'a>,
+    },
+    /// A user's last connection left and did not come back within the grace.
+    Left {
+        ch: &'a str,
+        user: &'a str,
+    },
+    /// A state snapshot is complete as of `seq`; live messages follow from `seq + 1`.
+    StateEnd {
+        ch: &'a str,
+        seq: Seq,
     },
 }
 

@@ -24,6 +24,29 @@ pub trait History {
         limit: usize,
         each: impl FnMut(Record<'_>) -> bool,
     ) -> Result<ChannelInfo, StoreError>;
+
+    /// The seq before the channel's `n`th newest stored message, so that
+    /// reading after it gives the last `n` (spec §8 `last`). This default
+    /// assumes no holes; a store with compacted channels answers exactly.
+    fn tail(&self, ch: &str, n: u32) -> Result<Seq, StoreError> {
+        let info = self.channel(ch)?;
+        Ok(info.last.saturating_sub(u64::from(n)).max(info.first.saturating_sub(1)))
+    }
+
+    /// Whether message `seq` of `ch` is still stored.
+    fn holds(&self, ch: &str, seq: Seq) -> Result<bool, StoreError> {
+        let mut found = false;
+        self.read(ch, seq.saturating_sub(1), 1, |r| {
+            found = r.seq == seq;
+            false
+        })?;
+        Ok(found)
+    }
+}
+
+/// A stored record as the hub's message.
+pub(super) fn msg<'a>(ch: &'a str, r: &Record<'a>) -> Msg<'a> {
+    Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data, key: r.key, event: r.event }
 }
 
 impl History for Store {
@@ -61,7 +84,7 @@ pub fn page(
             out.push(',');
         }
         first = false;
-        dialect.write(out, &Event::Message(Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data }), None);
+        dialect.write(out, &Event::Message(msg(ch, &r)), None);
         last_sent = r.seq;
         out.len() < max_bytes
     })?;

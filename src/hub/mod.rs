@@ -21,6 +21,7 @@
 
 mod event;
 mod history;
+mod presence;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -29,9 +30,11 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
 pub use crate::channel::Seq;
-use crate::store::{self, ChannelInfo, Limit, Outcome, Record};
-pub use event::{Dialect, ErrCode, Event, Msg, Page, Request, Start};
+use crate::store::{self, Limit, Outcome, Record, StoreError};
+pub use event::{Dialect, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
 pub use history::{page, History};
+pub use presence::Change;
+use presence::Tally;
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
@@ -73,6 +76,42 @@ pub struct Limits {
     pub publish_rate: u32,
     /// Largest `hist` reply; past it `more` is set and the client pages on.
     pub max_reply_bytes: usize,
+}
+
+/// Which channels are special, and how (spec §7, §8, §9).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Presence patterns besides `presence-*` (which always is one).
+    pub presence: Vec<String>,
+    pub compact: Vec<String>,
+    pub presence_grace: Duration,
+    pub presence_restart_grace: Duration,
+    pub max_presence_members: usize,
+    /// Track occupancy (channel_occupied / channel_vacated webhooks).
+    pub occupancy: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            presence: Vec::new(),
+            compact: Vec::new(),
+            presence_grace: Duration::from_secs(3),
+            presence_restart_grace: Duration::from_secs(30),
+            max_presence_members: 1000,
+            occupancy: false,
+        }
+    }
+}
+
+impl Rules {
+    pub fn is_presence(&self, ch: &str) -> bool {
+        ch.starts_with("presence-") || self.presence.iter().any(|p| crate::channel::matches(p, ch))
+    }
+
+    pub fn is_compacted(&self, ch: &str) -> bool {
+        self.compact.iter().any(|p| crate::channel::matches(p, ch))
+    }
 }
 
 /// A message the hub accepted for publishing: the server commits it (as a
@@ -117,6 +156,15 @@ struct Cursor {
     /// The seq this connection sees next on this channel.
     next: Seq,
     live: bool,
+    /// Replaying a state snapshot (spec §8): only keyed messages, then the
+    /// `state` marker, then live.
+    snapshot: bool,
+}
+
+impl Cursor {
+    fn live_from(next: Seq) -> Cursor {
+        Cursor { next, live: true, snapshot: false }
+    }
 }
 
 /// Token bucket for the publish rate.
@@ -157,6 +205,15 @@ impl Peer {
 pub struct Hub {
     epoch: String,
     limits: Limits,
+    rules: Rules,
+    /// Members of each presence channel, by user.
+    members: HashMap<Arc<str>, Tally<Box<str>>>,
+    /// Occupied channels, while webhooks want to hear of it.
+    occupancy: Tally<Arc<str>>,
+    /// Presence and occupancy writes for the server to commit.
+    changes: Vec<Change>,
+    /// The earliest grace that may run out: `tick` has work then.
+    next_grace: Option<Instant>,
     /// Boxed, so the table's spare capacity costs a pointer per entry.
     peers: IdMap<Box<Peer>>,
     /// Live and replaying subscribers of each channel.
@@ -167,9 +224,18 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(epoch: &str, limits: Limits) -> Hub {
+        Hub::with_rules(epoch, limits, Rules::default())
+    }
+
+    pub fn with_rules(epoch: &str, limits: Limits, rules: Rules) -> Hub {
         Hub {
             epoch: epoch.to_string(),
             limits,
+            rules,
+            members: HashMap::new(),
+            occupancy: Tally::default(),
+            changes: Vec::new(),
+            next_grace: None,
             peers: IdMap::default(),
             channels: HashMap::new(),
             replaying: BTreeSet::new(),
@@ -190,10 +256,11 @@ impl Hub {
     }
 
     /// A connection is gone: forget its subscriptions.
-    pub fn leave(&mut self, conn: ConnId) {
+    pub fn leave(&mut self, conn: ConnId, now: Instant) {
         if let Some(peer) = self.peers.remove(&conn) {
             for (ch, _) in &peer.subs {
                 self.drop_subscriber(ch, conn);
+                self.depart(ch, &peer.claims.sub, now);
             }
         }
         self.replaying.remove(&conn);
@@ -224,24 +291,40 @@ impl Hub {
         store: &impl History,
         out: &mut Vec<Action>,
     ) {
-        // Each request gets one answer (none for an unknown connection).
+        // Each request gets one answer (none for an unknown connection); a
+        // presence subscription also gets the member list, before anything
+        // replayed.
         let answer = match req {
-            Request::Sub { ch, start } => self.on_sub(conn, ch, start, id, store),
-            Request::Unsub { ch } => self.on_unsub(conn, ch, id),
+            Request::Sub { ch, start, state } => match self.on_sub(conn, ch, start, state, id, store, now) {
+                Some(subok) => {
+                    out.push(subok);
+                    if self.rules.is_presence(ch) {
+                        self.on_presence(conn, ch, None)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            },
+            Request::Unsub { ch } => self.on_unsub(conn, ch, id, now),
             Request::Pub { ch, data, key, event } => self.on_pub(conn, ch, data, key, event, id, now),
             Request::Hist { ch, since, limit } => self.on_hist(conn, ch, since, limit, id, store),
+            Request::Presence { ch } => self.on_presence(conn, ch, id),
         };
         out.extend(answer);
     }
 
     /// `sub`: checks, replies `subok`, then holds (or moves) the cursor.
+    #[allow(clippy::too_many_arguments)] // a request's fields, as they came
     fn on_sub(
         &mut self,
         conn: ConnId,
         ch: &str,
         start: Start<'_>,
+        state: bool,
         id: Option<&str>,
         store: &impl History,
+        now: Instant,
     ) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
         if !peer.claims.read.allows(ch) {
@@ -251,15 +334,26 @@ impl Hub {
         if !resub && peer.subs.len() >= self.limits.max_subscriptions {
             return peer.refuse(ErrCode::TooManySubscriptions, "unsubscribe from a channel first", id);
         }
-        let info = match store.channel(ch) {
-            Ok(info) => info,
+        let compacted = self.rules.is_compacted(ch);
+        if state && !compacted {
+            let msg = "state:true needs a compacted channel (--compact); use since or last";
+            return peer.refuse(ErrCode::BadRequest, msg, id);
+        }
+        let (cursor, gap) = match start_cursor(store, ch, start, state, &self.epoch, compacted) {
+            Ok(start) => start,
             Err(e) => {
                 log::warn!("reading channel state failed: {e}");
                 return peer.refuse(ErrCode::Unavailable, "the store cannot be read; try again", id);
             }
         };
-        let (cursor, gap) = start_cursor(info, start, &self.epoch);
-        let subok = peer.say(Event::Subscribed { ch, seq: info.last, epoch: &self.epoch, gap }, id)?;
+        if !resub {
+            if let Err((code, msg)) = self.arrive(conn, ch, now) {
+                return self.peers.get(&conn)?.refuse(code, msg, id);
+            }
+        }
+        let peer = self.peers.get_mut(&conn)?;
+        let subok = peer.say(Event::Subscribed { ch, seq: cursor.seen, epoch: &self.epoch, gap }, id)?;
+        let cursor = cursor.cursor;
         if let Some(held) = peer.cursor(ch) {
             *held = cursor;
         } else {
@@ -281,12 +375,14 @@ impl Hub {
     }
 
     /// `unsub`: always `unsubok`, subscribed or not.
-    fn on_unsub(&mut self, conn: ConnId, ch: &str, id: Option<&str>) -> Option<Action> {
+    fn on_unsub(&mut self, conn: ConnId, ch: &str, id: Option<&str>, now: Instant) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
         let answer = peer.say(Event::Unsubscribed { ch }, id);
         if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
             peer.subs.swap_remove(at);
+            let user = peer.claims.sub.clone();
             self.drop_subscriber(ch, conn);
+            self.depart(ch, &user, now);
         }
         answer
     }
@@ -366,7 +462,15 @@ impl Hub {
         let answer = |event: Event<'_>| dialect.map(|d| d.frame(&event, id));
         match outcome {
             Outcome::Stored { seq, ts } => {
-                let msg = Msg { ch: &publish.ch, seq: *seq, ts: *ts, from: &publish.from, data: &publish.data };
+                let msg = Msg {
+                    ch: &publish.ch,
+                    seq: *seq,
+                    ts: *ts,
+                    from: &publish.from,
+                    data: &publish.data,
+                    key: publish.key.as_deref(),
+                    event: publish.event.as_deref(),
+                };
                 let reply = answer(Event::Acked { ch: &publish.ch, seq: *seq });
                 Committed { reply, deliveries: self.committed(&msg) }
             }
@@ -438,13 +542,18 @@ impl Hub {
             let mut read = 0;
             let mut next = cursor.next;
             let dialect = peer.dialect;
+            let snapshot = cursor.snapshot;
             let res = store.read(ch, next - 1, REPLAY_BATCH, |r: Record<'_>| {
-                let msg = Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data };
-                let text = dialect.frame(&Event::Message(msg), None);
-                used += text.len();
-                out.push(text);
                 read += 1;
                 next = r.seq + 1;
+                // A snapshot is the latest message of every key: on a
+                // compacted channel exactly the keyed messages still stored.
+                if snapshot && r.key.is_none() {
+                    return true;
+                }
+                let text = dialect.frame(&Event::Message(history::msg(ch, &r)), None);
+                used += text.len();
+                out.push(text);
                 used < room
             });
             // What the read gave is in `out` and will be sent, even when the
@@ -458,6 +567,11 @@ impl Hub {
                         // commits this read already saw.
                         cursor.live = true;
                         cursor.next = cursor.next.max(info.last + 1);
+                        if cursor.snapshot {
+                            cursor.snapshot = false;
+                            let end = Event::StateEnd { ch, seq: cursor.next - 1 };
+                            out.push(dialect.frame(&end, None));
+                        }
                     } else {
                         pending = true;
                     }
@@ -494,18 +608,43 @@ impl Bucket {
     }
 }
 
+/// A new subscription's cursor, and the channel's last seq as its `subok` says.
+struct Begin {
+    cursor: Cursor,
+    seen: Seq,
+}
+
 /// Where a new subscription starts, and whether the client missed messages
-/// it cannot get back (spec §4: other epoch, trimmed, or `since` past the end).
-fn start_cursor(info: ChannelInfo, start: Start<'_>, ours: &str) -> (Cursor, bool) {
-    let replay_from = |next: Seq, gap| (Cursor { next, live: next > info.last }, gap);
+/// it cannot get back (spec §4: other epoch, trimmed, or `since` past the
+/// end). On a compacted channel a resume that missed messages starts with a
+/// state snapshot instead (spec §8): the client is whole again in one step.
+fn start_cursor(
+    store: &impl History,
+    ch: &str,
+    start: Start<'_>,
+    state: bool,
+    ours: &str,
+    compacted: bool,
+) -> Result<(Begin, bool), StoreError> {
+    let info = store.channel(ch)?;
+    let begin = |cursor| Begin { cursor, seen: info.last };
+    let replay_from = |next: Seq| Cursor { next, live: next > info.last, snapshot: false };
+    let snapshot = Cursor { next: info.first, live: false, snapshot: true };
+    let gap = |cursor| Ok((begin(if compacted { snapshot } else { cursor }), true));
     match start {
-        Start::Now => (Cursor { next: info.last + 1, live: true }, false),
-        Start::Since { since: 0, .. } => replay_from(info.first, info.first > 1),
+        Start::Now if state => Ok((begin(snapshot), false)),
+        Start::Now => Ok((begin(Cursor::live_from(info.last + 1)), false)),
+        Start::Last(n) => Ok((begin(replay_from(store.tail(ch, n)? + 1)), false)),
+        Start::Since { since: 0, .. } if info.first > 1 => gap(replay_from(info.first)),
+        Start::Since { since: 0, .. } => Ok((begin(replay_from(info.first)), false)),
         Start::Since { since, epoch } if epoch.as_deref() != Some(ours) || since > info.last => {
-            replay_from(info.first, true)
+            gap(replay_from(info.first))
         }
-        Start::Since { since, .. } if since + 1 < info.first => replay_from(info.first, true),
-        Start::Since { since, .. } => replay_from(since + 1, false),
+        Start::Since { since, .. } if since + 1 < info.first => gap(replay_from(info.first)),
+        Start::Since { since, .. } if compacted && since < info.last && !store.holds(ch, since + 1)? => {
+            gap(replay_from(info.first))
+        }
+        Start::Since { since, .. } => Ok((begin(replay_from(since + 1)), false)),
     }
 }
 

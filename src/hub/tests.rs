@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::auth::{Claims, Patterns};
 use crate::proto::roost::{self, Roost};
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::store::{Append, ChannelInfo, Outcome, Record, Retention, Store, StoreError};
 
 const KEEP_ALL: Retention = Retention { messages: u64::MAX, age_ms: u64::MAX };
 
@@ -59,7 +59,8 @@ impl Backend for Real {
     }
 }
 
-type Stored = (Seq, String, String);
+/// `(seq, from, data, key)`.
+type Stored = (Seq, String, String, Option<String>);
 
 /// An in-memory history: seqs from 1 per channel, `ts` = seq, no dedupe.
 #[derive(Default)]
@@ -101,11 +102,12 @@ impl History for Fake {
         mut each: impl FnMut(Record<'_>) -> bool,
     ) -> Result<ChannelInfo, StoreError> {
         let Some((info, msgs)) = self.channels.get(ch) else { return Ok(ChannelInfo::EMPTY) };
-        for (given, (seq, from, data)) in msgs.iter().filter(|m| m.0 > after).take(limit).enumerate() {
+        for (given, (seq, from, data, key)) in msgs.iter().filter(|m| m.0 > after).take(limit).enumerate() {
             if self.fail == Some(given) {
                 return Err(Fake::error());
             }
-            if !each(Record { seq: *seq, ts: *seq, from, data }) {
+            let record = Record { seq: *seq, ts: *seq, from, data, key: key.as_deref(), event: None };
+            if !each(record) {
                 break;
             }
         }
@@ -132,7 +134,13 @@ impl Backend for Fake {
         for p in batch {
             let (info, msgs) = self.channels.entry(p.ch.clone()).or_insert((ChannelInfo::EMPTY, Vec::new()));
             info.last += 1;
-            msgs.push((info.last, p.from.clone(), p.data.clone()));
+            // Channels named `kv…` are compacted here: a key's new message
+            // removes its previous one (holes in the seqs, as in the store).
+            if p.ch.starts_with("kv") && p.key.is_some() {
+                msgs.retain(|m| m.3 != p.key);
+            }
+            msgs.push((info.last, p.from.clone(), p.data.clone(), p.key.clone()));
+            info.first = msgs[0].0;
             out.push(Outcome::Stored { seq: info.last, ts: info.last });
         }
         out
@@ -150,7 +158,7 @@ struct World<B> {
 
 fn claims(sub: &str, read: &[&str], write: &[&str]) -> Claims {
     let p = |v: &[&str]| Patterns::new(v.iter().map(|s| s.to_string()).collect());
-    Claims { sub: sub.into(), exp: u64::MAX, read: p(read), write: p(write), api: false }
+    Claims { sub: sub.into(), exp: u64::MAX, read: p(read), write: p(write), api: false, info: None }
 }
 
 const LIMITS: Limits = Limits { max_subscriptions: 4, publish_rate: 0, max_reply_bytes: 1 << 20 };
@@ -379,7 +387,7 @@ fn a_commit_seen_by_replay_before_its_result_is_not_sent_twice() {
     w.pump(1 << 20);
     assert_eq!(w.seqs(2), vec![1, 2]);
     // Now the result arrives: the cursor is already past it.
-    let msg = Msg { ch: "c", seq, ts: seq, from: "x", data: "2" };
+    let msg = Msg { ch: "c", seq, ts: seq, from: "x", data: "2", key: None, event: None };
     assert_eq!(w.hub.committed(&msg), Vec::new());
 }
 
@@ -474,7 +482,7 @@ fn unsubscribe_stops_delivery_and_leave_forgets() {
     publish(&mut w, 1, "c", 1);
     assert!(w.seqs(2).is_empty());
     w.req(2, json!({"op":"sub","ch":"c"}));
-    w.hub.leave(2);
+    w.hub.leave(2, w.now);
     publish(&mut w, 1, "c", 1);
     assert!(w.take(2).iter().all(|v| v["op"] != "msg"));
     assert_eq!(w.hub.subscription_count(), 0);
@@ -526,8 +534,8 @@ fn the_longest_sub_and_id_publish_and_one_byte_more_is_a_bad_request() {
         // Without an id nothing keys the dedupe tables: the same sub publishes.
         w.req(2, json!({"op":"pub","ch":"a","data":1}));
         assert_eq!(w.take(2)[0]["op"], "ack");
-        w.hub.leave(1);
-        w.hub.leave(2);
+        w.hub.leave(1, w.now);
+        w.hub.leave(2, w.now);
     }
     // The longest dedupe records also expire (their expiry keys are the longest keys).
     assert_eq!(w.b.store.maintain(1000 + 60_001, 100, &|_| KEEP_ALL).unwrap(), 2);
@@ -669,7 +677,7 @@ fn one_commit_is_written_once_per_dialect_and_each_subscriber_gets_its_own() {
     w.join(4, claims("dave", &["*"], &[]));
     for conn in [2, 3, 4] {
         let mut out = Vec::new();
-        let req = Request::Sub { ch: "c", start: Start::Now };
+        let req = Request::Sub { ch: "c", start: Start::Now, state: false };
         w.hub.handle(conn, None, req, w.now, w.b.history(), &mut out);
         assert_eq!(out.len(), 1, "one subok each");
     }
@@ -690,4 +698,258 @@ fn one_commit_is_written_once_per_dialect_and_each_subscriber_gets_its_own() {
     // A Shout publisher is answered in its own dialect.
     let again = w.hub.on_commit(p, &Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 5 }, Some(2));
     assert_eq!(again.reply.as_deref(), Some("ACK 1 9"));
+}
+
+// Presence (spec §7), state and last (spec §8).
+
+fn kv_rules() -> Rules {
+    Rules { compact: vec!["kv*".into()], max_presence_members: 2, occupancy: true, ..Rules::default() }
+}
+
+impl World<Fake> {
+    fn with_rules(rules: Rules) -> World<Fake> {
+        let mut w = World::new();
+        w.hub = Hub::with_rules("fake-epoch", LIMITS, rules);
+        w
+    }
+
+    /// Commits (or fails) the presence and occupancy writes the hub asked
+    /// for, delivering what others are told; returns the writes.
+    fn write_changes(&mut self, ok: bool) -> Vec<Change> {
+        let changes = self.hub.take_changes();
+        for c in &changes {
+            for (text, to) in self.hub.on_written(c, ok, self.now) {
+                for conn in to {
+                    self.deliver(conn, &text);
+                }
+            }
+        }
+        changes
+    }
+
+    fn ops(&mut self, conn: ConnId) -> Vec<String> {
+        self.take(conn).iter().map(|v| v["op"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+fn member(sub: &str, info: Option<&str>) -> Claims {
+    Claims { info: info.map(Box::from), ..claims(sub, &["*"], &["*"]) }
+}
+
+fn member_changes(changes: &[Change]) -> Vec<(String, bool)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Member { user, present, .. } => Some((user.to_string(), *present)),
+            Change::Occupancy { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_presence_subscription_gets_the_member_list_and_others_hear_one_join_per_user() {
+    let mut w = World::with_rules(kv_rules());
+    w.join(1, member("alice", Some(r#"{"name":"Alice"}"#)));
+    w.join(2, member("bob", None));
+    w.join(3, member("bob", None));
+    w.req(1, json!({"op":"sub","ch":"presence-r","id":1}));
+    let got = w.take(1);
+    assert_eq!(got[0]["op"], "subok");
+    assert_eq!(
+        got[1],
+        json!({"op":"presence","ch":"presence-r","members":[{"user":"alice","info":{"name":"Alice"}}],"count":1})
+    );
+    assert_eq!(member_changes(&w.write_changes(true)), vec![("alice".to_string(), true)]);
+    assert_eq!(w.ops(1), Vec::<String>::new(), "a member never gets its own join");
+    w.req(2, json!({"op":"sub","ch":"presence-r"}));
+    let list = w.take(2);
+    assert_eq!(list[1]["members"], json!([{"user":"alice","info":{"name":"Alice"}},{"user":"bob"}]));
+    w.write_changes(true);
+    assert_eq!(w.take(1), vec![json!({"op":"join","ch":"presence-r","user":"bob"})]);
+    w.req(3, json!({"op":"sub","ch":"presence-r"}));
+    assert!(w.write_changes(true).is_empty(), "bob's second connection is not a new member");
+    assert_eq!(w.ops(1), Vec::<String>::new());
+}
+
+#[test]
+fn a_reload_within_the_grace_is_silent_and_a_real_leave_comes_after_it() {
+    let mut w = World::with_rules(kv_rules());
+    w.join(1, member("alice", None));
+    w.join(2, member("bob", None));
+    for c in [1, 2] {
+        w.req(c, json!({"op":"sub","ch":"presence-r"}));
+    }
+    w.write_changes(true);
+    w.take(1);
+    // bob reloads: the old connection goes, a new one comes within 3 s.
+    w.hub.leave(2, w.now);
+    w.now += Duration::from_secs(1);
+    w.hub.tick(w.now);
+    assert!(w.write_changes(true).is_empty());
+    w.join(3, member("bob", None));
+    w.req(3, json!({"op":"sub","ch":"presence-r"}));
+    w.now += Duration::from_secs(10);
+    w.hub.tick(w.now);
+    assert!(w.write_changes(true).is_empty(), "no flicker");
+    assert_eq!(w.ops(1), Vec::<String>::new());
+    // Now bob really goes: one leave, once the grace ran out.
+    w.hub.leave(3, w.now);
+    w.hub.tick(w.now + Duration::from_millis(2900));
+    assert!(w.write_changes(true).is_empty(), "still within the grace");
+    assert_eq!(w.hub.next_deadline(), Some(w.now + Duration::from_secs(3)));
+    w.now += Duration::from_secs(3);
+    w.hub.tick(w.now);
+    assert_eq!(member_changes(&w.write_changes(true)), vec![("bob".to_string(), false)]);
+    assert_eq!(w.take(1), vec![json!({"op":"leave","ch":"presence-r","user":"bob"})]);
+    assert_eq!(w.hub.member_count(), 1);
+}
+
+#[test]
+fn nobody_hears_of_a_member_whose_write_failed_until_it_is_committed() {
+    let mut w = World::with_rules(kv_rules());
+    w.join(1, member("alice", None));
+    w.join(2, member("bob", None));
+    w.req(1, json!({"op":"sub","ch":"presence-r"}));
+    w.write_changes(true);
+    w.req(2, json!({"op":"sub","ch":"presence-r"}));
+    w.take(1);
+    assert_eq!(member_changes(&w.write_changes(false)), vec![("bob".to_string(), true)]);
+    assert_eq!(w.ops(1), Vec::<String>::new(), "the store refused it: no join");
+    w.req(1, json!({"op":"presence","ch":"presence-r","id":"q"}));
+    assert_eq!(w.take(1)[0]["members"], json!([{"user":"alice"}]), "others do not see bob yet");
+    w.now += Duration::from_secs(1);
+    w.hub.tick(w.now);
+    assert_eq!(member_changes(&w.write_changes(true)), vec![("bob".to_string(), true)], "asked for again");
+    assert_eq!(w.ops(1), vec!["join"]);
+}
+
+#[test]
+fn members_restored_after_a_restart_leave_unless_they_come_back_in_the_restart_grace() {
+    let mut w = World::with_rules(kv_rules());
+    w.hub.restore_member("presence-r", "alice", Some(r#"{"n":1}"#), w.now);
+    w.hub.restore_member("presence-r", "bob", None, w.now);
+    w.join(1, member("alice", Some(r#"{"n":1}"#)));
+    w.req(1, json!({"op":"sub","ch":"presence-r"}));
+    assert_eq!(w.take(1)[1]["members"], json!([{"user":"alice","info":{"n":1}},{"user":"bob"}]));
+    assert!(w.write_changes(true).iter().all(|c| matches!(c, Change::Occupancy { .. })), "alice is back: no event");
+    w.now += Duration::from_secs(30);
+    w.hub.tick(w.now);
+    assert_eq!(member_changes(&w.write_changes(true)), vec![("bob".to_string(), false)]);
+    assert_eq!(w.take(1), vec![json!({"op":"leave","ch":"presence-r","user":"bob"})]);
+}
+
+#[test]
+fn presence_refuses_long_users_bad_info_and_new_members_past_the_limit() {
+    let mut w = World::with_rules(kv_rules());
+    let long = "u".repeat(129);
+    w.join(1, member(&long, None));
+    w.req(1, json!({"op":"sub","ch":"presence-r","id":1}));
+    assert_eq!(w.take(1)[0]["code"], "bad_request");
+    w.join(2, member("ok", Some("[1,2]")));
+    w.req(2, json!({"op":"sub","ch":"presence-r"}));
+    assert_eq!(w.take(2)[0]["code"], "bad_request", "info must be an object");
+    let big = format!(r#"{{"x":"{}"}}"#, "i".repeat(1024));
+    w.join(3, member("big", Some(&big)));
+    w.req(3, json!({"op":"sub","ch":"presence-r"}));
+    assert_eq!(w.take(3)[0]["code"], "bad_request", "info over 1 KiB");
+    // A long sub is fine where there is no presence.
+    w.req(1, json!({"op":"sub","ch":"room"}));
+    assert_eq!(w.take(1)[0]["op"], "subok");
+    for (c, u) in [(4, "a"), (5, "b"), (6, "c"), (7, "a")] {
+        w.join(c, member(u, None));
+        w.req(c, json!({"op":"sub","ch":"presence-r"}));
+    }
+    assert_eq!(w.take(6)[0]["code"], "too_many_members");
+    assert_eq!(w.take(7)[0]["op"], "subok", "another connection of a member is not a new member");
+    w.req(4, json!({"op":"presence","ch":"room","id":2}));
+    assert_eq!(w.take(4).last().unwrap()["code"], "bad_request", "not a presence channel");
+}
+
+#[test]
+fn occupancy_is_one_write_when_the_first_subscriber_comes_and_one_when_the_last_is_gone() {
+    let mut w = World::with_rules(kv_rules());
+    w.join(1, claims("a", &["*"], &[]));
+    w.join(2, claims("b", &["*"], &[]));
+    w.req(1, json!({"op":"sub","ch":"room"}));
+    w.req(2, json!({"op":"sub","ch":"room"}));
+    let occupied = |cs: &[Change]| cs.iter().filter(|c| matches!(c, Change::Occupancy { .. })).count();
+    assert_eq!(occupied(&w.write_changes(true)), 1);
+    w.req(1, json!({"op":"unsub","ch":"room"}));
+    w.hub.leave(2, w.now);
+    w.now += Duration::from_secs(3);
+    w.hub.tick(w.now);
+    let vacated = w.write_changes(true);
+    assert_eq!(vacated, vec![Change::Occupancy { ch: "room".into(), occupied: false }]);
+}
+
+/// A compacted channel `kv` over the fake: `(key, data)` in commit order.
+fn keyed<B: Backend>(w: &mut World<B>, items: &[(&str, &str)]) {
+    let batch: Vec<Publish> = items
+        .iter()
+        .map(|(k, d)| Publish {
+            ch: "kv".into(),
+            from: "dev".into(),
+            data: d.to_string(),
+            id: None,
+            key: Some(k.to_string()),
+            event: None,
+        })
+        .collect();
+    w.b.commit(&batch);
+}
+
+#[test]
+fn a_state_subscription_is_every_keys_latest_message_then_the_state_marker_then_live() {
+    let mut w = World::with_rules(kv_rules());
+    keyed(&mut w, &[("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "null")]);
+    w.store_only("kv", "\"unkeyed\"");
+    w.join(1, claims("s", &["*"], &["*"]));
+    w.req(1, json!({"op":"sub","ch":"kv","state":true}));
+    w.pump(1 << 20);
+    let got = w.take(1);
+    assert_eq!(got[0]["op"], "subok");
+    let snapshot: Vec<(Value, Value)> =
+        got[1..got.len() - 1].iter().map(|v| (v["key"].clone(), v["data"].clone())).collect();
+    assert_eq!(snapshot, vec![(json!("a"), json!(3)), (json!("c"), json!(4)), (json!("b"), Value::Null)]);
+    assert_eq!(got.last().unwrap(), &json!({"op":"state","ch":"kv","seq":6}));
+    // Live from seq 7, with no gap.
+    publish(&mut w, 1, "kv", 1);
+    assert_eq!(w.seqs(1), vec![7]);
+}
+
+#[test]
+fn a_resume_whose_next_seq_was_compacted_away_gets_gap_and_a_snapshot() {
+    let mut w = World::with_rules(kv_rules());
+    keyed(&mut w, &[("a", "1"), ("b", "2"), ("a", "3")]);
+    w.join(1, claims("s", &["*"], &[]));
+    // The client had seq 0..; seq 1 (a=1) was compacted away by seq 3.
+    w.req(1, json!({"op":"sub","ch":"kv","since":0}));
+    w.pump(1 << 20);
+    let got = w.take(1);
+    assert_eq!(got[0]["gap"], true);
+    assert_eq!(got.last().unwrap()["op"], "state");
+    // Resuming after seq 1 finds seq 2 stored: an ordinary replay.
+    w.join(2, claims("s", &["*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"kv","since":1,"epoch":"fake-epoch"}));
+    w.pump(1 << 20);
+    let got = w.take(2);
+    assert_eq!(got[0].get("gap"), None);
+    assert_eq!(got[1..].iter().map(|v| v["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+#[test]
+fn state_on_an_ordinary_channel_is_refused_and_last_replays_the_newest() {
+    let mut w = World::with_rules(kv_rules());
+    w.join(1, claims("p", &["*"], &["*"]));
+    publish(&mut w, 1, "room", 5);
+    w.take(1);
+    w.req(1, json!({"op":"sub","ch":"room","state":true,"id":1}));
+    assert_eq!(w.take(1)[0]["code"], "bad_request");
+    w.req(1, json!({"op":"sub","ch":"room","last":2}));
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(1), vec![4, 5]);
+    w.join(2, claims("q", &["*"], &[]));
+    w.req(2, json!({"op":"sub","ch":"room","last":100}));
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![1, 2, 3, 4, 5], "fewer if fewer are stored");
 }

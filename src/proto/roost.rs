@@ -14,9 +14,9 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::channel::valid_name;
 pub use crate::channel::Seq;
-use crate::hub::{Dialect, ErrCode, Event, Msg, Page, Request, Start};
+use crate::channel::{valid_key, valid_name};
+use crate::hub::{Dialect, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
 
 /// Largest `limit` a `hist` request may ask for.
 pub const MAX_HIST_LIMIT: u32 = 1000;
@@ -61,6 +61,14 @@ struct RawRequest<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
+    #[serde(borrow)]
+    last: Option<&'a RawValue>,
+    #[serde(borrow)]
+    state: Option<&'a RawValue>,
+    #[serde(borrow)]
+    key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -129,20 +137,60 @@ fn request<'a>(raw: RawRequest<'a>, id: Option<&'a str>) -> Result<Request<'a>, 
         Some(Err(_)) => return Err(bad("since must be a non-negative integer")),
     };
     match op {
-        "sub" => sub_request(need_ch()?, since, raw.epoch).map_err(bad),
+        "sub" => sub_request(need_ch()?, since, raw.epoch, raw.last, raw.state).map_err(bad),
         "unsub" => Ok(Request::Unsub { ch: need_ch()? }),
         "pub" => {
             let ch = need_ch()?;
             let data = raw.data.ok_or(bad("missing data"))?.get();
-            Ok(Request::Pub { ch, data, key: None, event: None })
+            let key = match raw.key.map(str_of) {
+                None => None,
+                Some(Some(k)) if valid_key(k) => Some(k),
+                Some(_) => return Err(bad("key must be 1 to 128 bytes of A-Z a-z 0-9 _ - = @ , . ; : /")),
+            };
+            let event = match raw.event {
+                None => None,
+                Some(e) => Some(event_name(e).map_err(bad)?),
+            };
+            Ok(Request::Pub { ch, data, key, event })
         }
         "hist" => hist_request(need_ch()?, since, raw.limit).map_err(bad),
-        _ => Err(WireError { code: ErrCode::UnknownOp, msg: "op must be sub, unsub, pub or hist", id }),
+        "presence" => Ok(Request::Presence { ch: need_ch()? }),
+        _ => Err(WireError { code: ErrCode::UnknownOp, msg: "op must be sub, unsub, pub, hist or presence", id }),
     }
 }
 
-/// A `sub` with its checked `epoch`; `Err` is the message of a bad request.
-fn sub_request<'a>(ch: &'a str, since: Option<Seq>, epoch: Option<&'a RawValue>) -> Result<Request<'a>, &'static str> {
+/// A `pub`'s `event`: a string of at most 200 bytes, kept as its JSON text.
+fn event_name(v: &RawValue) -> Result<&str, &'static str> {
+    match serde_json::from_str::<String>(v.get()) {
+        Ok(name) if !name.is_empty() && name.len() <= MAX_EVENT_BYTES => Ok(v.get()),
+        _ => Err("event must be a string of 1 to 200 bytes"),
+    }
+}
+
+/// A `sub` with its checked `epoch`, `last` and `state`; `Err` is the
+/// message of a bad request.
+fn sub_request<'a>(
+    ch: &'a str,
+    since: Option<Seq>,
+    epoch: Option<&'a RawValue>,
+    last: Option<&RawValue>,
+    state: Option<&RawValue>,
+) -> Result<Request<'a>, &'static str> {
+    let state = match state.map(RawValue::get) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err("state must be true or false"),
+    };
+    if let Some(last) = last {
+        let n = match serde_json::from_str::<u32>(last.get()) {
+            Ok(n) if (1..=MAX_LAST).contains(&n) => n,
+            _ => return Err("last must be an integer from 1 to 100"),
+        };
+        if since.is_some() || state {
+            return Err("last goes alone: not with since or state");
+        }
+        return Ok(Request::Sub { ch, start: Start::Last(n), state });
+    }
     let epoch = match epoch {
         None => None,
         Some(v) => match str_of(v) {
@@ -159,7 +207,7 @@ fn sub_request<'a>(ch: &'a str, since: Option<Seq>, epoch: Option<&'a RawValue>)
         Some(s) if s > 0 && epoch.is_none() => return Err("since > 0 needs the epoch it was counted in"),
         Some(since) => Start::Since { since, epoch },
     };
-    Ok(Request::Sub { ch, start })
+    Ok(Request::Sub { ch, start, state })
 }
 
 /// A `hist` with its checked `limit`; `Err` is the message of a bad request.
@@ -218,6 +266,14 @@ pub fn msg_into(out: &mut String, m: &Msg<'_>) {
     json_str(out, m.from);
     out.push_str(",\"data\":");
     out.push_str(m.data);
+    if let Some(key) = m.key {
+        out.push_str(",\"key\":");
+        json_str(out, key);
+    }
+    if let Some(event) = m.event {
+        out.push_str(",\"event\":");
+        out.push_str(event);
+    }
     out.push('}');
 }
 
@@ -293,8 +349,58 @@ impl Dialect for Roost {
             Event::Refused { code, msg } => out.push_str(&err(code, msg, id)),
             Event::Message(ref m) => msg_into(out, m),
             Event::History { ch, msgs, page } => hist_into(out, ch, msgs, page, id),
+            Event::Presence { ch, members } => presence_into(out, ch, members, id),
+            Event::Joined { ch, member } => {
+                out.push_str("{\"op\":\"join\",\"ch\":");
+                json_str(out, ch);
+                member_fields(out, &member);
+                out.push('}');
+            }
+            Event::Left { ch, user } => {
+                out.push_str("{\"op\":\"leave\",\"ch\":");
+                json_str(out, ch);
+                out.push_str(",\"user\":");
+                json_str(out, user);
+                out.push('}');
+            }
+            Event::StateEnd { ch, seq } => {
+                out.push_str("{\"op\":\"state\",\"ch\":");
+                json_str(out, ch);
+                let _ = write!(out, ",\"seq\":{seq}}}");
+            }
         }
     }
+}
+
+/// `,"user":...,"info":{...}` (no `info` when the token has none).
+fn member_fields(out: &mut String, m: &Member<'_>) {
+    out.push_str(",\"user\":");
+    json_str(out, m.user);
+    if let Some(info) = m.info {
+        out.push_str(",\"info\":");
+        out.push_str(info);
+    }
+}
+
+/// `{"op":"presence","ch","members":[{"user","info"}...],"count",("id")}`
+fn presence_into(out: &mut String, ch: &str, members: &[Member<'_>], id: Option<&str>) {
+    out.push_str("{\"op\":\"presence\",\"ch\":");
+    json_str(out, ch);
+    out.push_str(",\"members\":[");
+    for (i, m) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('{');
+        // The member object without its leading comma.
+        let at = out.len();
+        member_fields(out, m);
+        out.remove(at);
+        out.push('}');
+    }
+    let _ = write!(out, "],\"count\":{}", members.len());
+    id_field(out, id);
+    out.push('}');
 }
 
 /// `{"op":"hist","ch","msgs":[...],"more",("gap",)"id"}`
@@ -324,11 +430,11 @@ mod tests {
     fn requests() {
         assert_eq!(
             parsed(r#"{"op":"sub","ch":"room:1","id":7}"#),
-            Ok(Parsed { id: Some("7"), req: Request::Sub { ch: "room:1", start: Start::Now } })
+            Ok(Parsed { id: Some("7"), req: Request::Sub { ch: "room:1", start: Start::Now, state: false } })
         );
         assert_eq!(
             parsed(r#"{"op":"sub","ch":"a","since":5,"epoch":"e1"}"#).unwrap().req,
-            Request::Sub { ch: "a", start: Start::Since { since: 5, epoch: Some("e1".into()) } }
+            Request::Sub { ch: "a", start: Start::Since { since: 5, epoch: Some("e1".into()) }, state: false }
         );
         assert_eq!(
             parsed(r#" {"op":"pub","ch":"a","data":{"x": [1, 2]},"id":"p1"}"#),
@@ -343,6 +449,69 @@ mod tests {
             parsed(r#"{"op":"pub","ch":"a","data":null}"#).unwrap().req,
             Request::Pub { ch: "a", data: "null", key: None, event: None }
         );
+    }
+
+    #[test]
+    fn sub_takes_last_or_state_and_pub_takes_a_key_and_an_event() {
+        let req = |t| parsed(t).unwrap().req;
+        assert_eq!(
+            req(r#"{"op":"sub","ch":"a","last":5}"#),
+            Request::Sub { ch: "a", start: Start::Last(5), state: false }
+        );
+        assert_eq!(
+            req(r#"{"op":"sub","ch":"kv","state":true}"#),
+            Request::Sub { ch: "kv", start: Start::Now, state: true }
+        );
+        assert_eq!(
+            req(r#"{"op":"sub","ch":"kv","state":true,"since":4,"epoch":"e"}"#),
+            Request::Sub { ch: "kv", start: Start::Since { since: 4, epoch: Some("e".into()) }, state: true }
+        );
+        assert_eq!(
+            req(r#"{"op":"pub","ch":"kv","key":"temp:1","event":"App\\Reading","data":null}"#),
+            Request::Pub { ch: "kv", data: "null", key: Some("temp:1"), event: Some(r#""App\\Reading""#) }
+        );
+        assert_eq!(req(r#"{"op":"presence","ch":"presence-r"}"#), Request::Presence { ch: "presence-r" });
+        for bad in [
+            r#"{"op":"sub","ch":"a","last":0}"#,
+            r#"{"op":"sub","ch":"a","last":101}"#,
+            r#"{"op":"sub","ch":"a","last":5,"since":0}"#,
+            r#"{"op":"sub","ch":"a","last":5,"state":true}"#,
+            r#"{"op":"sub","ch":"a","state":"yes"}"#,
+            r#"{"op":"pub","ch":"a","data":1,"key":""}"#,
+            r#"{"op":"pub","ch":"a","data":1,"key":"a b"}"#,
+            r#"{"op":"pub","ch":"a","data":1,"key":7}"#,
+            r#"{"op":"pub","ch":"a","data":1,"event":""}"#,
+            r#"{"op":"pub","ch":"a","data":1,"event":5}"#,
+        ] {
+            assert_eq!(parsed(bad).err().map(|e| e.0), Some(ErrCode::BadRequest), "{bad}");
+        }
+        let long = format!(r#"{{"op":"pub","ch":"a","data":1,"key":"{}"}}"#, "k".repeat(129));
+        assert_eq!(parsed(&long).err().map(|e| e.0), Some(ErrCode::BadRequest));
+        let long = format!(r#"{{"op":"pub","ch":"a","data":1,"event":"{}"}}"#, "e".repeat(201));
+        assert_eq!(parsed(&long).err().map(|e| e.0), Some(ErrCode::BadRequest));
+    }
+
+    #[test]
+    fn presence_join_leave_and_state_frames_are_the_contracts() {
+        let info = r#"{"name":"A"}"#;
+        let members = [Member { user: "alice", info: Some(info) }, Member { user: "bob", info: None }];
+        let v: Value =
+            serde_json::from_str(&Roost.frame(&Event::Presence { ch: "presence-r", members: &members }, Some("3")))
+                .unwrap();
+        assert_eq!(
+            v,
+            json!({"op":"presence","ch":"presence-r","members":[{"user":"alice","info":{"name":"A"}},{"user":"bob"}],"count":2,"id":3})
+        );
+        let v: Value =
+            serde_json::from_str(&Roost.frame(&Event::Joined { ch: "p", member: members[0] }, None)).unwrap();
+        assert_eq!(v, json!({"op":"join","ch":"p","user":"alice","info":{"name":"A"}}));
+        let v: Value = serde_json::from_str(&Roost.frame(&Event::Left { ch: "p", user: "bob" }, None)).unwrap();
+        assert_eq!(v, json!({"op":"leave","ch":"p","user":"bob"}));
+        let v: Value = serde_json::from_str(&Roost.frame(&Event::StateEnd { ch: "kv", seq: 9 }, None)).unwrap();
+        assert_eq!(v, json!({"op":"state","ch":"kv","seq":9}));
+        let m = Msg { ch: "kv", seq: 1, ts: 2, from: "d", data: "null", key: Some("t"), event: Some(r#""E\\x""#) };
+        let v: Value = serde_json::from_str(&msg(&m)).unwrap();
+        assert_eq!(v, json!({"op":"msg","ch":"kv","seq":1,"ts":2,"from":"d","data":null,"key":"t","event":"E\\x"}));
     }
 
     #[test]
@@ -373,7 +542,15 @@ mod tests {
 
     #[test]
     fn emitted_json_parses_back() {
-        let m = Msg { ch: "room:1", seq: 42, ts: 1764100000123, from: "al\"ice\n", data: r#"{"t":"hi"}"# };
+        let m = Msg {
+            ch: "room:1",
+            seq: 42,
+            ts: 1764100000123,
+            from: "al\"ice\n",
+            data: r#"{"t":"hi"}"#,
+            key: None,
+            event: None,
+        };
         let v: Value = serde_json::from_str(&msg(&m)).unwrap();
         assert_eq!(
             v,

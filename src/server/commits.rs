@@ -118,7 +118,7 @@ impl Server {
         let mut texts = Vec::new();
         for id in self.hub.replaying().collect::<Vec<_>>() {
             let Some(slot) = self.slots.get(&id) else {
-                self.hub.leave(id);
+                self.hub.leave(id, self.now);
                 continue;
             };
             if slot.conn.phase() != Phase::Open {

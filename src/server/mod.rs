@@ -114,6 +114,8 @@ pub enum Stop {
 }
 
 pub struct Server {
+    /// The time this loop turn started (read once per turn).
+    now: Instant,
     poll: Poll,
     listener: Option<TcpListener>,
     local: SocketAddr,
@@ -212,6 +214,7 @@ impl Server {
             },
         );
         Ok(Server {
+            now: Instant::now(),
             poll,
             listener: Some(listener),
             local,
@@ -268,6 +271,7 @@ impl Server {
                 }
             }
             let now = Instant::now();
+            self.now = now;
             let again = std::mem::take(&mut self.again);
             for id in again {
                 self.on_readable(id, now);
@@ -425,7 +429,7 @@ impl Server {
         // for it still in this turn's batch finds no slot and is ignored.
         let Some(slot) = self.slots.remove(&id) else { return };
         if slot.joined {
-            self.hub.leave(id);
+            self.hub.leave(id, self.now);
         }
         if let Some(n) = self.per_ip.get_mut(&slot.conn.peer) {
             *n -= 1;
