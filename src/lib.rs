@@ -44,6 +44,7 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod net;
+pub mod outbound;
 pub mod server;
 pub mod store;
 pub mod tls;
