@@ -16,7 +16,9 @@
 //! - [`net`]: one connection's transport: the state machine `Conn`, over plain TCP or
 //!   TLS, outgoing frames encoded once (the only tungstenite user).
 //! - [`api`]: the HTTP API's routing, order of checks and JSON bodies. Pure.
+//! - [`outbound`]: the blocking HTTP/1.1 client (http and https) the hook and webhooks share.
 //! - [`hook`]: the publish hook: worker threads asking the main application.
+//! - [`webhook`]: webhook delivery: the outbox to the main application, batched and retried.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
 //! - [`server`]: the mio event loop that connects them.
@@ -48,5 +50,6 @@ pub mod outbound;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod webhook;
 pub mod wire;
 pub mod writer;

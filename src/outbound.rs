@@ -521,4 +521,3 @@ fn read_chunked(r: &mut impl BufRead, body: &mut Vec<u8>) -> io::Result<()> {
     while !read_line(r, &mut budget)?.is_empty() {}
     Ok(())
 }
-
