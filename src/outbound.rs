@@ -521,3 +521,84 @@ fn read_chunked(r: &mut impl BufRead, body: &mut Vec<u8>) -> io::Result<()> {
     while !read_line(r, &mut budget)?.is_empty() {}
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject as _;
+    use std::net::TcpListener;
+
+    #[test]
+    fn urls_of_both_schemes_are_parsed() {
+        let u = Url::parse("https://app.local/hooks").unwrap();
+        assert_eq!((u.https, u.host.as_str(), u.port, u.path.as_str()), (true, "app.local", 443, "/hooks"));
+        assert_eq!(Url::parse("http://app.local").unwrap().port, 80);
+        assert_eq!(Url::parse("https://[::1]:8443").unwrap().to_string(), "https://[::1]:8443/");
+        assert!(Url::parse("ftp://app/x").unwrap_err().contains("not an http:// or https:// URL"));
+        assert!(Url::parse("https://:443/").unwrap_err().contains("no host"));
+        assert!(Url::parse("http://app:x/").unwrap_err().contains("bad port"));
+    }
+
+    /// A self-signed certificate for 127.0.0.1, its PEM and a server config.
+    fn cert() -> (CertificateDer<'static>, Arc<rustls::ServerConfig>) {
+        let made = crate::tls::self_signed(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&c, &made.cert_pem).unwrap();
+        std::fs::write(&k, &made.key_pem).unwrap();
+        let der = CertificateDer::from_pem_slice(made.cert_pem.as_bytes()).unwrap();
+        (der, crate::tls::load(&c, &k).unwrap())
+    }
+
+    /// A one-shot HTTPS server answering 204; joins to the request it read.
+    fn tls_app(config: Arc<rustls::ServerConfig>) -> (Url, thread::JoinHandle<io::Result<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = thread::spawn(move || {
+            let (sock, _) = l.accept()?;
+            sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+            let mut tls = StreamOwned::new(conn, sock);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"{}") {
+                let n = tls.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
+            tls.conn.send_close_notify();
+            tls.flush()?;
+            Ok(String::from_utf8_lossy(&got).into_owned())
+        });
+        (Url { https: true, host: "127.0.0.1".into(), port, path: "/hooks".into() }, t)
+    }
+
+    fn post_to(url: &Url, tls: &Tls) -> io::Result<Answer> {
+        let target = Target::new(url, system_lookup, "test");
+        post(url, &target, Some(tls), Duration::from_secs(10), &[("X-Test", "1")], b"{}", |_| true)
+    }
+
+    #[test]
+    fn an_https_post_goes_over_tls_to_a_trusted_server() {
+        let (der, config) = cert();
+        let (url, t) = tls_app(config);
+        let answer = post_to(&url, &Tls::with_roots(vec![der]).unwrap()).unwrap();
+        assert_eq!(answer.status, 204);
+        let request = t.join().unwrap().unwrap();
+        assert!(request.starts_with("POST /hooks HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("X-Test: 1\r\n"));
+    }
+
+    #[test]
+    fn a_server_whose_certificate_is_not_trusted_is_refused() {
+        let (_, config) = cert();
+        let (other, _) = cert();
+        let (url, t) = tls_app(config);
+        let err = post_to(&url, &Tls::with_roots(vec![other]).unwrap()).unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+        assert!(t.join().unwrap().is_err(), "the server saw no request");
+    }
+}

@@ -324,31 +324,46 @@ impl Signer {
 /// The delivery thread's handle. Dropping it stops the thread (after a
 /// request in flight ends).
 pub struct Webhook {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    poked: Mutex<bool>,
-    wake: Condvar,
-    stop: AtomicBool,
+    bell: Doorbell,
     counters: Arc<Counters>,
 }
 
-impl Shared {
-    fn poke(&self) {
-        *self.poked.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.wake.notify_one();
+/// Wakes the delivery thread. Made before the thread (and before the
+/// writer, whose `on_events` rings it), so the two can be started in either
+/// order.
+#[derive(Clone, Default)]
+pub struct Doorbell(Arc<Bell>);
+
+#[derive(Default)]
+struct Bell {
+    rung: Mutex<bool>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+impl Doorbell {
+    pub fn new() -> Doorbell {
+        Doorbell::default()
     }
 
-    /// Sleeps until `until` or a poke (or stop).
+    pub fn ring(&self) {
+        *self.0.rung.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.0.wake.notify_one();
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps until `until` or a ring (or stop).
     fn wait(&self, until: Option<Instant>) {
         let until = until.unwrap_or_else(|| Instant::now() + IDLE_RECHECK);
-        let mut poked = self.poked.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*poked && !self.stop.load(Ordering::Relaxed) {
+        let mut rung = self.0.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*rung && !self.stopped() {
             let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
-            poked = self.wake.wait_timeout(poked, left).unwrap_or_else(PoisonError::into_inner).0;
+            rung = self.0.wake.wait_timeout(rung, left).unwrap_or_else(PoisonError::into_inner).0;
         }
-        *poked = false;
+        *rung = false;
     }
 }
 
@@ -392,17 +407,19 @@ impl Webhook {
     /// Starts the delivery thread. `url` is `--webhook` (http:// or
     /// https://); `signer` holds the default key and the Pusher app;
     /// `wall_ms` is the effective wall time (`writer::Clock`), for
-    /// `time_ms` and event ages. Fails on a bad URL or when `https://` has
-    /// no CA certificates to trust.
+    /// `time_ms` and event ages; `bell` wakes the thread (ring it after a
+    /// commit that stored events). Fails on a bad URL or when `https://`
+    /// has no CA certificates to trust.
     pub fn start(
         url: &str,
         signer: Signer,
         outbox: impl Outbox,
         settings: Settings,
         wall_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
+        bell: Doorbell,
     ) -> Result<Webhook, String> {
         let tls = if url.starts_with("https://") { Some(Tls::system()?) } else { None };
-        Webhook::start_with(url, signer, outbox, settings, wall_ms, tls)
+        Webhook::start_with(url, signer, outbox, settings, wall_ms, bell, tls)
     }
 
     /// As [`Webhook::start`], trusting only `tls`'s authorities for `https://`.
@@ -412,66 +429,51 @@ impl Webhook {
         outbox: impl Outbox,
         settings: Settings,
         wall_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
+        bell: Doorbell,
         tls: Option<Tls>,
     ) -> Result<Webhook, String> {
         let url = Url::parse(url).map_err(|e| format!("--webhook {e}"))?;
         let target = Target::new(&url, outbound::system_lookup, "webhook");
         let endpoint = Endpoint { url, target, tls, timeout: settings.timeout, signer };
         let counters = Arc::new(Counters::default());
-        let shared = Arc::new(Shared {
-            poked: Mutex::new(false),
-            wake: Condvar::new(),
-            stop: AtomicBool::new(false),
-            counters: counters.clone(),
-        });
-        let delivery = Delivery::new(settings, counters);
-        let thread_shared = shared.clone();
+        let delivery = Delivery::new(settings, counters.clone());
+        let thread_bell = bell.clone();
         thread::Builder::new()
             .name("roostd-webhook".into())
-            .spawn(move || run(delivery, &endpoint, &outbox, &thread_shared, &*wall_ms))
+            .spawn(move || run(delivery, &endpoint, &outbox, &thread_bell, &*wall_ms))
             .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
-        Ok(Webhook { shared })
+        Ok(Webhook { bell, counters })
     }
 
     /// Wakes the thread: new events were committed.
     pub fn poke(&self) {
-        self.shared.poke();
-    }
-
-    /// A poke to hand to the writer (`writer::Policy::on_events`).
-    pub fn poker(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let shared = Arc::downgrade(&self.shared);
-        Arc::new(move || {
-            if let Some(shared) = shared.upgrade() {
-                shared.poke();
-            }
-        })
+        self.bell.ring();
     }
 
     pub fn counters(&self) -> &Counters {
-        &self.shared.counters
+        &self.counters
     }
 }
 
 impl Drop for Webhook {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.poke();
+        self.bell.0.stop.store(true, Ordering::Relaxed);
+        self.bell.ring();
     }
 }
 
-fn run(mut delivery: Delivery, endpoint: &Endpoint, outbox: &dyn Outbox, shared: &Shared, wall_ms: &dyn Fn() -> u64) {
-    while !shared.stop.load(Ordering::Relaxed) {
+fn run(mut delivery: Delivery, endpoint: &Endpoint, outbox: &dyn Outbox, bell: &Doorbell, wall_ms: &dyn Fn() -> u64) {
+    while !bell.stopped() {
         match delivery.next(Instant::now(), wall_ms(), outbox) {
             Ok(Next::Send) => {
                 let body = body(wall_ms(), delivery.batch());
                 let delivered = endpoint.post(&body);
                 delivery.on_answer(Instant::now(), wall_ms(), delivered, outbox);
             }
-            Ok(Next::Wait(until)) => shared.wait(until),
+            Ok(Next::Wait(until)) => bell.wait(until),
             Err(e) => {
                 log::error!("webhook: cannot read the outbox: {e}; trying again");
-                shared.wait(Some(Instant::now() + READ_RETRY));
+                bell.wait(Some(Instant::now() + READ_RETRY));
             }
         }
     }

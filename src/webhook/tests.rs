@@ -382,7 +382,7 @@ const NOW_MS: u64 = 1_700_000_000_123;
 
 fn start(app: &App, mem: &Mem, settings: Settings) -> Webhook {
     let signer = Signer { key: b"the default key".to_vec(), pusher: Some(("app-key".into(), b"app secret".to_vec())) };
-    Webhook::start(&app.url, signer, mem.clone(), settings, Arc::new(|| NOW_MS)).unwrap()
+    Webhook::start(&app.url, signer, mem.clone(), settings, Arc::new(|| NOW_MS), Doorbell::new()).unwrap()
 }
 
 fn fast() -> Settings {
