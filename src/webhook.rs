@@ -222,6 +222,9 @@ impl Delivery {
             excess -= more.len() as u64;
             ns.extend(more.iter().map(|e| e.n));
         }
+        if ns.is_empty() {
+            return Ok(());
+        }
         log::error!(
             "webhook: {} events waiting, past --webhook-max-pending {}; dropping the oldest {}",
             waiting,
@@ -418,21 +421,8 @@ impl Webhook {
         wall_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
         bell: Doorbell,
     ) -> Result<Webhook, String> {
-        let tls = if url.starts_with("https://") { Some(Tls::system()?) } else { None };
-        Webhook::start_with(url, signer, outbox, settings, wall_ms, bell, tls)
-    }
-
-    /// As [`Webhook::start`], trusting only `tls`'s authorities for `https://`.
-    pub fn start_with(
-        url: &str,
-        signer: Signer,
-        outbox: impl Outbox,
-        settings: Settings,
-        wall_ms: Arc<dyn Fn() -> u64 + Send + Sync>,
-        bell: Doorbell,
-        tls: Option<Tls>,
-    ) -> Result<Webhook, String> {
         let url = Url::parse(url).map_err(|e| format!("--webhook {e}"))?;
+        let tls = if url.https { Some(Tls::system()?) } else { None };
         let target = Target::new(&url, outbound::system_lookup, "webhook");
         let endpoint = Endpoint { url, target, tls, timeout: settings.timeout, signer };
         let counters = Arc::new(Counters::default());
