@@ -19,83 +19,45 @@
 //! application may have meant to rewrite it would let through what the
 //! application exists to stop. An empty body approves unchanged.
 //!
-//! The timeout is one deadline for the whole call: name lookup, connect,
-//! request and every read of the answer (an application that drips a byte
-//! at a time cannot stretch it). Host names are looked up by one background
-//! thread per hook ([`Lookup`]), not on the call path, because
-//! `getaddrinfo` cannot be interrupted: a lookup per call on a helper
-//! thread would leave one stuck thread behind per publish while DNS hangs.
+//! The HTTP call itself is [`crate::outbound::post`]: one deadline for the
+//! whole call (name lookup, connect, request, every read of the answer),
+//! and host names looked up by one background thread per hook.
 //!
 //! Only plain `http://` URLs: the main application runs beside roostd, on
 //! the same host or LAN.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use crate::outbound::MAX_ANSWER_BYTES;
+use crate::outbound::{self, Target, Url};
 
 /// Worker threads: enough to overlap a few slow answers, few enough for a Pi.
 const WORKERS: usize = 4;
 /// Jobs waiting for a worker.
 const QUEUE: usize = 256;
-/// Largest answer body read from the main application (after chunked
-/// decoding); a longer one refuses the publish.
-pub const MAX_ANSWER_BYTES: usize = 1 << 20;
-/// Largest answer head (status line and headers), and separately the
-/// trailer fields of a chunked answer.
-const MAX_HEAD_BYTES: usize = 64 << 10;
-/// Longest chunk-size line (the size and any chunk extensions).
-const MAX_CHUNK_LINE: usize = 4096;
 /// Bytes of publishes waiting for the hook across all connections, counted
 /// by [`Hook::hold`]. 64 publishes per connection of up to
 /// `--max-message-bytes` each is fine for one connection; past this total
 /// the publish gets `err unavailable`.
 pub const MAX_WAITING_BYTES: usize = 16 << 20;
-/// How often a host name is looked up again, after a success and after a
-/// failure.
-const LOOKUP_EVERY: Duration = Duration::from_secs(30);
-const LOOKUP_RETRY: Duration = Duration::from_secs(1);
-
-/// A parsed `http://host:port/path` URL.
+/// The hook's URL: `http://` only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookUrl {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
+pub struct HookUrl(pub Url);
 
 impl HookUrl {
     pub fn parse(url: &str) -> Result<HookUrl, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("--publish-hook {url:?}: only http:// URLs are supported (the main application runs beside roostd)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port = p.parse().map_err(|_| format!("--publish-hook {url:?}: bad port {p:?}"))?;
-                (h.trim_start_matches('[').trim_end_matches(']'), port)
-            }
-            _ => (authority, 80),
-        };
-        if host.is_empty() {
-            return Err(format!("--publish-hook {url:?}: no host"));
+        let parsed = Url::parse(url).map_err(|e| format!("--publish-hook {e}"))?;
+        if parsed.https {
+            return Err(format!(
+                "--publish-hook {url:?}: only http:// URLs are supported (the main application runs beside roostd)"
+            ));
         }
-        Ok(HookUrl { host: host.to_string(), port, path: path.to_string() })
-    }
-
-    /// The `Host` header value: an IPv6 address goes in brackets.
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        Ok(HookUrl(parsed))
     }
 }
 
@@ -171,7 +133,7 @@ impl<T: Send + 'static> Hook<T> {
         let (jobs, job_rx) = mpsc::sync_channel::<Job<T>>(QUEUE);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (result_tx, results) = mpsc::channel();
-        let target = Arc::new(Target::new(&url, system_lookup));
+        let target = Arc::new(Target::new(&url.0, outbound::system_lookup, "publish hook"));
         for n in 0..WORKERS {
             let (rx, tx, url, wake) = (job_rx.clone(), result_tx.clone(), url.clone(), wake.clone());
             let target = target.clone();
@@ -230,352 +192,27 @@ fn work<T>(
 /// One hook call; anything that goes wrong is logged and is `Unavailable`.
 fn ask(url: &HookUrl, target: &Target, timeout: Duration, token: &str, body: &str) -> Verdict {
     call(url, target, timeout, token, body).unwrap_or_else(|e| {
-        log::warn!("publish hook http://{}{} failed: {e}", url.authority(), url.path);
+        log::warn!("publish hook {} failed: {e}", url.0);
         Verdict::Unavailable
     })
-}
-
-/// Where the application listens: an IP address as given, or a host name
-/// whose addresses a background thread keeps looked up.
-enum Target {
-    Addr(SocketAddr),
-    Name(Arc<Lookup>),
-}
-
-/// How a host name is looked up (a parameter so tests can make it hang).
-type LookupFn = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
-
-fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    Ok((host, port).to_socket_addrs()?.collect())
-}
-
-impl Target {
-    fn new(url: &HookUrl, lookup: LookupFn) -> Target {
-        match url.host.parse::<IpAddr>() {
-            Ok(ip) => Target::Addr(SocketAddr::new(ip, url.port)),
-            Err(_) => Target::Name(Lookup::start(url.host.clone(), url.port, lookup)),
-        }
-    }
-
-    /// The addresses to try, waiting for the first lookup at most until `deadline`.
-    fn addrs(&self, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
-        match self {
-            Target::Addr(a) => Ok(vec![*a]),
-            Target::Name(lookup) => lookup.addrs(deadline),
-        }
-    }
-}
-
-/// The latest lookup of the hook's host name, refreshed by one thread.
-///
-/// Why a background thread rather than a lookup per call: `getaddrinfo`
-/// blocks and cannot be given a deadline. Waiting for it on a short-lived
-/// helper thread bounds the call, but leaves the helper stuck for the
-/// resolver's own timeout (glibc: 5 s per try and server) — one more stuck
-/// thread per publish while DNS hangs, without bound. One thread per hook
-/// bounds that to one, and takes name lookup off the per-publish path. The
-/// cost: a changed address is seen within [`LOOKUP_EVERY`], and a failed
-/// refresh keeps the last good addresses (the application is beside roostd;
-/// a flaky resolver should not stop its hook).
-#[derive(Default)]
-struct Lookup {
-    state: Mutex<Option<Result<Vec<SocketAddr>, String>>>,
-    ready: Condvar,
-}
-
-impl Lookup {
-    fn start(host: String, port: u16, lookup: LookupFn) -> Arc<Lookup> {
-        let shared = Arc::new(Lookup::default());
-        // A weak handle: the thread ends once the hook's workers are gone.
-        let weak = Arc::downgrade(&shared);
-        let spawned = thread::Builder::new().name("roostd-hook-dns".into()).spawn(move || loop {
-            let result = lookup(&host, port);
-            let Some(shared) = weak.upgrade() else { return };
-            let pause = shared.store(&host, result);
-            drop(shared);
-            thread::sleep(pause);
-        });
-        if let Err(e) = spawned {
-            shared.store("the hook's host", Err(io::Error::other(format!("cannot start a lookup thread: {e}"))));
-        }
-        shared
-    }
-
-    /// Records a lookup's result; answers how long to wait before the next.
-    fn store(&self, host: &str, result: io::Result<Vec<SocketAddr>>) -> Duration {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let pause = match result {
-            Ok(addrs) if !addrs.is_empty() => {
-                *state = Some(Ok(addrs));
-                LOOKUP_EVERY
-            }
-            failed => {
-                let why = failed.map_or_else(|e| e.to_string(), |_| "no address".into());
-                if matches!(*state, Some(Ok(_))) {
-                    log::warn!("publish hook: looking up {host} again failed ({why}); keeping its last addresses");
-                } else {
-                    *state = Some(Err(format!("cannot look up {host}: {why}")));
-                }
-                LOOKUP_RETRY
-            }
-        };
-        self.ready.notify_all();
-        pause
-    }
-
-    fn addrs(&self, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            match &*state {
-                Some(Ok(addrs)) => return Ok(addrs.clone()),
-                Some(Err(e)) => return Err(io::Error::new(io::ErrorKind::NotFound, e.clone())),
-                None => {}
-            }
-            let left = time_left(deadline)?;
-            state = self.ready.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
-        }
-    }
-}
-
-/// What is left of the call's time; an error once it is spent.
-fn time_left(deadline: Instant) -> io::Result<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no complete answer within --publish-hook-timeout"))
-}
-
-/// The socket with every read and write bounded by the call's one deadline.
-/// A timeout set once per read would let an application that sends a byte
-/// every 100 ms hold a worker for as long as it likes.
-struct Deadlined {
-    sock: TcpStream,
-    deadline: Instant,
-}
-
-impl Deadlined {
-    /// A socket timeout shows as WouldBlock; say what it means.
-    fn timed_out(e: io::Error) -> io::Error {
-        match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                io::Error::new(io::ErrorKind::TimedOut, "no complete answer within --publish-hook-timeout")
-            }
-            _ => e,
-        }
-    }
-}
-
-impl Read for Deadlined {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.set_read_timeout(Some(time_left(self.deadline)?))?;
-        self.sock.read(buf).map_err(Deadlined::timed_out)
-    }
-}
-
-impl Write for Deadlined {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sock.set_write_timeout(Some(time_left(self.deadline)?))?;
-        self.sock.write(buf).map_err(Deadlined::timed_out)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.sock.flush()
-    }
-}
-
-fn connect(addrs: &[SocketAddr], deadline: Instant) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
-    // `localhost` may give ::1 first while the application listens on
-    // 127.0.0.1 only: try each address in turn, within the one deadline.
-    for addr in addrs {
-        match TcpStream::connect_timeout(addr, time_left(deadline)?) {
-            Ok(sock) => return Ok(sock),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// One POST, bounded by `timeout` from the name lookup to the end of the
 /// answer. `Err` for anything that is not a complete, readable answer.
 fn call(url: &HookUrl, target: &Target, timeout: Duration, token: &str, body: &str) -> io::Result<Verdict> {
-    let deadline = Instant::now() + timeout;
-    let addrs = target.addrs(deadline)?;
-    let sock = connect(&addrs, deadline)?;
-    sock.set_nodelay(true)?;
-    let mut conn = BufReader::new(Deadlined { sock, deadline });
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        url.path,
-        url.authority(),
-        body.len()
-    );
-    conn.get_mut().write_all(request.as_bytes())?;
-    let head = read_head(&mut conn)?;
-    match head.status {
+    let bearer = format!("Bearer {token}");
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let answer = outbound::post(&url.0, target, None, timeout, &headers, body.as_bytes(), |status| {
+        (200..=299).contains(&status)
+    })?;
+    match answer.status {
         200..=299 => {
-            let answer = read_body(&mut conn, head.framing)?;
-            let data = replacement(&answer).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+            let data = replacement(&answer.body).map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
             Ok(Verdict::Approve(data))
         }
         400..=499 => Ok(Verdict::Refuse),
         _ => Ok(Verdict::Unavailable),
     }
-}
-
-/// How the answer's body is delimited (RFC 9112 §6.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    /// 1xx, 204, 304: no body.
-    Empty,
-    Length(usize),
-    Chunked,
-    /// Neither: the body ends when the application closes (we sent
-    /// `Connection: close`).
-    UntilClose,
-}
-
-struct AnswerHead {
-    status: u16,
-    framing: Framing,
-}
-
-fn malformed(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
-}
-
-fn read_head(r: &mut impl BufRead) -> io::Result<AnswerHead> {
-    let mut budget = MAX_HEAD_BYTES;
-    let status = status_code(&read_line(r, &mut budget)?)
-        .ok_or_else(|| malformed("the answer does not start with an HTTP/1.x status line"))?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        let line = read_line(r, &mut budget)?;
-        if line.is_empty() {
-            break;
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(malformed("a header line of the answer has no ':'"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = decimal(value).ok_or_else(|| malformed("the answer's Content-Length is not a number"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(malformed("the answer has two different Content-Length headers"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only `chunked` alone: we cannot undo gzip and the like, and a
-            // body we cannot read is no approval.
-            if chunked || !value.eq_ignore_ascii_case("chunked") {
-                return Err(malformed("the answer's Transfer-Encoding is not just chunked"));
-            }
-            chunked = true;
-        }
-    }
-    let framing = match (status, chunked, length) {
-        (100..=199 | 204 | 304, _, _) => Framing::Empty,
-        // Both is how responses are smuggled (RFC 9112 §6.3): refuse.
-        (_, true, Some(_)) => return Err(malformed("the answer has both Content-Length and Transfer-Encoding")),
-        (_, true, None) => Framing::Chunked,
-        (_, false, Some(n)) => Framing::Length(n),
-        (_, false, None) => Framing::UntilClose,
-    };
-    Ok(AnswerHead { status, framing })
-}
-
-/// `HTTP/1.x NNN reason` → NNN.
-fn status_code(line: &str) -> Option<u16> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next()?;
-    let code = parts.next()?;
-    let valid = version.starts_with("HTTP/1.") && code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
-    valid.then(|| code.parse().ok()).flatten()
-}
-
-/// Digits only: `parse` would also take a `+`.
-fn decimal(text: &str) -> Option<usize> {
-    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
-}
-
-/// One line without its CRLF (or LF), charged against `budget`.
-fn read_line(r: &mut impl BufRead, budget: &mut usize) -> io::Result<String> {
-    let mut line = Vec::new();
-    let n = r.by_ref().take(*budget as u64).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        return Err(if n == *budget {
-            malformed("the answer's head is too long")
-        } else {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "the answer ended in its head")
-        });
-    }
-    *budget -= n;
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    // Header values we read are ASCII; others may be anything.
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
-/// Appends exactly `n` bytes to `out`, or fails.
-fn read_exact_into(r: &mut impl BufRead, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
-    let got = r.by_ref().take(n as u64).read_to_end(out)?;
-    if got < n {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the answer ended before its body was complete"));
-    }
-    Ok(())
-}
-
-fn too_long() -> io::Error {
-    malformed("the answer's body is over 1 MiB")
-}
-
-fn read_body(r: &mut impl BufRead, framing: Framing) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    match framing {
-        Framing::Empty => {}
-        Framing::Length(n) if n > MAX_ANSWER_BYTES => return Err(too_long()),
-        Framing::Length(n) => read_exact_into(r, n, &mut body)?,
-        Framing::Chunked => read_chunked(r, &mut body)?,
-        Framing::UntilClose => {
-            r.by_ref().take(MAX_ANSWER_BYTES as u64 + 1).read_to_end(&mut body)?;
-            if body.len() > MAX_ANSWER_BYTES {
-                return Err(too_long());
-            }
-        }
-    }
-    Ok(body)
-}
-
-/// Decodes a chunked body (RFC 9112 §7.1) into `body`, at most
-/// [`MAX_ANSWER_BYTES`] of it; trailer fields are read and dropped.
-fn read_chunked(r: &mut impl BufRead, body: &mut Vec<u8>) -> io::Result<()> {
-    loop {
-        let mut limit = MAX_CHUNK_LINE;
-        let line = read_line(r, &mut limit)?;
-        let size = line.split(';').next().unwrap_or_default().trim();
-        // 1*HEXDIG: `from_str_radix` alone would also take a sign.
-        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(malformed("a chunk size of the answer is not hexadecimal"));
-        }
-        let size = usize::from_str_radix(size, 16).map_err(|_| too_long())?;
-        if size == 0 {
-            break;
-        }
-        if size > MAX_ANSWER_BYTES - body.len() {
-            return Err(too_long());
-        }
-        read_exact_into(r, size, body)?;
-        match read_line(r, &mut 2) {
-            Ok(end) if end.is_empty() => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(e),
-            _ => return Err(malformed("a chunk of the answer is longer than its size")),
-        }
-    }
-    let mut budget = MAX_HEAD_BYTES;
-    while !read_line(r, &mut budget)?.is_empty() {}
-    Ok(())
 }
 
 /// The body of a 2xx answer: empty approves unchanged; a JSON object
@@ -626,17 +263,20 @@ pub fn request_body(ch: &str, from: &str, data: &str, id: Option<&str>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use crate::outbound::system_lookup;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Instant;
 
     #[test]
     fn urls() {
         assert_eq!(
             HookUrl::parse("http://127.0.0.1:9000/hook").unwrap(),
-            HookUrl { host: "127.0.0.1".into(), port: 9000, path: "/hook".into() }
+            HookUrl(Url { https: false, host: "127.0.0.1".into(), port: 9000, path: "/hook".into() })
         );
-        assert_eq!(HookUrl::parse("http://app.local").unwrap().port, 80);
-        assert_eq!(HookUrl::parse("http://[::1]:81/x").unwrap().host, "::1");
-        assert_eq!(HookUrl::parse("http://[::1]:81/x").unwrap().authority(), "[::1]:81");
+        assert_eq!(HookUrl::parse("http://app.local").unwrap().0.port, 80);
+        assert_eq!(HookUrl::parse("http://[::1]:81/x").unwrap().0.host, "::1");
+        assert_eq!(HookUrl::parse("http://[::1]:81/x").unwrap().0.authority(), "[::1]:81");
         assert!(HookUrl::parse("https://app/x").unwrap_err().contains("only http://"));
         assert!(HookUrl::parse("http://:80/").is_err());
     }
@@ -668,7 +308,7 @@ mod tests {
             answer(&mut s);
             String::from_utf8_lossy(&got[..n]).into_owned()
         });
-        (HookUrl { host: "127.0.0.1".into(), port, path: "/hook".into() }, t)
+        (HookUrl(Url { https: false, host: "127.0.0.1".into(), port, path: "/hook".into() }), t)
     }
 
     /// A one-shot HTTP server answering with `answer` after `delay`, then closing.
@@ -682,7 +322,7 @@ mod tests {
 
     /// Asks the application at `url` (an IP address) with `timeout`.
     fn ask_app(url: &HookUrl, timeout: Duration) -> Verdict {
-        ask(url, &Target::new(url, system_lookup), timeout, "tok", r#"{"ch":"a"}"#)
+        ask(url, &Target::new(&url.0, system_lookup, "test"), timeout, "tok", r#"{"ch":"a"}"#)
     }
 
     fn verdict_for(answer: impl Into<Vec<u8>>) -> Verdict {
@@ -830,8 +470,8 @@ mod tests {
     /// call its timeout, not the resolver's own.
     #[test]
     fn a_hanging_name_lookup_is_bounded_by_the_timeout() {
-        let url = HookUrl { host: "app.example".into(), port: 9, path: "/hook".into() };
-        let target = Target::new(&url, hanging_lookup);
+        let url = HookUrl(Url { https: false, host: "app.example".into(), port: 9, path: "/hook".into() });
+        let target = Target::new(&url.0, hanging_lookup, "test");
         for _ in 0..2 {
             let started = Instant::now();
             assert_eq!(ask(&url, &target, Duration::from_millis(300), "t", "{}"), Verdict::Unavailable);
@@ -844,8 +484,8 @@ mod tests {
     fn a_host_name_is_looked_up_and_each_address_tried() {
         // `localhost` may give ::1 before 127.0.0.1, where the app listens.
         let (mut url, t) = app("HTTP/1.1 204 No Content\r\n\r\n", Duration::ZERO);
-        url.host = "localhost".into();
-        let target = Target::new(&url, system_lookup);
+        url.0.host = "localhost".into();
+        let target = Target::new(&url.0, system_lookup, "test");
         assert!(matches!(target, Target::Name(_)));
         assert_eq!(ask(&url, &target, Duration::from_secs(5), "t", "{}"), Verdict::Approve(None));
         assert!(t.join().unwrap().contains("Host: localhost:"));

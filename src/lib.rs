@@ -17,7 +17,9 @@
 //!   API's routing, order of checks and JSON bodies. Pure.
 //! - [`net`]: one connection's transport: the state machine `Conn`, over plain TCP or
 //!   TLS, outgoing frames encoded once (the only tungstenite user).
+//! - [`outbound`]: the blocking HTTP/1.1 client (http and https) the hook and webhooks share.
 //! - [`hook`]: the publish hook: worker threads asking the main application.
+//! - [`webhook`]: webhook delivery: the outbox to the main application, batched and retried.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
 //! - [`server`]: the mio event loop that connects them.
@@ -44,8 +46,10 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod net;
+pub mod outbound;
 pub mod proto;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod webhook;
 pub mod writer;
