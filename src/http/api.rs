@@ -52,6 +52,16 @@ pub enum Decision {
         after: String,
         limit: usize,
     },
+    /// The members of a presence channel (spec §7), from the hub.
+    Presence {
+        ch: String,
+    },
+    /// A page of a compacted channel's state by key (spec §8).
+    State {
+        ch: String,
+        after: String,
+        limit: usize,
+    },
     Health,
     Metrics,
 }
@@ -113,6 +123,9 @@ pub fn decide(head: &Head, verifier: &Verifier, now_unix: u64, max_body: usize, 
         Route::Channels => channels_page(head, &claims),
         Route::Messages(ch) if method == "POST" => publish_head(head, ch, claims, max_body),
         Route::Messages(ch) => history_query(head, ch, &claims),
+        Route::Presence(ch) if claims.read.allows(&ch) => Decision::Presence { ch },
+        Route::State(ch) if claims.read.allows(&ch) => state_query(head, ch),
+        Route::Presence(_) | Route::State(_) => reply(403, "forbidden"),
         Route::Health | Route::Metrics => unreachable!("answered above"),
     }
 }
@@ -134,6 +147,14 @@ fn route(path: &str, method: &str, demo: bool) -> Result<Route, Decision> {
         ["api", "channels"] => Route::Channels,
         ["api", "channels", ch, "messages"] => match channel(ch) {
             Some(ch) => Route::Messages(ch),
+            None => return Err(reply(404, "not_found")),
+        },
+        ["api", "channels", ch, "presence"] => match channel(ch) {
+            Some(ch) => Route::Presence(ch),
+            None => return Err(reply(404, "not_found")),
+        },
+        ["api", "channels", ch, "state"] => match channel(ch) {
+            Some(ch) => Route::State(ch),
             None => return Err(reply(404, "not_found")),
         },
         _ => return Err(reply(404, "not_found")),
@@ -216,6 +237,51 @@ enum Route {
     Metrics,
     Channels,
     Messages(String),
+    Presence(String),
+    State(String),
+}
+
+/// `GET /api/channels/{ch}/state`: 400 for a bad `after` key or `limit`.
+fn state_query(head: &Head, ch: String) -> Decision {
+    let after = http::query_param(&head.query, "after").unwrap_or_default();
+    if !after.is_empty() && !crate::channel::valid_key(&after) {
+        return reply(400, "bad_request");
+    }
+    match http::query_param(&head.query, "limit").filter(|s| !s.is_empty()) {
+        None => Decision::State { ch, after, limit: MAX_CHANNELS_PAGE },
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_CHANNELS_PAGE).contains(&n) => Decision::State { ch, after, limit: n },
+            _ => reply(400, "bad_request"),
+        },
+    }
+}
+
+/// `200 {"ch","seq","msgs":[...]}`: the latest message of each key after
+/// `after`, by key; `seq` is the channel's last seq as of the same read.
+pub fn state(store: &Store, ch: &str, after: &str, limit: usize) -> Result<Vec<u8>, StoreError> {
+    let mut msgs = String::with_capacity(256);
+    let mut first = true;
+    let info = store.state_page(ch, after, limit, |r| {
+        if !first {
+            msgs.push(',');
+        }
+        first = false;
+        roost::msg_into(&mut msgs, &hub::history_msg(ch, &r));
+        true
+    })?;
+    let mut body = String::with_capacity(msgs.len() + 64);
+    body.push_str("{\"ch\":");
+    roost::json_str(&mut body, ch);
+    let _ = write!(body, ",\"seq\":{},\"msgs\":[{msgs}]}}", info.last);
+    Ok(body.into_bytes())
+}
+
+/// `200 {"ch","members":[{"user","info"}...],"count"}`
+pub fn presence(ch: &str, members: &[hub::Member<'_>]) -> Vec<u8> {
+    // The native `presence` frame without its `op`: one writer of members.
+    let mut frame = String::new();
+    roost::Roost.write(&mut frame, &hub::Event::Presence { ch, members }, None);
+    frame.replacen("{\"op\":\"presence\",", "{", 1).into_bytes()
 }
 
 /// A channel name from a path segment, percent-decoded and checked.

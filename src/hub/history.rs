@@ -45,7 +45,7 @@ pub trait History {
 }
 
 /// A stored record as the hub's message.
-pub(super) fn msg<'a>(ch: &'a str, r: &Record<'a>) -> Msg<'a> {
+pub fn msg<'a>(ch: &'a str, r: &Record<'a>) -> Msg<'a> {
     Msg { ch, seq: r.seq, ts: r.ts, from: r.from, data: r.data, key: r.key, event: r.event }
 }
 

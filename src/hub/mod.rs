@@ -32,7 +32,7 @@ use crate::auth::Claims;
 pub use crate::channel::Seq;
 use crate::store::{self, Limit, Outcome, Record, StoreError};
 pub use event::{Dialect, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
-pub use history::{page, History};
+pub use history::{msg as history_msg, page, History};
 pub use presence::Change;
 use presence::Tally;
 

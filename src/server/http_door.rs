@@ -128,6 +128,17 @@ impl Server {
                     Err(e) => self.store_unavailable(id, req, e, now),
                 }
             }
+            Decision::Presence { ch } => {
+                let body = api::presence(&ch, &self.hub.members_of(&ch, None));
+                self.http_reply(id, req, 200, "application/json", &body, false, now)
+            }
+            Decision::State { ch, after, limit } if self.cfg.is_compacted(&ch) => {
+                match api::state(&self.store, &ch, &after, limit) {
+                    Ok(body) => self.http_reply(id, req, 200, "application/json", &body, false, now),
+                    Err(e) => self.store_unavailable(id, req, e, now),
+                }
+            }
+            Decision::State { .. } => self.http_refuse(id, req, Refusal::new(400, "bad_request"), false, now),
             Decision::Publish { ch, claims, len } => {
                 let Some(slot) = self.slots.get_mut(&id) else { return false };
                 slot.body = Some(Box::new(PendingBody { head: Box::new(head), ch, claims, len }));
