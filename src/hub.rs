@@ -377,6 +377,12 @@ impl Hub {
                 )),
                 msg: None,
             },
+            Outcome::OverLimit(Limit::Keys) => Committed {
+                reply: answer(wire::err(ErrCode::BadRequest, "the channel holds --max-keys keys", id)),
+                msg: None,
+            },
+            // Not a publish's outcome.
+            Outcome::Written => Committed { reply: None, msg: None },
         }
     }
 

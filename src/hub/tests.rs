@@ -52,7 +52,14 @@ impl Backend for Real {
     fn commit(&mut self, batch: &[Publish]) -> Vec<Outcome> {
         let appends: Vec<Append> = batch
             .iter()
-            .map(|p| Append { ch: p.ch.clone(), from: p.from.clone(), data: p.data.clone(), id: p.id.clone() })
+            .map(|p| Append {
+                ch: p.ch.clone(),
+                from: p.from.clone(),
+                data: p.data.clone(),
+                id: p.id.clone(),
+                key: None,
+                event: None,
+            })
             .collect();
         self.store.append_batch(&appends, 1000, 60_000, &|_| KEEP_ALL).unwrap()
     }
@@ -104,7 +111,7 @@ impl History for Fake {
             if self.fail == Some(given) {
                 return Err(Fake::error());
             }
-            if !each(Record { seq: *seq, ts: *seq, from, data }) {
+            if !each(Record { seq: *seq, ts: *seq, from, data, key: None, event: None }) {
                 break;
             }
         }
