@@ -1040,7 +1040,8 @@ impl Store {
         let mut expired = Vec::new();
         for item in self.tombs.iter(wtxn)?.take(max) {
             let (k, v) = item?;
-            if be_u64(k).unwrap_or(0) > now_ms {
+            // Gone once older than the window: expiry time strictly passed.
+            if be_u64(k).unwrap_or(0) >= now_ms {
                 break;
             }
             expired.push((k.to_vec(), v.to_vec()));
@@ -1791,5 +1792,344 @@ mod tests {
             Err(StoreError::Locked(m)) => assert!(m.contains(&std::process::id().to_string()), "{m}"),
             other => panic!("expected Locked, got {other:?}"),
         }
+    }
+
+    fn keyed(ch: &str, key: &str, data: &str) -> Append {
+        Append { key: Some(key.into()), ..append(ch, "u", data, None) }
+    }
+
+    /// A store that compacts channels starting with `k`.
+    fn compacting(dir: &Path, max_keys: u64) -> Store {
+        Store::open(dir, 1 << 26).unwrap().with_compaction(Arc::new(|ch: &str| ch.starts_with('k')), max_keys)
+    }
+
+    fn seqs(store: &Store, ch: &str) -> Vec<Seq> {
+        all(store, ch, 0).into_iter().map(|(seq, _)| seq).collect()
+    }
+
+    fn state(store: &Store, ch: &str) -> (Vec<(String, Seq, String)>, ChannelInfo) {
+        let mut out = Vec::new();
+        let info = store
+            .state(ch, |r| {
+                out.push((r.key.unwrap().to_string(), r.seq, r.data.to_string()));
+                true
+            })
+            .unwrap();
+        (out, info)
+    }
+
+    #[test]
+    fn a_store_written_before_keys_existed_reads_the_same_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        // The bytes the code before keys wrote: a 24-byte channel record and
+        // `ts | from len | from | data` messages.
+        let mut wtxn = s.env.write_txn().unwrap();
+        let mut v = 1000u64.to_be_bytes().to_vec();
+        v.extend_from_slice(&5u16.to_be_bytes());
+        v.extend_from_slice(b"alice{\"t\":21}");
+        s.messages.put(&mut wtxn, &msg_key(7, 1), &v).unwrap();
+        let mut record = 7u64.to_be_bytes().to_vec();
+        record.extend_from_slice(&1u64.to_be_bytes());
+        record.extend_from_slice(&1u64.to_be_bytes());
+        s.channels.put(&mut wtxn, b"old", &record).unwrap();
+        s.meta.put(&mut wtxn, b"next_chan", &8u64.to_be_bytes()).unwrap();
+        wtxn.commit().unwrap();
+        let mut got = Vec::new();
+        let info = s
+            .read("old", 0, 10, |r| {
+                got.push((r.seq, r.ts, r.from.to_string(), r.data.to_string(), r.key.is_some(), r.event.is_some()));
+                true
+            })
+            .unwrap();
+        assert_eq!(got, vec![(1, 1000, "alice".into(), "{\"t\":21}".into(), false, false)]);
+        assert_eq!((info, info.count()), (ChannelInfo { first: 1, last: 1, holes: 0 }, 1));
+        // New messages go on after it; one without key or event is written
+        // byte for byte as before, and so is the channel record.
+        let plain = append("old", "bob", "2", None);
+        let tagged = Append { event: Some("client-x".into()), ..keyed("old", "t", "null") };
+        let out = s.append_batch(&[plain, tagged], 2000, 0, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[1], Outcome::Stored { seq: 3, ts: 2000 });
+        let rtxn = s.env.read_txn().unwrap();
+        let mut old_layout = 2000u64.to_be_bytes().to_vec();
+        old_layout.extend_from_slice(&3u16.to_be_bytes());
+        old_layout.extend_from_slice(b"bob2");
+        assert_eq!(s.messages.get(&rtxn, &msg_key(7, 2)).unwrap(), Some(&old_layout[..]));
+        assert_eq!(s.channels.get(&rtxn, b"old").unwrap().map(<[u8]>::len), Some(24));
+        drop(rtxn);
+        let mut got = Vec::new();
+        s.read("old", 1, 10, |r| {
+            got.push((r.seq, r.data.to_string(), r.key.map(String::from), r.event.map(String::from)));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![(2, "2".into(), None, None), (3, "null".into(), Some("t".into()), Some("client-x".into()))],
+            "on an ordinary channel a key is only stored and `null` is a value"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_keyed_messages_over_100_keys_leave_exactly_100() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compacting(dir.path(), 10_000);
+        for round in 0..20u64 {
+            let batch: Vec<Append> = (0..500u64)
+                .map(|i| keyed("kv", &format!("sensor{:03}", i % 100), &(round * 500 + i).to_string()))
+                .collect();
+            s.append_batch(&batch, 1000 + round, 0, &|_| KEEP_ALL).unwrap();
+        }
+        let info = s.channel("kv").unwrap();
+        assert_eq!((info.last, info.count()), (10_000, 100));
+        assert_eq!(seqs(&s, "kv"), (9901..=10_000).collect::<Vec<_>>(), "the latest of each key, nothing else");
+        let (snapshot, at) = state(&s, "kv");
+        assert_eq!(at.last, 10_000);
+        assert_eq!(snapshot.len(), 100);
+        assert!(snapshot.windows(2).all(|w| w[0].1 < w[1].1), "ascending seq");
+        assert_eq!(snapshot[0], ("sensor000".into(), 9901, "9900".into()));
+        let rtxn = s.env.read_txn().unwrap();
+        assert_eq!((s.keys.len(&rtxn).unwrap(), s.tombs.len(&rtxn).unwrap()), (100, 0));
+    }
+
+    #[test]
+    fn a_new_key_past_max_keys_is_refused_and_a_known_key_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compacting(dir.path(), 2);
+        let batch = [keyed("kv", "a", "1"), keyed("kv", "b", "1"), keyed("kv", "c", "1"), keyed("kv", "a", "2")];
+        let out = s.append_batch(&batch, 1000, 0, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[2], Outcome::OverLimit(Limit::Keys));
+        assert_eq!(out[3], Outcome::Stored { seq: 3, ts: 1000 });
+        // Unkeyed messages and ordinary channels have no key limit.
+        let out = s.append_batch(&[append("kv", "u", "x", None), keyed("plain", "c", "1")], 1000, 0, &|_| KEEP_ALL);
+        assert_eq!(out.unwrap(), vec![Outcome::Stored { seq: 4, ts: 1000 }, Outcome::Stored { seq: 1, ts: 1000 }]);
+    }
+
+    #[test]
+    fn retention_never_removes_the_latest_message_of_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compacting(dir.path(), 100);
+        let two = |_: &str| Retention { messages: 2, age_ms: 1000 };
+        // Keyed messages at the front, then five without a key: count
+        // retention on append removes unkeyed ones behind the kept keys.
+        let mut batch = vec![keyed("kv", "a", "1"), keyed("kv", "b", "1")];
+        batch.extend((0..5).map(|i| append("kv", "u", &i.to_string(), None)));
+        s.append_batch(&batch, 1000, 0, &two).unwrap();
+        assert_eq!(seqs(&s, "kv"), [1, 2, 6, 7]);
+        assert_eq!(s.channel("kv").unwrap(), ChannelInfo { first: 1, last: 7, holes: 3 });
+        // Age retention takes every unkeyed message and leaves the keys.
+        assert_eq!(s.maintain(5000, 100, &two).unwrap(), 2);
+        assert_eq!(seqs(&s, "kv"), [1, 2]);
+        assert_eq!(s.channel("kv").unwrap().count(), 2);
+        assert_eq!(s.maintain(99_000, 100, &two).unwrap(), 0, "nothing removable: no visit is filed");
+        // A later unkeyed message is filed and trimmed in time again.
+        s.append_batch(&[append("kv", "u", "late", None)], 100_000, 0, &two).unwrap();
+        assert_eq!(s.maintain(100_500, 100, &two).unwrap(), 0);
+        assert_eq!(s.maintain(101_001, 100, &two).unwrap(), 1);
+        assert_eq!(seqs(&s, "kv"), [1, 2]);
+        // Superseding the front key moves `first` past the holes.
+        s.append_batch(&[keyed("kv", "a", "2")], 101_001, 0, &two).unwrap();
+        assert_eq!(s.channel("kv").unwrap(), ChannelInfo { first: 2, last: 9, holes: 6 });
+        assert_eq!(s.channel("kv").unwrap().count(), 2);
+    }
+
+    #[test]
+    fn count_tail_and_read_skip_the_holes_of_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compacting(dir.path(), 100);
+        let batch = [
+            keyed("kv", "a", "1"),
+            keyed("kv", "b", "2"),
+            append("kv", "u", "3", None),
+            keyed("kv", "a", "4"),
+            keyed("kv", "b", "5"),
+            keyed("kv", "c", "6"),
+            keyed("kv", "c", "7"),
+        ];
+        s.append_batch(&batch, 1000, 0, &|_| KEEP_ALL).unwrap();
+        let info = s.channel("kv").unwrap();
+        assert_eq!((info, info.count()), (ChannelInfo { first: 3, last: 7, holes: 1 }, 4));
+        assert_eq!(seqs(&s, "kv"), [3, 4, 5, 7]);
+        assert_eq!(all(&s, "kv", 5), vec![(7, "7".to_string())], "read after a seq skips the hole");
+        assert_eq!(s.tail("kv", 2).unwrap(), 4, "the last 2 are 5 and 7");
+        assert_eq!(s.tail("kv", 3).unwrap(), 3);
+        assert_eq!(s.tail("kv", 4).unwrap(), 2);
+        assert_eq!(s.tail("kv", 100).unwrap(), 2, "fewer stored: before the oldest");
+        assert_eq!((s.tail("kv", 0).unwrap(), s.tail("none", 5).unwrap()), (7, 0));
+        let mut last2 = Vec::new();
+        s.read("kv", s.tail("kv", 2).unwrap(), 2, |r| {
+            last2.push(r.seq);
+            true
+        })
+        .unwrap();
+        assert_eq!(last2, [5, 7]);
+        let (snapshot, _) = state(&s, "kv");
+        let keys: Vec<(&str, Seq)> = snapshot.iter().map(|(k, seq, _)| (k.as_str(), *seq)).collect();
+        assert_eq!(keys, [("a", 4), ("b", 5), ("c", 7)]);
+    }
+
+    #[test]
+    fn state_pages_go_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compacting(dir.path(), 100);
+        let batch = [keyed("kv", "b", "1"), keyed("kv", "c", "2"), keyed("kv", "a", "3"), keyed("k2", "a0", "x")];
+        s.append_batch(&batch, 1000, 0, &|_| KEEP_ALL).unwrap();
+        let page = |after: &str, limit: usize| {
+            let mut keys = Vec::new();
+            let info = s
+                .state_page("kv", after, limit, |r| {
+                    keys.push(r.key.unwrap().to_string());
+                    true
+                })
+                .unwrap();
+            (keys, info.last)
+        };
+        assert_eq!(page("", 2), (vec!["a".to_string(), "b".into()], 3));
+        assert_eq!(page("b", 2), (vec!["c".to_string()], 3), "and never another channel's keys");
+        assert_eq!(page("c", 2).0, Vec::<String>::new());
+        assert_eq!(page("a", 10).0, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_tombstone_and_its_key_go_after_the_dedupe_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = compacting(dir.path(), 2);
+        let batch = [keyed("kv", "a", "1"), keyed("kv", "b", "1"), keyed("kv", "a", "null")];
+        s.append_batch(&batch, 1000, 500, &|_| KEEP_ALL).unwrap();
+        let (snapshot, _) = state(&s, "kv");
+        assert_eq!(
+            snapshot,
+            [("b".into(), 2, "1".into()), ("a".into(), 3, "null".into())],
+            "an unexpired tombstone is state"
+        );
+        assert_eq!(s.maintain(1500, 100, &|_| KEEP_ALL).unwrap(), 0, "not older than the window yet");
+        // A tombstone overwritten in time only loses its index entry.
+        s.append_batch(&[keyed("kv", "b", "null"), keyed("kv", "b", "back")], 1100, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(s.maintain(1501, 100, &|_| KEEP_ALL).unwrap(), 1);
+        assert_eq!(s.maintain(1601, 100, &|_| KEEP_ALL).unwrap(), 1);
+        let (snapshot, info) = state(&s, "kv");
+        assert_eq!(snapshot, [("b".into(), 5, "back".into())]);
+        assert_eq!((info.count(), seqs(&s, "kv")), (1, vec![5]));
+        // The key no longer counts against --max-keys.
+        let out = s.append_batch(&[keyed("kv", "c", "1")], 2000, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 6, ts: 2000 });
+    }
+
+    fn writes_for_presence() -> Vec<Write> {
+        let join = |user: &str, info: Option<&str>| Write::Member {
+            ch: "presence-r".into(),
+            user: user.into(),
+            info: info.map(Into::into),
+            joined: true,
+        };
+        let added = HookEvent {
+            name: "member_added".into(),
+            channel: "presence-r".into(),
+            user_id: Some("al\"ice".into()),
+            extra: String::new(),
+        };
+        let typed = HookEvent {
+            name: "client_event".into(),
+            channel: "presence-r".into(),
+            user_id: None,
+            extra: "\"event\":\"client-typing\",\"data\":\"{}\"".into(),
+        };
+        vec![
+            join("al\"ice", Some("{\"name\":\"A\"}")),
+            join("bob", None),
+            Write::Occupancy { ch: "presence-r".into(), occupied: true },
+            Write::Occupancy { ch: "gone".into(), occupied: true },
+            Write::Event(added),
+            Write::Event(typed),
+            Write::Occupancy { ch: "gone".into(), occupied: false },
+            Write::Message(keyed("kv", "a", "1")),
+        ]
+    }
+
+    fn presence_of(s: &Store) -> (Vec<String>, Vec<String>, Vec<(u64, u64, String)>) {
+        let (mut members, mut occupied, mut events) = (Vec::new(), Vec::new(), Vec::new());
+        s.members(|ch, user, info| members.push(format!("{ch} {user} {info}"))).unwrap();
+        s.occupied(|ch| occupied.push(ch.to_string())).unwrap();
+        s.outbox(0, 100, |e| {
+            events.push((e.n, e.created_ms, format!("{} {}", e.channel, e.json)));
+            true
+        })
+        .unwrap();
+        (members, occupied, events)
+    }
+
+    #[test]
+    fn members_occupancy_and_the_outbox_survive_a_restart_and_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let epoch = {
+            let s = compacting(&live, 100);
+            let out = s.commit(&writes_for_presence(), 7000, 0, &|_| KEEP_ALL, Commit::default()).unwrap();
+            assert!(out[..7].iter().all(|o| *o == Outcome::Written), "{out:?}");
+            s.epoch().to_string()
+        };
+        let s = compacting(&live, 100);
+        let (members, occupied, events) = presence_of(&s);
+        assert_eq!(members, ["presence-r al\"ice {\"name\":\"A\"}", "presence-r bob "]);
+        assert_eq!(occupied, ["presence-r"]);
+        assert_eq!(
+            events,
+            [
+                (1, 7000, format!("presence-r {{\"id\":\"{epoch}-1\",\"name\":\"member_added\",\"channel\":\"presence-r\",\"user_id\":\"al\\\"ice\"}}")),
+                (2, 7000, format!("presence-r {{\"id\":\"{epoch}-2\",\"name\":\"client_event\",\"channel\":\"presence-r\",\"event\":\"client-typing\",\"data\":\"{{}}\"}}")),
+            ]
+        );
+        assert_eq!(s.outbox_len().unwrap(), 2);
+        let mut after1 = Vec::new();
+        s.outbox(1, 100, |e| {
+            after1.push(e.n);
+            true
+        })
+        .unwrap();
+        assert_eq!(after1, [2]);
+        // A backup carries all of it, the key index too.
+        let restored = dir.path().join("restored");
+        fs::create_dir_all(&restored).unwrap();
+        let path = restored.join("data.mdb");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        s.backup(file, &path).unwrap();
+        let r = compacting(&restored, 100);
+        assert_eq!(presence_of(&r), presence_of(&s));
+        assert_eq!(state(&r, "kv"), state(&s, "kv"));
+        // Leaving, vacating and a delivered event are written like the rest;
+        // the counter goes on after a removal.
+        let leave = Write::Member { ch: "presence-r".into(), user: "bob".into(), info: None, joined: false };
+        let vacated = Write::Occupancy { ch: "presence-r".into(), occupied: false };
+        let again = writes_for_presence().swap_remove(4);
+        let opts = Commit { removed: &[1], ..Commit::default() };
+        s.commit(&[leave, vacated, again], 8000, 0, &|_| KEEP_ALL, opts).unwrap();
+        let (members, occupied, events) = presence_of(&s);
+        assert_eq!((members.len(), occupied.len()), (1, 0));
+        assert_eq!(events.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 3]);
+        assert!(events[1].2.contains(&format!("\"id\":\"{epoch}-3\"")), "{events:?}");
+    }
+
+    #[test]
+    fn an_isolated_job_lmdb_refuses_fails_whole_with_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let event = |user: &str| {
+            let user_id = Some(user.into());
+            Write::Event(HookEvent { name: "member_added".into(), channel: "p".into(), user_id, extra: String::new() })
+        };
+        let member = |user: &str| Write::Member { ch: "p".into(), user: user.into(), info: None, joined: true };
+        let long = "u".repeat(600);
+        let batch = [member("ann"), event("ann"), event(&long), member(&long), member("bob"), event("bob")];
+        assert!(matches!(s.commit(&batch, 1, 0, &|_| KEEP_ALL, Commit::default()), Err(StoreError::Content(_))));
+        assert_eq!(s.outbox_len().unwrap(), 0, "nothing of a failed commit");
+        let out =
+            s.commit(&batch, 1, 0, &|_| KEEP_ALL, Commit { isolate: true, jobs: &[2, 2, 2], ..Commit::default() });
+        let out = out.unwrap();
+        assert_eq!(out[..2], [Outcome::Written, Outcome::Written]);
+        assert!(matches!(out[2..4], [Outcome::Invalid(_), Outcome::Invalid(_)]), "{out:?}");
+        assert_eq!(out[4..], [Outcome::Written, Outcome::Written]);
+        let (members, _, events) = presence_of(&s);
+        assert_eq!(members, ["p ann ", "p bob "]);
+        assert_eq!(events.len(), 2, "the refused member's event is not in the outbox");
     }
 }
