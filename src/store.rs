@@ -647,8 +647,9 @@ impl Store {
         dedupe_window_ms: u64,
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let writes: Vec<Write> = batch.into_iter().cloned().map(Write::Message).collect();
-        self.commit(&writes, now_ms, dedupe_window_ms, retention, Commit::default())
+        self.commit_each(batch, Commit::default(), |txn, a| {
+            self.append_one(txn, a, now_ms, dedupe_window_ms, retention)
+        })
     }
 
     /// Commits writer items in one write transaction (one fsync), with the
@@ -664,6 +665,16 @@ impl Store {
         retention: &dyn Fn(&str) -> Retention,
         opts: Commit<'_>,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.commit_each(batch, opts, |txn, w| self.write_one(txn, w, now_ms, dedupe_window_ms, retention))
+    }
+
+    /// One write transaction over `batch`, writing each item with `one`.
+    fn commit_each<I>(
+        &self,
+        batch: impl IntoIterator<Item = I>,
+        opts: Commit<'_>,
+        one: impl Fn(&mut RwTxn, I) -> Result<Outcome, StoreError>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut wtxn = self.env.write_txn()?;
         let mut out = Vec::new();
         let mut items = batch.into_iter().peekable();
@@ -671,7 +682,7 @@ impl Store {
         while items.peek().is_some() {
             if !opts.isolate {
                 let w = items.next().expect("peeked");
-                out.push(self.write_one(&mut wtxn, w, now_ms, dedupe_window_ms, retention)?);
+                out.push(one(&mut wtxn, w)?);
                 continue;
             }
             let len = jobs.next().copied().unwrap_or(1).max(1);
@@ -683,7 +694,7 @@ impl Store {
                     done.push(Outcome::Written);
                     continue;
                 }
-                match self.write_one(&mut job, w, now_ms, dedupe_window_ms, retention) {
+                match one(&mut job, w) {
                     Ok(outcome) => done.push(outcome),
                     Err(StoreError::Content(why)) => {
                         refused = Some(why);
@@ -768,6 +779,13 @@ impl Store {
         window_ms: u64,
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Outcome, StoreError> {
+        // The edges allow 128-byte keys (`channel::valid_key`); the value
+        // layout holds up to 255, and an event name up to 64 KiB.
+        if a.key.as_ref().is_some_and(|k| k.len() > u8::MAX as usize)
+            || a.event.as_ref().is_some_and(|e| e.len() > u16::MAX as usize)
+        {
+            return Err(StoreError::Content("a message key over 255 bytes or an event name over 64 KiB".into()));
+        }
         let dkey = a.id.as_deref().map(|id| dedupe_key(&a.from, id));
         let mut stale_expiry = None;
         if let Some(dkey) = &dkey {
@@ -820,8 +838,7 @@ impl Store {
         }
         let seq = info.last + 1;
         info.last = seq;
-        let key = a.key.as_deref().map(|k| &k.as_bytes()[..k.len().min(u8::MAX as usize)]);
-        let event = a.event.as_deref().map(|e| &e.as_bytes()[..e.len().min(u16::MAX as usize)]);
+        let (key, event) = (a.key.as_deref().map(str::as_bytes), a.event.as_deref().map(str::as_bytes));
         let from = &a.from.as_bytes()[..a.from.len().min(u16::MAX as usize)];
         let extra = if key.is_some() || event.is_some() {
             4 + key.map_or(0, <[u8]>::len) + event.map_or(0, <[u8]>::len)
@@ -1900,6 +1917,10 @@ mod tests {
         let out = s.append_batch(&batch, 1000, 0, &|_| KEEP_ALL).unwrap();
         assert_eq!(out[2], Outcome::OverLimit(Limit::Keys));
         assert_eq!(out[3], Outcome::Stored { seq: 3, ts: 1000 });
+        // A key too long for the value layout fails alone (the edges allow 128 bytes).
+        let long = keyed("plain", &"k".repeat(256), "1");
+        let out = s.commit(&[msg(long)], 1000, 0, &|_| KEEP_ALL, Commit { isolate: true, ..Commit::default() });
+        assert!(matches!(out.unwrap()[..], [Outcome::Invalid(_)]));
         // Unkeyed messages and ordinary channels have no key limit.
         let out = s.append_batch(&[append("kv", "u", "x", None), keyed("plain", "c", "1")], 1000, 0, &|_| KEEP_ALL);
         assert_eq!(out.unwrap(), vec![Outcome::Stored { seq: 4, ts: 1000 }, Outcome::Stored { seq: 1, ts: 1000 }]);
@@ -2046,7 +2067,10 @@ mod tests {
         ]
     }
 
-    fn presence_of(s: &Store) -> (Vec<String>, Vec<String>, Vec<(u64, u64, String)>) {
+    /// Members, occupied channels and outbox events (`n`, created, channel and JSON).
+    type Presence = (Vec<String>, Vec<String>, Vec<(u64, u64, String)>);
+
+    fn presence_of(s: &Store) -> Presence {
         let (mut members, mut occupied, mut events) = (Vec::new(), Vec::new(), Vec::new());
         s.members(|ch, user, info| members.push(format!("{ch} {user} {info}"))).unwrap();
         s.occupied(|ch| occupied.push(ch.to_string())).unwrap();
