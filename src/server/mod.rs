@@ -474,8 +474,12 @@ fn writer_policy(cfg: &Config, clock: Clock) -> Policy {
     Policy {
         dedupe_window: cfg.dedupe_window,
         retention,
-        // Compaction decides what retention may remove: a change rebuilds the index.
-        retention_rules: format!("{} compact={:?}", cfg.retention_rules(), cfg.compact),
+        // Compaction decides what retention may remove: a change rebuilds
+        // the index (a store without compaction keeps its rules as before).
+        retention_rules: match cfg.compact.is_empty() {
+            true => cfg.retention_rules(),
+            false => format!("{} compact={:?}", cfg.retention_rules(), cfg.compact),
+        },
         max_channels: cfg.max_channels,
         clock,
         compact: {
