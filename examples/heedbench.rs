@@ -417,6 +417,8 @@ fn run_like_roostd(
                 from: format!("loadgen-{p}"),
                 data: data_text(seq, pad),
                 id: (!opts.no_id).then(|| format!("\"{nonce}-{p}-{seq}\"")),
+                key: None,
+                event: None,
             });
         }
         let t0 = Instant::now();

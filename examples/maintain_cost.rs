@@ -19,8 +19,10 @@ fn main() {
     let week = |_: &str| Retention { messages: 10_000, age_ms: 7 * 86_400_000 };
     let names: Vec<String> = (0..n).map(|i| format!("fill-{i}")).collect();
     for chunk in names.chunks(10_000) {
-        let batch: Vec<Append> =
-            chunk.iter().map(|ch| Append { ch: ch.clone(), from: "u".into(), data: "1".into(), id: None }).collect();
+        let batch: Vec<Append> = chunk
+            .iter()
+            .map(|ch| Append { ch: ch.clone(), from: "u".into(), data: "1".into(), id: None, key: None, event: None })
+            .collect();
         store.append_batch(&batch, 1_000_000, 0, &week).expect("filling");
     }
     let mut times: Vec<Duration> = (0..20)

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{Claims, Verifier};
 use crate::http::{self, Head, Refusal};
-use crate::hub;
+use crate::hub::{self, Dialect as _};
 use crate::proto::roost::{self, Seq, DEFAULT_HIST_LIMIT, MAX_HIST_LIMIT, MAX_ID_BYTES};
 use crate::store::{self, Append, ChannelInfo, Limit, Store, StoreError};
 
@@ -313,7 +313,7 @@ pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option
             Some(json)
         }
     };
-    Ok(Append { ch, from: claims.sub.clone(), data, id })
+    Ok(Append { ch, from: claims.sub.clone(), data, id, key: None, event: None })
 }
 
 /// `201 {"ch","seq","ts"}` for a new message, `200` for a repeated key.
@@ -349,6 +349,7 @@ pub fn history(store: &Store, ch: &str, since: Seq, limit: usize, max_bytes: usi
 pub fn over_limit(limit: Limit) -> Refusal {
     match limit {
         Limit::Channels => Refusal::new(507, "too_many_channels"),
+        Limit::Keys => Refusal::new(507, "too_many_keys"),
     }
 }
 
@@ -563,7 +564,7 @@ mod tests {
     fn bodies_are_json() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 22).unwrap();
-        let a = Append { ch: "c".into(), from: "u".into(), data: "[1]".into(), id: None };
+        let a = Append { ch: "c".into(), from: "u".into(), data: "[1]".into(), id: None, key: None, event: None };
         let keep = |_: &str| crate::store::Retention { messages: 100, age_ms: u64::MAX };
         store.append_batch([&a, &a, &a], 5, 0, &keep).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&history(&store, "c", 1, 1, 1 << 20).unwrap()).unwrap();

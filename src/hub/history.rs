@@ -63,6 +63,10 @@ impl History for Store {
     ) -> Result<ChannelInfo, StoreError> {
         Store::read(self, ch, after, limit, each)
     }
+
+    fn tail(&self, ch: &str, n: u32) -> Result<Seq, StoreError> {
+        Store::tail(self, ch, n as usize)
+    }
 }
 
 /// Appends the messages after `since`, written by `dialect`, to `out`,

@@ -488,6 +488,15 @@ impl Hub {
                 }),
                 deliveries: Vec::new(),
             },
+            Outcome::OverLimit(Limit::Keys) => Committed {
+                reply: answer(Event::Refused {
+                    code: ErrCode::TooManyKeys,
+                    msg: "the channel holds --max-keys live keys; reuse a key or delete one (data null)",
+                }),
+                deliveries: Vec::new(),
+            },
+            // Not a publish's outcome.
+            Outcome::Written => Committed::default(),
         }
     }
 

@@ -53,7 +53,14 @@ impl Backend for Real {
     fn commit(&mut self, batch: &[Publish]) -> Vec<Outcome> {
         let appends: Vec<Append> = batch
             .iter()
-            .map(|p| Append { ch: p.ch.clone(), from: p.from.clone(), data: p.data.clone(), id: p.id.clone() })
+            .map(|p| Append {
+                ch: p.ch.clone(),
+                from: p.from.clone(),
+                data: p.data.clone(),
+                id: p.id.clone(),
+                key: None,
+                event: None,
+            })
             .collect();
         self.store.append_batch(&appends, 1000, 60_000, &|_| KEEP_ALL).unwrap()
     }

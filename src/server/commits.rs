@@ -29,7 +29,7 @@ impl Server {
             return self.refuse(id, ErrCode::Unavailable, msg, req_id.as_deref());
         }
         self.inflight_bytes += bytes;
-        self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, append));
+        self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, Write::Message(append)));
     }
 
     pub(super) fn collect_commits(&mut self, now: Instant) {
@@ -39,8 +39,10 @@ impl Server {
                 Ok(outcomes) => {
                     self.store_full = false;
                     self.metrics.commit(took, items.len());
-                    for ((ticket, append), outcome) in items.into_iter().zip(outcomes) {
-                        self.on_committed(ticket, append, outcome, now);
+                    for ((ticket, write), outcome) in items.into_iter().zip(outcomes) {
+                        if let Write::Message(append) = write {
+                            self.on_committed(ticket, append, outcome, now);
+                        }
                     }
                 }
                 Err(e) => self.on_commit_failed(items, e, now),
@@ -58,6 +60,7 @@ impl Server {
             Outcome::Duplicate { .. } => self.metrics.duplicates += 1,
             Outcome::Invalid(why) => log::warn!("refused one publish: {why}"),
             Outcome::OverLimit(_) => self.metrics.refuse(ErrCode::TooManyChannels.as_str()),
+            Outcome::Written => {}
         }
         if let Some(req) = ticket.http {
             self.answer_publish(ticket.conn, req, &append.ch, &outcome, now);
@@ -80,7 +83,7 @@ impl Server {
 
     /// A batch that did not commit: its publishers are told to retry, and a
     /// broken environment stops the server.
-    fn on_commit_failed(&mut self, items: Vec<(Ticket, Append)>, e: StoreError, now: Instant) {
+    fn on_commit_failed(&mut self, items: Vec<(Ticket, Write)>, e: StoreError, now: Instant) {
         let transient = e.is_transient();
         self.store_full = transient;
         self.metrics.commit_failures += !items.is_empty() as u64;

@@ -175,7 +175,7 @@ impl Server {
                 slot.conn.wait_commit();
                 self.inflight_bytes += bytes;
                 let id_json = append.id.clone();
-                self.pending.push((Ticket { conn: id, id: id_json, bytes, http: Some(req) }, append));
+                self.pending.push((Ticket { conn: id, id: id_json, bytes, http: Some(req) }, Write::Message(append)));
                 false
             }
             Err(refusal) => self.http_refuse(id, req, refusal, false, now),
@@ -191,6 +191,7 @@ impl Server {
             Outcome::Duplicate { ch, seq, ts } => api::published(ch, *seq, *ts, false),
             Outcome::Invalid(_) => Decision::Refuse(Refusal::new(400, "bad_request")),
             Outcome::OverLimit(limit) => Decision::Refuse(api::over_limit(*limit)),
+            Outcome::Written => Decision::Refuse(Refusal::new(400, "bad_request")),
         };
         match answer {
             Decision::Reply { status, body, content_type, .. } => {

@@ -48,7 +48,7 @@ use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
 use crate::proto::roost;
-use crate::store::{Append, Outcome, Retention, Store, StoreError};
+use crate::store::{Append, Outcome, Retention, Store, StoreError, Write};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 mod admission;
@@ -133,7 +133,7 @@ pub struct Server {
     next_id: ConnId,
     per_ip: HashMap<IpAddr, usize>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    pending: Vec<(Ticket, Append)>,
+    pending: Vec<(Ticket, Write)>,
     inflight_bytes: usize,
     /// Connections with output queued this turn.
     dirty: Vec<ConnId>,
@@ -486,9 +486,20 @@ fn writer_policy(cfg: &Config, clock: Clock) -> Policy {
     Policy {
         dedupe_window: cfg.dedupe_window,
         retention,
-        retention_rules: cfg.retention_rules(),
+        // Compaction decides what retention may remove: a change rebuilds
+        // the index (a store without compaction keeps its rules as before).
+        retention_rules: match cfg.compact.is_empty() {
+            true => cfg.retention_rules(),
+            false => format!("{} compact={:?}", cfg.retention_rules(), cfg.compact),
+        },
         max_channels: cfg.max_channels,
         clock,
+        compact: {
+            let cfg = cfg.clone();
+            Arc::new(move |ch: &str| cfg.is_compacted(ch))
+        },
+        max_keys: cfg.max_keys,
+        on_events: None,
     }
 }
 

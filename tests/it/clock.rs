@@ -29,8 +29,16 @@ fn server_with_a_floor_a_day_ahead(synced: &str, args: &[&str]) -> (TestServer, 
     let floor = now_ms() + DAY_MS;
     {
         let store = Store::open(server.data_dir(), MAP).unwrap();
-        let batch: Vec<Append> =
-            (0..5).map(|i| Append { ch: "log".into(), from: "past".into(), data: i.to_string(), id: None }).collect();
+        let batch: Vec<Append> = (0..5)
+            .map(|i| Append {
+                ch: "log".into(),
+                from: "past".into(),
+                data: i.to_string(),
+                id: None,
+                key: None,
+                event: None,
+            })
+            .collect();
         let keep = |_: &str| Retention { messages: u64::MAX, age_ms: u64::MAX };
         store.append_batch(&batch, now_ms(), 0, &keep).unwrap();
         store.save_clock_floor(floor).unwrap();
