@@ -16,6 +16,7 @@
 //! - [`net`]: one connection's transport: the state machine `Conn`, over plain TCP or
 //!   TLS, outgoing frames encoded once (the only tungstenite user).
 //! - [`api`]: the HTTP API's routing, order of checks and JSON bodies. Pure.
+//! - [`proto`]: other protocols' front doors: Pusher's WebSocket frames and signed HTTP API. Pure.
 //! - [`hook`]: the publish hook: worker threads asking the main application.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
@@ -44,6 +45,7 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod net;
+pub mod proto;
 pub mod server;
 pub mod store;
 pub mod tls;
