@@ -52,6 +52,7 @@ fn crates_stay_in_their_modules() {
     let rules: &[(&str, &[&str])] = &[
         ("heed::", &["store.rs"]),
         ("hmac::", &["auth.rs"]),
+        ("md5::", &["auth.rs"]),
         ("sha2::", &["auth.rs", "tls.rs"]),
         ("rcgen::", &["tls.rs"]),
         ("httparse::", &["http.rs"]),
@@ -79,8 +80,19 @@ fn crates_stay_in_their_modules() {
 #[test]
 fn pure_modules_do_not_read_the_clock() {
     for (name, text) in sources() {
-        if !["hub.rs", "wire.rs", "auth.rs", "http.rs", "api.rs", "config.rs", "metrics.rs", "clock.rs"]
-            .contains(&name.as_str())
+        if ![
+            "hub.rs",
+            "wire.rs",
+            "auth.rs",
+            "http.rs",
+            "api.rs",
+            "config.rs",
+            "metrics.rs",
+            "clock.rs",
+            "proto/pusher.rs",
+            "proto/pusher_api.rs",
+        ]
+        .contains(&name.as_str())
         {
             continue;
         }
