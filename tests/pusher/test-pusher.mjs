@@ -145,11 +145,12 @@ before(async () => {
 after(async () => {
   for (const c of clients) c.disconnect();
   auth?.close();
-  const how = await server?.stop('SIGTERM');
-  if (process.exitCode && server) console.log(server.log.slice(-40).join('\n'));
+  if (server) {
+    const how = await server.stop('SIGTERM');
+    console.log(`roostd stopped (${how}); its last log lines:\n${server.log.slice(-30).join('\n')}`);
+  }
   removeDir(data);
   removeDir(`${data}.pusher-secret`);
-  void how;
 });
 
 test('pusher-js connects with protocol 7 and gets a socket id', async () => {
