@@ -43,16 +43,16 @@ function recorder(ch) {
   return seen;
 }
 
+/** pusher-js options that reach roostd on loopback over plain ws://. */
+function wsOptions() {
+  return { cluster: 'mt1', wsHost: '127.0.0.1', wsPort: server.port, forceTLS: false, enabledTransports: ['ws'], disableStats: true };
+}
+
 /** A pusher-js client for `user`, authorized by the test's auth endpoint. */
 function client(user = 'anon', extra = {}) {
   const headers = { 'X-User': user };
   const c = new PusherJS(APP.key, {
-    cluster: 'mt1',
-    wsHost: '127.0.0.1',
-    wsPort: server.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
+    ...wsOptions(),
     channelAuthorization: { endpoint: `http://127.0.0.1:${authPort}/broadcasting/auth`, transport: 'ajax', headers },
     userAuthentication: { endpoint: `http://127.0.0.1:${authPort}/pusher/user-auth`, transport: 'ajax', headers },
     ...extra,
@@ -159,7 +159,7 @@ test('pusher-js connects with protocol 7 and gets a socket id', async () => {
 });
 
 test('an unknown app key is refused with pusher:error 4001', async () => {
-  const c = new PusherJS('not-the-key', { cluster: 'mt1', wsHost: '127.0.0.1', wsPort: server.port, forceTLS: false, enabledTransports: ['ws'], disableStats: true });
+  const c = new PusherJS('not-the-key', wsOptions());
   clients.push(c);
   const errors = [];
   c.connection.bind('error', (e) => errors.push(e));
@@ -199,12 +199,7 @@ test('Laravel Echo hears an event the server library triggers', async () => {
   const echo = new Echo({
     broadcaster: 'pusher',
     key: APP.key,
-    cluster: 'mt1',
-    wsHost: '127.0.0.1',
-    wsPort: server.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
+    ...wsOptions(),
     Pusher: PusherJS,
     authEndpoint: `http://127.0.0.1:${authPort}/broadcasting/auth`,
     auth: { headers: { 'X-User': 'erin' } },

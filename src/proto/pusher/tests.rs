@@ -330,3 +330,11 @@ fn events_carry_the_original_text_or_the_messages_json() {
     assert_eq!(message_data("plain text"), "\"plain text\"");
     assert_eq!(message_data("{\"open\":"), "\"{\\\"open\\\":\"");
 }
+
+#[test]
+fn a_webhook_body_signed_with_app_sign_is_one_the_pusher_library_accepts() {
+    let v = vectors();
+    let hook = &v["webhook"];
+    assert_eq!(hook["library_accepts"], true, "the library checked this pair when the vectors were made");
+    assert_eq!(app().sign(hook["body"].as_str().unwrap()), hook["signature"].as_str().unwrap());
+}
