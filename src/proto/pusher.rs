@@ -569,7 +569,7 @@ impl ClientEventRate {
                 self.used = 0;
             }
         }
-        self.used += 1;
+        self.used = self.used.saturating_add(1);
         self.used <= CLIENT_EVENTS_PER_SECOND
     }
 

@@ -17,7 +17,7 @@ import { after, before, test } from 'node:test';
 import PusherServer from 'pusher';
 import PusherJS from 'pusher-js';
 import Echo from 'laravel-echo';
-import { Server, tempDir, removeDir, sleep } from '../browser/server.mjs';
+import { Server, mintAppToken, tempDir, removeDir, sleep } from '../browser/server.mjs';
 
 const SCALE = process.env.ROOSTD_TEST_SCALE === 'small' ? 10 : 1;
 const APP = { appId: '4242', key: 'app-key', secret: 'pusher-test-secret-0123456789abcdef' };
@@ -305,6 +305,23 @@ test('a signed-in user gets sendToUser events and is closed by terminate_connect
   c.connection.bind('state_change', (s) => states.push(s.current));
   await api.terminateUserConnections('dave');
   await until('the connection closed', () => states.some((s) => s !== 'connected'));
+});
+
+test('one store: an event from the Pusher API is a durable roostd message', async () => {
+  await api.trigger('orders.log', 'OrderShipped', { id: 9 });
+  await api.trigger('orders.log', 'Note', 'plain text');
+  const res = await fetch(`${server.url}/api/channels/orders.log/messages?since=0`, {
+    headers: { authorization: `Bearer ${mintAppToken(data, 'app')}` },
+  });
+  assert.equal(res.status, 200);
+  const { msgs } = await res.json();
+  assert.deepEqual(
+    msgs.map((m) => [m.seq, m.event, m.from, m.data]),
+    [
+      [1, 'OrderShipped', 'app', { id: 9 }],
+      [2, 'Note', 'app', 'plain text'],
+    ],
+  );
 });
 
 test('the API refuses a bad signature and a stale timestamp with 401', async () => {
