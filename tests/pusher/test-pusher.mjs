@@ -163,7 +163,9 @@ test('an unknown app key is refused with pusher:error 4001', async () => {
   clients.push(c);
   const errors = [];
   c.connection.bind('error', (e) => errors.push(e));
-  await until('error 4001', () => errors.find((e) => e?.data?.code === 4001));
+  // pusher-js reports the refusal as a WebSocketError wrapping the PusherError.
+  await until('error 4001', () => errors.find((e) => (e?.error?.data ?? e?.data)?.code === 4001));
+  await until('the connection given up', () => c.connection.state === 'disconnected');
 });
 
 test('a public channel needs --pusher-public; others are refused with 403', async () => {
