@@ -547,17 +547,31 @@ pub fn mint(claims: &serde_json::Value, key: &Key) -> String {
 pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(msg);
-    let mut out = String::with_capacity(64);
-    for b in mac.finalize().into_bytes() {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
+    hex(&mac.finalize().into_bytes())
 }
 
 /// Constant-time equality of two signatures as text (their lengths are public).
 pub fn hex_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `hex(MD5(body))`, lower-case: the Pusher HTTP API's `body_md5`. Not a
+/// security primitive here: the signature covers this digest, and the
+/// digest ties the signed query to the one body it was made for, so a
+/// signed URL cannot carry another body within its ±600 s.
+pub fn md5_hex(body: &[u8]) -> String {
+    use md5::Digest as _;
+    hex(&md5::Md5::digest(body))
+}
+
+/// Lower-case hex, as both Pusher digests are written.
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -612,6 +626,12 @@ mod tests {
         assert!(hex_eq(&got, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
         assert!(!hex_eq(&got, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3844"));
         assert!(!hex_eq(&got, "5bdc"));
+    }
+
+    #[test]
+    fn md5_hex_matches_rfc_1321() {
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
     }
 
     fn sign(signing_input: &str, secret: &[u8]) -> String {

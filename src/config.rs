@@ -123,6 +123,17 @@ pub struct Config {
     pub webhook_retry_for: Duration,
     pub webhook_backoff_min: Duration,
     pub webhook_max_pending: u64,
+    /// The Pusher app (pusher.md §1): with no id and key, the Pusher
+    /// endpoints answer 404. Both or neither (`validate`).
+    pub pusher_app_id: Option<String>,
+    pub pusher_key: Option<String>,
+    /// Public channels Pusher clients may join without a signature. None by
+    /// default: the key ships in every page, so nothing is public unless
+    /// the operator says so.
+    pub pusher_public: Vec<String>,
+    /// The app secret; `None`: the default HMAC key, so the main
+    /// application shares one secret with roostd.
+    pub pusher_secret_file: Option<PathBuf>,
 }
 
 /// Every webhook event name (spec §9; `client_event` and `cache_miss` come
@@ -276,6 +287,15 @@ pub const SETTINGS: &[Setting] = &[
         default: "100000",
         help: "events waiting; past it the oldest are dropped",
     },
+    Setting { key: "pusher-app-id", value: "ID", default: "-", help: "serve the Pusher protocol for this app id" },
+    Setting { key: "pusher-key", value: "KEY", default: "-", help: "the Pusher app key (with --pusher-app-id)" },
+    Setting {
+        key: "pusher-public",
+        value: "PATTERN",
+        default: "none",
+        help: "Pusher channels open without a signature (repeatable)",
+    },
+    Setting { key: "pusher-secret-file", value: "FILE", default: "the default key", help: "the Pusher app secret" },
     Setting {
         key: "ready-file",
         value: "FILE",
@@ -332,6 +352,10 @@ impl Default for Config {
             webhook_retry_for: Duration::from_secs(24 * 3600),
             webhook_backoff_min: Duration::from_secs(1),
             webhook_max_pending: 100_000,
+            pusher_app_id: None,
+            pusher_key: None,
+            pusher_public: Vec::new(),
+            pusher_secret_file: None,
         }
     }
 }
@@ -415,6 +439,19 @@ impl Config {
             "webhook-retry-for" => self.webhook_retry_for = duration(key, v)?,
             "webhook-backoff-min" => self.webhook_backoff_min = duration(key, v)?,
             "webhook-max-pending" => self.webhook_max_pending = positive(key, v)? as u64,
+            "pusher-app-id" => self.pusher_app_id = Some(pusher_name(key, v)?),
+            "pusher-key" => self.pusher_key = Some(pusher_name(key, v)?),
+            "pusher-public" => {
+                let p = pattern(key, v)?;
+                if ["private-", "presence-"].iter().any(|pre| p.starts_with(pre)) {
+                    return err(format!(
+                        "--pusher-public {p:?}: private- and presence- channels always need a signature; \
+                         name public channels (no prefix) here"
+                    ));
+                }
+                self.pusher_public.push(p);
+            }
+            "pusher-secret-file" => self.pusher_secret_file = Some(PathBuf::from(nonempty(key, v)?)),
             _ => {
                 return err(format!(
                     "unknown setting `{key}`{}; `roostd serve --help` lists them all",
@@ -445,6 +482,12 @@ impl Config {
                 return err(format!("{origin}: unknown setting `{name}`{hint}; `roostd serve --help` lists them all"));
             }
             match (key.as_str(), value) {
+                ("pusher", toml::Value::Table(t)) => self.apply_pusher_table(t, origin)?,
+                ("pusher", _) => {
+                    return err(format!(
+                        "{origin}: write the Pusher app as a table: `[pusher]` then app_id, key, public, secret_file"
+                    ))
+                }
                 ("keys" | "retention", toml::Value::Table(_)) => {
                     return err(format!(
                         "{origin}: write `[[{key}]]` (two brackets, once before each entry), not `[{key}]`: \
@@ -484,8 +527,36 @@ impl Config {
         Ok(())
     }
 
+    /// `[pusher]`: `app_id`, `key`, `public` (a pattern or a list), `secret_file`.
+    fn apply_pusher_table(&mut self, t: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+        for (k, v) in t {
+            if !["app_id", "key", "public", "secret_file"].contains(&k.as_str()) {
+                return err(format!("{origin}: [pusher] has no setting `{k}` (app_id, key, public, secret_file)"));
+            }
+            let items = match v {
+                toml::Value::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            for item in items {
+                let text =
+                    scalar(item).ok_or_else(|| ConfigError(format!("{origin}: [pusher] `{k}` takes a string")))?;
+                self.set(&format!("pusher-{}", k.replace('_', "-")), &text)
+                    .map_err(|e| ConfigError(format!("{origin}: [pusher] {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks relations between settings once everything is applied.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.pusher_app_id.is_some() != self.pusher_key.is_some() {
+            return err("--pusher-app-id and --pusher-key go together; give both (the Pusher app) or neither");
+        }
+        if self.pusher_app_id.is_none() && (!self.pusher_public.is_empty() || self.pusher_secret_file.is_some()) {
+            return err(
+                "--pusher-public and --pusher-secret-file need a Pusher app: add --pusher-app-id and --pusher-key",
+            );
+        }
         if self.max_send_buffer_bytes < 2 * self.max_message_bytes {
             return err(format!(
                 "max-send-buffer-bytes ({}) must be at least twice max-message-bytes ({}); raise it or lower the message limit",
@@ -588,7 +659,7 @@ fn retention_table(item: &toml::Value, base: &Config, origin: &str) -> Result<Re
 }
 
 /// Settings that exist only in the config file, as lists of tables.
-pub const FILE_ONLY: &[&str] = &["retention", "keys"];
+pub const FILE_ONLY: &[&str] = &["retention", "keys", "pusher"];
 
 /// Names people reach for that roostd spells differently.
 const ALIASES: &[(&str, &str)] = &[
@@ -662,6 +733,16 @@ fn pattern(key: &str, v: &str) -> Result<String, ConfigError> {
     let name = v.strip_suffix('*').unwrap_or(v);
     if v != "*" && !crate::channel::valid_name(name) {
         return err(format!("--{key} takes a channel name or a prefix ending in `*` (like `room:*`), not {v:?}"));
+    }
+    Ok(v.to_string())
+}
+
+/// A Pusher app id or key: 1 to 64 of `A-Z a-z 0-9 _ - .` (no `:`, which
+/// separates the key from the signature in `auth`).
+fn pusher_name(key: &str, v: &str) -> Result<String, ConfigError> {
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !ok {
+        return err(format!("--{key} takes 1 to 64 letters, digits, `_`, `-` or `.`, not {v:?}"));
     }
     Ok(v.to_string())
 }
@@ -743,6 +824,44 @@ mod tests {
         assert!(c.set("webhook-events", "member_added,memberremoved").unwrap_err().0.contains("unknown event"));
         c.set("webhook-backoff-min", "50ms").unwrap();
         assert_eq!(c.webhook_backoff_min, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_pusher_app_comes_from_flags_or_a_pusher_table() {
+        let mut c = Config::default();
+        c.apply_toml(
+            "[pusher]\napp_id = \"4242\"\nkey = \"app-key\"\npublic = [\"news\", \"public-*\"]\nsecret_file = \"/etc/p\"",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!((c.pusher_app_id.as_deref(), c.pusher_key.as_deref()), (Some("4242"), Some("app-key")));
+        assert_eq!(c.pusher_public, ["news", "public-*"]);
+        assert_eq!(c.pusher_secret_file, Some(PathBuf::from("/etc/p")));
+        c.set("pusher-public", "lobby").unwrap();
+        assert_eq!(c.pusher_public.len(), 3, "--pusher-public is repeatable");
+        c.validate().unwrap();
+
+        let mut c = Config::default();
+        c.apply_toml("[pusher]\napp_id = 1\nkey = \"k\"\npublic = \"news\"", "t.toml").unwrap();
+        assert_eq!((c.pusher_app_id.as_deref(), c.pusher_public.as_slice()), (Some("1"), &["news".to_string()][..]));
+    }
+
+    #[test]
+    fn bad_pusher_settings_say_what_to_do() {
+        let mut c = Config::default();
+        assert!(c.set("pusher-key", "a:b").unwrap_err().0.contains("letters, digits"));
+        assert!(c.set("pusher-app-id", "").is_err());
+        assert!(c.set("pusher-public", "private-*").unwrap_err().0.contains("always need a signature"));
+        assert!(c.set("pusher-public", "a b").unwrap_err().0.contains("prefix ending in `*`"));
+        let e = c.apply_toml("[pusher]\nsecret = \"x\"", "t.toml").unwrap_err();
+        assert!(e.0.contains("[pusher] has no setting `secret`"), "{e}");
+        let e = c.apply_toml("pusher = \"x\"", "t.toml").unwrap_err();
+        assert!(e.0.contains("`[pusher]`"), "{e}");
+        c.set("pusher-app-id", "1").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("go together"));
+        let mut c = Config::default();
+        c.set("pusher-public", "news").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("need a Pusher app"));
     }
 
     #[test]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# roostd's Pusher door against the real libraries (pusher.md): pusher-js and
+# laravel-echo as clients, the `pusher` server library for the signed HTTP
+# API and the auth endpoint, all pinned in package-lock.json.
+#
+#   bash tests/pusher/run.sh
+#
+# ROOSTD_BIN picks the binary (default: target/debug/roostd, built here when
+# ROOSTD_BIN is unset). Where node >= 20 or the npm packages cannot be had,
+# prints "pusher: SKIPPED <reason>" and exits 77, or 78 when a registry could
+# not be reached (see .ci/lib.sh).
+#
+# `node gen-vectors.mjs > vectors.json` (same folder) remakes the signed
+# requests that src/proto's unit tests check against the `pusher` library.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+here="$root/tests/pusher"
+t0=$(date +%s)
+
+SKIP_NAME=pusher
+. "$root/.ci/lib.sh"
+log="$(mktemp "${TMPDIR:-/tmp}/roostd-pusher.XXXXXX")"
+trap 'rm -f "$log"' EXIT
+
+need_apt node nodejs
+need_apt npm npm
+major=$(node -p 'process.versions.node.split(".")[0]')
+if (( major < 20 )); then
+    skip "node $(node --version) is older than 20 (install node 20 or newer, e.g. from NodeSource)"
+fi
+
+if [[ -z "${ROOSTD_BIN:-}" ]]; then
+    cargo build --quiet --bin roostd
+    export ROOSTD_BIN="$root/target/debug/roostd"
+fi
+
+if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error) 2>"$log"; then
+    cat "$log" >&2
+    skip_install_failed "npm ci could not install pusher-js, laravel-echo and pusher" "$log"
+fi
+
+status=0
+echo "--- pusher: pusher-js, laravel-echo and the pusher server library against roostd"
+(cd "$here" && timeout 300 node --test-reporter=spec test-pusher.mjs) || status=1
+echo "--- tests/pusher: $(( $(date +%s) - t0 ))s"
+exit $status
