@@ -287,6 +287,11 @@ impl Verifier {
         self.leeway_secs
     }
 
+    /// The default key's secret: what roostd signs with (webhooks, spec §9).
+    pub fn default_secret(&self) -> &[u8] {
+        self.keys.default_key().map_or(&[], Key::secret)
+    }
+
     /// Verifies `token` at time `now_unix` (seconds since the epoch).
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, AuthError> {
         if token.is_empty() {

@@ -246,7 +246,16 @@ fn replacement(answer: &[u8]) -> Result<Option<String>, &'static str> {
 }
 
 /// The body sent to the hook: `{"ch","from","data","id"}` (`id` null when absent).
-pub fn request_body(ch: &str, from: &str, data: &str, id: Option<&str>) -> String {
+/// `key` (spec §8) and `event` (a JSON string literal) are added when the
+/// `pub` has them.
+pub fn request_body(
+    ch: &str,
+    from: &str,
+    data: &str,
+    id: Option<&str>,
+    key: Option<&str>,
+    event: Option<&str>,
+) -> String {
     let mut out = String::with_capacity(48 + ch.len() + from.len() + data.len());
     out.push_str("{\"ch\":");
     crate::proto::roost::json_str(&mut out, ch);
@@ -256,6 +265,14 @@ pub fn request_body(ch: &str, from: &str, data: &str, id: Option<&str>) -> Strin
     out.push_str(data);
     out.push_str(",\"id\":");
     out.push_str(id.unwrap_or("null"));
+    if let Some(key) = key {
+        out.push_str(",\"key\":");
+        crate::proto::roost::json_str(&mut out, key);
+    }
+    if let Some(event) = event {
+        out.push_str(",\"event\":");
+        out.push_str(event);
+    }
     out.push('}');
     out
 }
@@ -508,9 +525,10 @@ mod tests {
     #[test]
     fn bodies() {
         let v: serde_json::Value =
-            serde_json::from_str(&request_body("room:1", "al\"ice", r#"{"t":1}"#, Some("\"x\""))).unwrap();
+            serde_json::from_str(&request_body("room:1", "al\"ice", r#"{"t":1}"#, Some("\"x\""), None, None)).unwrap();
         assert_eq!(v, serde_json::json!({"ch":"room:1","from":"al\"ice","data":{"t":1},"id":"x"}));
-        let v: serde_json::Value = serde_json::from_str(&request_body("c", "u", "null", None)).unwrap();
-        assert_eq!(v["id"], serde_json::Value::Null);
+        let v: serde_json::Value =
+            serde_json::from_str(&request_body("c", "u", "null", None, Some("t:1"), Some("\"Ev\""))).unwrap();
+        assert_eq!(v, serde_json::json!({"ch":"c","from":"u","data":null,"id":null,"key":"t:1","event":"Ev"}));
     }
 }

@@ -74,6 +74,11 @@ pub struct Gauges {
     pub connections: usize,
     pub websockets: usize,
     pub subscriptions: usize,
+    /// Presence members, those within their grace included.
+    pub presence_members: usize,
+    /// Webhook delivery (`None` without `--webhook`): events delivered,
+    /// failed tries, events dropped, events waiting.
+    pub webhook: Option<[u64; 4]>,
     pub store_bytes: u64,
     pub map_bytes: u64,
 }
@@ -137,6 +142,15 @@ impl Metrics {
         gauge(&mut out, "roostd_connections", "Open connections (WebSocket and HTTP).", g.connections as u64);
         gauge(&mut out, "roostd_websockets", "Open WebSocket connections.", g.websockets as u64);
         gauge(&mut out, "roostd_subscriptions", "Channel subscriptions held.", g.subscriptions as u64);
+        let members = "Presence members (users per presence channel), those within their grace included.";
+        gauge(&mut out, "roostd_presence_members", members, g.presence_members as u64);
+        if let Some([delivered, failed, dropped, pending]) = g.webhook {
+            counter(&mut out, "roostd_webhook_events_delivered_total", "Webhook events answered 2xx.", delivered);
+            counter(&mut out, "roostd_webhook_failures_total", "Webhook requests that failed.", failed);
+            let why = "Webhook events dropped: past --webhook-retry-for or --webhook-max-pending.";
+            counter(&mut out, "roostd_webhook_events_dropped_total", why, dropped);
+            gauge(&mut out, "roostd_webhook_events_pending", "Webhook events waiting in the store.", pending);
+        }
         counter(&mut out, "roostd_connections_accepted_total", "TCP connections accepted.", self.accepted);
         labeled(
             &mut out,

@@ -207,6 +207,9 @@ fn publish_head(head: &Head, ch: String, claims: Claims, max_body: usize) -> Dec
     if len > max_body {
         return reply(413, "too_large");
     }
+    if message_key(head).is_err() {
+        return reply(400, "bad_request");
+    }
     Decision::Publish { ch, claims: Box::new(claims), len }
 }
 
@@ -290,8 +293,23 @@ fn channel(segment: &str) -> Option<String> {
     crate::channel::valid_name(&decoded).then_some(decoded)
 }
 
+/// A publish's `?key=` (spec §8); `Err` for one that is not a valid key.
+pub fn message_key(head: &Head) -> Result<Option<String>, Refusal> {
+    match http::query_param(&head.query, "key") {
+        None => Ok(None),
+        Some(k) if crate::channel::valid_key(&k) => Ok(Some(k)),
+        Some(_) => Err(Refusal::new(400, "bad_request")),
+    }
+}
+
 /// Checks a publish body and builds the append. `Err` is the reply.
-pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option<&str>) -> Result<Append, Refusal> {
+pub fn publish(
+    ch: String,
+    claims: &Claims,
+    body: &[u8],
+    idempotency_key: Option<&str>,
+    key: Option<String>,
+) -> Result<Append, Refusal> {
     let Ok(text) = std::str::from_utf8(body) else {
         return Err(Refusal::new(400, "bad_request"));
     };
@@ -313,7 +331,7 @@ pub fn publish(ch: String, claims: &Claims, body: &[u8], idempotency_key: Option
             Some(json)
         }
     };
-    Ok(Append { ch, from: claims.sub.clone(), data, id, key: None, event: None })
+    Ok(Append { ch, from: claims.sub.clone(), data, id, key, event: None })
 }
 
 /// `201 {"ch","seq","ts"}` for a new message, `200` for a repeated key.
@@ -519,12 +537,12 @@ mod tests {
             api: true,
             info: None,
         };
-        let a = publish("c".into(), &claims, br#" {"x": 1} "#, Some("k-1")).unwrap();
+        let a = publish("c".into(), &claims, br#" {"x": 1} "#, Some("k-1"), None).unwrap();
         assert_eq!((a.data.as_str(), a.id.as_deref(), a.from.as_str()), (r#"{"x": 1}"#, Some("\"k-1\""), "app"));
-        assert!(publish("c".into(), &claims, b"{nope", None).is_err());
-        assert!(publish("c".into(), &claims, b"", None).is_err());
-        assert!(publish("c".into(), &claims, b"\xff", None).is_err());
-        assert!(publish("c".into(), &claims, b"1", Some(&"k".repeat(200))).is_err());
+        assert!(publish("c".into(), &claims, b"{nope", None, None).is_err());
+        assert!(publish("c".into(), &claims, b"", None, None).is_err());
+        assert!(publish("c".into(), &claims, b"\xff", None, None).is_err());
+        assert!(publish("c".into(), &claims, b"1", Some(&"k".repeat(200)), None).is_err());
         let body = match published("c", 3, 9, true) {
             Decision::Reply { status: 201, body, .. } => body,
             d => panic!("{d:?}"),
@@ -549,15 +567,15 @@ mod tests {
         // The key "k" is "\"k\"" (3 bytes) as an id.
         let room = MAX_DEDUPE_SUB_AND_ID_BYTES - 3;
         let fits = Claims { sub: "s".repeat(room), ..app.clone() };
-        let a = publish("c".into(), &fits, b"1", Some("k")).unwrap();
+        let a = publish("c".into(), &fits, b"1", Some("k"), None).unwrap();
         let out = store.append_batch([&a], 5, 60_000, &keep).unwrap();
         assert_eq!(out, vec![Outcome::Stored { seq: 1, ts: 5 }], "the longest pair commits to a real store");
         let over = Claims { sub: "s".repeat(room + 1), ..app };
-        match publish("c".into(), &over, b"1", Some("k")) {
+        match publish("c".into(), &over, b"1", Some("k"), None) {
             Err(r) => assert_eq!(r, Refusal::new(400, "bad_request")),
             other => panic!("expected a 400, got {other:?}"),
         }
-        assert!(publish("c".into(), &over, b"1", None).is_ok(), "without a key the sub is no key");
+        assert!(publish("c".into(), &over, b"1", None, None).is_ok(), "without a key the sub is no key");
     }
 
     #[test]

@@ -4,20 +4,39 @@
 //! plus replay streamed into connections with room.
 
 use super::*;
-use crate::hub::Publish;
+use crate::hub::{Change, Publish};
+use crate::store::Limit;
 use http_door::{HttpRequest, UNAVAILABLE};
 
 /// Bytes of publishes waiting for the writer, over all connections; past it
 /// publishes are refused with `unavailable` instead of queueing without bound.
 pub(super) const MAX_INFLIGHT_BYTES: usize = 64 << 20;
 
-/// A publish waiting for its commit.
+/// A write waiting for its commit: a publish (whose connection and id the
+/// answer needs), a presence or occupancy change, or a webhook event.
 pub(super) struct Ticket {
     pub(super) conn: ConnId,
     pub(super) id: Option<String>,
     pub(super) bytes: usize,
     /// Set for an HTTP publish: what to answer on.
     pub(super) http: Option<HttpRequest>,
+    /// Set for a presence or occupancy write: the hub hears its result.
+    pub(super) change: Option<Box<Change>>,
+}
+
+impl Ticket {
+    pub(super) fn publish(conn: ConnId, id: Option<String>, bytes: usize, http: Option<HttpRequest>) -> Ticket {
+        Ticket { conn, id, bytes, http, change: None }
+    }
+
+    pub(super) fn change(change: Change) -> Ticket {
+        Ticket { conn: 0, id: None, bytes: 0, http: None, change: Some(Box::new(change)) }
+    }
+
+    /// A webhook event: it commits with the write before it.
+    pub(super) fn event() -> Ticket {
+        Ticket { conn: 0, id: None, bytes: 0, http: None, change: None }
+    }
 }
 
 impl Server {
@@ -29,7 +48,7 @@ impl Server {
             return self.refuse(id, ErrCode::Unavailable, msg, req_id.as_deref());
         }
         self.inflight_bytes += bytes;
-        self.pending.push((Ticket { conn: id, id: req_id, bytes, http: None }, Write::Message(append)));
+        self.pending.push((Ticket::publish(id, req_id, bytes, None), Write::Message(append)));
     }
 
     pub(super) fn collect_commits(&mut self, now: Instant) {
@@ -42,6 +61,8 @@ impl Server {
                     for ((ticket, write), outcome) in items.into_iter().zip(outcomes) {
                         if let Write::Message(append) = write {
                             self.on_committed(ticket, append, outcome, now);
+                        } else if let Some(change) = ticket.change {
+                            self.on_change_written(&change, outcome == Outcome::Written, now);
                         }
                     }
                 }
@@ -59,14 +80,21 @@ impl Server {
             Outcome::Stored { .. } => self.metrics.published += 1,
             Outcome::Duplicate { .. } => self.metrics.duplicates += 1,
             Outcome::Invalid(why) => log::warn!("refused one publish: {why}"),
-            Outcome::OverLimit(_) => self.metrics.refuse(ErrCode::TooManyChannels.as_str()),
+            Outcome::OverLimit(Limit::Channels) => self.metrics.refuse(ErrCode::TooManyChannels.as_str()),
+            Outcome::OverLimit(Limit::Keys) => self.metrics.refuse(ErrCode::TooManyKeys.as_str()),
             Outcome::Written => {}
         }
         if let Some(req) = ticket.http {
             self.answer_publish(ticket.conn, req, &append.ch, &outcome, now);
         }
-        let publish =
-            Publish { ch: append.ch, from: append.from, data: append.data, id: ticket.id, key: None, event: None };
+        let publish = Publish {
+            ch: append.ch,
+            from: append.from,
+            data: append.data,
+            id: ticket.id,
+            key: append.key,
+            event: append.event,
+        };
         let publisher = ticket.http.is_none().then_some(ticket.conn);
         let committed = self.hub.on_commit(&publish, &outcome, publisher);
         if let Some(reply) = committed.reply {
@@ -87,9 +115,13 @@ impl Server {
         let transient = e.is_transient();
         self.store_full = transient;
         self.metrics.commit_failures += !items.is_empty() as u64;
-        for (ticket, _) in items {
+        for (ticket, write) in items {
             self.inflight_bytes -= ticket.bytes;
-            if let Some(req) = ticket.http {
+            if let Some(change) = ticket.change {
+                self.on_change_written(&change, false, now);
+            } else if !matches!(write, Write::Message(_)) {
+                // A webhook event: it is asked for again with its cause.
+            } else if let Some(req) = ticket.http {
                 self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
             } else if transient {
                 let msg = "the store is full; retry later with the same id";

@@ -39,7 +39,14 @@ impl Server {
         let Some(state) = &mut slot.hook else { return };
         while !state.busy {
             let Some((append, req_id, held)) = state.queue.pop_front() else { return };
-            let body = hook::request_body(&append.ch, &append.from, &append.data, req_id.as_deref());
+            let body = hook::request_body(
+                &append.ch,
+                &append.from,
+                &append.data,
+                req_id.as_deref(),
+                append.key.as_deref(),
+                append.event.as_deref(),
+            );
             let token = state.token.to_string();
             let job = hook::Job { ticket: HookTicket { conn: id, append, id: req_id, held }, token, body };
             match hook.submit(job) {

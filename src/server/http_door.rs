@@ -166,7 +166,8 @@ impl Server {
             BodyStatus::Ready(all) => &all[pending.head.len..],
         };
         let key = pending.head.idempotency_key.as_deref();
-        match api::publish(pending.ch, &pending.claims, body, key) {
+        let message_key = api::message_key(&pending.head).unwrap_or_default();
+        match api::publish(pending.ch, &pending.claims, body, key, message_key) {
             Ok(append) => {
                 let bytes = append.data.len() + append.ch.len() + append.from.len();
                 if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
@@ -175,7 +176,7 @@ impl Server {
                 slot.conn.wait_commit();
                 self.inflight_bytes += bytes;
                 let id_json = append.id.clone();
-                self.pending.push((Ticket { conn: id, id: id_json, bytes, http: Some(req) }, Write::Message(append)));
+                self.pending.push((Ticket::publish(id, id_json, bytes, Some(req)), Write::Message(append)));
                 false
             }
             Err(refusal) => self.http_refuse(id, req, refusal, false, now),

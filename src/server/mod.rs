@@ -43,15 +43,17 @@ use crate::config::Config;
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::api::{self, Decision};
 use crate::http::{self, Head, Refusal};
-use crate::hub::{Action, ConnId, Hub, IdMap, Limits};
+use crate::hub::{Action, ConnId, Hub, IdMap, Limits, Rules};
 use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
 use crate::proto::roost;
 use crate::store::{Append, Outcome, Retention, Store, StoreError, Write};
+use crate::webhook::{self, Doorbell, Signer, Webhook};
 use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 mod admission;
+mod changes;
 mod commits;
 mod hooks;
 mod http_door;
@@ -146,6 +148,8 @@ pub struct Server {
     refusal_log: RefusalLog,
     clock: Clock,
     hook: Option<Hook<HookTicket>>,
+    /// The webhook delivery thread (`--webhook`).
+    webhook: Option<Webhook>,
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: UnixStream,
     /// The last commit failed for lack of space (map or disk full).
@@ -190,7 +194,13 @@ impl Server {
         let signals = signal_pipe(&poll, SIGNALS, &[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
         let reload = signal_pipe(&poll, RELOAD, &[signal_hook::consts::SIGHUP])?;
         let clock = start_clock(&store, clock_sync);
-        let policy = writer_policy(&cfg, clock.clone());
+        let mut policy = writer_policy(&cfg, clock.clone());
+        // A commit that stored webhook events wakes the delivery thread.
+        let bell = Doorbell::new();
+        if cfg.webhook.is_some() {
+            let ring = bell.clone();
+            policy.on_events = Some(Arc::new(move || ring.ring()));
+        }
         let wake_with = waker.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = wake_with.wake();
@@ -205,15 +215,40 @@ impl Server {
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
         let writer = Writer::start(store.clone(), policy, wake);
-        let hub = Hub::new(
+        let webhook = match &cfg.webhook {
+            Some(url) => {
+                let signer = Signer { key: verifier.default_secret().to_vec(), pusher: None };
+                let outbox = changes::StoreOutbox { store: store.clone(), handle: writer.outbox_handle() };
+                let settings = webhook::Settings {
+                    retry_for: cfg.webhook_retry_for,
+                    backoff_min: cfg.webhook_backoff_min,
+                    max_pending: cfg.webhook_max_pending,
+                    timeout: webhook::REQUEST_TIMEOUT,
+                };
+                let wall = clock.clone();
+                let wall_ms = Arc::new(move || wall.effective_ms());
+                let started = Webhook::start(url, signer, outbox, settings, wall_ms, bell);
+                Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
+        let hub = Hub::with_rules(
             store.epoch(),
             Limits {
                 max_subscriptions: cfg.max_subscriptions,
                 publish_rate: if cfg.echo { 0 } else { cfg.publish_rate },
                 max_reply_bytes: cfg.max_send_buffer_bytes / 2,
             },
+            Rules {
+                presence: cfg.presence.clone(),
+                compact: cfg.compact.clone(),
+                presence_grace: cfg.presence_grace,
+                presence_restart_grace: cfg.presence_restart_grace,
+                max_presence_members: cfg.max_presence_members,
+                occupancy: cfg.webhook.is_some(),
+            },
         );
-        Ok(Server {
+        let mut server = Server {
             now: Instant::now(),
             poll,
             listener: Some(listener),
@@ -241,11 +276,14 @@ impl Server {
             refusal_log: RefusalLog { since: Instant::now(), logged: 0, dropped: 0 },
             clock,
             hook,
+            webhook,
             tls,
             reload,
             store_full: false,
             _waker: waker,
-        })
+        };
+        server.restore_presence(Instant::now());
+        Ok(server)
     }
 
     /// Wall-clock seconds for token checks: the effective time (spec §10),
@@ -300,6 +338,8 @@ impl Server {
                 self.accept(now);
             }
             self.pump_replays();
+            self.hub.tick(now);
+            self.queue_changes();
             if !self.pending.is_empty() {
                 self.writer.submit(std::mem::take(&mut self.pending));
             }
@@ -316,9 +356,8 @@ impl Server {
         }
         let now = Instant::now();
         let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
-        for t in
-            [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))].into_iter().flatten()
-        {
+        let soon = [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))];
+        for t in soon.into_iter().chain([self.hub.next_deadline()]).flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         next.map(|at| at.saturating_duration_since(now))
@@ -342,13 +381,16 @@ impl Server {
             connections: self.slots.len(),
             websockets: self.slots.values().filter(|s| s.joined).count(),
             subscriptions: self.hub.subscription_count(),
+            presence_members: self.hub.member_count(),
+            webhook: self.webhook.as_ref().map(|w| {
+                let c = w.counters();
+                [&c.delivered, &c.failed, &c.dropped, &c.pending].map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+            }),
             store_bytes,
             map_bytes,
         }
     }
 
-    /// Queues text for a connection; a connection past its send-buffer
-    /// limit is a slow consumer: closed with 1013, to resume with `since`.
     /// Tells `id` its request was refused, in its front door's dialect.
     fn refuse(&mut self, id: ConnId, code: ErrCode, msg: &str, req_id: Option<&str>) {
         if let Some(text) = self.hub.tell(id, Event::Refused { code, msg }, req_id) {
@@ -356,6 +398,8 @@ impl Server {
         }
     }
 
+    /// Queues text for a connection; a connection past its send-buffer
+    /// limit is a slow consumer: closed with 1013, to resume with `since`.
     fn send(&mut self, id: ConnId, frame: Frame) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         if !slot.conn.send(frame, self.cfg.max_send_buffer_bytes) {

@@ -150,5 +150,5 @@ impl Server {
 /// write type of the store), and the request id its ack carries.
 fn to_append(p: Publish) -> (Append, Option<String>) {
     let req_id = p.id.clone();
-    (Append { ch: p.ch, from: p.from, data: p.data, id: p.id, key: None, event: None }, req_id)
+    (Append { ch: p.ch, from: p.from, data: p.data, id: p.id, key: p.key, event: p.event }, req_id)
 }
