@@ -200,6 +200,19 @@ impl Peer {
     fn refuse(&self, code: ErrCode, msg: &str, id: Option<&str>) -> Option<Action> {
         self.say(Event::Refused { code, msg }, id)
     }
+
+    /// The publish rate, which `pub`, `sub` and `unsub` share (spec §4):
+    /// `Some(answer)` when this request is over it (`rate_limited`, or a
+    /// close for sustained abuse).
+    fn over_rate(&mut self, now: Instant, rate: u32, id: Option<&str>) -> Option<Option<Action>> {
+        if self.bucket.take(now, rate) {
+            return None;
+        }
+        if self.bucket.refused > 2 * rate.max(1) {
+            return Some(Some(Action::Close(1008, "request rate exceeded")));
+        }
+        Some(self.refuse(ErrCode::RateLimited, "too many requests; slow down", id))
+    }
 }
 
 pub struct Hub {
@@ -327,6 +340,9 @@ impl Hub {
         now: Instant,
     ) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
+        if let Some(refused) = peer.over_rate(now, self.limits.publish_rate, id) {
+            return refused;
+        }
         if !peer.claims.read.allows(ch) {
             return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id);
         }
@@ -377,6 +393,9 @@ impl Hub {
     /// `unsub`: always `unsubok`, subscribed or not.
     fn on_unsub(&mut self, conn: ConnId, ch: &str, id: Option<&str>, now: Instant) -> Option<Action> {
         let peer = self.peers.get_mut(&conn)?;
+        if let Some(refused) = peer.over_rate(now, self.limits.publish_rate, id) {
+            return refused;
+        }
         let answer = peer.say(Event::Unsubscribed { ch }, id);
         if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
             peer.subs.swap_remove(at);
@@ -411,11 +430,8 @@ impl Hub {
                 id,
             );
         }
-        if !peer.bucket.take(now, self.limits.publish_rate) {
-            if peer.bucket.refused > 2 * self.limits.publish_rate.max(1) {
-                return Some(Action::Close(1008, "publish rate exceeded"));
-            }
-            return peer.refuse(ErrCode::RateLimited, "too many publishes; slow down", id);
+        if let Some(refused) = peer.over_rate(now, self.limits.publish_rate, id) {
+            return refused;
         }
         Some(Action::Publish(Publish {
             ch: ch.to_string(),

@@ -513,6 +513,26 @@ fn publish_rate_is_limited_then_closed_on_sustained_abuse() {
 }
 
 #[test]
+fn sub_and_unsub_share_the_publish_rate_and_a_storm_is_closed() {
+    let mut w = World::over(Fake::default(), Limits { publish_rate: 5, max_subscriptions: 1000, ..LIMITS });
+    w.join(1, claims("p", &["*"], &["*"]));
+    for i in 0..10 {
+        let op = if i % 2 == 0 { "sub" } else { "unsub" };
+        w.req(1, json!({"op": op, "ch": "c", "id": i}));
+    }
+    let got = w.take(1);
+    assert!(got.iter().all(|v| v["op"] == "subok" || v["op"] == "unsubok"), "a burst of 2x the rate: {got:?}");
+    w.req(1, json!({"op":"sub","ch":"d","id":"x"}));
+    assert_eq!(w.take(1)[0]["code"], "rate_limited");
+    publish(&mut w, 1, "c", 1);
+    assert_eq!(w.take(1)[0]["code"], "rate_limited", "one bucket for all three");
+    for i in 0..20 {
+        w.req(1, json!({"op":"unsub","ch":"c","id":i}));
+    }
+    assert_eq!(w.closed.first(), Some(&(1, 1008)), "a sustained storm closes the connection");
+}
+
+#[test]
 fn duplicate_ids_ack_the_original() {
     let mut w = World::real();
     w.join(1, claims("p", &[], &["*"]));
