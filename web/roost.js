@@ -116,19 +116,37 @@ function shut(ws, code, reason) {
   }
 }
 
-/** Calls every listener of `event` in `listeners` (a Map of Sets); a listener's throw is rethrown later. */
-function emitTo(listeners, event, arg) {
-  const set = listeners.get(event);
-  if (!set) return;
-  for (const fn of [...set]) {
-    try {
-      fn(arg);
-    } catch (e) {
-      // A listener's bug must not break the connection; report it the
-      // way an uncaught error would be.
-      setTimeout(() => {
-        throw e;
-      });
+/** `on` / `off` / `_emit` for Roost and Presence. */
+class Emitter {
+  constructor() {
+    this._listeners = new Map();
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    const set = this._listeners.get(event);
+    if (set) set.delete(fn);
+  }
+
+  _emit(event, arg) {
+    const set = this._listeners.get(event);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(arg);
+      } catch (e) {
+        // A listener's bug must not break the connection; report it the
+        // way an uncaught error would be.
+        setTimeout(() => {
+          throw e;
+        });
+      }
     }
   }
 }
@@ -139,13 +157,13 @@ const byUser = (a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0);
  * Who is on a presence channel (spec §7), kept current across reconnects.
  * Made by `Roost.presence(ch)`; do not construct it yourself.
  */
-export class Presence {
+export class Presence extends Emitter {
   constructor(roost, ch) {
+    super();
     this.ch = ch;
     this._roost = roost;
     this._members = new Map(); // user -> info
     this._count = 0;
-    this._listeners = new Map();
     this._synced = false;
     this.closed = false;
     this.ready = new Promise((resolve, reject) => {
@@ -170,22 +188,10 @@ export class Presence {
     return this._members.has(user);
   }
 
-  /**
-   * Listens: `join` ({user, info}), `leave` ({user}), `sync` ({members, count}: a
-   * full list arrived, after its join/leave events), `change` ({members, count}:
-   * after anything changed the list), `error` ({code, msg}: the subscription was refused).
-   * Returns a function that removes the listener.
-   */
-  on(event, fn) {
-    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
-    this._listeners.get(event).add(fn);
-    return () => this.off(event, fn);
-  }
-
-  off(event, fn) {
-    const set = this._listeners.get(event);
-    if (set) set.delete(fn);
-  }
+  // Events (`on`): `join` ({user, info}), `leave` ({user}), `sync` ({members,
+  // count}: a full list arrived, after its join/leave events), `change`
+  // ({members, count}: after anything changed the list), `error` ({code, msg}:
+  // the subscription was refused or closed).
 
   /** Asks the server for the list again; resolves with the members once it came. */
   refresh() {
@@ -216,11 +222,11 @@ export class Presence {
     this._count = typeof count === 'number' ? count : next.size;
     this._synced = true;
     if (!first) {
-      for (const user of left) emitTo(this._listeners, 'leave', { ch: this.ch, user });
-      for (const user of came) emitTo(this._listeners, 'join', { ch: this.ch, user, info: next.get(user) });
+      for (const user of left) this._emit('leave', { ch: this.ch, user });
+      for (const user of came) this._emit('join', { ch: this.ch, user, info: next.get(user) });
     }
-    emitTo(this._listeners, 'sync', this._snapshot());
-    if (first || left.length || came.length) emitTo(this._listeners, 'change', this._snapshot());
+    this._emit('sync', this._snapshot());
+    if (first || left.length || came.length) this._emit('change', this._snapshot());
     if (first) this._resolve(this);
   }
 
@@ -230,25 +236,25 @@ export class Presence {
     this._members.set(user, info ?? null);
     if (known) return;
     this._count++;
-    emitTo(this._listeners, 'join', { ch: this.ch, user, info: info ?? null });
-    emitTo(this._listeners, 'change', this._snapshot());
+    this._emit('join', { ch: this.ch, user, info: info ?? null });
+    this._emit('change', this._snapshot());
   }
 
   _leave(user) {
     if (!this._members.delete(user)) return;
     this._count = Math.max(0, this._count - 1);
-    emitTo(this._listeners, 'leave', { ch: this.ch, user });
-    emitTo(this._listeners, 'change', this._snapshot());
+    this._emit('leave', { ch: this.ch, user });
+    this._emit('change', this._snapshot());
   }
 
   _fail(err) {
     this.closed = true;
     this._reject(err);
-    emitTo(this._listeners, 'error', { ch: this.ch, code: err.code, msg: err.message });
+    this._emit('error', { ch: this.ch, code: err.code, msg: err.message });
   }
 }
 
-export class Roost {
+export class Roost extends Emitter {
   /**
    * @param {string} url `ws://host:port` (the client appends `/ws`)
    * @param {object} [options] `token` (a JWT) or `getToken` (async () => JWT, asked on
@@ -259,6 +265,7 @@ export class Roost {
    *   publishes are refused with `too_large` instead of sent)
    */
   constructor(url, options = {}) {
+    super();
     this.url = wsUrl(url);
     this._opts = options;
     this._token = options.token || null;
@@ -269,7 +276,6 @@ export class Roost {
     }
     if (!this._token && !this._getToken) throw new TypeError('roost: give a token or getToken');
     this._state = 'connecting';
-    this._listeners = new Map();
     this._ws = null;
     this._gen = 0; // counts sockets; events of an older socket are ignored
     this._attempt = 0;
@@ -297,27 +303,11 @@ export class Roost {
     return this._state;
   }
 
-  /**
-   * Listens to an event: `state` (the new state), `open`, `close` ({code, reason}),
-   * `gap` ({ch, epoch}), `catchup` ({ch, from, to}), `caughtup` ({ch, seq}),
-   * `snapshot` ({ch, seq, state}: a state subscription's Map was rebuilt from a snapshot),
-   * `error` ({code, msg, ch?}), `reconnect` ({delay, attempt, code}).
-   * Returns a function that removes the listener.
-   */
-  on(event, fn) {
-    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
-    this._listeners.get(event).add(fn);
-    return () => this.off(event, fn);
-  }
-
-  off(event, fn) {
-    const set = this._listeners.get(event);
-    if (set) set.delete(fn);
-  }
-
-  _emit(event, arg) {
-    emitTo(this._listeners, event, arg);
-  }
+  // Events (`on`, from Emitter): `state` (the new state), `open`, `close`
+  // ({code, reason}), `gap` ({ch, epoch}), `catchup` ({ch, from, to}),
+  // `caughtup` ({ch, seq}), `snapshot` ({ch, seq, state}: a state
+  // subscription's Map was rebuilt from a snapshot), `error` ({code, msg,
+  // ch?}), `reconnect` ({delay, attempt, code}).
 
   _setState(s) {
     if (this._state === s) return;

@@ -59,6 +59,17 @@ export function withTimeout(promise, ms, what) {
   ]).finally(() => clearTimeout(timer));
 }
 
+/** Runs and empties `cleanups` (functions, maybe async), last first; a failing one is logged. */
+export async function runCleanups(cleanups) {
+  while (cleanups.length) {
+    try {
+      await cleanups.pop()();
+    } catch (e) {
+      console.log(`cleanup: ${e}`);
+    }
+  }
+}
+
 /**
  * A tiny TAP-like runner: `test(name, fn)` runs one test and then its
  * `cleanups` (pushed by the test, run last-first); `finish(label)` prints the
@@ -77,13 +88,7 @@ export function testRunner() {
       results.push({ name, ok: false });
       console.log(`not ok - ${name}\n${e && e.stack ? e.stack : e}`);
     } finally {
-      while (cleanups.length) {
-        try {
-          await cleanups.pop()();
-        } catch (e) {
-          console.log(`cleanup: ${e}`);
-        }
-      }
+      await runCleanups(cleanups);
     }
   }
   function finish(label) {

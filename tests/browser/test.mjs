@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
-import { Server, mintToken, mintAppToken, tempDir, removeDir, sleep, ROOT, launchChromium, waitFor } from './server.mjs';
+import { Server, mintToken, mintAppToken, tempDir, removeDir, sleep, ROOT, launchChromium, waitFor, runCleanups } from './server.mjs';
 
 const CH = 'room:demo';
 const VALUES = 'sensors:kitchen';
@@ -279,13 +279,7 @@ try {
   failed = 1;
   console.log(`not ok - browser\n${e && e.stack ? e.stack : e}`);
 } finally {
-  while (cleanups.length) {
-    try {
-      await cleanups.pop()();
-    } catch (e) {
-      console.log(`cleanup: ${e}`);
-    }
-  }
+  await runCleanups(cleanups);
 }
 console.log(`# ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 console.log(`browser: ${1 - failed} passed, ${failed} failed`);
