@@ -168,7 +168,7 @@ export interface RoostEvents {
   /** A reconnect is scheduled in `delay` ms. */
   reconnect: { delay: number; attempt: number; code: number | null };
   /** Messages of `ch` were lost for this client (trimmed by retention, or a new store); delivery continues from what is stored. */
-  gap: { ch: string; epoch: string; since: number; epochChanged: boolean };
+  gap: { ch: string; epoch: string; since: number; epochChanged: boolean; snapshot?: boolean };
   /** A (re)subscription replays messages `from`..`to` (show "catching up…"). */
   catchup: { ch: string; from: number; to: number };
   /** The replay announced by `catchup` was delivered up to `seq`. */
