@@ -16,6 +16,10 @@ export interface RoostMessage<T = Json> {
   from: string;
   /** The published value, exactly as sent. */
   data: T;
+  /** The message's key, when it was published with one (`publish(ch, data, { key })`). */
+  key?: string;
+  /** The message's event name, when it was published with one. */
+  event?: string;
 }
 
 /** A WebSocket constructor: the browser's, Node 22's, or the `ws` package's. */
@@ -69,6 +73,62 @@ export interface SubscribeOptions {
   since?: number;
   /** The store's epoch that `since` refers to (from an earlier `subscribe` result). */
   epoch?: string;
+  /** Replay the channel's last N stored messages (1 to 100), then live ones. Not with `since` or `state`. */
+  last?: number;
+  /**
+   * A compacted channel (the server's `--compact`): keep a Map key → latest
+   * message (`SubscribeResult.state`, `Roost.stateMap(ch)`), current across
+   * reconnects; a message with `data: null` deletes its key. The promise
+   * resolves once the snapshot is in the Map.
+   */
+  state?: boolean;
+}
+
+export interface PublishOptions {
+  /** 1 to 128 bytes of channel-name characters; on a compacted channel the latest message of each key is kept. */
+  key?: string;
+  /** An event name delivered with the message (`msg.event`). */
+  event?: string;
+}
+
+/** A member of a presence channel. */
+export interface Member {
+  /** The token's `sub`. */
+  user: string;
+  /** The token's `info` claim (a JSON object), or null. */
+  info: { [key: string]: Json } | null;
+}
+
+export interface PresenceEvents {
+  /** A user's first connection joined (never the own user). */
+  join: { ch: string; user: string; info: Member['info'] };
+  /** A user's last connection left and did not come back within the grace. */
+  leave: { ch: string; user: string };
+  /** A full list arrived (first subscribe, a reconnect, refresh()), after its join/leave events. */
+  sync: { ch: string; members: Member[]; count: number };
+  /** The list changed (or arrived for the first time). */
+  change: { ch: string; members: Member[]; count: number };
+  /** The subscription was refused (`forbidden`, `too_many_members`, `bad_request`) or closed. */
+  error: { ch: string; code: string; msg?: string };
+}
+
+/** Who is on a presence channel, kept right across reconnects (`Roost.presence`). */
+export class Presence {
+  readonly ch: string;
+  /** Members sorted by user, the own user included. */
+  readonly members: Member[];
+  readonly count: number;
+  /** True after close(), a refusal, or the client's close(). */
+  readonly closed: boolean;
+  /** Resolves once the first list arrived; rejects if the subscription is refused. */
+  readonly ready: Promise<Presence>;
+  has(user: string): boolean;
+  on<K extends keyof PresenceEvents>(event: K, fn: (arg: PresenceEvents[K]) => void): () => void;
+  off<K extends keyof PresenceEvents>(event: K, fn: (arg: PresenceEvents[K]) => void): void;
+  /** Asks the server for the list again. */
+  refresh(): Promise<Member[]>;
+  /** Unsubscribes the channel. */
+  close(): Promise<void>;
 }
 
 export interface SubscribeResult {
@@ -79,6 +139,8 @@ export interface SubscribeResult {
   epoch: string;
   /** Some messages after `since` are gone (trimmed, or another store). */
   gap: boolean;
+  /** A `state: true` subscription: key → latest message, kept current (the same Map object throughout). */
+  state?: Map<string, RoostMessage>;
 }
 
 export interface HistoryOptions {
@@ -106,11 +168,13 @@ export interface RoostEvents {
   /** A reconnect is scheduled in `delay` ms. */
   reconnect: { delay: number; attempt: number; code: number | null };
   /** Messages of `ch` were lost for this client (trimmed by retention, or a new store); delivery continues from what is stored. */
-  gap: { ch: string; epoch: string; since: number; epochChanged: boolean };
+  gap: { ch: string; epoch: string; since: number; epochChanged: boolean; snapshot?: boolean };
   /** A (re)subscription replays messages `from`..`to` (show "catching up…"). */
   catchup: { ch: string; from: number; to: number };
   /** The replay announced by `catchup` was delivered up to `seq`. */
   caughtup: { ch: string; seq: number };
+  /** A state subscription's Map was (re)built from a snapshot (first subscribe, or a resume after a gap). */
+  snapshot: { ch: string; seq: number; state: Map<string, RoostMessage> };
   /**
    * Something went wrong that no promise reports: a refused (re)subscription
    * (with `ch`; the subscription is dropped), `token_expired` (a fixed token
@@ -122,7 +186,8 @@ export interface RoostEvents {
 /** An `err` reply from the server (`code` is its code) or `closed`. */
 export class RoostError extends Error {
   code: 'bad_request' | 'forbidden' | 'too_large' | 'rate_limited' | 'unknown_op' | 'bad_channel'
-    | 'too_many_subscriptions' | 'unavailable' | 'closed' | string;
+    | 'too_many_subscriptions' | 'unavailable' | 'too_many_members' | 'too_many_keys' | 'too_many_channels'
+    | 'closed' | string;
   ch?: string;
 }
 
@@ -144,9 +209,14 @@ export class Roost {
    * the handler.
    */
   subscribe<T = Json>(ch: string, onMessage: (msg: RoostMessage<T>) => void, options?: SubscribeOptions): Promise<SubscribeResult>;
+  subscribe(ch: string, options: SubscribeOptions): Promise<SubscribeResult>;
   unsubscribe(ch: string): Promise<void>;
+  /** The Map of a `state: true` subscription, or undefined. */
+  stateMap(ch: string): Map<string, RoostMessage> | undefined;
+  /** Joins a presence channel (`presence-*`, or a `--presence` pattern) and tracks its members. */
+  presence(ch: string): Presence;
   /** Resolves with the message's seq once it is durably stored; never lost or doubled across reconnects. */
-  publish(ch: string, data: Json): Promise<number>;
+  publish(ch: string, data: Json, options?: PublishOptions): Promise<number>;
   history<T = Json>(ch: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
   /** Closes for good (no reconnect); pending publishes and requests reject with code `closed`. */
   close(): void;

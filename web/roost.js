@@ -4,6 +4,10 @@
 //   const r = new Roost('ws://pi.local:8080', { token });
 //   await r.subscribe('room:1', (m) => console.log(m.seq, m.from, m.data), { since: 0 });
 //   const seq = await r.publish('room:1', { text: 'hi' });
+//   const who = r.presence('presence-room:1');          // who is here (spec §7)
+//   who.on('join', ({ user }) => console.log(user, 'came'));
+//   const { state } = await r.subscribe('sensors', { state: true }); // key -> latest msg (§8)
+//   await r.publish('sensors', 21.5, { key: 'kitchen' });
 //
 // What it guarantees, on top of roostd's protocol (docs/protocol.md):
 // - reconnects by itself (backoff 0.25 s doubling to 10 s, with jitter), and
@@ -13,7 +17,12 @@
 //   message of its channel once, in order, across any number of reconnects;
 // - every publish has a unique id; an unacked publish is resent with the
 //   same id after a reconnect and the server dedupes it: never lost, never
-//   doubled.
+//   doubled;
+// - a presence list survives reconnects: the server's fresh list after a
+//   resubscribe replaces it, and only the differences are reported as
+//   join/leave (a reconnect within the grace shows no flicker);
+// - a state subscription's Map survives reconnects: a resume applies what
+//   was missed, and a resume the server answers with a snapshot rebuilds it.
 //
 // In Node 20 (no global WebSocket) pass one: `{ WebSocket }` from the `ws`
 // package. Node 22 and browsers have one built in.
@@ -107,7 +116,145 @@ function shut(ws, code, reason) {
   }
 }
 
-export class Roost {
+/** `on` / `off` / `_emit` for Roost and Presence. */
+class Emitter {
+  constructor() {
+    this._listeners = new Map();
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    const set = this._listeners.get(event);
+    if (set) set.delete(fn);
+  }
+
+  _emit(event, arg) {
+    const set = this._listeners.get(event);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(arg);
+      } catch (e) {
+        // A listener's bug must not break the connection; report it the
+        // way an uncaught error would be.
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+const byUser = (a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0);
+
+/**
+ * Who is on a presence channel (spec §7), kept current across reconnects.
+ * Made by `Roost.presence(ch)`; do not construct it yourself.
+ */
+export class Presence extends Emitter {
+  constructor(roost, ch) {
+    super();
+    this.ch = ch;
+    this._roost = roost;
+    this._members = new Map(); // user -> info
+    this._count = 0;
+    this._synced = false;
+    this.closed = false;
+    this.ready = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.ready.catch(() => {}); // also emitted as 'error'
+  }
+
+  /** The members, sorted by user: `[{user, info}]` (the own user included). */
+  get members() {
+    return [...this._members].map(([user, info]) => ({ user, info })).sort(byUser);
+  }
+
+  /** How many members (the server's count). */
+  get count() {
+    return this._count;
+  }
+
+  /** Whether `user` is a member. */
+  has(user) {
+    return this._members.has(user);
+  }
+
+  // Events (`on`): `join` ({user, info}), `leave` ({user}), `sync` ({members,
+  // count}: a full list arrived, after its join/leave events), `change`
+  // ({members, count}: after anything changed the list), `error` ({code, msg}:
+  // the subscription was refused or closed).
+
+  /** Asks the server for the list again; resolves with the members once it came. */
+  refresh() {
+    if (this.closed) return Promise.reject(new RoostError('closed', 'this presence was closed', { ch: this.ch }));
+    return this._roost._request('presence', { op: 'presence', ch: this.ch }).then(() => this.members);
+  }
+
+  /** Leaves the channel (unsubscribes it): the others see this user leave once no connection of it is left. */
+  close() {
+    if (this.closed) return Promise.resolve();
+    return this._roost.unsubscribe(this.ch);
+  }
+
+  _snapshot() {
+    return { ch: this.ch, members: this.members, count: this._count };
+  }
+
+  /** A full list: replaces the members; join/leave only for the differences (none for the first list). */
+  _list(members, count) {
+    const next = new Map();
+    if (Array.isArray(members)) {
+      for (const m of members) if (m && typeof m.user === 'string') next.set(m.user, m.info ?? null);
+    }
+    const first = !this._synced;
+    const left = [...this._members.keys()].filter((u) => !next.has(u)).sort();
+    const came = [...next.keys()].filter((u) => !this._members.has(u)).sort();
+    this._members = next;
+    this._count = typeof count === 'number' ? count : next.size;
+    this._synced = true;
+    if (!first) {
+      for (const user of left) this._emit('leave', { ch: this.ch, user });
+      for (const user of came) this._emit('join', { ch: this.ch, user, info: next.get(user) });
+    }
+    this._emit('sync', this._snapshot());
+    if (first || left.length || came.length) this._emit('change', this._snapshot());
+    if (first) this._resolve(this);
+  }
+
+  _join(user, info) {
+    if (typeof user !== 'string') return;
+    const known = this._members.has(user);
+    this._members.set(user, info ?? null);
+    if (known) return;
+    this._count++;
+    this._emit('join', { ch: this.ch, user, info: info ?? null });
+    this._emit('change', this._snapshot());
+  }
+
+  _leave(user) {
+    if (!this._members.delete(user)) return;
+    this._count = Math.max(0, this._count - 1);
+    this._emit('leave', { ch: this.ch, user });
+    this._emit('change', this._snapshot());
+  }
+
+  _fail(err) {
+    this.closed = true;
+    this._reject(err);
+    this._emit('error', { ch: this.ch, code: err.code, msg: err.message });
+  }
+}
+
+export class Roost extends Emitter {
   /**
    * @param {string} url `ws://host:port` (the client appends `/ws`)
    * @param {object} [options] `token` (a JWT) or `getToken` (async () => JWT, asked on
@@ -118,6 +265,7 @@ export class Roost {
    *   publishes are refused with `too_large` instead of sent)
    */
   constructor(url, options = {}) {
+    super();
     this.url = wsUrl(url);
     this._opts = options;
     this._token = options.token || null;
@@ -128,7 +276,6 @@ export class Roost {
     }
     if (!this._token && !this._getToken) throw new TypeError('roost: give a token or getToken');
     this._state = 'connecting';
-    this._listeners = new Map();
     this._ws = null;
     this._gen = 0; // counts sockets; events of an older socket are ignored
     this._attempt = 0;
@@ -156,38 +303,11 @@ export class Roost {
     return this._state;
   }
 
-  /**
-   * Listens to an event: `state` (the new state), `open`, `close` ({code, reason}),
-   * `gap` ({ch, epoch}), `catchup` ({ch, from, to}), `caughtup` ({ch, seq}),
-   * `error` ({code, msg, ch?}), `reconnect` ({delay, attempt, code}).
-   * Returns a function that removes the listener.
-   */
-  on(event, fn) {
-    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
-    this._listeners.get(event).add(fn);
-    return () => this.off(event, fn);
-  }
-
-  off(event, fn) {
-    const set = this._listeners.get(event);
-    if (set) set.delete(fn);
-  }
-
-  _emit(event, arg) {
-    const set = this._listeners.get(event);
-    if (!set) return;
-    for (const fn of [...set]) {
-      try {
-        fn(arg);
-      } catch (e) {
-        // A listener's bug must not break the connection; report it the
-        // way an uncaught error would be.
-        setTimeout(() => {
-          throw e;
-        });
-      }
-    }
-  }
+  // Events (`on`, from Emitter): `state` (the new state), `open`, `close`
+  // ({code, reason}), `gap` ({ch, epoch}), `catchup` ({ch, from, to}),
+  // `caughtup` ({ch, seq}), `snapshot` ({ch, seq, state}: a state
+  // subscription's Map was rebuilt from a snapshot), `error` ({code, msg,
+  // ch?}), `reconnect` ({delay, attempt, code}).
 
   _setState(s) {
     if (this._state === s) return;
@@ -196,20 +316,77 @@ export class Roost {
   }
 
   /**
-   * Subscribes to `ch`. `onMessage(msg)` gets `{ch, seq, ts, from, data}` for
-   * every message once, in seq order. Options: `since` (replay messages after
-   * this seq; 0 = everything stored; none = only new ones) and `epoch` (the
-   * store's epoch that `since` belongs to). Resolves with `{ch, seq, epoch,
-   * gap}` from the first `subok`; rejects with a RoostError if refused.
+   * Subscribes to `ch`. `onMessage(msg)` gets `{ch, seq, ts, from, data}` (plus
+   * `key` and `event` when the message has them) for every message once, in
+   * seq order. Options: `since` (replay messages after this seq; 0 =
+   * everything stored; none = only new ones) and `epoch` (the store's epoch
+   * that `since` belongs to); or `last: N` (replay the last N stored messages,
+   * 1 to 100, then live ones); or `state: true` (a compacted channel, spec §8:
+   * keep a Map key → latest message, as `result.state` and `stateMap(ch)`;
+   * `onMessage` then sees the messages after the snapshot, and a rebuilt
+   * snapshot is announced with the `snapshot` event). `onMessage` may be left
+   * out: `subscribe(ch, { state: true })`. Resolves with `{ch, seq, epoch,
+   * gap}` from the first `subok` (a state subscription: `{..., state}` once the
+   * snapshot is in the Map); rejects with a RoostError if refused.
    */
   subscribe(ch, onMessage, options = {}) {
+    if (onMessage && typeof onMessage === 'object') {
+      options = onMessage;
+      onMessage = null;
+    }
     if (this._closed) return Promise.reject(new RoostError('closed', 'this client was closed'));
+    if (options.last != null && (options.since != null || options.state)) {
+      return Promise.reject(new RoostError('bad_request', '`last` cannot be combined with `since` or `state`', { ch }));
+    }
     let sub = this._channels.get(ch);
     if (sub) {
-      sub.handler = onMessage;
+      if (onMessage) sub.handler = onMessage;
       return sub.ready;
     }
-    sub = {
+    sub = this._newSub(ch, onMessage, options);
+    if (this._isOpen()) this._sendSub(sub);
+    return sub.ready;
+  }
+
+  /**
+   * The live Map key → latest message of a `state: true` subscription (the
+   * same Map object for the subscription's life; a snapshot refills it), or
+   * undefined.
+   */
+  stateMap(ch) {
+    const sub = this._channels.get(ch);
+    return sub && sub.map ? sub.map : undefined;
+  }
+
+  /**
+   * Joins the presence channel `ch` (spec §7; a name matching `presence-*` or
+   * the server's --presence patterns) and returns a Presence: `members` (sorted
+   * by user), `count`, and `join` / `leave` / `sync` / `change` events, kept
+   * right across reconnects. `ready` resolves once the first list arrived.
+   * Shares the subscription with `subscribe(ch, ...)` on the same channel.
+   */
+  presence(ch) {
+    let sub = this._channels.get(ch);
+    if (sub && sub.presence && !sub.presence.closed) return sub.presence;
+    const p = new Presence(this, ch);
+    if (this._closed) {
+      p._fail(new RoostError('closed', 'this client was closed', { ch }));
+      return p;
+    }
+    if (!sub) {
+      sub = this._newSub(ch, null, {});
+      sub.presence = p;
+      if (this._isOpen()) this._sendSub(sub);
+    } else {
+      sub.presence = p;
+      // Already subscribed: the list came with that subscription; ask again.
+      if (sub.started) p.refresh().catch(() => {});
+    }
+    return p;
+  }
+
+  _newSub(ch, onMessage, options) {
+    const sub = {
       ch,
       handler: onMessage,
       // The last seq delivered (null: none yet, and no `since` asked).
@@ -222,15 +399,28 @@ export class Roost {
       catchupTo: null,
       started: false,
       tries: 0,
+      // `last: N`: asked until the replay started (then resumes use since).
+      wantLast: options.last != null ? options.last : null,
+      sentLast: false,
+      // `state: true`: the Map key -> latest message, and the snapshot being
+      // received (between a subok and the `state` marker).
+      map: options.state ? new Map() : null,
+      sentState: false,
+      snapshot: null,
+      presence: null,
     };
+    if (options.state) {
+      // A state subscription starts from a snapshot, whatever `since` says.
+      sub.last = null;
+      sub.resume = false;
+    }
     sub.ready = new Promise((resolve, reject) => {
       sub.resolve = resolve;
       sub.reject = reject;
     });
     sub.ready.catch(() => {}); // refusals are also emitted as 'error'
     this._channels.set(ch, sub);
-    if (this._isOpen()) this._sendSub(sub);
-    return sub.ready;
+    return sub;
   }
 
   /** Stops the subscription; resolves when the server confirmed (or at once when offline). */
@@ -240,20 +430,27 @@ export class Roost {
     this._channels.delete(ch);
     if (sub.subId != null) this._requests.delete(sub.subId);
     if (!sub.started) sub.reject(new RoostError('closed', 'unsubscribed before the subscription started'));
+    if (sub.presence && !sub.presence.closed) sub.presence._fail(new RoostError('closed', 'unsubscribed', { ch }));
     if (!this._isOpen()) return Promise.resolve();
     return this._request('unsub', { op: 'unsub', ch }).then(() => undefined, () => undefined);
   }
 
   /**
-   * Publishes `data` (any JSON value) to `ch`. Resolves with the message's seq
-   * once it is durably stored; rejects with a RoostError (`code`) if refused.
+   * Publishes `data` (any JSON value) to `ch`. Options: `key` (1 to 128
+   * characters like a channel name: on a compacted channel the latest message
+   * of a key is kept, and `data` null deletes the key) and `event` (a name
+   * delivered with the message). Resolves with the message's seq once it is
+   * durably stored; rejects with a RoostError (`code`) if refused.
    */
-  publish(ch, data) {
+  publish(ch, data, options = {}) {
     if (this._closed) return Promise.reject(new RoostError('closed', 'this client was closed'));
     const id = `${this._prefix}.${++this._pubCount}`;
     let frame;
     try {
-      frame = JSON.stringify({ op: 'pub', ch, data: data === undefined ? null : data, id });
+      const msg = { op: 'pub', ch, data: data === undefined ? null : data, id };
+      if (options.key != null) msg.key = String(options.key);
+      if (options.event != null) msg.event = String(options.event);
+      frame = JSON.stringify(msg);
     } catch (e) {
       return Promise.reject(new RoostError('bad_request', `data is not JSON: ${e.message}`, { ch }));
     }
@@ -301,7 +498,10 @@ export class Roost {
     this._pubs.clear();
     for (const r of this._requests.values()) if (r.reject) r.reject(err());
     this._requests.clear();
-    for (const s of this._channels.values()) if (!s.started) s.reject(err());
+    for (const s of this._channels.values()) {
+      if (!s.started) s.reject(err());
+      if (s.presence && !s.presence.closed) s.presence._fail(err());
+    }
     this._setState('closed');
   }
 
@@ -406,7 +606,7 @@ export class Roost {
     this._scheduleRefresh();
     for (const sub of this._channels.values()) this._sendSub(sub);
     for (const r of this._requests.values()) {
-      if (r.kind === 'hist') this._send(JSON.stringify({ ...r.frame, id: r.id }));
+      if (r.kind === 'hist' || r.kind === 'presence') this._send(JSON.stringify({ ...r.frame, id: r.id }));
     }
     for (const p of this._pubs.values()) {
       if (!p.timer) this._send(p.frame);
@@ -461,6 +661,9 @@ export class Roost {
     for (const sub of this._channels.values()) {
       if (sub.subId != null) this._requests.delete(sub.subId);
       sub.subId = null;
+      // A snapshot cut off by the disconnect is thrown away; the Map keeps
+      // the last complete state until the next one.
+      sub.snapshot = null;
       if (sub.catchupTo != null) {
         sub.catchupTo = null;
       }
@@ -513,6 +716,7 @@ export class Roost {
 
   _sendSub(sub) {
     const frame = { op: 'sub', ch: sub.ch };
+    sub.snapshot = null;
     if (sub.resume && sub.last != null) {
       const epoch = sub.epoch || this._epoch;
       if (sub.last > 0 && epoch) {
@@ -522,8 +726,14 @@ export class Roost {
         // No epoch known for this position: replay all, drop what was seen.
         frame.since = 0;
       }
+    } else if (sub.map) {
+      frame.state = true;
+    } else if (sub.wantLast != null) {
+      frame.last = sub.wantLast;
     }
     sub.sentSince = frame.since == null ? null : sub.last;
+    sub.sentState = !!frame.state;
+    sub.sentLast = frame.last != null;
     const id = ++this._rid;
     sub.subId = id;
     this._requests.set(id, { id, kind: 'sub', ch: sub.ch });
@@ -565,6 +775,20 @@ export class Roost {
       }
       case 'err':
         return this._onErr(m);
+      case 'state':
+        return this._onStateMarker(m);
+      case 'presence':
+        return this._onPresence(m);
+      case 'join': {
+        const sub = this._channels.get(m.ch);
+        if (sub && sub.presence && !sub.presence.closed) sub.presence._join(m.user, m.info);
+        return;
+      }
+      case 'leave': {
+        const sub = this._channels.get(m.ch);
+        if (sub && sub.presence && !sub.presence.closed) sub.presence._leave(m.user);
+        return;
+      }
       default:
         return;
     }
@@ -573,9 +797,23 @@ export class Roost {
   _onMsg(m) {
     const sub = this._channels.get(m.ch);
     if (!sub || sub.subId != null) return; // not subscribed, or no subok yet
+    if (sub.snapshot) {
+      // Part of a snapshot (ascending seq, the latest message of each key):
+      // collected apart, and swapped in whole at the `state` marker.
+      if (typeof m.key === 'string') {
+        if (m.data === null) sub.snapshot.delete(m.key);
+        else sub.snapshot.set(m.key, m);
+      }
+      return;
+    }
     if (sub.last != null && m.seq <= sub.last) return; // seen already
     sub.last = m.seq;
     sub.resume = true;
+    if (sub.map && typeof m.key === 'string') {
+      // A tombstone (data null) deletes its key.
+      if (m.data === null) sub.map.delete(m.key);
+      else sub.map.set(m.key, m);
+    }
     try {
       if (sub.handler) sub.handler(m);
     } catch (e) {
@@ -601,7 +839,19 @@ export class Roost {
     sub.epoch = m.epoch;
     this._epoch = m.epoch;
     const since = sub.sentSince;
-    if (since == null) {
+    if (sub.sentState || (sub.map && m.gap)) {
+      // A snapshot follows (asked for, or the answer to a resume whose next
+      // seq is gone): collect it until the `state` marker.
+      sub.snapshot = new Map();
+      if (m.gap && since != null && sub.started) {
+        this._emit('gap', { ch: sub.ch, epoch: m.epoch, since, epochChanged: !!hadEpoch && hadEpoch !== m.epoch, snapshot: true });
+      }
+    } else if (sub.sentLast) {
+      // The last N stored messages follow (seqs unknown yet, all <= m.seq).
+      sub.last = 0;
+      // An empty channel: a resume replays everything from the start.
+      sub.resume = m.seq === 0;
+    } else if (since == null) {
       // Live only: everything after the channel's current last seq.
       sub.last = m.seq;
       sub.resume = true;
@@ -613,11 +863,53 @@ export class Roost {
     }
     const first = !sub.started;
     sub.started = true;
-    if (since != null && m.seq > sub.last) {
+    if (sub.snapshot) {
+      // Resolved at the `state` marker, with the Map filled.
+      sub.pendingResult = { ch: m.ch, seq: m.seq, epoch: m.epoch, gap: !!m.gap };
+      return;
+    }
+    if (sub.sentLast && m.seq > 0) {
+      sub.catchupTo = m.seq;
+      this._emit('catchup', { ch: sub.ch, from: Math.max(1, m.seq - sub.wantLast + 1), to: m.seq });
+    } else if (since != null && m.seq > sub.last) {
       sub.catchupTo = m.seq;
       this._emit('catchup', { ch: sub.ch, from: sub.last + 1, to: m.seq });
     }
     if (first) sub.resolve({ ch: m.ch, seq: m.seq, epoch: m.epoch, gap: !!m.gap });
+  }
+
+  /** `{"op":"state","ch","seq"}`: the snapshot is complete; it replaces the Map. */
+  _onStateMarker(m) {
+    const sub = this._channels.get(m.ch);
+    if (!sub || sub.subId != null || !sub.snapshot) return;
+    const snap = sub.snapshot;
+    sub.snapshot = null;
+    sub.map.clear();
+    for (const [k, v] of snap) sub.map.set(k, v);
+    sub.last = typeof m.seq === 'number' ? m.seq : 0;
+    sub.resume = true;
+    this._emit('snapshot', { ch: sub.ch, seq: sub.last, state: sub.map });
+    const r = sub.pendingResult;
+    if (r) {
+      sub.pendingResult = null;
+      if (!sub.resolved) {
+        sub.resolved = true;
+        sub.resolve({ ...r, state: sub.map });
+      }
+    }
+  }
+
+  /** A full member list: after a (re)subscription, or the answer to `presence`. */
+  _onPresence(m) {
+    if (m.id != null) {
+      const r = this._requests.get(m.id);
+      if (r && r.kind === 'presence') {
+        this._requests.delete(m.id);
+        r.resolve(m);
+      }
+    }
+    const sub = this._channels.get(m.ch);
+    if (sub && sub.presence && !sub.presence.closed) sub.presence._list(m.members, m.count);
   }
 
   _onErr(m) {
@@ -657,6 +949,7 @@ export class Roost {
       this._channels.delete(r.ch);
       const err = new RoostError(m.code, m.msg, { ch: r.ch });
       if (!sub.started) sub.reject(err);
+      if (sub.presence && !sub.presence.closed) sub.presence._fail(err);
       this._emit('error', { ...info, ch: r.ch });
       return;
     }

@@ -2,7 +2,8 @@
 // the address the README prints opens a live board on the channel of steps
 // 3-4 showing exactly the messages those steps stored, with no error on the
 // page or in the console; then that a channel the token may not read, and an
-// empty one, tell the user what to do. Run by .ci/readme-test:
+// empty one, tell the user what to do; and (issue 15, needs the server's
+// presence) that "online now" lists the token's user. Run by .ci/readme-test:
 //
 //   node tests/browser/readme-board.mjs URL EXPECTED.json [SCREENSHOT.png]
 //
@@ -53,6 +54,10 @@ async function main() {
       'the board shows the messages of steps 3-4, once each, in order',
     );
     assert.equal(await page.textContent('#status'), '', 'no error or refusal shown on the page');
+    // Issue 15 (needs the server's presence): the README's token reads
+    // presence-room:1, so "online now" lists alice, the one on the page.
+    const online = () => page.evaluate(() => [...document.querySelectorAll('#members li[data-user]')].map((li) => li.dataset.user));
+    await waitFor('"online now" to list alice', async () => (await online()).join() === 'alice');
     assert.ok(await page.isHidden('#empty'), 'no empty-state hint over a board with messages');
     assert.equal(await page.evaluate(() => document.getElementById('badge').dataset.state), 'open', 'still live');
     assert.deepEqual(problems, [], 'no errors in the browser console');
@@ -65,7 +70,7 @@ async function main() {
       const t = await other.textContent('#status');
       return t.includes('lobby') && t;
     });
-    assert.match(refusal, /lobby: this token may not read that channel \(it reads 'room:\*'\)\. Open room:1 on the left, or mint a token with --read 'lobby'/);
+    assert.match(refusal, /lobby: this token may not read that channel \(it reads 'room:\*', 'presence-room:\*'\)\. Open room:1 on the left, or mint a token with --read 'lobby'/);
     await other.fill('#joininput', 'room:2');
     await other.press('#joininput', 'Enter');
     await waitFor('the empty-channel hint', () => other.isVisible('#empty'));

@@ -3,8 +3,13 @@
 # binary:
 #   test-node.mjs  roost.js in Node with the `ws` package: 200 publishes across
 #                  two SIGKILL restarts, token expiry (4001), refusals
+#   test-node-15.mjs  roost.js presence, `last`, keyed publish and state Maps
+#                  across restarts (issue 15: NEEDS the server's presence and
+#                  state sync; fails on a roostd without them)
 #   test.mjs       Debian's Chromium via playwright-core: two pages chat
-#                  across a SIGTERM restart; writes docs/demo.png
+#                  across a SIGTERM restart, with the "online now" list and
+#                  the live values panel (those parts need issue 15's server
+#                  side); writes docs/demo.png
 #
 #   bash tests/browser/run.sh
 #
@@ -47,6 +52,8 @@ fi
 status=0
 echo "--- node: roost.js with the ws package"
 timeout 300 node "$here/test-node.mjs" || status=1
+echo "--- node: presence, last, keys and state (issue 15)"
+timeout 300 node "$here/test-node-15.mjs" || status=1
 
 chromium=/usr/bin/chromium
 if [[ ! -x "$chromium" ]]; then

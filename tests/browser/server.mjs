@@ -48,6 +48,58 @@ export async function waitFor(what, cond, ms = 20000) {
   }
 }
 
+/** Rejects with "timed out after MS ms: WHAT" unless `promise` settles first. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, rej) => {
+      timer = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/** Runs and empties `cleanups` (functions, maybe async), last first; a failing one is logged. */
+export async function runCleanups(cleanups) {
+  while (cleanups.length) {
+    try {
+      await cleanups.pop()();
+    } catch (e) {
+      console.log(`cleanup: ${e}`);
+    }
+  }
+}
+
+/**
+ * A tiny TAP-like runner: `test(name, fn)` runs one test and then its
+ * `cleanups` (pushed by the test, run last-first); `finish(label)` prints the
+ * tally and exits 1 if any failed.
+ */
+export function testRunner() {
+  const results = [];
+  const cleanups = [];
+  async function test(name, fn) {
+    const t0 = Date.now();
+    try {
+      await fn();
+      results.push({ name, ok: true });
+      console.log(`ok - ${name} (${Date.now() - t0} ms)`);
+    } catch (e) {
+      results.push({ name, ok: false });
+      console.log(`not ok - ${name}\n${e && e.stack ? e.stack : e}`);
+    } finally {
+      await runCleanups(cleanups);
+    }
+  }
+  function finish(label) {
+    const passed = results.filter((r) => r.ok).length;
+    const failed = results.length - passed;
+    console.log(`${label}: ${passed} passed, ${failed} failed`);
+    process.exit(failed ? 1 : 0);
+  }
+  return { test, cleanups, finish };
+}
+
 export function tempDir(prefix) {
   return mkdtempSync(join(tmpdir(), prefix));
 }

@@ -10,47 +10,16 @@
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { Roost, RoostError, decodeToken } from '../../web/roost.js';
-import { Server, mintToken, token, tempDir, removeDir, sleep } from './server.mjs';
+import { Server, mintToken, token, tempDir, removeDir, sleep, withTimeout, testRunner } from './server.mjs';
 
 const N = 200;
-const results = [];
-const cleanups = [];
+const { test, cleanups, finish } = testRunner();
 
 async function waitFor(what, cond, ms = 30000) {
   const t0 = Date.now();
   while (!cond()) {
     if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(20);
-  }
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => {
-      timer = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-async function test(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    results.push({ name, ok: true });
-    console.log(`ok - ${name} (${Date.now() - t0} ms)`);
-  } catch (e) {
-    results.push({ name, ok: false });
-    console.log(`not ok - ${name}\n${e && e.stack ? e.stack : e}`);
-  } finally {
-    while (cleanups.length) {
-      try {
-        await cleanups.pop()();
-      } catch (e) {
-        console.log(`cleanup: ${e}`);
-      }
-    }
   }
 }
 
@@ -318,7 +287,4 @@ await test('options: token in the query, since without epoch, history paging', a
   assert.ok(!server.log.some((l) => l.includes(tok)), 'the token is not logged');
 });
 
-const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed;
-console.log(`node: ${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+finish('node');
