@@ -365,6 +365,26 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     let nofile = raise_nofile_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| server::default_max_connections(nofile));
     let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
+    let pusher = match (&cfg.pusher_app_id, &cfg.pusher_key) {
+        (Some(id), Some(key)) => {
+            // The secret defaults to the default key (pusher.md §1): the main
+            // application then shares one secret with roostd.
+            let secret = match &cfg.pusher_secret_file {
+                Some(file) => read_secret(file)?,
+                None => verifier.default_secret().to_vec(),
+            };
+            if secret.is_empty() {
+                return usage("the Pusher app secret is empty: pass --pusher-secret-file with a non-empty file");
+            }
+            Some(roostd::proto::pusher::App {
+                id: id.clone(),
+                key: key.clone(),
+                secret,
+                public: cfg.pusher_public.clone(),
+            })
+        }
+        _ => None,
+    };
     let tls_note = if tls.is_some() { ", TLS" } else { "" };
     let clock_sync = match std::env::var("ROOSTD_TEST_CLOCK_SYNCED").as_deref() {
         Err(_) => SyncSource::Kernel,
@@ -381,7 +401,8 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         )
     });
     let ready_file = cfg.ready_file.clone();
-    let mut server = Server::bind(cfg, store, verifier, max_connections, tls, clock_sync).map_err(cannot_listen)?;
+    let mut server =
+        Server::bind(cfg, store, verifier, max_connections, tls, clock_sync, pusher).map_err(cannot_listen)?;
     if let Some(hint) = first_token {
         eprintln!("{hint}");
     }

@@ -36,6 +36,12 @@ pub enum Decision {
     Refuse(Refusal),
     /// Upgrade to a WebSocket (`/ws`): the server runs the §3 checks.
     WebSocket,
+    /// The Pusher WebSocket `/app/{key}` (pusher.md §2): the server
+    /// upgrades it and refuses after the upgrade, as pusher-js expects.
+    PusherSocket,
+    /// The Pusher HTTP API `/apps/…` (pusher.md §3): signed, not a bearer
+    /// token, so the server routes and checks it with `proto::pusher_api`.
+    PusherApi,
     /// Read `len` body bytes, then call [`publish`].
     Publish {
         ch: String,
@@ -136,6 +142,8 @@ fn route(path: &str, method: &str, demo: bool) -> Result<Route, Decision> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     Ok(match segments.as_slice() {
         ["ws"] => return Err(Decision::WebSocket),
+        ["app", _] => return Err(Decision::PusherSocket),
+        ["apps", ..] => return Err(Decision::PusherApi),
         [""] | ["index.html"] if demo && method == "GET" => return Err(asset(DEMO_PAGE, "text/html; charset=utf-8")),
         ["roost.js"] if demo && method == "GET" => return Err(asset(ROOST_JS, "text/javascript; charset=utf-8")),
         // Browsers ask for it on every page; an empty answer keeps their console clean.

@@ -184,9 +184,26 @@ struct Peer {
     /// `Hub::channels`.
     subs: Vec<(Arc<str>, Cursor)>,
     bucket: Bucket,
+    /// The member this connection is on some presence channels, when its
+    /// front door names one per subscription (Pusher's `channel_data`)
+    /// instead of the token's `sub` and `info`. Empty for native peers.
+    named: Vec<Named>,
 }
 
+/// A member named for one presence channel: the channel, the user, its info.
+type Named = (Arc<str>, Box<str>, Option<Box<str>>);
+
 impl Peer {
+    /// The member this connection is (or would be) on presence channel
+    /// `ch`: the one its front door named, else its token's `sub` and `info`.
+    /// So one user is one member, whichever protocol each connection speaks.
+    fn member(&self, ch: &str) -> (&str, Option<&str>) {
+        match self.named.iter().find(|(c, ..)| &**c == ch) {
+            Some((_, user, info)) => (user, info.as_deref()),
+            None => (&self.claims.sub, self.claims.info.as_deref()),
+        }
+    }
+
     fn cursor(&mut self, ch: &str) -> Option<&mut Cursor> {
         self.subs.iter_mut().find(|(c, _)| &**c == ch).map(|(_, cursor)| cursor)
     }
@@ -259,7 +276,48 @@ impl Hub {
     pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: &'static dyn Dialect, now: Instant) {
         let tokens = 2.0 * self.limits.publish_rate as f64;
         let bucket = Bucket { tokens, at: now, refused: 0 };
-        self.peers.insert(conn, Box::new(Peer { claims, dialect, subs: Vec::new(), bucket }));
+        self.peers.insert(conn, Box::new(Peer { claims, dialect, subs: Vec::new(), bucket, named: Vec::new() }));
+    }
+
+    /// Names the member `conn` is on presence channel `ch` for its next
+    /// `sub` there (a Pusher subscribe's `channel_data`). Ignored while it is
+    /// subscribed: a member changes only by leaving. The server calls
+    /// [`Hub::forget_member`] when that `sub` was refused.
+    pub fn name_member(&mut self, conn: ConnId, ch: &str, user: &str, info: Option<&str>) {
+        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        if peer.subs.iter().any(|(c, _)| &**c == ch) {
+            return;
+        }
+        peer.named.retain(|(c, ..)| &**c != ch);
+        peer.named.push((Arc::from(ch), user.into(), info.map(Box::from)));
+    }
+
+    /// Drops a member named for `ch` unless `conn` is subscribed to it.
+    pub fn forget_member(&mut self, conn: ConnId, ch: &str) {
+        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        if !peer.subs.iter().any(|(c, _)| &**c == ch) {
+            peer.named.retain(|(c, ..)| &**c != ch);
+        }
+    }
+
+    /// The user `conn` is on channel `ch` (Pusher puts it on client events).
+    pub fn member_user(&self, conn: ConnId, ch: &str) -> Option<&str> {
+        self.peers.get(&conn).map(|p| p.member(ch).0)
+    }
+
+    /// Whether `conn` holds a subscription to `ch`.
+    pub fn is_subscribed(&self, conn: ConnId, ch: &str) -> bool {
+        self.peers.get(&conn).is_some_and(|p| p.subs.iter().any(|(c, _)| &**c == ch))
+    }
+
+    /// The connections subscribed to `ch` (live or replaying).
+    pub fn subscribers(&self, ch: &str) -> &[ConnId] {
+        self.channels.get(ch).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every channel with a subscriber, and how many it has.
+    pub fn occupied(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.channels.iter().map(|(ch, list)| (&**ch, list.len()))
     }
 
     /// One event for `conn` in its dialect (the server's own refusals, such
@@ -273,7 +331,7 @@ impl Hub {
         if let Some(peer) = self.peers.remove(&conn) {
             for (ch, _) in &peer.subs {
                 self.drop_subscriber(ch, conn);
-                self.depart(ch, &peer.claims.sub, now);
+                self.depart(ch, peer.member(ch).0, now);
             }
         }
         self.replaying.remove(&conn);
@@ -399,7 +457,8 @@ impl Hub {
         let answer = peer.say(Event::Unsubscribed { ch }, id);
         if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
             peer.subs.swap_remove(at);
-            let user = peer.claims.sub.clone();
+            let user = peer.member(ch).0.to_string();
+            peer.named.retain(|(c, ..)| &**c != ch);
             self.drop_subscriber(ch, conn);
             self.depart(ch, &user, now);
         }
@@ -473,6 +532,19 @@ impl Hub {
     /// whose cursor it is. `publisher` is the connection answered here;
     /// `None` for a publisher answered elsewhere (an HTTP publish).
     pub fn on_commit(&mut self, publish: &Publish, outcome: &Outcome, publisher: Option<ConnId>) -> Committed {
+        self.on_commit_except(publish, outcome, publisher, None)
+    }
+
+    /// [`Hub::on_commit`], leaving connection `except` out of the delivery
+    /// (Pusher's `socket_id`, Laravel's `toOthers()`): its cursor moves on
+    /// as if it had been sent, so the message is not replayed to it either.
+    pub fn on_commit_except(
+        &mut self,
+        publish: &Publish,
+        outcome: &Outcome,
+        publisher: Option<ConnId>,
+        except: Option<ConnId>,
+    ) -> Committed {
         let id = publish.id.as_deref();
         let dialect = publisher.and_then(|c| self.peers.get(&c)).map(|p| p.dialect);
         let answer = |event: Event<'_>| dialect.map(|d| d.frame(&event, id));
@@ -488,7 +560,7 @@ impl Hub {
                     event: publish.event.as_deref(),
                 };
                 let reply = answer(Event::Acked { ch: &publish.ch, seq: *seq });
-                Committed { reply, deliveries: self.committed(&msg) }
+                Committed { reply, deliveries: self.committed(&msg, except) }
             }
             Outcome::Duplicate { ch, seq, .. } => {
                 Committed { reply: answer(Event::Acked { ch, seq: *seq }), deliveries: Vec::new() }
@@ -519,7 +591,7 @@ impl Hub {
     /// A message was committed: the connections that must receive it now,
     /// with the message written once in each of their dialects. Replaying
     /// subscribers read it from the store later.
-    fn committed(&mut self, msg: &Msg<'_>) -> Vec<(String, Vec<ConnId>)> {
+    fn committed(&mut self, msg: &Msg<'_>, except: Option<ConnId>) -> Vec<(String, Vec<ConnId>)> {
         let mut deliveries: Vec<(&'static dyn Dialect, String, Vec<ConnId>)> = Vec::new();
         let Some(list) = self.channels.get(msg.ch) else { return Vec::new() };
         for &conn in list {
@@ -531,6 +603,9 @@ impl Hub {
             }
             if msg.seq == cursor.next {
                 cursor.next += 1;
+                if except == Some(conn) {
+                    continue;
+                }
                 match deliveries.iter_mut().find(|(d, ..)| d.name() == dialect.name()) {
                     Some((.., to)) => to.push(conn),
                     None => deliveries.push((dialect, dialect.frame(&Event::Message(*msg), None), vec![conn])),

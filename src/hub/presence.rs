@@ -44,11 +44,10 @@ impl Hub {
         let Some(peer) = self.peers.get(&conn) else { return Ok(()) };
         let name = self.channel_name(ch);
         if self.rules.is_presence(ch) {
-            let user = peer.claims.sub.as_str();
+            let (user, info) = peer.member(ch);
             if user.len() > MAX_USER_BYTES {
                 return Err((ErrCode::BadRequest, "on a presence channel the token's sub is at most 128 bytes"));
             }
-            let info = peer.claims.info.as_deref();
             if info.is_some_and(|i| i.len() > MAX_INFO_BYTES || !i.starts_with('{')) {
                 return Err((ErrCode::BadRequest, "the token's info must be a JSON object of at most 1 KiB"));
             }
@@ -101,7 +100,7 @@ impl Hub {
             let msg = "not a presence channel (presence-*, or one given with --presence)";
             return peer.refuse(ErrCode::BadRequest, msg, id);
         }
-        let members = self.members_of(ch, Some(&peer.claims.sub));
+        let members = self.members_of(ch, Some(peer.member(ch).0));
         peer.say(Event::Presence { ch, members: &members }, id)
     }
 
@@ -203,7 +202,7 @@ impl Hub {
         let mut out: Vec<(&'static dyn Dialect, String, Vec<ConnId>)> = Vec::new();
         for &conn in self.channels.get(ch).into_iter().flatten() {
             let Some(peer) = self.peers.get(&conn) else { continue };
-            if peer.claims.sub == user {
+            if peer.member(ch).0 == user {
                 continue;
             }
             match out.iter_mut().find(|(d, ..)| d.name() == peer.dialect.name()) {

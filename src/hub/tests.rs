@@ -395,7 +395,7 @@ fn a_commit_seen_by_replay_before_its_result_is_not_sent_twice() {
     assert_eq!(w.seqs(2), vec![1, 2]);
     // Now the result arrives: the cursor is already past it.
     let msg = Msg { ch: "c", seq, ts: seq, from: "x", data: "2", key: None, event: None };
-    assert_eq!(w.hub.committed(&msg), Vec::new());
+    assert_eq!(w.hub.committed(&msg, None), Vec::new());
 }
 
 #[test]

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{hex_eq, hmac_sha256_hex};
 use crate::channel;
+use crate::hub::{Dialect, ErrCode, Event as HubEvent};
 
 /// The protocol version spoken; clients asking for less are closed with 4007.
 pub const PROTOCOL: u32 = 7;
@@ -698,6 +699,81 @@ pub fn message_data(text: &str) -> String {
         Ok(raw) => raw.get().to_string(),
         Err(_) => Value::String(text.to_string()).to_string(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// The hub's events as Pusher frames
+
+/// The event name a Pusher client hears for a stored message that has none
+/// (a native `pub` without `"event"`): bind to it, or set `"event"` on the
+/// `pub` (docs/pusher.md).
+pub const DEFAULT_EVENT: &str = "message";
+
+/// The `from` of every event published through the Pusher HTTP API (§4).
+pub const API_FROM: &str = "app";
+
+/// How the hub's events reach a Pusher connection. The Pusher door passes
+/// the channel as a subscribe's request `id`, so a refused `sub` becomes
+/// that channel's `pusher:subscription_error`. Events Pusher has no frame
+/// for (an unsubscribe's answer, an ack, the end of a state snapshot, a
+/// presence channel's plain `Subscribed`, whose answer is the member list
+/// that follows) are written as nothing: the door sends no empty frame.
+pub struct PusherDialect;
+
+impl Dialect for PusherDialect {
+    fn name(&self) -> &'static str {
+        "pusher"
+    }
+
+    fn write(&self, out: &mut String, event: &HubEvent<'_>, id: Option<&str>) {
+        match *event {
+            HubEvent::Subscribed { ch, .. } => {
+                if kind(ch).is_none_or(|k| k.kind != Kind::Presence) {
+                    out.push_str(&subscription_succeeded(ch, None));
+                }
+            }
+            HubEvent::Presence { ch, members } => {
+                let list: Vec<(&str, Option<&str>)> = members.iter().map(|m| (m.user, m.info)).collect();
+                out.push_str(&subscription_succeeded(ch, Some(&list)));
+            }
+            HubEvent::Refused { code, msg } => match id {
+                Some(ch) => {
+                    let status = match code {
+                        ErrCode::Forbidden | ErrCode::TooManySubscriptions | ErrCode::TooManyMembers => 403,
+                        ErrCode::RateLimited => 429,
+                        ErrCode::Unavailable => 503,
+                        _ => 400,
+                    };
+                    out.push_str(&subscription_error(ch, &SubscribeError::new(status, msg)));
+                }
+                None => out.push_str(&error(None, msg)),
+            },
+            HubEvent::Message(ref m) => {
+                let name: Option<String> = m.event.and_then(|e| serde_json::from_str(e).ok());
+                let data = message_text(m.from, m.data);
+                out.push_str(&self::event(name.as_deref().unwrap_or(DEFAULT_EVENT), m.ch, &data, None));
+            }
+            HubEvent::Joined { ch, member } => out.push_str(&member_added(ch, member.user, member.info)),
+            HubEvent::Left { ch, user } => out.push_str(&member_removed(ch, user)),
+            HubEvent::Unsubscribed { .. }
+            | HubEvent::Acked { .. }
+            | HubEvent::History { .. }
+            | HubEvent::StateEnd { .. } => {}
+        }
+    }
+}
+
+/// The `data` text a Pusher client receives for a stored message (§4): an
+/// event of the Pusher API whose data was not JSON was stored as a JSON
+/// string and goes back as that string's content (its original text); any
+/// other message as the JSON text of its data.
+fn message_text<'a>(from: &str, data: &'a str) -> std::borrow::Cow<'a, str> {
+    if from == API_FROM && data.starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<String>(data) {
+            return s.into();
+        }
+    }
+    data.into()
 }
 
 #[cfg(test)]

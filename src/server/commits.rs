@@ -22,20 +22,29 @@ pub(super) struct Ticket {
     pub(super) http: Option<HttpRequest>,
     /// Set for a presence or occupancy write: the hub hears its result.
     pub(super) change: Option<Box<Change>>,
+    /// Set for an event of the Pusher API: `conn` is its HTTP request,
+    /// answered once all its events are committed.
+    pub(super) pusher: bool,
+    /// A connection left out of the delivery (the event's `socket_id`).
+    pub(super) except: Option<ConnId>,
 }
 
 impl Ticket {
     pub(super) fn publish(conn: ConnId, id: Option<String>, bytes: usize, http: Option<HttpRequest>) -> Ticket {
-        Ticket { conn, id, bytes, http, change: None }
+        Ticket { conn, id, bytes, http, change: None, pusher: false, except: None }
     }
 
     pub(super) fn change(change: Change) -> Ticket {
-        Ticket { conn: 0, id: None, bytes: 0, http: None, change: Some(Box::new(change)) }
+        Ticket { change: Some(Box::new(change)), ..Ticket::event() }
+    }
+
+    pub(super) fn pusher(conn: ConnId, bytes: usize, except: Option<ConnId>) -> Ticket {
+        Ticket { conn, bytes, pusher: true, except, ..Ticket::event() }
     }
 
     /// A webhook event: it commits with the write before it.
     pub(super) fn event() -> Ticket {
-        Ticket { conn: 0, id: None, bytes: 0, http: None, change: None }
+        Ticket { conn: 0, id: None, bytes: 0, http: None, change: None, pusher: false, except: None }
     }
 }
 
@@ -87,6 +96,10 @@ impl Server {
         if let Some(req) = ticket.http {
             self.answer_publish(ticket.conn, req, &append.ch, &outcome, now);
         }
+        if ticket.pusher {
+            let ok = matches!(outcome, Outcome::Stored { .. } | Outcome::Duplicate { .. });
+            self.pusher_committed(ticket.conn, ok, now);
+        }
         let publish = Publish {
             ch: append.ch,
             from: append.from,
@@ -95,8 +108,8 @@ impl Server {
             key: append.key,
             event: append.event,
         };
-        let publisher = ticket.http.is_none().then_some(ticket.conn);
-        let committed = self.hub.on_commit(&publish, &outcome, publisher);
+        let publisher = (ticket.http.is_none() && !ticket.pusher).then_some(ticket.conn);
+        let committed = self.hub.on_commit_except(&publish, &outcome, publisher, ticket.except);
         if let Some(reply) = committed.reply {
             self.send(ticket.conn, reply.into());
         }
@@ -121,6 +134,8 @@ impl Server {
                 self.on_change_written(&change, false, now);
             } else if !matches!(write, Write::Message(_)) {
                 // A webhook event: it is asked for again with its cause.
+            } else if ticket.pusher {
+                self.pusher_committed(ticket.conn, false, now);
             } else if let Some(req) = ticket.http {
                 self.http_refuse(ticket.conn, req, UNAVAILABLE, true, now);
             } else if transient {

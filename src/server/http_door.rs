@@ -25,6 +25,23 @@ pub(super) struct PendingBody {
     pub(super) ch: String,
     pub(super) claims: Box<crate::auth::Claims>,
     pub(super) len: usize,
+    /// Set for a request of the Pusher API: the route its body is for.
+    pub(super) pusher: Option<crate::proto::pusher_api::Route>,
+}
+
+impl PendingBody {
+    /// A Pusher API request's body: it carries a signature, not a token.
+    pub(super) fn pusher(head: Head, route: crate::proto::pusher_api::Route, len: usize) -> PendingBody {
+        let claims = crate::auth::Claims {
+            sub: String::new(),
+            exp: 0,
+            read: crate::auth::Patterns::new(Vec::new()),
+            write: crate::auth::Patterns::new(Vec::new()),
+            api: false,
+            info: None,
+        };
+        PendingBody { head: Box::new(head), ch: String::new(), claims: Box::new(claims), len, pusher: Some(route) }
+    }
 }
 
 impl Server {
@@ -95,6 +112,12 @@ impl Server {
                 self.open_websocket(id, head, now);
                 false
             }
+            Decision::PusherSocket if self.pusher.is_some() => {
+                self.open_pusher(id, head, now);
+                false
+            }
+            Decision::PusherSocket => self.http_refuse(id, req, Refusal::new(404, "not_found"), false, now),
+            Decision::PusherApi => self.pusher_api_head(id, head, req, now),
             Decision::Reply { status, body, content_type, close } => {
                 self.http_reply(id, req, status, content_type, &body, close, now)
             }
@@ -141,7 +164,7 @@ impl Server {
             Decision::State { .. } => self.http_refuse(id, req, Refusal::new(400, "bad_request"), false, now),
             Decision::Publish { ch, claims, len } => {
                 let Some(slot) = self.slots.get_mut(&id) else { return false };
-                slot.body = Some(Box::new(PendingBody { head: Box::new(head), ch, claims, len }));
+                slot.body = Some(Box::new(PendingBody { head: Box::new(head), ch, claims, len, pusher: None }));
                 slot.conn.expect_body();
                 true
             }
@@ -165,6 +188,10 @@ impl Server {
             }
             BodyStatus::Ready(all) => &all[pending.head.len..],
         };
+        if let Some(route) = pending.pusher {
+            let body = body.to_vec();
+            return self.pusher_api_body(id, req, &pending.head, route, &body, now);
+        }
         let key = pending.head.idempotency_key.as_deref();
         let message_key = api::message_key(&pending.head).unwrap_or_default();
         match api::publish(pending.ch, &pending.claims, body, key, message_key) {

@@ -58,11 +58,13 @@ mod commits;
 mod hooks;
 mod http_door;
 mod lifecycle;
+mod pusher_door;
 mod ws_door;
 
 use commits::Ticket;
 use hooks::{HookState, HookTicket};
 use http_door::PendingBody;
+use pusher_door::{ApiWait, PusherConn};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -106,6 +108,8 @@ struct Slot {
     body: Option<Box<PendingBody>>,
     /// Set on a WebSocket when a publish hook is configured.
     hook: Option<Box<HookState>>,
+    /// Set on a Pusher WebSocket (`/app/{key}`).
+    pusher: Option<Box<PusherConn>>,
 }
 
 /// Why the server stopped.
@@ -154,6 +158,12 @@ pub struct Server {
     reload: UnixStream,
     /// The last commit failed for lack of space (map or disk full).
     store_full: bool,
+    /// The Pusher app (pusher.md §1), when one is configured.
+    pusher: Option<Arc<crate::proto::pusher::App>>,
+    /// The first part of this process's socket ids.
+    pusher_seed: u64,
+    /// Pusher API requests waiting for their commits, by connection.
+    pusher_waits: HashMap<ConnId, ApiWait>,
     /// Held here so the waker's descriptor lives as long as the loop: if
     /// the writer thread exits (on a fatal error) and dropped the last
     /// handle, its final wake-up would vanish with the descriptor.
@@ -185,6 +195,7 @@ impl Server {
         max_connections: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
         clock_sync: SyncSource,
+        pusher: Option<crate::proto::pusher::App>,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = listen(cfg.listen)?;
@@ -217,7 +228,10 @@ impl Server {
         let writer = Writer::start(store.clone(), policy, wake);
         let webhook = match &cfg.webhook {
             Some(url) => {
-                let signer = Signer { key: verifier.default_secret().to_vec(), pusher: None };
+                let signer = Signer {
+                    key: verifier.default_secret().to_vec(),
+                    pusher: pusher.as_ref().map(|app| (app.key.clone(), app.secret.clone())),
+                };
                 let outbox = changes::StoreOutbox { store: store.clone(), handle: writer.outbox_handle() };
                 let settings = webhook::Settings {
                     retry_for: cfg.webhook_retry_for,
@@ -280,6 +294,9 @@ impl Server {
             tls,
             reload,
             store_full: false,
+            pusher: pusher.map(Arc::new),
+            pusher_seed: pusher_door::socket_seed(),
+            pusher_waits: HashMap::new(),
             _waker: waker,
         };
         server.restore_presence(Instant::now());
@@ -472,6 +489,7 @@ impl Server {
         // saves a syscall per connection. Ids are never reused, so an event
         // for it still in this turn's batch finds no slot and is ignored.
         let Some(slot) = self.slots.remove(&id) else { return };
+        self.pusher_waits.remove(&id);
         if slot.joined {
             self.hub.leave(id, self.now);
         }
