@@ -980,3 +980,78 @@ fn state_on_an_ordinary_channel_is_refused_and_last_replays_the_newest() {
     w.pump(1 << 20);
     assert_eq!(w.seqs(2), vec![1, 2, 3, 4, 5], "fewer if fewer are stored");
 }
+
+#[test]
+fn a_member_named_per_subscription_is_one_member_with_the_same_user_on_the_native_protocol() {
+    let mut w = World::with_rules(kv_rules());
+    // A Pusher connection: its token-like claims name the socket, its
+    // channel_data names the user.
+    w.join(1, member("socket-1", None));
+    w.hub.name_member(1, "presence-r", "alice", Some(r#"{"name":"Alice"}"#));
+    w.req(1, json!({"op":"sub","ch":"presence-r"}));
+    assert_eq!(w.take(1)[1]["members"], json!([{"user":"alice","info":{"name":"Alice"}}]));
+    assert_eq!(member_changes(&w.write_changes(true)), vec![("alice".to_string(), true)]);
+    // alice's native tab is the same member: no second join, and she is not
+    // told of herself.
+    w.join(2, member("alice", None));
+    w.req(2, json!({"op":"sub","ch":"presence-r"}));
+    assert!(w.write_changes(true).is_empty(), "one user is one member, whichever protocol");
+    assert_eq!(w.ops(1), Vec::<String>::new());
+    // The named member leaves with its subscription: alice stays while her
+    // native tab does.
+    w.req(1, json!({"op":"unsub","ch":"presence-r"}));
+    w.now += Duration::from_secs(10);
+    w.hub.tick(w.now);
+    assert!(w.write_changes(true).is_empty());
+    assert_eq!(w.hub.member_user(1, "presence-r"), Some("socket-1"), "the name went with the subscription");
+    w.hub.leave(2, w.now);
+    w.now += Duration::from_secs(10);
+    w.hub.tick(w.now);
+    assert_eq!(member_changes(&w.write_changes(true)), vec![("alice".to_string(), false)]);
+}
+
+#[test]
+fn a_name_is_ignored_while_subscribed_and_forgotten_after_a_refused_sub() {
+    let mut w = World::with_rules(kv_rules());
+    w.join(1, member("socket-1", None));
+    w.hub.name_member(1, "presence-r", "alice", None);
+    w.req(1, json!({"op":"sub","ch":"presence-r"}));
+    w.hub.name_member(1, "presence-r", "mallory", None);
+    assert_eq!(w.hub.member_user(1, "presence-r"), Some("alice"), "a member changes only by leaving");
+    // A user over 128 bytes is refused by the hub: the name goes with it.
+    w.hub.name_member(1, "presence-s", &"u".repeat(129), None);
+    w.req(1, json!({"op":"sub","ch":"presence-s"}));
+    assert!(!w.hub.is_subscribed(1, "presence-s"));
+    w.hub.forget_member(1, "presence-s");
+    assert_eq!(w.hub.member_user(1, "presence-s"), Some("socket-1"));
+}
+
+#[test]
+fn the_connection_left_out_of_a_delivery_is_not_sent_it_later_either() {
+    let mut w = World::new();
+    w.join(1, claims("app", &["*"], &["*"]));
+    w.join(2, claims("alice", &["*"], &[]));
+    w.join(3, claims("bob", &["*"], &[]));
+    for c in [2, 3] {
+        w.req(c, json!({"op":"sub","ch":"c"}));
+        w.take(c);
+    }
+    let p = |data: &str| Publish {
+        ch: "c".into(),
+        from: "app".into(),
+        data: data.into(),
+        id: None,
+        key: None,
+        event: None,
+    };
+    let first = p("1");
+    let outcome = w.b.commit(std::slice::from_ref(&first)).remove(0);
+    let committed = w.hub.on_commit_except(&first, &outcome, None, Some(2));
+    assert_eq!(committed.deliveries.len(), 1);
+    assert_eq!(committed.deliveries[0].1, vec![3], "alice is left out");
+    // The next message reaches both, with no replay of the first to alice.
+    w.commit(1, vec![p("2")]);
+    w.pump(1 << 20);
+    assert_eq!(w.seqs(2), vec![2]);
+    assert_eq!(w.seqs(3), vec![2]);
+}

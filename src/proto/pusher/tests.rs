@@ -338,3 +338,37 @@ fn a_webhook_body_signed_with_app_sign_is_one_the_pusher_library_accepts() {
     assert_eq!(hook["library_accepts"], true, "the library checked this pair when the vectors were made");
     assert_eq!(app().sign(hook["body"].as_str().unwrap()), hook["signature"].as_str().unwrap());
 }
+
+fn pusher_frame(event: &HubEvent<'_>, id: Option<&str>) -> Option<Value> {
+    let text = PusherDialect.frame(event, id);
+    (!text.is_empty()).then(|| serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn a_stored_message_reaches_a_pusher_client_with_its_event_name_and_its_original_data_text() {
+    let msg = |from, data, event| crate::hub::Msg { ch: "orders", seq: 3, ts: 1, from, data, key: None, event };
+    let api = pusher_frame(&HubEvent::Message(msg("app", r#""plain text""#, Some(r#""Note""#))), None).unwrap();
+    assert_eq!(api, json!({"event":"Note","channel":"orders","data":"plain text"}));
+    let json_data = pusher_frame(&HubEvent::Message(msg("app", r#"{"id":9}"#, Some(r#""Shipped""#))), None).unwrap();
+    assert_eq!(json_data["data"], r#"{"id":9}"#);
+    // A native pub without an event: the default name, the data's JSON text.
+    let native = pusher_frame(&HubEvent::Message(msg("alice", r#""hi""#, None)), None).unwrap();
+    assert_eq!(native, json!({"event":DEFAULT_EVENT,"channel":"orders","data":r#""hi""#}));
+}
+
+#[test]
+fn a_presence_subscribe_is_answered_by_its_member_list_and_a_refusal_names_the_channel() {
+    let subscribed = |ch| HubEvent::Subscribed { ch, seq: 0, epoch: "e", gap: false };
+    assert_eq!(pusher_frame(&subscribed("presence-r"), Some("presence-r")), None);
+    let private = pusher_frame(&subscribed("private-r"), Some("private-r")).unwrap();
+    assert_eq!(private["event"], "pusher_internal:subscription_succeeded");
+    let members = [crate::hub::Member { user: "alice", info: Some(r#"{"name":"A"}"#) }];
+    let list = pusher_frame(&HubEvent::Presence { ch: "presence-r", members: &members }, None).unwrap();
+    let data: Value = serde_json::from_str(list["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, json!({"presence":{"count":1,"ids":["alice"],"hash":{"alice":{"name":"A"}}}}));
+    let refused = HubEvent::Refused { code: ErrCode::TooManyMembers, msg: "full" };
+    let e = pusher_frame(&refused, Some("presence-r")).unwrap();
+    assert_eq!((e["event"].as_str(), e["channel"].as_str()), (Some("pusher:subscription_error"), Some("presence-r")));
+    assert_eq!(serde_json::from_str::<Value>(e["data"].as_str().unwrap()).unwrap()["status"], 403);
+    assert_eq!(pusher_frame(&HubEvent::Unsubscribed { ch: "private-r" }, None), None);
+}
