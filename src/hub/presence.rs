@@ -368,6 +368,13 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// A member whose join is committed.
+    fn stored_member(t: &mut Tally<&'static str>, user: &'static str, now: Instant) {
+        t.arrive(user, None, 10);
+        t.due_one(&user, now);
+        t.written(&user, true, true);
+    }
+
     fn due(t: &mut Tally<&'static str>, now: Instant) -> Vec<(&'static str, bool)> {
         let mut out = Vec::new();
         t.due(now, &mut out);
@@ -391,9 +398,7 @@ mod tests {
     fn a_reload_within_the_grace_writes_nothing() {
         let now = Instant::now();
         let mut t = Tally::default();
-        t.arrive("alice", None, 10);
-        t.due_one(&"alice", now);
-        t.written(&"alice", true, true);
+        stored_member(&mut t, "alice", now);
         t.depart(&"alice", now + secs(3));
         assert_eq!(due(&mut t, now + secs(1)), vec![]);
         t.arrive("alice", None, 10);
@@ -404,9 +409,7 @@ mod tests {
     fn a_leave_is_due_when_the_grace_runs_out_and_forgotten_once_written() {
         let now = Instant::now();
         let mut t = Tally::default();
-        t.arrive("alice", None, 10);
-        t.due_one(&"alice", now);
-        t.written(&"alice", true, true);
+        stored_member(&mut t, "alice", now);
         t.depart(&"alice", now + secs(3));
         assert_eq!(t.next_deadline(), Some(now + secs(3)));
         assert_eq!(due(&mut t, now + secs(3)), vec![("alice", false)]);
@@ -429,9 +432,7 @@ mod tests {
     fn a_user_who_comes_back_while_the_leave_commits_is_joined_again() {
         let now = Instant::now();
         let mut t = Tally::default();
-        t.arrive("alice", None, 10);
-        t.due_one(&"alice", now);
-        t.written(&"alice", true, true);
+        stored_member(&mut t, "alice", now);
         t.depart(&"alice", now);
         assert_eq!(due(&mut t, now), vec![("alice", false)]);
         t.arrive("alice", None, 10);
