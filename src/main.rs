@@ -446,6 +446,16 @@ fn open_store(cfg: &Config) -> Result<Store, Fail> {
     }
 }
 
+/// `token --info`: the presence `info` claim (spec §7), a JSON object of at
+/// most 1 KiB, or exit 2 saying so.
+fn info_object(v: &str) -> Result<serde_json::Value, Fail> {
+    let object =
+        serde_json::from_str(v).ok().filter(|i: &serde_json::Value| i.is_object() && i.to_string().len() <= 1024);
+    object.ok_or_else(|| {
+        Fail(2, format!("--info takes a JSON object of at most 1 KiB, like '{{\"name\":\"Alice\"}}', not {v:?}"))
+    })
+}
+
 fn token(args: Vec<OsString>) -> Result<(), Fail> {
     let extra = ["sub", "read", "write", "ttl", "api", "info"];
     let (cfg, others) = match load_config("token", args, &extra) {
@@ -477,20 +487,7 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
             "write" => write.push(v),
             "ttl" => ttl = config::duration("ttl", &v).map_err(|e| Fail(2, e.0))?,
             "api" => claims_api = true,
-            "info" => {
-                let info: serde_json::Value = serde_json::from_str(&v)
-                    .ok()
-                    .filter(|i: &serde_json::Value| i.is_object() && i.to_string().len() <= 1024)
-                    .ok_or_else(|| {
-                        Fail(
-                            2,
-                            format!(
-                                "--info takes a JSON object of at most 1 KiB, like '{{\"name\":\"Alice\"}}', not {v:?}"
-                            ),
-                        )
-                    })?;
-                info_claim = Some(info);
-            }
+            "info" => info_claim = Some(info_object(&v)?),
             _ => {}
         }
     }

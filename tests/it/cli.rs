@@ -351,7 +351,7 @@ fn roostd_token_names_the_url_of_the_server_its_settings_describe() {
 #[test]
 fn the_first_run_hint_is_a_command_that_works_when_pasted() {
     let server = TestServer::options().no_secret().start();
-    let log = server.log();
+    let log = server.log_when("mint a first token with: ");
     let hint = log.lines().find_map(|l| l.split_once("mint a first token with: ")).map(|(_, cmd)| cmd.to_string());
     let hint = hint.unwrap_or_else(|| panic!("no first-token hint in:\n{log}"));
     // The words of the hint as a shell would split them (it quotes only '*').
