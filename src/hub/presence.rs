@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Action, ConnId, Dialect, ErrCode, Event, Hub, Member};
+use super::{Action, ConnId, Door, ErrCode, Event, Hub, Member};
 
 /// The longest user on a presence channel, and the largest `info` (spec §7).
 pub const MAX_USER_BYTES: usize = 128;
@@ -200,13 +200,13 @@ impl Hub {
     /// `event` for every subscriber of `ch` but `user`'s own connections,
     /// written once per dialect.
     fn broadcast(&self, ch: &str, user: &str, event: &Event<'_>) -> Vec<(String, Vec<ConnId>)> {
-        let mut out: Vec<(&'static dyn Dialect, String, Vec<ConnId>)> = Vec::new();
+        let mut out: Vec<(Door, String, Vec<ConnId>)> = Vec::new();
         for &conn in self.channels.get(ch).into_iter().flatten() {
             let Some(peer) = self.peers.get(&conn) else { continue };
             if peer.claims.sub == user {
                 continue;
             }
-            match out.iter_mut().find(|(d, ..)| d.name() == peer.dialect.name()) {
+            match out.iter_mut().find(|(d, ..)| d.same(peer.dialect)) {
                 Some((.., to)) => to.push(conn),
                 None => out.push((peer.dialect, peer.dialect.frame(event, None), vec![conn])),
             }
