@@ -411,6 +411,15 @@ impl Config {
             "tls-key" => self.tls_key = Some(PathBuf::from(nonempty(key, v)?)),
             "echo" => self.echo = boolean(key, v)?,
             "ready-file" => self.ready_file = Some(PathBuf::from(nonempty(key, v)?)),
+            _ => return self.set_events(key, v),
+        }
+        Ok(())
+    }
+
+    /// The settings of presence, state, webhooks and the Pusher app (spec
+    /// §7-§9, pusher.md), and the answer to an unknown one.
+    fn set_events(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+        match key {
             "presence" => self.presence.push(pattern(key, v)?),
             "presence-grace" => self.presence_grace = duration(key, v)?,
             "presence-restart-grace" => self.presence_restart_grace = duration(key, v)?,

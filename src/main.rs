@@ -467,19 +467,31 @@ fn open_store(cfg: &Config) -> Result<Store, Fail> {
     }
 }
 
+/// `token --info`: the presence `info` claim (spec §7), a JSON object of at
+/// most 1 KiB, or exit 2 saying so.
+fn info_object(v: &str) -> Result<serde_json::Value, Fail> {
+    let object =
+        serde_json::from_str(v).ok().filter(|i: &serde_json::Value| i.is_object() && i.to_string().len() <= 1024);
+    object.ok_or_else(|| {
+        Fail(2, format!("--info takes a JSON object of at most 1 KiB, like '{{\"name\":\"Alice\"}}', not {v:?}"))
+    })
+}
+
 fn token(args: Vec<OsString>) -> Result<(), Fail> {
-    let extra = ["sub", "read", "write", "ttl", "api"];
+    let extra = ["sub", "read", "write", "ttl", "api", "info"];
     let (cfg, others) = match load_config("token", args, &extra) {
         Err(Fail(0, _)) => {
             print!(
                 "Usage: roostd token --sub NAME [--read PATTERN]... [--write PATTERN]... [--ttl 1h]\n\
-                 \x20             [--api] [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
+                 \x20             [--info JSON] [--api] [--config FILE] [--data DIR] [--secret-file FILE]\n\n\
                  Prints a token signed with the key `roostd serve` uses. Patterns: a channel\n\
                  name, a prefix ending in * (room:*), or * for every channel. A token without\n\
                  --read or --write can do nothing (a warning says so). Given the server's\n\
                  --config (or --listen and --tls-cert), it names the URL to connect to.\n\
                  --api marks the main application's own token (\"api\": true): only such\n\
-                 tokens may call the HTTP API (/api/...); never hand one to a client.\n"
+                 tokens may call the HTTP API (/api/...); never hand one to a client.\n\
+                 --info '{{\"name\":\"Alice\"}}' is shown to others on presence channels (a JSON\n\
+                 object of at most 1 KiB).\n"
             );
             return Ok(());
         }
@@ -488,6 +500,7 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
     let mut sub = None;
     let (mut read, mut write, mut ttl) = (Vec::new(), Vec::new(), std::time::Duration::from_secs(3600));
     let mut claims_api = false;
+    let mut info_claim = None;
     for (k, v) in others {
         match k.as_str() {
             "sub" => sub = Some(v),
@@ -495,6 +508,7 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
             "write" => write.push(v),
             "ttl" => ttl = config::duration("ttl", &v).map_err(|e| Fail(2, e.0))?,
             "api" => claims_api = true,
+            "info" => info_claim = Some(info_object(&v)?),
             _ => {}
         }
     }
@@ -517,11 +531,15 @@ fn token(args: Vec<OsString>) -> Result<(), Fail> {
     if claims_api {
         claims["api"] = true.into();
     }
+    if let Some(info) = info_claim {
+        claims["info"] = info;
+    }
     // Anything that grants access (read, write, or a flag such as `api`) is
     // a claim other than the identity, times and audience.
     let grants = claims.as_object().is_some_and(|c| {
-        c.iter()
-            .any(|(k, v)| !matches!(k.as_str(), "sub" | "iat" | "exp" | "aud") && *v != serde_json::Value::Bool(false))
+        c.iter().any(|(k, v)| {
+            !matches!(k.as_str(), "sub" | "iat" | "exp" | "aud" | "info") && *v != serde_json::Value::Bool(false)
+        })
     });
     println!("{}", auth::mint(&claims, key));
     if !grants {

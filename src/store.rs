@@ -838,27 +838,7 @@ impl Store {
         }
         let seq = info.last + 1;
         info.last = seq;
-        let (key, event) = (a.key.as_deref().map(str::as_bytes), a.event.as_deref().map(str::as_bytes));
-        let from = &a.from.as_bytes()[..a.from.len().min(u16::MAX as usize)];
-        let extra = if key.is_some() || event.is_some() {
-            4 + key.map_or(0, <[u8]>::len) + event.map_or(0, <[u8]>::len)
-        } else {
-            0
-        };
-        let mut value = Vec::with_capacity(10 + from.len() + extra + a.data.len());
-        value.extend_from_slice(&now_ms.to_be_bytes());
-        value.extend_from_slice(&(from.len() as u16).to_be_bytes());
-        value.extend_from_slice(from);
-        if extra > 0 {
-            let (key, event) = (key.unwrap_or_default(), event.unwrap_or_default());
-            value.push(0);
-            value.push(key.len() as u8);
-            value.extend_from_slice(key);
-            value.extend_from_slice(&(event.len() as u16).to_be_bytes());
-            value.extend_from_slice(event);
-        }
-        value.extend_from_slice(a.data.as_bytes());
-        self.messages.put(wtxn, &msg_key(id, seq), &value)?;
+        self.messages.put(wtxn, &msg_key(id, seq), &encode_message(a, now_ms))?;
         if let Some((key, prev)) = keyed {
             let kk = key_key(id, key);
             self.keys.put(wtxn, &kk, &seq.to_be_bytes())?;
@@ -881,37 +861,64 @@ impl Store {
                 self.tombs.put(wtxn, &tk, &v)?;
             }
         }
-        // Count retention inline, a few deletions per append, so a channel
-        // never grows past its limit between maintenance passes; the pass
-        // does the rest when a limit was lowered.
+        self.trim_on_append(wtxn, id, &mut info, live, limits, compacted)?;
+        self.channels.put(wtxn, a.ch.as_bytes(), &encode_channel(id, info, live))?;
+        if let Some(dkey) = &dkey {
+            self.remember_id(wtxn, dkey, &a.ch, seq, now_ms, window_ms)?;
+        }
+        Ok(Outcome::Stored { seq, ts: now_ms })
+    }
+
+    /// Count retention inline, a few deletions per append, so a channel
+    /// never grows past its limit between maintenance passes; the pass does
+    /// the rest when a limit was lowered.
+    fn trim_on_append(
+        &self,
+        wtxn: &mut RwTxn,
+        id: u64,
+        info: &mut ChannelInfo,
+        live: u64,
+        limits: Retention,
+        compacted: bool,
+    ) -> Result<(), StoreError> {
         let keep = limits.messages.max(1);
         if compacted {
             if info.count().saturating_sub(live) > keep {
-                self.trim_compacted(wtxn, id, &mut info, live, limits, None, 16)?;
+                self.trim_compacted(wtxn, id, info, live, limits, None, 16)?;
             }
         } else {
             let mut budget = 16;
             while info.count() > keep && budget > 0 {
                 self.messages.delete(wtxn, &msg_key(id, info.first))?;
                 info.first += 1;
-                self.skip_holes(wtxn, id, &mut info)?;
+                self.skip_holes(wtxn, id, info)?;
                 budget -= 1;
             }
         }
-        self.channels.put(wtxn, a.ch.as_bytes(), &encode_channel(id, info, live))?;
-        if let Some(dkey) = &dkey {
-            let expires = now_ms.saturating_add(window_ms);
-            let mut v = Vec::with_capacity(24 + a.ch.len());
-            v.extend_from_slice(&seq.to_be_bytes());
-            v.extend_from_slice(&now_ms.to_be_bytes());
-            v.extend_from_slice(&expires.to_be_bytes());
-            v.extend_from_slice(a.ch.as_bytes());
-            self.dedupe.put(wtxn, dkey, &v)?;
-            let mut ek = expires.to_be_bytes().to_vec();
-            ek.extend_from_slice(dkey);
-            self.expiry.put(wtxn, &ek, &[])?;
-        }
-        Ok(Outcome::Stored { seq, ts: now_ms })
+        Ok(())
+    }
+
+    /// The dedupe record of `(sub, id)` and its expiry entry.
+    fn remember_id(
+        &self,
+        wtxn: &mut RwTxn,
+        dkey: &[u8],
+        ch: &str,
+        seq: Seq,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), StoreError> {
+        let expires = now_ms.saturating_add(window_ms);
+        let mut v = Vec::with_capacity(24 + ch.len());
+        v.extend_from_slice(&seq.to_be_bytes());
+        v.extend_from_slice(&now_ms.to_be_bytes());
+        v.extend_from_slice(&expires.to_be_bytes());
+        v.extend_from_slice(ch.as_bytes());
+        self.dedupe.put(wtxn, dkey, &v)?;
+        let mut ek = expires.to_be_bytes().to_vec();
+        ek.extend_from_slice(dkey);
+        self.expiry.put(wtxn, &ek, &[])?;
+        Ok(())
     }
 
     /// Moves `first` past removed messages, so it always names a stored
@@ -1314,6 +1321,33 @@ fn decode_channel(v: &[u8]) -> Option<(u64, ChannelInfo, u64)> {
         holes: v.get(24..).and_then(be_u64).unwrap_or(0),
     };
     Some((be_u64(v)?, info, v.get(32..).and_then(be_u64).unwrap_or(0)))
+}
+
+/// A message's value: `ts u64 | from len u16 | from`, then, only when it has
+/// a key or an event, `0 | key len u8 | key | event len u16 | event` (JSON
+/// text never starts with NUL), then `data`.
+fn encode_message(a: &Append, now_ms: u64) -> Vec<u8> {
+    let (key, event) = (a.key.as_deref().map(str::as_bytes), a.event.as_deref().map(str::as_bytes));
+    let from = &a.from.as_bytes()[..a.from.len().min(u16::MAX as usize)];
+    let extra = if key.is_some() || event.is_some() {
+        4 + key.map_or(0, <[u8]>::len) + event.map_or(0, <[u8]>::len)
+    } else {
+        0
+    };
+    let mut value = Vec::with_capacity(10 + from.len() + extra + a.data.len());
+    value.extend_from_slice(&now_ms.to_be_bytes());
+    value.extend_from_slice(&(from.len() as u16).to_be_bytes());
+    value.extend_from_slice(from);
+    if extra > 0 {
+        let (key, event) = (key.unwrap_or_default(), event.unwrap_or_default());
+        value.push(0);
+        value.push(key.len() as u8);
+        value.extend_from_slice(key);
+        value.extend_from_slice(&(event.len() as u16).to_be_bytes());
+        value.extend_from_slice(event);
+    }
+    value.extend_from_slice(a.data.as_bytes());
+    value
 }
 
 fn decode_message<'a>(k: &[u8], v: &'a [u8]) -> Option<Record<'a>> {

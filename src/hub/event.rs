@@ -197,13 +197,44 @@ pub enum Event<'a> {
     },
 }
 
+/// A front door's dialect as a connection holds it: a thin reference to the
+/// protocol's one `static` (8 bytes a connection, not a 16-byte trait
+/// object), compared by that static's address, so a fan-out groups its
+/// recipients by dialect with one pointer compare each. Make one with
+/// `static D: &dyn Dialect = &MyDialect; Door::new(&D)`.
+#[derive(Clone, Copy)]
+pub struct Door(&'static &'static dyn Dialect);
+
+impl Door {
+    pub const fn new(dialect: &'static &'static dyn Dialect) -> Door {
+        Door(dialect)
+    }
+
+    /// The same front door's dialect (distinct statics have distinct addresses).
+    pub fn same(self, other: Door) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl std::ops::Deref for Door {
+    type Target = dyn Dialect;
+
+    fn deref(&self) -> &(dyn Dialect + 'static) {
+        *self.0
+    }
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A front door's way of writing the hub's events as frames (one frame per
 /// event, appended to `out`). Implemented in `proto/`; a connection's
 /// dialect is fixed when it joins the hub.
 pub trait Dialect: Sync {
-    /// The protocol's name, unique per dialect: a fan-out writes a message
-    /// once per name. (Not the address: dialects are zero-sized values,
-    /// and zero-sized values may share one.)
+    /// The protocol's name, for logs.
     fn name(&self) -> &'static str;
 
     fn write(&self, out: &mut String, event: &Event<'_>, id: Option<&str>);

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::auth::Claims;
 pub use crate::channel::Seq;
 use crate::store::{self, Limit, Outcome, Record, StoreError};
-pub use event::{Dialect, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
+pub use event::{Dialect, Door, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
 pub use history::{msg as history_msg, page, History};
 pub use presence::Change;
 use presence::Tally;
@@ -178,7 +178,7 @@ struct Bucket {
 struct Peer {
     claims: Claims,
     /// How this connection's front door writes events.
-    dialect: &'static dyn Dialect,
+    dialect: Door,
     /// A list, not a map: a connection holds a few subscriptions, and an
     /// idle one should cost little. The channel's name is shared with
     /// `Hub::channels`.
@@ -273,7 +273,7 @@ impl Hub {
     }
 
     /// A connection passed authentication; its front door speaks `dialect`.
-    pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: &'static dyn Dialect, now: Instant) {
+    pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: Door, now: Instant) {
         let tokens = 2.0 * self.limits.publish_rate as f64;
         let bucket = Bucket { tokens, at: now, refused: 0 };
         self.peers.insert(conn, Box::new(Peer { claims, dialect, subs: Vec::new(), bucket, named: Vec::new() }));
@@ -517,7 +517,7 @@ impl Hub {
             return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id);
         }
         let mut msgs = String::with_capacity(256);
-        match page(store, ch, since, limit as usize, self.limits.max_reply_bytes, peer.dialect, &mut msgs) {
+        match page(store, ch, since, limit as usize, self.limits.max_reply_bytes, &*peer.dialect, &mut msgs) {
             Ok(page) => peer.say(Event::History { ch, msgs: &msgs, page }, id),
             Err(e) => {
                 log::warn!("reading history failed: {e}");
@@ -592,7 +592,7 @@ impl Hub {
     /// with the message written once in each of their dialects. Replaying
     /// subscribers read it from the store later.
     fn committed(&mut self, msg: &Msg<'_>, except: Option<ConnId>) -> Vec<(String, Vec<ConnId>)> {
-        let mut deliveries: Vec<(&'static dyn Dialect, String, Vec<ConnId>)> = Vec::new();
+        let mut deliveries: Vec<(Door, String, Vec<ConnId>)> = Vec::new();
         let Some(list) = self.channels.get(msg.ch) else { return Vec::new() };
         for &conn in list {
             let Some(peer) = self.peers.get_mut(&conn) else { continue };
@@ -606,7 +606,7 @@ impl Hub {
                 if except == Some(conn) {
                     continue;
                 }
-                match deliveries.iter_mut().find(|(d, ..)| d.name() == dialect.name()) {
+                match deliveries.iter_mut().find(|(d, ..)| d.same(dialect)) {
                     Some((.., to)) => to.push(conn),
                     None => deliveries.push((dialect, dialect.frame(&Event::Message(*msg), None), vec![conn])),
                 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Action, ConnId, Dialect, ErrCode, Event, Hub, Member};
+use super::{Action, ConnId, Door, ErrCode, Event, Hub, Member};
 
 /// The longest user on a presence channel, and the largest `info` (spec §7).
 pub const MAX_USER_BYTES: usize = 128;
@@ -199,13 +199,13 @@ impl Hub {
     /// `event` for every subscriber of `ch` but `user`'s own connections,
     /// written once per dialect.
     fn broadcast(&self, ch: &str, user: &str, event: &Event<'_>) -> Vec<(String, Vec<ConnId>)> {
-        let mut out: Vec<(&'static dyn Dialect, String, Vec<ConnId>)> = Vec::new();
+        let mut out: Vec<(Door, String, Vec<ConnId>)> = Vec::new();
         for &conn in self.channels.get(ch).into_iter().flatten() {
             let Some(peer) = self.peers.get(&conn) else { continue };
             if peer.member(ch).0 == user {
                 continue;
             }
-            match out.iter_mut().find(|(d, ..)| d.name() == peer.dialect.name()) {
+            match out.iter_mut().find(|(d, ..)| d.same(peer.dialect)) {
                 Some((.., to)) => to.push(conn),
                 None => out.push((peer.dialect, peer.dialect.frame(event, None), vec![conn])),
             }
@@ -367,6 +367,13 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// A member whose join is committed.
+    fn stored_member(t: &mut Tally<&'static str>, user: &'static str, now: Instant) {
+        t.arrive(user, None, 10);
+        t.due_one(&user, now);
+        t.written(&user, true, true);
+    }
+
     fn due(t: &mut Tally<&'static str>, now: Instant) -> Vec<(&'static str, bool)> {
         let mut out = Vec::new();
         t.due(now, &mut out);
@@ -390,9 +397,7 @@ mod tests {
     fn a_reload_within_the_grace_writes_nothing() {
         let now = Instant::now();
         let mut t = Tally::default();
-        t.arrive("alice", None, 10);
-        t.due_one(&"alice", now);
-        t.written(&"alice", true, true);
+        stored_member(&mut t, "alice", now);
         t.depart(&"alice", now + secs(3));
         assert_eq!(due(&mut t, now + secs(1)), vec![]);
         t.arrive("alice", None, 10);
@@ -403,9 +408,7 @@ mod tests {
     fn a_leave_is_due_when_the_grace_runs_out_and_forgotten_once_written() {
         let now = Instant::now();
         let mut t = Tally::default();
-        t.arrive("alice", None, 10);
-        t.due_one(&"alice", now);
-        t.written(&"alice", true, true);
+        stored_member(&mut t, "alice", now);
         t.depart(&"alice", now + secs(3));
         assert_eq!(t.next_deadline(), Some(now + secs(3)));
         assert_eq!(due(&mut t, now + secs(3)), vec![("alice", false)]);
@@ -428,9 +431,7 @@ mod tests {
     fn a_user_who_comes_back_while_the_leave_commits_is_joined_again() {
         let now = Instant::now();
         let mut t = Tally::default();
-        t.arrive("alice", None, 10);
-        t.due_one(&"alice", now);
-        t.written(&"alice", true, true);
+        stored_member(&mut t, "alice", now);
         t.depart(&"alice", now);
         assert_eq!(due(&mut t, now), vec![("alice", false)]);
         t.arrive("alice", None, 10);

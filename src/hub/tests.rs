@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::auth::{Claims, Patterns};
-use crate::proto::roost::{self, Roost};
+use crate::proto::roost;
 use crate::store::{Append, ChannelInfo, Outcome, Record, Retention, Store, StoreError};
 
 const KEEP_ALL: Retention = Retention { messages: u64::MAX, age_ms: u64::MAX };
@@ -193,7 +193,7 @@ impl<B: Backend> World<B> {
     }
 
     fn join(&mut self, conn: ConnId, c: Claims) {
-        self.hub.join(conn, c, &Roost, self.now);
+        self.hub.join(conn, c, roost::ROOST, self.now);
     }
 
     /// Sends one request; publishes are committed at once.
@@ -681,6 +681,9 @@ fn a_commit_result_is_one_reply_and_one_encoded_message() {
 /// decides, each dialect writes.
 struct Shout;
 
+static SHOUT_DIALECT: &dyn Dialect = &Shout;
+static SHOUT: Door = Door::new(&SHOUT_DIALECT);
+
 impl Dialect for Shout {
     fn name(&self) -> &'static str {
         "shout"
@@ -699,8 +702,8 @@ impl Dialect for Shout {
 fn one_commit_is_written_once_per_dialect_and_each_subscriber_gets_its_own() {
     let mut w = World::new();
     w.join(1, claims("alice", &["*"], &["*"]));
-    w.hub.join(2, claims("bob", &["*"], &[]), &Shout, w.now);
-    w.hub.join(3, claims("carol", &["*"], &[]), &Shout, w.now);
+    w.hub.join(2, claims("bob", &["*"], &[]), SHOUT, w.now);
+    w.hub.join(3, claims("carol", &["*"], &[]), SHOUT, w.now);
     w.join(4, claims("dave", &["*"], &[]));
     for conn in [2, 3, 4] {
         let mut out = Vec::new();

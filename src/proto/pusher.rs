@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{hex_eq, hmac_sha256_hex};
 use crate::channel;
-use crate::hub::{Dialect, ErrCode, Event as HubEvent};
+use crate::hub::{Dialect, Door, ErrCode, Event as HubEvent};
 
 /// The protocol version spoken; clients asking for less are closed with 4007.
 pub const PROTOCOL: u32 = 7;
@@ -719,6 +719,10 @@ pub const API_FROM: &str = "app";
 /// presence channel's plain `Subscribed`, whose answer is the member list
 /// that follows) are written as nothing: the door sends no empty frame.
 pub struct PusherDialect;
+
+/// The Pusher front door, as its connections join the hub.
+pub static PUSHER: Door = Door::new(&PUSHER_DIALECT);
+static PUSHER_DIALECT: &dyn Dialect = &PusherDialect;
 
 impl Dialect for PusherDialect {
     fn name(&self) -> &'static str {

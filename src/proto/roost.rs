@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 pub use crate::channel::Seq;
 use crate::channel::{valid_key, valid_name};
-use crate::hub::{Dialect, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
+use crate::hub::{Dialect, Door, ErrCode, Event, Member, Msg, Page, Request, Start, MAX_EVENT_BYTES, MAX_LAST};
 
 /// Largest `limit` a `hist` request may ask for.
 pub const MAX_HIST_LIMIT: u32 = 1000;
@@ -335,6 +335,10 @@ pub fn err(code: ErrCode, msg: &str, id: Option<&str>) -> String {
 /// The native protocol's dialect: the hub's events as `/ws` frames (and as
 /// the messages of the HTTP API's pages).
 pub struct Roost;
+
+/// The native front door, as connections join the hub with it.
+pub static ROOST: Door = Door::new(&ROOST_DIALECT);
+static ROOST_DIALECT: &dyn Dialect = &Roost;
 
 impl Dialect for Roost {
     fn name(&self) -> &'static str {

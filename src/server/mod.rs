@@ -232,36 +232,11 @@ impl Server {
                     key: verifier.default_secret().to_vec(),
                     pusher: pusher.as_ref().map(|app| (app.key.clone(), app.secret.clone())),
                 };
-                let outbox = changes::StoreOutbox { store: store.clone(), handle: writer.outbox_handle() };
-                let settings = webhook::Settings {
-                    retry_for: cfg.webhook_retry_for,
-                    backoff_min: cfg.webhook_backoff_min,
-                    max_pending: cfg.webhook_max_pending,
-                    timeout: webhook::REQUEST_TIMEOUT,
-                };
-                let wall = clock.clone();
-                let wall_ms = Arc::new(move || wall.effective_ms());
-                let started = Webhook::start(url, signer, outbox, settings, wall_ms, bell);
-                Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+                Some(start_webhook(url, &cfg, signer, &store, &writer, &clock, bell)?)
             }
             None => None,
         };
-        let hub = Hub::with_rules(
-            store.epoch(),
-            Limits {
-                max_subscriptions: cfg.max_subscriptions,
-                publish_rate: if cfg.echo { 0 } else { cfg.publish_rate },
-                max_reply_bytes: cfg.max_send_buffer_bytes / 2,
-            },
-            Rules {
-                presence: cfg.presence.clone(),
-                compact: cfg.compact.clone(),
-                presence_grace: cfg.presence_grace,
-                presence_restart_grace: cfg.presence_restart_grace,
-                max_presence_members: cfg.max_presence_members,
-                occupancy: cfg.webhook.is_some(),
-            },
-        );
+        let hub = hub_for(&cfg, store.epoch());
         let mut server = Server {
             now: Instant::now(),
             poll,
@@ -500,6 +475,49 @@ impl Server {
             }
         }
     }
+}
+
+/// The hub with the configuration's limits and channel rules.
+fn hub_for(cfg: &Config, epoch: &str) -> Hub {
+    let limits = Limits {
+        max_subscriptions: cfg.max_subscriptions,
+        publish_rate: if cfg.echo { 0 } else { cfg.publish_rate },
+        max_reply_bytes: cfg.max_send_buffer_bytes / 2,
+    };
+    let rules = Rules {
+        presence: cfg.presence.clone(),
+        compact: cfg.compact.clone(),
+        presence_grace: cfg.presence_grace,
+        presence_restart_grace: cfg.presence_restart_grace,
+        max_presence_members: cfg.max_presence_members,
+        // Occupancy is stored (and reported) only for webhooks (spec §9).
+        occupancy: cfg.webhook.is_some(),
+    };
+    Hub::with_rules(epoch, limits, rules)
+}
+
+/// The webhook delivery thread for `url`, reading the store's outbox and
+/// signing with the default key; `bell` is what the writer rings.
+fn start_webhook(
+    url: &str,
+    cfg: &Config,
+    signer: Signer,
+    store: &Store,
+    writer: &Writer<Ticket>,
+    clock: &Clock,
+    bell: Doorbell,
+) -> io::Result<Webhook> {
+    let outbox = changes::StoreOutbox { store: store.clone(), handle: writer.outbox_handle() };
+    let settings = webhook::Settings {
+        retry_for: cfg.webhook_retry_for,
+        backoff_min: cfg.webhook_backoff_min,
+        max_pending: cfg.webhook_max_pending,
+        timeout: webhook::REQUEST_TIMEOUT,
+    };
+    let wall = clock.clone();
+    let wall_ms = Arc::new(move || wall.effective_ms());
+    Webhook::start(url, signer, outbox, settings, wall_ms, bell)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// The effective clock (spec §10), from the floor the store saved; says

@@ -15,7 +15,7 @@
 use super::*;
 use crate::auth::{Claims, Patterns};
 use crate::hub::{Request, Start};
-use crate::proto::pusher::{self, ClientEventRate, ClientFrame, Close, Grant, Kind, PusherDialect};
+use crate::proto::pusher::{self, ClientEventRate, ClientFrame, Close, Grant, Kind, PUSHER};
 use crate::proto::pusher_api::{self, ApiError, Counts, Route as ApiRoute};
 use commits::MAX_INFLIGHT_BYTES;
 use http_door::{HttpRequest, PendingBody};
@@ -106,7 +106,7 @@ impl Server {
             user: None,
             rate: ClientEventRate::default(),
         }));
-        self.hub.join(id, claims, &PusherDialect, now);
+        self.hub.join(id, claims, PUSHER, now);
         self.send(id, pusher::connection_established(&socket_id, ACTIVITY_TIMEOUT_SECS).into());
         self.read_frames(id, now);
     }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::hub::Publish;
-use crate::proto::roost::Roost;
+use crate::proto::roost::ROOST;
 use hooks::MAX_HOOK_QUEUE;
 use http::Upgrade;
 
@@ -66,7 +66,7 @@ impl Server {
         if self.hook.is_some() {
             slot.hook = Some(Box::new(HookState { token: token.into(), queue: VecDeque::new(), busy: false }));
         }
-        self.hub.join(id, claims, &Roost, now);
+        self.hub.join(id, claims, ROOST, now);
         // Frames may have arrived right behind the head.
         self.read_frames(id, now);
     }

@@ -146,6 +146,24 @@ fn roostd_token_prints_one_line_that_the_server_accepts() {
 }
 
 #[test]
+fn roostd_token_info_is_shown_to_others_on_a_presence_channel_and_a_bad_one_exits_2() {
+    let server = TestServer::start(&[]);
+    let data = server.data_dir().to_str().unwrap().to_string();
+    let bad = run_roostd(&["token", "--data", &data, "--sub", "x", "--info", "[1]"], &[("ROOSTD_SECRET", SECRET)]);
+    assert!(assert_usage_error(&bad).contains("--info takes a JSON object"));
+    let out = run_roostd(
+        &["token", "--data", &data, "--sub", "alice", "--read", "presence-*", "--info", r#"{"name":"Alice"}"#],
+        &[("ROOSTD_SECRET", SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut c = server.ws(stdout(&out).trim());
+    let r = c.request(json!({"op": "sub", "ch": "presence-room", "id": 1}));
+    assert_eq!(r["op"], "subok", "{r}");
+    let list = c.recv_json();
+    assert_eq!(list["members"], json!([{"user": "alice", "info": {"name": "Alice"}}]), "{list}");
+}
+
+#[test]
 fn roostd_token_api_mints_the_main_applications_token_for_the_http_api() {
     let server = TestServer::start(&[]);
     let data = server.data_dir().to_str().unwrap().to_string();
@@ -333,7 +351,7 @@ fn roostd_token_names_the_url_of_the_server_its_settings_describe() {
 #[test]
 fn the_first_run_hint_is_a_command_that_works_when_pasted() {
     let server = TestServer::options().no_secret().start();
-    let log = server.log();
+    let log = server.log_when("mint a first token with: ");
     let hint = log.lines().find_map(|l| l.split_once("mint a first token with: ")).map(|(_, cmd)| cmd.to_string());
     let hint = hint.unwrap_or_else(|| panic!("no first-token hint in:\n{log}"));
     // The words of the hint as a shell would split them (it quotes only '*').

@@ -214,6 +214,17 @@ impl TestServer {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once a line contains `needle` (the log is read from the
+    /// child's stderr by a thread, so a line printed just before the ready
+    /// file may not be here yet), or as it is after `io_timeout()`.
+    pub fn log_when(&self, needle: &str) -> String {
+        let until = Instant::now() + io_timeout();
+        while self.log_count(needle) == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.log()
+    }
+
     /// How many log lines contain `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
