@@ -1,0 +1,105 @@
+//! The Pusher door (pusher.md §2) over real sockets, in Rust so it runs with
+//! `cargo test` and under qemu; tests/pusher/run.sh checks the same door
+//! with the real pusher-js, laravel-echo and `pusher` libraries.
+
+use serde_json::{json, Value};
+use tungstenite::ClientRequestBuilder;
+
+use crate::support::*;
+
+const PUSHER: &[&str] = &["--pusher-app-id", "42", "--pusher-key", "app-key", "--pusher-public", "news"];
+
+/// A Pusher connection to `/app/{key}?protocol=7`.
+fn pusher(server: &TestServer, key: &str) -> Client {
+    let url = server.url(&format!("/app/{key}?protocol=7&client=js&version=8.4.0"));
+    server.ws_request(ClientRequestBuilder::new(url.parse().unwrap())).expect("the upgrade is always accepted")
+}
+
+/// The next frame, with its `data` string parsed.
+fn frame(c: &mut Client) -> (String, Value) {
+    match c.next_answer() {
+        Answer::Reply(v) => {
+            let data = v["data"].as_str().map_or(Value::Null, |d| serde_json::from_str(d).unwrap_or(json!(d)));
+            (v["event"].as_str().unwrap().to_string(), data)
+        }
+        Answer::Closed(code) => panic!("closed with {code:?}"),
+    }
+}
+
+fn socket_id(c: &mut Client) -> String {
+    let (event, data) = frame(c);
+    assert_eq!(event, "pusher:connection_established");
+    data["socket_id"].as_str().unwrap().to_string()
+}
+
+fn sign(text: &str) -> String {
+    format!("app-key:{}", roostd::auth::hmac_sha256_hex(SECRET.as_bytes(), text.as_bytes()))
+}
+
+#[test]
+fn a_pusher_socket_with_a_wrong_key_is_told_4001_and_closed_with_it() {
+    let server = TestServer::start(PUSHER);
+    let mut c = pusher(&server, "not-the-key");
+    let (event, data) = frame(&mut c);
+    assert_eq!((event.as_str(), &data["code"]), ("pusher:error", &json!(4001)));
+    assert!(matches!(c.next_answer(), Answer::Closed(Some(4001))));
+}
+
+#[test]
+fn bad_subscribe_signatures_are_refused_one_by_one_and_the_socket_stays_usable() {
+    let server = TestServer::start(PUSHER);
+    let mut c = pusher(&server, "app-key");
+    let id = socket_id(&mut c);
+    let n = scale(10_000, 1_000);
+    for i in 0..n {
+        let bad = format!("app-key:{}", "0".repeat(64));
+        c.write_json(json!({"event":"pusher:subscribe","data":{"channel":format!("private-x{}", i % 50),"auth":bad}}));
+    }
+    c.flush();
+    for _ in 0..n {
+        let (event, data) = frame(&mut c);
+        assert_eq!((event.as_str(), &data["status"]), ("pusher:subscription_error", &json!(401)));
+    }
+    // A good signature still works, and a client event on a public channel
+    // is refused without closing anything.
+    let ch = "private-x1";
+    c.send_json(json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":sign(&format!("{id}:{ch}"))}}));
+    assert_eq!(frame(&mut c).0, "pusher_internal:subscription_succeeded");
+    c.send_json(json!({"event":"pusher:subscribe","data":{"channel":"news"}}));
+    assert_eq!(frame(&mut c).0, "pusher_internal:subscription_succeeded");
+    c.send_json(json!({"event":"client-typing","channel":"news","data":{}}));
+    let (event, data) = frame(&mut c);
+    assert_eq!(event, "pusher:error");
+    assert!(data["message"].as_str().unwrap().contains("private and presence"), "{data}");
+    c.send_json(json!({"event":"pusher:ping","data":{}}));
+    assert_eq!(frame(&mut c).0, "pusher:pong");
+    // Nothing was stored by any of it.
+    let list = server.api_get("/api/channels", &api_token("app"));
+    assert_eq!(list.status, 200);
+    let body: Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(body, json!([]), "{}", list.body);
+}
+
+#[test]
+fn client_events_are_relayed_to_other_subscribers_only_and_rated() {
+    let server = TestServer::start(PUSHER);
+    let (mut a, mut b) = (pusher(&server, "app-key"), pusher(&server, "app-key"));
+    let ch = "private-chat";
+    for c in [&mut a, &mut b] {
+        let id = socket_id(c);
+        c.send_json(json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":sign(&format!("{id}:{ch}"))}}));
+        assert_eq!(frame(c).0, "pusher_internal:subscription_succeeded");
+    }
+    for i in 0..11 {
+        a.write_json(json!({"event":"client-typing","channel":ch,"data":{"i":i}}));
+    }
+    a.flush();
+    for i in 0..10 {
+        assert_eq!(frame(&mut b), ("client-typing".to_string(), json!({"i":i})));
+    }
+    // The 11th within the second: 4301 to the sender, who never gets its own.
+    let (event, data) = frame(&mut a);
+    assert_eq!((event.as_str(), &data["code"]), ("pusher:error", &json!(4301)));
+    a.send_json(json!({"event":"pusher:ping","data":{}}));
+    assert_eq!(frame(&mut a).0, "pusher:pong");
+}
