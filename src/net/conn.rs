@@ -68,7 +68,7 @@ pub enum Phase {
 
 /// What every connection shares: limits and timers from the configuration,
 /// kept once and pointed to, not copied into each connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub ws: WebSocketConfig,
     /// Time to send a complete request head (each, on a kept-alive connection).
@@ -79,6 +79,10 @@ pub struct Settings {
     pub pong_within: Duration,
     /// Frames allowed in one message (`None`: no limit, echo mode).
     pub max_fragments: Option<usize>,
+    /// The liveness ping as a text frame of the protocol (the Pusher door's
+    /// `pusher:ping`) instead of a WebSocket ping; a missing answer is then
+    /// `Tick::NoPong`, for the protocol's own close, not a silent drop.
+    pub ping_text: Option<Frame>,
 }
 
 /// What reading the head gave.
@@ -120,6 +124,8 @@ pub enum Tick {
     TokenExpired,
     /// Too slow (head, pong, close): drop without ceremony.
     Drop,
+    /// No answer to a `Settings::ping_text` ping: close as the protocol says.
+    NoPong,
 }
 
 enum Io<S> {
@@ -184,6 +190,12 @@ impl<S: Transport> Conn<S> {
             last_heard: now,
             ping_sent: None,
         }
+    }
+
+    /// Settings for this connection from now on (a front door with its
+    /// own liveness ping, chosen once its path is known).
+    pub fn use_settings(&mut self, settings: Arc<Settings>) {
+        self.settings = settings;
     }
 
     pub fn phase(&self) -> Phase {
@@ -648,13 +660,17 @@ impl<S: Transport> Conn<S> {
         }
         match self.ping_sent {
             Some(at) if now.saturating_duration_since(at) >= self.settings.pong_within => {
+                if self.settings.ping_text.is_some() {
+                    self.ping_sent = None;
+                    return Tick::NoPong;
+                }
                 // A half-open peer: nothing we send would arrive.
                 self.phase = Phase::Closed;
                 Tick::Drop
             }
             None if now.saturating_duration_since(self.last_heard) >= self.settings.ping_every => {
                 self.ping_sent = Some(now);
-                let ping = Frame::ping();
+                let ping = self.settings.ping_text.clone().unwrap_or_else(Frame::ping);
                 self.queued_bytes += ping.len();
                 self.queue.push_back(ping);
                 Tick::Nothing

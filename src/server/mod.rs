@@ -160,6 +160,8 @@ pub struct Server {
     store_full: bool,
     /// The Pusher app (pusher.md §1), when one is configured.
     pusher: Option<Arc<crate::proto::pusher::App>>,
+    /// What Pusher sockets share: `conn_settings` with `pusher:ping`.
+    pusher_settings: Arc<Settings>,
     /// The first part of this process's socket ids.
     pusher_seed: u64,
     /// Pusher API requests waiting for their commits, by connection.
@@ -245,6 +247,7 @@ impl Server {
             signals,
             max_connections,
             conn_settings: Arc::new(conn_settings(&cfg)),
+            pusher_settings: Arc::new(pusher_door::settings(conn_settings(&cfg))),
             verifier,
             hub,
             writer,
@@ -417,6 +420,7 @@ impl Server {
             match slot.conn.tick(now) {
                 Tick::Nothing => {}
                 Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
+                Tick::NoPong => self.pusher_no_pong(id, now),
                 Tick::TokenExpired => {
                     self.metrics.close("token_expired");
                     slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now)
@@ -602,6 +606,7 @@ fn conn_settings(cfg: &Config) -> Settings {
         ping_every: cfg.ping_interval,
         pong_within: cfg.pong_timeout,
         max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
+        ping_text: None,
     }
 }
 

@@ -20,12 +20,6 @@ use crate::proto::pusher_api::{self, ApiError, Counts, Route as ApiRoute};
 use commits::MAX_INFLIGHT_BYTES;
 use http_door::{HttpRequest, PendingBody};
 
-/// The `activity_timeout` told to clients: pusher-js pings after this much
-/// silence of its own. The server's liveness check is the WebSocket ping
-/// every connection gets (`--ping-interval`), which browsers and `ws`
-/// answer by themselves.
-const ACTIVITY_TIMEOUT_SECS: u64 = 30;
-
 /// Why a terminated user's sockets are closed (pusher.md §3
 /// `terminate_connections`): 4009, so pusher-js does not reconnect.
 const TERMINATED: u16 = 4009;
@@ -44,6 +38,13 @@ pub(super) struct ApiWait {
     left: usize,
     failed: bool,
     req: HttpRequest,
+}
+
+/// A Pusher socket's connection settings: the liveness ping after
+/// `--ping-interval` of silence is `pusher:ping`, and no answer within
+/// `--pong-timeout` closes with 4201 (pusher.md §2).
+pub(super) fn settings(native: Settings) -> Settings {
+    Settings { ping_text: Some(Frame::from(pusher::ping())), ..native }
 }
 
 /// The first part of every socket id: random per process, so a socket id
@@ -100,6 +101,7 @@ impl Server {
             api: false,
             info: None,
         };
+        slot.conn.use_settings(self.pusher_settings.clone());
         slot.joined = true;
         slot.pusher = Some(Box::new(PusherConn {
             socket_id: socket_id.as_str().into(),
@@ -107,8 +109,22 @@ impl Server {
             rate: ClientEventRate::default(),
         }));
         self.hub.join(id, claims, PUSHER, now);
-        self.send(id, pusher::connection_established(&socket_id, ACTIVITY_TIMEOUT_SECS).into());
+        // pusher-js pings after this much silence of its own; the server's
+        // `pusher:ping` comes after the same.
+        let activity_timeout = self.cfg.ping_interval.as_secs().max(1);
+        self.send(id, pusher::connection_established(&socket_id, activity_timeout).into());
         self.read_frames(id, now);
+    }
+
+    /// No `pusher:pong` (nor anything else) after our `pusher:ping`: 4201,
+    /// which pusher-js answers by reconnecting at once.
+    pub(super) fn pusher_no_pong(&mut self, id: ConnId, now: Instant) {
+        self.metrics.close("pong_timeout");
+        let close = Close::PongTimeout;
+        self.send(id, close.frame().into());
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.conn.close(close.code(), close.message(), now);
+        }
     }
 
     /// One text frame from a Pusher client.

@@ -103,3 +103,16 @@ fn client_events_are_relayed_to_other_subscribers_only_and_rated() {
     a.send_json(json!({"event":"pusher:ping","data":{}}));
     assert_eq!(frame(&mut a).0, "pusher:pong");
 }
+
+#[test]
+fn a_silent_pusher_socket_gets_pusher_ping_and_is_closed_4201_without_a_pong() {
+    let args = [PUSHER, &["--ping-interval", "1s", "--pong-timeout", "1s"]].concat();
+    let server = TestServer::start(&args);
+    let mut quiet = pusher(&server, "app-key");
+    let (_, data) = frame(&mut quiet);
+    assert_eq!(data["activity_timeout"], 1, "the client is told the server's interval");
+    assert_eq!(frame(&mut quiet).0, "pusher:ping");
+    let (event, data) = frame(&mut quiet);
+    assert_eq!((event.as_str(), &data["code"]), ("pusher:error", &json!(4201)));
+    assert!(matches!(quiet.next_answer(), Answer::Closed(Some(4201))));
+}

@@ -121,6 +121,7 @@ fn settings() -> Arc<Settings> {
         ping_every: PING_EVERY,
         pong_within: PONG_WITHIN,
         max_fragments: Some(100),
+        ping_text: None,
     })
 }
 
@@ -370,6 +371,26 @@ fn a_quiet_peer_is_pinged_and_dropped_when_no_pong_comes() {
     assert_eq!(fake.written(), [0x89, 0x00], "a ping");
     assert_eq!(c.phase(), Phase::Open);
     dropped_exactly_at(&mut c, pinged + PONG_WITHIN);
+}
+
+#[test]
+fn a_protocol_ping_is_a_text_frame_and_no_answer_asks_for_the_protocols_close() {
+    let t0 = Instant::now();
+    let (mut c, fake) = open(t0, None);
+    c.use_settings(Arc::new(Settings { ping_text: Some(Frame::text("p")), ..(*settings()).clone() }));
+    let pinged = t0 + PING_EVERY;
+    assert_eq!(c.tick(pinged), Tick::Nothing);
+    c.flush();
+    assert_eq!(fake.take_written(), [0x81, 0x01, b'p'], "the protocol's ping, as text");
+    assert_eq!(c.tick(pinged + PONG_WITHIN - secs(1)), Tick::Nothing);
+    assert_eq!(c.tick(pinged + PONG_WITHIN), Tick::NoPong);
+    assert_eq!(c.phase(), Phase::Open, "the server closes it with the protocol's code");
+    // Any frame is an answer: a text pong keeps the peer.
+    c.tick(pinged + PONG_WITHIN + PING_EVERY);
+    fake.send(&client_frame(0x1, b"pong"));
+    c.readable();
+    assert!(matches!(c.read_message(pinged + PONG_WITHIN + PING_EVERY + secs(1)), Incoming::Text(_)));
+    assert_eq!(c.tick(pinged + PONG_WITHIN + PING_EVERY + PONG_WITHIN), Tick::Nothing);
 }
 
 #[test]
