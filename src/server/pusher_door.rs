@@ -25,8 +25,8 @@ use http_door::{HttpRequest, PendingBody};
 const TERMINATED: u16 = 4009;
 
 /// What a Pusher connection holds beside its hub peer (boxed on its slot).
+/// Its socket id is not held: it is `<pusher_seed>.<connection id>`.
 pub(super) struct PusherConn {
-    socket_id: Box<str>,
     /// The user it signed in as (`pusher:signin`).
     user: Option<Box<str>>,
     rate: ClientEventRate,
@@ -94,7 +94,9 @@ impl Server {
         let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
         log::debug!("open /app/ from {ip} as socket {socket_id}");
         let claims = Claims {
-            sub: socket_id.clone(),
+            // Never used: every presence member of a Pusher socket is named
+            // by its channel_data, and it publishes nothing through the hub.
+            sub: String::new(),
             exp: u64::MAX,
             read: Patterns::new(vec!["*".into()]),
             write: Patterns::new(Vec::new()),
@@ -104,7 +106,6 @@ impl Server {
         slot.conn.use_settings(self.pusher_settings.clone());
         slot.joined = true;
         slot.pusher = Some(Box::new(PusherConn {
-            socket_id: socket_id.as_str().into(),
             user: None,
             rate: ClientEventRate::default(),
         }));
@@ -146,8 +147,9 @@ impl Server {
             }
             ClientFrame::Signin { auth, user_data } => {
                 let Some(app) = self.pusher.clone() else { return };
+                let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
                 let Some(state) = self.slots.get_mut(&id).and_then(|s| s.pusher.as_mut()) else { return };
-                let answer = match pusher::signin(&app, &state.socket_id, &auth, &user_data) {
+                let answer = match pusher::signin(&app, &socket_id, &auth, &user_data) {
                     Ok(signed) => {
                         state.user = Some(signed.user_id.into());
                         pusher::signin_success(&signed.user_data)
@@ -186,7 +188,8 @@ impl Server {
         let Some(app) = self.pusher.clone() else { return };
         let Some(state) = self.slots.get(&id).and_then(|s| s.pusher.as_ref()) else { return };
         let ch = sub.channel.as_str();
-        let grant = match pusher::authorize(&app, &state.socket_id, state.user.as_deref(), &sub) {
+        let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
+        let grant = match pusher::authorize(&app, &socket_id, state.user.as_deref(), &sub) {
             Ok(grant) => grant,
             Err(e) => return self.send(id, pusher::subscription_error(ch, &e).into()),
         };
