@@ -108,7 +108,10 @@ struct Slot {
     body: Option<Box<PendingBody>>,
     /// Set on a WebSocket when a publish hook is configured.
     hook: Option<Box<HookState>>,
-    /// Set on a Pusher WebSocket (`/app/{key}`).
+    /// A Pusher WebSocket (`/app/{key}`).
+    speaks_pusher: bool,
+    /// Its sign-in and client-event rate, made at its first sign-in or
+    /// client event: an idle Pusher socket holds none.
     pusher: Option<Box<PusherConn>>,
 }
 

@@ -24,8 +24,10 @@ use http_door::{HttpRequest, PendingBody};
 /// `terminate_connections`): 4009, so pusher-js does not reconnect.
 const TERMINATED: u16 = 4009;
 
-/// What a Pusher connection holds beside its hub peer (boxed on its slot).
-/// Its socket id is not held: it is `<pusher_seed>.<connection id>`.
+/// What a Pusher connection holds beside its hub peer (boxed on its slot,
+/// once it signs in or sends a client event). Its socket id is not held: it
+/// is `<pusher_seed>.<connection id>`.
+#[derive(Default)]
 pub(super) struct PusherConn {
     /// The user it signed in as (`pusher:signin`).
     user: Option<Box<str>>,
@@ -105,10 +107,7 @@ impl Server {
         };
         slot.conn.use_settings(self.pusher_settings.clone());
         slot.joined = true;
-        slot.pusher = Some(Box::new(PusherConn {
-            user: None,
-            rate: ClientEventRate::default(),
-        }));
+        slot.speaks_pusher = true;
         self.hub.join(id, claims, PUSHER, now);
         // pusher-js pings after this much silence of its own; the server's
         // `pusher:ping` comes after the same.
@@ -148,7 +147,7 @@ impl Server {
             ClientFrame::Signin { auth, user_data } => {
                 let Some(app) = self.pusher.clone() else { return };
                 let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
-                let Some(state) = self.slots.get_mut(&id).and_then(|s| s.pusher.as_mut()) else { return };
+                let Some(state) = self.pusher_state(id) else { return };
                 let answer = match pusher::signin(&app, &socket_id, &auth, &user_data) {
                     Ok(signed) => {
                         state.user = Some(signed.user_id.into());
@@ -163,7 +162,7 @@ impl Server {
                 if let Err(why) = pusher::check_client_event(&ev, subscribed) {
                     return self.send(id, pusher::error(None, why).into());
                 }
-                let Some(state) = self.slots.get_mut(&id).and_then(|s| s.pusher.as_mut()) else { return };
+                let Some(state) = self.pusher_state(id) else { return };
                 if !state.rate.allow(now) {
                     return self.send(id, ClientEventRate::error_frame().into());
                 }
@@ -174,7 +173,7 @@ impl Server {
                 // now, never stored and never back to the sender.
                 let to: Vec<ConnId> = self.hub.subscribers(&ev.channel).iter().copied().filter(|&c| c != id).collect();
                 for conn in to {
-                    if self.slots.get(&conn).is_some_and(|s| s.pusher.is_some()) {
+                    if self.slots.get(&conn).is_some_and(|s| s.speaks_pusher) {
                         self.send(conn, frame.clone());
                     }
                 }
@@ -186,10 +185,11 @@ impl Server {
     /// cache channel starts with its last stored event).
     fn pusher_subscribe(&mut self, id: ConnId, sub: pusher::Subscribe, now: Instant) {
         let Some(app) = self.pusher.clone() else { return };
-        let Some(state) = self.slots.get(&id).and_then(|s| s.pusher.as_ref()) else { return };
+        let Some(slot) = self.slots.get(&id) else { return };
+        let user = slot.pusher.as_ref().and_then(|p| p.user.as_deref());
         let ch = sub.channel.as_str();
         let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
-        let grant = match pusher::authorize(&app, &socket_id, state.user.as_deref(), &sub) {
+        let grant = match pusher::authorize(&app, &socket_id, user, &sub) {
             Ok(grant) => grant,
             Err(e) => return self.send(id, pusher::subscription_error(ch, &e).into()),
         };
@@ -229,7 +229,13 @@ impl Server {
     fn pusher_socket(&self, socket_id: &str) -> Option<ConnId> {
         let (a, b) = socket_id.split_once('.')?;
         let conn = b.parse::<ConnId>().ok().filter(|_| a.parse() == Ok(self.pusher_seed))?;
-        self.slots.get(&conn).and_then(|s| s.pusher.as_ref()).map(|_| conn)
+        self.slots.get(&conn).is_some_and(|s| s.speaks_pusher).then_some(conn)
+    }
+
+    /// A Pusher socket's state, made on first use.
+    fn pusher_state(&mut self, id: ConnId) -> Option<&mut PusherConn> {
+        let slot = self.slots.get_mut(&id).filter(|s| s.speaks_pusher)?;
+        Some(slot.pusher.get_or_insert_with(Box::default))
     }
 
     /// A request head under `/apps/`: routed, then a GET is verified and

@@ -95,7 +95,7 @@ impl Server {
                     let msg = "binary frames are not part of the protocol; send JSON text";
                     self.refuse(id, ErrCode::BadRequest, msg, None);
                 }
-                Incoming::Text(text) if slot.pusher.is_some() => self.pusher_frame(id, &text, now),
+                Incoming::Text(text) if slot.speaks_pusher => self.pusher_frame(id, &text, now),
                 Incoming::Text(text) => {
                     match roost::parse(&text) {
                         Ok(p) => self.hub.handle(id, p.id, p.req, now, &self.store, &mut actions),
