@@ -17,6 +17,7 @@ mod hook;
 mod http;
 mod lifecycle;
 mod limits;
+mod presence;
 mod store_limits;
 mod sync;
 mod tidy;
