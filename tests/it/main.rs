@@ -18,6 +18,7 @@ mod http;
 mod lifecycle;
 mod limits;
 mod presence;
+mod state;
 mod store_limits;
 mod sync;
 mod tidy;

@@ -778,9 +778,23 @@ impl Client {
         r["seq"].as_u64().unwrap()
     }
 
+    /// Publishes a keyed message (spec §8) and waits for the ack; returns the seq.
+    #[track_caller]
+    pub fn publish_keyed(&mut self, ch: &str, key: &str, data: Value) -> u64 {
+        let r = self.request(json!({"op": "pub", "ch": ch, "key": key, "data": data}));
+        assert_eq!(r["op"], "ack", "pub {ch} key {key}: {r}");
+        r["seq"].as_u64().unwrap()
+    }
+
     /// Publishes `data(i)` for i in 0..n, pipelined in windows of 256;
     /// returns the seqs in order. Every pub carries a fresh unique id.
     pub fn publish_many(&mut self, ch: &str, n: usize, data: impl Fn(usize) -> Value) -> Vec<u64> {
+        self.publish_frames(n, |i| json!({"op": "pub", "ch": ch, "data": data(i)}))
+    }
+
+    /// Publishes the `pub` objects `frame(i)` for i in 0..n (each given a
+    /// fresh unique `id`), pipelined like `publish_many`; returns the seqs.
+    pub fn publish_frames(&mut self, n: usize, frame: impl Fn(usize) -> Value) -> Vec<u64> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         const WINDOW: usize = 256;
         let mut seqs = Vec::with_capacity(n);
@@ -790,7 +804,9 @@ impl Client {
             let first_id = NEXT_ID.fetch_add((end - sent) as u64, Ordering::Relaxed);
             for i in sent..end {
                 let id = format!("pm-{}", first_id + (i - sent) as u64);
-                self.write_json(json!({"op": "pub", "ch": ch, "data": data(i), "id": id}));
+                let mut pub_frame = frame(i);
+                pub_frame["id"] = json!(id);
+                self.write_json(pub_frame);
             }
             self.flush();
             for i in sent..end {
