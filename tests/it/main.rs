@@ -23,3 +23,4 @@ mod store_limits;
 mod sync;
 mod tidy;
 mod tls;
+mod webhooks;
