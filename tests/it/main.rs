@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod backup;
+mod bad_input;
 mod channels;
 mod cli;
 mod clock;
