@@ -112,7 +112,9 @@ fn events_survive_an_endpoint_that_is_down_then_fails_three_times_in_order_signe
 
 #[test]
 fn a_kill_9_between_commit_and_delivery_loses_no_event() {
-    let endpoint = Endpoint::start(Mode::Hang);
+    // Refused at first: the gauge of pending events is read between tries,
+    // so it is fresh while tries fail fast (a hung try would freeze it).
+    let endpoint = Endpoint::start(Mode::Refuse);
     let args = [
         "--webhook",
         &endpoint.url,
@@ -131,10 +133,16 @@ fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     }
     let mut alice = server.ws(&member_token("alice", json!({})));
     join(&mut alice, "presence-x");
-    // All committed (21 occupied, 1 added); the first batch is in flight, unanswered.
+    // All committed (21 occupied, 1 added); then a try is in flight, unanswered.
     let deadline = Instant::now() + io_timeout();
-    while server.metric("roostd_webhook_events_pending") != Some(22.0) || endpoint.received().is_empty() {
-        assert!(Instant::now() < deadline, "pending {:?}, received {}", server.metric("roostd_webhook_events_pending"), endpoint.received().len());
+    while server.metric("roostd_webhook_events_pending") != Some(22.0) {
+        assert!(Instant::now() < deadline, "pending {:?}", server.metric("roostd_webhook_events_pending"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    endpoint.set(Mode::Hang);
+    let deadline = Instant::now() + io_timeout();
+    while endpoint.received().is_empty() {
+        assert!(Instant::now() < deadline, "no try reached the hanging endpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
     server.kill_and_wait();
