@@ -80,6 +80,8 @@ fn until(ws: &mut Ws, op: &str) -> Value {
     }
 }
 
+// Each caller kills and waits for the child it is given.
+#[allow(clippy::zombie_processes)]
 fn server(bin: &str, data: &std::path::Path, args: &[&str]) -> (Child, SocketAddr) {
     let ready = data.join("ready");
     let child = Command::new(bin)
@@ -100,7 +102,12 @@ fn server(bin: &str, data: &std::path::Path, args: &[&str]) -> (Child, SocketAdd
                 return (child, addr);
             }
         }
-        assert!(Instant::now() < deadline, "roostd did not start");
+        if Instant::now() > deadline {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("roostd did not start");
+        }
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -171,7 +178,10 @@ fn memory(bin: &str) {
     let _conns: Vec<Ws> = drains.into_iter().map(|t| t.join().unwrap()).collect();
     let per_sub = (plain - base) as f64 * 1024.0 / (users * channels) as f64;
     let per_member = (members - plain) as f64 * 1024.0 / (users * channels) as f64;
-    println!("memory: {users} connections: RssAnon {base} KiB; + {} plain subscriptions: {plain} KiB ({per_sub:.0} B each)", users * channels);
+    println!(
+        "memory: {users} connections: RssAnon {base} KiB; + {} plain subscriptions: {plain} KiB ({per_sub:.0} B each)",
+        users * channels
+    );
     println!(
         "memory: + {} presence members ({channels} channels x {users} users, all joined in {joined:.1?}): {members} KiB \
          ({per_member:.0} B per presence subscription incl. its member; {:.2} MiB for 10k)",
@@ -183,7 +193,10 @@ fn memory(bin: &str) {
 }
 
 /// A webhook endpoint that answers 200 at once and notes when each event id arrived.
-fn endpoint() -> (String, Arc<Mutex<Vec<(Instant, Value)>>>) {
+/// Each event the endpoint received, with when.
+type Arrivals = Arc<Mutex<Vec<(Instant, Value)>>>;
+
+fn endpoint() -> (String, Arrivals) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -299,8 +312,10 @@ fn snapshot(bin: &str) {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
         for &k in chunk {
             let data = json!({"celsius": k as f64 / 10.0, "at": "2026-12-02T21:00:00Z"});
-            ws.write(Message::text(json!({"op": "pub", "ch": "kv:sensors", "key": format!("sensor-{k:05}"), "data": data}).to_string()))
-                .unwrap();
+            ws.write(Message::text(
+                json!({"op": "pub", "ch": "kv:sensors", "key": format!("sensor-{k:05}"), "data": data}).to_string(),
+            ))
+            .unwrap();
         }
         ws.flush().unwrap();
         for _ in chunk {
@@ -326,7 +341,10 @@ fn snapshot(bin: &str) {
         assert_eq!(n, keys, "a whole snapshot");
     }
     took.sort();
-    println!("state snapshot of {keys} keys (sub state:true -> state marker, 5 runs): median {:.1?}, min {:.1?}, max {:.1?}", took[2], took[0], took[4]);
+    println!(
+        "state snapshot of {keys} keys (sub state:true -> state marker, 5 runs): median {:.1?}, min {:.1?}, max {:.1?}",
+        took[2], took[0], took[4]
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -340,7 +358,8 @@ fn hanging(bin: &str) {
         drop(held);
     });
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = server(bin, dir.path(), &["--webhook", &url, "--publish-rate", "0", "--presence-grace", "100ms"]);
+    let (mut child, addr) =
+        server(bin, dir.path(), &["--webhook", &url, "--publish-rate", "0", "--presence-grace", "100ms"]);
     let mut busy = connect(addr, "busy");
     let mut timed = connect(addr, "timed");
     let rounds = 1000;

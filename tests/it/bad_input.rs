@@ -12,7 +12,11 @@ use crate::support::*;
 fn refused(client: &mut Client, mut req: Value, code: &str) {
     req["id"] = json!("bad");
     let r = client.request(req.clone());
-    assert_eq!((r["op"].as_str(), r["code"].as_str(), r["id"].as_str()), (Some("err"), Some(code), Some("bad")), "{req} got {r}");
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str(), r["id"].as_str()),
+        (Some("err"), Some(code), Some("bad")),
+        "{req} got {r}"
+    );
     assert!(r["msg"].as_str().is_some_and(|m| !m.is_empty()), "an error says why: {r}");
 }
 

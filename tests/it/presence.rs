@@ -26,7 +26,8 @@ pub fn join(client: &mut Client, ch: &str) -> Vec<String> {
 /// The users of a `presence` frame, checking `count` and the order by user.
 #[track_caller]
 fn users(p: &Value) -> Vec<String> {
-    let users: Vec<String> = p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().into()).collect();
+    let users: Vec<String> =
+        p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().into()).collect();
     assert_eq!(p["count"], users.len(), "{p}");
     let mut sorted = users.clone();
     sorted.sort();
@@ -138,8 +139,11 @@ fn after_a_kill_9_members_who_come_back_within_the_restart_grace_cause_no_events
     std::thread::sleep(Duration::from_secs(1));
     let events = distinct(&endpoint.delivered());
     let of = |name: &str| -> Vec<&str> {
-        let mut users: Vec<&str> =
-            events.iter().filter(|e| e["name"] == name && e["channel"] == ch).map(|e| e["user_id"].as_str().unwrap()).collect();
+        let mut users: Vec<&str> = events
+            .iter()
+            .filter(|e| e["name"] == name && e["channel"] == ch)
+            .map(|e| e["user_id"].as_str().unwrap())
+            .collect();
         users.sort_unstable();
         users
     };

@@ -78,11 +78,15 @@ fn a_compacted_channel_keeps_the_latest_message_per_key_and_a_resume_after_compa
     publisher.publish_frames(keys, |i| json!({"op": "pub", "ch": ch, "key": key(i), "data": {"i": i}}));
     for i in 0..keys {
         let m = reader.recv_msg();
-        assert_eq!((m["seq"].as_u64(), m["key"].as_str(), &m["data"]), (Some(i as u64 + 1), Some(&*key(i)), &json!({"i": i})));
+        assert_eq!(
+            (m["seq"].as_u64(), m["key"].as_str(), &m["data"]),
+            (Some(i as u64 + 1), Some(&*key(i)), &json!({"i": i}))
+        );
     }
     reader.close();
 
-    let seqs = publisher.publish_frames(n - keys, |i| json!({"op": "pub", "ch": ch, "key": key(i + keys), "data": {"i": i + keys}}));
+    let seqs = publisher
+        .publish_frames(n - keys, |i| json!({"op": "pub", "ch": ch, "key": key(i + keys), "data": {"i": i + keys}}));
     assert_eq!(seqs.last(), Some(&(n as u64)));
     // Only the latest message of each key stays.
     wait_count(&server, ch, keys as u64);
@@ -155,7 +159,11 @@ fn a_new_key_past_max_keys_is_refused_over_the_websocket_and_with_507_over_http(
         c.publish_keyed(ch, k, json!(1));
     }
     let r = c.request(json!({"op": "pub", "ch": ch, "key": "d", "data": 1, "id": "d"}));
-    assert_eq!((r["op"].as_str(), r["code"].as_str(), r["id"].as_str()), (Some("err"), Some("too_many_keys"), Some("d")), "{r}");
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str(), r["id"].as_str()),
+        (Some("err"), Some("too_many_keys"), Some("d")),
+        "{r}"
+    );
     let api = api_token("app");
     server
         .http(&format!(
@@ -185,6 +193,7 @@ fn sub_with_last_replays_the_last_messages_then_live() {
     let ok = late.request(json!({"op": "sub", "ch": "feed", "last": 3}));
     assert_eq!((ok["op"].as_str(), ok["seq"].as_u64()), (Some("subok"), Some(20)), "{ok}");
     c.publish("feed", json!(20));
-    let got: Vec<(u64, Value)> = (0..4).map(|_| late.recv_msg()).map(|m| (m["seq"].as_u64().unwrap(), m["data"].clone())).collect();
+    let got: Vec<(u64, Value)> =
+        (0..4).map(|_| late.recv_msg()).map(|m| (m["seq"].as_u64().unwrap(), m["data"].clone())).collect();
     assert_eq!(got, [(18, json!(17)), (19, json!(18)), (20, json!(19)), (21, json!(20))]);
 }

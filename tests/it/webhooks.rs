@@ -45,7 +45,11 @@ fn assert_signed(endpoint: &Endpoint) {
     assert!(!received.is_empty());
     for d in &received {
         let sig = d.header("X-Roost-Signature").unwrap_or_else(|| panic!("no signature: {d:?}"));
-        assert_eq!(sig, hmac_sha256_hex(SECRET.as_bytes(), d.body.as_bytes()), "the signature verifies with the secret");
+        assert_eq!(
+            sig,
+            hmac_sha256_hex(SECRET.as_bytes(), d.body.as_bytes()),
+            "the signature verifies with the secret"
+        );
         assert_ne!(sig, hmac_sha256_hex(b"another secret of at least 32 bytes!", d.body.as_bytes()));
         let body = d.json();
         assert!(body["time_ms"].is_u64(), "{body}");
@@ -63,14 +67,8 @@ fn events_survive_an_endpoint_that_is_down_then_fails_three_times_in_order_signe
     let down = Duration::from_secs(2);
     let grace = Duration::from_millis(200);
     let endpoint = Endpoint::start(Mode::Refuse);
-    let server = TestServer::start(&[
-        "--webhook",
-        &endpoint.url,
-        "--webhook-backoff-min",
-        "50ms",
-        "--presence-grace",
-        "200ms",
-    ]);
+    let server =
+        TestServer::start(&["--webhook", &endpoint.url, "--webhook-backoff-min", "50ms", "--presence-grace", "200ms"]);
     let rooms: Vec<String> = (0..5).map(|i| format!("room:{i}")).collect();
     let mut client = server.ws(&token_all("watcher"));
     let started = Instant::now();
@@ -93,9 +91,19 @@ fn events_survive_an_endpoint_that_is_down_then_fails_three_times_in_order_signe
 
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ch in &rooms {
-        expected.insert(ch.clone(), ["channel_occupied", "channel_vacated"].repeat(3).iter().map(|s| s.to_string()).collect());
+        expected.insert(
+            ch.clone(),
+            ["channel_occupied", "channel_vacated"].repeat(3).iter().map(|s| s.to_string()).collect(),
+        );
     }
-    let lobby = ["channel_occupied", "member_added:alice", "member_added:bob", "member_removed:alice", "member_removed:bob", "channel_vacated"];
+    let lobby = [
+        "channel_occupied",
+        "member_added:alice",
+        "member_added:bob",
+        "member_removed:alice",
+        "member_removed:bob",
+        "channel_vacated",
+    ];
     expected.insert("presence-lobby".into(), lobby.iter().map(|s| s.to_string()).collect());
     let total: usize = expected.values().map(Vec::len).sum();
     let events = endpoint.wait_for(Duration::from_secs(120), |e| distinct(e).len() >= total);
@@ -103,7 +111,8 @@ fn events_survive_an_endpoint_that_is_down_then_fails_three_times_in_order_signe
     let failed = endpoint.received().iter().filter(|d| d.status == 500).count();
     assert_eq!(failed, 3, "the 500s were retried");
     // Every 500'd event came again with the same id and content (`distinct` checks the content).
-    let all: Vec<Value> = endpoint.received().iter().flat_map(|d| d.json()["events"].as_array().cloned().unwrap()).collect();
+    let all: Vec<Value> =
+        endpoint.received().iter().flat_map(|d| d.json()["events"].as_array().cloned().unwrap()).collect();
     assert!(all.len() > total, "the failed batch was repeated");
     assert_eq!(distinct(&all).len(), total, "a repeat has the id of the first try");
     assert_signed(&endpoint);
@@ -151,8 +160,10 @@ fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     server.start_again();
 
     // Everything from before the kill, then (nobody came back) the vacated and removed ones.
-    let mut expected: BTreeMap<String, Vec<String>> =
-        rooms.iter().map(|ch| (ch.clone(), vec!["channel_occupied".to_string(), "channel_vacated".to_string()])).collect();
+    let mut expected: BTreeMap<String, Vec<String>> = rooms
+        .iter()
+        .map(|ch| (ch.clone(), vec!["channel_occupied".to_string(), "channel_vacated".to_string()]))
+        .collect();
     let presence = ["channel_occupied", "member_added:alice", "member_removed:alice", "channel_vacated"];
     expected.insert("presence-x".into(), presence.iter().map(|s| s.to_string()).collect());
     let events = endpoint.wait_for(io_timeout() * 2, |e| distinct(e).len() >= 44);
