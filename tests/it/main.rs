@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod backup;
+mod bad_input;
 mod channels;
 mod cli;
 mod clock;
@@ -17,7 +18,10 @@ mod hook;
 mod http;
 mod lifecycle;
 mod limits;
+mod presence;
+mod state;
 mod store_limits;
 mod sync;
 mod tidy;
 mod tls;
+mod webhooks;
