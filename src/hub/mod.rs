@@ -367,7 +367,8 @@ impl Hub {
         // replayed.
         let answer = match req {
             Request::Sub { ch, start, state } => match self.on_sub(conn, ch, start, state, id, store, now) {
-                Some(subok) => {
+                // Only a subscription that was made gets the member list: a refused one gets its `err` alone.
+                Some(Ok(subok)) => {
                     out.push(subok);
                     if self.rules.is_presence(ch) {
                         self.on_presence(conn, ch, None)
@@ -375,6 +376,7 @@ impl Hub {
                         None
                     }
                 }
+                Some(Err(refused)) => Some(refused),
                 None => None,
             },
             Request::Unsub { ch } => self.on_unsub(conn, ch, id, now),
@@ -386,6 +388,7 @@ impl Hub {
     }
 
     /// `sub`: checks, replies `subok`, then holds (or moves) the cursor.
+    /// `Ok(subok)`, or `Err(refusal)` when nothing was subscribed.
     #[allow(clippy::too_many_arguments)] // a request's fields, as they came
     fn on_sub(
         &mut self,
@@ -396,33 +399,33 @@ impl Hub {
         id: Option<&str>,
         store: &impl History,
         now: Instant,
-    ) -> Option<Action> {
+    ) -> Option<Result<Action, Action>> {
         let peer = self.peers.get_mut(&conn)?;
         if let Some(refused) = peer.over_rate(now, self.limits.publish_rate, id) {
-            return refused;
+            return refused.map(Err);
         }
         if !peer.claims.read.allows(ch) {
-            return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id);
+            return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id).map(Err);
         }
         let resub = peer.cursor(ch).is_some();
         if !resub && peer.subs.len() >= self.limits.max_subscriptions {
-            return peer.refuse(ErrCode::TooManySubscriptions, "unsubscribe from a channel first", id);
+            return peer.refuse(ErrCode::TooManySubscriptions, "unsubscribe from a channel first", id).map(Err);
         }
         let compacted = self.rules.is_compacted(ch);
         if state && !compacted {
             let msg = "state:true needs a compacted channel (--compact); use since or last";
-            return peer.refuse(ErrCode::BadRequest, msg, id);
+            return peer.refuse(ErrCode::BadRequest, msg, id).map(Err);
         }
         let (cursor, gap) = match start_cursor(store, ch, start, state, &self.epoch, compacted) {
             Ok(start) => start,
             Err(e) => {
                 log::warn!("reading channel state failed: {e}");
-                return peer.refuse(ErrCode::Unavailable, "the store cannot be read; try again", id);
+                return peer.refuse(ErrCode::Unavailable, "the store cannot be read; try again", id).map(Err);
             }
         };
         if !resub {
             if let Err((code, msg)) = self.arrive(conn, ch, now) {
-                return self.peers.get(&conn)?.refuse(code, msg, id);
+                return self.peers.get(&conn)?.refuse(code, msg, id).map(Err);
             }
         }
         let peer = self.peers.get_mut(&conn)?;
@@ -445,7 +448,7 @@ impl Hub {
         if !cursor.live {
             self.replaying.insert(conn);
         }
-        Some(subok)
+        Some(Ok(subok))
     }
 
     /// `unsub`: always `unsubok`, subscribed or not.

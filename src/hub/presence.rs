@@ -43,6 +43,8 @@ impl Hub {
     pub(super) fn arrive(&mut self, conn: ConnId, ch: &str, now: Instant) -> Result<(), (ErrCode, &'static str)> {
         let Some(peer) = self.peers.get(&conn) else { return Ok(()) };
         let name = self.channel_name(ch);
+        // The channel's `channel_occupied` goes before its first `member_added` (spec §9: in order per channel).
+        let mut member = None;
         if self.rules.is_presence(ch) {
             let (user, info) = peer.member(ch);
             if user.len() > MAX_USER_BYTES {
@@ -55,9 +57,7 @@ impl Hub {
             if !tally.arrive(user.into(), info, self.rules.max_presence_members) {
                 return Err((ErrCode::TooManyMembers, "the channel holds --max-presence-members members"));
             }
-            if let Some(due) = tally.due_one(&Box::from(user), now) {
-                self.changes.push(member_change(&name, tally, due));
-            }
+            member = tally.due_one(&Box::from(user), now).map(|due| member_change(&name, tally, due));
         }
         if self.rules.occupancy {
             self.occupancy.arrive(name.clone(), None, usize::MAX);
@@ -65,6 +65,7 @@ impl Hub {
                 self.changes.push(Change::Occupancy { ch: name, occupied: due.present });
             }
         }
+        self.changes.extend(member);
         Ok(())
     }
 

@@ -789,9 +789,23 @@ impl Client {
         r["seq"].as_u64().unwrap()
     }
 
+    /// Publishes a keyed message (spec §8) and waits for the ack; returns the seq.
+    #[track_caller]
+    pub fn publish_keyed(&mut self, ch: &str, key: &str, data: Value) -> u64 {
+        let r = self.request(json!({"op": "pub", "ch": ch, "key": key, "data": data}));
+        assert_eq!(r["op"], "ack", "pub {ch} key {key}: {r}");
+        r["seq"].as_u64().unwrap()
+    }
+
     /// Publishes `data(i)` for i in 0..n, pipelined in windows of 256;
     /// returns the seqs in order. Every pub carries a fresh unique id.
     pub fn publish_many(&mut self, ch: &str, n: usize, data: impl Fn(usize) -> Value) -> Vec<u64> {
+        self.publish_frames(n, |i| json!({"op": "pub", "ch": ch, "data": data(i)}))
+    }
+
+    /// Publishes the `pub` objects `frame(i)` for i in 0..n (each given a
+    /// fresh unique `id`), pipelined like `publish_many`; returns the seqs.
+    pub fn publish_frames(&mut self, n: usize, frame: impl Fn(usize) -> Value) -> Vec<u64> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         const WINDOW: usize = 256;
         let mut seqs = Vec::with_capacity(n);
@@ -801,7 +815,9 @@ impl Client {
             let first_id = NEXT_ID.fetch_add((end - sent) as u64, Ordering::Relaxed);
             for i in sent..end {
                 let id = format!("pm-{}", first_id + (i - sent) as u64);
-                self.write_json(json!({"op": "pub", "ch": ch, "data": data(i), "id": id}));
+                let mut pub_frame = frame(i);
+                pub_frame["id"] = json!(id);
+                self.write_json(pub_frame);
             }
             self.flush();
             for i in sent..end {
@@ -875,4 +891,206 @@ impl Client {
 /// A data value that checks exact round-tripping: nesting, unicode, numbers.
 pub fn rich_data(i: usize) -> Value {
     json!({"i": i, "text": format!("héllo \"{i}\" \u{1F600}\n"), "nested": {"list": [1, 2.5, null, true, {"k": []}]}, "neg": -7})
+}
+
+// ---------------------------------------------------------------------------
+// A webhook endpoint (spec §9): the main application's receiving side.
+
+/// How the endpoint treats the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing listens on the port: connections are refused.
+    Refuse,
+    /// Reads the request and answers with this status.
+    Status(u16),
+    /// Reads the request and never answers (until the mode changes).
+    Hang,
+}
+
+/// One request the endpoint read, whatever it answered.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// When its body had been read.
+    pub at: Instant,
+    /// The status it was answered with (0: none, it hung).
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Delivery {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("a webhook body that is not JSON ({e}): {self:?}"))
+    }
+
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+struct EndpointState {
+    mode: Mode,
+    /// Answers for the next requests, before `mode` applies again.
+    script: VecDeque<Mode>,
+    received: Vec<Delivery>,
+}
+
+/// A tiny HTTP endpoint on 127.0.0.1 that records every request and answers
+/// as told: refuse connections, a status, or hang. Lives as long as the test.
+pub struct Endpoint {
+    pub url: String,
+    state: Arc<(Mutex<EndpointState>, std::sync::Condvar)>,
+}
+
+impl Endpoint {
+    /// Starts in `mode` on a fresh port.
+    pub fn start(mode: Mode) -> Endpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the webhook endpoint");
+        let port = listener.local_addr().unwrap().port();
+        let state = EndpointState { mode, script: VecDeque::new(), received: Vec::new() };
+        let state = Arc::new((Mutex::new(state), std::sync::Condvar::new()));
+        let shared = Arc::clone(&state);
+        // The thread ends with the test process; a weak handle would let it
+        // stop earlier, but one idle thread per test costs nothing.
+        std::thread::spawn(move || endpoint_accept(port, Some(listener), shared));
+        Endpoint { url: format!("http://127.0.0.1:{port}/roost-events"), state }
+    }
+
+    /// Answers every later request this way (and closes or opens the port).
+    pub fn set(&self, mode: Mode) {
+        self.state.0.lock().unwrap().mode = mode;
+        self.state.1.notify_all();
+    }
+
+    /// The next requests get these answers (statuses or hangs: a refusal
+    /// is a mode of the port, not of a request), in order, then `set`'s mode again.
+    pub fn script(&self, answers: &[Mode]) {
+        assert!(!answers.contains(&Mode::Refuse), "refusing is for `set`");
+        self.state.0.lock().unwrap().script.extend(answers.iter().copied());
+    }
+
+    /// Every request read so far.
+    pub fn received(&self) -> Vec<Delivery> {
+        self.state.0.lock().unwrap().received.clone()
+    }
+
+    /// The events of every request answered 2xx, in arrival order (a repeat included).
+    pub fn delivered(&self) -> Vec<Value> {
+        self.received()
+            .iter()
+            .filter(|d| (200..300).contains(&d.status))
+            .flat_map(|d| d.json()["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits (bounded by `within`) until `done` holds for the delivered
+    /// events; returns them. Panics with what arrived when it never does.
+    #[track_caller]
+    pub fn wait_for(&self, within: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self.delivered();
+            if done(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!("the webhook endpoint did not get what was expected within {within:?}; it got: {events:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Accepts while the mode is not `Refuse`; drops the listener (so connects
+/// are refused) while it is, and binds the same port again after.
+fn endpoint_accept(
+    port: u16,
+    mut listener: Option<std::net::TcpListener>,
+    state: Arc<(Mutex<EndpointState>, std::sync::Condvar)>,
+) {
+    loop {
+        let s = state.0.lock().unwrap();
+        if s.mode == Mode::Refuse {
+            listener = None;
+            drop(state.1.wait_timeout(s, Duration::from_millis(20)).unwrap());
+            continue;
+        }
+        drop(s);
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => l,
+                Err(e) => panic!("binding the webhook endpoint's port {port} again: {e}"),
+            },
+        };
+        l.set_nonblocking(true).unwrap();
+        match l.accept() {
+            Ok((sock, _)) => {
+                let shared = Arc::clone(&state);
+                std::thread::spawn(move || endpoint_serve(sock, shared));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => panic!("the webhook endpoint's accept failed: {e}"),
+        }
+        listener = Some(l);
+    }
+}
+
+/// Serves requests on one connection (keep-alive) as the mode says.
+fn endpoint_serve(sock: TcpStream, state: Arc<(Mutex<EndpointState>, std::sync::Condvar)>) {
+    sock.set_nonblocking(false).unwrap();
+    let mut reader = BufReader::new(sock);
+    loop {
+        let (mut head, mut line, mut len) = (String::new(), String::new(), 0usize);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().expect("a numeric Content-Length from roostd");
+            }
+            head.push_str(&line);
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mode = {
+            let mut s = state.0.lock().unwrap();
+            let mode = s.script.pop_front().unwrap_or(s.mode);
+            let status = match mode {
+                Mode::Status(code) => code,
+                _ => 0,
+            };
+            let body = String::from_utf8_lossy(&body).into_owned();
+            s.received.push(Delivery { at: Instant::now(), status, head: head.clone(), body });
+            mode
+        };
+        match mode {
+            Mode::Status(code) => {
+                let answer = format!("HTTP/1.1 {code} Test\r\nContent-Length: 0\r\n\r\n");
+                if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            // Hang: hold the connection until told otherwise, then drop it
+            // unanswered (roostd will have given up on it long before).
+            Mode::Hang | Mode::Refuse => {
+                let mut s = state.0.lock().unwrap();
+                while s.mode == Mode::Hang {
+                    s = state.1.wait(s).unwrap();
+                }
+                return;
+            }
+        }
+    }
 }
