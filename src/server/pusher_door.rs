@@ -40,6 +40,15 @@ pub(super) struct ApiWait {
     left: usize,
     failed: bool,
     req: HttpRequest,
+    asked: Option<Box<Asked>>,
+}
+
+/// The `info` an `/events` or `/batch_events` request asked for: counted
+/// when it is answered, after the commit.
+struct Asked {
+    batch: bool,
+    /// Each event's channels and what it asked of them.
+    events: Vec<(Vec<String>, pusher_api::Info)>,
 }
 
 /// A Pusher socket's connection settings: the liveness ping after
@@ -319,6 +328,7 @@ impl Server {
         if let Err(e) = pusher_api::verify(&app, &head.method, &head.path, &head.query, body, self.now_unix()) {
             return self.api_error(id, req, e, now);
         }
+        let batch = route == ApiRoute::BatchEvents;
         let events = match route {
             ApiRoute::Events => pusher_api::events(body).map(|e| vec![e]),
             ApiRoute::BatchEvents => pusher_api::batch_events(body),
@@ -340,7 +350,7 @@ impl Server {
             ApiRoute::Channels | ApiRoute::Channel(_) | ApiRoute::Users(_) => unreachable!("GET routes"),
         };
         match events {
-            Ok(events) => self.pusher_publish(id, req, events, now),
+            Ok(events) => self.pusher_publish(id, req, events, batch, now),
             Err(e) => self.api_error(id, req, e, now),
         }
     }
@@ -349,7 +359,18 @@ impl Server {
     /// rest of this turn), answering once all are committed; a
     /// `#server-to-user-` channel is sent to that user's connections now
     /// and never stored.
-    fn pusher_publish(&mut self, id: ConnId, req: HttpRequest, events: Vec<pusher_api::Event>, now: Instant) -> bool {
+    fn pusher_publish(
+        &mut self,
+        id: ConnId,
+        req: HttpRequest,
+        events: Vec<pusher_api::Event>,
+        batch: bool,
+        now: Instant,
+    ) -> bool {
+        let asked = events.iter().any(|e| e.info.any()).then(|| {
+            let events = events.iter().map(|e| (e.channels.clone(), e.info)).collect();
+            Box::new(Asked { batch, events })
+        });
         let mut appends = Vec::new();
         for ev in &events {
             let except = ev.socket_id.as_deref().and_then(|s| self.pusher_socket(s));
@@ -382,7 +403,8 @@ impl Server {
             }
         }
         if appends.is_empty() {
-            return self.http_reply(id, req, 200, "application/json", b"{}", false, now);
+            let body = self.events_answer(asked.as_deref());
+            return self.http_reply(id, req, 200, "application/json", &body, false, now);
         }
         let bytes: usize = appends.iter().map(|(a, _)| a.data.len() + a.ch.len() + a.from.len()).sum();
         if self.inflight_bytes + bytes > MAX_INFLIGHT_BYTES {
@@ -391,7 +413,7 @@ impl Server {
         }
         let Some(slot) = self.slots.get_mut(&id) else { return false };
         slot.conn.wait_commit();
-        self.pusher_waits.insert(id, ApiWait { left: appends.len(), failed: false, req });
+        self.pusher_waits.insert(id, ApiWait { left: appends.len(), failed: false, req, asked });
         for (append, except) in appends {
             let bytes = append.data.len() + append.ch.len() + append.from.len();
             self.inflight_bytes += bytes;
@@ -414,10 +436,35 @@ impl Server {
             let message = "The store did not take every event; retry the request".into();
             self.api_error(conn, wait.req, ApiError { status: 503, code: "unavailable", message }, now);
         } else {
-            self.http_reply(conn, wait.req, 200, "application/json", b"{}", false, now);
+            let body = self.events_answer(wait.asked.as_deref());
+            self.http_reply(conn, wait.req, 200, "application/json", &body, false, now);
         }
         // A pipelined request may be waiting behind it.
         self.again.push(conn);
+    }
+
+    /// `{}`, or the counts an event asked for with `info` (pusher.md §3).
+    fn events_answer(&self, asked: Option<&Asked>) -> Vec<u8> {
+        let Some(asked) = asked else { return pusher_api::events_body(None) };
+        let counts = |ch: &str, info: pusher_api::Info| Counts {
+            subscription_count: info.subscription_count.then(|| self.hub.subscribers(ch).len() as u64),
+            user_count: info.user_count.then(|| self.hub.members_of(ch, None).len() as u64),
+        };
+        if asked.batch {
+            let list: Vec<Counts> = asked
+                .events
+                .iter()
+                .map(|(chs, info)| chs.first().map_or_else(Counts::default, |ch| counts(ch, *info)))
+                .collect();
+            return pusher_api::batch_body(Some(&list));
+        }
+        let list: Vec<(&str, Counts)> = asked
+            .events
+            .iter()
+            .flat_map(|(chs, info)| chs.iter().map(move |ch| (ch.as_str(), *info)))
+            .map(|(ch, info)| (ch, counts(ch, info)))
+            .collect();
+        pusher_api::events_body(Some(&list))
     }
 
     fn api_error(&mut self, id: ConnId, req: HttpRequest, e: ApiError, now: Instant) -> bool {

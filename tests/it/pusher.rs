@@ -116,3 +116,54 @@ fn a_silent_pusher_socket_gets_pusher_ping_and_is_closed_4201_without_a_pong() {
     assert_eq!((event.as_str(), &data["code"]), ("pusher:error", &json!(4201)));
     assert!(matches!(quiet.next_answer(), Answer::Closed(Some(4201))));
 }
+
+/// A request to the Pusher HTTP API signed as the `pusher` libraries sign it.
+fn signed_post(server: &TestServer, path: &str, body: &str) -> HttpResponse {
+    signed_post_with(server, SECRET, path, body)
+}
+
+fn signed_post_with(server: &TestServer, secret: &str, path: &str, body: &str) -> HttpResponse {
+    let md5 = roostd::auth::md5_hex(body.as_bytes());
+    let query = format!("auth_key=app-key&auth_timestamp={}&auth_version=1.0&body_md5={md5}", now_secs());
+    let signature = roostd::auth::hmac_sha256_hex(secret.as_bytes(), format!("POST\n{path}\n{query}").as_bytes());
+    server.http(&format!(
+        "POST {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: roostd.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn an_api_event_is_answered_after_its_commit_with_its_info_and_leaves_out_its_socket_id() {
+    let server = TestServer::start(PUSHER);
+    let (mut a, mut b) = (pusher(&server, "app-key"), pusher(&server, "app-key"));
+    let id_a = socket_id(&mut a);
+    socket_id(&mut b);
+    for c in [&mut a, &mut b] {
+        c.send_json(json!({"event":"pusher:subscribe","data":{"channel":"news"}}));
+        assert_eq!(frame(c).0, "pusher_internal:subscription_succeeded");
+    }
+    let body =
+        json!({"name":"Edited","channels":["news"],"data":"{\"n\":1}","socket_id":id_a,"info":"subscription_count"});
+    let answer = signed_post(&server, "/apps/42/events", &body.to_string());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&answer.body).unwrap(),
+        json!({"channels":{"news":{"subscription_count":2}}})
+    );
+    assert_eq!(frame(&mut b), ("Edited".to_string(), json!({"n":1})));
+    // a was left out: the next event is the first it hears.
+    let marker = json!({"name":"Marker","channel":"news","data":"plain"});
+    assert_eq!(signed_post(&server, "/apps/42/events", &marker.to_string()).status, 200);
+    assert_eq!(frame(&mut a), ("Marker".to_string(), json!("plain")));
+    // Both are on the channel's history, from "app", with their event names.
+    let hist = server.api_get("/api/channels/news/messages?since=0", &api_token("app"));
+    let msgs: Value = serde_json::from_str(&hist.body).unwrap();
+    let got: Vec<Value> =
+        msgs["msgs"].as_array().unwrap().iter().map(|m| json!([m["seq"], m["from"], m["event"], m["data"]])).collect();
+    assert_eq!(got, [json!([1, "app", "Edited", {"n":1}]), json!([2, "app", "Marker", "plain"])]);
+    // A signature made with another secret is refused and stores nothing.
+    let forged = signed_post_with(&server, "not-the-secret", "/apps/42/events", &marker.to_string());
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    let hist = server.api_get("/api/channels/news/messages?since=2", &api_token("app"));
+    assert_eq!(serde_json::from_str::<Value>(&hist.body).unwrap()["msgs"], json!([]), "{}", hist.body);
+}
