@@ -17,6 +17,7 @@ use crate::auth::{Claims, Patterns};
 use crate::hub::{Request, Start};
 use crate::proto::pusher::{self, ClientEventRate, ClientFrame, Close, Grant, Kind, PUSHER};
 use crate::proto::pusher_api::{self, ApiError, Counts, Route as ApiRoute};
+use crate::store::HookEvent;
 use commits::MAX_INFLIGHT_BYTES;
 use http_door::{HttpRequest, PendingBody};
 
@@ -178,6 +179,19 @@ impl Server {
                 let presence = pusher::kind(&ev.channel).is_some_and(|k| k.kind == Kind::Presence);
                 let user = if presence { self.hub.member_user(id, &ev.channel) } else { None };
                 let frame = Frame::from(pusher::event(&ev.event, &ev.channel, &ev.data, user));
+                if self.cfg.webhook_sends("client_event") {
+                    // Reported, as Pusher does, though never stored as a message.
+                    let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
+                    let json = |s: &str| serde_json::Value::from(s).to_string();
+                    let extra = format!(
+                        "\"event\":{},\"data\":{},\"socket_id\":{}",
+                        json(&ev.event),
+                        json(&ev.data),
+                        json(&socket_id)
+                    );
+                    let user_id = user.map(str::to_string);
+                    self.hook_event("client_event", &ev.channel, user_id, extra);
+                }
                 // Ephemeral (pusher.md §2): to the other Pusher subscribers
                 // now, never stored and never back to the sender.
                 let to: Vec<ConnId> = self.hub.subscribers(&ev.channel).iter().copied().filter(|&c| c != id).collect();
@@ -220,7 +234,17 @@ impl Server {
             self.hub.forget_member(id, ch);
         } else if cache && self.store.channel(ch).is_ok_and(|info| info.first > info.last) {
             self.send(id, pusher::cache_miss(ch).into());
+            if self.cfg.webhook_sends("cache_miss") {
+                self.hook_event("cache_miss", ch, None, String::new());
+            }
         }
+    }
+
+    /// A webhook event with no stored cause (a client event, a cache miss):
+    /// committed with this turn's writes, then delivered as spec §9 says.
+    fn hook_event(&mut self, name: &str, ch: &str, user_id: Option<String>, extra: String) {
+        let event = HookEvent { name: name.into(), channel: ch.into(), user_id, extra };
+        self.pending.push((Ticket::event(), Write::Event(event)));
     }
 
     /// The hub's answers for a Pusher connection: events Pusher has no frame

@@ -167,3 +167,40 @@ fn an_api_event_is_answered_after_its_commit_with_its_info_and_leaves_out_its_so
     let hist = server.api_get("/api/channels/news/messages?since=2", &api_token("app"));
     assert_eq!(serde_json::from_str::<Value>(&hist.body).unwrap()["msgs"], json!([]), "{}", hist.body);
 }
+
+#[test]
+fn client_events_and_cache_misses_reach_the_webhook_with_pusher_signature_headers() {
+    let endpoint = Endpoint::start(Mode::Status(200));
+    let args = [PUSHER, &["--pusher-public", "cache-*", "--webhook", &endpoint.url]].concat();
+    let server = TestServer::start(&args);
+    let (mut a, mut b) = (pusher(&server, "app-key"), pusher(&server, "app-key"));
+    let id_a = socket_id(&mut a);
+    let id_b = socket_id(&mut b);
+    let ch = "private-chat";
+    for (c, id) in [(&mut a, &id_a), (&mut b, &id_b)] {
+        c.send_json(json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":sign(&format!("{id}:{ch}"))}}));
+        assert_eq!(frame(c).0, "pusher_internal:subscription_succeeded");
+    }
+    a.send_json(json!({"event":"client-typing","channel":ch,"data":{"who":"a"}}));
+    assert_eq!(frame(&mut b).0, "client-typing");
+    a.send_json(json!({"event":"pusher:subscribe","data":{"channel":"cache-empty"}}));
+    assert_eq!(frame(&mut a).0, "pusher_internal:subscription_succeeded");
+    assert_eq!(frame(&mut a).0, "pusher:cache_miss");
+    let has = |events: &[Value], name: &str| events.iter().any(|e| e["name"] == name);
+    let events = endpoint.wait_for(io_timeout(), |e| has(e, "client_event") && has(e, "cache_miss"));
+    let typed = events.iter().find(|e| e["name"] == "client_event").unwrap();
+    assert_eq!(
+        (&typed["channel"], &typed["event"], &typed["data"], &typed["socket_id"]),
+        (&json!(ch), &json!("client-typing"), &json!(r#"{"who":"a"}"#), &json!(id_a))
+    );
+    let missed = events.iter().find(|e| e["name"] == "cache_miss").unwrap();
+    assert_eq!(missed["channel"], "cache-empty");
+    for d in endpoint.received() {
+        assert_eq!(d.header("X-Pusher-Key"), Some("app-key"));
+        let expected = roostd::auth::hmac_sha256_hex(SECRET.as_bytes(), d.body.as_bytes());
+        assert_eq!(d.header("X-Pusher-Signature"), Some(expected.as_str()), "signed with the app secret");
+    }
+    // Client events are still not stored.
+    let list = server.api_get("/api/channels", &api_token("app"));
+    assert_eq!(serde_json::from_str::<Value>(&list.body).unwrap(), json!([]), "{}", list.body);
+}
