@@ -771,7 +771,7 @@ impl Dialect for PusherDialect {
 /// event of the Pusher API whose data was not JSON was stored as a JSON
 /// string and goes back as that string's content (its original text); any
 /// other message as the JSON text of its data.
-fn message_text<'a>(from: &str, data: &'a str) -> std::borrow::Cow<'a, str> {
+pub fn message_text<'a>(from: &str, data: &'a str) -> std::borrow::Cow<'a, str> {
     if from == API_FROM && data.starts_with('"') {
         if let Ok(s) = serde_json::from_str::<String>(data) {
             return s.into();

@@ -240,6 +240,21 @@ impl Server {
         }
     }
 
+    /// A cache channel's last stored event for `info=cache`: its data as
+    /// Pusher clients get it, and the seconds until retention trims it.
+    fn cached(&self, ch: &str) -> Option<(String, u64)> {
+        let info = self.store.channel(ch).ok().filter(|i| i.first <= i.last)?;
+        let mut last = None;
+        let read = self.store.read(ch, info.last - 1, 1, |r| {
+            last = Some((pusher::message_text(r.from, r.data).into_owned(), r.ts));
+            false
+        });
+        let (data, ts) = last.filter(|_| read.is_ok())?;
+        let age_ms = self.clock.effective_ms().saturating_sub(ts);
+        let ttl = self.cfg.retention_for(ch).1.as_millis().saturating_sub(age_ms as u128) / 1000;
+        Some((data, ttl.min(u64::MAX as u128) as u64))
+    }
+
     /// A webhook event with no stored cause (a client event, a cache miss):
     /// committed with this turn's writes, then delivered as spec §9 says.
     fn hook_event(&mut self, name: &str, ch: &str, user_id: Option<String>, extra: String) {
@@ -323,7 +338,8 @@ impl Server {
                     subscription_count: q.subscription_count.then_some(subs),
                     user_count: q.user_count.then(|| self.hub.members_of(&ch, None).len() as u64),
                 };
-                pusher_api::channel_body(subs > 0, counts, None)
+                let cache = if q.cache { self.cached(&ch) } else { None };
+                pusher_api::channel_body(subs > 0, counts, cache.as_ref().map(|(d, ttl)| (d.as_str(), *ttl)))
             }),
             ApiRoute::Users(ch) => pusher_api::users_query(&ch).map(|()| {
                 let members = self.hub.members_of(&ch, None);

@@ -122,6 +122,13 @@ fn signed_post(server: &TestServer, path: &str, body: &str) -> HttpResponse {
     signed_post_with(server, SECRET, path, body)
 }
 
+/// A signed GET with `params` (already sorted by name, as signed).
+fn signed_get(server: &TestServer, path: &str, params: &str) -> HttpResponse {
+    let query = format!("auth_key=app-key&auth_timestamp={}&auth_version=1.0&{params}", now_secs());
+    let signature = roostd::auth::hmac_sha256_hex(SECRET.as_bytes(), format!("GET\n{path}\n{query}").as_bytes());
+    server.http(&format!("GET {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: roostd.test\r\n\r\n"))
+}
+
 fn signed_post_with(server: &TestServer, secret: &str, path: &str, body: &str) -> HttpResponse {
     let md5 = roostd::auth::md5_hex(body.as_bytes());
     let query = format!("auth_key=app-key&auth_timestamp={}&auth_version=1.0&body_md5={md5}", now_secs());
@@ -203,4 +210,28 @@ fn client_events_and_cache_misses_reach_the_webhook_with_pusher_signature_header
     // Client events are still not stored.
     let list = server.api_get("/api/channels", &api_token("app"));
     assert_eq!(serde_json::from_str::<Value>(&list.body).unwrap(), json!([]), "{}", list.body);
+}
+
+#[test]
+fn channel_info_counts_subscribers_and_gives_a_cache_channels_last_event() {
+    let server = TestServer::start(&[PUSHER, &["--pusher-public", "cache-*"]].concat());
+    let mut c = pusher(&server, "app-key");
+    socket_id(&mut c);
+    c.send_json(json!({"event":"pusher:subscribe","data":{"channel":"cache-prices"}}));
+    assert_eq!(frame(&mut c).0, "pusher_internal:subscription_succeeded");
+    assert_eq!(frame(&mut c).0, "pusher:cache_miss");
+    for n in [1, 2] {
+        let ev = json!({"name":"price","channel":"cache-prices","data":format!("{{\"eur\":{n}}}")});
+        assert_eq!(signed_post(&server, "/apps/42/events", &ev.to_string()).status, 200);
+        assert_eq!(frame(&mut c), ("price".to_string(), json!({"eur":n})));
+    }
+    let info = signed_get(&server, "/apps/42/channels/cache-prices", "info=subscription_count,cache");
+    assert_eq!(info.status, 200, "{}", info.body);
+    let info: Value = serde_json::from_str(&info.body).unwrap();
+    assert_eq!((&info["occupied"], &info["subscription_count"]), (&json!(true), &json!(1)));
+    assert_eq!(info["cache"]["data"], r#"{"eur":2}"#);
+    assert!(info["cache"]["ttl"].as_u64().unwrap() > 6 * 24 * 3600, "the default 7 days' retention: {info}");
+    let empty: Value =
+        serde_json::from_str(&signed_get(&server, "/apps/42/channels/cache-none", "info=cache").body).unwrap();
+    assert_eq!(empty, json!({"occupied": false}));
 }
