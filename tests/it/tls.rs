@@ -687,3 +687,21 @@ fn a_request_sent_with_the_client_finished_is_answered() {
     }
     assert_healthy(&server, &config);
 }
+
+#[test]
+fn the_pusher_door_speaks_over_wss_on_the_same_port() {
+    let (server, cert) = tls_server(&["--pusher-app-id", "42", "--pusher-key", "app-key", "--pusher-public", "news"]);
+    let config = client_config(&cert.cert);
+    let tls = tls_connect(server.addr, &config).expect("TLS handshake");
+    let url = format!("wss://localhost:{}/app/app-key?protocol=7", server.port());
+    let (mut ws, resp) = tungstenite::client::client_with_config(url, tls, None).expect("WebSocket handshake over TLS");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(ws_next(&mut ws)["event"], "pusher:connection_established");
+    let ok = ws_request(&mut ws, json!({"event":"pusher:subscribe","data":{"channel":"news"}}));
+    assert_eq!((&ok["event"], &ok["channel"]), (&json!("pusher_internal:subscription_succeeded"), &json!("news")));
+    // A native wss:// client on the same port publishes; the Pusher socket hears it.
+    let mut native = wss(&server, &config, &token_all("alice"));
+    ws_request(&mut native, json!({"op":"pub","ch":"news","event":"Headline","data":{"t":1},"id":"p1"}));
+    let heard = ws_next(&mut ws);
+    assert_eq!((&heard["event"], &heard["data"]), (&json!("Headline"), &json!(r#"{"t":1}"#)));
+}
