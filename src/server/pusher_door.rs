@@ -221,8 +221,19 @@ impl Server {
             // user's signed-in connections directly.
             return self.send(id, pusher::subscription_succeeded(ch, None).into());
         }
-        if let Grant::Presence(m) = &grant {
-            self.hub.name_member(id, ch, &m.user_id, m.user_info.as_deref());
+        match &grant {
+            Grant::Presence(m) => self.hub.name_member(id, ch, &m.user_id, m.user_info.as_deref()),
+            // A channel the operator made a presence channel (`--presence`)
+            // under a name Pusher does not sign a member for: no user to
+            // count, so not joinable from this door.
+            _ if self.cfg.presence.iter().any(|p| crate::channel::matches(p, ch)) => {
+                let e = pusher::SubscribeError {
+                    status: 403,
+                    message: format!("{ch} is a presence channel (--presence): use a presence- name to join it"),
+                };
+                return self.send(id, pusher::subscription_error(ch, &e).into());
+            }
+            _ => {}
         }
         let cache = pusher::kind(ch).is_some_and(|k| k.cache);
         let start = if cache { Start::Last(1) } else { Start::Now };

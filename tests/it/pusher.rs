@@ -235,3 +235,16 @@ fn channel_info_counts_subscribers_and_gives_a_cache_channels_last_event() {
         serde_json::from_str(&signed_get(&server, "/apps/42/channels/cache-none", "info=cache").body).unwrap();
     assert_eq!(empty, json!({"occupied": false}));
 }
+
+#[test]
+fn a_native_presence_channel_with_a_plain_name_is_refused_to_pusher_with_a_403_and_counts_nobody() {
+    let server = TestServer::start(&[PUSHER, &["--presence", "room:*", "--pusher-public", "room:*"]].concat());
+    let mut c = pusher(&server, "app-key");
+    socket_id(&mut c);
+    c.send_json(json!({"event":"pusher:subscribe","data":{"channel":"room:1"}}));
+    let (event, data) = frame(&mut c);
+    assert_eq!((event.as_str(), &data["status"]), ("pusher:subscription_error", &json!(403)));
+    let mut native = server.ws(&token_all("alice"));
+    let members = native.request(json!({"op":"presence","ch":"room:1"}));
+    assert_eq!(members["members"], json!([]), "no nameless member: {members}");
+}
