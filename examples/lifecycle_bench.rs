@@ -387,8 +387,19 @@ fn hanging(bin: &str) {
 
 fn main() {
     let bin = std::env::args().nth(1).unwrap_or_else(|| "target/release/roostd".into());
-    memory(&bin);
-    webhooks(&bin);
-    hanging(&bin);
-    snapshot(&bin);
+    // A second argument runs one part: memory, webhooks, hanging or snapshot.
+    let only = std::env::args().nth(2);
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if run("memory") {
+        memory(&bin);
+    }
+    if run("webhooks") {
+        webhooks(&bin);
+    }
+    if run("hanging") {
+        hanging(&bin);
+    }
+    if run("snapshot") {
+        snapshot(&bin);
+    }
 }

@@ -239,7 +239,7 @@ pub struct Hub {
     /// Members of each presence channel, by user.
     members: HashMap<Arc<str>, Tally<Box<str>>>,
     /// Occupied channels, while webhooks want to hear of it.
-    occupancy: Tally<Arc<str>>,
+    occupancy: HashMap<Arc<str>, Tally<()>>,
     /// Presence and occupancy writes for the server to commit.
     changes: Vec<Change>,
     /// The earliest grace that may run out: `tick` has work then.
@@ -263,7 +263,7 @@ impl Hub {
             limits,
             rules,
             members: HashMap::new(),
-            occupancy: Tally::default(),
+            occupancy: HashMap::new(),
             changes: Vec::new(),
             next_grace: None,
             peers: IdMap::default(),

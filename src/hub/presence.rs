@@ -16,7 +16,6 @@
 //!
 //! No clock, no store: time comes in, writes go out.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +59,9 @@ impl Hub {
             member = tally.due_one(&Box::from(user), now).map(|due| member_change(&name, tally, due));
         }
         if self.rules.occupancy {
-            self.occupancy.arrive(name.clone(), None, usize::MAX);
-            if let Some(due) = self.occupancy.due_one(&name, now) {
+            let tally = self.occupancy.entry(name.clone()).or_default();
+            tally.arrive((), None, 1);
+            if let Some(due) = tally.due_one(&(), now) {
                 self.changes.push(Change::Occupancy { ch: name, occupied: due.present });
             }
         }
@@ -76,8 +76,8 @@ impl Hub {
             tally.depart(&Box::from(user), grace_end);
             self.next_grace = Some(self.next_grace.map_or(grace_end, |t| t.min(grace_end)));
         }
-        if self.rules.occupancy {
-            self.occupancy.depart(&Arc::from(ch), grace_end);
+        if let Some(tally) = self.occupancy.get_mut(ch) {
+            tally.depart(&(), grace_end);
             self.next_grace = Some(self.next_grace.map_or(grace_end, |t| t.min(grace_end)));
         }
     }
@@ -130,15 +130,14 @@ impl Hub {
             }
         }
         let mut due = Vec::new();
-        self.occupancy.due(now, &mut due);
-        self.changes.extend(due.into_iter().map(|d| Change::Occupancy { ch: d.key, occupied: d.present }));
-        self.next_grace = self
-            .members
-            .values()
-            .chain(None)
-            .filter_map(Tally::next_deadline)
-            .chain(self.occupancy.next_deadline())
-            .min();
+        self.occupancy.retain(|_, tally| !tally.is_empty());
+        for (ch, tally) in self.occupancy.iter_mut() {
+            tally.due(now, &mut due);
+            let occupied = due.drain(..).map(|d| Change::Occupancy { ch: ch.clone(), occupied: d.present });
+            self.changes.extend(occupied);
+        }
+        let members = self.members.values().filter_map(Tally::next_deadline);
+        self.next_grace = members.chain(self.occupancy.values().filter_map(Tally::next_deadline)).min();
     }
 
     /// Members over all presence channels (those within their grace included).
@@ -165,7 +164,9 @@ impl Hub {
         }
         match change {
             Change::Occupancy { ch, occupied } => {
-                self.occupancy.written(ch, *occupied, ok);
+                if let Some(tally) = self.occupancy.get_mut(&**ch) {
+                    tally.written(&(), *occupied, ok);
+                }
                 Vec::new()
             }
             Change::Member { ch, user, info, present } => {
@@ -193,7 +194,7 @@ impl Hub {
     /// A channel the store held as occupied at start.
     pub fn restore_occupied(&mut self, ch: &str, now: Instant) {
         let grace_end = now + self.rules.presence_restart_grace;
-        self.occupancy.restore(Arc::from(ch), None, grace_end);
+        self.occupancy.entry(Arc::from(ch)).or_default().restore((), None, grace_end);
         self.next_grace = Some(self.next_grace.map_or(grace_end, |t| t.min(grace_end)));
     }
 
@@ -252,18 +253,22 @@ pub struct Due<K> {
 /// Keys with their connection counts, as wanted and as stored.
 #[derive(Debug, Clone)]
 pub struct Tally<K: Ord + Clone> {
-    entries: BTreeMap<K, Entry>,
+    /// Sorted by key, exactly sized: a presence channel holds at most
+    /// `--max-presence-members` entries, so a sorted `Vec` (binary search,
+    /// a short memmove on insert) costs an entry's bytes and nothing more,
+    /// where a B-tree leaves its nodes about half full.
+    entries: Vec<(K, Entry)>,
 }
 
 impl<K: Ord + Clone> Default for Tally<K> {
     fn default() -> Self {
-        Tally { entries: BTreeMap::new() }
+        Tally { entries: Vec::new() }
     }
 }
 
 impl<K: Ord + Clone> Tally<K> {
     pub fn get(&self, key: &K) -> Option<&Entry> {
-        self.entries.get(key)
+        self.find(key).ok().map(|at| &self.entries[at].1)
     }
 
     pub fn len(&self) -> usize {
@@ -276,28 +281,33 @@ impl<K: Ord + Clone> Tally<K> {
 
     /// Entries in key order, from `from` on.
     pub fn range<'a>(&'a self, from: &K) -> impl Iterator<Item = (&'a K, &'a Entry)> + 'a {
-        self.entries.range(from.clone()..)
+        let at = self.find(from).unwrap_or_else(|at| at);
+        self.entries[at..].iter().map(|(k, e)| (k, e))
     }
 
     /// A connection took `key`. Returns false (and changes nothing) when the
     /// key is new and `max` keys are held already.
     pub fn arrive(&mut self, key: K, info: Option<&str>, max: usize) -> bool {
-        if let Some(e) = self.entries.get_mut(&key) {
-            e.conns += 1;
-            e.until = None;
-            return true;
-        }
+        let at = match self.find(&key) {
+            Ok(at) => {
+                let e = &mut self.entries[at].1;
+                e.conns += 1;
+                e.until = None;
+                return true;
+            }
+            Err(at) => at,
+        };
         if self.entries.len() >= max {
             return false;
         }
         let info = info.map(Box::from);
-        self.entries.insert(key, Entry { conns: 1, stored: false, pending: false, until: None, info });
+        self.insert(at, key, Entry { conns: 1, stored: false, pending: false, until: None, info });
         true
     }
 
     /// A connection let go of `key`; with none left, the key stays for `grace_end`.
     pub fn depart(&mut self, key: &K, grace_end: Instant) {
-        if let Some(e) = self.entries.get_mut(key) {
+        if let Some(e) = self.entry_mut(key) {
             e.conns = e.conns.saturating_sub(1);
             if e.conns == 0 {
                 e.until = Some(grace_end);
@@ -309,13 +319,18 @@ impl<K: Ord + Clone> Tally<K> {
     /// connection takes it.
     pub fn restore(&mut self, key: K, info: Option<&str>, grace_end: Instant) {
         let info = info.map(Box::from);
-        self.entries.insert(key, Entry { conns: 0, stored: true, pending: false, until: Some(grace_end), info });
+        let entry = Entry { conns: 0, stored: true, pending: false, until: Some(grace_end), info };
+        match self.find(&key) {
+            Ok(at) => self.entries[at].1 = entry,
+            Err(at) => self.insert(at, key, entry),
+        }
     }
 
     /// The writes due now (each key at most one in flight), marked pending.
     /// A key neither wanted nor stored is forgotten here.
     pub fn due(&mut self, now: Instant, out: &mut Vec<Due<K>>) {
-        self.entries.retain(|_, e| e.pending || e.stored || e.wanted(now));
+        self.entries.retain(|(_, e)| e.pending || e.stored || e.wanted(now));
+        self.shrink();
         for (key, e) in self.entries.iter_mut() {
             let wanted = e.wanted(now);
             if !e.pending && wanted != e.stored {
@@ -328,7 +343,7 @@ impl<K: Ord + Clone> Tally<K> {
     /// The writes due for one key now (called right after `arrive`, so a
     /// join is not held back until the next timer).
     pub fn due_one(&mut self, key: &K, now: Instant) -> Option<Due<K>> {
-        let e = self.entries.get_mut(key)?;
+        let e = self.entry_mut(key)?;
         let wanted = e.wanted(now);
         if e.pending || wanted == e.stored {
             return None;
@@ -341,21 +356,47 @@ impl<K: Ord + Clone> Tally<K> {
     /// true); otherwise it is asked for again by the next `due`. A key that
     /// is stored as gone and wanted by nobody is forgotten.
     pub fn written(&mut self, key: &K, present: bool, ok: bool) -> bool {
-        let Some(e) = self.entries.get_mut(key) else { return false };
+        let Ok(at) = self.find(key) else { return false };
+        let e = &mut self.entries[at].1;
         e.pending = false;
         if !ok {
             return false;
         }
         e.stored = present;
         if !present && e.conns == 0 {
-            self.entries.remove(key);
+            self.entries.remove(at);
+            self.shrink();
         }
         true
     }
 
     /// The earliest grace that runs out, for the loop's timer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.entries.values().filter(|e| e.conns == 0 && !e.pending).filter_map(|e| e.until).min()
+        self.entries.iter().map(|(_, e)| e).filter(|e| e.conns == 0 && !e.pending).filter_map(|e| e.until).min()
+    }
+
+    fn find(&self, key: &K) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    fn entry_mut(&mut self, key: &K) -> Option<&mut Entry> {
+        self.find(key).ok().map(|at| &mut self.entries[at].1)
+    }
+
+    /// Grows by a quarter, not double: members come one at a time, and
+    /// spare room is memory every channel pays for.
+    fn insert(&mut self, at: usize, key: K, entry: Entry) {
+        if self.entries.len() == self.entries.capacity() {
+            self.entries.reserve_exact((self.entries.len() / 4).max(1));
+        }
+        self.entries.insert(at, (key, entry));
+    }
+
+    /// Gives back room once the tally is under half full.
+    fn shrink(&mut self) {
+        if self.entries.capacity() > 8 && self.entries.len() < self.entries.capacity() / 2 {
+            self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
+        }
     }
 }
 
