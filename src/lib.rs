@@ -19,6 +19,7 @@
 //! - [`hook`]: the publish hook: worker threads asking the main application.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
+//! - [`notify`]: `READY=1` and `STOPPING=1` to systemd (`Type=notify`).
 //! - [`server`]: the mio event loop that connects them.
 //! - [`logger`]: a small stderr logger.
 //!
@@ -44,6 +45,7 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -150,3 +150,35 @@ fn after_the_closing_handshake_the_server_closes_the_tcp_connection() {
     assert!(started.elapsed() < Duration::from_millis(2500), "closed after {:?}", started.elapsed());
     assert_eq!(server.http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
 }
+
+#[test]
+fn under_systemd_ready_comes_once_the_port_accepts_and_stopping_at_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(io_timeout())).unwrap();
+    // The listener side of systemd: on READY=1, connect at once to the
+    // address the status line names; the port must already accept.
+    let systemd = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("no datagram on NOTIFY_SOCKET");
+        let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+        let addr = ready
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS=listening on "))
+            .unwrap_or_else(|| panic!("no STATUS=listening on ADDR in {ready:?}"));
+        let connected = TcpStream::connect(addr).map(|_| ()).map_err(|e| e.to_string());
+        (ready, connected, sock)
+    });
+    let mut server = TestServer::options().env("NOTIFY_SOCKET", path.to_str().unwrap()).start();
+    let (ready, connected, sock) = systemd.join().unwrap();
+    assert!(ready.lines().any(|l| l == "READY=1"), "the first datagram is {ready:?}");
+    assert!(ready.contains(&server.addr.to_string()), "{ready:?} names another address than {}", server.addr);
+    assert_eq!(connected, Ok(()), "READY=1 came before the port accepted connections");
+    server.stop();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("no STOPPING=1 on NOTIFY_SOCKET after SIGTERM");
+    let stopping = String::from_utf8_lossy(&buf[..n]);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "the second datagram is {stopping:?}");
+}
