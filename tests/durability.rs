@@ -915,7 +915,12 @@ fn retention_age_1s_trims_older_messages_within_2s() {
         // read before then (one clock, whole milliseconds), however slowly
         // the server ran; the first message must still be in it.
         if answered_ms + 1 < ts1 + 1000 {
-            assert_eq!(s.first(), Some(&1), "trimmed before it was 1 s old (answered at ts1 + {} ms)", answered_ms - ts1);
+            assert_eq!(
+                s.first(),
+                Some(&1),
+                "trimmed before it was 1 s old (answered at ts1 + {} ms)",
+                answered_ms - ts1
+            );
         }
         // The first five go as each passes 1 s (under emulation they may be
         // committed far enough apart to go one by one); the younger five stay.

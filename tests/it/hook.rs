@@ -121,7 +121,8 @@ fn a_slow_application_times_out_without_delaying_anyone_else() {
     // 1 s natively; under emulation longer, so that the round trips below
     // still all happen while the hook hangs.
     let timeout = within(Duration::from_secs(1));
-    let server = TestServer::start(&["--publish-hook", &url, "--publish-hook-timeout", &format!("{}ms", timeout.as_millis())]);
+    let server =
+        TestServer::start(&["--publish-hook", &url, "--publish-hook-timeout", &format!("{}ms", timeout.as_millis())]);
     let mut slow = server.ws(&token_all("slow"));
     let mut other = server.ws(&token_all("other"));
     let started = Instant::now();
