@@ -22,6 +22,7 @@
 //! - [`webhook`]: webhook delivery: the outbox to the main application, batched and retried.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
+//! - [`notify`]: `READY=1` and `STOPPING=1` to systemd (`Type=notify`).
 //! - [`server`]: the mio event loop that connects them.
 //! - [`logger`]: a small stderr logger.
 //!
@@ -46,6 +47,7 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod outbound;
 pub mod proto;
 pub mod server;

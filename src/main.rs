@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use roostd::auth::{self, Key, KeyRing, Verifier};
 use roostd::config::{self, Config, OnCorrupt, SETTINGS};
 use roostd::logger;
+use roostd::notify;
 use roostd::server::{self, Server};
 use roostd::store::{self, Store, StoreError};
 use roostd::writer::SyncSource;
@@ -414,7 +415,10 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     if let Some(path) = ready_file {
         write_ready_file(&path, server.local_addr())?;
     }
-    match server.run() {
+    notify::ready(server.local_addr());
+    let stopped = server.run();
+    notify::stopping();
+    match stopped {
         Ok(_) => {
             log::info!("stopped cleanly");
             Ok(())

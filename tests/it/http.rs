@@ -105,7 +105,7 @@ fn pipelining_without_reading_costs_one_answer_and_healthz_keeps_answering() {
         took.len()
     );
     assert!(sent > 100_000, "the attack did send requests ({sent} bytes)");
-    assert!(worst < Duration::from_secs(1), "a /healthz answer took {worst:?}");
+    assert!(worst < within(Duration::from_secs(1)), "a /healthz answer took {worst:?}");
     assert!(peak.saturating_sub(idle) <= 16 * 1024, "RSS grew from {idle} KiB to {peak} KiB");
     // The attacker never reads: it is dropped at the head deadline.
     let deadline = Instant::now() + Duration::from_secs(3) + io_timeout();

@@ -42,6 +42,21 @@ pub fn small() -> bool {
     std::env::var("ROOSTD_TEST_SCALE").is_ok_and(|v| v == "small")
 }
 
+/// How many times slower the suite runs under qemu user emulation
+/// (`ROOSTD_TEST_SCALE=small`) than natively, at worst.
+pub const EMULATION_FACTOR: u32 = 10;
+
+/// A wall-clock upper bound measured natively (`d`), stretched by
+/// `EMULATION_FACTOR` under emulation: how long a test lets something take
+/// before it fails. Lower bounds ("not before") need no stretching.
+pub fn within(d: Duration) -> Duration {
+    if small() {
+        d * EMULATION_FACTOR
+    } else {
+        d
+    }
+}
+
 /// How long any single read, write or wait may take before the test fails.
 pub fn io_timeout() -> Duration {
     if small() {
