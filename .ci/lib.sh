@@ -72,3 +72,28 @@ need_apt() {
     fi
     rm -f "$log"
 }
+
+# A folder of Node tests: node >= 20 and npm (installed with apt when
+# missing; Debian 12's nodejs is 18, so node 20 must come from elsewhere,
+# e.g. NodeSource), the roostd binary in ROOSTD_BIN (else a fresh debug
+# build: it embeds web/index.html and web/roost.js), and `npm ci` in DIR
+# from its package-lock.json. Skips (77, or 78 for an unreachable registry)
+# when one cannot be had; WHAT names the packages in that message. Uses the
+# caller's $root and $log.
+node_project() {
+    local dir=$1 what=$2 major
+    need_apt node nodejs
+    need_apt npm npm
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    if (( major < 20 )); then
+        skip "node $(node --version) is older than 20 (install node 20 or newer, e.g. from NodeSource)"
+    fi
+    if [[ -z "${ROOSTD_BIN:-}" ]]; then
+        cargo build --quiet --bin roostd
+        export ROOSTD_BIN="$root/target/debug/roostd"
+    fi
+    if ! (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) 2>"$log"; then
+        cat "$log" >&2
+        skip_install_failed "npm ci could not install $what" "$log"
+    fi
+}

@@ -29,25 +29,7 @@ SKIP_NAME=browser
 log="$(mktemp "${TMPDIR:-/tmp}/roostd-browser.XXXXXX")"
 trap 'rm -f "$log"' EXIT
 
-# Debian 12's nodejs is 18: node 20 comes from elsewhere (NodeSource) and is
-# not installed here.
-need_apt node nodejs
-need_apt npm npm
-major=$(node -p 'process.versions.node.split(".")[0]')
-if (( major < 20 )); then
-    skip "node $(node --version) is older than 20 (install node 20 or newer, e.g. from NodeSource)"
-fi
-
-if [[ -z "${ROOSTD_BIN:-}" ]]; then
-    # The binary embeds web/index.html and web/roost.js: build it fresh.
-    cargo build --quiet --bin roostd
-    export ROOSTD_BIN="$root/target/debug/roostd"
-fi
-
-if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error) 2>"$log"; then
-    cat "$log" >&2
-    skip_install_failed "npm ci could not install playwright-core and ws" "$log"
-fi
+node_project "$here" "playwright-core and ws"
 
 status=0
 echo "--- node: roost.js with the ws package"

@@ -23,22 +23,7 @@ SKIP_NAME=pusher
 log="$(mktemp "${TMPDIR:-/tmp}/roostd-pusher.XXXXXX")"
 trap 'rm -f "$log"' EXIT
 
-need_apt node nodejs
-need_apt npm npm
-major=$(node -p 'process.versions.node.split(".")[0]')
-if (( major < 20 )); then
-    skip "node $(node --version) is older than 20 (install node 20 or newer, e.g. from NodeSource)"
-fi
-
-if [[ -z "${ROOSTD_BIN:-}" ]]; then
-    cargo build --quiet --bin roostd
-    export ROOSTD_BIN="$root/target/debug/roostd"
-fi
-
-if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error) 2>"$log"; then
-    cat "$log" >&2
-    skip_install_failed "npm ci could not install pusher-js, laravel-echo and pusher" "$log"
-fi
+node_project "$here" "pusher-js, laravel-echo and pusher"
 
 status=0
 echo "--- pusher: pusher-js, laravel-echo and the pusher server library against roostd"
