@@ -39,6 +39,7 @@
 pub mod auth;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod hook;
 pub mod http;

@@ -12,6 +12,7 @@ mod backup;
 mod channels;
 mod cli;
 mod clock;
+mod cluster;
 mod handshake;
 mod hook;
 mod http;

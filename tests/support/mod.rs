@@ -865,3 +865,66 @@ impl Client {
 pub fn rich_data(i: usize) -> Value {
     json!({"i": i, "text": format!("héllo \"{i}\" \u{1F600}\n"), "nested": {"list": [1, 2.5, null, true, {"k": []}]}, "neg": -7})
 }
+
+/// A `nats-server` child with JetStream (file storage in its own temp
+/// folder) on 127.0.0.1, for the cluster tests. `None` when `nats-server` is
+/// not installed: the caller says it skipped (`.ci/cluster-test` installs it
+/// and sets `ROOSTD_TEST_NATS=required`, which turns the skip into a failure).
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Option<NatsServer> {
+        let found = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("ROOSTD_TEST_NATS").as_deref() != Ok("required"),
+                "nats-server is not installed (apt-get install nats-server)"
+            );
+            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut n = NatsServer { child: None, port, dir: tempfile::tempdir().unwrap() };
+        n.restart();
+        Some(n)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port and store (after `kill`).
+    pub fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + start_timeout();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
