@@ -132,13 +132,21 @@ pub enum Write {
     /// A message of the cluster's stream (cluster.md): stored exactly as
     /// `Message`, but at JetStream's time `ts_ms` (so every node has the
     /// same `ts` and dedupe window), and `stream_seq` recorded as the last
-    /// applied in the same transaction.
+    /// applied in the same transaction. `after` is the sequence applied
+    /// before it: if the store's is another (a commit before this one
+    /// failed), nothing is written and the outcome is `Outcome::Invalid`
+    /// with [`OUT_OF_ORDER`], so a failed commit never leaves a hole.
     Applied {
         append: Append,
         stream_seq: u64,
         ts_ms: u64,
+        after: u64,
     },
 }
+
+/// The `Outcome::Invalid` of a `Write::Applied` that does not follow the
+/// store's last applied sequence: consume the stream again from there.
+pub const OUT_OF_ORDER: &str = "a stream message out of order";
 
 /// A webhook event to put in the outbox (spec §9).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -774,7 +782,10 @@ impl Store {
     ) -> Result<Outcome, StoreError> {
         match w {
             Write::Message(a) => return self.append_one(wtxn, a, now_ms, window_ms, retention),
-            Write::Applied { append, stream_seq, ts_ms } => {
+            Write::Applied { append, stream_seq, ts_ms, after } => {
+                if self.meta.get(wtxn, b"stream_seq")?.and_then(be_u64) != Some(*after) {
+                    return Ok(Outcome::Invalid(OUT_OF_ORDER.into()));
+                }
                 let outcome = self.append_one(wtxn, append, *ts_ms, window_ms, retention)?;
                 self.meta.put(wtxn, b"stream_seq", &stream_seq.to_be_bytes())?;
                 return Ok(outcome);
@@ -1518,18 +1529,22 @@ mod tests {
         assert_eq!(s.stream_seq().unwrap(), None, "a single node's store");
         assert!(s.become_replica("streamepoch").unwrap());
         assert_eq!((s.epoch(), s.stream_seq().unwrap()), ("streamepoch", Some(0)));
-        let w = |seq, ts_ms, id: Option<&str>| Write::Applied {
+        let w = |after, seq, ts_ms, id: Option<&str>| Write::Applied {
             append: append("c", "alice", "1", id),
             stream_seq: seq,
             ts_ms,
+            after,
         };
-        let out =
-            s.commit(&[w(5, 1000, Some("\"a\"")), w(7, 2000, None)], 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
+        let two = [w(0, 5, 1000, Some("\"a\"")), w(5, 7, 2000, None)];
+        let out = s.commit(&two, 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
         assert_eq!(out.unwrap(), [Outcome::Stored { seq: 1, ts: 1000 }, Outcome::Stored { seq: 2, ts: 2000 }]);
+        assert_eq!(s.stream_seq().unwrap(), Some(7));
+        let out = s.commit(&[w(6, 9, 3000, None)], 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
+        assert_eq!(out.unwrap(), [Outcome::Invalid(OUT_OF_ORDER.into())], "after a failed commit, no hole");
         assert_eq!(s.stream_seq().unwrap(), Some(7));
         assert_eq!(s.published("alice", "\"a\"").unwrap(), Some(("c".into(), 1, 1000)));
         assert_eq!(s.published("bob", "\"a\"").unwrap(), None);
-        let out = s.commit(&[w(8, 3000, Some("\"a\""))], 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
+        let out = s.commit(&[w(7, 8, 3000, Some("\"a\""))], 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
         assert_eq!(out.unwrap(), [Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 1000 }]);
         assert_eq!(s.stream_seq().unwrap(), Some(8), "a duplicate is applied too: nothing to do again");
         drop(s);

@@ -48,6 +48,42 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// This node's name in NATS (`CONNECT name`, the inbox prefix).
     pub node: String,
+    /// The epoch of the stream this store replicates, when it is a
+    /// replica already: another stream (deleted and made again) is refused.
+    pub epoch: Option<String>,
+}
+
+impl Settings {
+    /// The settings of `--cluster`; `epoch` as in [`Settings::epoch`].
+    pub fn new(cfg: &crate::config::Config, credentials: Option<Credentials>, epoch: Option<String>) -> Settings {
+        Settings {
+            urls: cfg.cluster_urls.clone(),
+            name: cfg.cluster_name.clone().unwrap_or_default(),
+            replicas: cfg.cluster_replicas,
+            dedupe_window: cfg.dedupe_window,
+            credentials,
+            node: node_name(),
+            epoch,
+        }
+    }
+}
+
+/// `--cluster-credentials`: the file's `user:password` or token.
+pub fn credentials(cfg: &crate::config::Config) -> Result<Option<Credentials>, String> {
+    let Some(path) = &cfg.cluster_credentials else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --cluster-credentials {}: {e}", path.display()))?;
+    match Credentials::parse(&text) {
+        Some(c) => Ok(Some(c)),
+        None => Err(format!("--cluster-credentials {}: write one line, user:password or a token", path.display())),
+    }
+}
+
+/// A name for this node's inboxes, unique among the nodes: random.
+pub fn node_name() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What the cluster thread tells the loop.
@@ -62,10 +98,14 @@ pub enum Event {
     Published { token: u64, result: Result<js::PubAck, String> },
     /// The next message of the stream, in stream order, each once.
     Message { stream_seq: u64, ts_ms: u64, append: Append },
+    /// Answers `rewind`: every `Message` before this one is stale, the
+    /// ones after start right after the sequence given.
+    Rewound,
 }
 
 enum Input {
     Publish(u64, Append),
+    Rewind(u64),
     Op(ServerOp),
     Closed(String),
     Stop,
@@ -116,6 +156,12 @@ impl Cluster {
         }
     }
 
+    /// Consume again from `applied + 1` (a commit of applied messages
+    /// failed); answered with `Event::Rewound`.
+    pub fn rewind(&self, applied: u64) -> Result<(), Busy> {
+        self.to.try_send(Input::Rewind(applied)).map_err(|_| Busy)
+    }
+
     /// Every event queued so far.
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
         self.events.try_iter()
@@ -155,6 +201,10 @@ struct Conn {
     reader: JoinHandle<()>,
     /// The consumer's next expected consumer sequence (0: none yet).
     next_cseq: u64,
+    /// The subscription of the current consumer's deliver subject: each
+    /// consumer gets its own, so a replaced consumer's late messages are
+    /// told apart and dropped.
+    consumer_sid: u64,
     last_delivery: Instant,
     pings_out: u32,
     next_ping: Instant,
@@ -204,6 +254,10 @@ impl Thread {
             while let Some(left) = until.checked_duration_since(Instant::now()) {
                 match self.inputs.recv_timeout(left) {
                     Ok(Input::Publish(token, _)) => self.refuse(token, "the cluster is unreachable"),
+                    Ok(Input::Rewind(applied)) => {
+                        self.delivered = applied;
+                        self.emit(Event::Rewound);
+                    }
                     Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 }
@@ -276,6 +330,7 @@ impl Thread {
             sock,
             reader,
             next_cseq: 0,
+            consumer_sid: 0,
             last_delivery: now,
             pings_out: 0,
             next_ping: now + PING_EVERY,
@@ -292,6 +347,10 @@ impl Thread {
                 match i {
                     Input::Publish(token, _) => self.refuse(token, "the cluster connection was lost"),
                     Input::Stop => self.stopping = true,
+                    Input::Rewind(applied) => {
+                        self.delivered = applied;
+                        self.emit(Event::Rewound);
+                    }
                     _ => {}
                 }
             }
@@ -328,8 +387,15 @@ impl Thread {
 
     fn new_consumer(&mut self, c: &mut Conn) -> std::io::Result<()> {
         let names = js::Names::new(&self.s.name);
-        let body =
-            names.consumer_config(&format!("{}.d", self.inbox()), self.delivered + 1, HEARTBEAT.as_millis() as u64);
+        let mut out = Vec::new();
+        if c.consumer_sid != 0 {
+            nats::unsubscribe(&mut out, c.consumer_sid);
+        }
+        c.consumer_sid = c.consumer_sid.max(1) + 1;
+        let deliver = format!("{}.d.{}", self.inbox(), c.consumer_sid);
+        nats::subscribe(&mut out, &deliver, c.consumer_sid);
+        self.send(c, &out)?;
+        let body = names.consumer_config(&deliver, self.delivered + 1, HEARTBEAT.as_millis() as u64);
         c.next_cseq = 0;
         c.last_delivery = Instant::now();
         self.request(c, &names.consumer_create(), body.as_bytes(), &[], Waiting::Consumer)
@@ -340,7 +406,6 @@ impl Thread {
         let mut out = Vec::new();
         nats::connect(&mut out, &format!("roostd {}", self.s.node), self.s.credentials.as_ref());
         nats::subscribe(&mut out, &format!("{}.r.*", self.inbox()), 1);
-        nats::subscribe(&mut out, &format!("{}.d", self.inbox()), 2);
         nats::ping(&mut out);
         self.send(c, &out)?;
         c.pings_out = 1;
@@ -361,6 +426,13 @@ impl Thread {
                     self.request(c, &subject, &body, &headers, Waiting::Publish(token))?;
                 }
                 Some(Input::Publish(token, _)) => self.refuse(token, "the cluster is not ready"),
+                Some(Input::Rewind(applied)) => {
+                    self.delivered = applied;
+                    self.emit(Event::Rewound);
+                    if c.ready {
+                        self.new_consumer(c)?;
+                    }
+                }
                 Some(Input::Op(op)) => {
                     if let Some(stop) = self.on_op(c, &names, op)? {
                         return Ok(stop);
@@ -403,7 +475,8 @@ impl Thread {
             ServerOp::Pong => c.pings_out = c.pings_out.saturating_sub(1),
             ServerOp::Ok | ServerOp::Info(_) => {}
             ServerOp::Err(e) => return Ok(Some(Stop::Lost(format!("the server said: {e}")))),
-            ServerOp::Msg(m) if m.sid == 2 => self.on_delivery(c, names, m)?,
+            ServerOp::Msg(m) if m.sid == c.consumer_sid => self.on_delivery(c, names, m)?,
+            ServerOp::Msg(m) if m.sid != 1 => {} // a replaced consumer's
             ServerOp::Msg(m) => {
                 let n = m.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
                 let Some((w, _)) = n.and_then(|n| self.pending.remove(&n)) else { return Ok(None) };
@@ -432,7 +505,15 @@ impl Thread {
                                     info.first_seq, self.delivered
                                 ))));
                             }
-                            self.emit(Event::Up { epoch: info.epoch(names), last_seq: info.last_seq });
+                            let epoch = info.epoch(names);
+                            if self.s.epoch.as_ref().is_some_and(|e| *e != epoch) {
+                                return Ok(Some(Stop::Lost(format!(
+                                    "the stream {} is not the one this node's store replicates (it was made again); \
+                                     start this node from an empty data folder",
+                                    names.stream
+                                ))));
+                            }
+                            self.emit(Event::Up { epoch, last_seq: info.last_seq });
                             c.ready = true;
                             self.new_consumer(c)?;
                         }

@@ -176,7 +176,7 @@ impl Server {
                 slot.conn.wait_commit();
                 self.inflight_bytes += bytes;
                 let id_json = append.id.clone();
-                self.pending.push((Ticket::publish(id, id_json, bytes, Some(req)), Write::Message(append)));
+                self.queue_publish(Ticket::publish(id, id_json, bytes, Some(req)), append);
                 false
             }
             Err(refusal) => self.http_refuse(id, req, refusal, false, now),

@@ -54,6 +54,7 @@ use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 mod admission;
 mod changes;
+mod cluster;
 mod commits;
 mod hooks;
 mod http_door;
@@ -154,6 +155,8 @@ pub struct Server {
     reload: UnixStream,
     /// The last commit failed for lack of space (map or disk full).
     store_full: bool,
+    /// Cluster mode (`--cluster`): the JetStream side of publishing and applying.
+    cluster: Option<cluster::ClusterSide>,
     /// Held here so the waker's descriptor lives as long as the loop: if
     /// the writer thread exits (on a fatal error) and dropped the last
     /// handle, its final wake-up would vanish with the descriptor.
@@ -212,6 +215,8 @@ impl Server {
             }
             None => None,
         };
+        let wake_cluster = wake.clone();
+        let cluster = cluster::ClusterSide::start(&cfg, &store, Box::new(move || wake_cluster()));
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
         let writer = Writer::start(store.clone(), policy, wake);
@@ -280,6 +285,7 @@ impl Server {
             tls,
             reload,
             store_full: false,
+            cluster,
             _waker: waker,
         };
         server.restore_presence(Instant::now());
@@ -331,6 +337,7 @@ impl Server {
                 }
             }
             self.collect_commits(now);
+            self.collect_cluster(now);
             self.collect_hook_verdicts();
             self.fire_timers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {

@@ -8,7 +8,9 @@ use roostd::cluster::{Cluster, Event, Settings};
 use roostd::config::NatsUrl;
 use roostd::store::Append;
 
-use crate::support::{io_timeout, NatsServer};
+use serde_json::{json, Value};
+
+use crate::support::{io_timeout, run_roostd, scale, token_all, NatsServer, TestServer};
 
 fn settings(nats: &NatsServer, node: &str) -> Settings {
     Settings {
@@ -18,6 +20,7 @@ fn settings(nats: &NatsServer, node: &str) -> Settings {
         dedupe_window: Duration::from_secs(60),
         credentials: None,
         node: node.into(),
+        epoch: None,
     }
 }
 
@@ -139,14 +142,152 @@ fn roostd_now_ms() -> u64 {
 }
 
 #[test]
-fn a_bad_cluster_name_exits_2_and_cluster_mode_is_refused_until_it_is_complete() {
-    let out =
-        crate::support::run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222", "--cluster-name", "a.b"], &[]);
+fn a_bad_cluster_name_exits_2_and_a_single_nodes_store_is_not_made_a_replica() {
+    let out = run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222", "--cluster-name", "a.b"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster-name"), "{out:?}");
-    let out = crate::support::run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222"], &[]);
+    let out = run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222"], &[]);
     assert_eq!(out.status.code(), Some(2), "a cluster needs its name");
-    let out = crate::support::run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222", "--cluster-name", "a"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not complete"), "{out:?}");
+
+    let mut single = TestServer::start(&[]);
+    single.ws(&token_all("alice")).publish("room", json!(1));
+    single.stop();
+    let data = single.data_dir().display().to_string();
+    // Refused before NATS is asked: no nats-server is needed (none listens on port 9).
+    let out = run_roostd(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data,
+            "--cluster",
+            "nats://127.0.0.1:9",
+            "--cluster-name",
+            "a",
+        ],
+        &[("ROOSTD_SECRET", crate::support::SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("single node's history"), "{out:?}");
+}
+
+/// A roostd node of the cluster served by `nats`.
+fn node(nats: &[NatsServer]) -> TestServer {
+    let urls = nats.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+    TestServer::options()
+        .args(&["--cluster", &urls, "--cluster-name", "e2e", "--cluster-replicas", "3"])
+        .env("RUST_LOG", "info")
+        .start()
+}
+
+/// `ch`'s whole history on one node as (seq, ts, data), once it holds `n` messages.
+fn history_of(server: &TestServer, ch: &str, n: usize) -> Vec<(u64, u64, Value)> {
+    let mut c = server.ws(&token_all("reader"));
+    let deadline = std::time::Instant::now() + io_timeout() * 3;
+    loop {
+        let h: Vec<(u64, u64, Value)> = c
+            .history(ch, 0)
+            .iter()
+            .map(|m| (m["seq"].as_u64().unwrap(), m["ts"].as_u64().unwrap(), m["data"].clone()))
+            .collect();
+        if h.len() >= n || std::time::Instant::now() > deadline {
+            return h;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any() {
+    let Some(nats) = NatsServer::cluster_of_three() else { return };
+    let a = node(&nats);
+    let mut b = node(&nats);
+    let (mut watch_a, mut watch_b) = (a.ws(&token_all("wa")), b.ws(&token_all("wb")));
+    let epoch_a = watch_a.sub("room")["epoch"].clone();
+    assert_eq!(watch_b.sub("room")["epoch"], epoch_a, "every node has the stream's epoch");
+
+    // Another channel first: stream sequences are then not channel seqs,
+    // so an ack that carried JetStream's sequence would show.
+    assert_eq!(a.ws(&token_all("p0")).publish("other", json!(0)), 1);
+    // Publishers on both nodes at once.
+    let n = scale(100, 20);
+    let acked: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let pubs: Vec<_> = [&a, &b]
+            .into_iter()
+            .enumerate()
+            .map(|(i, server)| {
+                s.spawn(move || {
+                    let mut c = server.ws(&token_all(&format!("p{i}")));
+                    c.publish_many("room", n, |k| json!({"node": i, "k": k}))
+                })
+            })
+            .collect();
+        pubs.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let mut all_acked: Vec<u64> = acked.concat();
+    all_acked.sort();
+    all_acked.dedup();
+    assert_eq!(all_acked, (1..=2 * n as u64).collect::<Vec<_>>(), "every ack has its own seq");
+
+    let ha = history_of(&a, "room", 2 * n);
+    let hb = history_of(&b, "room", 2 * n);
+    assert_eq!(ha.len(), 2 * n);
+    assert_eq!(ha, hb, "the same seq, ts and data on both nodes");
+    for k in 0..n {
+        for i in 0..2 {
+            let count = ha.iter().filter(|(_, _, d)| *d == json!({"node": i, "k": k})).count();
+            assert_eq!(count, 1, "message {i}/{k} is stored once");
+        }
+    }
+    // Live subscribers on both nodes saw every message in order.
+    for w in [&mut watch_a, &mut watch_b] {
+        let seqs: Vec<u64> = (0..2 * n).map(|_| w.recv_msg()["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=2 * n as u64).collect::<Vec<_>>());
+    }
+
+    // A client that read up to n on A resumes on B: no gap, no duplicate.
+    let mut mover = b.ws(&token_all("mover"));
+    let ok = mover.resume("room", n as u64, &epoch_a);
+    assert_eq!(ok["gap"], Value::Null, "{ok}");
+    let rest: Vec<u64> = (0..n).map(|_| mover.recv_msg()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(rest, (n as u64 + 1..=2 * n as u64).collect::<Vec<_>>());
+
+    // kill -9 of node B while A publishes; B comes back and catches up.
+    b.kill_and_wait();
+    a.ws(&token_all("p0")).publish_many("room", n, |k| json!({"after": k}));
+    b.start_again();
+    let hb = history_of(&b, "room", 3 * n);
+    assert_eq!(hb, history_of(&a, "room", 3 * n), "the restarted node caught up exactly");
+}
+
+#[test]
+fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
+    let Some(mut nats) = NatsServer::start() else { return };
+    let server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "down"]).start();
+    let mut c = server.ws(&token_all("alice"));
+    assert_eq!(c.publish("room", json!(1)), 1);
+    nats.kill();
+    // Sent before or after the node noticed the loss, a publish is
+    // refused, never acked.
+    for id in ["x1", "x2"] {
+        let r = c.request(json!({"op": "pub", "ch": "room", "data": 2, "id": id}));
+        assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+    }
+    assert_eq!(c.history("room", 0).len(), 1, "reads come from LMDB");
+    let mut late = server.ws(&token_all("bob"));
+    let ok = late.request(json!({"op": "sub", "ch": "room", "since": 0}));
+    assert_eq!((ok["op"].as_str(), ok["seq"].as_u64()), (Some("subok"), Some(1)), "{ok}");
+    assert_eq!(late.recv_msg()["data"], 1, "replay comes from LMDB");
+    nats.restart();
+    let deadline = std::time::Instant::now() + io_timeout();
+    loop {
+        let r = c.request(json!({"op": "pub", "ch": "room", "data": 3, "id": "y"}));
+        if r["op"] == "ack" {
+            assert_eq!(r["seq"], 2, "{r}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "publishing did not resume: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

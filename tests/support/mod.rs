@@ -874,10 +874,45 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// Cluster flags, for a member of `cluster_of_three`.
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl NatsServer {
-    pub fn start() -> Option<NatsServer> {
+    /// Three `nats-server`s routed to each other on 127.0.0.1, JetStream on
+    /// each: a stream with 3 replicas survives one of them. `None` as in `start`.
+    pub fn cluster_of_three() -> Option<Vec<NatsServer>> {
+        if !Self::installed() {
+            return None;
+        }
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let extra = vec![
+                "-n".into(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                "roostd-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                all.clone(),
+            ];
+            let mut n = NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra };
+            n.restart();
+            nodes.push(n);
+        }
+        Some(nodes)
+    }
+
+    /// True when `nats-server` is installed; else says the test skipped
+    /// (or fails it, under `ROOSTD_TEST_NATS=required`).
+    fn installed() -> bool {
         let found = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
         if !found {
             assert!(
@@ -885,10 +920,16 @@ impl NatsServer {
                 "nats-server is not installed (apt-get install nats-server)"
             );
             eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+        }
+        found
+    }
+
+    /// One `nats-server` with JetStream. `None` when it is not installed.
+    pub fn start() -> Option<NatsServer> {
+        if !Self::installed() {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut n = NatsServer { child: None, port, dir: tempfile::tempdir().unwrap() };
+        let mut n = NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra: Vec::new() };
         n.restart();
         Some(n)
     }
@@ -902,6 +943,7 @@ impl NatsServer {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
