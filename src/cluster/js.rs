@@ -57,6 +57,11 @@ impl Names {
         format!("$JS.API.CONSUMER.CREATE.{}", self.stream)
     }
 
+    /// `$JS.API.CONSUMER.DELETE.<stream>.<consumer>`.
+    pub fn consumer_delete(&self, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.DELETE.{}.{consumer}", self.stream)
+    }
+
     /// The stream's configuration: file storage, `replicas`, every message
     /// subject, JetStream's duplicate window = roostd's dedupe window. No
     /// age or count limit of its own: roostd's retention is per channel, and

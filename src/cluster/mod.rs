@@ -141,6 +141,7 @@ impl Cluster {
                     delivered: applied,
                     pending: HashMap::new(),
                     stopping: false,
+                    consumers: 0,
                 };
                 t.run();
             })
@@ -205,6 +206,8 @@ struct Conn {
     /// consumer gets its own, so a replaced consumer's late messages are
     /// told apart and dropped.
     consumer_sid: u64,
+    /// The current consumer's name, deleted when it is replaced.
+    consumer: Option<String>,
     last_delivery: Instant,
     pings_out: u32,
     next_ping: Instant,
@@ -223,6 +226,8 @@ struct Thread {
     pending: HashMap<u64, (Waiting, Instant)>,
     /// `Stop` arrived while a lost connection was wound down.
     stopping: bool,
+    /// Consumers made so far: each gets its own deliver subject.
+    consumers: u64,
 }
 
 enum Stop {
@@ -331,6 +336,7 @@ impl Thread {
             reader,
             next_cseq: 0,
             consumer_sid: 0,
+            consumer: None,
             last_delivery: now,
             pings_out: 0,
             next_ping: now + PING_EVERY,
@@ -391,8 +397,16 @@ impl Thread {
         if c.consumer_sid != 0 {
             nats::unsubscribe(&mut out, c.consumer_sid);
         }
+        if let Some(old) = c.consumer.take() {
+            // Fire and forget: an ephemeral consumer also goes by itself
+            // once nobody listens (`inactive_threshold`).
+            nats::publish(&mut out, &names.consumer_delete(&old), None, &[], b"");
+        }
         c.consumer_sid = c.consumer_sid.max(1) + 1;
-        let deliver = format!("{}.d.{}", self.inbox(), c.consumer_sid);
+        // Unique across connections: a consumer made on an earlier one may
+        // live on in the cluster and must not reach this subscription.
+        self.consumers += 1;
+        let deliver = format!("{}.d.{}", self.inbox(), self.consumers);
         nats::subscribe(&mut out, &deliver, c.consumer_sid);
         self.send(c, &out)?;
         let body = names.consumer_config(&deliver, self.delivered + 1, HEARTBEAT.as_millis() as u64);
@@ -523,11 +537,10 @@ impl Thread {
                         }
                         Err(e) => return Ok(Some(Stop::Lost(format!("the stream {}: {e}", names.stream)))),
                     },
-                    Waiting::Consumer => {
-                        if let Err(e) = js::parse_consumer_created(&m.payload) {
-                            return Ok(Some(Stop::Lost(format!("the consumer: {e}"))));
-                        }
-                    }
+                    Waiting::Consumer => match js::parse_consumer_created(&m.payload) {
+                        Ok(name) => c.consumer = Some(name).filter(|n| nats::valid_subject(n) && !n.contains('.')),
+                        Err(e) => return Ok(Some(Stop::Lost(format!("the consumer: {e}")))),
+                    },
                 }
             }
         }

@@ -200,7 +200,7 @@ fn history_of(server: &TestServer, ch: &str, n: usize) -> Vec<(u64, u64, Value)>
 
 #[test]
 fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any() {
-    let Some(nats) = NatsServer::cluster_of_three() else { return };
+    let Some(mut nats) = NatsServer::cluster_of_three() else { return };
     let a = node(&nats);
     let mut b = node(&nats);
     let (mut watch_a, mut watch_b) = (a.ws(&token_all("wa")), b.ws(&token_all("wb")));
@@ -259,6 +259,40 @@ fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any
     b.start_again();
     let hb = history_of(&b, "room", 3 * n);
     assert_eq!(hb, history_of(&a, "room", 3 * n), "the restarted node caught up exactly");
+
+    // kill -9 of the NATS server both nodes use: they move to another, the
+    // stream (3 replicas) goes on, and a publisher that retries with the
+    // same id after `unavailable` is stored once.
+    nats[0].kill();
+    let m = scale(20, 5);
+    let mut pa = a.ws(&token_all("pa"));
+    let mut pb = b.ws(&token_all("pb"));
+    let dump = Dump(&a, &b);
+    for k in 0..m {
+        let c = if k % 2 == 0 { &mut pa } else { &mut pb };
+        publish_retrying(c, "room", json!({"nats-down": k}), &format!("nd-{k}"));
+    }
+    let ha = history_of(&a, "room", 3 * n + m);
+    assert_eq!(ha.len(), 3 * n + m, "every acked message, once");
+    assert_eq!(ha, history_of(&b, "room", 3 * n + m));
+    for k in 0..m {
+        assert_eq!(ha.iter().filter(|(_, _, d)| *d == json!({"nats-down": k})).count(), 1);
+    }
+}
+
+/// Publishes with `id` until it is acked, again after each `unavailable`
+/// (the client's side of the contract: retry with the same id).
+fn publish_retrying(c: &mut crate::support::Client, ch: &str, data: Value, id: &str) -> u64 {
+    let deadline = std::time::Instant::now() + io_timeout() * 3;
+    loop {
+        let r = c.request(json!({"op": "pub", "ch": ch, "data": data, "id": id}));
+        if r["op"] == "ack" {
+            return r["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(std::time::Instant::now() < deadline, "never acked: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -280,14 +314,14 @@ fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
     assert_eq!((ok["op"].as_str(), ok["seq"].as_u64()), (Some("subok"), Some(1)), "{ok}");
     assert_eq!(late.recv_msg()["data"], 1, "replay comes from LMDB");
     nats.restart();
-    let deadline = std::time::Instant::now() + io_timeout();
-    loop {
-        let r = c.request(json!({"op": "pub", "ch": "room", "data": 3, "id": "y"}));
-        if r["op"] == "ack" {
-            assert_eq!(r["seq"], 2, "{r}");
-            break;
+    assert_eq!(publish_retrying(&mut c, "room", json!(3), "y"), 2, "publishing resumes");
+}
+
+struct Dump<'a>(&'a TestServer, &'a TestServer);
+impl Drop for Dump<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("A:\n{}\nB:\n{}", self.0.log_tail(40), self.1.log_tail(40));
         }
-        assert!(std::time::Instant::now() < deadline, "publishing did not resume: {r}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
