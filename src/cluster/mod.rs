@@ -33,6 +33,8 @@ const MAX_EVENTS: usize = 4096;
 /// `--max-message-bytes` plus its envelope; NATS's own default is 1 MiB).
 const MAX_PAYLOAD: usize = 8 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shorter: a consumer that does not come is asked for again at once.
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -387,7 +389,8 @@ impl Thread {
         let reply = format!("{}.r.{n}", self.inbox());
         let mut out = Vec::new();
         nats::publish(&mut out, subject, Some(&reply), headers, body);
-        self.pending.insert(n, (w, Instant::now() + REQUEST_TIMEOUT));
+        let timeout = if matches!(w, Waiting::Consumer) { CONSUMER_TIMEOUT } else { REQUEST_TIMEOUT };
+        self.pending.insert(n, (w, Instant::now() + timeout));
         self.send(c, &out)
     }
 
@@ -459,6 +462,13 @@ impl Thread {
             for n in late {
                 match self.pending.remove(&n) {
                     Some((Waiting::Publish(token), _)) => self.refuse(token, "JetStream did not answer in time"),
+                    // While the cluster recovers from a lost server (a
+                    // leader election, a consumer placed on the lost one)
+                    // creation can time out: ask again on this connection.
+                    Some((Waiting::Consumer, _)) => {
+                        log::warn!("cluster: making the consumer timed out; asking again");
+                        self.new_consumer(c)?;
+                    }
                     _ => return Ok(Stop::Lost("a JetStream request timed out".into())),
                 }
             }

@@ -267,7 +267,7 @@ fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any
     let m = scale(20, 5);
     let mut pa = a.ws(&token_all("pa"));
     let mut pb = b.ws(&token_all("pb"));
-    let dump = Dump(&a, &b);
+    let _logs_on_failure = Dump(&a, &b);
     for k in 0..m {
         let c = if k % 2 == 0 { &mut pa } else { &mut pb };
         publish_retrying(c, "room", json!({"nats-down": k}), &format!("nd-{k}"));
@@ -300,7 +300,8 @@ fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
     let Some(mut nats) = NatsServer::start() else { return };
     let server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "down"]).start();
     let mut c = server.ws(&token_all("alice"));
-    assert_eq!(c.publish("room", json!(1)), 1);
+    // `unavailable` until the node's link to NATS is up: retried.
+    assert_eq!(publish_retrying(&mut c, "room", json!(1), "first"), 1);
     nats.kill();
     // Sent before or after the node noticed the loss, a publish is
     // refused, never acked.
