@@ -280,6 +280,35 @@ fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any
     }
 }
 
+#[test]
+fn a_stalled_nats_server_does_not_hold_up_reads_for_other_clients() {
+    let Some(nats) = NatsServer::start() else { return };
+    let server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "stall"]).start();
+    let mut writer = server.ws(&token_all("w"));
+    let mut reader = server.ws(&token_all("r"));
+    publish_retrying(&mut writer, "room", json!(1), "one");
+    nats.signal("-STOP");
+    let _resume = Resume(&nats);
+    let started = std::time::Instant::now();
+    writer.send_json(json!({"op": "pub", "ch": "room", "data": 2, "id": "two"}));
+    for _ in 0..20 {
+        assert_eq!(reader.history("room", 0).len(), 1);
+    }
+    let reads = started.elapsed();
+    let r = writer.reply();
+    let answered = started.elapsed();
+    assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+    assert!(reads < answered / 2, "reads took {reads:?}, the stalled publish {answered:?}: the loop waited");
+}
+
+/// Lets a stopped nats-server go on, even when the test fails.
+struct Resume<'a>(&'a NatsServer);
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.signal("-CONT");
+    }
+}
+
 /// Publishes with `id` until it is acked, again after each `unavailable`
 /// (the client's side of the contract: retry with the same id).
 fn publish_retrying(c: &mut crate::support::Client, ch: &str, data: Value, id: &str) -> u64 {

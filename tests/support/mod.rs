@@ -956,6 +956,13 @@ impl NatsServer {
         }
     }
 
+    /// Sends a signal: `-STOP` stalls it with its connections open, `-CONT` resumes it.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("nats-server running").id().to_string();
+        let status = Command::new("kill").args([sig, &pid]).status().expect("running kill");
+        assert!(status.success(), "kill {sig} nats-server failed");
+    }
+
     /// `kill -9`, and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
