@@ -100,6 +100,9 @@ pub enum Event {
     Published { token: u64, result: Result<js::PubAck, String> },
     /// The next message of the stream, in stream order, each once.
     Message { stream_seq: u64, ts_ms: u64, append: Append },
+    /// A stream message that is not roostd's (published by something
+    /// else on our subjects): not applied, logged; it still counts as read.
+    Skipped(u64),
     /// Answers `rewind`: every `Message` before this one is stale, the
     /// ones after start right after the sequence given.
     Rewound,
@@ -589,7 +592,10 @@ impl Thread {
         self.delivered = meta.stream_seq;
         match js::decode(names, &m.subject, &m.payload) {
             Some(append) => self.emit(Event::Message { stream_seq: meta.stream_seq, ts_ms: meta.ts_ms, append }),
-            None => log::warn!("cluster: stream message {} is not roostd's; skipped", meta.stream_seq),
+            None => {
+                log::warn!("cluster: stream message {} is not roostd's; skipped", meta.stream_seq);
+                self.emit(Event::Skipped(meta.stream_seq));
+            }
         }
         Ok(())
     }

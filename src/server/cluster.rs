@@ -29,6 +29,11 @@ pub(super) struct ClusterSide {
     acked: BTreeMap<u64, Vec<(Ticket, Append)>>,
     /// The last stream sequence committed here.
     applied: u64,
+    /// The last stream sequence skipped (not roostd's): read, never applied.
+    skipped: u64,
+    /// The stream's last sequence when the link came up: until it is
+    /// applied, the node is catching up (`/healthz` 503, no publishes).
+    catch_up_to: u64,
     /// The last stream sequence handed to the writer.
     submitted: u64,
     applying: usize,
@@ -57,6 +62,8 @@ impl ClusterSide {
             sent: HashMap::new(),
             acked: BTreeMap::new(),
             applied,
+            skipped: 0,
+            catch_up_to: u64::MAX,
             submitted: applied,
             applying: 0,
             rewinding: false,
@@ -75,7 +82,7 @@ impl Server {
         };
         c.next_token += 1;
         let token = c.next_token;
-        if !c.up || c.client.try_publish(token, append.clone()).is_err() {
+        if !c.up || c.catching_up() || c.client.try_publish(token, append.clone()).is_err() {
             return self.cluster_refuse(ticket, &append);
         }
         c.sent.insert(token, (ticket, append));
@@ -106,8 +113,12 @@ impl Server {
             }
             let Some(event) = c.client.events().next() else { return };
             match event {
-                ClusterEvent::Up { .. } => {
+                ClusterEvent::Up { last_seq, .. } => {
                     c.up = true;
+                    // Once caught up, a reconnect does not make it catch up again.
+                    if c.catch_up_to == u64::MAX {
+                        c.catch_up_to = last_seq;
+                    }
                     log::info!("cluster: connected; the stream is applied from {}", c.applied + 1);
                 }
                 ClusterEvent::Down(why) => {
@@ -134,6 +145,7 @@ impl Server {
                     c.applying += 1;
                     self.pending.push((Ticket::event(), Write::Applied { append, stream_seq, ts_ms, after }));
                 }
+                ClusterEvent::Skipped(seq) => c.skipped = seq,
                 ClusterEvent::Rewound => {
                     // Applied messages still at the writer fail as out of
                     // order and ask for another rewind: harmless.
@@ -141,6 +153,19 @@ impl Server {
                     c.submitted = c.applied;
                 }
             }
+        }
+    }
+
+    /// Why `/healthz` says 503 in cluster mode: the link to NATS is down,
+    /// or the node is still applying what the stream held when it came up.
+    pub(super) fn cluster_unready(&self) -> Option<&'static [u8]> {
+        let c = self.cluster.as_ref()?;
+        if !c.up {
+            Some(b"the cluster's log (NATS) is unreachable: publishes are refused")
+        } else if c.catching_up() {
+            Some(b"catching up with the cluster's log")
+        } else {
+            None
         }
     }
 
@@ -218,6 +243,10 @@ impl Server {
 }
 
 impl ClusterSide {
+    fn catching_up(&self) -> bool {
+        self.applied.max(self.skipped) < self.catch_up_to
+    }
+
     /// Drops the stream's messages until the cluster thread consumes again
     /// after the last applied sequence (asked now, or next turn).
     fn rewind(&mut self) {

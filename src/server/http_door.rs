@@ -109,6 +109,8 @@ impl Server {
                     (503, b"store unavailable")
                 } else if self.store_full {
                     (503, b"store full: writes are refused until retention frees space")
+                } else if let Some(why) = self.cluster_unready() {
+                    (503, why)
                 } else {
                     (200, b"ok")
                 };

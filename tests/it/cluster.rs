@@ -257,7 +257,9 @@ fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any
     b.kill_and_wait();
     a.ws(&token_all("p0")).publish_many("room", n, |k| json!({"after": k}));
     b.start_again();
-    let hb = history_of(&b, "room", 3 * n);
+    // Healthy means caught up: its history is complete as soon as /healthz says 200.
+    wait_healthz(&b, 200, "the restarted node catches up");
+    let hb = history_of(&b, "room", 0);
     assert_eq!(hb, history_of(&a, "room", 3 * n), "the restarted node caught up exactly");
 
     // kill -9 of the NATS server both nodes use: they move to another, the
@@ -331,6 +333,7 @@ fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
     let mut c = server.ws(&token_all("alice"));
     // `unavailable` until the node's link to NATS is up: retried.
     assert_eq!(publish_retrying(&mut c, "room", json!(1), "first"), 1);
+    assert_eq!(healthz(&server), 200);
     nats.kill();
     // Sent before or after the node noticed the loss, a publish is
     // refused, never acked.
@@ -343,8 +346,23 @@ fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
     let ok = late.request(json!({"op": "sub", "ch": "room", "since": 0}));
     assert_eq!((ok["op"].as_str(), ok["seq"].as_u64()), (Some("subok"), Some(1)), "{ok}");
     assert_eq!(late.recv_msg()["data"], 1, "replay comes from LMDB");
+    wait_healthz(&server, 503, "the link to NATS is down");
     nats.restart();
     assert_eq!(publish_retrying(&mut c, "room", json!(3), "y"), 2, "publishing resumes");
+    assert_eq!(healthz(&server), 200);
+}
+
+fn healthz(server: &TestServer) -> u16 {
+    server.http("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").status
+}
+
+/// Waits (bounded) until `/healthz` answers `status`.
+fn wait_healthz(server: &TestServer, status: u16, why: &str) {
+    let deadline = std::time::Instant::now() + io_timeout();
+    while healthz(server) != status {
+        assert!(std::time::Instant::now() < deadline, "/healthz never said {status}: {why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 struct Dump<'a>(&'a TestServer, &'a TestServer);
