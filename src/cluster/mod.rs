@@ -181,11 +181,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // The thread may be blocked handing us an event: drain while it stops.
-        let _ = self.to.send(Input::Stop);
-        while self.events.try_recv().is_ok() {}
+        // The thread may be blocked handing us an event, or its queue may
+        // be full: drain events while asking it to stop.
+        let mut asked = false;
         if let Some(t) = self.thread.take() {
             while !t.is_finished() {
+                asked = asked || !matches!(self.to.try_send(Input::Stop), Err(TrySendError::Full(_)));
                 while self.events.try_recv().is_ok() {}
                 thread::sleep(Duration::from_millis(5));
             }

@@ -329,7 +329,7 @@ fn publish_retrying(c: &mut crate::support::Client, ch: &str, data: Value, id: &
 #[test]
 fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
     let Some(mut nats) = NatsServer::start() else { return };
-    let server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "down"]).start();
+    let mut server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "down"]).start();
     let mut c = server.ws(&token_all("alice"));
     // `unavailable` until the node's link to NATS is up: retried.
     assert_eq!(publish_retrying(&mut c, "room", json!(1), "first"), 1);
@@ -350,6 +350,7 @@ fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
     nats.restart();
     assert_eq!(publish_retrying(&mut c, "room", json!(3), "y"), 2, "publishing resumes");
     assert_eq!(healthz(&server), 200);
+    server.stop(); // SIGTERM: a clean exit, the cluster thread stopped too
 }
 
 fn healthz(server: &TestServer) -> u16 {
