@@ -439,6 +439,16 @@ fn join_cluster(
         match probe.next_event(Duration::from_secs(3600)) {
             Some(Event::Up { epoch, .. }) => break epoch,
             Some(Event::Down(why)) => log::warn!("waiting for the cluster: {why}"),
+            Some(Event::Trimmed { first_seq }) => {
+                return Err(Fail(
+                    2,
+                    format!(
+                        "the cluster's stream no longer holds its first messages (it starts at {first_seq}): \
+                         an empty node cannot be built from it; seed {} from a peer's backup (roostd backup)",
+                        cfg.data.display()
+                    ),
+                ))
+            }
             _ => {}
         }
     };

@@ -103,6 +103,11 @@ pub enum Event {
     /// A stream message that is not roostd's (published by something
     /// else on our subjects): not applied, logged; it still counts as read.
     Skipped(u64),
+    /// The stream no longer holds what this node has not applied (it
+    /// starts at `first_seq`): the node cannot catch up from it; seed it
+    /// from a peer's backup. The thread keeps trying (the answer may change
+    /// only if the stream is made again, which the epoch check refuses).
+    Trimmed { first_seq: u64 },
     /// Answers `rewind`: every `Message` before this one is stale, the
     /// ones after start right after the sequence given.
     Rewound,
@@ -528,6 +533,7 @@ impl Thread {
                         Ok(info) => {
                             if info.first_seq > self.delivered + 1 && info.last_seq > self.delivered {
                                 // What this node misses was trimmed from the stream.
+                                self.emit(Event::Trimmed { first_seq: info.first_seq });
                                 return Ok(Some(Stop::Lost(format!(
                                     "the stream starts at {} but this node applied only up to {}; seed it from a peer's backup",
                                     info.first_seq, self.delivered

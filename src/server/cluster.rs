@@ -146,6 +146,11 @@ impl Server {
                     self.pending.push((Ticket::event(), Write::Applied { append, stream_seq, ts_ms, after }));
                 }
                 ClusterEvent::Skipped(seq) => c.skipped = seq,
+                ClusterEvent::Trimmed { first_seq } => log::error!(
+                    "cluster: the stream starts at {first_seq}, after what this node applied ({}): it cannot catch \
+                     up; stop it and seed its data folder from a peer's backup",
+                    c.applied
+                ),
                 ClusterEvent::Rewound => {
                     // Applied messages still at the writer fail as out of
                     // order and ask for another rewind: harmless.

@@ -374,3 +374,55 @@ impl Drop for Dump<'_> {
         }
     }
 }
+
+/// One request to NATS over a plain connection (roostd's own encoder and
+/// parser): the reply's payload.
+fn nats_request(nats: &NatsServer, subject: &str, body: &str) -> String {
+    use roostd::cluster::nats::{self as proto, Parser, ServerOp};
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    sock.set_read_timeout(Some(io_timeout())).unwrap();
+    let mut out = Vec::new();
+    proto::connect(&mut out, "test", None);
+    proto::subscribe(&mut out, "_INBOX.test", 1);
+    proto::publish(&mut out, subject, Some("_INBOX.test"), &[], body.as_bytes());
+    sock.write_all(&out).unwrap();
+    let mut parser = Parser::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(op) = parser.next_op().unwrap() {
+            if let ServerOp::Msg(m) = op {
+                return String::from_utf8(m.payload).unwrap();
+            }
+        }
+        let n = sock.read(&mut buf).expect("no answer from NATS");
+        assert!(n > 0, "NATS closed the connection");
+        parser.push(&buf[..n]);
+    }
+}
+
+#[test]
+fn an_empty_node_is_not_built_from_a_stream_that_lost_its_first_messages() {
+    let Some(nats) = NatsServer::start() else { return };
+    let mut c = start(&nats, "n1", 0);
+    up(&mut c);
+    for token in 1..=2 {
+        c.try_publish(token, append("a", None, "1")).unwrap();
+        published(&mut c, token).unwrap();
+    }
+    drop(c);
+    let answer = nats_request(&nats, "$JS.API.STREAM.MSG.DELETE.ROOST_test", r#"{"seq":1}"#);
+    assert!(answer.contains("\"success\":true"), "{answer}");
+
+    let mut d = start(&nats, "n2", 0);
+    let trimmed = wait_for(&mut d, "Trimmed", |e| matches!(e, Event::Trimmed { .. }));
+    assert_eq!(trimmed, Event::Trimmed { first_seq: 2 });
+    drop(d);
+    let (status, log) = TestServer::options()
+        .args(&["--cluster", &nats.url(), "--cluster-name", "test"])
+        .try_start()
+        .err()
+        .expect("an empty node must not start on a trimmed stream");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(log.contains("peer's backup"), "{log}");
+}
