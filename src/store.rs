@@ -1272,7 +1272,10 @@ impl Store {
     /// gives the copy a new epoch (spec §6): the copy carries the same
     /// history, but a store restored from it will hand out seqs that
     /// clients already saw with other messages, so every resume against it
-    /// must be told `gap`. Returns the copy's epoch.
+    /// must be told `gap`. Returns the copy's epoch. A cluster replica's copy
+    /// keeps the stream's epoch and its last applied stream sequence: a node
+    /// seeded from it applies the rest of the stream and hands out exactly
+    /// the seqs every other node does (cluster.md).
     pub fn backup(&self, mut file: File, path: &Path) -> Result<String, StoreError> {
         let fail = |e: &dyn fmt::Display| StoreError::Fatal(format!("cannot write backup {}: {e}", path.display()));
         self.env.copy_to_file(&mut file, CompactionOption::Enabled).map_err(|e| fail(&e))?;
@@ -1280,9 +1283,12 @@ impl Store {
         // NO_LOCK: the copy is ours alone (just created with O_EXCL), and a
         // lock file would be one more path to create beside FILE.
         let env = open_env(path, self.env.info().map_size as u64, EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK)?;
-        let epoch = new_epoch();
         let mut wtxn = env.write_txn()?;
         let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
+        let epoch = match meta.get(&wtxn, b"stream_seq")? {
+            Some(_) => meta.get(&wtxn, b"epoch")?.map(|e| String::from_utf8_lossy(e).into_owned()).unwrap_or_default(),
+            None => new_epoch(),
+        };
         meta.put(&mut wtxn, b"epoch", epoch.as_bytes())?;
         wtxn.commit()?;
         env.force_sync()?;
@@ -1552,6 +1558,24 @@ mod tests {
         assert_eq!((s.epoch(), s.stream_seq().unwrap()), ("streamepoch", Some(8)), "both survive a restart");
         assert!(!s.become_replica("other").unwrap(), "a replica does not change streams");
         assert_eq!(s.epoch(), "streamepoch");
+    }
+
+    #[test]
+    fn a_replicas_backup_keeps_the_streams_epoch_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 24).unwrap();
+        s.become_replica("streamepoch").unwrap();
+        let w = Write::Applied { append: append("c", "a", "1", None), stream_seq: 4, ts_ms: 9, after: 0 };
+        s.commit(&[w], 10, 10, &|_| KEEP_ALL, Commit::default()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("copy.mdb");
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).unwrap();
+        assert_eq!(s.backup(file, &path).unwrap(), "streamepoch");
+        let seed = out.path().join("seed");
+        fs::create_dir(&seed).unwrap();
+        fs::rename(&path, seed.join("data.mdb")).unwrap();
+        let r = Store::open(&seed, 1 << 24).unwrap();
+        assert_eq!((r.epoch(), r.stream_seq().unwrap()), ("streamepoch", Some(4)));
     }
 
     #[test]
