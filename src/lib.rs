@@ -22,6 +22,8 @@
 //! - [`webhook`]: webhook delivery: the outbox to the main application, batched and retried.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
+//! - [`cluster`]: cluster mode (`--cluster`): the NATS client protocol and JetStream's API
+//!   (sans-I/O), and the thread that speaks them for the loop.
 //! - [`server`]: the mio event loop that connects them.
 //! - [`logger`]: a small stderr logger.
 //!
