@@ -134,6 +134,29 @@ pub struct Config {
     /// The app secret; `None`: the default HMAC key, so the main
     /// application shares one secret with roostd.
     pub pusher_secret_file: Option<PathBuf>,
+    /// NATS servers of the cluster (`--cluster`, cluster.md). Empty: a single
+    /// node, and nothing of the cluster code runs.
+    pub cluster_urls: Vec<NatsUrl>,
+    /// The cluster's name: the stream `ROOST_<name>` and the subjects
+    /// `roost.<name>.…`, so one NATS can carry several clusters.
+    pub cluster_name: Option<String>,
+    /// JetStream replicas of the stream: 1 (one NATS server) or 3.
+    pub cluster_replicas: u8,
+    /// A file with `user:password` or a token for NATS's CONNECT.
+    pub cluster_credentials: Option<PathBuf>,
+}
+
+/// One `nats://host:port` of `--cluster`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for NatsUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nats://{}:{}", self.host, self.port)
+    }
 }
 
 /// Every webhook event name (spec §9; `client_event` and `cache_miss` come
@@ -297,6 +320,20 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { key: "pusher-secret-file", value: "FILE", default: "the default key", help: "the Pusher app secret" },
     Setting {
+        key: "cluster",
+        value: "URL,...",
+        default: "-",
+        help: "NATS JetStream servers (nats://host:port): run as one node of a cluster",
+    },
+    Setting { key: "cluster-name", value: "NAME", default: "-", help: "the cluster's name (A-Z a-z 0-9 _ -)" },
+    Setting { key: "cluster-replicas", value: "1|3", default: "1", help: "JetStream replicas of the cluster's stream" },
+    Setting {
+        key: "cluster-credentials",
+        value: "FILE",
+        default: "-",
+        help: "user:password or a token for the NATS servers",
+    },
+    Setting {
         key: "ready-file",
         value: "FILE",
         default: "-",
@@ -356,6 +393,10 @@ impl Default for Config {
             pusher_key: None,
             pusher_public: Vec::new(),
             pusher_secret_file: None,
+            cluster_urls: Vec::new(),
+            cluster_name: None,
+            cluster_replicas: 1,
+            cluster_credentials: None,
         }
     }
 }
@@ -461,6 +502,34 @@ impl Config {
                 self.pusher_public.push(p);
             }
             "pusher-secret-file" => self.pusher_secret_file = Some(PathBuf::from(nonempty(key, v)?)),
+            "cluster" => {
+                self.cluster_urls.clear();
+                for url in v.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    self.cluster_urls.push(nats_url(url)?);
+                }
+                if self.cluster_urls.is_empty() {
+                    return err("--cluster takes one or more nats://host:port, separated by commas");
+                }
+            }
+            "cluster-name" => {
+                let ok = !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !ok {
+                    return err(format!(
+                        "--cluster-name takes 1 to 64 letters, digits, `_` or `-` (it names NATS subjects), not {v:?}"
+                    ));
+                }
+                self.cluster_name = Some(v.to_string());
+            }
+            "cluster-replicas" => {
+                self.cluster_replicas = match v.trim() {
+                    "1" => 1,
+                    "3" => 3,
+                    _ => return err(format!("--cluster-replicas takes 1 or 3, not {v:?}")),
+                }
+            }
+            "cluster-credentials" => self.cluster_credentials = Some(PathBuf::from(nonempty(key, v)?)),
             _ => {
                 return err(format!(
                     "unknown setting `{key}`{}; `roostd serve --help` lists them all",
@@ -492,6 +561,12 @@ impl Config {
             }
             match (key.as_str(), value) {
                 ("pusher", toml::Value::Table(t)) => self.apply_pusher_table(t, origin)?,
+                ("cluster", toml::Value::Table(t)) => self.apply_cluster_table(t, origin)?,
+                ("cluster", toml::Value::String(_)) => {
+                    return err(format!(
+                        "{origin}: write the cluster as a table: `[cluster]` then urls, name, replicas, credentials"
+                    ))
+                }
                 ("pusher", _) => {
                     return err(format!(
                         "{origin}: write the Pusher app as a table: `[pusher]` then app_id, key, public, secret_file"
@@ -556,8 +631,42 @@ impl Config {
         Ok(())
     }
 
+    /// `[cluster]`: `urls` (a URL or a list), `name`, `replicas`, `credentials`.
+    fn apply_cluster_table(&mut self, t: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+        for (k, v) in t {
+            let key = match k.as_str() {
+                "urls" => "cluster",
+                "name" => "cluster-name",
+                "replicas" => "cluster-replicas",
+                "credentials" => "cluster-credentials",
+                _ => {
+                    return err(format!("{origin}: [cluster] has no setting `{k}` (urls, name, replicas, credentials)"))
+                }
+            };
+            let text = match v {
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| scalar(i).filter(|_| key == "cluster"))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|urls| urls.join(",")),
+                one => scalar(one),
+            };
+            let text = text.ok_or_else(|| ConfigError(format!("{origin}: [cluster] `{k}` takes a string")))?;
+            self.set(key, &text).map_err(|e| ConfigError(format!("{origin}: [cluster] {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Checks relations between settings once everything is applied.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.cluster_urls.is_empty()
+            && (self.cluster_name.is_some() || self.cluster_credentials.is_some() || self.cluster_replicas != 1)
+        {
+            return err("--cluster-name, --cluster-replicas and --cluster-credentials need --cluster nats://host:port");
+        }
+        if !self.cluster_urls.is_empty() && self.cluster_name.is_none() {
+            return err("--cluster needs --cluster-name NAME: every node of one cluster gives the same name");
+        }
         if self.pusher_app_id.is_some() != self.pusher_key.is_some() {
             return err("--pusher-app-id and --pusher-key go together; give both (the Pusher app) or neither");
         }
@@ -746,6 +855,30 @@ fn pattern(key: &str, v: &str) -> Result<String, ConfigError> {
     Ok(v.to_string())
 }
 
+/// `nats://host:port` (the port defaults to 4222). TLS and credentials in
+/// the URL are refused rather than ignored: a URL must mean what it says.
+fn nats_url(v: &str) -> Result<NatsUrl, ConfigError> {
+    let bad = |why: &str| ConfigError(format!("--cluster {v:?}: {why}; write it like nats://127.0.0.1:4222"));
+    let rest = v.strip_prefix("nats://").ok_or_else(|| bad("only nats:// URLs are supported"))?;
+    if rest.contains('@') {
+        return Err(bad("put credentials in --cluster-credentials, not in the URL"));
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().map_err(|_| bad("the port is not a number"))?)
+        }
+        _ => (rest, 4222),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok =
+        !host.is_empty() && host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    if !ok || port == 0 {
+        return Err(bad("not a host and port"));
+    }
+    Ok(NatsUrl { host: host.to_string(), port })
+}
+
 /// A Pusher app id or key: 1 to 64 of `A-Z a-z 0-9 _ - .` (no `:`, which
 /// separates the key from the signature in `auth`).
 fn pusher_name(key: &str, v: &str) -> Result<String, ConfigError> {
@@ -871,6 +1004,57 @@ mod tests {
         let mut c = Config::default();
         c.set("pusher-public", "news").unwrap();
         assert!(c.validate().unwrap_err().0.contains("need a Pusher app"));
+    }
+
+    #[test]
+    fn the_cluster_comes_from_flags_or_a_cluster_table() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        assert!(c.cluster_urls.is_empty(), "no cluster unless asked");
+        c.set("cluster", "nats://127.0.0.1:4222, nats://pi2.local").unwrap();
+        c.set("cluster-name", "site_A-1").unwrap();
+        let urls: Vec<String> = c.cluster_urls.iter().map(|u| u.to_string()).collect();
+        assert_eq!(urls, ["nats://127.0.0.1:4222", "nats://pi2.local:4222"]);
+        c.validate().unwrap();
+
+        let mut c = Config::default();
+        c.apply_toml(
+            "[cluster]\nurls = [\"nats://127.0.0.1:4222\", \"nats://[::1]:4223\"]\nname = \"site\"\nreplicas = 3\ncredentials = \"/etc/nats\"",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.cluster_urls[1], NatsUrl { host: "::1".into(), port: 4223 });
+        assert_eq!((c.cluster_name.as_deref(), c.cluster_replicas), (Some("site"), 3));
+        assert_eq!(c.cluster_credentials, Some(PathBuf::from("/etc/nats")));
+        c.validate().unwrap();
+        c.apply_toml("[cluster]\nurls = \"nats://10.0.0.1:4222\"", "t.toml").unwrap();
+        assert_eq!(c.cluster_urls.len(), 1, "a later --cluster replaces the list");
+    }
+
+    #[test]
+    fn bad_cluster_settings_say_what_to_do() {
+        let mut c = Config::default();
+        for bad in ["site.a", "a b", "", "roost>", "a*", "é"] {
+            let e = c.set("cluster-name", bad).unwrap_err();
+            assert!(e.0.contains("letters, digits, `_` or `-`"), "{bad:?}: {e}");
+        }
+        assert!(c.set("cluster", "tls://127.0.0.1:4222").unwrap_err().0.contains("only nats://"));
+        assert!(c.set("cluster", "nats://u:p@127.0.0.1:4222").unwrap_err().0.contains("--cluster-credentials"));
+        assert!(c.set("cluster", "nats://127.0.0.1:x").unwrap_err().0.contains("port"));
+        assert!(c.set("cluster", "nats://a b:1").unwrap_err().0.contains("host and port"));
+        assert!(c.set("cluster", " , ").unwrap_err().0.contains("one or more"));
+        assert!(c.set("cluster-replicas", "2").unwrap_err().0.contains("1 or 3"));
+        c.set("cluster", "nats://127.0.0.1:4222").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("--cluster-name"));
+        let mut c = Config::default();
+        c.set("cluster-name", "a").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("need --cluster"));
+        let e = c.apply_toml("[cluster]\nurl = \"nats://x\"", "t.toml").unwrap_err();
+        assert!(e.0.contains("[cluster] has no setting `url`"), "{e}");
+        let e = c.apply_toml("[cluster]\nname = [\"a\"]", "t.toml").unwrap_err();
+        assert!(e.0.contains("takes a string"), "{e}");
+        let e = c.apply_toml("cluster = \"nats://x\"", "t.toml").unwrap_err();
+        assert!(e.0.contains("`[cluster]`"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! - [`webhook`]: webhook delivery: the outbox to the main application, batched and retried.
 //! - [`metrics`]: counters and histograms, Prometheus text.
 //! - [`tls`]: certificates into a rustls config; `roostd cert`.
+//! - [`cluster`]: cluster mode (`--cluster`): the NATS client protocol and JetStream's API
+//!   (sans-I/O), and the thread that speaks them for the loop.
 //! - [`notify`]: `READY=1` and `STOPPING=1` to systemd (`Type=notify`).
 //! - [`server`]: the mio event loop that connects them.
 //! - [`logger`]: a small stderr logger.
@@ -40,6 +42,7 @@
 pub mod auth;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod hook;
 pub mod http;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use roostd::auth::{self, Key, KeyRing, Verifier};
 use roostd::config::{self, Config, OnCorrupt, SETTINGS};
@@ -335,6 +335,7 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         }
         other => other?,
     };
+    let cluster_credentials = roostd::cluster::credentials(&cfg).map_err(|e| Fail(2, e))?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(roostd::tls::load(cert, key).map_err(|e| Fail(2, e))?),
         _ => None,
@@ -362,7 +363,7 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         StoreError::Locked(m) => Fail(2, m),
         e => Fail(2, format!("{e}; is the data folder writable? pass --data DIR")),
     })?;
-    let store = open_store(&cfg)?;
+    let store = join_cluster(&cfg, open_store(&cfg)?, cluster_credentials)?;
     let nofile = raise_nofile_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| server::default_max_connections(nofile));
     let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
@@ -425,6 +426,62 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
         }
         Err(e) => Err(Fail(1, format!("{e}; the server stopped. Check the disk, then restart it"))),
     }
+}
+
+/// In cluster mode, makes the store a replica of the cluster's stream:
+/// a replica already is one; an empty store takes the stream's epoch, which
+/// needs the stream, so this waits for NATS (the loop has not started: it
+/// would have nothing to serve); a single node's history is refused.
+fn join_cluster(
+    cfg: &Config,
+    mut store: Store,
+    credentials: Option<roostd::cluster::nats::Credentials>,
+) -> Result<Store, Fail> {
+    use roostd::cluster::{Cluster, Event, Settings};
+    if cfg.cluster_urls.is_empty() {
+        return Ok(store);
+    }
+    let single = || {
+        Fail(
+            2,
+            format!(
+                "the store in {} holds a single node's history; --cluster needs an empty data folder \
+                 (or a peer's backup): start this node from one",
+                cfg.data.display()
+            ),
+        )
+    };
+    let broken = |e: StoreError| Fail(1, format!("{e}; check the data folder"));
+    if store.stream_seq().map_err(broken)?.is_some() {
+        return Ok(store);
+    }
+    if store.channel_count().map_err(broken)? > 0 {
+        return Err(single());
+    }
+    log::info!("joining the cluster {:?}: asking NATS for the stream", cfg.cluster_name.as_deref().unwrap_or(""));
+    let probe = Cluster::start(Settings::new(cfg, credentials, None), 0, Box::new(|| {}));
+    let epoch = loop {
+        match probe.next_event(Duration::from_secs(3600)) {
+            Some(Event::Up { epoch, .. }) => break epoch,
+            Some(Event::Down(why)) => log::warn!("waiting for the cluster: {why}"),
+            Some(Event::Trimmed { first_seq }) => {
+                return Err(Fail(
+                    2,
+                    format!(
+                        "the cluster's stream no longer holds its first messages (it starts at {first_seq}): \
+                         an empty node cannot be built from it; seed {} from a peer's backup (roostd backup)",
+                        cfg.data.display()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    };
+    drop(probe);
+    if !store.become_replica(&epoch).map_err(broken)? {
+        return Err(single());
+    }
+    Ok(store)
 }
 
 /// Writes `addr` and a newline to `path` through a temp file and a rename,

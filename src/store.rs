@@ -129,7 +129,24 @@ pub enum Write {
     },
     /// A webhook event, committed with its cause (same job => same commit).
     Event(HookEvent),
+    /// A message of the cluster's stream (cluster.md): stored exactly as
+    /// `Message`, but at JetStream's time `ts_ms` (so every node has the
+    /// same `ts` and dedupe window), and `stream_seq` recorded as the last
+    /// applied in the same transaction. `after` is the sequence applied
+    /// before it: if the store's is another (a commit before this one
+    /// failed), nothing is written and the outcome is `Outcome::Invalid`
+    /// with [`OUT_OF_ORDER`], so a failed commit never leaves a hole.
+    Applied {
+        append: Append,
+        stream_seq: u64,
+        ts_ms: u64,
+        after: u64,
+    },
 }
+
+/// The `Outcome::Invalid` of a `Write::Applied` that does not follow the
+/// store's last applied sequence: consume the stream again from there.
+pub const OUT_OF_ORDER: &str = "a stream message out of order";
 
 /// A webhook event to put in the outbox (spec §9).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,6 +452,39 @@ impl Store {
         &self.epoch
     }
 
+    /// The last stream sequence applied when this store is a cluster
+    /// replica (cluster.md), `None` for a single node's store.
+    pub fn stream_seq(&self) -> Result<Option<u64>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, b"stream_seq")?.and_then(be_u64))
+    }
+
+    /// Makes an empty store a replica of the stream whose identity is
+    /// `epoch`: the epoch is the stream's from now on, and nothing is
+    /// applied yet. `Ok(false)`, and nothing changed, when the store holds
+    /// anything (channels, members, webhook events): a single node's history
+    /// is never silently turned into a replica.
+    pub fn become_replica(&mut self, epoch: &str) -> Result<bool, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let used = self.channels.len(&wtxn)? > 0 || self.members.len(&wtxn)? > 0 || self.outbox.len(&wtxn)? > 0;
+        if used || self.meta.get(&wtxn, b"stream_seq")?.is_some() {
+            return Ok(false);
+        }
+        self.meta.put(&mut wtxn, b"epoch", epoch.as_bytes())?;
+        self.meta.put(&mut wtxn, b"stream_seq", &0u64.to_be_bytes())?;
+        wtxn.commit()?;
+        self.epoch = epoch.to_string();
+        Ok(true)
+    }
+
+    /// Where `(from, id)` was published, while its dedupe record lasts:
+    /// the answer to a publish JetStream called a duplicate.
+    pub fn published(&self, from: &str, id: &str) -> Result<Option<(String, Seq, u64)>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let found = self.dedupe.get(&rtxn, &dedupe_key(from, id))?.and_then(decode_dedupe);
+        Ok(found.map(|(seq, ts, _, ch)| (ch.to_string(), seq, ts)))
+    }
+
     pub fn path(&self) -> PathBuf {
         self.env.path().to_path_buf()
     }
@@ -732,6 +782,14 @@ impl Store {
     ) -> Result<Outcome, StoreError> {
         match w {
             Write::Message(a) => return self.append_one(wtxn, a, now_ms, window_ms, retention),
+            Write::Applied { append, stream_seq, ts_ms, after } => {
+                if self.meta.get(wtxn, b"stream_seq")?.and_then(be_u64) != Some(*after) {
+                    return Ok(Outcome::Invalid(OUT_OF_ORDER.into()));
+                }
+                let outcome = self.append_one(wtxn, append, *ts_ms, window_ms, retention)?;
+                self.meta.put(wtxn, b"stream_seq", &stream_seq.to_be_bytes())?;
+                return Ok(outcome);
+            }
             Write::Member { ch, user, info, joined: true } => {
                 self.members.put(wtxn, &member_key(ch, user), info.as_deref().unwrap_or("").as_bytes())?
             }
@@ -1221,7 +1279,10 @@ impl Store {
     /// gives the copy a new epoch (spec §6): the copy carries the same
     /// history, but a store restored from it will hand out seqs that
     /// clients already saw with other messages, so every resume against it
-    /// must be told `gap`. Returns the copy's epoch.
+    /// must be told `gap`. Returns the copy's epoch. A cluster replica's copy
+    /// keeps the stream's epoch and its last applied stream sequence: a node
+    /// seeded from it applies the rest of the stream and hands out exactly
+    /// the seqs every other node does (cluster.md).
     pub fn backup(&self, mut file: File, path: &Path) -> Result<String, StoreError> {
         let fail = |e: &dyn fmt::Display| StoreError::Fatal(format!("cannot write backup {}: {e}", path.display()));
         self.env.copy_to_file(&mut file, CompactionOption::Enabled).map_err(|e| fail(&e))?;
@@ -1229,9 +1290,12 @@ impl Store {
         // NO_LOCK: the copy is ours alone (just created with O_EXCL), and a
         // lock file would be one more path to create beside FILE.
         let env = open_env(path, self.env.info().map_size as u64, EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK)?;
-        let epoch = new_epoch();
         let mut wtxn = env.write_txn()?;
         let meta: Db = env.create_database(&mut wtxn, Some("meta"))?;
+        let epoch = match meta.get(&wtxn, b"stream_seq")? {
+            Some(_) => meta.get(&wtxn, b"epoch")?.map(|e| String::from_utf8_lossy(e).into_owned()).unwrap_or_default(),
+            None => new_epoch(),
+        };
         meta.put(&mut wtxn, b"epoch", epoch.as_bytes())?;
         wtxn.commit()?;
         env.force_sync()?;
@@ -1496,6 +1560,66 @@ mod tests {
         assert_eq!(s.channel("zzz").unwrap(), ChannelInfo::EMPTY);
         assert_eq!(s.channels("", 10).unwrap().len(), 2);
         assert_eq!(s.clock_floor().unwrap(), 0, "append_batch saves no clock floor");
+    }
+
+    #[test]
+    fn an_applied_message_keeps_the_stream_time_and_its_sequence_commits_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 24).unwrap();
+        assert_eq!(s.stream_seq().unwrap(), None, "a single node's store");
+        assert!(s.become_replica("streamepoch").unwrap());
+        assert_eq!((s.epoch(), s.stream_seq().unwrap()), ("streamepoch", Some(0)));
+        let w = |after, seq, ts_ms, id: Option<&str>| Write::Applied {
+            append: append("c", "alice", "1", id),
+            stream_seq: seq,
+            ts_ms,
+            after,
+        };
+        let two = [w(0, 5, 1000, Some("\"a\"")), w(5, 7, 2000, None)];
+        let out = s.commit(&two, 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
+        assert_eq!(out.unwrap(), [Outcome::Stored { seq: 1, ts: 1000 }, Outcome::Stored { seq: 2, ts: 2000 }]);
+        assert_eq!(s.stream_seq().unwrap(), Some(7));
+        let out = s.commit(&[w(6, 9, 3000, None)], 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
+        assert_eq!(out.unwrap(), [Outcome::Invalid(OUT_OF_ORDER.into())], "after a failed commit, no hole");
+        assert_eq!(s.stream_seq().unwrap(), Some(7));
+        assert_eq!(s.published("alice", "\"a\"").unwrap(), Some(("c".into(), 1, 1000)));
+        assert_eq!(s.published("bob", "\"a\"").unwrap(), None);
+        let out = s.commit(&[w(7, 8, 3000, Some("\"a\""))], 99_999, 60_000, &|_| KEEP_ALL, Commit::default());
+        assert_eq!(out.unwrap(), [Outcome::Duplicate { ch: "c".into(), seq: 1, ts: 1000 }]);
+        assert_eq!(s.stream_seq().unwrap(), Some(8), "a duplicate is applied too: nothing to do again");
+        drop(s);
+        let mut s = Store::open(dir.path(), 1 << 24).unwrap();
+        assert_eq!((s.epoch(), s.stream_seq().unwrap()), ("streamepoch", Some(8)), "both survive a restart");
+        assert!(!s.become_replica("other").unwrap(), "a replica does not change streams");
+        assert_eq!(s.epoch(), "streamepoch");
+    }
+
+    #[test]
+    fn a_replicas_backup_keeps_the_streams_epoch_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 24).unwrap();
+        s.become_replica("streamepoch").unwrap();
+        let w = Write::Applied { append: append("c", "a", "1", None), stream_seq: 4, ts_ms: 9, after: 0 };
+        s.commit(&[w], 10, 10, &|_| KEEP_ALL, Commit::default()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("copy.mdb");
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).unwrap();
+        assert_eq!(s.backup(file, &path).unwrap(), "streamepoch");
+        let seed = out.path().join("seed");
+        fs::create_dir(&seed).unwrap();
+        fs::rename(&path, seed.join("data.mdb")).unwrap();
+        let r = Store::open(&seed, 1 << 24).unwrap();
+        assert_eq!((r.epoch(), r.stream_seq().unwrap()), ("streamepoch", Some(4)));
+    }
+
+    #[test]
+    fn a_single_nodes_history_is_not_turned_into_a_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 24).unwrap();
+        let epoch = s.epoch().to_string();
+        s.append_batch(&[append("c", "a", "1", None)], 1, 1, &|_| KEEP_ALL).unwrap();
+        assert!(!s.become_replica("streamepoch").unwrap());
+        assert_eq!((s.epoch(), s.stream_seq().unwrap()), (epoch.as_str(), None));
     }
 
     #[test]

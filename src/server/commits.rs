@@ -57,7 +57,7 @@ impl Server {
             return self.refuse(id, ErrCode::Unavailable, msg, req_id.as_deref());
         }
         self.inflight_bytes += bytes;
-        self.pending.push((Ticket::publish(id, req_id, bytes, None), Write::Message(append)));
+        self.queue_publish(Ticket::publish(id, req_id, bytes, None), append);
     }
 
     pub(super) fn collect_commits(&mut self, now: Instant) {
@@ -70,6 +70,8 @@ impl Server {
                     for ((ticket, write), outcome) in items.into_iter().zip(outcomes) {
                         if let Write::Message(append) = write {
                             self.on_committed(ticket, append, outcome, now);
+                        } else if let Write::Applied { append, stream_seq, .. } = write {
+                            self.on_applied(stream_seq, append, outcome, now);
                         } else if let Some(change) = ticket.change {
                             self.on_change_written(&change, outcome == Outcome::Written, now);
                         }
@@ -83,7 +85,7 @@ impl Server {
     /// One publish of a committed batch: the publisher's answer (on its
     /// WebSocket, or its HTTP response), then the message to every
     /// subscriber whose cursor it is — decided by `Hub::on_commit`.
-    fn on_committed(&mut self, ticket: Ticket, append: Append, outcome: Outcome, now: Instant) {
+    pub(super) fn on_committed(&mut self, ticket: Ticket, append: Append, outcome: Outcome, now: Instant) {
         self.inflight_bytes -= ticket.bytes;
         match &outcome {
             Outcome::Stored { .. } => self.metrics.published += 1,
@@ -125,6 +127,7 @@ impl Server {
     /// A batch that did not commit: its publishers are told to retry, and a
     /// broken environment stops the server.
     fn on_commit_failed(&mut self, items: Vec<(Ticket, Write)>, e: StoreError, now: Instant) {
+        self.on_apply_failed(&items);
         let transient = e.is_transient();
         self.store_full = transient;
         self.metrics.commit_failures += !items.is_empty() as u64;

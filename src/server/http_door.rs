@@ -132,6 +132,8 @@ impl Server {
                     (503, b"store unavailable")
                 } else if self.store_full {
                     (503, b"store full: writes are refused until retention frees space")
+                } else if let Some(why) = self.cluster_unready() {
+                    (503, why)
                 } else {
                     (200, b"ok")
                 };
@@ -203,7 +205,7 @@ impl Server {
                 slot.conn.wait_commit();
                 self.inflight_bytes += bytes;
                 let id_json = append.id.clone();
-                self.pending.push((Ticket::publish(id, id_json, bytes, Some(req)), Write::Message(append)));
+                self.queue_publish(Ticket::publish(id, id_json, bytes, Some(req)), append);
                 false
             }
             Err(refusal) => self.http_refuse(id, req, refusal, false, now),

@@ -54,6 +54,7 @@ use crate::writer::{self, Clock, Done, Policy, SyncSource, Writer};
 
 mod admission;
 mod changes;
+mod cluster;
 mod commits;
 mod hooks;
 mod http_door;
@@ -169,6 +170,8 @@ pub struct Server {
     pusher_seed: u64,
     /// Pusher API requests waiting for their commits, by connection.
     pusher_waits: HashMap<ConnId, ApiWait>,
+    /// Cluster mode (`--cluster`): the JetStream side of publishing and applying.
+    cluster: Option<cluster::ClusterSide>,
     /// Held here so the waker's descriptor lives as long as the loop: if
     /// the writer thread exits (on a fatal error) and dropped the last
     /// handle, its final wake-up would vanish with the descriptor.
@@ -228,6 +231,8 @@ impl Server {
             }
             None => None,
         };
+        let wake_cluster = wake.clone();
+        let cluster = cluster::ClusterSide::start(&cfg, &store, Box::new(move || wake_cluster()));
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
         let writer = Writer::start(store.clone(), policy, wake);
@@ -278,6 +283,7 @@ impl Server {
             pusher: pusher.map(Arc::new),
             pusher_seed: pusher_door::socket_seed(),
             pusher_waits: HashMap::new(),
+            cluster,
             _waker: waker,
         };
         server.restore_presence(Instant::now());
@@ -329,6 +335,7 @@ impl Server {
                 }
             }
             self.collect_commits(now);
+            self.collect_cluster(now);
             self.collect_hook_verdicts();
             self.fire_timers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {

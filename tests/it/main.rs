@@ -13,6 +13,7 @@ mod bad_input;
 mod channels;
 mod cli;
 mod clock;
+mod cluster;
 mod handshake;
 mod hook;
 mod http;

@@ -1109,3 +1109,115 @@ fn endpoint_serve(sock: TcpStream, state: Arc<(Mutex<EndpointState>, std::sync::
         }
     }
 }
+
+/// A `nats-server` child with JetStream (file storage in its own temp
+/// folder) on 127.0.0.1, for the cluster tests. `None` when `nats-server` is
+/// not installed: the caller says it skipped (`.ci/cluster-test` installs it
+/// and sets `ROOSTD_TEST_NATS=required`, which turns the skip into a failure).
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    /// Cluster flags, for a member of `cluster_of_three`.
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl NatsServer {
+    /// Three `nats-server`s routed to each other on 127.0.0.1, JetStream on
+    /// each: a stream with 3 replicas survives one of them. `None` as in `start`.
+    pub fn cluster_of_three() -> Option<Vec<NatsServer>> {
+        if !Self::installed() {
+            return None;
+        }
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let extra = vec![
+                "-n".into(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                "roostd-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                all.clone(),
+            ];
+            let mut n = NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra };
+            n.restart();
+            nodes.push(n);
+        }
+        Some(nodes)
+    }
+
+    /// True when `nats-server` is installed; else says the test skipped
+    /// (or fails it, under `ROOSTD_TEST_NATS=required`).
+    fn installed() -> bool {
+        let found = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("ROOSTD_TEST_NATS").as_deref() != Ok("required"),
+                "nats-server is not installed (apt-get install nats-server)"
+            );
+            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+        }
+        found
+    }
+
+    /// One `nats-server` with JetStream. `None` when it is not installed.
+    pub fn start() -> Option<NatsServer> {
+        if !Self::installed() {
+            return None;
+        }
+        let mut n = NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra: Vec::new() };
+        n.restart();
+        Some(n)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port and store (after `kill`).
+    pub fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + start_timeout();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal: `-STOP` stalls it with its connections open, `-CONT` resumes it.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("nats-server running").id().to_string();
+        let status = Command::new("kill").args([sig, &pid]).status().expect("running kill");
+        assert!(status.success(), "kill {sig} nats-server failed");
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,428 @@
+//! Cluster mode (cluster.md), first slice: the NATS JetStream client thread
+//! against a real `nats-server` on 127.0.0.1. Skipped when `nats-server` is
+//! not installed (`.ci/cluster-test` installs it and makes the skip a failure).
+
+use std::time::Duration;
+
+use roostd::cluster::{Cluster, Event, Settings};
+use roostd::config::NatsUrl;
+use roostd::store::Append;
+
+use serde_json::{json, Value};
+
+use crate::support::{io_timeout, run_roostd, scale, token_all, NatsServer, TestServer};
+
+fn settings(nats: &NatsServer, node: &str) -> Settings {
+    Settings {
+        urls: vec![NatsUrl { host: "127.0.0.1".into(), port: nats.port }],
+        name: "test".into(),
+        replicas: 1,
+        dedupe_window: Duration::from_secs(60),
+        credentials: None,
+        node: node.into(),
+        epoch: None,
+    }
+}
+
+fn append(ch: &str, id: Option<&str>, data: &str) -> Append {
+    Append { ch: ch.into(), from: "alice".into(), data: data.into(), id: id.map(String::from), key: None, event: None }
+}
+
+/// A cluster client and the events read but not yet asked for.
+struct Node {
+    c: Cluster,
+    seen: std::collections::VecDeque<Event>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.c
+    }
+}
+
+fn start(nats: &NatsServer, node: &str, applied: u64) -> Node {
+    Node { c: Cluster::start(settings(nats, node), applied, Box::new(|| {})), seen: Default::default() }
+}
+
+/// The first event that `keep` accepts, in order; the others stay for
+/// later waits. Fails after `io_timeout`.
+fn wait_for(n: &mut Node, what: &str, mut keep: impl FnMut(&Event) -> bool) -> Event {
+    if let Some(i) = n.seen.iter().position(&mut keep) {
+        return n.seen.remove(i).unwrap();
+    }
+    let deadline = std::time::Instant::now() + io_timeout();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = n.c.next_event(left).unwrap_or_else(|| panic!("no {what} within {:?}", io_timeout()));
+        if keep(&e) {
+            return e;
+        }
+        n.seen.push_back(e);
+    }
+}
+
+fn up(c: &mut Node) -> (String, u64) {
+    match wait_for(c, "Up", |e| matches!(e, Event::Up { .. })) {
+        Event::Up { epoch, last_seq } => (epoch, last_seq),
+        _ => unreachable!(),
+    }
+}
+
+fn published(c: &mut Node, token: u64) -> Result<roostd::cluster::js::PubAck, String> {
+    match wait_for(c, "Published", |e| matches!(e, Event::Published { token: t, .. } if *t == token)) {
+        Event::Published { result, .. } => result,
+        _ => unreachable!(),
+    }
+}
+
+fn message(c: &mut Node) -> (u64, u64, Append) {
+    match wait_for(c, "Message", |e| matches!(e, Event::Message { .. })) {
+        Event::Message { stream_seq, ts_ms, append } => (stream_seq, ts_ms, append),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn the_cluster_client_publishes_once_per_id_and_consumes_the_stream_in_order() {
+    let Some(nats) = NatsServer::start() else { return };
+    let mut c = start(&nats, "n1", 0);
+    let (epoch, last) = up(&mut c);
+    assert_eq!(last, 0, "a new stream is empty");
+    let first = append("room.1", Some("\"m-1\""), r#"{"n":1}"#);
+    c.try_publish(1, first.clone()).unwrap();
+    assert_eq!(published(&mut c, 1).unwrap().seq, 1);
+    c.try_publish(2, append("room:2", None, "[2]")).unwrap();
+    assert_eq!(published(&mut c, 2).unwrap().seq, 2);
+    // The same (sub, id) again: JetStream answers with the first sequence.
+    c.try_publish(3, first.clone()).unwrap();
+    let again = published(&mut c, 3).unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+
+    let (s1, ts1, a1) = message(&mut c);
+    let (s2, ts2, a2) = message(&mut c);
+    assert_eq!((s1, s2), (1, 2), "the stream in order, the duplicate not in it");
+    assert_eq!((a1, a2.ch.as_str(), a2.data.as_str()), (first, "room:2", "[2]"));
+    let now_ms = roostd_now_ms();
+    assert!(ts1 <= ts2 && ts2 <= now_ms + 1000 && ts1 + 60_000 > now_ms, "ts is JetStream's time: {ts1} {ts2}");
+    drop(c);
+
+    // Another node that applied up to 1 starts after it, with the same epoch.
+    let mut d = start(&nats, "n2", 1);
+    let (epoch2, last2) = up(&mut d);
+    assert_eq!((epoch2.as_str(), last2), (epoch.as_str(), 2), "every node derives the same epoch");
+    let (s, _, a) = message(&mut d);
+    assert_eq!((s, a.ch.as_str()), (2, "room:2"), "only what it has not applied");
+}
+
+#[test]
+fn with_nats_gone_publishes_are_refused_and_resume_when_it_returns() {
+    let Some(mut nats) = NatsServer::start() else { return };
+    let mut c = start(&nats, "n1", 0);
+    up(&mut c);
+    c.try_publish(1, append("a", None, "1")).unwrap();
+    assert_eq!(published(&mut c, 1).unwrap().seq, 1);
+    assert_eq!(message(&mut c).0, 1);
+
+    nats.kill();
+    wait_for(&mut c, "Down", |e| matches!(e, Event::Down(_)));
+    c.try_publish(2, append("a", None, "2")).unwrap();
+    assert!(published(&mut c, 2).is_err(), "nothing is acked that is not in the log");
+
+    nats.restart();
+    up(&mut c);
+    c.try_publish(3, append("a", None, "3")).unwrap();
+    assert_eq!(published(&mut c, 3).unwrap().seq, 2, "the file store kept the stream");
+    let (s, _, a) = message(&mut c);
+    assert_eq!((s, a.data.as_str()), (2, "3"), "the consumer goes on after what was delivered");
+}
+
+fn roostd_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[test]
+fn a_bad_cluster_name_exits_2_and_a_single_nodes_store_is_not_made_a_replica() {
+    let out = run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222", "--cluster-name", "a.b"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster-name"), "{out:?}");
+    let out = run_roostd(&["serve", "--cluster", "nats://127.0.0.1:4222"], &[]);
+    assert_eq!(out.status.code(), Some(2), "a cluster needs its name");
+
+    let mut single = TestServer::start(&[]);
+    single.ws(&token_all("alice")).publish("room", json!(1));
+    single.stop();
+    let data = single.data_dir().display().to_string();
+    // Refused before NATS is asked: no nats-server is needed (none listens on port 9).
+    let out = run_roostd(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data,
+            "--cluster",
+            "nats://127.0.0.1:9",
+            "--cluster-name",
+            "a",
+        ],
+        &[("ROOSTD_SECRET", crate::support::SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("single node's history"), "{out:?}");
+}
+
+/// A roostd node of the cluster served by `nats`.
+fn node(nats: &[NatsServer]) -> TestServer {
+    let urls = nats.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+    TestServer::options()
+        .args(&["--cluster", &urls, "--cluster-name", "e2e", "--cluster-replicas", "3"])
+        .env("RUST_LOG", "info")
+        .start()
+}
+
+/// `ch`'s whole history on one node as (seq, ts, data), once it holds `n` messages.
+fn history_of(server: &TestServer, ch: &str, n: usize) -> Vec<(u64, u64, Value)> {
+    let mut c = server.ws(&token_all("reader"));
+    let deadline = std::time::Instant::now() + io_timeout() * 3;
+    loop {
+        let h: Vec<(u64, u64, Value)> = c
+            .history(ch, 0)
+            .iter()
+            .map(|m| (m["seq"].as_u64().unwrap(), m["ts"].as_u64().unwrap(), m["data"].clone()))
+            .collect();
+        if h.len() >= n || std::time::Instant::now() > deadline {
+            return h;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_on_three_nats_servers_hold_the_same_history_and_a_client_resumes_on_any() {
+    let Some(mut nats) = NatsServer::cluster_of_three() else { return };
+    let a = node(&nats);
+    let mut b = node(&nats);
+    let (mut watch_a, mut watch_b) = (a.ws(&token_all("wa")), b.ws(&token_all("wb")));
+    let epoch_a = watch_a.sub("room")["epoch"].clone();
+    assert_eq!(watch_b.sub("room")["epoch"], epoch_a, "every node has the stream's epoch");
+
+    // Another channel first: stream sequences are then not channel seqs,
+    // so an ack that carried JetStream's sequence would show.
+    assert_eq!(a.ws(&token_all("p0")).publish("other", json!(0)), 1);
+    // Publishers on both nodes at once.
+    let n = scale(100, 20);
+    let acked: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let pubs: Vec<_> = [&a, &b]
+            .into_iter()
+            .enumerate()
+            .map(|(i, server)| {
+                s.spawn(move || {
+                    let mut c = server.ws(&token_all(&format!("p{i}")));
+                    c.publish_many("room", n, |k| json!({"node": i, "k": k}))
+                })
+            })
+            .collect();
+        pubs.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let mut all_acked: Vec<u64> = acked.concat();
+    all_acked.sort();
+    all_acked.dedup();
+    assert_eq!(all_acked, (1..=2 * n as u64).collect::<Vec<_>>(), "every ack has its own seq");
+
+    let ha = history_of(&a, "room", 2 * n);
+    let hb = history_of(&b, "room", 2 * n);
+    assert_eq!(ha.len(), 2 * n);
+    assert_eq!(ha, hb, "the same seq, ts and data on both nodes");
+    for k in 0..n {
+        for i in 0..2 {
+            let count = ha.iter().filter(|(_, _, d)| *d == json!({"node": i, "k": k})).count();
+            assert_eq!(count, 1, "message {i}/{k} is stored once");
+        }
+    }
+    // Live subscribers on both nodes saw every message in order.
+    for w in [&mut watch_a, &mut watch_b] {
+        let seqs: Vec<u64> = (0..2 * n).map(|_| w.recv_msg()["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=2 * n as u64).collect::<Vec<_>>());
+    }
+
+    // A client that read up to n on A resumes on B: no gap, no duplicate.
+    let mut mover = b.ws(&token_all("mover"));
+    let ok = mover.resume("room", n as u64, &epoch_a);
+    assert_eq!(ok["gap"], Value::Null, "{ok}");
+    let rest: Vec<u64> = (0..n).map(|_| mover.recv_msg()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(rest, (n as u64 + 1..=2 * n as u64).collect::<Vec<_>>());
+
+    // kill -9 of node B while A publishes; B comes back and catches up.
+    b.kill_and_wait();
+    a.ws(&token_all("p0")).publish_many("room", n, |k| json!({"after": k}));
+    b.start_again();
+    // Healthy means caught up: its history is complete as soon as /healthz says 200.
+    wait_healthz(&b, 200, "the restarted node catches up");
+    let hb = history_of(&b, "room", 0);
+    assert_eq!(hb, history_of(&a, "room", 3 * n), "the restarted node caught up exactly");
+
+    // kill -9 of the NATS server both nodes use: they move to another, the
+    // stream (3 replicas) goes on, and a publisher that retries with the
+    // same id after `unavailable` is stored once.
+    nats[0].kill();
+    let m = scale(20, 5);
+    let mut pa = a.ws(&token_all("pa"));
+    let mut pb = b.ws(&token_all("pb"));
+    let _logs_on_failure = Dump(&a, &b);
+    for k in 0..m {
+        let c = if k % 2 == 0 { &mut pa } else { &mut pb };
+        publish_retrying(c, "room", json!({"nats-down": k}), &format!("nd-{k}"));
+    }
+    let ha = history_of(&a, "room", 3 * n + m);
+    assert_eq!(ha.len(), 3 * n + m, "every acked message, once");
+    assert_eq!(ha, history_of(&b, "room", 3 * n + m));
+    for k in 0..m {
+        assert_eq!(ha.iter().filter(|(_, _, d)| *d == json!({"nats-down": k})).count(), 1);
+    }
+}
+
+#[test]
+fn a_stalled_nats_server_does_not_hold_up_reads_for_other_clients() {
+    let Some(nats) = NatsServer::start() else { return };
+    let server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "stall"]).start();
+    let mut writer = server.ws(&token_all("w"));
+    let mut reader = server.ws(&token_all("r"));
+    publish_retrying(&mut writer, "room", json!(1), "one");
+    nats.signal("-STOP");
+    let _resume = Resume(&nats);
+    let started = std::time::Instant::now();
+    writer.send_json(json!({"op": "pub", "ch": "room", "data": 2, "id": "two"}));
+    for _ in 0..20 {
+        assert_eq!(reader.history("room", 0).len(), 1);
+    }
+    let reads = started.elapsed();
+    let r = writer.reply();
+    let answered = started.elapsed();
+    assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+    assert!(reads < answered / 2, "reads took {reads:?}, the stalled publish {answered:?}: the loop waited");
+}
+
+/// Lets a stopped nats-server go on, even when the test fails.
+struct Resume<'a>(&'a NatsServer);
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.signal("-CONT");
+    }
+}
+
+/// Publishes with `id` until it is acked, again after each `unavailable`
+/// (the client's side of the contract: retry with the same id).
+fn publish_retrying(c: &mut crate::support::Client, ch: &str, data: Value, id: &str) -> u64 {
+    let deadline = std::time::Instant::now() + io_timeout() * 3;
+    loop {
+        let r = c.request(json!({"op": "pub", "ch": ch, "data": data, "id": id}));
+        if r["op"] == "ack" {
+            return r["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(std::time::Instant::now() < deadline, "never acked: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn with_nats_stopped_publishes_are_unavailable_and_reads_keep_working() {
+    let Some(mut nats) = NatsServer::start() else { return };
+    let mut server = TestServer::options().args(&["--cluster", &nats.url(), "--cluster-name", "down"]).start();
+    let mut c = server.ws(&token_all("alice"));
+    // `unavailable` until the node's link to NATS is up: retried.
+    assert_eq!(publish_retrying(&mut c, "room", json!(1), "first"), 1);
+    assert_eq!(healthz(&server), 200);
+    nats.kill();
+    // Sent before or after the node noticed the loss, a publish is
+    // refused, never acked.
+    for id in ["x1", "x2"] {
+        let r = c.request(json!({"op": "pub", "ch": "room", "data": 2, "id": id}));
+        assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+    }
+    assert_eq!(c.history("room", 0).len(), 1, "reads come from LMDB");
+    let mut late = server.ws(&token_all("bob"));
+    let ok = late.request(json!({"op": "sub", "ch": "room", "since": 0}));
+    assert_eq!((ok["op"].as_str(), ok["seq"].as_u64()), (Some("subok"), Some(1)), "{ok}");
+    assert_eq!(late.recv_msg()["data"], 1, "replay comes from LMDB");
+    wait_healthz(&server, 503, "the link to NATS is down");
+    nats.restart();
+    assert_eq!(publish_retrying(&mut c, "room", json!(3), "y"), 2, "publishing resumes");
+    assert_eq!(healthz(&server), 200);
+    server.stop(); // SIGTERM: a clean exit, the cluster thread stopped too
+}
+
+fn healthz(server: &TestServer) -> u16 {
+    server.http("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").status
+}
+
+/// Waits (bounded) until `/healthz` answers `status`.
+fn wait_healthz(server: &TestServer, status: u16, why: &str) {
+    let deadline = std::time::Instant::now() + io_timeout();
+    while healthz(server) != status {
+        assert!(std::time::Instant::now() < deadline, "/healthz never said {status}: {why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Dump<'a>(&'a TestServer, &'a TestServer);
+impl Drop for Dump<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("A:\n{}\nB:\n{}", self.0.log_tail(40), self.1.log_tail(40));
+        }
+    }
+}
+
+/// One request to NATS over a plain connection (roostd's own encoder and
+/// parser): the reply's payload.
+fn nats_request(nats: &NatsServer, subject: &str, body: &str) -> String {
+    use roostd::cluster::nats::{self as proto, Parser, ServerOp};
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    sock.set_read_timeout(Some(io_timeout())).unwrap();
+    let mut out = Vec::new();
+    proto::connect(&mut out, "test", None);
+    proto::subscribe(&mut out, "_INBOX.test", 1);
+    proto::publish(&mut out, subject, Some("_INBOX.test"), &[], body.as_bytes());
+    sock.write_all(&out).unwrap();
+    let mut parser = Parser::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(op) = parser.next_op().unwrap() {
+            if let ServerOp::Msg(m) = op {
+                return String::from_utf8(m.payload).unwrap();
+            }
+        }
+        let n = sock.read(&mut buf).expect("no answer from NATS");
+        assert!(n > 0, "NATS closed the connection");
+        parser.push(&buf[..n]);
+    }
+}
+
+#[test]
+fn an_empty_node_is_not_built_from_a_stream_that_lost_its_first_messages() {
+    let Some(nats) = NatsServer::start() else { return };
+    let mut c = start(&nats, "n1", 0);
+    up(&mut c);
+    for token in 1..=2 {
+        c.try_publish(token, append("a", None, "1")).unwrap();
+        published(&mut c, token).unwrap();
+    }
+    drop(c);
+    let answer = nats_request(&nats, "$JS.API.STREAM.MSG.DELETE.ROOST_test", r#"{"seq":1}"#);
+    assert!(answer.contains("\"success\":true"), "{answer}");
+
+    let mut d = start(&nats, "n2", 0);
+    let trimmed = wait_for(&mut d, "Trimmed", |e| matches!(e, Event::Trimmed { .. }));
+    assert_eq!(trimmed, Event::Trimmed { first_seq: 2 });
+    drop(d);
+    let (status, log) = TestServer::options()
+        .args(&["--cluster", &nats.url(), "--cluster-name", "test"])
+        .try_start()
+        .err()
+        .expect("an empty node must not start on a trimmed stream");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(log.contains("peer's backup"), "{log}");
+}
