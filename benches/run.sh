@@ -328,9 +328,11 @@ jobj() {
 }
 
 # CUR_* describe the sample being run; tags() gives them as JSON fields.
+# Each result names the commit it measured (report.py never pools two).
 CUR_BENCH="" CUR_CELL="" CUR_SERVER="" CUR_RUN=0 CUR_PARAMS="{}"
+GIT_COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
 tags() {
-    echo "{\"bench\":\"$CUR_BENCH\",\"server\":\"$CUR_SERVER\",\"cell\":\"$CUR_CELL\",\"run\":$CUR_RUN,\"smoke\":$([[ $SMOKE == 1 ]] && echo true || echo false),\"params\":$CUR_PARAMS}"
+    echo "{\"bench\":\"$CUR_BENCH\",\"server\":\"$CUR_SERVER\",\"cell\":\"$CUR_CELL\",\"run\":$CUR_RUN,\"git\":\"$GIT_COMMIT\",\"smoke\":$([[ $SMOKE == 1 ]] && echo true || echo false),\"params\":$CUR_PARAMS}"
 }
 
 # last_json FILE: the last line of FILE that is a JSON object (a generator's
