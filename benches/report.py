@@ -213,6 +213,18 @@ def verdict(ok):
 # ---------------------------------------------------------------- the benchmarks
 
 
+def gen_load(r):
+    """The generator's CPU against its budget (loadgen --threads), else its CPU share of one core."""
+    v = r.get("generator_load_pct")
+    return r.get("generator_cpu_pct") if v is None else v
+
+
+def warnings(R):
+    """Lines for the results run.sh flagged (a generator above 70 % of its CPU budget)."""
+    return [f"- {r.get('bench')} {NAMES.get(r.get('server'), r.get('server'))} {r.get('cell')} run {r.get('run')}: {w}"
+            for r in R.rows for w in r.get("warnings") or []]
+
+
 def ratio_goal(R, bench, label, cells, num, den, metric, ok, unit, prefix=""):
     """A goal on num ÷ den at every cell: (bench, label, text, verdict), the verdict
     None when there is no cell or any cell lacks either figure."""
@@ -297,7 +309,7 @@ def b2(R, goals):
         rows.append([f"{int(c):,} B"] + [fmt_stat(R.stat("B2", c, s, metric)) for s in servers]
                     + [fmt_ratio(ratio(mine, R.med("B2", c, p, metric))) for p in peers])
         rate_rows.append([f"{int(c):,} B"] + [fmt_stat(R.stat("B2", c, s, "msgs_per_s"), digits=0) for s in servers]
-                         + [f"{fmt_num(R.med('B2', c, s, 'generator_cpu_pct'), 0)} %" for s in servers])
+                         + [f"{fmt_num(R.med('B2', c, s, gen_load), 0)} %" for s in servers])
     conns = R.params("B2").get("conns")
     text = [
         "### B2: echo, server CPU per message",
@@ -859,6 +871,9 @@ def render(R, meta, plot_rel, made):
         table(["#", "goal", "measured", "verdict"], [[b, g, m or "–", verdict(ok)] for b, g, m, ok in goals]),
         "",
     ]
+    flagged = warnings(R)
+    if flagged:
+        out += ["**Warnings** (these samples may have measured the generator, not the server):", "", *flagged, ""]
     pics = {"B1": ("rss-vs-conns.png", "B1: RSS vs connections"), "B2": ("b2-cpu-per-msg.png", "B2: CPU per message"),
             "B3": ("b3-cpu-per-delivery.png", "B3: CPU per delivery"), "B4": ("latency.png", "B4: latency")}
     for bench, s in zip(("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"), sections):

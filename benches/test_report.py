@@ -106,6 +106,18 @@ class Verdicts(unittest.TestCase):
         self.assertIn("650 (n=1)", text)
 
 
+class Warnings(unittest.TestCase):
+    def test_a_sample_whose_generator_was_busy_is_flagged_in_the_page(self):
+        busy = row("B2", 20, "roostd", scenario="echo", echoed=1, mismatched=0, server_cpu_us_per_msg=1.0,
+                   generator_load_pct=93, warnings=["the generator used 93 % of its CPU budget"])
+        calm = row("B2", 1024, "roostd", scenario="echo", echoed=1, mismatched=0, server_cpu_us_per_msg=1.0,
+                   generator_load_pct=40)
+        page = report.render(report.Results([busy, calm], plan_of([busy, calm])), {}, "bench", [])
+        self.assertIn("B2 roostd 20 run 1: the generator used 93 %", page)
+        self.assertNotIn("B2 roostd 1024 run 1:", page)
+        self.assertIn("93 %", report.b2(report.Results([busy], plan_of([busy])), []))
+
+
 class Command(unittest.TestCase):
     """report.py run as CI and run.sh run it, on a directory like run.sh's OUT."""
 

@@ -153,7 +153,7 @@ type Bite = [u8; READ_BITE];
 /// bytes are copied once (bite → tungstenite) and a busy loop allocates
 /// nothing per read. Few: a connection holds one only while it has bytes
 /// left in it.
-const SPARE_BITES: usize = 8;
+const SPARE_BITES: usize = 16;
 
 thread_local! {
     // Boxed on purpose: a bite moves between a connection and this list as

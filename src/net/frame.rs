@@ -65,16 +65,30 @@ impl Frame {
 /// per message, and glibc hands such frees back to the kernel and faults
 /// the pages in again, a `brk` and a page fault every few messages.
 const POOLED_MIN: usize = 4 * 1024;
-/// Buffers kept, and the biggest one kept: bounded whatever the traffic.
-const POOLED_KEEP: usize = 8;
+/// Bytes kept in the pool, and the biggest buffer kept: bounded whatever
+/// the traffic (64 frames of 16 KiB; frames of 50 connections each with an
+/// echo queued fit).
+const POOLED_BYTES: usize = 1 << 20;
 const POOLED_MAX_CAPACITY: usize = 128 * 1024;
 
+/// The pooled buffers and the sum of their capacities.
+struct Pool {
+    free: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
 thread_local! {
-    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POOL: std::cell::RefCell<Pool> = const { std::cell::RefCell::new(Pool { free: Vec::new(), bytes: 0 }) };
 }
 
 fn pooled_vec(capacity: usize) -> Vec<u8> {
-    let mut v = POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten().unwrap_or_default();
+    let taken = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        let v = p.free.pop()?;
+        p.bytes -= v.capacity();
+        Some(v)
+    });
+    let mut v = taken.ok().flatten().unwrap_or_default();
     v.reserve(capacity);
     v
 }
@@ -99,8 +113,9 @@ impl Drop for Pooled {
         // Thread teardown: no pool any more, the buffer is just freed.
         let _ = POOL.try_with(|p| {
             let mut p = p.borrow_mut();
-            if p.len() < POOLED_KEEP {
-                p.push(v);
+            if p.bytes + v.capacity() <= POOLED_BYTES {
+                p.bytes += v.capacity();
+                p.free.push(v);
             }
         });
     }
@@ -130,7 +145,7 @@ mod tests {
     use super::*;
 
     fn pooled() -> usize {
-        POOL.with_borrow(Vec::len)
+        POOL.with_borrow(|p| p.free.len())
     }
 
     #[test]
@@ -154,15 +169,18 @@ mod tests {
 
     #[test]
     fn the_pool_of_frame_buffers_stays_small_whatever_the_traffic() {
-        let frames: Vec<Frame> = (0..3 * POOLED_KEEP).map(|_| Frame::text(&"y".repeat(POOLED_MIN))).collect();
+        let frames: Vec<Frame> =
+            (0..3 * POOLED_BYTES / (16 * 1024)).map(|_| Frame::text(&"y".repeat(16 * 1024))).collect();
         drop(frames);
-        assert_eq!(pooled(), POOLED_KEEP);
+        let (kept, bytes) = POOL.with_borrow(|p| (p.free.len(), p.bytes));
+        assert_eq!(bytes, POOL.with_borrow(|p| p.free.iter().map(Vec::capacity).sum::<usize>()));
+        assert!(bytes <= POOLED_BYTES && bytes > POOLED_BYTES - 17 * 1024, "{bytes} bytes in {kept} buffers");
         // A huge frame takes a buffer and grows it past what is kept: it is freed.
         drop(Frame::binary(&vec![0; POOLED_MAX_CAPACITY + 1]));
-        assert_eq!(pooled(), POOLED_KEEP - 1);
-        assert!(POOL.with_borrow(|p| p.iter().all(|v| v.capacity() <= POOLED_MAX_CAPACITY)));
+        assert_eq!(pooled(), kept - 1);
+        assert!(POOL.with_borrow(|p| p.free.iter().all(|v| v.capacity() <= POOLED_MAX_CAPACITY)));
         let small = Frame::text("small");
-        assert_eq!(pooled(), POOLED_KEEP - 1, "small frames never take from the pool");
+        assert_eq!(pooled(), kept - 1, "small frames never take from the pool");
         assert_eq!(small.as_bytes(), b"\x81\x05small");
     }
 }
