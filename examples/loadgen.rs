@@ -891,7 +891,7 @@ impl Gen {
             }));
         }
         self.share = Some(share);
-        count / t + usize::from(0 < count % t)
+        count / t + usize::from(!count.is_multiple_of(t))
     }
 
     /// Sets measuring and sending here and in the helper threads.
