@@ -419,12 +419,7 @@ fn raise_fd_limit() {
 
 /// CPU time (user + system) the calling thread has used, in µs.
 fn thread_cpu_us() -> u64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return 0;
-    }
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    us(ru.ru_utime) + us(ru.ru_stime)
+    rusage_cpu_us(libc::RUSAGE_THREAD)
 }
 
 /// CPUs this process may run on (its `taskset`).
@@ -438,8 +433,13 @@ fn allowed_cpus() -> usize {
 
 /// CPU time (user + system) this process has used, in µs.
 fn own_cpu_us() -> u64 {
+    rusage_cpu_us(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of `getrusage(who)`, in µs.
+fn rusage_cpu_us(who: libc::c_int) -> u64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
         return 0;
     }
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
