@@ -14,7 +14,7 @@
 # one unit of work alone (units: `echoed` or `delivered` from loadgen's JSON).
 # The per-function difference (callgrind_annotate, exclusive Ir) says where.
 #
-# Scenarios: echo of 20 B and of 1024 B over 10 connections (closed loop),
+# Scenarios: echo of 20 B, 1024 B and 16384 B over 10 connections (closed loop),
 # and fan-out of 1 publisher to 500 subscribers paced at CG_RATE publishes/s
 # (paced, so the number of publishes is rate x duration whatever the speed).
 #
@@ -24,14 +24,14 @@
 #   PORT (18900)   CG_SHORT (1s)   CG_LONG (3s)   CG_FAN_SHORT (2s)   CG_FAN_LONG (12s)
 #   CG_RATE (20)   CG_SUBS (500): the defaults give about 100,000 echoes more in the long
 #   run than in the short one, and 200 publishes x 500 subscribers
-#   CG_SCENARIOS (echo20 echo1024 fanout)
+#   CG_SCENARIOS (echo20 echo1024 echo16384 fanout); echoN: any payload of N bytes
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 (($# > 0)) || { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
 : "${LOADGEN:=$root/target/release/examples/loadgen}"
 : "${PORT:=18900}" "${CG_SHORT:=1s}" "${CG_LONG:=3s}" "${CG_FAN_SHORT:=2s}" "${CG_FAN_LONG:=12s}"
 : "${CG_RATE:=20}" "${CG_SUBS:=500}"
-: "${CG_SCENARIOS:=echo20 echo1024 fanout}"
+: "${CG_SCENARIOS:=echo20 echo1024 echo16384 fanout}"
 OUT="${OUT:-$(mktemp -d /tmp/roostd-cg.XXXXXX)}"
 mkdir -p "$OUT"
 export ROOSTD_SECRET="${ROOSTD_SECRET:-callgrind-secret-0123456789abcdef0123456789}"

@@ -41,6 +41,10 @@
 #   RUNS (3)                samples per cell
 #   PORT (18200)            servers listen on PORT .. PORT+99, a new port per sample
 #   SERVER_CPUS (0), LOADGEN_CPUS (1)   taskset lists
+#   LOADGEN_THREADS (the number of CPUs in LOADGEN_CPUS)  generator threads for B2 echo and the
+#                           B3/B4 fan-out (subscribers split over them). A result whose generator
+#                           used over 70 % of its CPU budget (its busiest thread, or the process
+#                           over min(threads, CPUs)) gets a "warnings" entry that report.py prints
 #   SERVERS (roostd uws tokio node mosquitto)   which servers to run
 #   UWS_PEER (/work/peers/uws/uws-peer)  the uWebSockets peer binary
 #   PROFILE (release; --smoke: dev)      cargo profile of roostd, loadgen, heedbench, tokio peer
@@ -70,7 +74,7 @@ usage() {
 }
 
 # The knobs as given, for the command line recorded in meta.json.
-KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS SERVERS UWS_PEER PROFILE DURATION
+KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS LOADGEN_THREADS SERVERS UWS_PEER PROFILE DURATION
     B1_CONNS B1_SPLIT B1_RUNS_AT B1_HOLD B2_PAYLOADS B2_CONNS B3_CELLS B4_SUBS B4_RATE B4_DURATION
     B5_PUBLISHERS B6_CONNECTORS B6_STORM B7_SUBS B7_RATE B7_PAYLOAD B7_DURATION
     B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
@@ -114,6 +118,15 @@ fi
 : "${B8_CONNS:=5000}" "${B8_CHURN_PCT:=10}" "${CHURN_DURATION:=5m}" "${B8_RUNS:=1}" "${B8_PEERS:=0}"
 : "${REPORT:=1}" "${PORT:=18200}" "${SERVER_CPUS:=0}" "${LOADGEN_CPUS:=1}"
 : "${UWS_PEER:=/work/peers/uws/uws-peer}"
+# How many CPUs a taskset list ("1", "1-3,6") names.
+cpus_in() {
+    local n=0 part
+    for part in ${1//,/ }; do
+        if [[ $part == *-* ]]; then n=$((n + ${part#*-} - ${part%-*} + 1)); else n=$((n + 1)); fi
+    done
+    echo "$n"
+}
+: "${LOADGEN_THREADS:=$(cpus_in "$LOADGEN_CPUS")}"
 export ROOSTD_SECRET="${ROOSTD_SECRET:-bench-secret-$(date +%s)-0123456789abcdef}"
 BENCH_PROG=run.sh
 # shellcheck source=benches/lib.sh
@@ -328,9 +341,11 @@ jobj() {
 }
 
 # CUR_* describe the sample being run; tags() gives them as JSON fields.
+# Each result names the commit it measured (report.py never pools two).
 CUR_BENCH="" CUR_CELL="" CUR_SERVER="" CUR_RUN=0 CUR_PARAMS="{}"
+GIT_COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
 tags() {
-    echo "{\"bench\":\"$CUR_BENCH\",\"server\":\"$CUR_SERVER\",\"cell\":\"$CUR_CELL\",\"run\":$CUR_RUN,\"smoke\":$([[ $SMOKE == 1 ]] && echo true || echo false),\"params\":$CUR_PARAMS}"
+    echo "{\"bench\":\"$CUR_BENCH\",\"server\":\"$CUR_SERVER\",\"cell\":\"$CUR_CELL\",\"run\":$CUR_RUN,\"git\":\"$GIT_COMMIT\",\"smoke\":$([[ $SMOKE == 1 ]] && echo true || echo false),\"params\":$CUR_PARAMS}"
 }
 
 # last_json FILE: the last line of FILE that is a JSON object (a generator's
@@ -360,6 +375,11 @@ else:
     for k, v in res.items():
         out.setdefault(k, v)
 out.update(json.loads(extra))
+# A generator near its CPU budget measured itself as much as the server.
+load = out.get("generator_load_pct", out.get("generator_cpu_pct"))
+if isinstance(load, (int, float)) and load > 70:
+    out.setdefault("warnings", []).append(
+        f"the generator used {load:.0f} % of its CPU budget (over 70 %): it may have been the limit")
 print(json.dumps(out, separators=(",", ":")))
 EOF
 }
@@ -545,7 +565,7 @@ run_b2() {
             for run in $(seq "$RUNS"); do
                 sample B2 "$p" "$s" "$run" "$(jobj payload "$p" conns "$B2_CONNS" duration "$DURATION")" \
                     "--echo --max-message-bytes 65536" \
-                    echo --conns "$B2_CONNS" --payload "$p" --duration "$DURATION"
+                    echo --conns "$B2_CONNS" --payload "$p" --duration "$DURATION" --threads "$LOADGEN_THREADS"
             done
         done
     done
@@ -559,7 +579,8 @@ run_b3() {
             for run in $(seq "$RUNS"); do
                 sample B3 "$subs" "$s" "$run" "$(jobj subscribers "$subs" rate "$rate" duration "$DURATION")" \
                     "--publish-rate 0" \
-                    fanout --publishers 1 --subscribers "$subs" --rate "$rate" --duration "$DURATION"
+                    fanout --publishers 1 --subscribers "$subs" --rate "$rate" --duration "$DURATION" \
+                    --threads "$LOADGEN_THREADS"
             done
         done
     done
@@ -571,7 +592,8 @@ run_b4() {
         for run in $(seq "$RUNS"); do
             sample B4 "${B4_SUBS}x${B4_RATE}" "$s" "$run" "$(jobj subscribers "$B4_SUBS" rate "$B4_RATE" duration "$B4_DURATION")" \
                 "--publish-rate 0" \
-                fanout --publishers 1 --subscribers "$B4_SUBS" --rate "$B4_RATE" --duration "$B4_DURATION"
+                fanout --publishers 1 --subscribers "$B4_SUBS" --rate "$B4_RATE" --duration "$B4_DURATION" \
+                --threads "$LOADGEN_THREADS"
         done
     done
 }

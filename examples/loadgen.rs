@@ -27,6 +27,8 @@
 //! common: --url ws://HOST:PORT (required)  --peer  --secret S (else $ROOSTD_SECRET; not needed with
 //!         --peer)  --duration 10s  --pid PID (the server's)  --payload BYTES (default 64)
 //!         --connecting N (handshakes at once during setup, default 1000)
+//!         --threads T (echo, and fanout with --rate: the connections, or the subscribers, split over
+//!         T threads that share the clock; counts and histograms are merged; default 1)
 //! ```
 //!
 //! Defaults: `--conns` 1000 (`echo`: 100), `--publishers` 50 for `fanout`,
@@ -139,10 +141,15 @@ const CHURN_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// unmask whatever the key; an all-zero key spares the generator the XOR.
 const MASK: [u8; 4] = [0; 4];
 
+/// Above this share of its CPU budget the generator may be the limit, not
+/// the server (issue 18: run.sh flags such results).
+const GENERATOR_WARN_PCT: f64 = 70.0;
+
 const SCENARIOS: [&str; 8] = ["idle", "publish", "fanout", "echo", "upgrades", "storm", "slow", "churn"];
 
 // ---------------------------------------------------------------- options
 
+#[derive(Clone)]
 struct Opts {
     scenario: String,
     addr: SocketAddr,
@@ -165,6 +172,10 @@ struct Opts {
     slow_pct: f64,
     churn_pct: f64,
     connecting: usize,
+    /// `echo`, paced `fanout` and `slow`: threads sharing the connections
+    /// (fanout: the subscribers), so one core's worth of generator is never
+    /// the limit.
+    threads: usize,
 }
 
 fn usage(msg: &str) -> ! {
@@ -173,7 +184,7 @@ fn usage(msg: &str) -> ! {
         "usage: loadgen {} --url ws://HOST:PORT [--peer] [--secret S] [--duration 10s] [--pid PID]\n\
          \x20      [--conns N] [--hold 5s] [--publishers P] [--subscribers S] [--channel bench] [--payload BYTES]\n\
          \x20      [--rate R] [--binary] [--connectors K] [--invalid-pct P] [--slow-pct P] [--churn-pct P]\n\
-         \x20      [--connecting N]",
+         \x20      [--connecting N] [--threads T]",
         SCENARIOS.join("|")
     );
     std::process::exit(2)
@@ -211,6 +222,7 @@ fn parse_opts() -> Opts {
         slow_pct: 1.0,
         churn_pct: 10.0,
         connecting: MAX_CONNECTING,
+        threads: 1,
     };
     let mut url = None;
     let mut publishers = None;
@@ -256,6 +268,7 @@ fn parse_opts() -> Opts {
             "--slow-pct" => o.slow_pct = pct(&v),
             "--churn-pct" => o.churn_pct = pct(&v),
             "--connecting" => o.connecting = num(&v).max(1),
+            "--threads" => o.threads = num(&v).clamp(1, 64),
             _ => usage(&format!("unknown option {flag}")),
         }
     }
@@ -263,6 +276,9 @@ fn parse_opts() -> Opts {
     o.conns = conns.unwrap_or(if o.scenario == "echo" { 100 } else { 1000 });
     if o.scenario == "slow" && o.rate.is_none() {
         o.rate = Some(100.0);
+    }
+    if o.threads > 1 && !(o.scenario == "echo" || o.scenario == "fanout" && o.rate.is_some()) {
+        usage("--threads splits echo connections or the subscribers of a paced fanout (--rate): not this scenario");
     }
     if o.peer && o.scenario == "publish" {
         usage("publish measures roostd's acks: it has no --peer form (use fanout --peer)");
@@ -401,10 +417,29 @@ fn raise_fd_limit() {
     }
 }
 
+/// CPU time (user + system) the calling thread has used, in µs.
+fn thread_cpu_us() -> u64 {
+    rusage_cpu_us(libc::RUSAGE_THREAD)
+}
+
+/// CPUs this process may run on (its `taskset`).
+fn allowed_cpus() -> usize {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return 1;
+    }
+    (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+}
+
 /// CPU time (user + system) this process has used, in µs.
 fn own_cpu_us() -> u64 {
+    rusage_cpu_us(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of `getrusage(who)`, in µs.
+fn rusage_cpu_us(who: libc::c_int) -> u64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
         return 0;
     }
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
@@ -730,6 +765,29 @@ struct Gen {
     /// `echo`: the message every connection sends.
     echo_msg: Vec<u8>,
     scratch: Vec<u8>,
+    /// Token subjects of this generator's connections start here
+    /// (`loadgen-{id_base + n}`): each thread has its own range.
+    id_base: usize,
+    /// CPU of the busiest generator thread over the run (µs), once known.
+    busiest_thread_us: Option<u64>,
+    /// Helper threads (`--threads`) and the flags they follow.
+    helpers: Vec<std::thread::JoinHandle<Helped>>,
+    share: Option<std::sync::Arc<Share>>,
+}
+
+/// What helper threads follow: the main thread's measuring and sending.
+struct Share {
+    measuring: std::sync::atomic::AtomicBool,
+    sending: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    ready: std::sync::Barrier,
+}
+
+/// A helper thread's results: its stats, connections ready, and its own CPU.
+struct Helped {
+    stats: Stats,
+    ready: usize,
+    cpu_us: u64,
 }
 
 impl Gen {
@@ -783,7 +841,107 @@ impl Gen {
             invalid_acc: 0.0,
             echo_msg: Vec::new(),
             scratch: vec![0; 64 * 1024],
+            id_base: 0,
+            busiest_thread_us: None,
+            helpers: Vec::new(),
+            share: None,
         }
+    }
+
+    /// `--threads T`: T - 1 helper threads, each with its share of `count`
+    /// connections of `role`; this thread keeps the rest (and whatever else
+    /// it adds). Returns how many this thread keeps.
+    fn spawn_helpers(&mut self, role: Role, count: usize, hard_cap: Instant) -> usize {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let t = self.opts.threads.min(count.max(1));
+        if t <= 1 {
+            return count;
+        }
+        let share = std::sync::Arc::new(Share {
+            measuring: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ready: std::sync::Barrier::new(t),
+        });
+        for k in 1..t {
+            let each = count / t + usize::from(k < count % t);
+            let (opts, base, msg, share) = (self.opts.clone(), self.base, self.echo_msg.clone(), share.clone());
+            self.helpers.push(std::thread::spawn(move || {
+                let mut g = Gen::new(opts);
+                (g.base, g.echo_msg, g.id_base) = (base, msg, k * 1_000_000);
+                g.add(role, each);
+                g.setup(hard_cap);
+                share.ready.wait();
+                let mut was = false;
+                while !share.stop.load(Relaxed) && Instant::now() < hard_cap {
+                    g.measuring = share.measuring.load(Relaxed);
+                    let on = share.sending.load(Relaxed);
+                    if on && !was {
+                        g.sending = true;
+                        let now = Instant::now();
+                        for j in 0..g.active.len() {
+                            g.kick(g.active[j], now);
+                        }
+                    }
+                    g.sending = on;
+                    was = on;
+                    g.run_until(Instant::now() + Duration::from_millis(10), |_| false);
+                }
+                Helped { stats: std::mem::take(&mut g.stats), ready: g.ready, cpu_us: thread_cpu_us() }
+            }));
+        }
+        self.share = Some(share);
+        count / t + usize::from(!count.is_multiple_of(t))
+    }
+
+    /// Sets measuring and sending here and in the helper threads.
+    fn set_flags(&mut self, measuring: bool, sending: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.measuring, self.sending) = (measuring, sending);
+        if let Some(share) = &self.share {
+            share.measuring.store(measuring, Relaxed);
+            share.sending.store(sending, Relaxed);
+        }
+    }
+
+    /// Stops the helper threads and adds their counts and histograms to
+    /// this thread's; returns the busiest thread's CPU (µs), this one's included.
+    fn join_helpers(&mut self) -> u64 {
+        let mut busiest = thread_cpu_us();
+        let Some(share) = self.share.take() else { return busiest };
+        share.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.helpers.drain(..) {
+            let Ok(h) = h.join() else { continue };
+            busiest = busiest.max(h.cpu_us);
+            let (st, o) = (&mut self.stats, h.stats);
+            self.ready += h.ready;
+            st.opened += o.opened;
+            st.subscribed += o.subscribed;
+            st.io_errors += o.io_errors;
+            for (k, v) in o.refused {
+                *st.refused.entry(k).or_default() += v;
+            }
+            for (k, v) in o.closes {
+                *st.closes.entry(k).or_default() += v;
+            }
+            for (k, v) in o.errors {
+                *st.errors.entry(k).or_default() += v;
+            }
+            st.delivered += o.delivered;
+            st.echoed += o.echoed;
+            st.echo_mismatch += o.echo_mismatch;
+            st.last_ack = st.last_ack.max(o.last_ack);
+            for (mine, theirs) in [
+                (&mut st.delivery_latency, o.delivery_latency),
+                (&mut st.echo_latency, o.echo_latency),
+                (&mut st.ready_latency, o.ready_latency),
+            ] {
+                if let (Some(m), Some(t)) = (mine.as_mut(), theirs) {
+                    let _ = m.add(t);
+                }
+            }
+        }
+        busiest
     }
 
     /// Adds connections; they connect as soon as the loop runs.
@@ -795,7 +953,7 @@ impl Gen {
             c.request = match role {
                 Role::Upgrader => Vec::new(), // one of `upgrade_reqs`, chosen per attempt
                 _ if self.opts.peer => self.request(role.peer_path()),
-                _ => self.request(&format!("/ws?token={}", self.token(&format!("loadgen-{n}")))),
+                _ => self.request(&format!("/ws?token={}", self.token(&format!("loadgen-{}", self.id_base + n)))),
             };
             self.conns.push(c);
             self.waiting.push_back(n);
@@ -1491,6 +1649,14 @@ impl Gen {
     }
 
     /// Opens every connection added so far (and subscribes the subscribers).
+    /// `setup`, then waits for the helper threads' setup.
+    fn setup_all(&mut self, deadline: Instant) {
+        self.setup(deadline);
+        if let Some(share) = &self.share {
+            share.ready.wait();
+        }
+    }
+
     fn setup(&mut self, deadline: Instant) {
         self.run_until(deadline.min(Instant::now() + SETUP_TIMEOUT), |g| g.settled());
         let want = self.conns.len();
@@ -1509,8 +1675,7 @@ impl Gen {
         let before = sample(self.opts.pid);
         let noise = Noise::start(self.opts.pid);
         let start = Instant::now();
-        self.measuring = true;
-        self.sending = true;
+        self.set_flags(true, true);
         if let Some(rate) = self.opts.rate {
             self.pacer = Some(Pacer { rate, start, sent: 0, turn: 0 });
         }
@@ -1519,7 +1684,7 @@ impl Gen {
         }
         let end = (start + self.opts.duration).min(hard_cap);
         self.run_until(end, |_| false);
-        self.sending = false;
+        self.set_flags(true, false);
         let sent_for = start.elapsed();
         // Collect what is in flight (bounded): its answers still count.
         self.run_until((Instant::now() + Duration::from_secs(5)).min(hard_cap), |g| g.inflight() == 0);
@@ -1532,9 +1697,10 @@ impl Gen {
         } else {
             self.stats.last_ack.map_or(sent_for, |t| t.duration_since(start))
         };
-        self.measuring = false;
+        self.set_flags(false, false);
         let after = sample(self.opts.pid);
         self.other_busy_pct = noise.other_pct(self.opts.pid);
+        self.busiest_thread_us = Some(self.join_helpers());
         (elapsed.max(Duration::from_millis(1)), before, after)
     }
 }
@@ -1722,7 +1888,8 @@ fn fanout_measure(g: &mut Gen, hard_cap: Instant) -> (f64, Value) {
 
 fn fanout(g: &mut Gen, hard_cap: Instant) -> Value {
     let (s, p) = (g.opts.subscribers, g.opts.publishers);
-    g.add(Role::Subscriber, s);
+    let mine = g.spawn_helpers(Role::Subscriber, s, hard_cap);
+    g.add(Role::Subscriber, mine);
     g.add(Role::Publisher, p);
     let probes = !g.opts.peer && g.opts.rate.is_none();
     if probes {
@@ -1730,7 +1897,7 @@ fn fanout(g: &mut Gen, hard_cap: Instant) -> Value {
         g.add(Role::HistProbe, 1);
     }
     let t0 = Instant::now();
-    g.setup(hard_cap);
+    g.setup_all(hard_cap);
     let setup_s = t0.elapsed().as_secs_f64();
     let how = match g.opts.rate {
         Some(r) => format!("{r} publishes/s in total"),
@@ -1754,8 +1921,9 @@ fn fanout(g: &mut Gen, hard_cap: Instant) -> Value {
 fn echo(g: &mut Gen, hard_cap: Instant) -> Value {
     let c = g.opts.conns;
     g.echo_msg = vec![b'x'; g.opts.payload];
-    g.add(Role::Echo, c);
-    g.setup(hard_cap);
+    let mine = g.spawn_helpers(Role::Echo, c, hard_cap);
+    g.add(Role::Echo, mine);
+    g.setup_all(hard_cap);
     let (elapsed, before, after) = g.measure_sending(hard_cap);
     let secs = elapsed.as_secs_f64();
     let st = &g.stats;
@@ -2026,9 +2194,25 @@ fn main() {
     obj.insert("scenario".into(), scenario.into());
     obj.insert("peer".into(), peer.into());
     // The generator's own CPU share: near 100 % means it, not the server, was the limit.
-    let own = own_cpu_us() as f64 / started.elapsed().as_micros().max(1) as f64 * 100.0;
-    println!("  generator CPU: {own:.0} % of one core over the whole run");
+    // With threads: the busiest thread (one core at most), and the whole
+    // process against the cores it may use (its taskset), the higher of the two.
+    let wall = started.elapsed().as_micros().max(1) as f64;
+    let own = own_cpu_us() as f64 / wall * 100.0;
+    let threads = g.opts.threads.max(1);
+    let busiest = g.busiest_thread_us.unwrap_or_else(thread_cpu_us) as f64 / wall * 100.0;
+    let budget = threads.min(allowed_cpus());
+    let load = (own / budget as f64).max(if threads > 1 { busiest } else { own });
+    println!(
+        "  generator CPU: {own:.0} % of one core over the whole run ({threads} thread(s), busiest {busiest:.0} %, \
+         {load:.0} % of its budget of {budget} core(s))"
+    );
+    if load > GENERATOR_WARN_PCT {
+        println!("  WARNING: the generator used {load:.0} % of its CPU budget: it may have been the limit");
+    }
     obj.insert("generator_cpu_pct".into(), json!(own.round()));
+    obj.insert("generator_threads".into(), json!(threads));
+    obj.insert("generator_busiest_thread_pct".into(), json!(busiest.round()));
+    obj.insert("generator_load_pct".into(), json!(load.round()));
     if let Some(other) = g.other_busy_pct {
         let note = if other > 10.0 { " (other work competed for the CPU: treat these numbers as noisy)" } else { "" };
         println!("  other processes: {other:.1} % of the machine's CPU while measuring{note}");

@@ -120,57 +120,93 @@ pub struct Counted<S> {
     /// Only where `Transport::short_read_empties` (plain TCP): rustls may
     /// hold decrypted bytes a short read left.
     pub(super) empty: bool,
-    /// Bytes read from the socket that tungstenite has not asked for yet
-    /// (see `READ_BITE`), from `spill_pos` on; without a buffer on an
-    /// idle connection.
-    spill: Vec<u8>,
-    spill_pos: usize,
+    /// One socket read (see `READ_BITE`), handed to tungstenite as it asks,
+    /// from `bite_pos` to `bite_end`. Held only while some of it is left: a
+    /// connection between reads, idle or not, has none.
+    bite: Option<Box<Bite>>,
+    bite_pos: u32,
+    bite_end: u32,
 }
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, spill: Vec::new(), spill_pos: 0 }
+        Counted { stream, counter, hold: false, empty: false, bite: None, bite_pos: 0, bite_end: 0 }
+    }
+
+    /// True when bytes read from the socket still wait for tungstenite.
+    pub(super) fn holds_bytes(&self) -> bool {
+        self.bite_pos < self.bite_end
     }
 }
 
 /// Bytes one read takes from a socket. tungstenite asks for its read
-/// buffer's size at a time (1 KiB, so an idle-to-busy connection costs
-/// little); reading the socket in bigger bites into one buffer the whole
-/// loop shares turns a 16 KiB message into one syscall instead of sixteen.
+/// buffer's size at a time (1 KiB: it zero-fills what it offers before each
+/// read, so a bigger offer costs every small message a bigger fill); reading
+/// the socket in bigger bites turns a 16 KiB message into one syscall
+/// instead of sixteen.
 pub(super) const READ_BITE: usize = 64 * 1024;
 
+type Bite = [u8; READ_BITE];
+
+/// Bites no connection holds, for the next read: the socket is read into
+/// one of these and tungstenite takes its bytes straight from it, so the
+/// bytes are copied once (bite → tungstenite) and a busy loop allocates
+/// nothing per read. Few: a connection holds one only while it has bytes
+/// left in it.
+const SPARE_BITES: usize = 16;
+
 thread_local! {
-    static BITE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    // Boxed on purpose: a bite moves between a connection and this list as
+    // a pointer, never as 64 KiB.
+    #[allow(clippy::vec_box)]
+    static BITES: std::cell::RefCell<Vec<Box<Bite>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_bite() -> Box<Bite> {
+    BITES.with_borrow_mut(Vec::pop).unwrap_or_else(|| {
+        // Zeroed once, when first made: a bite is only ever read into.
+        vec![0u8; READ_BITE].into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!("READ_BITE bytes"))
+    })
+}
+
+fn give_back(bite: Box<Bite>) {
+    BITES.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_BITES {
+            spare.push(bite);
+        }
+    });
 }
 
 impl<S: Transport> io::Read for Counted<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = if self.spill_pos < self.spill.len() {
-            // Left from the last bite: hand it over first, in order.
-            let left = &self.spill[self.spill_pos..];
-            let n = buf.len().min(left.len());
-            buf[..n].copy_from_slice(&left[..n]);
-            self.spill_pos += n;
-            if self.spill_pos == self.spill.len() {
-                // Keeps its buffer while the connection is busy; `Ws::release` frees it.
-                self.spill.clear();
-                self.spill_pos = 0;
+        if !self.holds_bytes() {
+            if self.empty {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
-            n
-        } else if self.empty {
-            return Err(io::ErrorKind::WouldBlock.into());
-        } else {
-            BITE.with_borrow_mut(|bite| -> io::Result<usize> {
-                bite.resize(READ_BITE, 0);
-                let got = self.stream.read(bite)?;
-                self.empty = got > 0 && got < READ_BITE && self.stream.short_read_empties();
-                let n = buf.len().min(got);
-                buf[..n].copy_from_slice(&bite[..n]);
-                // What tungstenite did not ask for stays with this connection.
-                self.spill.extend_from_slice(&bite[n..got]);
-                Ok(n)
-            })?
-        };
+            let mut bite = self.bite.take().unwrap_or_else(take_bite);
+            match self.stream.read(&mut bite[..]) {
+                Ok(got) => {
+                    self.empty = got > 0 && got < READ_BITE && self.stream.short_read_empties();
+                    (self.bite_pos, self.bite_end) = (0, got as u32);
+                    self.bite = Some(bite);
+                }
+                Err(e) => {
+                    give_back(bite);
+                    return Err(e);
+                }
+            }
+        }
+        let Some(bite) = &self.bite else { return Ok(0) };
+        let left = &bite[self.bite_pos as usize..self.bite_end as usize];
+        let n = buf.len().min(left.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.bite_pos += n as u32;
+        if !self.holds_bytes() {
+            // All handed over: the bite serves the next read, of any connection.
+            if let Some(bite) = self.bite.take() {
+                give_back(bite);
+            }
+        }
         if !self.counter.feed(&buf[..n]) {
             return Err(io::Error::other(TooManyFragments));
         }
@@ -230,13 +266,12 @@ impl<S: Transport> Ws<S> {
     /// message received, none of its own waiting to be written. Returns
     /// false when its output could not be written yet.
     pub(super) fn release(&mut self) -> bool {
-        if !self.drained || !self.stream.counter.at_boundary() || !self.stream.spill.is_empty() {
+        if !self.drained || !self.stream.counter.at_boundary() || self.stream.holds_bytes() {
             return true;
         }
         let Some(ctx) = &mut self.ctx else { return true };
         match ctx.flush(&mut self.stream) {
             Ok(()) => {
-                self.stream.spill = Vec::new();
                 if let Some(ctx) = self.ctx.take() {
                     SPARE.with_borrow_mut(|spare| {
                         if spare.len() < SPARE_CONTEXTS {
@@ -272,6 +307,74 @@ mod tests {
         f.extend_from_slice(&[1, 2, 3, 4]);
         f.extend(std::iter::repeat_n(b'x', len));
         f
+    }
+
+    /// A socket that gives its chunks one read each, then WouldBlock.
+    struct Script(std::collections::VecDeque<Vec<u8>>, usize);
+
+    impl io::Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(mut chunk) = self.0.pop_front() else { return Err(io::ErrorKind::WouldBlock.into()) };
+            self.1 += 1;
+            let n = buf.len().min(chunk.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(chunk.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    impl io::Write for Script {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Transport for Script {
+        fn push(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn shutdown_write(&mut self) {}
+        fn short_read_empties(&self) -> bool {
+            false
+        }
+    }
+
+    /// A client text frame (mask key 0, so the payload is as sent).
+    fn text(payload: &[u8]) -> Vec<u8> {
+        let mut f = frame(true, 1, payload.len());
+        let at = f.len() - payload.len();
+        f[at - 4..at].copy_from_slice(&[0; 4]);
+        f[at..].copy_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn messages_of_every_size_in_one_socket_read_reach_tungstenite_whole_and_no_buffer_stays_behind() {
+        let payloads: Vec<Vec<u8>> =
+            [20, 16 * 1024, 1024, 70_000].iter().map(|&n| (0..n).map(|i| b'a' + (i % 26) as u8).collect()).collect();
+        let wire: Vec<u8> = payloads.iter().flat_map(|p| text(p)).collect();
+        // The first read gets READ_BITE bytes; the last message spans two reads.
+        let script = Script(vec![wire].into(), 0);
+        let mut stream = Counted::new(script, FrameCounter::new(4));
+        let config = WebSocketConfig::default().read_buffer_size(1024).max_message_size(Some(1 << 20));
+        let mut ctx = WebSocketContext::new(Role::Server, Some(config));
+        for p in &payloads {
+            match ctx.read(&mut stream) {
+                Ok(tungstenite::Message::Text(t)) => assert_eq!(t.as_bytes(), &p[..], "a {}-byte message", p.len()),
+                other => panic!("a {}-byte message: {other:?}", p.len()),
+            }
+        }
+        assert_eq!(stream.stream.1, 2, "one socket read per READ_BITE, not one per tungstenite buffer");
+        assert!(
+            matches!(ctx.read(&mut stream), Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+        assert!(!stream.holds_bytes());
+        assert!(stream.bite.is_none(), "a connection with nothing left to hand over holds no read buffer");
     }
 
     #[test]
