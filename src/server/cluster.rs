@@ -91,6 +91,9 @@ impl Server {
     /// Not in the log: `unavailable`, on the WebSocket or as HTTP 503.
     fn cluster_refuse(&mut self, ticket: Ticket, _append: &Append) {
         self.inflight_bytes -= ticket.bytes;
+        if ticket.pusher {
+            return self.pusher_committed(ticket.conn, false, self.now);
+        }
         match ticket.http {
             Some(req) => _ = self.http_refuse(ticket.conn, req, http_door::UNAVAILABLE, true, self.now),
             None => {

@@ -468,7 +468,8 @@ impl Server {
         for (append, except) in appends {
             let bytes = append.data.len() + append.ch.len() + append.from.len();
             self.inflight_bytes += bytes;
-            self.pending.push((Ticket::pusher(id, bytes, except), Write::Message(append)));
+            // Through the cluster's log in cluster mode, like every publish.
+            self.queue_publish(Ticket::pusher(id, bytes, except), append);
         }
         false
     }

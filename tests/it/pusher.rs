@@ -248,3 +248,30 @@ fn a_native_presence_channel_with_a_plain_name_is_refused_to_pusher_with_a_403_a
     let members = native.request(json!({"op":"presence","ch":"room:1"}));
     assert_eq!(members["members"], json!([]), "no nameless member: {members}");
 }
+
+#[test]
+fn in_cluster_mode_a_pusher_api_event_goes_through_the_log_and_every_node_stores_it() {
+    let Some(nats) = NatsServer::start() else { return };
+    let node = || {
+        let cluster = ["--cluster", &nats.url(), "--cluster-name", "pusherlog"];
+        TestServer::start(&[PUSHER, &cluster[..]].concat())
+    };
+    let (a, b) = (node(), node());
+    let mut reader = b.ws(&token_all("reader"));
+    assert_eq!(reader.sub("news")["op"], "subok");
+    let body = json!({"name":"Shipped","channel":"news","data":"{\"order\":7}"}).to_string();
+    // `unavailable` (503) until node a's link to NATS is up: retried.
+    let deadline = std::time::Instant::now() + io_timeout();
+    let answer = loop {
+        let answer = signed_post(&a, "/apps/42/events", &body);
+        if answer.status != 503 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Node b never saw the request: it has the event only from the log.
+    let msg = reader.recv_msg();
+    assert_eq!((msg["seq"].as_u64(), msg["event"].as_str()), (Some(1), Some("Shipped")), "{msg}");
+    assert_eq!(msg["data"], json!({"order": 7}));
+}
