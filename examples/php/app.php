@@ -66,36 +66,13 @@ function roostd_publish(string $ch, mixed $data, ?string $idempotency_key = null
     $headers = [
         'Authorization: Bearer ' . app_token(getenv('APP_SUB') ?: 'php-app', secret()),
         'Content-Type: application/json',
-        'Content-Length: ' . strlen($body),
-        // One request per connection: roostd closes after the answer, so
-        // PHP's stream reads the body to its end without waiting.
-        'Connection: close',
     ];
     if ($idempotency_key !== null && $idempotency_key !== '') {
         $headers[] = 'Idempotency-Key: ' . $idempotency_key;
     }
-    $context = stream_context_create([
-        'http' => [
-            'method' => 'POST',
-            'header' => implode("\r\n", $headers),
-            'content' => $body,
-            'protocol_version' => 1.1,
-            'timeout' => 5,
-            'ignore_errors' => true, // read 4xx/5xx bodies too
-            'follow_location' => 0,
-        ],
-    ]);
     // Channel names may hold ':' and '/': percent-encode the path segment.
     $url = roostd_url() . '/api/channels/' . rawurlencode($ch) . '/messages';
-    $answer = @file_get_contents($url, false, $context);
-    $response_headers = function_exists('http_get_last_response_headers')
-        ? (http_get_last_response_headers() ?? [])
-        : ($http_response_header ?? []);
-    if ($answer === false || !$response_headers) {
-        return [0, ''];
-    }
-    preg_match('#^HTTP/\S+\s+(\d{3})#', $response_headers[0], $m);
-    return [(int) ($m[1] ?? 0), $answer];
+    return http_post($url, $headers, $body);
 }
 
 /** [app id, key, secret] of roostd's Pusher app (docs/pusher.md §1). */

@@ -66,14 +66,27 @@ function pusher_trigger(string $base_url, string $app_id, string $key, string $s
     $body = json_encode($request, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR);
     $path = '/apps/' . rawurlencode($app_id) . '/events';
     $url = rtrim($base_url, '/') . $path . '?' . pusher_signed_query($key, $secret, 'POST', $path, $body, time());
+    return http_post($url, ['Content-Type: application/json'], $body);
+}
+
+/**
+ * POSTs `body` with `headers` (one request per connection: roostd closes
+ * after the answer, so PHP's stream reads the body to its end without
+ * waiting). Returns [status, body]; status 0 when the server could not be
+ * reached. 4xx/5xx bodies are read too.
+ */
+function http_post(string $url, array $headers, string $body): array
+{
+    $headers[] = 'Content-Length: ' . strlen($body);
+    $headers[] = 'Connection: close';
     $context = stream_context_create([
         'http' => [
             'method' => 'POST',
-            'header' => "Content-Type: application/json\r\nContent-Length: " . strlen($body) . "\r\nConnection: close",
+            'header' => implode("\r\n", $headers),
             'content' => $body,
             'protocol_version' => 1.1,
             'timeout' => 5,
-            'ignore_errors' => true, // read 4xx/5xx bodies too
+            'ignore_errors' => true,
             'follow_location' => 0,
         ],
     ]);

@@ -105,6 +105,6 @@ echo "php_app: roostd on :$ROOSTD_PORT, php -S on :$PHP_PORT"
 
 ROOSTD_PORT=$ROOSTD_PORT PHP_PORT=$PHP_PORT APP_SUB=$APP_SUB PYTHONDONTWRITEBYTECODE=1 \
     python3 tests/interop/php_app_check.py || fail "see above"
-ROOSTD_PORT=$ROOSTD_PORT PHP_PORT=$PHP_PORT PYTHONDONTWRITEBYTECODE=1 \
+ROOSTD_PORT=$ROOSTD_PORT PHP_PORT=$PHP_PORT PYTHONDONTWRITEBYTECODE=1 TMPDIR="$TMP" \
     python3 tests/interop/php_pusher_check.py || fail "see above"
 echo "php_app: ok in $(( $(date +%s) - T0 ))s"

@@ -4,8 +4,10 @@ roostd's Pusher door, driven by a Pusher-protocol client built on the raw
 WebSocket client of tests/interop/roostd_server.py (standard library only).
 Every "did not arrive" is shown by a later event arriving first, never by a
 sleep."""
-import hashlib, hmac, json, os, subprocess, sys, tempfile, time, urllib.parse
+import hashlib, hmac, json, os, tempfile, time, urllib.parse
 
+import php_checks
+from php_checks import check, curl
 from roostd_server import RawWS
 
 
@@ -14,29 +16,7 @@ PHP = f"http://127.0.0.1:{os.environ['PHP_PORT']}"
 APP_ID = os.environ["PUSHER_APP_ID"]
 KEY = os.environ["PUSHER_APP_KEY"]
 SECRET = os.environ["ROOSTD_SECRET"]  # the Pusher secret: roostd's default key
-TIMEOUT = 5
 JAR = os.path.join(tempfile.mkdtemp(prefix="roostd-php-pusher-"), "cookies")
-passed = 0
-
-
-def check(cond, what):
-    global passed
-    if not cond:
-        print(f"FAIL: {what}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok: {what}")
-
-
-def curl(url, *args, jar=None):
-    """(status, body) of a request, through curl; `jar` keeps the cookies."""
-    cookies = ["-b", jar, "-c", jar] if jar else []
-    out = subprocess.run(
-        ["curl", "-s", "--noproxy", "*", "-m", str(TIMEOUT), "-w", "\n%{http_code}", *cookies, *args, url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    body, _, status = out.rpartition("\n")
-    return int(status), body
 
 
 def auth(socket_id, channel, jar=JAR):
@@ -185,4 +165,4 @@ check(status == 400, f"/broadcast without an event is 400 ({status} {body})")
 
 for c in (alice, bob, other):
     c.ws.close()
-print(f"php_pusher: {passed} passed, 0 failed")
+print(f"php_pusher: {php_checks.passed} passed, 0 failed")
