@@ -97,3 +97,27 @@ node_project() {
         skip_install_failed "npm ci could not install $what" "$log"
     fi
 }
+
+# need_chromium STATUS: Debian's chromium at $chromium (installed with apt
+# when missing, as root) or a skip (77, or 78 for an unreachable registry).
+# STATUS is the caller's result so far: a failure already seen exits 1 rather
+# than hiding behind a skip. Uses the caller's $log.
+need_chromium() {
+    local status=$1
+    chromium=${CHROMIUM:-/usr/bin/chromium}
+    if [[ ! -x "$chromium" ]]; then
+        echo "--- installing Debian's chromium"
+        if [[ $(id -u) -ne 0 ]]; then
+            [[ $status -eq 0 ]] || exit 1
+            skip "chromium is not installed and this is not root (apt-get install chromium)"
+        fi
+        if ! apt_install "$log" chromium; then
+            [[ $status -eq 0 ]] || exit 1
+            skip_install_failed "apt-get could not install chromium" "$log"
+        fi
+    fi
+    if ! "$chromium" --version >/dev/null 2>&1; then
+        [[ $status -eq 0 ]] || exit 1
+        skip "$chromium does not run"
+    fi
+}

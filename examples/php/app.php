@@ -9,15 +9,26 @@
 //                                 (optional &key=K: an Idempotency-Key); answers
 //                                 with roostd's status and JSON
 //   POST /hook                    a publish hook for roostd's --publish-hook
+//   GET  /login?user=NAME         the demo's log-in: a signed `demo_user` cookie
+//   POST /broadcasting/auth       Laravel's channel authorization for pusher-js
+//                                 and Echo (private-*, presence-*), for the
+//                                 logged-in user
+//   GET  /broadcast?ch=CH&event=E&text=TXT[&socket_id=S]
+//                                 triggers E with {"text":TXT} on CH through
+//                                 roostd's Pusher HTTP API (broadcaster.php)
 //
 // Environment:
 //   ROOSTD_SECRET  the HMAC secret roostd uses (the same string; >= 32 bytes)
 //   ROOSTD_URL     where roostd listens (default http://127.0.0.1:8080)
 //   APP_SUB        the `sub` of the application's own token (default php-app)
+//   PUSHER_APP_ID, PUSHER_APP_KEY  roostd's --pusher-app-id and --pusher-key
+//   PUSHER_APP_SECRET  the Pusher app secret (default ROOSTD_SECRET, which is
+//                  roostd's default for --pusher-secret-file)
 
 declare(strict_types=1);
 
 require __DIR__ . '/token.php';
+require __DIR__ . '/broadcaster.php';
 
 function secret(): string
 {
@@ -55,36 +66,25 @@ function roostd_publish(string $ch, mixed $data, ?string $idempotency_key = null
     $headers = [
         'Authorization: Bearer ' . app_token(getenv('APP_SUB') ?: 'php-app', secret()),
         'Content-Type: application/json',
-        'Content-Length: ' . strlen($body),
-        // One request per connection: roostd closes after the answer, so
-        // PHP's stream reads the body to its end without waiting.
-        'Connection: close',
     ];
     if ($idempotency_key !== null && $idempotency_key !== '') {
         $headers[] = 'Idempotency-Key: ' . $idempotency_key;
     }
-    $context = stream_context_create([
-        'http' => [
-            'method' => 'POST',
-            'header' => implode("\r\n", $headers),
-            'content' => $body,
-            'protocol_version' => 1.1,
-            'timeout' => 5,
-            'ignore_errors' => true, // read 4xx/5xx bodies too
-            'follow_location' => 0,
-        ],
-    ]);
     // Channel names may hold ':' and '/': percent-encode the path segment.
     $url = roostd_url() . '/api/channels/' . rawurlencode($ch) . '/messages';
-    $answer = @file_get_contents($url, false, $context);
-    $response_headers = function_exists('http_get_last_response_headers')
-        ? (http_get_last_response_headers() ?? [])
-        : ($http_response_header ?? []);
-    if ($answer === false || !$response_headers) {
-        return [0, ''];
+    return http_post($url, $headers, $body);
+}
+
+/** [app id, key, secret] of roostd's Pusher app (docs/pusher.md §1). */
+function pusher_app(): array
+{
+    $id = getenv('PUSHER_APP_ID') ?: '';
+    $key = getenv('PUSHER_APP_KEY') ?: '';
+    if ($id === '' || $key === '') {
+        reply(500, ['error' => 'set PUSHER_APP_ID and PUSHER_APP_KEY to roostd\'s --pusher-app-id and --pusher-key']);
     }
-    preg_match('#^HTTP/\S+\s+(\d{3})#', $response_headers[0], $m);
-    return [(int) ($m[1] ?? 0), $answer];
+    $secret = getenv('PUSHER_APP_SECRET') ?: secret();
+    return [$id, $key, $secret];
 }
 
 function bearer_token(): ?string
@@ -145,6 +145,53 @@ switch ($path) {
             reply(200, ['data' => $data]);
         }
         reply(200); // let it through unchanged
+
+    case '/login':
+        // The demo's log-in: whoever asks is that user. A real application
+        // checks a password and uses its session.
+        $user = (string) ($_GET['user'] ?? '');
+        if (!preg_match('/^[A-Za-z0-9_-]{1,64}$/', $user)) {
+            reply(400, ['error' => 'user is required: letters, digits, _ and -']);
+        }
+        setcookie('demo_user', demo_login_cookie($user, secret()), ['path' => '/', 'httponly' => true, 'samesite' => 'Lax']);
+        reply(200, ['user' => $user]);
+
+    case '/broadcasting/auth':
+        // Laravel's Broadcast::routes(): pusher-js and Echo POST socket_id and
+        // channel_name (a form, or JSON) with the page's cookies.
+        if ($method !== 'POST') {
+            reply(405, ['error' => 'method_not_allowed']);
+        }
+        $form = $_POST ?: (json_decode((string) file_get_contents('php://input'), true) ?: []);
+        $socket_id = (string) ($form['socket_id'] ?? '');
+        $channel = (string) ($form['channel_name'] ?? '');
+        if (!preg_match('/^\d+\.\d+$/', $socket_id) || $channel === '' || strlen($channel) > 200) {
+            reply(400, ['error' => 'socket_id and channel_name are required']);
+        }
+        $user = demo_current_user(secret());
+        if ($user === null) {
+            reply(403, ['error' => 'not_logged_in']); // Laravel: AccessDeniedHttpException
+        }
+        $allowed = demo_channel_allowed($user, $channel);
+        if ($allowed === false) {
+            reply(403, ['error' => 'forbidden']);
+        }
+        [, $key, $pusher_secret] = pusher_app();
+        reply(200, pusher_channel_auth($key, $pusher_secret, $socket_id, $channel, is_array($allowed) ? $allowed : null));
+
+    case '/broadcast':
+        $ch = (string) ($_GET['ch'] ?? '');
+        $event = (string) ($_GET['event'] ?? '');
+        if ($ch === '' || $event === '') {
+            reply(400, ['error' => 'ch and event are required']);
+        }
+        [$app_id, $key, $pusher_secret] = pusher_app();
+        [$status, $answer] = pusher_trigger(roostd_url(), $app_id, $key, $pusher_secret, [$ch], $event,
+            ['text' => (string) ($_GET['text'] ?? '')], $_GET['socket_id'] ?? null);
+        if ($status === 0) {
+            reply(502, ['error' => 'roostd_unreachable']);
+        }
+        reply($status, null, $answer === '' ? '{}' : $answer);
 
     default:
         reply(404, ['error' => 'not_found']);

@@ -37,22 +37,7 @@ timeout 300 node "$here/test-node.mjs" || status=1
 echo "--- node: presence, last, keys and state (issue 15)"
 timeout 300 node "$here/test-node-15.mjs" || status=1
 
-chromium=/usr/bin/chromium
-if [[ ! -x "$chromium" ]]; then
-    echo "--- installing Debian's chromium"
-    if [[ $(id -u) -ne 0 ]]; then
-        [[ $status -eq 0 ]] || exit 1
-        skip "chromium is not installed and this is not root (apt-get install chromium)"
-    fi
-    if ! apt_install "$log" chromium; then
-        [[ $status -eq 0 ]] || exit 1
-        skip_install_failed "apt-get could not install chromium" "$log"
-    fi
-fi
-if ! "$chromium" --version >/dev/null 2>&1; then
-    [[ $status -eq 0 ]] || exit 1
-    skip "$chromium does not run"
-fi
+need_chromium "$status"
 
 echo "--- browser: $("$chromium" --version 2>/dev/null | head -1)"
 CHROMIUM="$chromium" timeout 300 node "$here/test.mjs" || status=1

@@ -16,7 +16,13 @@
 #     from = the app's sub, and a repeated Idempotency-Key is answered 200
 #     with the original seq; a client token on the API is 403 api_forbidden;
 #   - /hook answers as a publish hook would (called directly: roostd's
-#     --publish-hook is not built yet).
+#     --publish-hook is not built yet);
+#   - the Laravel-style broadcaster (tests/interop/php_pusher_check.py, a
+#     Pusher-protocol client on roostd's /app/KEY door): /broadcasting/auth
+#     signs private and presence channels for the logged-in user only, roostd
+#     accepts those signatures and refuses tampered ones, and /broadcast
+#     (signed like pusher-php-server) reaches the subscriber; a badly signed
+#     API request is 401 and delivers nothing.
 # Exit status: 0 when every check passed, 77/78 when skipped, 1 otherwise.
 #
 # Environment:
@@ -44,6 +50,7 @@ fi
 # The one secret both sides use, from the environment (>= 32 bytes).
 export ROOSTD_SECRET="php-interop-secret-0123456789abcdef-0123456789"
 APP_SUB=php-app
+export PUSHER_APP_ID=4242 PUSHER_APP_KEY=php-app-key
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/roostd-php.XXXXXX")
 PIDS=()
@@ -69,6 +76,7 @@ fail() {
 # roostd on a port the kernel picks, read from its --ready-file.
 : >"$TMP/roostd.log"
 RUST_LOG=info "$BIN" serve --listen 127.0.0.1:0 --data "$TMP/data" --ready-file "$TMP/roostd.addr" \
+    --pusher-app-id "$PUSHER_APP_ID" --pusher-key "$PUSHER_APP_KEY" \
     2>"$TMP/roostd.log" >/dev/null &
 PIDS+=("$!")
 ROOSTD_PID=$!
@@ -97,4 +105,6 @@ echo "php_app: roostd on :$ROOSTD_PORT, php -S on :$PHP_PORT"
 
 ROOSTD_PORT=$ROOSTD_PORT PHP_PORT=$PHP_PORT APP_SUB=$APP_SUB PYTHONDONTWRITEBYTECODE=1 \
     python3 tests/interop/php_app_check.py || fail "see above"
+ROOSTD_PORT=$ROOSTD_PORT PHP_PORT=$PHP_PORT PYTHONDONTWRITEBYTECODE=1 TMPDIR="$TMP" \
+    python3 tests/interop/php_pusher_check.py || fail "see above"
 echo "php_app: ok in $(( $(date +%s) - T0 ))s"

@@ -1,8 +1,10 @@
 """The checks of tests/interop/php_app.sh (read its header): roostd and the
 PHP example application, driven by the raw WebSocket client of
 tests/interop/roostd_server.py (standard library only)."""
-import base64, hashlib, json, os, subprocess, sys, time
+import base64, hashlib, json, os, time
 
+import php_checks
+from php_checks import check, curl
 from roostd_server import RawWS
 
 
@@ -10,29 +12,6 @@ ROOSTD = int(os.environ["ROOSTD_PORT"])
 PHP = f"http://127.0.0.1:{os.environ['PHP_PORT']}"
 APP_SUB = os.environ["APP_SUB"]
 SECRET = os.environ["ROOSTD_SECRET"]
-TIMEOUT = 5
-passed = 0
-
-
-def check(cond, what):
-    global passed
-    if not cond:
-        print(f"FAIL: {what}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok: {what}")
-
-
-def curl(url, *args):
-    """(status, body) of a request to the PHP app, through curl."""
-    out = subprocess.run(
-        ["curl", "-s", "--noproxy", "*", "-m", str(TIMEOUT), "-w", "\n%{http_code}", *args, url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    body, _, status = out.rpartition("\n")
-    return int(status), body
-
-
 def b64url_json(part):
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
@@ -114,4 +93,4 @@ check(status == 401, f"/hook needs the client's valid token ({status})")
 status, _ = curl(hook)
 check(status == 405, f"/hook is POST only ({status})")
 
-print(f"php_app: {passed} passed, 0 failed")
+print(f"php_app: {php_checks.passed} passed, 0 failed")

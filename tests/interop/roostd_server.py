@@ -199,12 +199,14 @@ class RawWS:
     is chosen here (several frames in one write, oversize messages), which
     a library client would not allow."""
 
-    def __init__(self, port, token, timeout=TIMEOUT, host="127.0.0.1", refusal_ok=False):
-        """Opens `/ws?token=`; a refusal raises, or with `refusal_ok` leaves
-        `status` and `head` (and the body for `rest()`)."""
+    def __init__(self, port, token, timeout=TIMEOUT, host="127.0.0.1", refusal_ok=False, path=None):
+        """Opens `/ws?token=` (or `path`, e.g. the Pusher door's `/app/KEY`);
+        a refusal raises, or with `refusal_ok` leaves `status` and `head`
+        (and the body for `rest()`)."""
         self.s = socket.create_connection((host, port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.s.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        path = path or f"/ws?token={token}"
+        self.s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                         f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         self.buf = b""
