@@ -589,7 +589,8 @@ impl Config {
                     }
                 }
                 (
-                    "allowed-origin" | "allowed-origins" | "allowed-host" | "allowed-hosts" | "presence" | "compact",
+                    "allowed-origin" | "allowed-origins" | "allowed-host" | "allowed-hosts" | "presence" | "compact"
+                    | "pusher-public",
                     toml::Value::Array(items),
                 ) => {
                     let k = key.strip_suffix('s').filter(|k| k.starts_with("allowed-")).unwrap_or(&key);
@@ -953,6 +954,9 @@ mod tests {
         assert!(c.set("presence", "bad name*").unwrap_err().0.contains("prefix ending in `*`"));
         assert!(!c.is_compacted("sensors:1"));
         c.apply_toml("compact = [\"sensors:*\", \"kv\"]\nmax_keys = 5", "t.toml").unwrap();
+        let mut p = Config::default();
+        p.apply_toml("pusher_app_id = \"a\"\npusher_key = \"k\"\npusher_public = [\"news\", \"feed:*\"]", "t.toml").unwrap();
+        assert_eq!(p.pusher_public, vec!["news".to_string(), "feed:*".to_string()], "a list, as the shipped file shows");
         assert!(c.is_compacted("kv"));
         assert!(c.is_compacted("sensors:1"));
         assert_eq!(c.max_keys, 5);
