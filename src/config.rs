@@ -562,11 +562,6 @@ impl Config {
             match (key.as_str(), value) {
                 ("pusher", toml::Value::Table(t)) => self.apply_pusher_table(t, origin)?,
                 ("cluster", toml::Value::Table(t)) => self.apply_cluster_table(t, origin)?,
-                ("cluster", toml::Value::String(_)) => {
-                    return err(format!(
-                        "{origin}: write the cluster as a table: `[cluster]` then urls, name, replicas, credentials"
-                    ))
-                }
                 ("pusher", _) => {
                     return err(format!(
                         "{origin}: write the Pusher app as a table: `[pusher]` then app_id, key, public, secret_file"
@@ -1057,8 +1052,10 @@ mod tests {
         assert!(e.0.contains("[cluster] has no setting `url`"), "{e}");
         let e = c.apply_toml("[cluster]\nname = [\"a\"]", "t.toml").unwrap_err();
         assert!(e.0.contains("takes a string"), "{e}");
-        let e = c.apply_toml("cluster = \"nats://x\"", "t.toml").unwrap_err();
-        assert!(e.0.contains("`[cluster]`"), "{e}");
+        // Like every flag, the key at the top level works too (spec §6).
+        let mut flat = Config::default();
+        flat.apply_toml("cluster = \"nats://a:4222,nats://b:4222\"\ncluster_name = \"site1\"", "t.toml").unwrap();
+        assert_eq!((flat.cluster_urls.len(), flat.cluster_name.as_deref()), (2, Some("site1")));
     }
 
     #[test]
