@@ -950,8 +950,13 @@ mod tests {
         assert!(!c.is_compacted("sensors:1"));
         c.apply_toml("compact = [\"sensors:*\", \"kv\"]\nmax_keys = 5", "t.toml").unwrap();
         let mut p = Config::default();
-        p.apply_toml("pusher_app_id = \"a\"\npusher_key = \"k\"\npusher_public = [\"news\", \"feed:*\"]", "t.toml").unwrap();
-        assert_eq!(p.pusher_public, vec!["news".to_string(), "feed:*".to_string()], "a list, as the shipped file shows");
+        p.apply_toml("pusher_app_id = \"a\"\npusher_key = \"k\"\npusher_public = [\"news\", \"feed:*\"]", "t.toml")
+            .unwrap();
+        assert_eq!(
+            p.pusher_public,
+            vec!["news".to_string(), "feed:*".to_string()],
+            "a list, as the shipped file shows"
+        );
         assert!(c.is_compacted("kv"));
         assert!(c.is_compacted("sensors:1"));
         assert_eq!(c.max_keys, 5);
