@@ -367,33 +367,9 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
     let nofile = raise_nofile_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| server::default_max_connections(nofile));
     let verifier = Verifier::new(keys, cfg.leeway.as_secs(), cfg.audience.clone());
-    let pusher = match (&cfg.pusher_app_id, &cfg.pusher_key) {
-        (Some(id), Some(key)) => {
-            // The secret defaults to the default key (pusher.md §1): the main
-            // application then shares one secret with roostd.
-            let secret = match &cfg.pusher_secret_file {
-                Some(file) => read_secret(file)?,
-                None => verifier.default_secret().to_vec(),
-            };
-            if secret.is_empty() {
-                return usage("the Pusher app secret is empty: pass --pusher-secret-file with a non-empty file");
-            }
-            Some(roostd::proto::pusher::App {
-                id: id.clone(),
-                key: key.clone(),
-                secret,
-                public: cfg.pusher_public.clone(),
-            })
-        }
-        _ => None,
-    };
+    let pusher = pusher_app(&cfg, &verifier)?;
     let tls_note = if tls.is_some() { ", TLS" } else { "" };
-    let clock_sync = match std::env::var("ROOSTD_TEST_CLOCK_SYNCED").as_deref() {
-        Err(_) => SyncSource::Kernel,
-        Ok("1") => SyncSource::Fixed(true),
-        Ok("0") => SyncSource::Fixed(false),
-        Ok(v) => return usage(format!("ROOSTD_TEST_CLOCK_SYNCED must be 0 or 1, not {v:?}; unset it outside tests")),
-    };
+    let clock_sync = clock_sync()?;
     let first_token = new_secret.then(|| {
         format!(
             "roostd: created a new secret in {}\nroostd: mint a first token with: {} token --data {} --sub me --read '*' --write '*'",
@@ -425,6 +401,32 @@ fn serve(args: Vec<OsString>) -> Result<(), Fail> {
             Ok(())
         }
         Err(e) => Err(Fail(1, format!("{e}; the server stopped. Check the disk, then restart it"))),
+    }
+}
+
+/// The Pusher app, when one is configured (pusher.md §1). Its secret
+/// defaults to the default key, so the main application shares one secret
+/// with roostd.
+fn pusher_app(cfg: &Config, verifier: &Verifier) -> Result<Option<roostd::proto::pusher::App>, Fail> {
+    let (Some(id), Some(key)) = (&cfg.pusher_app_id, &cfg.pusher_key) else { return Ok(None) };
+    let secret = match &cfg.pusher_secret_file {
+        Some(file) => read_secret(file)?,
+        None => verifier.default_secret().to_vec(),
+    };
+    if secret.is_empty() {
+        return usage("the Pusher app secret is empty: pass --pusher-secret-file with a non-empty file");
+    }
+    Ok(Some(roostd::proto::pusher::App { id: id.clone(), key: key.clone(), secret, public: cfg.pusher_public.clone() }))
+}
+
+/// Who says whether the clock is synchronized (spec §10): the kernel, or a
+/// test through `ROOSTD_TEST_CLOCK_SYNCED`.
+fn clock_sync() -> Result<SyncSource, Fail> {
+    match std::env::var("ROOSTD_TEST_CLOCK_SYNCED").as_deref() {
+        Err(_) => Ok(SyncSource::Kernel),
+        Ok("1") => Ok(SyncSource::Fixed(true)),
+        Ok("0") => Ok(SyncSource::Fixed(false)),
+        Ok(v) => usage(format!("ROOSTD_TEST_CLOCK_SYNCED must be 0 or 1, not {v:?}; unset it outside tests")),
     }
 }
 

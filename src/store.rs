@@ -845,19 +845,13 @@ impl Store {
             return Err(StoreError::Content("a message key over 255 bytes or an event name over 64 KiB".into()));
         }
         let dkey = a.id.as_deref().map(|id| dedupe_key(&a.from, id));
-        let mut stale_expiry = None;
-        if let Some(dkey) = &dkey {
-            if let Some(v) = self.dedupe.get(wtxn, dkey)? {
-                if let Some((seq, ts, expires, ch)) = decode_dedupe(v) {
-                    if expires > now_ms {
-                        return Ok(Outcome::Duplicate { ch: ch.to_string(), seq, ts });
-                    }
-                    let mut old = expires.to_be_bytes().to_vec();
-                    old.extend_from_slice(dkey);
-                    stale_expiry = Some(old);
-                }
-            }
-        }
+        let stale_expiry = match &dkey {
+            Some(dkey) => match self.seen(wtxn, dkey, now_ms)? {
+                Ok(stale) => stale,
+                Err(duplicate) => return Ok(duplicate),
+            },
+            None => None,
+        };
         let found = self.channel_rec(wtxn, &a.ch)?;
         // LMDB keeps the entry count: no scan, and no counter to drift.
         if found.is_none() && self.channels.len(wtxn)? >= self.max_channels {
@@ -898,26 +892,10 @@ impl Store {
         info.last = seq;
         self.messages.put(wtxn, &msg_key(id, seq), &encode_message(a, now_ms))?;
         if let Some((key, prev)) = keyed {
-            let kk = key_key(id, key);
-            self.keys.put(wtxn, &kk, &seq.to_be_bytes())?;
-            match prev {
-                // The key's previous message goes in the same commit.
-                Some(prev) => {
-                    if self.messages.delete(wtxn, &msg_key(id, prev))? {
-                        info.holes += 1;
-                        self.skip_holes(wtxn, id, &mut info)?;
-                    }
-                }
-                None => live += 1,
-            }
-            if a.data == "null" {
-                // A tombstone: the key goes once it is older than the window.
-                let mut tk = now_ms.saturating_add(window_ms).to_be_bytes().to_vec();
-                tk.extend_from_slice(&kk);
-                let mut v = seq.to_be_bytes().to_vec();
-                v.extend_from_slice(a.ch.as_bytes());
-                self.tombs.put(wtxn, &tk, &v)?;
-            }
+            // A tombstone: the key goes once it is older than the window.
+            let tombstone_until = (a.data == "null").then(|| now_ms.saturating_add(window_ms));
+            let at = Keyed { id, ch: &a.ch, key, prev, seq, tombstone_until };
+            live += u64::from(self.keep_latest(wtxn, at, &mut info)?);
         }
         self.trim_on_append(wtxn, id, &mut info, live, limits, compacted)?;
         self.channels.put(wtxn, a.ch.as_bytes(), &encode_channel(id, info, live))?;
@@ -925,6 +903,42 @@ impl Store {
             self.remember_id(wtxn, dkey, &a.ch, seq, now_ms, window_ms)?;
         }
         Ok(Outcome::Stored { seq, ts: now_ms })
+    }
+
+    /// A keyed message on a compacted channel is stored: its key names it
+    /// now, the key's previous message goes in the same commit, and a
+    /// tombstone is filed to expire. Returns whether the key is new.
+    fn keep_latest(&self, wtxn: &mut RwTxn, at: Keyed<'_>, info: &mut ChannelInfo) -> Result<bool, StoreError> {
+        let kk = key_key(at.id, at.key);
+        self.keys.put(wtxn, &kk, &at.seq.to_be_bytes())?;
+        if let Some(until) = at.tombstone_until {
+            let mut tk = until.to_be_bytes().to_vec();
+            tk.extend_from_slice(&kk);
+            let mut v = at.seq.to_be_bytes().to_vec();
+            v.extend_from_slice(at.ch.as_bytes());
+            self.tombs.put(wtxn, &tk, &v)?;
+        }
+        let Some(prev) = at.prev else { return Ok(true) };
+        if self.messages.delete(wtxn, &msg_key(at.id, prev))? {
+            info.holes += 1;
+            self.skip_holes(wtxn, at.id, info)?;
+        }
+        Ok(false)
+    }
+
+    /// `(sub, id)` in the dedupe table: `Err(Duplicate)` within the window;
+    /// else the expiry entry of an expired record to delete, if there is one.
+    #[allow(clippy::type_complexity)] // an answer or a key, read once
+    fn seen(&self, wtxn: &RwTxn, dkey: &[u8], now_ms: u64) -> Result<Result<Option<Vec<u8>>, Outcome>, StoreError> {
+        let Some((seq, ts, expires, ch)) = self.dedupe.get(wtxn, dkey)?.and_then(decode_dedupe) else {
+            return Ok(Ok(None));
+        };
+        if expires > now_ms {
+            return Ok(Err(Outcome::Duplicate { ch: ch.to_string(), seq, ts }));
+        }
+        let mut old = expires.to_be_bytes().to_vec();
+        old.extend_from_slice(dkey);
+        Ok(Ok(Some(old)))
     }
 
     /// Count retention inline, a few deletions per append, so a channel
@@ -1385,6 +1399,18 @@ fn decode_channel(v: &[u8]) -> Option<(u64, ChannelInfo, u64)> {
         holes: v.get(24..).and_then(be_u64).unwrap_or(0),
     };
     Some((be_u64(v)?, info, v.get(32..).and_then(be_u64).unwrap_or(0)))
+}
+
+/// A keyed message just stored on a compacted channel (`Store::keep_latest`).
+struct Keyed<'a> {
+    id: u64,
+    ch: &'a str,
+    key: &'a str,
+    /// The key's previous message, if it had one.
+    prev: Option<Seq>,
+    seq: Seq,
+    /// A tombstone (`data` is `null`): when it expires.
+    tombstone_until: Option<u64>,
 }
 
 /// A message's value: `ts u64 | from len u16 | from`, then, only when it has

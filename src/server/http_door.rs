@@ -284,3 +284,22 @@ pub(super) fn keep_alive(head: &Head) -> bool {
         http::has_token(conn, "keep-alive")
     }
 }
+
+impl Server {
+    /// What `/metrics` shows beside the counters: the state right now.
+    pub(super) fn gauges(&self) -> Gauges {
+        let (store_bytes, map_bytes) = self.store.usage();
+        Gauges {
+            connections: self.slots.len(),
+            websockets: self.slots.values().filter(|s| s.joined).count(),
+            subscriptions: self.hub.subscription_count(),
+            presence_members: self.hub.member_count(),
+            webhook: self.webhook.as_ref().map(|w| {
+                let c = w.counters();
+                [&c.delivered, &c.failed, &c.dropped, &c.pending].map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+            }),
+            store_bytes,
+            map_bytes,
+        }
+    }
+}

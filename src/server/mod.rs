@@ -380,22 +380,6 @@ impl Server {
         self.dirty.push(id);
     }
 
-    fn gauges(&self) -> Gauges {
-        let (store_bytes, map_bytes) = self.store.usage();
-        Gauges {
-            connections: self.slots.len(),
-            websockets: self.slots.values().filter(|s| s.joined).count(),
-            subscriptions: self.hub.subscription_count(),
-            presence_members: self.hub.member_count(),
-            webhook: self.webhook.as_ref().map(|w| {
-                let c = w.counters();
-                [&c.delivered, &c.failed, &c.dropped, &c.pending].map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
-            }),
-            store_bytes,
-            map_bytes,
-        }
-    }
-
     /// Tells `id` its request was refused, in its front door's dialect.
     fn refuse(&mut self, id: ConnId, code: ErrCode, msg: &str, req_id: Option<&str>) {
         if let Some(text) = self.hub.tell(id, Event::Refused { code, msg }, req_id) {
