@@ -550,9 +550,14 @@ impl<S: Transport> Conn<S> {
         }
         if self.drop_after_flush && self.phase == Phase::Closing {
             // We failed the connection: the Close is on the wire; we close
-            // the TCP connection first (RFC 6455 §7.1.1).
+            // the TCP connection first (RFC 6455 §7.1.1). The peer may still
+            // be sending (the rest of a message too big, say): dropping the
+            // socket with its bytes unread would answer with a reset, and a
+            // reset can reach the peer before it has read our Close. So we
+            // read and discard until it closes or the grace ends (`drain`).
             ws.stream.stream.shutdown_write();
-            self.phase = Phase::Closed;
+            self.phase = Phase::Draining;
+            self.drain();
         } else if self.phase == Phase::Open {
             self.release();
         }

@@ -449,3 +449,36 @@ fn after_our_close_the_peers_close_ends_the_connection() {
     c.flush();
     assert_eq!(c.phase(), Phase::Closed);
 }
+
+#[test]
+fn a_failed_connection_sends_its_close_then_drains_so_no_reset_overtakes_it() {
+    let t0 = Instant::now();
+    let (mut c, fake) = open(t0, None);
+    // Opcode 0x3 is reserved: the connection fails with 1002.
+    let mut bad = client_frame(0x3, b"x");
+    bad.extend_from_slice(b"the rest of what the peer was sending");
+    fake.send(&bad);
+    c.readable();
+    assert!(matches!(c.read_message(t0), Incoming::Finished));
+    c.flush();
+    assert_eq!(&fake.written()[..4], &[0x88, 2 + 14, 0x03, 0xea], "Close 1002 on the wire");
+    assert!(fake.0.borrow().shut, "our side ends after the Close");
+    assert_eq!(c.phase(), Phase::Draining, "not dropped with bytes unread, which would reset");
+
+    fake.send(b"still more bytes");
+    c.drain();
+    assert_eq!(c.phase(), Phase::Draining);
+    dropped_exactly_at(&mut c, t0 + CLOSE_GRACE);
+}
+
+#[test]
+fn a_failed_connection_ends_when_the_peer_closes_its_side() {
+    let t0 = Instant::now();
+    let (mut c, fake) = open(t0, None);
+    fake.send(&client_frame(0x3, b"x"));
+    c.readable();
+    assert!(matches!(c.read_message(t0), Incoming::Finished));
+    fake.0.borrow_mut().peer_closed = true;
+    c.flush();
+    assert_eq!(c.phase(), Phase::Closed);
+}
