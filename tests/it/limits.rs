@@ -114,6 +114,28 @@ fn a_sustained_publish_flood_is_closed_with_1008() {
     assert!(replies.iter().any(|r| r["code"] == "rate_limited"), "warned before being closed: {replies:?}");
 }
 
+/// The server stops reading a message too big at its header, with the rest
+/// of it still coming. Dropping the socket then would make the kernel answer
+/// with a reset, which can destroy the Close before the client reads it (CI
+/// saw exactly that once): the server drains instead.
+#[test]
+fn a_message_too_big_gets_its_close_even_when_the_client_reads_late() {
+    use std::io::Write as _;
+    let server = TestServer::start(&[]);
+    let target = format!("/ws?token={}", token_all("alice"));
+    let (resp, mut sock) = server.raw_upgrade(&server.upgrade_request(&target, ""));
+    assert_eq!(resp.status, 101);
+    let len: u64 = 200_000;
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.resize(frame.len() + len as usize, b'x');
+    // The server reads the header, closes, and gets the rest unasked.
+    let _ = sock.write_all(&frame);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(read_close_code(&mut sock), Some(1009));
+}
+
 /// The close code in the first server frame read from a raw socket.
 fn read_close_code(sock: &mut std::net::TcpStream) -> Option<u16> {
     use std::io::Read as _;
