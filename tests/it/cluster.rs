@@ -426,3 +426,143 @@ fn an_empty_node_is_not_built_from_a_stream_that_lost_its_first_messages() {
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
     assert!(log.contains("peer's backup"), "{log}");
 }
+
+/// `ch`'s whole history on `server` once it is healthy (caught up).
+fn caught_up_history(server: &TestServer, ch: &str) -> Vec<(u64, u64, Value)> {
+    wait_healthz(server, 200, "the node catches up from the stream");
+    history_of(server, ch, 0)
+}
+
+#[test]
+fn a_fourth_node_started_empty_builds_the_whole_history_from_the_stream() {
+    let Some(nats) = NatsServer::cluster_of_three() else { return };
+    let nodes = [node(&nats), node(&nats), node(&nats)];
+    let n = scale(30, 10);
+    std::thread::scope(|s| {
+        for (i, server) in nodes.iter().enumerate() {
+            s.spawn(move || {
+                let mut c = server.ws(&token_all(&format!("p{i}")));
+                c.publish_many("room", n, |k| json!({"node": i, "k": k}));
+                c.publish_many(&format!("own.{i}"), n, |k| json!(k));
+            });
+        }
+    });
+    let epoch = nodes[0].ws(&token_all("r")).sub("room")["epoch"].clone();
+
+    let fourth = node(&nats);
+    let _logs_on_failure = Dump(&nodes[0], &fourth);
+    let built = caught_up_history(&fourth, "room");
+    assert_eq!(built.len(), 3 * n, "every message of the stream");
+    assert_eq!(built, history_of(&nodes[0], "room", 3 * n), "the same seq, ts and data as a peer");
+    for (i, peer) in nodes.iter().enumerate() {
+        let ch = format!("own.{i}");
+        assert_eq!(history_of(&fourth, &ch, n), history_of(peer, &ch, n), "{ch}");
+    }
+    let mut c = fourth.ws(&token_all("late"));
+    assert_eq!(c.sub("room")["epoch"], epoch, "the stream's epoch, not one of its own");
+    // It takes publishes, and they reach the others with the next seq.
+    assert_eq!(c.publish("room", json!("from the fourth")), 3 * n as u64 + 1);
+    let on_first = history_of(&nodes[0], "room", 3 * n + 1);
+    assert_eq!(on_first.last().map(|m| m.2.clone()), Some(json!("from the fourth")));
+}
+
+#[test]
+fn a_node_seeded_from_a_peers_backup_applies_the_rest_even_after_the_stream_lost_its_start() {
+    let Some(nats) = NatsServer::start() else { return };
+    let args = ["--cluster", &nats.url(), "--cluster-name", "seed"];
+    let a = TestServer::options().args(&args).start();
+    let mut c = a.ws(&token_all("p"));
+    for k in 0..5 {
+        publish_retrying(&mut c, "room", json!(k), &format!("before-{k}"));
+    }
+    let epoch = c.sub("room")["epoch"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("roostd.backup");
+    let out = run_roostd(&["backup", copy.to_str().unwrap(), "--data", a.data_dir().to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for k in 0..5 {
+        publish_retrying(&mut c, "room", json!(k + 5), &format!("after-{k}"));
+    }
+    // The stream loses its first message: an empty node could no longer be
+    // built from it (the test above), but one seeded from the backup can.
+    let answer = nats_request(&nats, "$JS.API.STREAM.MSG.DELETE.ROOST_seed", r#"{"seq":1}"#);
+    assert!(answer.contains("\"success\":true"), "{answer}");
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::copy(&copy, data.path().join("data.mdb")).unwrap();
+    let seeded = TestServer::options().args(&args).data(data.path()).start();
+    let _logs_on_failure = Dump(&a, &seeded);
+    let built = caught_up_history(&seeded, "room");
+    assert_eq!(built.len(), 10, "the backup's 5 and the stream's rest: {built:?}");
+    assert_eq!(built, history_of(&a, "room", 10), "the same seq, ts and data as its peer");
+    let mut r = seeded.ws(&token_all("r"));
+    let ok = r.resume("room", 7, &epoch);
+    assert_eq!((ok["epoch"].clone(), ok["gap"].clone()), (epoch.clone(), Value::Null), "{ok}");
+    assert_eq!(r.recv_msg()["seq"], 8);
+}
+
+/// The first message a plain NATS subscriber to `subject` on `nats` gets:
+/// (its subject, its payload). Subscribes, says so on `ready`, then waits.
+fn first_message(nats: &NatsServer, subject: &str, ready: std::sync::mpsc::Sender<()>) -> (String, Vec<u8>) {
+    use roostd::cluster::nats::{self as proto, Parser, ServerOp};
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    sock.set_read_timeout(Some(io_timeout() * 3)).unwrap();
+    let mut out = Vec::new();
+    proto::connect(&mut out, "central watcher", None);
+    proto::subscribe(&mut out, subject, 1);
+    sock.write_all(&out).unwrap();
+    ready.send(()).unwrap();
+    let mut parser = Parser::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(op) = parser.next_op().unwrap() {
+            if let ServerOp::Msg(m) = op {
+                return (m.subject, m.payload);
+            }
+        }
+        let n = sock.read(&mut buf).expect("nothing reached the central NATS");
+        assert!(n > 0, "the central NATS closed the connection");
+        parser.push(&buf[..n]);
+    }
+}
+
+/// docs/cluster.md: a site's NATS as a leaf node of a central NATS. The
+/// stream stays on the site's server (JetStream domain `site`); roostd needs
+/// nothing different; the central side sees the subjects `roost.<name>.>`.
+#[test]
+fn a_site_nats_that_is_a_leaf_node_serves_roostd_and_the_central_nats_sees_its_messages() {
+    let leaf_port = crate::support::free_port();
+    let central = format!("listen: 127.0.0.1:{{port}}\nleafnodes {{ listen: 127.0.0.1:{leaf_port} }}\n");
+    let Some(central) = NatsServer::with_config(&central) else { return };
+    let site = format!(
+        "listen: 127.0.0.1:{{port}}\nserver_name: site\njetstream {{ store_dir: \"{{dir}}\", domain: site }}\n\
+         leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}\n"
+    );
+    let site = NatsServer::with_config(&site).unwrap();
+    let server = TestServer::options().args(&["--cluster", &site.url(), "--cluster-name", "leaf"]).start();
+    let mut c = server.ws(&token_all("p"));
+    assert_eq!(publish_retrying(&mut c, "room", json!("first"), "first"), 1);
+
+    let (ready, subscribed) = std::sync::mpsc::channel();
+    let (seen, done) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| seen.send(first_message(&central, "roost.leaf.>", ready)).unwrap());
+        subscribed.recv().unwrap();
+        // Interest crosses the leaf link a moment after the subscription:
+        // publish until the central side has seen one.
+        let mut k = 0;
+        let got = loop {
+            k += 1;
+            publish_retrying(&mut c, "room", json!({"k": k}), &format!("k{k}"));
+            if let Ok(got) = done.recv_timeout(Duration::from_millis(100)) {
+                break got;
+            }
+            assert!(k < 300, "the central NATS never saw a message of the site's stream");
+        };
+        assert!(got.0.starts_with("roost.leaf.m."), "{got:?}");
+        assert!(String::from_utf8_lossy(&got.1).contains("\"k\""), "{got:?}");
+    });
+    // The stream is on the site: its history is whole on the node.
+    assert_eq!(history_of(&server, "room", 2).first().map(|m| m.2.clone()), Some(json!("first")));
+}

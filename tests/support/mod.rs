@@ -1120,9 +1120,11 @@ pub struct NatsServer {
     pub dir: tempfile::TempDir,
     /// Cluster flags, for a member of `cluster_of_three`.
     extra: Vec<String>,
+    /// A configuration file used instead of the flags (`with_config`).
+    conf: Option<PathBuf>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -1147,7 +1149,8 @@ impl NatsServer {
                 "--routes".into(),
                 all.clone(),
             ];
-            let mut n = NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra };
+            let mut n =
+                NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra, conf: None };
             n.restart();
             nodes.push(n);
         }
@@ -1173,7 +1176,29 @@ impl NatsServer {
         if !Self::installed() {
             return None;
         }
-        let mut n = NatsServer { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), extra: Vec::new() };
+        let mut n = NatsServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: Vec::new(),
+            conf: None,
+        };
+        n.restart();
+        Some(n)
+    }
+
+    /// A `nats-server` run from a configuration file: `conf` is given the
+    /// port (`{port}`) and its own folder (`{dir}`), and should listen on
+    /// 127.0.0.1. For topologies flags cannot say (leaf nodes). `None` as in `start`.
+    pub fn with_config(conf: &str) -> Option<NatsServer> {
+        if !Self::installed() {
+            return None;
+        }
+        let (port, dir) = (free_port(), tempfile::tempdir().unwrap());
+        let text = conf.replace("{port}", &port.to_string()).replace("{dir}", dir.path().to_str().unwrap());
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, text).unwrap();
+        let mut n = NatsServer { child: None, port, dir, extra: Vec::new(), conf: Some(file) };
         n.restart();
         Some(n)
     }
@@ -1184,14 +1209,13 @@ impl NatsServer {
 
     /// Starts it again on the same port and store (after `kill`).
     pub fn restart(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path())
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
+        let mut command = Command::new("nats-server");
+        match &self.conf {
+            Some(file) => command.arg("-c").arg(file),
+            None => command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(self.dir.path()),
+        };
+        let child =
+            command.args(&self.extra).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start nats-server");
         self.child = Some(child);
         let deadline = Instant::now() + start_timeout();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
