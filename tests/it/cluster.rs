@@ -2,6 +2,7 @@
 //! against a real `nats-server` on 127.0.0.1. Skipped when `nats-server` is
 //! not installed (`.ci/cluster-test` installs it and makes the skip a failure).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use roostd::cluster::{Cluster, Event, Settings};
@@ -10,7 +11,7 @@ use roostd::store::Append;
 
 use serde_json::{json, Value};
 
-use crate::support::{io_timeout, run_roostd, scale, token_all, NatsServer, TestServer};
+use crate::support::{io_timeout, run_roostd, scale, token_all, Answer, NatsServer, TestServer};
 
 fn settings(nats: &NatsServer, node: &str) -> Settings {
     Settings {
@@ -565,4 +566,73 @@ fn a_site_nats_that_is_a_leaf_node_serves_roostd_and_the_central_nats_sees_its_m
     });
     // The stream is on the site: its history is whole on the node.
     assert_eq!(history_of(&server, "room", 2).first().map(|m| m.2.clone()), Some(json!("first")));
+}
+
+/// Publishes `n` messages `{"who", "k"}` with ids `who-k` to `ch` on
+/// `server`, again after each `unavailable`, until done or the node is
+/// gone; counts each ack in `acks`. What was acked, as (seq, k).
+fn publish_until_gone(server: &TestServer, who: &str, ch: &str, n: usize, acks: &AtomicUsize) -> Vec<(u64, usize)> {
+    let mut c = server.ws(&token_all(who));
+    let (mut acked, mut k) = (Vec::new(), 0);
+    let deadline = std::time::Instant::now() + io_timeout() * 6;
+    while k < n && std::time::Instant::now() < deadline {
+        let publish = json!({"op": "pub", "ch": ch, "data": {"who": who, "k": k}, "id": format!("{who}-{k}")});
+        if !c.try_send_json(publish) {
+            break;
+        }
+        match c.answer() {
+            Answer::Reply(r) if r["op"] == "ack" => {
+                acked.push((r["seq"].as_u64().unwrap(), k));
+                acks.fetch_add(1, Ordering::Relaxed);
+                k += 1;
+            }
+            Answer::Reply(r) => {
+                assert_eq!(r["code"], "unavailable", "{r}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Answer::Closed(_) => break,
+        }
+    }
+    acked
+}
+
+#[test]
+fn publishers_on_every_node_lose_no_acked_message_when_a_roostd_and_a_nats_node_are_killed_mid_run() {
+    let Some(nats) = NatsServer::cluster_of_three() else { return };
+    let mut nodes = [node(&nats), node(&nats), node(&nats)];
+    let n = scale(300, 60);
+    let acks = AtomicUsize::new(0);
+    let acked: Vec<Vec<(u64, usize)>> = std::thread::scope(|s| {
+        let (nodes, acks) = (&nodes, &acks);
+        let pubs: Vec<_> =
+            (0..3).map(|i| s.spawn(move || publish_until_gone(&nodes[i], &format!("p{i}"), "room", n, acks))).collect();
+        // Mid-run: kill -9 of the third roostd node and of the NATS server
+        // every node is connected to (the first of their URLs).
+        let deadline = std::time::Instant::now() + io_timeout() * 3;
+        while acks.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        nodes[2].signal("-KILL");
+        nats[0].signal("-KILL");
+        pubs.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert_eq!(acked[0].len(), n, "the survivors' publishers finish");
+    assert_eq!(acked[1].len(), n);
+    assert!(acked[2].len() < n, "the killed node's publisher was cut off mid-run");
+
+    nodes[2].wait_exit();
+    nodes[2].start_again();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    let histories: Vec<_> = nodes.iter().map(|node| caught_up_history(node, "room")).collect();
+    let _logs_on_failure = Dump(&nodes[0], &nodes[2]);
+    assert!(histories[0].len() >= total, "every acked message, and perhaps unacked ones the log took");
+    assert_eq!(histories[1], histories[0], "the same seq, ts and data on every node");
+    assert_eq!(histories[2], histories[0], "the killed node caught up exactly");
+    for (i, mine) in acked.iter().enumerate() {
+        for (seq, k) in mine {
+            let data = json!({"who": format!("p{i}"), "k": k});
+            let at: Vec<u64> = histories[0].iter().filter(|m| m.2 == data).map(|m| m.0).collect();
+            assert_eq!(at, [*seq], "p{i}'s message {k}: stored once, at the seq its ack said");
+        }
+    }
 }

@@ -662,6 +662,12 @@ impl Client {
         self.send_text(&v.to_string());
     }
 
+    /// Sends like `send_json`; false when the connection is gone (a test
+    /// that kills the server under its clients).
+    pub fn try_send_json(&mut self, v: Value) -> bool {
+        self.ws.send(Message::text(v.to_string())).is_ok()
+    }
+
     /// Queues a frame without flushing (for pipelining many requests).
     pub fn write_json(&mut self, v: Value) {
         self.ws.write(Message::text(v.to_string())).expect("queueing a text frame");
