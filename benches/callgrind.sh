@@ -6,6 +6,8 @@
 # the same loadgen binary, so the workload is the same for both.
 #
 #   benches/callgrind.sh ROOSTD [ROOSTD ...]     # one column per binary
+#   benches/callgrind.sh ROOSTD peer:UWS_PEER    # a peer server (loadgen --peer;
+#                                                # benches/peers/README.md), same count
 #
 # loadgen's scenarios run for a duration, not a count, so each scenario runs
 # twice on a fresh server and store under callgrind: a short run and a long
@@ -50,9 +52,13 @@ one() {
         fanout) rflags=(--publish-rate 0)
             lflags=(fanout --publishers 1 --subscribers "$CG_SUBS" --rate "$CG_RATE"); key=delivered ;;
     esac
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.$name" \
-        "$bin" serve --listen "127.0.0.1:$PORT" --data "$data" --no-demo \
-        --max-connections 4000 --max-connections-per-ip 4000 "${rflags[@]}" >"$log" 2>&1 &
+    local cmd=("$bin" serve --listen "127.0.0.1:$PORT" --data "$data" --no-demo
+        --max-connections 4000 --max-connections-per-ip 4000 "${rflags[@]}")
+    if [[ "$bin" == peer:* ]]; then
+        cmd=("${bin#peer:}" "$PORT")
+        lflags+=(--peer)
+    fi
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.$name" "${cmd[@]}" >"$log" 2>&1 &
     server_pid=$!
     local i
     for i in $(seq 600); do

@@ -21,7 +21,6 @@
 //! `Conn` is generic over its byte stream (`Transport`): the server runs it
 //! over a `Stream`, the tests below over a scripted one, with time passed in.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use tungstenite::{Message, Utf8Bytes};
 
 use super::counted::{Counted, FrameCounter, TooManyFragments, Ws};
 use super::frame::{code, Frame};
+use super::queue::Queue;
 use super::stream::{Stream, Transport};
 use crate::http::{self, Head, Refusal};
 
@@ -146,7 +146,7 @@ pub struct Conn<S = Stream> {
     /// Raw bytes to write before anything else (an HTTP response or the 101).
     raw: Vec<u8>,
     raw_pos: usize,
-    queue: VecDeque<Frame>,
+    queue: Queue,
     queued_bytes: usize,
     /// Bytes of the front frame already written.
     front_pos: usize,
@@ -178,7 +178,7 @@ impl<S: Transport> Conn<S> {
             head: Vec::new(),
             raw: Vec::new(),
             raw_pos: 0,
-            queue: VecDeque::new(),
+            queue: Queue::Empty,
             queued_bytes: 0,
             front_pos: 0,
             unflushed: false,
@@ -356,6 +356,13 @@ impl<S: Transport> Conn<S> {
         if !matches!(self.phase, Phase::Open | Phase::Closing) {
             return Incoming::WouldBlock;
         }
+        if self.drop_after_flush {
+            // We failed the connection: tungstenite's state is past its
+            // error (a frame too big leaves its header behind, and reading
+            // on would take the socket for closed and drop it before our
+            // Close is out). The rest is drained once the Close is written.
+            return Incoming::Finished;
+        }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
         let (ctx, stream) = ws.parts(self.settings.ws);
         let res = ctx.read(stream);
@@ -379,7 +386,7 @@ impl<S: Transport> Conn<S> {
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 ws.drained = true;
                 if self.phase == Phase::Open && !self.wants_write() {
-                    self.release();
+                    self.release(false);
                 }
                 Incoming::WouldBlock
             }
@@ -452,14 +459,15 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Frees tungstenite's state of an idle WebSocket (see `Ws`).
-    fn release(&mut self) {
+    /// Frees tungstenite's state of an idle WebSocket (see `Ws`);
+    /// `flushed`: tungstenite's output was written just now.
+    fn release(&mut self, flushed: bool) {
         if let Io::Ws(ws) = &mut self.io {
-            if !ws.release() {
+            if !ws.release(flushed) {
                 self.unflushed = true;
-            } else if ws.ctx.is_none() && self.queue.capacity() > 0 {
-                // The queue's buffer goes too; the next burst allocates anew.
-                self.queue = VecDeque::new();
+            } else if ws.ctx.is_none() {
+                // The queue's spill buffer goes too; the next burst allocates anew.
+                self.queue.shrink_when_empty();
             }
         }
     }
@@ -559,7 +567,8 @@ impl<S: Transport> Conn<S> {
             self.phase = Phase::Draining;
             self.drain();
         } else if self.phase == Phase::Open {
-            self.release();
+            // tungstenite's output went first, above, and nothing since.
+            self.release(true);
         }
     }
 
@@ -568,17 +577,20 @@ impl<S: Transport> Conn<S> {
     fn write_queue(&mut self, front_only: bool) -> bool {
         let Io::Ws(ws) = &mut self.io else { return false };
         while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); WRITEV_FRAMES];
             let take = if front_only { 1 } else { self.queue.len().min(WRITEV_FRAMES) };
-            for (slot, frame) in slices.iter_mut().zip(self.queue.iter().take(take)) {
-                *slot = IoSlice::new(frame.as_bytes());
-            }
-            slices[0] = IoSlice::new(&self.queue[0].as_bytes()[self.front_pos..]);
+            let Some(front) = self.queue.front() else { break };
+            let front = &front.as_bytes()[self.front_pos..];
             // One frame (the common case: a reply, a delivery) goes out with
-            // a plain write, which costs the kernel less than a one-piece writev.
+            // a plain write, which costs the kernel less than a one-piece
+            // writev, and us no array of slices to fill.
             let res = if take == 1 {
-                ws.stream.stream.write(&slices[0])
+                ws.stream.stream.write(front)
             } else {
+                let mut slices = [IoSlice::new(&[]); WRITEV_FRAMES];
+                for (slot, frame) in slices.iter_mut().zip(self.queue.first(take)).skip(1) {
+                    *slot = IoSlice::new(frame.as_bytes());
+                }
+                slices[0] = IoSlice::new(front);
                 ws.stream.stream.write_vectored(&slices[..take])
             };
             let mut written = match res {
@@ -639,14 +651,19 @@ impl<S: Transport> Conn<S> {
         if self.phase == Phase::Closed {
             return None;
         }
-        let liveness = match self.phase {
-            Phase::Open => Some(match self.ping_sent {
-                Some(at) => at.checked_add(self.settings.pong_within).unwrap_or(far_future(at)),
-                None => self.last_heard.checked_add(self.settings.ping_every).unwrap_or(far_future(self.last_heard)),
-            }),
+        // Called after every burst of every connection: no iterator chain,
+        // and the far future computed only when an addition overflows.
+        let liveness = match (self.phase, self.ping_sent) {
+            (Phase::Open, Some(at)) => {
+                Some(at.checked_add(self.settings.pong_within).unwrap_or_else(|| far_future(at)))
+            }
+            (Phase::Open, None) => {
+                let quiet = self.last_heard.checked_add(self.settings.ping_every);
+                Some(quiet.unwrap_or_else(|| far_future(self.last_heard)))
+            }
             _ => None,
         };
-        [self.deadline, self.expires, liveness].into_iter().flatten().min()
+        earliest(earliest(self.deadline, self.expires), liveness)
     }
 
     /// Acts on the deadlines that have passed.
@@ -682,6 +699,14 @@ impl<S: Transport> Conn<S> {
             }
             _ => Tick::Nothing,
         }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 

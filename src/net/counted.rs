@@ -36,6 +36,18 @@ impl std::fmt::Display for TooManyFragments {
 
 impl std::error::Error for TooManyFragments {}
 
+/// The length of a frame header whose second byte is `b1`: 2, the mask
+/// key when set, and the extended length of a 126 or 127.
+fn header_len(b1: u8) -> u8 {
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    2 + mask
+        + match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        }
+}
+
 impl FrameCounter {
     pub fn new(max: usize) -> FrameCounter {
         FrameCounter { max, frames: 0, head: [0; 14], have: 0, skip: 0 }
@@ -50,32 +62,28 @@ impl FrameCounter {
                 bytes = &bytes[n..];
                 continue;
             }
-            self.head[self.have as usize] = bytes[0];
-            self.have += 1;
-            bytes = &bytes[1..];
-            if self.have < 2 {
-                continue;
-            }
-            let len7 = self.head[1] & 0x7f;
-            let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
-            let need: u8 = 2
-                + mask
-                + if len7 == 126 {
-                    2
-                } else if len7 == 127 {
-                    8
-                } else {
-                    0
-                };
-            if self.have < need {
-                continue;
-            }
-            let len = match len7 {
-                126 => u16::from_be_bytes([self.head[2], self.head[3]]) as u64,
-                127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0; 8])),
+            // The common case, a whole header at the start of the bytes, is
+            // read in place; a header split across reads is gathered byte
+            // by byte into `head`.
+            let head: &[u8] = if self.have == 0 && bytes.len() >= 2 && bytes.len() >= header_len(bytes[1]) as usize {
+                let (head, rest) = bytes.split_at(header_len(bytes[1]) as usize);
+                bytes = rest;
+                head
+            } else {
+                self.head[self.have as usize] = bytes[0];
+                self.have += 1;
+                bytes = &bytes[1..];
+                if self.have < 2 || self.have < header_len(self.head[1]) {
+                    continue;
+                }
+                &self.head[..self.have as usize]
+            };
+            let len = match head[1] & 0x7f {
+                126 => u16::from_be_bytes([head[2], head[3]]) as u64,
+                127 => u64::from_be_bytes(head[2..10].try_into().unwrap_or([0; 8])),
                 n => n as u64,
             };
-            let (fin, opcode) = (self.head[0] & 0x80 != 0, self.head[0] & 0x0f);
+            let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
             // Control frames (0x8-0xf) may come between fragments and do not count.
             if opcode < 0x8 {
                 self.frames += 1;
@@ -263,14 +271,15 @@ impl<S: Transport> Ws<S> {
     }
 
     /// Drops tungstenite's state when it holds nothing: no bytes of a
-    /// message received, none of its own waiting to be written. Returns
-    /// false when its output could not be written yet.
-    pub(super) fn release(&mut self) -> bool {
+    /// message received, none of its own waiting to be written (`flushed`:
+    /// the caller has just written them). Returns false when its output
+    /// could not be written yet.
+    pub(super) fn release(&mut self, flushed: bool) -> bool {
         if !self.drained || !self.stream.counter.at_boundary() || self.stream.holds_bytes() {
             return true;
         }
         let Some(ctx) = &mut self.ctx else { return true };
-        match ctx.flush(&mut self.stream) {
+        match if flushed { Ok(()) } else { ctx.flush(&mut self.stream) } {
             Ok(()) => {
                 if let Some(ctx) = self.ctx.take() {
                     SPARE.with_borrow_mut(|spare| {
@@ -386,11 +395,16 @@ mod tests {
         bytes.extend(frame(true, 9, 4));
         bytes.extend(frame(false, 0, 70_000));
         bytes.extend(frame(true, 0, 1));
-        // Fed in awkward pieces, as a socket would deliver them.
-        for chunk in bytes.chunks(7) {
-            assert!(c.feed(chunk));
+        // Fed whole (headers read in place) and in awkward pieces, as a
+        // socket would deliver them (headers gathered across reads).
+        for size in [bytes.len(), 1, 3, 7] {
+            for chunk in bytes.chunks(size) {
+                assert!(c.feed(chunk));
+                assert!(c.frames <= 4, "chunks of {size}");
+            }
+            assert_eq!(c.frames, 0, "the final frame ends the message (chunks of {size})");
+            assert!(c.at_boundary());
         }
-        assert_eq!(c.frames, 0, "the final frame ends the message");
         // Unfragmented messages never count.
         for _ in 0..100 {
             assert!(c.feed(&frame(true, 1, 5)));

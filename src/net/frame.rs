@@ -26,7 +26,15 @@ impl Frame {
     fn encode(opcode: u8, payload: &[u8]) -> Frame {
         let n = payload.len();
         let big = n >= POOLED_MIN;
-        let mut f = if big { pooled_vec(n + 10) } else { Vec::with_capacity(n + 10) };
+        let head = match n {
+            0..126 => 2,
+            126..=0xffff => 4,
+            _ => 10,
+        };
+        // Exactly the frame's size: `Bytes::from` a `Vec` whose length is
+        // its capacity takes the buffer as it is; any spare capacity costs
+        // a second allocation for a shared header.
+        let mut f = if big { pooled_vec(head + n) } else { Vec::with_capacity(head + n) };
         f.push(0x80 | opcode);
         if n < 126 {
             f.push(n as u8);

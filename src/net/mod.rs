@@ -11,6 +11,8 @@
 //!   `hold` gate on writes) and the pool of spare tungstenite states.
 //! - `frame`: `Frame`, an outgoing WebSocket frame encoded once and shared;
 //!   the close codes.
+//! - `queue`: `Queue`, a connection's outgoing frames: one inline, a burst
+//!   spilled into a `VecDeque`.
 //! - `conn`: `Conn`, one connection's transport state machine (phases,
 //!   queue, deadlines), generic over its `Transport` so it is unit tested
 //!   with a scripted stream and plain `Instant`s.
@@ -18,6 +20,7 @@
 mod conn;
 mod counted;
 mod frame;
+mod queue;
 mod stream;
 
 pub use conn::{BodyStatus, Conn, HeadStatus, Incoming, Phase, Settings, Tick};

@@ -82,7 +82,8 @@ impl Server {
             match slot.conn.read_message(now) {
                 Incoming::Again => continue,
                 Incoming::WouldBlock | Incoming::Finished => {
-                    self.schedule(id);
+                    // Flushing it (soon, this turn) schedules its deadline.
+                    self.dirty.push(id);
                     return;
                 }
                 Incoming::Binary(b) if self.cfg.echo => {

@@ -133,7 +133,7 @@ fn a_message_too_big_gets_its_close_even_when_the_client_reads_late() {
     // The server reads the header, closes, and gets the rest unasked.
     let _ = sock.write_all(&frame);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(read_close_code(&mut sock), Some(1009));
+    assert_eq!(read_close_code(&mut sock), Some(1009), "{}", server.log_tail(30));
 }
 
 /// The close code in the first server frame read from a raw socket.

@@ -482,3 +482,33 @@ fn a_failed_connection_ends_when_the_peer_closes_its_side() {
     c.flush();
     assert_eq!(c.phase(), Phase::Closed);
 }
+
+#[test]
+fn after_a_frame_too_big_nothing_more_is_read_until_the_close_is_out() {
+    let t0 = Instant::now();
+    let mut s = (*settings()).clone();
+    s.ws = s.ws.max_message_size(Some(1024)).max_frame_size(Some(1024));
+    let fake = Fake::default();
+    fake.room(PLENTY);
+    let mut c = Conn::new(fake.clone(), IpAddr::V4(Ipv4Addr::LOCALHOST), t0, Arc::new(s));
+    c.upgrade(SWITCHING.to_vec(), 0, None, t0);
+    c.flush();
+    fake.take_written();
+    // A header for 200,000 bytes and the first of them.
+    let mut big = vec![0x81, 0x80 | 127];
+    big.extend_from_slice(&200_000u64.to_be_bytes());
+    big.extend_from_slice(&[0; 4]);
+    big.extend_from_slice(&[b'x'; 100]);
+    fake.send(&big);
+    c.readable();
+    assert!(matches!(c.read_message(t0), Incoming::Finished));
+    // More of it arrives and the loop reads again before flushing: reading
+    // on would take the socket for closed and drop it, Close unsent.
+    fake.send(&[b'x'; 5000]);
+    c.readable();
+    assert!(matches!(c.read_message(t0), Incoming::Finished));
+    assert_ne!(c.phase(), Phase::Closed);
+    c.flush();
+    assert_eq!(&fake.written()[..4], &[0x88, 2 + 15, 0x03, 0xf1], "Close 1009 on the wire");
+    assert_eq!(c.phase(), Phase::Draining);
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# B2 with a second generator (issue 18): benches/echo_client.c, plain C and
+# epoll, written apart from loadgen, against roostd (`serve --echo`) and
+# uWebSockets, alternating the two servers in every round so both see the
+# same machine. Server on CPU 0, client on CPU 1.
+#
+#   UWS_PEER=/path/to/uws-peer benches/echo_c.sh ROOSTD [ROUNDS] [SECONDS]
+#
+# Prints each run as JSON and then, per payload, the median server CPU-µs
+# per message of each server and their ratio. Environment: PAYLOADS
+# ("20 1024 16384"), CONNS (50), PORT (18980).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+(($# >= 1)) || { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
+bin=$1 rounds=${2:-3} secs=${3:-4}
+: "${UWS_PEER:?set UWS_PEER to the uWebSockets peer binary (benches/peers/README.md)}"
+: "${PAYLOADS:=20 1024 16384}" "${CONNS:=50}" "${PORT:=18980}"
+export ROOSTD_SECRET="${ROOSTD_SECRET:-echo-c-secret-0123456789abcdef0123456789abcdef}"
+tmp=$(mktemp -d /tmp/roostd-echo-c.XXXXXX)
+trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+cc -O2 -o "$tmp/echo_client" "$root/benches/echo_client.c"
+token=$("$bin" token --sub echo --read '*' --write '*' 2>/dev/null)
+
+# Starts one server on CPU 0 on a fresh port; sets `server` (its pid),
+# `port` and the `path` its echo is on.
+start() {
+    port=$((PORT++))
+    case "$1" in
+        roostd) taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo --echo \
+                    >"$tmp/server.log" 2>&1 &
+                path="/ws?token=$token" ;;
+        uws) taskset -c 0 "$UWS_PEER" "$port" >"$tmp/server.log" 2>&1 &
+             path=/echo ;;
+    esac
+    server=$!
+    for _ in $(seq 100); do grep -q "listening on" "$tmp/server.log" && return; sleep 0.05; done
+    echo "$1 did not start" >&2; exit 1
+}
+
+for payload in $PAYLOADS; do
+    for r in $(seq "$rounds"); do
+        for s in roostd uws; do
+            start "$s"
+            res=$(taskset -c 1 "$tmp/echo_client" "$port" "$path" "$server" "$CONNS" "$payload" "$secs")
+            kill "$server"; wait "$server" 2>/dev/null || true
+            echo "{\"server\": \"$s\", \"payload\": $payload, \"round\": $r, ${res#\{}" | tee -a "$tmp/runs.jsonl"
+        done
+    done
+done
+python3 - "$tmp/runs.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+print("| payload | roostd µs/msg | uWS µs/msg | roostd ÷ uWS | client CPU (roostd, uWS) |")
+print("|---|---|---|---|---|")
+for p in sorted({r["payload"] for r in runs}):
+    cell = {s: [r for r in runs if r["payload"] == p and r["server"] == s] for s in ("roostd", "uws")}
+    med = {s: statistics.median(r["server_cpu_us_per_msg"] for r in rs) for s, rs in cell.items()}
+    cpu = {s: statistics.median(r["client_cpu_pct"] for r in rs) for s, rs in cell.items()}
+    rng = {s: "%.2f–%.2f, n=%d" % (min(r["server_cpu_us_per_msg"] for r in rs),
+                                  max(r["server_cpu_us_per_msg"] for r in rs), len(rs)) for s, rs in cell.items()}
+    print(f"| {p} B | {med['roostd']:.2f} ({rng['roostd']}) | {med['uws']:.2f} ({rng['uws']}) "
+          f"| {med['roostd'] / med['uws']:.2f}× | {cpu['roostd']:.0f} %, {cpu['uws']:.0f} % |")
+PY
