@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::store::Append;
+use crate::store::{Append, Holding};
 
 /// The stream and subjects of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +20,24 @@ pub struct Names {
     pub stream: String,
     /// `roost.<name>.m.`: a message's subject is this and its encoded channel.
     pub messages: String,
+    /// `roost.<name>.p.`: a node's presence or occupancy record, by channel.
+    pub presence: String,
+    /// `roost.<name>.g.`: every holding of a silent node released, by node.
+    pub gone: String,
+    /// `roost.<name>.h.`: a node's heartbeat (core NATS, not in the stream).
+    pub heartbeats: String,
 }
 
 impl Names {
     /// `name` is a checked `--cluster-name` (a subject token).
     pub fn new(name: &str) -> Names {
-        Names { stream: format!("ROOST_{name}"), messages: format!("roost.{name}.m.") }
+        Names {
+            stream: format!("ROOST_{name}"),
+            messages: format!("roost.{name}.m."),
+            presence: format!("roost.{name}.p."),
+            gone: format!("roost.{name}.g."),
+            heartbeats: format!("roost.{name}.h."),
+        }
     }
 
     /// The subject of a channel's messages. Channel names may hold `.`,
@@ -69,7 +81,7 @@ impl Names {
     pub fn stream_config(&self, replicas: u8, dedupe_window_ms: u64) -> String {
         serde_json::json!({
             "name": self.stream,
-            "subjects": [format!("{}>", self.messages)],
+            "subjects": [format!("{}>", self.messages), format!("{}>", self.presence), format!("{}>", self.gone)],
             "retention": "limits",
             "storage": "file",
             "num_replicas": replicas,
@@ -300,6 +312,85 @@ pub fn decode(names: &Names, subject: &str, payload: &[u8]) -> Option<Append> {
     })
 }
 
+/// A presence record of the stream (cluster.md): what one node holds, or
+/// every holding of a silent node released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Held(Holding),
+    /// Every holding of `node` released; `by` published it, and only `by`
+    /// sends the webhook events it causes.
+    Gone {
+        node: String,
+        by: String,
+    },
+}
+
+/// A node's name in presence records: [`NODE_BYTES`] lowercase hex digits,
+/// so a store key can end with it unambiguously.
+pub fn valid_node(node: &str) -> bool {
+    node.len() == crate::store::NODE_BYTES && node.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `Nats-Msg-Id` of `Gone`: every node that notices the same silence (of
+/// `node`, whose last record it applied at `upto`) publishes the same id,
+/// so the stream keeps one; a later silence has another `upto`.
+pub fn gone_id(node: &str, upto: u64) -> String {
+    format!("gone.{node}.{upto}")
+}
+
+/// A presence record as a stream message: subject and body.
+pub fn encode_presence(names: &Names, p: &Presence) -> (String, Vec<u8>) {
+    let text = |s: &str| serde_json::Value::from(s).to_string();
+    match p {
+        Presence::Held(h) => {
+            let mut body = format!("{{\"node\":{},\"on\":{}", text(&h.node), h.on);
+            if let Some(user) = &h.user {
+                body.push_str(&format!(",\"user\":{}", text(user)));
+            }
+            if let Some(info) = &h.info {
+                // A JSON object of at most 1 KiB, checked at subscribe.
+                body.push_str(&format!(",\"info\":{info}"));
+            }
+            body.push('}');
+            (format!("{}{}", names.presence, URL_SAFE_NO_PAD.encode(&h.ch)), body.into_bytes())
+        }
+        Presence::Gone { node, by } => {
+            (format!("{}{node}", names.gone), format!("{{\"by\":{}}}", text(by)).into_bytes())
+        }
+    }
+}
+
+/// A stream message as a presence record, `None` when it is not one
+/// (another subject, or not roostd's).
+pub fn decode_presence(names: &Names, subject: &str, payload: &[u8]) -> Option<Presence> {
+    #[derive(Deserialize)]
+    struct Held<'a> {
+        node: String,
+        on: bool,
+        user: Option<String>,
+        #[serde(borrow)]
+        info: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Gone {
+        by: String,
+    }
+    if let Some(node) = subject.strip_prefix(&names.gone) {
+        let g: Gone = serde_json::from_slice(payload).ok()?;
+        return (valid_node(node) && valid_node(&g.by)).then(|| Presence::Gone { node: node.into(), by: g.by });
+    }
+    let token = subject.strip_prefix(&names.presence)?;
+    let ch = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let h: Held = serde_json::from_slice(payload).ok()?;
+    let info = h.info.map(|i| i.get().to_string());
+    let fits = info.as_ref().is_none_or(|i| i.starts_with('{') && i.len() <= 1024);
+    let ok = crate::channel::valid_name(&ch)
+        && valid_node(&h.node)
+        && fits
+        && h.user.as_ref().is_none_or(|u| u.len() <= 128);
+    ok.then_some(Presence::Held(Holding { ch, user: h.user, node: h.node, info, on: h.on }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,5 +488,37 @@ mod tests {
             (Some(8), Some("none"))
         );
         assert_eq!(c["config"]["flow_control"], true);
+    }
+
+    #[test]
+    fn presence_records_survive_the_stream_and_strangers_are_refused() {
+        let n = Names::new("c");
+        let node = "0123456789ab".to_string();
+        let held = Presence::Held(Holding {
+            ch: "presence-r.1".into(),
+            user: Some("al\"ice".into()),
+            node: node.clone(),
+            info: Some(r#"{"n":1}"#.into()),
+            on: true,
+        });
+        let (subject, body) = encode_presence(&n, &held);
+        assert!(subject.starts_with("roost.c.p."), "{subject}");
+        assert_eq!(decode_presence(&n, &subject, &body), Some(held));
+        let occupancy =
+            Presence::Held(Holding { ch: "a".into(), user: None, node: node.clone(), info: None, on: false });
+        let (subject, body) = encode_presence(&n, &occupancy);
+        assert_eq!(decode_presence(&n, &subject, &body), Some(occupancy));
+        let gone = Presence::Gone { node: node.clone(), by: "ba9876543210".into() };
+        let (subject, body) = encode_presence(&n, &gone);
+        assert_eq!(subject, "roost.c.g.0123456789ab");
+        assert_eq!(decode_presence(&n, &subject, &body), Some(gone));
+        assert_eq!(decode_presence(&n, "roost.c.g.n1", br#"{"by":"0123456789ab"}"#), None, "not a node name");
+        let bad = br#"{"node":"0123456789ab","on":true,"info":[1]}"#;
+        let good = br#"{"node":"0123456789ab","on":true,"info":{}}"#;
+        let on_a = format!("roost.c.p.{}", URL_SAFE_NO_PAD.encode("a"));
+        assert!(decode_presence(&n, &on_a, good).is_some());
+        assert_eq!(decode_presence(&n, &on_a, bad), None, "info is a JSON object");
+        assert_eq!(decode_presence(&n, "roost.c.m.YQ", &body), None);
+        assert_ne!(gone_id(&node, 1), gone_id(&node, 2));
     }
 }
