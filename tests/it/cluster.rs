@@ -466,6 +466,7 @@ fn a_member_on_one_node_is_listed_on_the_other_and_joins_and_leaves_reach_every_
         "a join on node B reaches node A"
     );
     wait_members(&a, ch, 2);
+    wait_members(&b, ch, 2);
     // Alice's second connection, on the other node, is not a new member.
     let mut alice2 = b.ws(&member_token("alice", json!({"name": "Alice"})));
     assert_eq!(join(&mut alice2, ch), ["alice", "bob"]);
