@@ -131,6 +131,22 @@ pub enum Outgoing {
     Presence(js::Presence, Option<String>),
 }
 
+impl Outgoing {
+    /// Subject, body and `Nats-Msg-Id`.
+    fn encode(self, names: &js::Names) -> (String, Vec<u8>, Option<String>) {
+        match self {
+            Outgoing::Message(a) => {
+                let (subject, body) = js::encode(names, &a);
+                (subject, body, a.id.as_ref().map(|id| js::msg_id(&a.from, id)))
+            }
+            Outgoing::Presence(p, id) => {
+                let (subject, body) = js::encode_presence(names, &p);
+                (subject, body, id)
+            }
+        }
+    }
+}
+
 enum Input {
     Publish(u64, Outgoing),
     Rewind(u64),
@@ -479,16 +495,7 @@ impl Thread {
                 Some(Input::Stop) => return Ok(Stop::Stopped),
                 Some(Input::Closed(why)) => return Ok(Stop::Lost(why)),
                 Some(Input::Publish(token, out)) if c.ready => {
-                    let (subject, body, id) = match out {
-                        Outgoing::Message(a) => {
-                            let (subject, body) = js::encode(&names, &a);
-                            (subject, body, a.id.as_ref().map(|id| js::msg_id(&a.from, id)))
-                        }
-                        Outgoing::Presence(p, id) => {
-                            let (subject, body) = js::encode_presence(&names, &p);
-                            (subject, body, id)
-                        }
-                    };
+                    let (subject, body, id) = out.encode(&names);
                     let headers: Vec<(&str, &str)> = id.iter().map(|id| ("Nats-Msg-Id", id.as_str())).collect();
                     self.request(c, &subject, &body, &headers, Waiting::Publish(token))?;
                 }
@@ -522,12 +529,7 @@ impl Thread {
                     _ => return Ok(Stop::Lost("a JetStream request timed out".into())),
                 }
             }
-            if c.ready && now >= c.next_beat {
-                let mut out = Vec::new();
-                nats::publish(&mut out, &format!("{}{}", names.heartbeats, self.s.node), None, &[], b"");
-                self.send(c, &out)?;
-                c.next_beat = now + NODE_HEARTBEAT;
-            }
+            self.beat(c, &names, now)?;
             if now >= c.next_ping {
                 if c.pings_out >= 2 {
                     return Ok(Stop::Lost("the server stopped answering pings".into()));
@@ -543,6 +545,17 @@ impl Thread {
                 self.new_consumer(c)?;
             }
         }
+    }
+
+    /// This node's heartbeat, once a second while the stream is there.
+    fn beat(&self, c: &mut Conn, names: &js::Names, now: Instant) -> std::io::Result<()> {
+        if c.ready && now >= c.next_beat {
+            let mut out = Vec::new();
+            nats::publish(&mut out, &format!("{}{}", names.heartbeats, self.s.node), None, &[], b"");
+            self.send(c, &out)?;
+            c.next_beat = now + NODE_HEARTBEAT;
+        }
+        Ok(())
     }
 
     fn on_op(&mut self, c: &mut Conn, names: &js::Names, op: ServerOp) -> std::io::Result<Option<Stop>> {

@@ -440,6 +440,13 @@ fn ready_node(nats: &NatsServer, name: &str, extra: &[&str]) -> TestServer {
     server
 }
 
+/// `user` (info `{}`) subscribed to presence channel `ch` on `server`.
+fn member(server: &TestServer, user: &str, ch: &str) -> crate::support::Client {
+    let mut c = server.ws(&member_token(user, json!({})));
+    join(&mut c, ch);
+    c
+}
+
 /// The presence grace of these tests, as a flag.
 fn grace() -> (Duration, String) {
     let grace = Duration::from_secs(scale(1, 3) as u64);
@@ -492,10 +499,9 @@ fn the_members_of_a_killed_node_leave_on_the_other_within_the_grace_plus_5_s() {
     let mut a = ready_node(&nats, "kill", &["--presence-grace", &g]);
     let b = ready_node(&nats, "kill", &["--presence-grace", &g]);
     let ch = "presence-room:1";
-    let mut alice = a.ws(&member_token("alice", json!({})));
-    join(&mut alice, ch);
-    let mut bob = b.ws(&member_token("bob", json!({})));
+    let _alice = member(&a, "alice", ch);
     wait_members(&b, ch, 1);
+    let mut bob = b.ws(&member_token("bob", json!({})));
     assert_eq!(join(&mut bob, ch), ["alice", "bob"]);
 
     a.kill_and_wait();
@@ -537,13 +543,10 @@ fn each_webhook_event_is_delivered_once_per_cluster() {
     let _logs_on_failure = Dump(&a, &b);
     let ch = "presence-room:1";
     // Alice on both nodes, bob on one: the channel is occupied on both.
-    let mut alice_a = a.ws(&member_token("alice", json!({})));
-    join(&mut alice_a, ch);
+    let alice_a = member(&a, "alice", ch);
     wait_members(&b, ch, 1);
-    let mut alice_b = b.ws(&member_token("alice", json!({})));
-    join(&mut alice_b, ch);
-    let mut bob = b.ws(&member_token("bob", json!({})));
-    join(&mut bob, ch);
+    let alice_b = member(&b, "alice", ch);
+    let bob = member(&b, "bob", ch);
     wait_members(&a, ch, 2);
     for c in [alice_a, alice_b, bob] {
         c.close();
@@ -588,13 +591,10 @@ fn a_restarted_node_leaves_no_ghost_of_its_earlier_members() {
     let mut a = ready_node(&nats, "again", &["--presence-grace", &g, "--presence-restart-grace", &restart]);
     let b = ready_node(&nats, "again", &["--presence-grace", &g]);
     let ch = "presence-room:1";
-    let mut alice = a.ws(&member_token("alice", json!({})));
-    join(&mut alice, ch);
-    let mut carol = a.ws(&member_token("carol", json!({})));
-    wait_members(&b, ch, 1);
-    join(&mut carol, ch);
-    let mut bob = b.ws(&member_token("bob", json!({})));
+    let _alice = member(&a, "alice", ch);
+    let _carol = member(&a, "carol", ch);
     wait_members(&b, ch, 2);
+    let mut bob = b.ws(&member_token("bob", json!({})));
     assert_eq!(join(&mut bob, ch), ["alice", "bob", "carol"]);
 
     // Node A comes back at once, as the same node: its members are kept
