@@ -64,6 +64,22 @@ impl Names {
         format!("$JS.API.STREAM.CREATE.{}", self.stream)
     }
 
+    /// `$JS.API.STREAM.UPDATE.<stream>`.
+    pub fn stream_update(&self) -> String {
+        format!("$JS.API.STREAM.UPDATE.{}", self.stream)
+    }
+
+    /// The configuration to update a stream made without the presence
+    /// subjects to (by an earlier build), keeping its replicas and
+    /// duplicate window; `None` when it has them.
+    pub fn upgrade(&self, info: &StreamInfo) -> Option<String> {
+        let has = |prefix: &str| info.subjects.iter().any(|s| *s == format!("{prefix}>"));
+        if has(&self.presence) && has(&self.gone) {
+            return None;
+        }
+        Some(self.stream_config(info.replicas, info.duplicate_window_ns / 1_000_000))
+    }
+
     /// `$JS.API.CONSUMER.CREATE.<stream>`.
     pub fn consumer_create(&self) -> String {
         format!("$JS.API.CONSUMER.CREATE.{}", self.stream)
@@ -176,6 +192,10 @@ pub struct StreamInfo {
     pub created: String,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// From its configuration: its subjects, replicas and duplicate window.
+    pub subjects: Vec<String>,
+    pub replicas: u8,
+    pub duplicate_window_ns: u64,
 }
 
 impl StreamInfo {
@@ -204,13 +224,31 @@ pub fn parse_stream_info(json: &[u8]) -> Result<StreamInfo, JsError> {
         first_seq: u64,
         last_seq: u64,
     }
+    #[derive(Deserialize, Default)]
+    struct Config {
+        #[serde(default)]
+        subjects: Vec<String>,
+        #[serde(default)]
+        num_replicas: u8,
+        #[serde(default)]
+        duplicate_window: u64,
+    }
     #[derive(Deserialize)]
     struct Info {
         created: String,
         state: State,
+        #[serde(default)]
+        config: Config,
     }
     let i: Info = answer(json)?;
-    Ok(StreamInfo { created: i.created, first_seq: i.state.first_seq, last_seq: i.state.last_seq })
+    Ok(StreamInfo {
+        created: i.created,
+        first_seq: i.state.first_seq,
+        last_seq: i.state.last_seq,
+        subjects: i.config.subjects,
+        replicas: i.config.num_replicas.max(1),
+        duplicate_window_ns: i.config.duplicate_window,
+    })
 }
 
 /// The consumer's name, from `CONSUMER.CREATE`.
@@ -450,6 +488,17 @@ mod tests {
         assert_eq!(i.epoch(&n), i.epoch(&n), "every node derives the same epoch");
         assert_eq!(i.epoch(&n).len(), 24);
         let again = StreamInfo { created: "2026-12-03T00:00:00Z".into(), ..i.clone() };
+        let old = br#"{"config":{"name":"ROOST_c","subjects":["roost.c.m.>"],"num_replicas":3,"duplicate_window":120000000000},"created":"2026-12-02T21:40:01Z","state":{"first_seq":1,"last_seq":3}}"#;
+        let update: serde_json::Value =
+            serde_json::from_str(&n.upgrade(&parse_stream_info(old).unwrap()).unwrap()).unwrap();
+        assert_eq!(update["subjects"], serde_json::json!(["roost.c.m.>", "roost.c.p.>", "roost.c.g.>"]));
+        assert_eq!(
+            (update["num_replicas"].as_u64(), update["duplicate_window"].as_u64()),
+            (Some(3), Some(120_000_000_000))
+        );
+        let now: serde_json::Value = serde_json::from_str(&n.stream_config(1, 5)).unwrap();
+        let current = StreamInfo { subjects: serde_json::from_value(now["subjects"].clone()).unwrap(), ..i.clone() };
+        assert_eq!(n.upgrade(&current), None, "a stream with every subject is left alone");
         assert_ne!(again.epoch(&n), i.epoch(&n), "a stream made again is another history");
         let missing = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":404,"err_code":10059,"description":"stream not found"}}"#;
         assert_eq!(parse_stream_info(missing).unwrap_err().err_code, STREAM_NOT_FOUND);

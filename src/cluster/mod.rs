@@ -558,6 +558,36 @@ impl Thread {
         Ok(())
     }
 
+    /// The stream is there (`info`): this node can follow it, unless it
+    /// was trimmed past what this node applied or is another stream.
+    fn on_stream(&mut self, c: &mut Conn, names: &js::Names, info: js::StreamInfo) -> std::io::Result<Option<Stop>> {
+        if info.first_seq > self.delivered + 1 && info.last_seq > self.delivered {
+            // What this node misses was trimmed from the stream.
+            self.emit(Event::Trimmed { first_seq: info.first_seq });
+            return Ok(Some(Stop::Lost(format!(
+                "the stream starts at {} but this node applied only up to {}; seed it from a peer's backup",
+                info.first_seq, self.delivered
+            ))));
+        }
+        if let Some(cfg) = names.upgrade(&info) {
+            // Made by a build without cluster-wide presence: its subjects too.
+            log::info!("cluster: adding the presence subjects to the stream {}", names.stream);
+            return self.request(c, &names.stream_update(), cfg.as_bytes(), &[], Waiting::StreamCreate).map(|()| None);
+        }
+        let epoch = info.epoch(names);
+        if self.s.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            return Ok(Some(Stop::Lost(format!(
+                "the stream {} is not the one this node's store replicates (it was made again); \
+                     start this node from an empty data folder",
+                names.stream
+            ))));
+        }
+        self.emit(Event::Up { epoch, last_seq: info.last_seq });
+        c.ready = true;
+        self.new_consumer(c)?;
+        Ok(None)
+    }
+
     fn on_op(&mut self, c: &mut Conn, names: &js::Names, op: ServerOp) -> std::io::Result<Option<Stop>> {
         match op {
             ServerOp::Ping => {
@@ -597,27 +627,7 @@ impl Thread {
                         self.emit(Event::Published { token, result });
                     }
                     Waiting::StreamInfo | Waiting::StreamCreate => match js::parse_stream_info(&m.payload) {
-                        Ok(info) => {
-                            if info.first_seq > self.delivered + 1 && info.last_seq > self.delivered {
-                                // What this node misses was trimmed from the stream.
-                                self.emit(Event::Trimmed { first_seq: info.first_seq });
-                                return Ok(Some(Stop::Lost(format!(
-                                    "the stream starts at {} but this node applied only up to {}; seed it from a peer's backup",
-                                    info.first_seq, self.delivered
-                                ))));
-                            }
-                            let epoch = info.epoch(names);
-                            if self.s.epoch.as_ref().is_some_and(|e| *e != epoch) {
-                                return Ok(Some(Stop::Lost(format!(
-                                    "the stream {} is not the one this node's store replicates (it was made again); \
-                                     start this node from an empty data folder",
-                                    names.stream
-                                ))));
-                            }
-                            self.emit(Event::Up { epoch, last_seq: info.last_seq });
-                            c.ready = true;
-                            self.new_consumer(c)?;
-                        }
+                        Ok(info) => return self.on_stream(c, names, info),
                         Err(e) if e.err_code == js::STREAM_NOT_FOUND && matches!(w, Waiting::StreamInfo) => {
                             let cfg = names.stream_config(self.s.replicas, self.s.dedupe_window.as_millis() as u64);
                             self.request(c, &names.stream_create(), cfg.as_bytes(), &[], Waiting::StreamCreate)?;
