@@ -142,7 +142,54 @@ pub enum Write {
         ts_ms: u64,
         after: u64,
     },
+    /// A presence record of the cluster's stream (cluster.md), applied in
+    /// order like `Applied`: `hold.node` holds (or no longer) a member or a
+    /// channel's occupancy. When that makes the member or channel appear
+    /// or disappear cluster-wide, the webhook events named in `hooks`
+    /// ([`HOOK_MEMBER_ADDED`], ...) are put in the outbox in the same
+    /// transaction: only the node that published the record asks for any.
+    Held {
+        hold: Holding,
+        stream_seq: u64,
+        after: u64,
+        hooks: u8,
+    },
+    /// Every holding of `node` released (it fell silent), the same way.
+    Gone {
+        node: String,
+        stream_seq: u64,
+        after: u64,
+        hooks: u8,
+    },
 }
+
+impl Write {
+    /// A record of the cluster's stream, applied in stream order.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Write::Applied { .. } | Write::Held { .. } | Write::Gone { .. })
+    }
+}
+
+/// One node's holding in cluster mode (cluster.md): `user` is a member of
+/// presence channel `ch` through `node` (`None`: `node` has subscribers
+/// of `ch`, for occupancy), with `info` (JSON object text); `on` false
+/// when it let go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub ch: String,
+    pub user: Option<String>,
+    pub node: String,
+    pub info: Option<String>,
+    pub on: bool,
+}
+
+/// The length of a cluster node's name: its holdings' keys end with it.
+pub const NODE_BYTES: usize = 12;
+/// Bits of `Write::Held::hooks` and `Write::Gone::hooks`.
+pub const HOOK_MEMBER_ADDED: u8 = 1;
+pub const HOOK_MEMBER_REMOVED: u8 = 2;
+pub const HOOK_CHANNEL_OCCUPIED: u8 = 4;
+pub const HOOK_CHANNEL_VACATED: u8 = 8;
 
 /// The `Outcome::Invalid` of a `Write::Applied` that does not follow the
 /// store's last applied sequence: consume the stream again from there.
@@ -783,12 +830,10 @@ impl Store {
         match w {
             Write::Message(a) => return self.append_one(wtxn, a, now_ms, window_ms, retention),
             Write::Applied { append, stream_seq, ts_ms, after } => {
-                if self.meta.get(wtxn, b"stream_seq")?.and_then(be_u64) != Some(*after) {
+                if !self.next_applied(wtxn, *stream_seq, *after)? {
                     return Ok(Outcome::Invalid(OUT_OF_ORDER.into()));
                 }
-                let outcome = self.append_one(wtxn, append, *ts_ms, window_ms, retention)?;
-                self.meta.put(wtxn, b"stream_seq", &stream_seq.to_be_bytes())?;
-                return Ok(outcome);
+                return self.append_one(wtxn, append, *ts_ms, window_ms, retention);
             }
             Write::Member { ch, user, info, joined: true } => {
                 self.members.put(wtxn, &member_key(ch, user), info.as_deref().unwrap_or("").as_bytes())?
@@ -796,17 +841,33 @@ impl Store {
             Write::Member { ch, user, joined: false, .. } => _ = self.members.delete(wtxn, &member_key(ch, user))?,
             Write::Occupancy { ch, occupied: true } => self.occupied.put(wtxn, ch.as_bytes(), &[])?,
             Write::Occupancy { ch, occupied: false } => _ = self.occupied.delete(wtxn, ch.as_bytes())?,
-            Write::Event(e) => self.put_event(wtxn, e, now_ms)?,
+            Write::Event(e) => self.put_event(wtxn, e, now_ms, None)?,
+            Write::Held { hold, stream_seq, after, hooks } => {
+                if !self.next_applied(wtxn, *stream_seq, *after)? {
+                    return Ok(Outcome::Invalid(OUT_OF_ORDER.into()));
+                }
+                self.apply_held(wtxn, hold, *stream_seq, *hooks, now_ms)?;
+            }
+            Write::Gone { node, stream_seq, after, hooks } => {
+                if !self.next_applied(wtxn, *stream_seq, *after)? {
+                    return Ok(Outcome::Invalid(OUT_OF_ORDER.into()));
+                }
+                self.apply_gone(wtxn, node, *stream_seq, *hooks, now_ms)?;
+            }
         }
         Ok(Outcome::Written)
     }
 
     /// Numbers an event from the persisted counter and stores it as its
     /// complete JSON object, so delivery only copies bytes.
-    fn put_event(&self, wtxn: &mut RwTxn, e: &HookEvent, now_ms: u64) -> Result<(), StoreError> {
+    /// `id`: the event's id after the epoch, else its outbox number.
+    fn put_event(&self, wtxn: &mut RwTxn, e: &HookEvent, now_ms: u64, id: Option<&str>) -> Result<(), StoreError> {
         let n = self.meta.get(wtxn, b"outbox_next")?.and_then(be_u64).unwrap_or(1);
         self.meta.put(wtxn, b"outbox_next", &(n + 1).to_be_bytes())?;
-        let mut json = format!("{{\"id\":\"{}-{n}\",\"name\":", self.epoch);
+        let mut json = match id {
+            Some(id) => format!("{{\"id\":\"{}-{id}\",\"name\":", self.epoch),
+            None => format!("{{\"id\":\"{}-{n}\",\"name\":", self.epoch),
+        };
         push_json_string(&mut json, &e.name);
         json.push_str(",\"channel\":");
         push_json_string(&mut json, &e.channel);
@@ -826,6 +887,109 @@ impl Store {
         v.extend_from_slice(ch);
         v.extend_from_slice(json.as_bytes());
         self.outbox.put(wtxn, &n.to_be_bytes(), &v)?;
+        Ok(())
+    }
+
+    /// Records `stream_seq` as the last applied stream sequence when the
+    /// recorded one is `after`; false (nothing written) when it is not.
+    fn next_applied(&self, wtxn: &mut RwTxn, stream_seq: u64, after: u64) -> Result<bool, StoreError> {
+        if self.meta.get(wtxn, b"stream_seq")?.and_then(be_u64) != Some(after) {
+            return Ok(false);
+        }
+        self.meta.put(wtxn, b"stream_seq", &stream_seq.to_be_bytes())?;
+        Ok(true)
+    }
+
+    /// A node's holding (cluster.md). Applying a holding that is already
+    /// so changes nothing, so a record applied twice (two nodes published
+    /// the same) causes nothing twice. The member (or the channel's
+    /// occupancy) appears or disappears cluster-wide only when its first
+    /// holder comes or its last goes: then the event of `hooks` is put in
+    /// the outbox, with an id every node would give it (`<epoch>-s<seq>`).
+    fn apply_held(&self, wtxn: &mut RwTxn, h: &Holding, seq: u64, hooks: u8, now_ms: u64) -> Result<(), StoreError> {
+        let db = if h.user.is_some() { self.members } else { self.occupied };
+        let prefix = held_prefix(&h.ch, h.user.as_deref());
+        let before = holders(db, wtxn, &prefix)?;
+        let mut key = prefix.clone();
+        key.extend_from_slice(h.node.as_bytes());
+        match h.on {
+            true => db.put(wtxn, &key, h.info.as_deref().unwrap_or("").as_bytes())?,
+            false => _ = db.delete(wtxn, &key)?,
+        }
+        let after = holders(db, wtxn, &prefix)?;
+        if (before == 0) != (after == 0) {
+            self.held_event(wtxn, &h.ch, h.user.as_deref(), after > 0, hooks, now_ms, &format!("s{seq}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every holding of `node` released, each as `apply_held` would.
+    fn apply_gone(&self, wtxn: &mut RwTxn, node: &str, seq: u64, hooks: u8, now_ms: u64) -> Result<(), StoreError> {
+        let mut n = 0;
+        for db in [self.members, self.occupied] {
+            let mut keys = Vec::new();
+            for item in db.iter(wtxn)? {
+                let (k, _) = item?;
+                if split_held(k).is_some_and(|(_, _, holder)| holder == node) {
+                    keys.push(k.to_vec());
+                }
+            }
+            for k in keys {
+                db.delete(wtxn, &k)?;
+                let prefix = &k[..k.len() - NODE_BYTES];
+                if holders(db, wtxn, prefix)? == 0 {
+                    let Some((ch, user, _)) = split_held(&k) else { continue };
+                    n += 1;
+                    self.held_event(wtxn, &ch, user.as_deref(), false, hooks, now_ms, &format!("s{seq}.{n}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The webhook event of a member (or channel) that appeared (`on`) or
+    /// disappeared, when `hooks` asks for it.
+    #[allow(clippy::too_many_arguments)] // one event's fields
+    fn held_event(
+        &self,
+        wtxn: &mut RwTxn,
+        ch: &str,
+        user: Option<&str>,
+        on: bool,
+        hooks: u8,
+        now_ms: u64,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let (bit, name) = match (user.is_some(), on) {
+            (true, true) => (HOOK_MEMBER_ADDED, "member_added"),
+            (true, false) => (HOOK_MEMBER_REMOVED, "member_removed"),
+            (false, true) => (HOOK_CHANNEL_OCCUPIED, "channel_occupied"),
+            (false, false) => (HOOK_CHANNEL_VACATED, "channel_vacated"),
+        };
+        if hooks & bit == 0 {
+            return Ok(());
+        }
+        let event = HookEvent {
+            name: name.into(),
+            channel: ch.into(),
+            user_id: user.map(str::to_string),
+            extra: String::new(),
+        };
+        self.put_event(wtxn, &event, now_ms, Some(id))
+    }
+
+    /// Every holding of a cluster replica (cluster.md): channel, member
+    /// (`None`: occupancy), node and info (empty when none), for the core at start.
+    pub fn held(&self, mut each: impl FnMut(&str, Option<&str>, &str, &str)) -> Result<(), StoreError> {
+        let rtxn = self.env.read_txn()?;
+        for db in [self.members, self.occupied] {
+            for item in db.iter(&rtxn)? {
+                let (k, v) = item?;
+                if let Some((ch, user, node)) = split_held(k) {
+                    each(&ch, user.as_deref(), &node, &String::from_utf8_lossy(v));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1475,6 +1639,43 @@ fn member_key(ch: &str, user: &str) -> Vec<u8> {
     k
 }
 
+/// A cluster holding's key without its node: `ch \0 user \0` for a
+/// member, `ch \0` for occupancy; the node's name ([`NODE_BYTES`]) follows.
+fn held_prefix(ch: &str, user: Option<&str>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ch.len() + 2 + user.map_or(0, str::len) + NODE_BYTES);
+    k.extend_from_slice(ch.as_bytes());
+    k.push(0);
+    if let Some(user) = user {
+        k.extend_from_slice(user.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+/// A holding's key back into channel, member and node. Channel names hold
+/// no NUL, and the node is the key's fixed-length tail, so a user with
+/// NUL in it is still read back whole.
+fn split_held(k: &[u8]) -> Option<(String, Option<String>, String)> {
+    let cut = k.len().checked_sub(NODE_BYTES + 1).filter(|&at| k[at] == 0)?;
+    let node = String::from_utf8_lossy(&k[cut + 1..]).into_owned();
+    let head = &k[..cut];
+    let (ch, user) = match head.iter().position(|&b| b == 0) {
+        Some(at) => (&head[..at], Some(String::from_utf8_lossy(&head[at + 1..]).into_owned())),
+        None => (head, None),
+    };
+    Some((String::from_utf8_lossy(ch).into_owned(), user, node))
+}
+
+/// How many nodes hold the holding whose key starts with `prefix`.
+fn holders(db: Db, txn: &RoTxn, prefix: &[u8]) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for item in db.prefix_iter(txn, prefix)? {
+        let (k, _) = item?;
+        n += usize::from(k.len() == prefix.len() + NODE_BYTES && !k[prefix.len()..].contains(&0));
+    }
+    Ok(n)
+}
+
 fn decode_event<'a>(k: &[u8], v: &'a [u8]) -> Option<OutboxEvent<'a>> {
     let clen = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
     Some(OutboxEvent {
@@ -1618,6 +1819,59 @@ mod tests {
         assert_eq!((s.epoch(), s.stream_seq().unwrap()), ("streamepoch", Some(8)), "both survive a restart");
         assert!(!s.become_replica("other").unwrap(), "a replica does not change streams");
         assert_eq!(s.epoch(), "streamepoch");
+    }
+
+    #[test]
+    fn holdings_are_idempotent_and_only_the_first_and_last_holder_make_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 24).unwrap();
+        s.become_replica("e").unwrap();
+        let (a, b) = ("aaaaaaaaaaaa", "bbbbbbbbbbbb");
+        let hold = |node: &str, user: Option<&str>, on| Holding {
+            ch: "presence-r".into(),
+            user: user.map(String::from),
+            node: node.into(),
+            info: Some("{}".into()).filter(|_| user.is_some()),
+            on,
+        };
+        let all = HOOK_MEMBER_ADDED | HOOK_MEMBER_REMOVED | HOOK_CHANNEL_OCCUPIED | HOOK_CHANNEL_VACATED;
+        let mut seq = 0;
+        let mut apply = |w: &dyn Fn(u64, u64) -> Write| {
+            seq += 1;
+            let out = s.commit(&[w(seq, seq - 1)], 5, 10, &|_| KEEP_ALL, Commit::default()).unwrap();
+            assert_eq!(out, [Outcome::Written]);
+        };
+        let held = |h: Holding| move |stream_seq, after| Write::Held { hold: h.clone(), stream_seq, after, hooks: all };
+        apply(&held(hold(a, Some("al\0ice"), true)));
+        apply(&held(hold(a, Some("al\0ice"), true))); // the same record twice: nothing new
+        apply(&held(hold(b, Some("al\0ice"), true))); // a second holder: no event
+        apply(&held(hold(a, None, true)));
+        apply(&held(hold(b, Some("al\0ice"), false))); // one holder left: no event
+        apply(&held(hold(b, Some("bob"), true)));
+        apply(&|stream_seq, after| Write::Gone { node: a.into(), stream_seq, after, hooks: all });
+        apply(&|stream_seq, after| Write::Gone { node: a.into(), stream_seq, after, hooks: all }); // again: nothing
+        let mut events = Vec::new();
+        s.outbox(0, 100, |e| {
+            let v: serde_json::Value = serde_json::from_str(e.json).unwrap();
+            events.push(format!("{} {} {}", v["id"].as_str().unwrap(), v["name"].as_str().unwrap(), v["user_id"]));
+            true
+        })
+        .unwrap();
+        let expected = [
+            "e-s1 member_added \"al\\u0000ice\"",
+            "e-s4 channel_occupied null",
+            "e-s6 member_added \"bob\"",
+            "e-s7.1 member_removed \"al\\u0000ice\"",
+            "e-s7.2 channel_vacated null",
+        ];
+        assert_eq!(events, expected);
+        let mut left = Vec::new();
+        s.held(|ch, user, node, info| left.push(format!("{ch} {user:?} {node} {info}"))).unwrap();
+        assert_eq!(left, ["presence-r Some(\"bob\") bbbbbbbbbbbb {}"]);
+        assert_eq!(s.stream_seq().unwrap(), Some(8));
+        let late = Write::Held { hold: hold(a, None, true), stream_seq: 20, after: 3, hooks: 0 };
+        let out = s.commit(&[late], 5, 10, &|_| KEEP_ALL, Commit::default()).unwrap();
+        assert_eq!(out, [Outcome::Invalid(OUT_OF_ORDER.into())], "in stream order only");
     }
 
     #[test]

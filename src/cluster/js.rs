@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::store::Append;
+use crate::store::{Append, Holding};
 
 /// The stream and subjects of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +20,24 @@ pub struct Names {
     pub stream: String,
     /// `roost.<name>.m.`: a message's subject is this and its encoded channel.
     pub messages: String,
+    /// `roost.<name>.p.`: a node's presence or occupancy record, by channel.
+    pub presence: String,
+    /// `roost.<name>.g.`: every holding of a silent node released, by node.
+    pub gone: String,
+    /// `roost.<name>.h.`: a node's heartbeat (core NATS, not in the stream).
+    pub heartbeats: String,
 }
 
 impl Names {
     /// `name` is a checked `--cluster-name` (a subject token).
     pub fn new(name: &str) -> Names {
-        Names { stream: format!("ROOST_{name}"), messages: format!("roost.{name}.m.") }
+        Names {
+            stream: format!("ROOST_{name}"),
+            messages: format!("roost.{name}.m."),
+            presence: format!("roost.{name}.p."),
+            gone: format!("roost.{name}.g."),
+            heartbeats: format!("roost.{name}.h."),
+        }
     }
 
     /// The subject of a channel's messages. Channel names may hold `.`,
@@ -52,6 +64,22 @@ impl Names {
         format!("$JS.API.STREAM.CREATE.{}", self.stream)
     }
 
+    /// `$JS.API.STREAM.UPDATE.<stream>`.
+    pub fn stream_update(&self) -> String {
+        format!("$JS.API.STREAM.UPDATE.{}", self.stream)
+    }
+
+    /// The configuration to update a stream made without the presence
+    /// subjects to (by an earlier build), keeping its replicas and
+    /// duplicate window; `None` when it has them.
+    pub fn upgrade(&self, info: &StreamInfo) -> Option<String> {
+        let has = |prefix: &str| info.subjects.iter().any(|s| *s == format!("{prefix}>"));
+        if has(&self.presence) && has(&self.gone) {
+            return None;
+        }
+        Some(self.stream_config(info.replicas, info.duplicate_window_ns / 1_000_000))
+    }
+
     /// `$JS.API.CONSUMER.CREATE.<stream>`.
     pub fn consumer_create(&self) -> String {
         format!("$JS.API.CONSUMER.CREATE.{}", self.stream)
@@ -69,7 +97,7 @@ impl Names {
     pub fn stream_config(&self, replicas: u8, dedupe_window_ms: u64) -> String {
         serde_json::json!({
             "name": self.stream,
-            "subjects": [format!("{}>", self.messages)],
+            "subjects": [format!("{}>", self.messages), format!("{}>", self.presence), format!("{}>", self.gone)],
             "retention": "limits",
             "storage": "file",
             "num_replicas": replicas,
@@ -164,6 +192,10 @@ pub struct StreamInfo {
     pub created: String,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// From its configuration: its subjects, replicas and duplicate window.
+    pub subjects: Vec<String>,
+    pub replicas: u8,
+    pub duplicate_window_ns: u64,
 }
 
 impl StreamInfo {
@@ -192,13 +224,31 @@ pub fn parse_stream_info(json: &[u8]) -> Result<StreamInfo, JsError> {
         first_seq: u64,
         last_seq: u64,
     }
+    #[derive(Deserialize, Default)]
+    struct Config {
+        #[serde(default)]
+        subjects: Vec<String>,
+        #[serde(default)]
+        num_replicas: u8,
+        #[serde(default)]
+        duplicate_window: u64,
+    }
     #[derive(Deserialize)]
     struct Info {
         created: String,
         state: State,
+        #[serde(default)]
+        config: Config,
     }
     let i: Info = answer(json)?;
-    Ok(StreamInfo { created: i.created, first_seq: i.state.first_seq, last_seq: i.state.last_seq })
+    Ok(StreamInfo {
+        created: i.created,
+        first_seq: i.state.first_seq,
+        last_seq: i.state.last_seq,
+        subjects: i.config.subjects,
+        replicas: i.config.num_replicas.max(1),
+        duplicate_window_ns: i.config.duplicate_window,
+    })
 }
 
 /// The consumer's name, from `CONSUMER.CREATE`.
@@ -300,6 +350,85 @@ pub fn decode(names: &Names, subject: &str, payload: &[u8]) -> Option<Append> {
     })
 }
 
+/// A presence record of the stream (cluster.md): what one node holds, or
+/// every holding of a silent node released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Held(Holding),
+    /// Every holding of `node` released; `by` published it, and only `by`
+    /// sends the webhook events it causes.
+    Gone {
+        node: String,
+        by: String,
+    },
+}
+
+/// A node's name in presence records: [`NODE_BYTES`] lowercase hex digits,
+/// so a store key can end with it unambiguously.
+pub fn valid_node(node: &str) -> bool {
+    node.len() == crate::store::NODE_BYTES && node.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `Nats-Msg-Id` of `Gone`: every node that notices the same silence (of
+/// `node`, whose last record it applied at `upto`) publishes the same id,
+/// so the stream keeps one; a later silence has another `upto`.
+pub fn gone_id(node: &str, upto: u64) -> String {
+    format!("gone.{node}.{upto}")
+}
+
+/// A presence record as a stream message: subject and body.
+pub fn encode_presence(names: &Names, p: &Presence) -> (String, Vec<u8>) {
+    let text = |s: &str| serde_json::Value::from(s).to_string();
+    match p {
+        Presence::Held(h) => {
+            let mut body = format!("{{\"node\":{},\"on\":{}", text(&h.node), h.on);
+            if let Some(user) = &h.user {
+                body.push_str(&format!(",\"user\":{}", text(user)));
+            }
+            if let Some(info) = &h.info {
+                // A JSON object of at most 1 KiB, checked at subscribe.
+                body.push_str(&format!(",\"info\":{info}"));
+            }
+            body.push('}');
+            (format!("{}{}", names.presence, URL_SAFE_NO_PAD.encode(&h.ch)), body.into_bytes())
+        }
+        Presence::Gone { node, by } => {
+            (format!("{}{node}", names.gone), format!("{{\"by\":{}}}", text(by)).into_bytes())
+        }
+    }
+}
+
+/// A stream message as a presence record, `None` when it is not one
+/// (another subject, or not roostd's).
+pub fn decode_presence(names: &Names, subject: &str, payload: &[u8]) -> Option<Presence> {
+    #[derive(Deserialize)]
+    struct Held<'a> {
+        node: String,
+        on: bool,
+        user: Option<String>,
+        #[serde(borrow)]
+        info: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Gone {
+        by: String,
+    }
+    if let Some(node) = subject.strip_prefix(&names.gone) {
+        let g: Gone = serde_json::from_slice(payload).ok()?;
+        return (valid_node(node) && valid_node(&g.by)).then(|| Presence::Gone { node: node.into(), by: g.by });
+    }
+    let token = subject.strip_prefix(&names.presence)?;
+    let ch = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let h: Held = serde_json::from_slice(payload).ok()?;
+    let info = h.info.map(|i| i.get().to_string());
+    let fits = info.as_ref().is_none_or(|i| i.starts_with('{') && i.len() <= 1024);
+    let ok = crate::channel::valid_name(&ch)
+        && valid_node(&h.node)
+        && fits
+        && h.user.as_ref().is_none_or(|u| u.len() <= 128);
+    ok.then_some(Presence::Held(Holding { ch, user: h.user, node: h.node, info, on: h.on }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +488,17 @@ mod tests {
         assert_eq!(i.epoch(&n), i.epoch(&n), "every node derives the same epoch");
         assert_eq!(i.epoch(&n).len(), 24);
         let again = StreamInfo { created: "2026-12-03T00:00:00Z".into(), ..i.clone() };
+        let old = br#"{"config":{"name":"ROOST_c","subjects":["roost.c.m.>"],"num_replicas":3,"duplicate_window":120000000000},"created":"2026-12-02T21:40:01Z","state":{"first_seq":1,"last_seq":3}}"#;
+        let update: serde_json::Value =
+            serde_json::from_str(&n.upgrade(&parse_stream_info(old).unwrap()).unwrap()).unwrap();
+        assert_eq!(update["subjects"], serde_json::json!(["roost.c.m.>", "roost.c.p.>", "roost.c.g.>"]));
+        assert_eq!(
+            (update["num_replicas"].as_u64(), update["duplicate_window"].as_u64()),
+            (Some(3), Some(120_000_000_000))
+        );
+        let now: serde_json::Value = serde_json::from_str(&n.stream_config(1, 5)).unwrap();
+        let current = StreamInfo { subjects: serde_json::from_value(now["subjects"].clone()).unwrap(), ..i.clone() };
+        assert_eq!(n.upgrade(&current), None, "a stream with every subject is left alone");
         assert_ne!(again.epoch(&n), i.epoch(&n), "a stream made again is another history");
         let missing = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":404,"err_code":10059,"description":"stream not found"}}"#;
         assert_eq!(parse_stream_info(missing).unwrap_err().err_code, STREAM_NOT_FOUND);
@@ -397,5 +537,37 @@ mod tests {
             (Some(8), Some("none"))
         );
         assert_eq!(c["config"]["flow_control"], true);
+    }
+
+    #[test]
+    fn presence_records_survive_the_stream_and_strangers_are_refused() {
+        let n = Names::new("c");
+        let node = "0123456789ab".to_string();
+        let held = Presence::Held(Holding {
+            ch: "presence-r.1".into(),
+            user: Some("al\"ice".into()),
+            node: node.clone(),
+            info: Some(r#"{"n":1}"#.into()),
+            on: true,
+        });
+        let (subject, body) = encode_presence(&n, &held);
+        assert!(subject.starts_with("roost.c.p."), "{subject}");
+        assert_eq!(decode_presence(&n, &subject, &body), Some(held));
+        let occupancy =
+            Presence::Held(Holding { ch: "a".into(), user: None, node: node.clone(), info: None, on: false });
+        let (subject, body) = encode_presence(&n, &occupancy);
+        assert_eq!(decode_presence(&n, &subject, &body), Some(occupancy));
+        let gone = Presence::Gone { node: node.clone(), by: "ba9876543210".into() };
+        let (subject, body) = encode_presence(&n, &gone);
+        assert_eq!(subject, "roost.c.g.0123456789ab");
+        assert_eq!(decode_presence(&n, &subject, &body), Some(gone));
+        assert_eq!(decode_presence(&n, "roost.c.g.n1", br#"{"by":"0123456789ab"}"#), None, "not a node name");
+        let bad = br#"{"node":"0123456789ab","on":true,"info":[1]}"#;
+        let good = br#"{"node":"0123456789ab","on":true,"info":{}}"#;
+        let on_a = format!("roost.c.p.{}", URL_SAFE_NO_PAD.encode("a"));
+        assert!(decode_presence(&n, &on_a, good).is_some());
+        assert_eq!(decode_presence(&n, &on_a, bad), None, "info is a JSON object");
+        assert_eq!(decode_presence(&n, "roost.c.m.YQ", &body), None);
+        assert_ne!(gone_id(&node, 1), gone_id(&node, 2));
     }
 }

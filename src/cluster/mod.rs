@@ -36,6 +36,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shorter: a consumer that does not come is asked for again at once.
 const CONSUMER_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often this node says it is alive (cluster.md: presence).
+const NODE_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The subscription of every node's heartbeat; 1 is the inbox's, and the
+/// consumers' deliver subjects count up from 3.
+const HEARTBEAT_SID: u64 = 2;
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -100,6 +105,11 @@ pub enum Event {
     Published { token: u64, result: Result<js::PubAck, String> },
     /// The next message of the stream, in stream order, each once.
     Message { stream_seq: u64, ts_ms: u64, append: Append },
+    /// The next presence record of the stream, in the same order.
+    Presence { stream_seq: u64, record: js::Presence },
+    /// A node's heartbeat (core NATS, each node about once a second,
+    /// this one's included).
+    Heard(String),
     /// A stream message that is not roostd's (published by something
     /// else on our subjects): not applied, logged; it still counts as read.
     Skipped(u64),
@@ -113,8 +123,32 @@ pub enum Event {
     Rewound,
 }
 
+/// What the loop asks the cluster thread to publish to the stream.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Message(Append),
+    /// A presence record, with its `Nats-Msg-Id` when it has one.
+    Presence(js::Presence, Option<String>),
+}
+
+impl Outgoing {
+    /// Subject, body and `Nats-Msg-Id`.
+    fn encode(self, names: &js::Names) -> (String, Vec<u8>, Option<String>) {
+        match self {
+            Outgoing::Message(a) => {
+                let (subject, body) = js::encode(names, &a);
+                (subject, body, a.id.as_ref().map(|id| js::msg_id(&a.from, id)))
+            }
+            Outgoing::Presence(p, id) => {
+                let (subject, body) = js::encode_presence(names, &p);
+                (subject, body, id)
+            }
+        }
+    }
+}
+
 enum Input {
-    Publish(u64, Append),
+    Publish(u64, Outgoing),
     Rewind(u64),
     Op(ServerOp),
     Closed(String),
@@ -161,7 +195,18 @@ impl Cluster {
 
     /// Queues a publish; never blocks. The answer comes as `Event::Published`.
     pub fn try_publish(&self, token: u64, append: Append) -> Result<(), Busy> {
-        match self.to.try_send(Input::Publish(token, append)) {
+        self.try_send(token, Outgoing::Message(append))
+    }
+
+    /// Queues a presence record (`id`: its `Nats-Msg-Id`); the answer
+    /// comes as `Event::Published`, and the record itself as
+    /// `Event::Presence` once the stream delivers it.
+    pub fn try_presence(&self, token: u64, record: js::Presence, id: Option<String>) -> Result<(), Busy> {
+        self.try_send(token, Outgoing::Presence(record, id))
+    }
+
+    fn try_send(&self, token: u64, out: Outgoing) -> Result<(), Busy> {
+        match self.to.try_send(Input::Publish(token, out)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
         }
@@ -222,6 +267,8 @@ struct Conn {
     last_delivery: Instant,
     pings_out: u32,
     next_ping: Instant,
+    /// When this node next says it is alive.
+    next_beat: Instant,
     next_request: u64,
     ready: bool,
 }
@@ -351,6 +398,7 @@ impl Thread {
             last_delivery: now,
             pings_out: 0,
             next_ping: now + PING_EVERY,
+            next_beat: now,
             next_request: 0,
             ready: false,
         };
@@ -414,7 +462,7 @@ impl Thread {
             // once nobody listens (`inactive_threshold`).
             nats::publish(&mut out, &names.consumer_delete(&old), None, &[], b"");
         }
-        c.consumer_sid = c.consumer_sid.max(1) + 1;
+        c.consumer_sid = c.consumer_sid.max(HEARTBEAT_SID) + 1;
         // Unique across connections: a consumer made on an earlier one may
         // live on in the cluster and must not reach this subscription.
         self.consumers += 1;
@@ -432,6 +480,7 @@ impl Thread {
         let mut out = Vec::new();
         nats::connect(&mut out, &format!("roostd {}", self.s.node), self.s.credentials.as_ref());
         nats::subscribe(&mut out, &format!("{}.r.*", self.inbox()), 1);
+        nats::subscribe(&mut out, &format!("{}*", names.heartbeats), HEARTBEAT_SID);
         nats::ping(&mut out);
         self.send(c, &out)?;
         c.pings_out = 1;
@@ -445,9 +494,8 @@ impl Thread {
             match input {
                 Some(Input::Stop) => return Ok(Stop::Stopped),
                 Some(Input::Closed(why)) => return Ok(Stop::Lost(why)),
-                Some(Input::Publish(token, a)) if c.ready => {
-                    let (subject, body) = js::encode(&names, &a);
-                    let id = a.id.as_ref().map(|id| js::msg_id(&a.from, id));
+                Some(Input::Publish(token, out)) if c.ready => {
+                    let (subject, body, id) = out.encode(&names);
                     let headers: Vec<(&str, &str)> = id.iter().map(|id| ("Nats-Msg-Id", id.as_str())).collect();
                     self.request(c, &subject, &body, &headers, Waiting::Publish(token))?;
                 }
@@ -481,6 +529,7 @@ impl Thread {
                     _ => return Ok(Stop::Lost("a JetStream request timed out".into())),
                 }
             }
+            self.beat(c, &names, now)?;
             if now >= c.next_ping {
                 if c.pings_out >= 2 {
                     return Ok(Stop::Lost("the server stopped answering pings".into()));
@@ -498,6 +547,47 @@ impl Thread {
         }
     }
 
+    /// This node's heartbeat, once a second while the stream is there.
+    fn beat(&self, c: &mut Conn, names: &js::Names, now: Instant) -> std::io::Result<()> {
+        if c.ready && now >= c.next_beat {
+            let mut out = Vec::new();
+            nats::publish(&mut out, &format!("{}{}", names.heartbeats, self.s.node), None, &[], b"");
+            self.send(c, &out)?;
+            c.next_beat = now + NODE_HEARTBEAT;
+        }
+        Ok(())
+    }
+
+    /// The stream is there (`info`): this node can follow it, unless it
+    /// was trimmed past what this node applied or is another stream.
+    fn on_stream(&mut self, c: &mut Conn, names: &js::Names, info: js::StreamInfo) -> std::io::Result<Option<Stop>> {
+        if info.first_seq > self.delivered + 1 && info.last_seq > self.delivered {
+            // What this node misses was trimmed from the stream.
+            self.emit(Event::Trimmed { first_seq: info.first_seq });
+            return Ok(Some(Stop::Lost(format!(
+                "the stream starts at {} but this node applied only up to {}; seed it from a peer's backup",
+                info.first_seq, self.delivered
+            ))));
+        }
+        if let Some(cfg) = names.upgrade(&info) {
+            // Made by a build without cluster-wide presence: its subjects too.
+            log::info!("cluster: adding the presence subjects to the stream {}", names.stream);
+            return self.request(c, &names.stream_update(), cfg.as_bytes(), &[], Waiting::StreamCreate).map(|()| None);
+        }
+        let epoch = info.epoch(names);
+        if self.s.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            return Ok(Some(Stop::Lost(format!(
+                "the stream {} is not the one this node's store replicates (it was made again); \
+                     start this node from an empty data folder",
+                names.stream
+            ))));
+        }
+        self.emit(Event::Up { epoch, last_seq: info.last_seq });
+        c.ready = true;
+        self.new_consumer(c)?;
+        Ok(None)
+    }
+
     fn on_op(&mut self, c: &mut Conn, names: &js::Names, op: ServerOp) -> std::io::Result<Option<Stop>> {
         match op {
             ServerOp::Ping => {
@@ -509,6 +599,13 @@ impl Thread {
             ServerOp::Ok | ServerOp::Info(_) => {}
             ServerOp::Err(e) => return Ok(Some(Stop::Lost(format!("the server said: {e}")))),
             ServerOp::Msg(m) if m.sid == c.consumer_sid => self.on_delivery(c, names, m)?,
+            ServerOp::Msg(m) if m.sid == HEARTBEAT_SID => {
+                // Its own too: the loop's once-a-second look for silent nodes.
+                let node = m.subject.strip_prefix(&names.heartbeats).unwrap_or("");
+                if js::valid_node(node) {
+                    self.emit(Event::Heard(node.to_string()));
+                }
+            }
             ServerOp::Msg(m) if m.sid != 1 => {} // a replaced consumer's
             ServerOp::Msg(m) => {
                 let n = m.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
@@ -530,27 +627,7 @@ impl Thread {
                         self.emit(Event::Published { token, result });
                     }
                     Waiting::StreamInfo | Waiting::StreamCreate => match js::parse_stream_info(&m.payload) {
-                        Ok(info) => {
-                            if info.first_seq > self.delivered + 1 && info.last_seq > self.delivered {
-                                // What this node misses was trimmed from the stream.
-                                self.emit(Event::Trimmed { first_seq: info.first_seq });
-                                return Ok(Some(Stop::Lost(format!(
-                                    "the stream starts at {} but this node applied only up to {}; seed it from a peer's backup",
-                                    info.first_seq, self.delivered
-                                ))));
-                            }
-                            let epoch = info.epoch(names);
-                            if self.s.epoch.as_ref().is_some_and(|e| *e != epoch) {
-                                return Ok(Some(Stop::Lost(format!(
-                                    "the stream {} is not the one this node's store replicates (it was made again); \
-                                     start this node from an empty data folder",
-                                    names.stream
-                                ))));
-                            }
-                            self.emit(Event::Up { epoch, last_seq: info.last_seq });
-                            c.ready = true;
-                            self.new_consumer(c)?;
-                        }
+                        Ok(info) => return self.on_stream(c, names, info),
                         Err(e) if e.err_code == js::STREAM_NOT_FOUND && matches!(w, Waiting::StreamInfo) => {
                             let cfg = names.stream_config(self.s.replicas, self.s.dedupe_window.as_millis() as u64);
                             self.request(c, &names.stream_create(), cfg.as_bytes(), &[], Waiting::StreamCreate)?;
@@ -597,6 +674,10 @@ impl Thread {
             return Ok(()); // an old consumer's late message
         }
         self.delivered = meta.stream_seq;
+        if let Some(record) = js::decode_presence(names, &m.subject, &m.payload) {
+            self.emit(Event::Presence { stream_seq: meta.stream_seq, record });
+            return Ok(());
+        }
         match js::decode(names, &m.subject, &m.payload) {
             Some(append) => self.emit(Event::Message { stream_seq: meta.stream_seq, ts_ms: meta.ts_ms, append }),
             None => {

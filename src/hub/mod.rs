@@ -22,6 +22,7 @@
 mod event;
 mod history;
 mod presence;
+mod remote;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -250,6 +251,8 @@ pub struct Hub {
     channels: HashMap<Arc<str>, Vec<ConnId>>,
     /// Connections with at least one replaying subscription.
     replaying: BTreeSet<ConnId>,
+    /// Cluster mode: what other nodes hold (presence across the cluster).
+    remote: Option<Box<remote::Remote>>,
 }
 
 impl Hub {
@@ -269,6 +272,7 @@ impl Hub {
             peers: IdMap::default(),
             channels: HashMap::new(),
             replaying: BTreeSet::new(),
+            remote: None,
         }
     }
 

@@ -45,6 +45,12 @@ impl Hub {
         // The channel's `channel_occupied` goes before its first `member_added` (spec §9: in order per channel).
         let mut member = None;
         if self.rules.is_presence(ch) {
+            if self.remote.as_ref().is_some_and(|r| r.cut) {
+                return Err((
+                    ErrCode::Unavailable,
+                    "presence needs the cluster's log, which is unreachable; try again",
+                ));
+            }
             let (user, info) = peer.member(ch);
             if user.len() > MAX_USER_BYTES {
                 return Err((ErrCode::BadRequest, "on a presence channel the token's sub is at most 128 bytes"));
@@ -107,12 +113,21 @@ impl Hub {
 
     /// The members of `ch` others may be told of, plus `own` when present.
     pub fn members_of<'a>(&'a self, ch: &str, own: Option<&str>) -> Vec<Member<'a>> {
-        let Some(tally) = self.members.get(ch) else { return Vec::new() };
-        tally
-            .range(&Box::from(""))
-            .filter(|(user, e)| e.stored || (own == Some(&***user) && e.conns > 0))
-            .map(|(user, e)| Member { user, info: e.info.as_deref() })
-            .collect()
+        let mut all: Vec<Member<'a>> = match self.members.get(ch) {
+            Some(tally) => tally
+                .range(&Box::from(""))
+                .filter(|(user, e)| e.stored || (own == Some(&***user) && e.conns > 0))
+                .map(|(user, e)| Member { user, info: e.info.as_deref() })
+                .collect(),
+            None => Vec::new(),
+        };
+        if self.remote.is_some() {
+            // Members other nodes hold too (cluster mode), each user once.
+            all.extend(self.remote_members(ch));
+            all.sort_by(|a, b| a.user.cmp(b.user));
+            all.dedup_by(|later, first| later.user == first.user);
+        }
+        all
     }
 
     /// Presence and occupancy writes whose grace ran out by `now` join the
@@ -200,7 +215,7 @@ impl Hub {
 
     /// `event` for every subscriber of `ch` but `user`'s own connections,
     /// written once per dialect.
-    fn broadcast(&self, ch: &str, user: &str, event: &Event<'_>) -> Vec<(String, Vec<ConnId>)> {
+    pub(super) fn broadcast(&self, ch: &str, user: &str, event: &Event<'_>) -> Vec<(String, Vec<ConnId>)> {
         let mut out: Vec<(Door, String, Vec<ConnId>)> = Vec::new();
         for &conn in self.channels.get(ch).into_iter().flatten() {
             let Some(peer) = self.peers.get(&conn) else { continue };
@@ -277,6 +292,11 @@ impl<K: Ord + Clone> Tally<K> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Every entry, in key order, to change in place (cluster mode).
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&K, &mut Entry)> {
+        self.entries.iter_mut().map(|(k, e)| (&*k, e))
     }
 
     /// Entries in key order, from `from` on.

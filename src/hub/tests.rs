@@ -1058,3 +1058,60 @@ fn the_connection_left_out_of_a_delivery_is_not_sent_it_later_either() {
     assert_eq!(w.seqs(2), vec![2]);
     assert_eq!(w.seqs(3), vec![2]);
 }
+
+// Cluster mode (docs/cluster.md): presence from every node's records.
+
+impl World<Fake> {
+    /// A holding record applied here; what the subscribers here are told.
+    fn held(&mut self, user: &str, node: &str, on: bool) {
+        let own = node == "me";
+        for (text, to) in self.hub.applied_held("presence-r", Some(user), own, node, None, on, self.now) {
+            for conn in to {
+                self.deliver(conn, &text);
+            }
+        }
+    }
+}
+
+#[test]
+fn in_a_cluster_a_member_is_listed_while_any_node_holds_it_and_a_silent_nodes_members_leave() {
+    let mut w = World::with_rules(kv_rules());
+    w.hub.replicate_presence();
+    w.join(1, member("alice", None));
+    w.req(1, json!({"op":"sub","ch":"presence-r"}));
+    w.take(1);
+    assert_eq!(member_changes(&w.hub.take_changes()), vec![("alice".to_string(), true)], "published");
+    w.held("alice", "me", true);
+    w.held("bob", "b", true);
+    assert_eq!(w.take(1), vec![json!({"op":"join","ch":"presence-r","user":"bob"})]);
+    w.held("bob", "c", true);
+    w.held("bob", "c", true);
+    w.held("bob", "b", false);
+    assert_eq!(w.ops(1), Vec::<String>::new(), "node c still holds bob; a record twice is nothing new");
+    w.req(1, json!({"op":"presence","ch":"presence-r","id":"q"}));
+    assert_eq!(w.take(1)[0]["members"], json!([{"user":"alice"},{"user":"bob"}]));
+    for (text, to) in w.hub.applied_gone("c", false, w.now) {
+        to.into_iter().for_each(|conn| w.deliver(conn, &text));
+    }
+    assert_eq!(w.take(1), vec![json!({"op":"leave","ch":"presence-r","user":"bob"})]);
+    // This node was thought silent: alice, still connected, is published again.
+    assert!(w.hub.applied_gone("me", true, w.now).is_empty(), "a member never hears its own leave");
+    w.hub.tick(w.now);
+    assert_eq!(member_changes(&w.hub.take_changes()), vec![("alice".to_string(), true)]);
+}
+
+#[test]
+fn in_a_cluster_a_presence_sub_waits_for_the_log_and_an_ordinary_one_does_not() {
+    let mut w = World::with_rules(kv_rules());
+    w.hub.replicate_presence();
+    w.hub.set_presence_cut(true);
+    w.join(1, member("alice", None));
+    w.req(1, json!({"op":"sub","ch":"presence-r","id":1}));
+    let r = w.take(1);
+    assert_eq!((r[0]["op"].as_str(), r[0]["code"].as_str()), (Some("err"), Some("unavailable")), "{r:?}");
+    w.req(1, json!({"op":"sub","ch":"room","id":2}));
+    assert_eq!(w.ops(1), vec!["subok"]);
+    w.hub.set_presence_cut(false);
+    w.req(1, json!({"op":"sub","ch":"presence-r","id":3}));
+    assert_eq!(w.ops(1), vec!["subok", "presence"]);
+}

@@ -16,6 +16,9 @@ impl Server {
     /// Queues the hub's presence and occupancy changes for this turn's
     /// commit, each followed by its webhook event when one is wanted.
     pub(super) fn queue_changes(&mut self) {
+        if self.cluster.is_some() {
+            return self.publish_changes();
+        }
         for change in self.hub.take_changes() {
             let (write, name, ch, user) = match &change {
                 Change::Member { ch, user, info, present } => (
@@ -59,6 +62,9 @@ impl Server {
     /// present for `--presence-restart-grace`, so a member who reconnects
     /// in time is never reported gone, and one who does not is, once.
     pub(super) fn restore_presence(&mut self, now: Instant) {
+        if self.cluster.is_some() {
+            return self.restore_held(now);
+        }
         let hub = &mut self.hub;
         let restored = self.store.members(|ch, user, info| {
             hub.restore_member(ch, user, Some(info).filter(|i| !i.is_empty()), now);

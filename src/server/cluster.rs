@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use super::*;
 use crate::cluster::{self, Cluster, Event as ClusterEvent};
 
+mod presence;
+
 /// Applied messages handed to the writer and not yet committed: past it the
 /// loop stops taking the stream's messages (the cluster thread, then TCP
 /// and JetStream's flow control, hold the rest back).
@@ -43,6 +45,9 @@ pub(super) struct ClusterSide {
     /// The rewind is asked for (its queue may have been full).
     rewind_sent: bool,
     recent: VecDeque<(u64, Outcome)>,
+    /// Presence across the cluster: this node's records on their way, and
+    /// the nodes whose silence would remove their members.
+    pub(super) presence: presence::PresenceSide,
 }
 
 impl ClusterSide {
@@ -54,7 +59,9 @@ impl ClusterSide {
         let applied = store.stream_seq().ok().flatten().unwrap_or(0);
         // main checked the credentials file before the start.
         let credentials = cluster::credentials(cfg).ok().flatten();
-        let settings = cluster::Settings::new(cfg, credentials, Some(store.epoch().to_string()));
+        let mut settings = cluster::Settings::new(cfg, credentials, Some(store.epoch().to_string()));
+        settings.node = presence::node_id(&cfg.data);
+        let node = settings.node.clone();
         Some(ClusterSide {
             client: Cluster::start(settings, applied, wake),
             up: false,
@@ -69,6 +76,7 @@ impl ClusterSide {
             rewinding: false,
             rewind_sent: false,
             recent: VecDeque::new(),
+            presence: presence::PresenceSide::new(node),
         })
     }
 }
@@ -112,9 +120,18 @@ impl Server {
                 c.rewind_sent = c.client.rewind(c.applied).is_ok();
             }
             if c.applying >= MAX_APPLYING {
-                return;
+                break;
             }
-            let Some(event) = c.client.events().next() else { return };
+            let Some(event) = c.client.events().next() else { break };
+            self.on_cluster_event(event, now);
+        }
+        self.watch_presence(now);
+    }
+
+    /// One piece of the cluster thread's news.
+    fn on_cluster_event(&mut self, event: ClusterEvent, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        {
             match event {
                 ClusterEvent::Up { last_seq, .. } => {
                     c.up = true;
@@ -123,6 +140,7 @@ impl Server {
                         c.catch_up_to = last_seq;
                     }
                     log::info!("cluster: connected; the stream is applied from {}", c.applied + 1);
+                    c.presence.reconnected(now);
                 }
                 ClusterEvent::Down(why) => {
                     if c.up {
@@ -131,7 +149,10 @@ impl Server {
                     c.up = false;
                 }
                 ClusterEvent::Published { token, result } => {
-                    let Some((ticket, append)) = c.sent.remove(&token) else { continue };
+                    if let Some(change) = c.presence.records.remove(&token) {
+                        return self.on_presence_published(change, result.is_ok(), now);
+                    }
+                    let Some((ticket, append)) = c.sent.remove(&token) else { return };
                     match result {
                         Err(why) => {
                             log::debug!("cluster: a publish was not taken: {why}");
@@ -141,13 +162,17 @@ impl Server {
                     }
                 }
                 ClusterEvent::Message { stream_seq, ts_ms, append } => {
-                    if c.rewinding || stream_seq <= c.submitted {
-                        continue;
+                    if let Some(after) = c.next_apply(stream_seq) {
+                        self.pending.push((Ticket::event(), Write::Applied { append, stream_seq, ts_ms, after }));
                     }
-                    let after = std::mem::replace(&mut c.submitted, stream_seq);
-                    c.applying += 1;
-                    self.pending.push((Ticket::event(), Write::Applied { append, stream_seq, ts_ms, after }));
                 }
+                ClusterEvent::Presence { stream_seq, record } => {
+                    if let Some(after) = c.next_apply(stream_seq) {
+                        let write = c.presence.write(record, stream_seq, after, &self.cfg);
+                        self.pending.push((Ticket::event(), write));
+                    }
+                }
+                ClusterEvent::Heard(node) => c.presence.heard(&node, now),
                 ClusterEvent::Skipped(seq) => c.skipped = seq,
                 ClusterEvent::Trimmed { first_seq } => log::error!(
                     "cluster: the stream starts at {first_seq}, after what this node applied ({}): it cannot catch \
@@ -206,11 +231,9 @@ impl Server {
     /// its subscribers here get it (`on_committed`).
     pub(super) fn on_applied(&mut self, stream_seq: u64, append: Append, outcome: Outcome, now: Instant) {
         let Some(c) = self.cluster.as_mut() else { return };
-        c.applying = c.applying.saturating_sub(1);
-        if matches!(&outcome, Outcome::Invalid(why) if why == crate::store::OUT_OF_ORDER) {
-            return c.rewind();
+        if !c.took(stream_seq, &outcome) {
+            return;
         }
-        c.applied = c.applied.max(stream_seq);
         c.recent.push_back((stream_seq, outcome.clone()));
         if c.recent.len() > RECENT {
             c.recent.pop_front();
@@ -241,7 +264,7 @@ impl Server {
     /// applied sequence, dropping what was queued meanwhile.
     pub(super) fn on_apply_failed(&mut self, items: &[(Ticket, Write)]) {
         let Some(c) = self.cluster.as_mut() else { return };
-        let failed = items.iter().filter(|(_, w)| matches!(w, Write::Applied { .. })).count();
+        let failed = items.iter().filter(|(_, w)| w.is_applied()).count();
         if failed == 0 {
             return;
         }
@@ -253,6 +276,39 @@ impl Server {
 impl ClusterSide {
     fn catching_up(&self) -> bool {
         self.applied.max(self.skipped) < self.catch_up_to
+    }
+
+    /// Linked to the log and caught up: publishes (and presence) work.
+    pub(super) fn ready(&self) -> bool {
+        self.up && !self.catching_up()
+    }
+
+    /// A token for the cluster thread's answer.
+    pub(super) fn take_token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// The stream record at `stream_seq` goes to the writer, after the
+    /// returned sequence; `None` when it was seen or a rewind drops it.
+    fn next_apply(&mut self, stream_seq: u64) -> Option<u64> {
+        if self.rewinding || stream_seq <= self.submitted {
+            return None;
+        }
+        self.applying += 1;
+        Some(std::mem::replace(&mut self.submitted, stream_seq))
+    }
+
+    /// A stream record's commit came back: false when it was out of order
+    /// (a rewind is asked for), else it is applied here.
+    pub(super) fn took(&mut self, stream_seq: u64, outcome: &Outcome) -> bool {
+        self.applying = self.applying.saturating_sub(1);
+        if matches!(outcome, Outcome::Invalid(why) if why == crate::store::OUT_OF_ORDER) {
+            self.rewind();
+            return false;
+        }
+        self.applied = self.applied.max(stream_seq);
+        true
     }
 
     /// Drops the stream's messages until the cluster thread consumes again

@@ -72,6 +72,8 @@ impl Server {
                             self.on_committed(ticket, append, outcome, now);
                         } else if let Write::Applied { append, stream_seq, .. } = write {
                             self.on_applied(stream_seq, append, outcome, now);
+                        } else if write.is_applied() {
+                            self.on_presence_applied(write, &outcome, now);
                         } else if let Some(change) = ticket.change {
                             self.on_change_written(&change, outcome == Outcome::Written, now);
                         }

@@ -3,7 +3,7 @@
 //! not installed (`.ci/cluster-test` installs it and makes the skip a failure).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use roostd::cluster::{Cluster, Event, Settings};
 use roostd::config::NatsUrl;
@@ -11,7 +11,10 @@ use roostd::store::Append;
 
 use serde_json::{json, Value};
 
-use crate::support::{io_timeout, run_roostd, scale, token_all, Answer, NatsServer, TestServer};
+use crate::presence::{distinct, join, member_token, wait_members};
+use crate::support::{
+    io_timeout, run_roostd, scale, token_all, within, Answer, Endpoint, Mode, NatsServer, TestServer,
+};
 
 fn settings(nats: &NatsServer, node: &str) -> Settings {
     Settings {
@@ -626,8 +629,17 @@ fn publishers_on_every_node_lose_no_acked_message_when_a_roostd_and_a_nats_node_
     let histories: Vec<_> = nodes.iter().map(|node| caught_up_history(node, "room")).collect();
     let _logs_on_failure = Dump(&nodes[0], &nodes[2]);
     assert!(histories[0].len() >= total, "every acked message, and perhaps unacked ones the log took");
-    assert_eq!(histories[1], histories[0], "the same seq, ts and data on every node");
-    assert_eq!(histories[2], histories[0], "the killed node caught up exactly");
+    for (i, h) in histories.iter().enumerate().skip(1) {
+        let first_difference = h.iter().zip(&histories[0]).position(|(a, b)| a != b);
+        assert!(
+            h.len() == histories[0].len() && first_difference.is_none(),
+            "node {i} (the third was killed) holds {} messages, the first {}; first difference at {first_difference:?}: {:?} vs {:?}",
+            h.len(),
+            histories[0].len(),
+            first_difference.map(|d| &h[d..(d + 3).min(h.len())]),
+            first_difference.map(|d| &histories[0][d..(d + 3).min(histories[0].len())]),
+        );
+    }
     for (i, mine) in acked.iter().enumerate() {
         for (seq, k) in mine {
             let data = json!({"who": format!("p{i}"), "k": k});
@@ -635,4 +647,202 @@ fn publishers_on_every_node_lose_no_acked_message_when_a_roostd_and_a_nats_node_
             assert_eq!(at, [*seq], "p{i}'s message {k}: stored once, at the seq its ack said");
         }
     }
+}
+
+/// A node of a cluster on one `nats-server` (one replica), ready: linked
+/// and caught up (presence subscriptions wait for that).
+fn ready_node(nats: &NatsServer, name: &str, extra: &[&str]) -> TestServer {
+    let server = TestServer::options()
+        .args(&["--cluster", &nats.url(), "--cluster-name", name, "--cluster-replicas", "1"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .start();
+    wait_healthz(&server, 200, "the node links to NATS and catches up");
+    server
+}
+
+/// `user` (info `{}`) subscribed to presence channel `ch` on `server`.
+fn member(server: &TestServer, user: &str, ch: &str) -> crate::support::Client {
+    let mut c = server.ws(&member_token(user, json!({})));
+    join(&mut c, ch);
+    c
+}
+
+/// The presence grace of these tests, as a flag.
+fn grace() -> (Duration, String) {
+    let grace = Duration::from_secs(scale(1, 3) as u64);
+    (grace, format!("{}s", grace.as_secs()))
+}
+
+#[test]
+fn a_member_on_one_node_is_listed_on_the_other_and_joins_and_leaves_reach_every_node() {
+    let Some(nats) = NatsServer::start() else { return };
+    let (_, g) = grace();
+    let a = ready_node(&nats, "pres", &["--presence-grace", &g]);
+    let b = ready_node(&nats, "pres", &["--presence-grace", &g]);
+    let _logs_on_failure = Dump(&a, &b);
+    let ch = "presence-room:1";
+    let mut alice = a.ws(&member_token("alice", json!({"name": "Alice"})));
+    assert_eq!(join(&mut alice, ch), ["alice"]);
+    wait_members(&b, ch, 1);
+
+    let mut bob = b.ws(&member_token("bob", json!({"name": "Bob"})));
+    assert_eq!(join(&mut bob, ch), ["alice", "bob"], "a member of node A is listed on node B");
+    assert_eq!(
+        alice.recv_json(),
+        json!({"op": "join", "ch": ch, "user": "bob", "info": {"name": "Bob"}}),
+        "a join on node B reaches node A"
+    );
+    wait_members(&a, ch, 2);
+    wait_members(&b, ch, 2);
+    // Alice's second connection, on the other node, is not a new member.
+    let mut alice2 = b.ws(&member_token("alice", json!({"name": "Alice"})));
+    assert_eq!(join(&mut alice2, ch), ["alice", "bob"]);
+    let mut carol = a.ws(&member_token("carol", json!({})));
+    assert_eq!(join(&mut carol, ch), ["alice", "bob", "carol"]);
+    let joined = bob.recv_json();
+    assert_eq!((joined["op"].as_str(), joined["user"].as_str()), (Some("join"), Some("carol")), "{joined}");
+
+    // Alice leaves node A but stays on node B: still a member, no leave.
+    alice.close();
+    carol.close();
+    let left = bob.recv_json();
+    assert_eq!(left, json!({"op": "leave", "ch": ch, "user": "carol"}), "only carol left: {left}");
+    alice2.close();
+    assert_eq!(bob.recv_json(), json!({"op": "leave", "ch": ch, "user": "alice"}), "a leave reaches node B");
+    wait_members(&a, ch, 1);
+}
+
+#[test]
+fn the_members_of_a_killed_node_leave_on_the_other_within_the_grace_plus_5_s() {
+    let Some(nats) = NatsServer::start() else { return };
+    let (grace, g) = grace();
+    let mut a = ready_node(&nats, "kill", &["--presence-grace", &g]);
+    let b = ready_node(&nats, "kill", &["--presence-grace", &g]);
+    let ch = "presence-room:1";
+    let _alice = member(&a, "alice", ch);
+    wait_members(&b, ch, 1);
+    let mut bob = b.ws(&member_token("bob", json!({})));
+    assert_eq!(join(&mut bob, ch), ["alice", "bob"]);
+
+    a.kill_and_wait();
+    let killed = Instant::now();
+    let left = bob.recv_json();
+    let took = killed.elapsed();
+    assert_eq!(left, json!({"op": "leave", "ch": ch, "user": "alice"}), "no ghost of a killed node: {left}");
+    // Silence is judged on heartbeats once a second; then the removal
+    // goes through the log.
+    let limit = grace + Duration::from_secs(5) + within(Duration::from_secs(3));
+    assert!(took <= limit, "the leave came {took:?} after the kill, over {limit:?}");
+    assert!(took >= grace + Duration::from_secs(3), "removed after {took:?}: too early for a silent node");
+    wait_members(&b, ch, 1);
+}
+
+#[test]
+fn while_nats_is_unreachable_a_presence_sub_is_unavailable_and_an_ordinary_sub_works() {
+    let Some(mut nats) = NatsServer::start() else { return };
+    let server = ready_node(&nats, "cut", &[]);
+    let mut c = server.ws(&member_token("alice", json!({})));
+    nats.kill();
+    wait_healthz(&server, 503, "the link to NATS is down");
+    let r = c.request(json!({"op": "sub", "ch": "presence-room", "id": "p"}));
+    assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("unavailable")), "{r}");
+    let ok = c.request(json!({"op": "sub", "ch": "room", "id": "r"}));
+    assert_eq!(ok["op"], "subok", "{ok}");
+    nats.restart();
+    wait_healthz(&server, 200, "the link is back");
+    assert_eq!(join(&mut c, "presence-room"), ["alice"], "presence works again");
+}
+
+#[test]
+fn each_webhook_event_is_delivered_once_per_cluster() {
+    let Some(nats) = NatsServer::start() else { return };
+    let (grace, g) = grace();
+    let (hook_a, hook_b) = (Endpoint::start(Mode::Status(200)), Endpoint::start(Mode::Status(200)));
+    let a = ready_node(&nats, "hooks", &["--presence-grace", &g, "--webhook", &hook_a.url]);
+    let b = ready_node(&nats, "hooks", &["--presence-grace", &g, "--webhook", &hook_b.url]);
+    let _logs_on_failure = Dump(&a, &b);
+    let ch = "presence-room:1";
+    // Alice on both nodes, bob on one: the channel is occupied on both.
+    let alice_a = member(&a, "alice", ch);
+    wait_members(&b, ch, 1);
+    let alice_b = member(&b, "alice", ch);
+    let bob = member(&b, "bob", ch);
+    wait_members(&a, ch, 2);
+    for c in [alice_a, alice_b, bob] {
+        c.close();
+    }
+    let all = || [hook_a.delivered(), hook_b.delivered()].concat();
+    let expected = [
+        "channel_occupied",
+        "channel_vacated",
+        "member_added alice",
+        "member_added bob",
+        "member_removed alice",
+        "member_removed bob",
+    ];
+    let names = |events: &[Value]| {
+        let mut n: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let name = e["name"].as_str().unwrap().to_string();
+                e["user_id"].as_str().map_or(name.clone(), |u| format!("{name} {u}"))
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    let deadline = Instant::now() + io_timeout() + grace * 3;
+    while names(&distinct(&all())) != expected {
+        assert!(Instant::now() < deadline, "not every event arrived: {:#?}", all());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second copy, from the other node, would come about as soon.
+    std::thread::sleep(within(Duration::from_secs(2)));
+    let events = all();
+    assert_eq!(names(&events), expected, "each event once, from one node: {events:#?}");
+    assert!(!hook_a.delivered().is_empty() && !hook_b.delivered().is_empty(), "each node sent its own nodes' events");
+}
+
+#[test]
+fn a_restarted_node_leaves_no_ghost_of_its_earlier_members() {
+    let Some(nats) = NatsServer::start() else { return };
+    let (grace, g) = grace();
+    let restart = format!("{}s", 2 * grace.as_secs());
+    let mut a = ready_node(&nats, "again", &["--presence-grace", &g, "--presence-restart-grace", &restart]);
+    let b = ready_node(&nats, "again", &["--presence-grace", &g]);
+    let ch = "presence-room:1";
+    let _alice = member(&a, "alice", ch);
+    let _carol = member(&a, "carol", ch);
+    wait_members(&b, ch, 2);
+    let mut bob = b.ws(&member_token("bob", json!({})));
+    assert_eq!(join(&mut bob, ch), ["alice", "bob", "carol"]);
+
+    // Node A comes back at once, as the same node: its members are kept
+    // for the restart grace; carol reconnects in time, alice does not.
+    a.kill9();
+    wait_healthz(&a, 200, "the restarted node catches up");
+    let mut carol = a.ws(&member_token("carol", json!({})));
+    assert_eq!(join(&mut carol, ch), ["alice", "bob", "carol"], "kept for the restart grace");
+    assert_eq!(bob.recv_json(), json!({"op": "leave", "ch": ch, "user": "alice"}), "alice is not a ghost");
+    assert_eq!(ask_users(&mut bob, ch), ["bob", "carol"], "carol came back in time: never reported gone");
+}
+
+/// The members `client` is told of when it asks.
+fn ask_users(client: &mut crate::support::Client, ch: &str) -> Vec<String> {
+    let p = client.request(json!({"op": "presence", "ch": ch, "id": "ask"}));
+    p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_stream_made_without_the_presence_subjects_gets_them() {
+    let Some(nats) = NatsServer::start() else { return };
+    // As a build without cluster-wide presence made it.
+    let old = json!({"name": "ROOST_old", "subjects": ["roost.old.m.>"], "storage": "file", "num_replicas": 1});
+    let answer = nats_request(&nats, "$JS.API.STREAM.CREATE.ROOST_old", &old.to_string());
+    assert!(answer.contains("\"created\""), "{answer}");
+    let server = ready_node(&nats, "old", &[]);
+    let _alice = member(&server, "alice", "presence-room");
+    // Listed to others only once the record came back through the stream.
+    wait_members(&server, "presence-room", 1);
 }
