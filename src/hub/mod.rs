@@ -22,9 +22,9 @@
 mod event;
 mod history;
 mod presence;
+mod table;
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,35 +35,10 @@ pub use event::{Dialect, Door, ErrCode, Event, Member, Msg, Page, Request, Start
 pub use history::{msg as history_msg, page, History};
 pub use presence::Change;
 use presence::Tally;
+pub use table::IdTable;
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
-
-/// A map keyed by connection. Ids are handed out by the server, never by a
-/// client, so they need no defence against chosen collisions: a multiply
-/// spreads them, where SipHash would cost more than the lookup itself on
-/// every event.
-pub type IdMap<V> = HashMap<ConnId, V, BuildHasherDefault<IdHasher>>;
-
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_usize(&mut self, id: usize) {
-        // Fibonacci hashing: consecutive ids land far apart, top bits included.
-        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 /// Messages read from the store per replay step of one subscription.
 const REPLAY_BATCH: usize = 256;
@@ -244,8 +219,8 @@ pub struct Hub {
     changes: Vec<Change>,
     /// The earliest grace that may run out: `tick` has work then.
     next_grace: Option<Instant>,
-    /// Boxed, so the table's spare capacity costs a pointer per entry.
-    peers: IdMap<Box<Peer>>,
+    /// Stored inline by the connection's place (`IdTable`).
+    peers: IdTable<Peer>,
     /// Live and replaying subscribers of each channel.
     channels: HashMap<Arc<str>, Vec<ConnId>>,
     /// Connections with at least one replaying subscription.
@@ -266,7 +241,7 @@ impl Hub {
             occupancy: HashMap::new(),
             changes: Vec::new(),
             next_grace: None,
-            peers: IdMap::default(),
+            peers: IdTable::default(),
             channels: HashMap::new(),
             replaying: BTreeSet::new(),
         }
@@ -276,7 +251,7 @@ impl Hub {
     pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: Door, now: Instant) {
         let tokens = 2.0 * self.limits.publish_rate as f64;
         let bucket = Bucket { tokens, at: now, refused: 0 };
-        self.peers.insert(conn, Box::new(Peer { claims, dialect, subs: Vec::new(), bucket, named: Vec::new() }));
+        self.peers.insert(conn, Peer { claims, dialect, subs: Vec::new(), bucket, named: Vec::new() });
     }
 
     /// Names the member `conn` is on presence channel `ch` for its next

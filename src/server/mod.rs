@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::api::{self, Decision};
 use crate::http::{self, Head, Refusal};
-use crate::hub::{Action, ConnId, Hub, IdMap, Limits, Rules};
+use crate::hub::{Action, ConnId, Hub, IdTable, Limits, Rules};
 use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
@@ -71,7 +71,8 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const RELOAD: Token = Token(3);
-const FIRST_CONN: usize = 16;
+/// The first connection's serial: every id is above the tokens above.
+const FIRST_CONN: usize = 1;
 
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -137,9 +138,9 @@ pub struct Server {
     store: Store,
     hub: Hub,
     writer: Writer<Ticket>,
-    /// Boxed: the table's spare capacity then costs a pointer per entry,
-    /// not a whole slot.
-    slots: IdMap<Box<Slot>>,
+    /// Stored inline, by place (`IdTable`).
+    slots: IdTable<Slot>,
+    /// The serial of the next connection's id.
     next_id: ConnId,
     per_ip: HashMap<IpAddr, usize>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -261,7 +262,7 @@ impl Server {
             writer,
             store,
             cfg,
-            slots: IdMap::default(),
+            slots: IdTable::handing_out(),
             next_id: FIRST_CONN,
             per_ip: HashMap::new(),
             timers: BinaryHeap::new(),
