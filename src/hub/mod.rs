@@ -26,6 +26,8 @@ mod table;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
@@ -155,14 +157,14 @@ struct Peer {
     /// How this connection's front door writes events.
     dialect: Door,
     /// A list, not a map: a connection holds a few subscriptions, and an
-    /// idle one should cost little. The channel's name is shared with
-    /// `Hub::channels`.
-    subs: Vec<(Arc<str>, Cursor)>,
+    /// idle one should cost little; the first is stored in the record
+    /// itself. The channel's name is shared with `Hub::channels`.
+    subs: SmallVec<[(Arc<str>, Cursor); 1]>,
     bucket: Bucket,
     /// The member this connection is on some presence channels, when its
     /// front door names one per subscription (Pusher's `channel_data`)
-    /// instead of the token's `sub` and `info`. Empty for native peers.
-    named: Vec<Named>,
+    /// instead of the token's `sub` and `info`. None for native peers.
+    named: Option<Box<Vec<Named>>>,
 }
 
 /// A member named for one presence channel: the channel, the user, its info.
@@ -173,9 +175,19 @@ impl Peer {
     /// `ch`: the one its front door named, else its token's `sub` and `info`.
     /// So one user is one member, whichever protocol each connection speaks.
     fn member(&self, ch: &str) -> (&str, Option<&str>) {
-        match self.named.iter().find(|(c, ..)| &**c == ch) {
+        match self.named.iter().flat_map(|n| n.iter()).find(|(c, ..)| &**c == ch) {
             Some((_, user, info)) => (user, info.as_deref()),
             None => (&self.claims.sub, self.claims.info.as_deref()),
+        }
+    }
+
+    /// Forgets the member named for `ch`.
+    fn unname(&mut self, ch: &str) {
+        if let Some(named) = &mut self.named {
+            named.retain(|(c, ..)| &**c != ch);
+            if named.is_empty() {
+                self.named = None;
+            }
         }
     }
 
@@ -251,7 +263,7 @@ impl Hub {
     pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: Door, now: Instant) {
         let tokens = 2.0 * self.limits.publish_rate as f64;
         let bucket = Bucket { tokens, at: now, refused: 0 };
-        self.peers.insert(conn, Peer { claims, dialect, subs: Vec::new(), bucket, named: Vec::new() });
+        self.peers.insert(conn, Peer { claims, dialect, subs: SmallVec::new(), bucket, named: None });
     }
 
     /// Names the member `conn` is on presence channel `ch` for its next
@@ -263,15 +275,16 @@ impl Hub {
         if peer.subs.iter().any(|(c, _)| &**c == ch) {
             return;
         }
-        peer.named.retain(|(c, ..)| &**c != ch);
-        peer.named.push((Arc::from(ch), user.into(), info.map(Box::from)));
+        let named = peer.named.get_or_insert_with(Box::default);
+        named.retain(|(c, ..)| &**c != ch);
+        named.push((Arc::from(ch), user.into(), info.map(Box::from)));
     }
 
     /// Drops a member named for `ch` unless `conn` is subscribed to it.
     pub fn forget_member(&mut self, conn: ConnId, ch: &str) {
         let Some(peer) = self.peers.get_mut(&conn) else { return };
         if !peer.subs.iter().any(|(c, _)| &**c == ch) {
-            peer.named.retain(|(c, ..)| &**c != ch);
+            peer.unname(ch);
         }
     }
 
@@ -413,10 +426,6 @@ impl Hub {
                 Some((name, _)) => name.clone(),
                 None => Arc::from(ch),
             };
-            if peer.subs.len() == peer.subs.capacity() {
-                // Grow from one, not four: most connections hold one.
-                peer.subs.reserve_exact(peer.subs.len().max(1));
-            }
             peer.subs.push((name.clone(), cursor));
             self.channels.entry(name).or_default().push(conn);
         }
@@ -436,7 +445,7 @@ impl Hub {
         if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
             peer.subs.swap_remove(at);
             let user = peer.member(ch).0.to_string();
-            peer.named.retain(|(c, ..)| &**c != ch);
+            peer.unname(ch);
             self.drop_subscriber(ch, conn);
             self.depart(ch, &user, now);
         }
