@@ -83,6 +83,45 @@ pub struct Settings {
     /// `pusher:ping`) instead of a WebSocket ping; a missing answer is then
     /// `Tick::NoPong`, for the protocol's own close, not a silent drop.
     pub ping_text: Option<Frame>,
+    /// The moment a connection's deadlines count from (the loop's start):
+    /// each connection keeps them as milliseconds after it (`Ms`).
+    pub epoch: Instant,
+}
+
+/// A moment as whole milliseconds after `Settings::epoch`, rounded down;
+/// `NEVER` for none. Eight bytes where an `Option<Instant>` takes sixteen,
+/// and every connection keeps four. Signed, so a moment before the epoch
+/// is one too. (32 bits of milliseconds would wrap after 49 days, and a
+/// token may expire later than that.)
+type Ms = i64;
+const NEVER: Ms = Ms::MAX;
+
+impl Settings {
+    fn ms(&self, t: Instant) -> Ms {
+        let (d, before) = match t.checked_duration_since(self.epoch) {
+            Some(d) => (d.as_nanos() / 1_000_000, false),
+            None => (self.epoch.saturating_duration_since(t).as_nanos().div_ceil(1_000_000), true),
+        };
+        let d = d.min(NEVER as u128 - 1) as Ms;
+        if before {
+            -d
+        } else {
+            d
+        }
+    }
+
+    fn instant(&self, ms: Ms) -> Instant {
+        let d = Duration::from_millis(ms.unsigned_abs());
+        match ms >= 0 {
+            true => self.epoch.checked_add(d).unwrap_or_else(|| far_future(self.epoch)),
+            false => self.epoch.checked_sub(d).unwrap_or(self.epoch),
+        }
+    }
+}
+
+/// `d` after `at`, short of `NEVER`.
+fn after(at: Ms, d: Duration) -> Ms {
+    at.saturating_add(d.as_millis().min(NEVER as u128) as Ms).min(NEVER - 1)
 }
 
 /// What reading the head gave.
@@ -183,18 +222,19 @@ pub struct Conn<S = Stream> {
     drop_after_flush: bool,
     /// Reading waits for the pending answer to be written (`block_reads`).
     reads_blocked: bool,
-    // Deadlines.
+    // Deadlines, `Ms` after `Settings::epoch`.
     /// For the request head while reading HTTP; for the peer's Close (or
     /// for reading our refusal) while closing.
-    deadline: Option<Instant>,
-    expires: Option<Instant>,
-    last_heard: Instant,
-    ping_sent: Option<Instant>,
+    deadline: Ms,
+    expires: Ms,
+    last_heard: Ms,
+    ping_sent: Ms,
 }
 
 impl<S: Transport> Conn<S> {
     pub fn new(sock: S, peer: IpAddr, now: Instant, settings: Arc<Settings>) -> Conn<S> {
-        let deadline = Some(now + settings.handshake_timeout);
+        let at = settings.ms(now);
+        let deadline = after(at, settings.handshake_timeout);
         Conn {
             io: Io::Raw(sock),
             phase: Phase::Head,
@@ -205,9 +245,9 @@ impl<S: Transport> Conn<S> {
             drop_after_flush: false,
             reads_blocked: false,
             deadline,
-            expires: None,
-            last_heard: now,
-            ping_sent: None,
+            expires: NEVER,
+            last_heard: at,
+            ping_sent: NEVER,
         }
     }
 
@@ -292,11 +332,11 @@ impl<S: Transport> Conn<S> {
         if keep_alive {
             b.head.drain(..consumed.min(b.head.len()));
             self.phase = Phase::Head;
-            self.deadline = Some(now + self.settings.handshake_timeout);
+            self.deadline = after(self.settings.ms(now), self.settings.handshake_timeout);
         } else {
             b.head = Vec::new();
             self.phase = Phase::Responding;
-            self.deadline = Some(now + CLOSE_GRACE);
+            self.deadline = after(self.settings.ms(now), CLOSE_GRACE);
         }
     }
 
@@ -308,7 +348,7 @@ impl<S: Transport> Conn<S> {
     /// The request waits for a commit: no deadline, nothing read meanwhile.
     pub fn wait_commit(&mut self) {
         self.phase = Phase::Waiting;
-        self.deadline = None;
+        self.deadline = NEVER;
     }
 
     /// Reads until `total` request bytes are buffered or the socket is
@@ -353,9 +393,9 @@ impl<S: Transport> Conn<S> {
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
         self.io = Io::Ws(Ws { stream: Counted::new(sock, counter), ctx, drained });
         self.phase = Phase::Open;
-        self.deadline = None;
-        self.expires = expires;
-        self.last_heard = now;
+        self.deadline = NEVER;
+        self.expires = expires.map_or(NEVER, |t| self.settings.ms(t));
+        self.last_heard = self.settings.ms(now);
     }
 
     /// The poller says the socket has new bytes.
@@ -384,8 +424,8 @@ impl<S: Transport> Conn<S> {
         let res = ctx.read(stream);
         ws.drained = false;
         if res.is_ok() {
-            self.last_heard = now;
-            self.ping_sent = None;
+            self.last_heard = self.settings.ms(now);
+            self.ping_sent = NEVER;
         }
         match res {
             Ok(Message::Text(t)) if self.phase == Phase::Open => Incoming::Text(t),
@@ -397,7 +437,9 @@ impl<S: Transport> Conn<S> {
                 if let Some(b) = &mut self.b {
                     b.close_after = None;
                 }
-                self.deadline.get_or_insert(now + CLOSE_GRACE);
+                if self.deadline == NEVER {
+                    self.deadline = after(self.settings.ms(now), CLOSE_GRACE);
+                }
                 Incoming::Finished
             }
             Ok(_) => Incoming::Again,
@@ -468,7 +510,7 @@ impl<S: Transport> Conn<S> {
         bufs(&mut self.b).close_after =
             Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) });
         self.phase = Phase::Closing;
-        self.deadline = Some(now + if code == code::SLOW { SLOW_CLOSE_GRACE } else { CLOSE_GRACE });
+        self.deadline = after(self.settings.ms(now), if code == code::SLOW { SLOW_CLOSE_GRACE } else { CLOSE_GRACE });
     }
 
     /// Drops what is queued, but for a frame already half on the wire:
@@ -661,47 +703,47 @@ impl<S: Transport> Conn<S> {
         if self.phase == Phase::Closed {
             return None;
         }
-        let liveness = match self.phase {
-            Phase::Open => Some(match self.ping_sent {
-                Some(at) => at.checked_add(self.settings.pong_within).unwrap_or(far_future(at)),
-                None => self.last_heard.checked_add(self.settings.ping_every).unwrap_or(far_future(self.last_heard)),
-            }),
-            _ => None,
+        let liveness = match (self.phase, self.ping_sent) {
+            (Phase::Open, NEVER) => after(self.last_heard, self.settings.ping_every),
+            (Phase::Open, at) => after(at, self.settings.pong_within),
+            _ => NEVER,
         };
-        [self.deadline, self.expires, liveness].into_iter().flatten().min()
+        let next = self.deadline.min(self.expires).min(liveness);
+        (next != NEVER).then(|| self.settings.instant(next))
     }
 
     /// Acts on the deadlines that have passed.
     pub fn tick(&mut self, now: Instant) -> Tick {
-        if self.deadline.is_some_and(|d| d <= now) {
+        let now = self.settings.ms(now);
+        if self.deadline <= now {
             self.phase = Phase::Closed;
-            self.deadline = None;
+            self.deadline = NEVER;
             return Tick::Drop;
         }
         if self.phase != Phase::Open {
             return Tick::Nothing;
         }
-        if self.expires.is_some_and(|d| d <= now) {
-            self.expires = None;
+        if self.expires <= now {
+            self.expires = NEVER;
             return Tick::TokenExpired;
         }
         match self.ping_sent {
-            Some(at) if now.saturating_duration_since(at) >= self.settings.pong_within => {
-                if self.settings.ping_text.is_some() {
-                    self.ping_sent = None;
-                    return Tick::NoPong;
-                }
-                // A half-open peer: nothing we send would arrive.
-                self.phase = Phase::Closed;
-                Tick::Drop
-            }
-            None if now.saturating_duration_since(self.last_heard) >= self.settings.ping_every => {
-                self.ping_sent = Some(now);
+            NEVER if now >= after(self.last_heard, self.settings.ping_every) => {
+                self.ping_sent = now;
                 let ping = self.settings.ping_text.clone().unwrap_or_else(Frame::ping);
                 let b = bufs(&mut self.b);
                 b.queued_bytes += ping.len();
                 b.queue.push_back(ping);
                 Tick::Nothing
+            }
+            at if at != NEVER && now >= after(at, self.settings.pong_within) => {
+                if self.settings.ping_text.is_some() {
+                    self.ping_sent = NEVER;
+                    return Tick::NoPong;
+                }
+                // A half-open peer: nothing we send would arrive.
+                self.phase = Phase::Closed;
+                Tick::Drop
             }
             _ => Tick::Nothing,
         }

@@ -582,6 +582,9 @@ fn writer_policy(cfg: &Config, clock: Clock) -> Policy {
     }
 }
 
+/// The moment connections count their deadlines from (`Settings::epoch`).
+static LOOP_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// What every connection shares: tungstenite's limits and the timers.
 fn conn_settings(cfg: &Config) -> Settings {
     let max_message = cfg.max_message_bytes;
@@ -602,6 +605,9 @@ fn conn_settings(cfg: &Config) -> Settings {
         pong_within: cfg.pong_timeout,
         max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
         ping_text: None,
+        // One epoch for every connection of the process, whichever settings
+        // it moves between (a Pusher socket's are made apart).
+        epoch: *LOOP_EPOCH.get_or_init(Instant::now),
     }
 }
 
