@@ -147,9 +147,10 @@ impl Cursor {
 /// Token bucket for the publish rate.
 #[derive(Debug)]
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    /// f32: every connection keeps one, and a burst is at most 2 × the rate.
+    tokens: f32,
     refused: u32,
+    at: Instant,
 }
 
 struct Peer {
@@ -261,8 +262,8 @@ impl Hub {
 
     /// A connection passed authentication; its front door speaks `dialect`.
     pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: Door, now: Instant) {
-        let tokens = 2.0 * self.limits.publish_rate as f64;
-        let bucket = Bucket { tokens, at: now, refused: 0 };
+        let tokens = 2.0 * self.limits.publish_rate as f32;
+        let bucket = Bucket { tokens, refused: 0, at: now };
         self.peers.insert(conn, Peer { claims, dialect, subs: SmallVec::new(), bucket, named: None });
     }
 
@@ -680,9 +681,9 @@ impl Bucket {
         if rate == 0 {
             return true;
         }
-        let cap = 2.0 * rate as f64;
+        let cap = 2.0 * rate as f32;
         let elapsed = now.saturating_duration_since(self.at).min(Duration::from_secs(60));
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * rate as f64).min(cap);
+        self.tokens = (self.tokens + elapsed.as_secs_f32() * rate as f32).min(cap);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

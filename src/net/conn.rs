@@ -93,11 +93,11 @@ pub struct Settings {
 /// and every connection keeps four. Signed, so a moment before the epoch
 /// is one too. (32 bits of milliseconds would wrap after 49 days, and a
 /// token may expire later than that.)
-type Ms = i64;
-const NEVER: Ms = Ms::MAX;
+pub type Ms = i64;
+pub const NEVER: Ms = Ms::MAX;
 
 impl Settings {
-    fn ms(&self, t: Instant) -> Ms {
+    pub fn ms(&self, t: Instant) -> Ms {
         let (d, before) = match t.checked_duration_since(self.epoch) {
             Some(d) => (d.as_nanos() / 1_000_000, false),
             None => (self.epoch.saturating_duration_since(t).as_nanos().div_ceil(1_000_000), true),
@@ -110,7 +110,7 @@ impl Settings {
         }
     }
 
-    fn instant(&self, ms: Ms) -> Instant {
+    pub fn instant(&self, ms: Ms) -> Instant {
         let d = Duration::from_millis(ms.unsigned_abs());
         match ms >= 0 {
             true => self.epoch.checked_add(d).unwrap_or_else(|| far_future(self.epoch)),

@@ -20,7 +20,7 @@ mod counted;
 mod frame;
 mod stream;
 
-pub use conn::{BodyStatus, Conn, HeadStatus, Incoming, Phase, Settings, Tick};
+pub use conn::{BodyStatus, Conn, HeadStatus, Incoming, Ms, Phase, Settings, Tick, NEVER};
 pub use counted::FrameCounter;
 pub use frame::{code, Frame};
 pub use stream::{Stream, Transport};

@@ -72,7 +72,7 @@ impl Server {
             *self.per_ip.entry(addr.ip()).or_default() += 1;
             let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
             let slot =
-                Slot { conn, timer: None, joined: false, body: None, hook: None, speaks_pusher: false, pusher: None };
+                Slot { conn, timer: NEVER, joined: false, body: None, hook: None, speaks_pusher: false, pusher: None };
             self.slots.insert(id, slot);
             self.metrics.accepted += 1;
             self.schedule(id);

@@ -46,7 +46,7 @@ use crate::http::{self, Head, Refusal};
 use crate::hub::{Action, ConnId, Hub, IdTable, Limits, Rules};
 use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
-use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
+use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Ms, Phase, Settings, Stream, Tick, NEVER};
 use crate::proto::roost;
 use crate::store::{Append, Outcome, Retention, Store, StoreError, Write};
 use crate::webhook::{self, Doorbell, Signer, Webhook};
@@ -102,8 +102,8 @@ struct RefusalLog {
 
 struct Slot {
     conn: Conn,
-    /// The deadline this connection has in the timer heap.
-    timer: Option<Instant>,
+    /// The deadline this connection has in the timer heap (`NEVER`: none).
+    timer: Ms,
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
     /// Boxed, like `hook`: rare, and every idle connection would carry it.
@@ -143,7 +143,8 @@ pub struct Server {
     /// The serial of the next connection's id.
     next_id: ConnId,
     per_ip: HashMap<IpAddr, usize>,
-    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Deadlines as `Ms` on the connections' clock (`Settings::epoch`).
+    timers: BinaryHeap<Reverse<(Ms, ConnId)>>,
     pending: Vec<(Ticket, Write)>,
     inflight_bytes: usize,
     /// Connections with output queued this turn.
@@ -361,7 +362,7 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
+        let mut next = self.timers.peek().map(|Reverse((at, _))| self.conn_settings.instant(*at));
         let soon = [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))];
         for t in soon.into_iter().chain([self.hub.next_deadline()]).flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -403,15 +404,15 @@ impl Server {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
+            if at > self.conn_settings.ms(now) {
                 break;
             }
             self.timers.pop();
             let Some(slot) = self.slots.get_mut(&id) else { continue };
-            if slot.timer != Some(at) {
+            if slot.timer != at {
                 continue; // superseded by an earlier deadline
             }
-            slot.timer = None;
+            slot.timer = NEVER;
             match slot.conn.tick(now) {
                 Tick::Nothing => {}
                 Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
@@ -431,9 +432,9 @@ impl Server {
     /// do, and reschedules — so each connection has about one heap entry.
     fn schedule(&mut self, id: ConnId) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let Some(next) = slot.conn.next_deadline() else { return };
-        if slot.timer.is_none_or(|t| next < t) {
-            slot.timer = Some(next);
+        let Some(next) = slot.conn.next_deadline().map(|t| self.conn_settings.ms(t)) else { return };
+        if next < slot.timer {
+            slot.timer = next;
             self.timers.push(Reverse((next, id)));
         }
     }
