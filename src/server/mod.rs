@@ -56,6 +56,7 @@ mod admission;
 mod changes;
 mod cluster;
 mod commits;
+mod flush;
 mod hooks;
 mod http_door;
 mod lifecycle;
@@ -379,7 +380,7 @@ impl Server {
             Phase::Draining => slot.conn.drain(),
             Phase::Waiting | Phase::Responding | Phase::Closed => {}
         }
-        self.dirty.push(id);
+        self.flush_conn(id);
     }
 
     /// Tells `id` its request was refused, in its front door's dialect.
@@ -437,25 +438,6 @@ impl Server {
             slot.timer = next;
             self.timers.push(Reverse((next, id)));
         }
-    }
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for id in dirty.drain(..) {
-            let Some(slot) = self.slots.get_mut(&id) else { continue };
-            slot.conn.flush();
-            if slot.conn.phase() == Phase::Closed {
-                self.remove(id);
-            } else {
-                if slot.conn.take_unblocked() {
-                    self.again.push(id);
-                }
-                self.schedule(id);
-            }
-        }
-        self.dirty = dirty;
     }
 
     fn remove(&mut self, id: ConnId) {
