@@ -1058,3 +1058,12 @@ fn the_connection_left_out_of_a_delivery_is_not_sent_it_later_either() {
     assert_eq!(w.seqs(2), vec![2]);
     assert_eq!(w.seqs(3), vec![2]);
 }
+
+/// Every connection keeps a `Peer` (B1 in docs/benchmarks.md): a field
+/// added to it is paid ten thousand times over. 64-bit targets only: the
+/// sizes differ on 32-bit ones.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn a_peer_record_stays_within_its_budget_of_168_bytes() {
+    assert!(std::mem::size_of::<super::Peer>() <= 168, "Peer is {} bytes", std::mem::size_of::<super::Peer>());
+}

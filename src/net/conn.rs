@@ -391,7 +391,9 @@ impl<S: Transport> Conn<S> {
         let drained = leftover.is_empty();
         let config = Some(self.settings.ws);
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
-        self.io = Io::Ws(Ws { stream: Counted::new(sock, counter), ctx, drained });
+        let mut stream = Counted::new(sock, counter);
+        stream.drained = drained;
+        self.io = Io::Ws(Ws { stream, ctx });
         self.phase = Phase::Open;
         self.deadline = NEVER;
         self.expires = expires.map_or(NEVER, |t| self.settings.ms(t));
@@ -422,7 +424,7 @@ impl<S: Transport> Conn<S> {
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
         let (ctx, stream) = ws.parts(self.settings.ws);
         let res = ctx.read(stream);
-        ws.drained = false;
+        ws.stream.drained = false;
         if res.is_ok() {
             self.last_heard = self.settings.ms(now);
             self.ping_sent = NEVER;
@@ -444,7 +446,7 @@ impl<S: Transport> Conn<S> {
             }
             Ok(_) => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                ws.drained = true;
+                ws.stream.drained = true;
                 // Released now, even with replies queued (they never pass
                 // through tungstenite): the next connection read this turn
                 // takes the state from the spare list, so a thousand

@@ -128,6 +128,9 @@ pub struct Counted<S> {
     /// Only where `Transport::short_read_empties` (plain TCP): rustls may
     /// hold decrypted bytes a short read left.
     pub(super) empty: bool,
+    /// The last read ended in WouldBlock: tungstenite holds no whole frame.
+    /// (`Ws`'s, kept here beside the other flags, in bytes `Counted` pads anyway.)
+    pub(super) drained: bool,
     /// One socket read (see `READ_BITE`), handed to tungstenite as it asks.
     /// Held only while some of it is left: a connection between reads,
     /// idle or not, has none.
@@ -136,7 +139,7 @@ pub struct Counted<S> {
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, bite: None }
+        Counted { stream, counter, hold: false, empty: false, drained: false, bite: None }
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
@@ -244,8 +247,6 @@ impl<S: Transport> io::Write for Counted<S> {
 pub(super) struct Ws<S> {
     pub(super) stream: Counted<S>,
     pub(super) ctx: Option<Box<WebSocketContext>>,
-    /// The last read ended in WouldBlock: tungstenite holds no whole frame.
-    pub(super) drained: bool,
 }
 
 /// Released tungstenite states kept for reuse, so a connection that sends
@@ -277,7 +278,7 @@ impl<S: Transport> Ws<S> {
     /// message received, none of its own waiting to be written. Returns
     /// false when its output could not be written yet.
     pub(super) fn release(&mut self) -> bool {
-        if !self.drained || !self.stream.counter.at_boundary() || self.stream.holds_bytes() {
+        if !self.stream.drained || !self.stream.counter.at_boundary() || self.stream.holds_bytes() {
             return true;
         }
         let Some(ctx) = &mut self.ctx else { return true };

@@ -613,3 +613,15 @@ pub fn default_max_connections(nofile: u64) -> usize {
     let headroom = 64 + REFUSAL_HEADROOM as u64;
     nofile.saturating_sub(headroom).clamp(16, 1 << 20) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every connection keeps a `Slot` (B1 in docs/benchmarks.md): a field
+    /// added to it, or to its `Conn`, is paid ten thousand times over.
+    /// 64-bit targets only: the sizes differ on 32-bit ones.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_connection_record_stays_within_its_budget_of_176_bytes() {
+        assert!(std::mem::size_of::<super::Slot>() <= 176, "Slot is {} bytes", std::mem::size_of::<super::Slot>());
+    }
+}
