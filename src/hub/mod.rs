@@ -165,6 +165,8 @@ struct Peer {
     /// The member this connection is on some presence channels, when its
     /// front door names one per subscription (Pusher's `channel_data`)
     /// instead of the token's `sub` and `info`. None for native peers.
+    /// Boxed on purpose: 8 bytes in every peer where an empty `Vec` takes 24.
+    #[allow(clippy::box_collection)]
     named: Option<Box<Vec<Named>>>,
 }
 

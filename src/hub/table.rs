@@ -108,7 +108,7 @@ impl<V> IdTable<V> {
 
     pub fn remove(&mut self, id: &ConnId) -> Option<V> {
         let entry = self.entry_mut(*id)?;
-        if !entry.as_ref().is_some_and(|(held, _)| held == id) {
+        if entry.as_ref().is_none_or(|(held, _)| held != id) {
             return None;
         }
         let (_, v) = entry.take()?;
@@ -132,7 +132,7 @@ impl<V> IdTable<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&ConnId, &V)> + '_ {
-        self.chunks.iter().flat_map(|c| c.iter()).flatten().map(|(id, v)| (&*id, v))
+        self.chunks.iter().flat_map(|c| c.iter()).flatten().map(|(id, v)| (id, v))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&ConnId, &mut V)> + '_ {
