@@ -111,37 +111,48 @@ impl KeyRing {
 /// end is an ordinary character.
 ///
 /// Every open connection keeps its token's patterns, so they are stored
-/// tight: `*` (the common grant) as a flag, the rest in one boxed slice.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// tight: the rest in one boxed slice, and `*` (the common grant) as no
+/// slice at all, in the same 16 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Patterns {
-    every: bool,
-    list: Box<[Box<str>]>,
+    /// `None`: every channel.
+    list: Option<Box<[Box<str>]>>,
+}
+
+impl Default for Patterns {
+    /// No channel at all.
+    fn default() -> Patterns {
+        Patterns { list: Some(Box::default()) }
+    }
 }
 
 impl Patterns {
     pub fn new(p: Vec<String>) -> Patterns {
         if p.iter().any(|p| p == "*") {
             // `*` grants every channel: the other patterns add nothing.
-            return Patterns { every: true, list: Box::default() };
+            return Patterns { list: None };
         }
-        Patterns { every: false, list: p.into_iter().map(String::into_boxed_str).collect() }
+        Patterns { list: Some(p.into_iter().map(String::into_boxed_str).collect()) }
     }
 
     pub fn allows(&self, channel: &str) -> bool {
-        self.every || self.list.iter().any(|p| crate::channel::matches(p, channel))
+        match &self.list {
+            None => true,
+            Some(list) => list.iter().any(|p| crate::channel::matches(p, channel)),
+        }
     }
 
     /// True iff the patterns contain `*` itself, i.e. grant every channel.
     pub fn allows_all(&self) -> bool {
-        self.every
+        self.list.is_none()
     }
 
     /// The patterns (`["*"]` when they grant every channel).
     pub fn to_vec(&self) -> Vec<&str> {
-        if self.every {
-            return vec!["*"];
+        match &self.list {
+            None => vec!["*"],
+            Some(list) => list.iter().map(|p| &**p).collect(),
         }
-        self.list.iter().map(|p| &**p).collect()
     }
 }
 

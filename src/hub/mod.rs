@@ -23,10 +23,12 @@ mod event;
 mod history;
 mod presence;
 mod remote;
+mod table;
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
@@ -36,35 +38,10 @@ pub use event::{Dialect, Door, ErrCode, Event, Member, Msg, Page, Request, Start
 pub use history::{msg as history_msg, page, History};
 pub use presence::Change;
 use presence::Tally;
+pub use table::IdTable;
 
 /// A connection, as the hub knows it: the server's token for it.
 pub type ConnId = usize;
-
-/// A map keyed by connection. Ids are handed out by the server, never by a
-/// client, so they need no defence against chosen collisions: a multiply
-/// spreads them, where SipHash would cost more than the lookup itself on
-/// every event.
-pub type IdMap<V> = HashMap<ConnId, V, BuildHasherDefault<IdHasher>>;
-
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_usize(&mut self, id: usize) {
-        // Fibonacci hashing: consecutive ids land far apart, top bits included.
-        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 /// Messages read from the store per replay step of one subscription.
 const REPLAY_BATCH: usize = 256;
@@ -171,9 +148,10 @@ impl Cursor {
 /// Token bucket for the publish rate.
 #[derive(Debug)]
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    /// f32: every connection keeps one, and a burst is at most 2 × the rate.
+    tokens: f32,
     refused: u32,
+    at: Instant,
 }
 
 struct Peer {
@@ -181,14 +159,16 @@ struct Peer {
     /// How this connection's front door writes events.
     dialect: Door,
     /// A list, not a map: a connection holds a few subscriptions, and an
-    /// idle one should cost little. The channel's name is shared with
-    /// `Hub::channels`.
-    subs: Vec<(Arc<str>, Cursor)>,
+    /// idle one should cost little; the first is stored in the record
+    /// itself. The channel's name is shared with `Hub::channels`.
+    subs: SmallVec<[(Arc<str>, Cursor); 1]>,
     bucket: Bucket,
     /// The member this connection is on some presence channels, when its
     /// front door names one per subscription (Pusher's `channel_data`)
-    /// instead of the token's `sub` and `info`. Empty for native peers.
-    named: Vec<Named>,
+    /// instead of the token's `sub` and `info`. None for native peers.
+    /// Boxed on purpose: 8 bytes in every peer where an empty `Vec` takes 24.
+    #[allow(clippy::box_collection)]
+    named: Option<Box<Vec<Named>>>,
 }
 
 /// A member named for one presence channel: the channel, the user, its info.
@@ -199,9 +179,19 @@ impl Peer {
     /// `ch`: the one its front door named, else its token's `sub` and `info`.
     /// So one user is one member, whichever protocol each connection speaks.
     fn member(&self, ch: &str) -> (&str, Option<&str>) {
-        match self.named.iter().find(|(c, ..)| &**c == ch) {
+        match self.named.iter().flat_map(|n| n.iter()).find(|(c, ..)| &**c == ch) {
             Some((_, user, info)) => (user, info.as_deref()),
             None => (&self.claims.sub, self.claims.info.as_deref()),
+        }
+    }
+
+    /// Forgets the member named for `ch`.
+    fn unname(&mut self, ch: &str) {
+        if let Some(named) = &mut self.named {
+            named.retain(|(c, ..)| &**c != ch);
+            if named.is_empty() {
+                self.named = None;
+            }
         }
     }
 
@@ -245,8 +235,8 @@ pub struct Hub {
     changes: Vec<Change>,
     /// The earliest grace that may run out: `tick` has work then.
     next_grace: Option<Instant>,
-    /// Boxed, so the table's spare capacity costs a pointer per entry.
-    peers: IdMap<Box<Peer>>,
+    /// Stored inline by the connection's place (`IdTable`).
+    peers: IdTable<Peer>,
     /// Live and replaying subscribers of each channel.
     channels: HashMap<Arc<str>, Vec<ConnId>>,
     /// Connections with at least one replaying subscription.
@@ -269,7 +259,7 @@ impl Hub {
             occupancy: HashMap::new(),
             changes: Vec::new(),
             next_grace: None,
-            peers: IdMap::default(),
+            peers: IdTable::default(),
             channels: HashMap::new(),
             replaying: BTreeSet::new(),
             remote: None,
@@ -278,9 +268,9 @@ impl Hub {
 
     /// A connection passed authentication; its front door speaks `dialect`.
     pub fn join(&mut self, conn: ConnId, claims: Claims, dialect: Door, now: Instant) {
-        let tokens = 2.0 * self.limits.publish_rate as f64;
-        let bucket = Bucket { tokens, at: now, refused: 0 };
-        self.peers.insert(conn, Box::new(Peer { claims, dialect, subs: Vec::new(), bucket, named: Vec::new() }));
+        let tokens = 2.0 * self.limits.publish_rate as f32;
+        let bucket = Bucket { tokens, refused: 0, at: now };
+        self.peers.insert(conn, Peer { claims, dialect, subs: SmallVec::new(), bucket, named: None });
     }
 
     /// Names the member `conn` is on presence channel `ch` for its next
@@ -292,15 +282,16 @@ impl Hub {
         if peer.subs.iter().any(|(c, _)| &**c == ch) {
             return;
         }
-        peer.named.retain(|(c, ..)| &**c != ch);
-        peer.named.push((Arc::from(ch), user.into(), info.map(Box::from)));
+        let named = peer.named.get_or_insert_with(Box::default);
+        named.retain(|(c, ..)| &**c != ch);
+        named.push((Arc::from(ch), user.into(), info.map(Box::from)));
     }
 
     /// Drops a member named for `ch` unless `conn` is subscribed to it.
     pub fn forget_member(&mut self, conn: ConnId, ch: &str) {
         let Some(peer) = self.peers.get_mut(&conn) else { return };
         if !peer.subs.iter().any(|(c, _)| &**c == ch) {
-            peer.named.retain(|(c, ..)| &**c != ch);
+            peer.unname(ch);
         }
     }
 
@@ -442,10 +433,6 @@ impl Hub {
                 Some((name, _)) => name.clone(),
                 None => Arc::from(ch),
             };
-            if peer.subs.len() == peer.subs.capacity() {
-                // Grow from one, not four: most connections hold one.
-                peer.subs.reserve_exact(peer.subs.len().max(1));
-            }
             peer.subs.push((name.clone(), cursor));
             self.channels.entry(name).or_default().push(conn);
         }
@@ -465,7 +452,7 @@ impl Hub {
         if let Some(at) = peer.subs.iter().position(|(c, _)| &**c == ch) {
             peer.subs.swap_remove(at);
             let user = peer.member(ch).0.to_string();
-            peer.named.retain(|(c, ..)| &**c != ch);
+            peer.unname(ch);
             self.drop_subscriber(ch, conn);
             self.depart(ch, &user, now);
         }
@@ -700,9 +687,9 @@ impl Bucket {
         if rate == 0 {
             return true;
         }
-        let cap = 2.0 * rate as f64;
+        let cap = 2.0 * rate as f32;
         let elapsed = now.saturating_duration_since(self.at).min(Duration::from_secs(60));
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * rate as f64).min(cap);
+        self.tokens = (self.tokens + elapsed.as_secs_f32() * rate as f32).min(cap);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

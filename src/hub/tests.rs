@@ -1115,3 +1115,12 @@ fn in_a_cluster_a_presence_sub_waits_for_the_log_and_an_ordinary_one_does_not() 
     w.req(1, json!({"op":"sub","ch":"presence-r","id":3}));
     assert_eq!(w.ops(1), vec!["subok", "presence"]);
 }
+
+/// Every connection keeps a `Peer` (B1 in docs/benchmarks.md): a field
+/// added to it is paid ten thousand times over. 64-bit targets only: the
+/// sizes differ on 32-bit ones.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn a_peer_record_stays_within_its_budget_of_168_bytes() {
+    assert!(std::mem::size_of::<super::Peer>() <= 168, "Peer is {} bytes", std::mem::size_of::<super::Peer>());
+}

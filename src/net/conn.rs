@@ -83,6 +83,45 @@ pub struct Settings {
     /// `pusher:ping`) instead of a WebSocket ping; a missing answer is then
     /// `Tick::NoPong`, for the protocol's own close, not a silent drop.
     pub ping_text: Option<Frame>,
+    /// The moment a connection's deadlines count from (the loop's start):
+    /// each connection keeps them as milliseconds after it (`Ms`).
+    pub epoch: Instant,
+}
+
+/// A moment as whole milliseconds after `Settings::epoch`, rounded down;
+/// `NEVER` for none. Eight bytes where an `Option<Instant>` takes sixteen,
+/// and every connection keeps four. Signed, so a moment before the epoch
+/// is one too. (32 bits of milliseconds would wrap after 49 days, and a
+/// token may expire later than that.)
+pub type Ms = i64;
+pub const NEVER: Ms = Ms::MAX;
+
+impl Settings {
+    pub fn ms(&self, t: Instant) -> Ms {
+        let (d, before) = match t.checked_duration_since(self.epoch) {
+            Some(d) => (d.as_nanos() / 1_000_000, false),
+            None => (self.epoch.saturating_duration_since(t).as_nanos().div_ceil(1_000_000), true),
+        };
+        let d = d.min(NEVER as u128 - 1) as Ms;
+        if before {
+            -d
+        } else {
+            d
+        }
+    }
+
+    pub fn instant(&self, ms: Ms) -> Instant {
+        let d = Duration::from_millis(ms.unsigned_abs());
+        match ms >= 0 {
+            true => self.epoch.checked_add(d).unwrap_or_else(|| far_future(self.epoch)),
+            false => self.epoch.checked_sub(d).unwrap_or(self.epoch),
+        }
+    }
+}
+
+/// `d` after `at`, short of `NEVER`.
+fn after(at: Ms, d: Duration) -> Ms {
+    at.saturating_add(d.as_millis().min(NEVER as u128) as Ms).min(NEVER - 1)
 }
 
 /// What reading the head gave.
@@ -135,12 +174,10 @@ enum Io<S> {
     Moving,
 }
 
-/// One connection over the byte stream `S`: a `Stream` in the server.
-pub struct Conn<S = Stream> {
-    io: Io<S>,
-    phase: Phase,
-    pub peer: IpAddr,
-    settings: Arc<Settings>,
+/// What a connection holds only while it has bytes to read or to write:
+/// an idle WebSocket, the common case by far, has none of it.
+#[derive(Default)]
+struct Buffers {
     /// Request bytes received and not yet consumed (heads, bodies, pipelined requests).
     head: Vec<u8>,
     /// Raw bytes to write before anything else (an HTTP response or the 101).
@@ -150,45 +187,90 @@ pub struct Conn<S = Stream> {
     queued_bytes: usize,
     /// Bytes of the front frame already written.
     front_pos: usize,
+    /// Close frame to send once the queue is empty.
+    close_after: Option<CloseFrame>,
+}
+
+impl Buffers {
+    fn answer_pending(&self) -> bool {
+        self.raw_pos < self.raw.len()
+    }
+
+    /// Nothing to keep: no request bytes, no output.
+    fn is_empty(&self) -> bool {
+        self.head.is_empty() && !self.answer_pending() && self.queue.is_empty() && self.close_after.is_none()
+    }
+}
+
+/// The connection's buffers, made if it had none.
+fn bufs(b: &mut Option<Box<Buffers>>) -> &mut Buffers {
+    b.get_or_insert_with(|| SPARE_BUFFERS.try_with(|p| p.borrow_mut().pop()).ok().flatten().unwrap_or_default())
+}
+
+/// Emptied buffers kept for the next burst of any connection. A fan-out
+/// hands each idle subscriber one frame, written within the same turn,
+/// after which the subscriber is idle again: without these, every delivery
+/// would allocate a box and free it. Bounded: at most this many (about
+/// 160 KiB), enough for a fan-out to a thousand subscribers.
+const SPARE_BUFFERS_MAX: usize = 1024;
+
+thread_local! {
+    #[allow(clippy::vec_box)] // a box moves between a connection and this list as a pointer
+    static SPARE_BUFFERS: std::cell::RefCell<Vec<Box<Buffers>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn give_back_buffers(mut b: Box<Buffers>) {
+    // As good as new, and holding no memory but the box.
+    *b = Buffers::default();
+    let _ = SPARE_BUFFERS.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < SPARE_BUFFERS_MAX {
+            p.push(b);
+        }
+    });
+}
+
+/// One connection over the byte stream `S`: a `Stream` in the server.
+pub struct Conn<S = Stream> {
+    io: Io<S>,
+    phase: Phase,
+    pub peer: IpAddr,
+    settings: Arc<Settings>,
+    /// Made when there is something to read into or to write, dropped
+    /// when an open WebSocket is idle again (`Conn::release`).
+    b: Option<Box<Buffers>>,
     /// tungstenite holds bytes it could not write yet.
     unflushed: bool,
-    /// Close frame to send once the queue is empty.
-    close_after: Option<Box<CloseFrame>>,
     /// Drop once everything is flushed (a failed connection: no reply awaited).
     drop_after_flush: bool,
     /// Reading waits for the pending answer to be written (`block_reads`).
     reads_blocked: bool,
-    // Deadlines.
+    // Deadlines, `Ms` after `Settings::epoch`.
     /// For the request head while reading HTTP; for the peer's Close (or
     /// for reading our refusal) while closing.
-    deadline: Option<Instant>,
-    expires: Option<Instant>,
-    last_heard: Instant,
-    ping_sent: Option<Instant>,
+    deadline: Ms,
+    expires: Ms,
+    last_heard: Ms,
+    ping_sent: Ms,
 }
 
 impl<S: Transport> Conn<S> {
     pub fn new(sock: S, peer: IpAddr, now: Instant, settings: Arc<Settings>) -> Conn<S> {
-        let deadline = Some(now + settings.handshake_timeout);
+        let at = settings.ms(now);
+        let deadline = after(at, settings.handshake_timeout);
         Conn {
             io: Io::Raw(sock),
             phase: Phase::Head,
             peer,
             settings,
-            head: Vec::new(),
-            raw: Vec::new(),
-            raw_pos: 0,
-            queue: Queue::Empty,
-            queued_bytes: 0,
-            front_pos: 0,
+            b: None,
             unflushed: false,
-            close_after: None,
             drop_after_flush: false,
             reads_blocked: false,
             deadline,
-            expires: None,
-            last_heard: now,
-            ping_sent: None,
+            expires: NEVER,
+            last_heard: at,
+            ping_sent: NEVER,
         }
     }
 
@@ -219,16 +301,17 @@ impl<S: Transport> Conn<S> {
     /// limit and one read past it.
     pub fn read_head(&mut self, max_bytes: usize) -> HeadStatus {
         let Io::Raw(sock) = &mut self.io else { return HeadStatus::Gone };
+        let b = bufs(&mut self.b);
         let mut chunk = [0u8; 2048];
         loop {
-            match http::parse_head(&self.head, max_bytes) {
+            match http::parse_head(&b.head, max_bytes) {
                 Ok(None) => {}
                 Ok(Some(head)) => return HeadStatus::Ready(Box::new(head)),
                 Err(e) => return HeadStatus::Refuse(e.refusal()),
             }
             match sock.read(&mut chunk) {
                 Ok(0) => return HeadStatus::Gone,
-                Ok(n) => self.head.extend_from_slice(&chunk[..n]),
+                Ok(n) => b.head.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return HeadStatus::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return HeadStatus::Gone,
@@ -238,7 +321,7 @@ impl<S: Transport> Conn<S> {
 
     /// True while an HTTP answer (or the 101) is not yet all on the wire.
     pub fn answer_pending(&self) -> bool {
-        self.raw_pos < self.raw.len()
+        self.b.as_ref().is_some_and(|b| b.answer_pending())
     }
 
     /// Reading waits until the pending answer is written: a client gets
@@ -267,15 +350,16 @@ impl<S: Transport> Conn<S> {
     /// `consumed` buffered bytes. Kept alive, the connection then waits for
     /// the next request head (which may already be buffered).
     pub fn respond(&mut self, response: Vec<u8>, consumed: usize, keep_alive: bool, now: Instant) {
-        self.raw.extend_from_slice(&response);
+        let b = bufs(&mut self.b);
+        b.raw.extend_from_slice(&response);
         if keep_alive {
-            self.head.drain(..consumed.min(self.head.len()));
+            b.head.drain(..consumed.min(b.head.len()));
             self.phase = Phase::Head;
-            self.deadline = Some(now + self.settings.handshake_timeout);
+            self.deadline = after(self.settings.ms(now), self.settings.handshake_timeout);
         } else {
-            self.head = Vec::new();
+            b.head = Vec::new();
             self.phase = Phase::Responding;
-            self.deadline = Some(now + CLOSE_GRACE);
+            self.deadline = after(self.settings.ms(now), CLOSE_GRACE);
         }
     }
 
@@ -287,34 +371,36 @@ impl<S: Transport> Conn<S> {
     /// The request waits for a commit: no deadline, nothing read meanwhile.
     pub fn wait_commit(&mut self) {
         self.phase = Phase::Waiting;
-        self.deadline = None;
+        self.deadline = NEVER;
     }
 
     /// Reads until `total` request bytes are buffered or the socket is
     /// empty; gives them once all are there.
     pub fn read_body(&mut self, total: usize) -> BodyStatus<'_> {
         let Io::Raw(sock) = &mut self.io else { return BodyStatus::Gone };
+        let b = bufs(&mut self.b);
         let mut chunk = [0u8; 4096];
-        while self.head.len() < total {
-            let want = (total - self.head.len()).min(chunk.len());
+        while b.head.len() < total {
+            let want = (total - b.head.len()).min(chunk.len());
             match sock.read(&mut chunk[..want]) {
                 Ok(0) => return BodyStatus::Gone,
-                Ok(n) => self.head.extend_from_slice(&chunk[..n]),
+                Ok(n) => b.head.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return BodyStatus::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return BodyStatus::Gone,
             }
         }
-        BodyStatus::Ready(&self.head[..total])
+        BodyStatus::Ready(&b.head[..total])
     }
 
     /// Switches to WebSocket: queues the 101 answer, hands the socket and
     /// any bytes read past the head to tungstenite. `expires`: the token's.
     pub fn upgrade(&mut self, answer: Vec<u8>, head_len: usize, expires: Option<Instant>, now: Instant) {
-        let leftover = self.head.split_off(head_len.min(self.head.len()));
-        self.head = Vec::new();
-        self.raw = answer;
-        self.raw_pos = 0;
+        let b = bufs(&mut self.b);
+        let leftover = b.head.split_off(head_len.min(b.head.len()));
+        b.head = Vec::new();
+        b.raw = answer;
+        b.raw_pos = 0;
         let Io::Raw(sock) = std::mem::replace(&mut self.io, Io::Moving) else {
             self.phase = Phase::Closed;
             return;
@@ -328,11 +414,13 @@ impl<S: Transport> Conn<S> {
         let drained = leftover.is_empty();
         let config = Some(self.settings.ws);
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
-        self.io = Io::Ws(Ws { stream: Counted::new(sock, counter), ctx, drained });
+        let mut stream = Counted::new(sock, counter);
+        stream.drained = drained;
+        self.io = Io::Ws(Ws { stream, ctx });
         self.phase = Phase::Open;
-        self.deadline = None;
-        self.expires = expires;
-        self.last_heard = now;
+        self.deadline = NEVER;
+        self.expires = expires.map_or(NEVER, |t| self.settings.ms(t));
+        self.last_heard = self.settings.ms(now);
     }
 
     /// The poller says the socket has new bytes.
@@ -366,10 +454,10 @@ impl<S: Transport> Conn<S> {
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
         let (ctx, stream) = ws.parts(self.settings.ws);
         let res = ctx.read(stream);
-        ws.drained = false;
+        ws.stream.drained = false;
         if res.is_ok() {
-            self.last_heard = now;
-            self.ping_sent = None;
+            self.last_heard = self.settings.ms(now);
+            self.ping_sent = NEVER;
         }
         match res {
             Ok(Message::Text(t)) if self.phase == Phase::Open => Incoming::Text(t),
@@ -378,14 +466,23 @@ impl<S: Transport> Conn<S> {
                 // tungstenite queued the reply; flushing it ends the connection.
                 self.phase = Phase::Closing;
                 self.discard_queue();
-                self.close_after = None;
-                self.deadline.get_or_insert(now + CLOSE_GRACE);
+                if let Some(b) = &mut self.b {
+                    b.close_after = None;
+                }
+                if self.deadline == NEVER {
+                    self.deadline = after(self.settings.ms(now), CLOSE_GRACE);
+                }
                 Incoming::Finished
             }
             Ok(_) => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                ws.drained = true;
-                if self.phase == Phase::Open && !self.wants_write() {
+                ws.stream.drained = true;
+                // Released now, even with replies queued (they never pass
+                // through tungstenite): the next connection read this turn
+                // takes the state from the spare list, so a thousand
+                // handshakes answered in one turn share a few states
+                // instead of leaving a thousand read buffers' worth of holes.
+                if self.phase == Phase::Open {
                     self.release(false);
                 }
                 Incoming::WouldBlock
@@ -419,17 +516,18 @@ impl<S: Transport> Conn<S> {
     /// Queues a frame. Returns false when the send buffer limit is passed
     /// (the caller closes with 1013).
     pub fn send(&mut self, frame: Frame, limit: usize) -> bool {
-        if self.phase != Phase::Open || self.close_after.is_some() {
+        if self.phase != Phase::Open || self.b.as_ref().is_some_and(|b| b.close_after.is_some()) {
             return true;
         }
-        self.queued_bytes += frame.len();
-        self.queue.push_back(frame);
-        self.queued_bytes <= limit
+        let b = bufs(&mut self.b);
+        b.queued_bytes += frame.len();
+        b.queue.push_back(frame);
+        b.queued_bytes <= limit
     }
 
     /// Bytes queued and not yet handed to the socket.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.b.as_ref().map_or(0, |b| b.queued_bytes)
     }
 
     /// Starts the closing handshake after what is queued. A slow consumer's
@@ -441,21 +539,22 @@ impl<S: Transport> Conn<S> {
             }
             return;
         }
-        self.close_after =
-            Some(Box::new(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) }));
+        bufs(&mut self.b).close_after =
+            Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) });
         self.phase = Phase::Closing;
-        self.deadline = Some(now + if code == code::SLOW { SLOW_CLOSE_GRACE } else { CLOSE_GRACE });
+        self.deadline = after(self.settings.ms(now), if code == code::SLOW { SLOW_CLOSE_GRACE } else { CLOSE_GRACE });
     }
 
     /// Drops what is queued, but for a frame already half on the wire:
     /// the rest of it must follow, or the peer reads garbage.
     pub fn discard_queue(&mut self) {
-        let started = if self.front_pos > 0 { self.queue.pop_front() } else { None };
-        self.queue.clear();
-        self.queued_bytes = 0;
+        let Some(b) = &mut self.b else { return };
+        let started = if b.front_pos > 0 { b.queue.pop_front() } else { None };
+        b.queue.clear();
+        b.queued_bytes = 0;
         if let Some(frame) = started {
-            self.queued_bytes = frame.len();
-            self.queue.push_back(frame);
+            b.queued_bytes = frame.len();
+            b.queue.push_back(frame);
         }
     }
 
@@ -465,9 +564,11 @@ impl<S: Transport> Conn<S> {
         if let Io::Ws(ws) = &mut self.io {
             if !ws.release(flushed) {
                 self.unflushed = true;
-            } else if ws.ctx.is_none() {
-                // The queue's spill buffer goes too; the next burst allocates anew.
-                self.queue.shrink_when_empty();
+            } else if ws.ctx.is_none() && self.b.as_ref().is_some_and(|b| b.is_empty()) {
+                // The buffers go too, to the spares the next burst takes them from.
+                if let Some(b) = self.b.take() {
+                    give_back_buffers(b);
+                }
             }
         }
     }
@@ -486,18 +587,20 @@ impl<S: Transport> Conn<S> {
                 Err(_) => return self.phase = Phase::Closed,
             }
         }
-        while self.raw_pos < self.raw.len() {
-            match self.socket_write_raw() {
-                Ok(0) => return self.phase = Phase::Closed,
-                Ok(n) => self.raw_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.phase = Phase::Closed,
+        if let Some(b) = &mut self.b {
+            while b.answer_pending() {
+                match write_raw(&mut self.io, &b.raw[b.raw_pos..]) {
+                    Ok(0) => return self.phase = Phase::Closed,
+                    Ok(n) => b.raw_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return self.phase = Phase::Closed,
+                }
             }
-        }
-        if !self.raw.is_empty() {
-            self.raw = Vec::new();
-            self.raw_pos = 0;
+            if !b.raw.is_empty() {
+                b.raw = Vec::new();
+                b.raw_pos = 0;
+            }
         }
         match self.phase {
             Phase::Responding => {
@@ -512,20 +615,11 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    fn socket_write_raw(&mut self) -> io::Result<usize> {
-        let (raw, pos) = (&self.raw, self.raw_pos);
-        match &mut self.io {
-            Io::Raw(s) => s.write(&raw[pos..]),
-            Io::Ws(ws) => ws.stream.stream.write(&raw[pos..]),
-            Io::Moving => Ok(0),
-        }
-    }
-
     /// Writes, in order: the rest of a half-written frame of ours,
     /// tungstenite's own frames (pongs, close replies), our queue, and last
     /// the Close we owe.
     fn flush_ws(&mut self) {
-        if self.front_pos > 0 && !self.write_queue(true) {
+        if self.b.as_ref().is_some_and(|b| b.front_pos > 0) && !self.write_queue(true) {
             return;
         }
         let Io::Ws(ws) = &mut self.io else { return };
@@ -545,9 +639,9 @@ impl<S: Transport> Conn<S> {
             return;
         }
         let Io::Ws(ws) = &mut self.io else { return };
-        if let Some(frame) = self.close_after.take() {
+        if let Some(frame) = self.b.as_mut().and_then(|b| b.close_after.take()) {
             let (ctx, stream) = ws.parts(self.settings.ws);
-            match ctx.close(stream, Some(*frame)).and_then(|()| ctx.flush(stream)) {
+            match ctx.close(stream, Some(frame)).and_then(|()| ctx.flush(stream)) {
                 Ok(()) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.unflushed = true;
@@ -576,10 +670,11 @@ impl<S: Transport> Conn<S> {
     /// socket is full (false). `front_only`: stop after the front frame.
     fn write_queue(&mut self, front_only: bool) -> bool {
         let Io::Ws(ws) = &mut self.io else { return false };
-        while !self.queue.is_empty() {
-            let take = if front_only { 1 } else { self.queue.len().min(WRITEV_FRAMES) };
-            let Some(front) = self.queue.front() else { break };
-            let front = &front.as_bytes()[self.front_pos..];
+        let Some(b) = &mut self.b else { return true };
+        while !b.queue.is_empty() {
+            let take = if front_only { 1 } else { b.queue.len().min(WRITEV_FRAMES) };
+            let Some(front) = b.queue.front() else { break };
+            let front = &front.as_bytes()[b.front_pos..];
             // One frame (the common case: a reply, a delivery) goes out with
             // a plain write, which costs the kernel less than a one-piece
             // writev, and us no array of slices to fill.
@@ -587,7 +682,7 @@ impl<S: Transport> Conn<S> {
                 ws.stream.stream.write(front)
             } else {
                 let mut slices = [IoSlice::new(&[]); WRITEV_FRAMES];
-                for (slot, frame) in slices.iter_mut().zip(self.queue.first(take)).skip(1) {
+                for (slot, frame) in slices.iter_mut().zip(b.queue.first(take)).skip(1) {
                     *slot = IoSlice::new(frame.as_bytes());
                 }
                 slices[0] = IoSlice::new(front);
@@ -598,28 +693,28 @@ impl<S: Transport> Conn<S> {
                     self.phase = Phase::Closed;
                     return false;
                 }
-                Ok(n) => n + self.front_pos,
+                Ok(n) => n + b.front_pos,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
                         self.phase = Phase::Closed;
                     }
-                    ws.stream.hold = self.front_pos > 0;
+                    ws.stream.hold = b.front_pos > 0;
                     return false;
                 }
             };
-            self.front_pos = 0;
-            while let Some(front) = self.queue.front() {
+            b.front_pos = 0;
+            while let Some(front) = b.queue.front() {
                 if written < front.len() {
-                    self.front_pos = written;
+                    b.front_pos = written;
                     break;
                 }
                 written -= front.len();
-                self.queued_bytes -= front.len();
-                self.queue.pop_front();
+                b.queued_bytes -= front.len();
+                b.queue.pop_front();
             }
-            ws.stream.hold = self.front_pos > 0;
-            if front_only && self.front_pos == 0 {
+            ws.stream.hold = b.front_pos > 0;
+            if front_only && b.front_pos == 0 {
                 return true;
             }
         }
@@ -643,7 +738,8 @@ impl<S: Transport> Conn<S> {
 
     /// True while output waits for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        self.raw_pos < self.raw.len() || self.unflushed || !self.queue.is_empty() || self.close_after.is_some()
+        self.unflushed
+            || self.b.as_ref().is_some_and(|b| b.answer_pending() || !b.queue.is_empty() || b.close_after.is_some())
     }
 
     /// The next moment `tick` has something to do.
@@ -651,62 +747,59 @@ impl<S: Transport> Conn<S> {
         if self.phase == Phase::Closed {
             return None;
         }
-        // Called after every burst of every connection: no iterator chain,
-        // and the far future computed only when an addition overflows.
         let liveness = match (self.phase, self.ping_sent) {
-            (Phase::Open, Some(at)) => {
-                Some(at.checked_add(self.settings.pong_within).unwrap_or_else(|| far_future(at)))
-            }
-            (Phase::Open, None) => {
-                let quiet = self.last_heard.checked_add(self.settings.ping_every);
-                Some(quiet.unwrap_or_else(|| far_future(self.last_heard)))
-            }
-            _ => None,
+            (Phase::Open, NEVER) => after(self.last_heard, self.settings.ping_every),
+            (Phase::Open, at) => after(at, self.settings.pong_within),
+            _ => NEVER,
         };
-        earliest(earliest(self.deadline, self.expires), liveness)
+        let next = self.deadline.min(self.expires).min(liveness);
+        (next != NEVER).then(|| self.settings.instant(next))
     }
 
     /// Acts on the deadlines that have passed.
     pub fn tick(&mut self, now: Instant) -> Tick {
-        if self.deadline.is_some_and(|d| d <= now) {
+        let now = self.settings.ms(now);
+        if self.deadline <= now {
             self.phase = Phase::Closed;
-            self.deadline = None;
+            self.deadline = NEVER;
             return Tick::Drop;
         }
         if self.phase != Phase::Open {
             return Tick::Nothing;
         }
-        if self.expires.is_some_and(|d| d <= now) {
-            self.expires = None;
+        if self.expires <= now {
+            self.expires = NEVER;
             return Tick::TokenExpired;
         }
         match self.ping_sent {
-            Some(at) if now.saturating_duration_since(at) >= self.settings.pong_within => {
+            NEVER if now >= after(self.last_heard, self.settings.ping_every) => {
+                self.ping_sent = now;
+                let ping = self.settings.ping_text.clone().unwrap_or_else(Frame::ping);
+                let b = bufs(&mut self.b);
+                b.queued_bytes += ping.len();
+                b.queue.push_back(ping);
+                Tick::Nothing
+            }
+            at if at != NEVER && now >= after(at, self.settings.pong_within) => {
                 if self.settings.ping_text.is_some() {
-                    self.ping_sent = None;
+                    self.ping_sent = NEVER;
                     return Tick::NoPong;
                 }
                 // A half-open peer: nothing we send would arrive.
                 self.phase = Phase::Closed;
                 Tick::Drop
             }
-            None if now.saturating_duration_since(self.last_heard) >= self.settings.ping_every => {
-                self.ping_sent = Some(now);
-                let ping = self.settings.ping_text.clone().unwrap_or_else(Frame::ping);
-                self.queued_bytes += ping.len();
-                self.queue.push_back(ping);
-                Tick::Nothing
-            }
             _ => Tick::Nothing,
         }
     }
 }
 
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
+/// Writes raw bytes (an HTTP answer, the 101) to the connection's stream.
+fn write_raw<S: Transport>(io: &mut Io<S>, bytes: &[u8]) -> io::Result<usize> {
+    match io {
+        Io::Raw(s) => s.write(bytes),
+        Io::Ws(ws) => ws.stream.stream.write(bytes),
+        Io::Moving => Ok(0),
     }
 }
 

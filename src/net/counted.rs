@@ -13,15 +13,21 @@ use super::stream::Transport;
 /// tiny frames costs the server a frame's work each while staying under the
 /// byte limit. Past `max` frames in one message the read fails and the
 /// connection is closed with 1008.
+///
+/// Every open WebSocket keeps one, so it keeps of a frame's header only
+/// what it needs: the first two bytes and the extended length.
 #[derive(Debug, Clone)]
 pub struct FrameCounter {
-    max: usize,
-    /// Frames of the message in progress (0 when none is).
-    frames: usize,
-    head: [u8; 14],
-    have: u8,
-    /// Payload bytes of the current frame still to pass.
+    /// Payload bytes of the current frame still to pass; while a header
+    /// passes, its extended length so far.
     skip: u64,
+    max: u32,
+    /// Frames of the message in progress (0 when none is).
+    frames: u32,
+    /// The header's first two bytes, and how many of its bytes passed.
+    b0: u8,
+    b1: u8,
+    have: u8,
 }
 
 /// The error a read returns when a message has too many fragments.
@@ -36,54 +42,75 @@ impl std::fmt::Display for TooManyFragments {
 
 impl std::error::Error for TooManyFragments {}
 
-/// The length of a frame header whose second byte is `b1`: 2, the mask
-/// key when set, and the extended length of a 126 or 127.
-fn header_len(b1: u8) -> u8 {
-    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-    2 + mask
-        + match b1 & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        }
+/// The header at the start of `bytes` when it is all there: (fin,
+/// opcode, payload length, header length).
+fn whole_header(bytes: &[u8]) -> Option<(bool, u8, u64, usize)> {
+    let (&b0, &b1) = (bytes.first()?, bytes.get(1)?);
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let n = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+    let head = bytes.get(..n)?;
+    let len = match ext {
+        2 => u16::from_be_bytes([head[2], head[3]]) as u64,
+        8 => u64::from_be_bytes(head[2..10].try_into().ok()?),
+        _ => (b1 & 0x7f) as u64,
+    };
+    Some((b0 & 0x80 != 0, b0 & 0x0f, len, n))
 }
 
 impl FrameCounter {
     pub fn new(max: usize) -> FrameCounter {
-        FrameCounter { max, frames: 0, head: [0; 14], have: 0, skip: 0 }
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        FrameCounter { skip: 0, max, frames: 0, b0: 0, b1: 0, have: 0 }
     }
 
     /// Feeds bytes as they arrive; false once a message has too many frames.
     pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
         while !bytes.is_empty() {
-            if self.skip > 0 {
+            if self.have == 0 && self.skip > 0 {
                 let n = (self.skip.min(bytes.len() as u64)) as usize;
                 self.skip -= n as u64;
                 bytes = &bytes[n..];
                 continue;
             }
             // The common case, a whole header at the start of the bytes, is
-            // read in place; a header split across reads is gathered byte
-            // by byte into `head`.
-            let head: &[u8] = if self.have == 0 && bytes.len() >= 2 && bytes.len() >= header_len(bytes[1]) as usize {
-                let (head, rest) = bytes.split_at(header_len(bytes[1]) as usize);
-                bytes = rest;
-                head
+            // read in place; a header split across reads passes byte by byte.
+            let whole = if self.have == 0 { whole_header(bytes) } else { None };
+            let (fin, opcode, len) = if let Some((fin, opcode, len, n)) = whole {
+                bytes = &bytes[n..];
+                (fin, opcode, len)
             } else {
-                self.head[self.have as usize] = bytes[0];
-                self.have += 1;
+                let byte = bytes[0];
                 bytes = &bytes[1..];
-                if self.have < 2 || self.have < header_len(self.head[1]) {
+                match self.have {
+                    0 => self.b0 = byte,
+                    1 => self.b1 = byte,
+                    _ => {}
+                }
+                self.have += 1;
+                if self.have < 2 {
                     continue;
                 }
-                &self.head[..self.have as usize]
+                let len7 = self.b1 & 0x7f;
+                let ext: u8 = match len7 {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                if self.have > 2 && self.have <= 2 + ext {
+                    // `skip` is 0 when a header starts: it collects the length.
+                    self.skip = self.skip << 8 | byte as u64;
+                }
+                let mask = if self.b1 & 0x80 != 0 { 4 } else { 0 };
+                if self.have < 2 + ext + mask {
+                    continue;
+                }
+                let len = if ext == 0 { len7 as u64 } else { self.skip };
+                (self.b0 & 0x80 != 0, self.b0 & 0x0f, len)
             };
-            let len = match head[1] & 0x7f {
-                126 => u16::from_be_bytes([head[2], head[3]]) as u64,
-                127 => u64::from_be_bytes(head[2..10].try_into().unwrap_or([0; 8])),
-                n => n as u64,
-            };
-            let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
             // Control frames (0x8-0xf) may come between fragments and do not count.
             if opcode < 0x8 {
                 self.frames += 1;
@@ -128,22 +155,23 @@ pub struct Counted<S> {
     /// Only where `Transport::short_read_empties` (plain TCP): rustls may
     /// hold decrypted bytes a short read left.
     pub(super) empty: bool,
-    /// One socket read (see `READ_BITE`), handed to tungstenite as it asks,
-    /// from `bite_pos` to `bite_end`. Held only while some of it is left: a
-    /// connection between reads, idle or not, has none.
+    /// The last read ended in WouldBlock: tungstenite holds no whole frame.
+    /// (`Ws`'s, kept here beside the other flags, in bytes `Counted` pads anyway.)
+    pub(super) drained: bool,
+    /// One socket read (see `READ_BITE`), handed to tungstenite as it asks.
+    /// Held only while some of it is left: a connection between reads,
+    /// idle or not, has none.
     bite: Option<Box<Bite>>,
-    bite_pos: u32,
-    bite_end: u32,
 }
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, bite: None, bite_pos: 0, bite_end: 0 }
+        Counted { stream, counter, hold: false, empty: false, drained: false, bite: None }
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
     pub(super) fn holds_bytes(&self) -> bool {
-        self.bite_pos < self.bite_end
+        self.bite.as_ref().is_some_and(|b| b.pos < b.end)
     }
 }
 
@@ -154,7 +182,12 @@ impl<S> Counted<S> {
 /// instead of sixteen.
 pub(super) const READ_BITE: usize = 64 * 1024;
 
-type Bite = [u8; READ_BITE];
+/// One socket read and what of it is handed over: `bytes[pos..end]` wait.
+pub(super) struct Bite {
+    bytes: [u8; READ_BITE],
+    pos: u32,
+    end: u32,
+}
 
 /// Bites no connection holds, for the next read: the socket is read into
 /// one of these and tungstenite takes its bytes straight from it, so the
@@ -173,7 +206,7 @@ thread_local! {
 fn take_bite() -> Box<Bite> {
     BITES.with_borrow_mut(Vec::pop).unwrap_or_else(|| {
         // Zeroed once, when first made: a bite is only ever read into.
-        vec![0u8; READ_BITE].into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!("READ_BITE bytes"))
+        Box::new(Bite { bytes: [0; READ_BITE], pos: 0, end: 0 })
     })
 }
 
@@ -192,10 +225,10 @@ impl<S: Transport> io::Read for Counted<S> {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let mut bite = self.bite.take().unwrap_or_else(take_bite);
-            match self.stream.read(&mut bite[..]) {
+            match self.stream.read(&mut bite.bytes[..]) {
                 Ok(got) => {
                     self.empty = got > 0 && got < READ_BITE && self.stream.short_read_empties();
-                    (self.bite_pos, self.bite_end) = (0, got as u32);
+                    (bite.pos, bite.end) = (0, got as u32);
                     self.bite = Some(bite);
                 }
                 Err(e) => {
@@ -204,11 +237,11 @@ impl<S: Transport> io::Read for Counted<S> {
                 }
             }
         }
-        let Some(bite) = &self.bite else { return Ok(0) };
-        let left = &bite[self.bite_pos as usize..self.bite_end as usize];
+        let Some(bite) = &mut self.bite else { return Ok(0) };
+        let left = &bite.bytes[bite.pos as usize..bite.end as usize];
         let n = buf.len().min(left.len());
         buf[..n].copy_from_slice(&left[..n]);
-        self.bite_pos += n as u32;
+        bite.pos += n as u32;
         if !self.holds_bytes() {
             // All handed over: the bite serves the next read, of any connection.
             if let Some(bite) = self.bite.take() {
@@ -241,8 +274,6 @@ impl<S: Transport> io::Write for Counted<S> {
 pub(super) struct Ws<S> {
     pub(super) stream: Counted<S>,
     pub(super) ctx: Option<Box<WebSocketContext>>,
-    /// The last read ended in WouldBlock: tungstenite holds no whole frame.
-    pub(super) drained: bool,
 }
 
 /// Released tungstenite states kept for reuse, so a connection that sends
@@ -275,7 +306,7 @@ impl<S: Transport> Ws<S> {
     /// the caller has just written them). Returns false when its output
     /// could not be written yet.
     pub(super) fn release(&mut self, flushed: bool) -> bool {
-        if !self.drained || !self.stream.counter.at_boundary() || self.stream.holds_bytes() {
+        if !self.stream.drained || !self.stream.counter.at_boundary() || self.stream.holds_bytes() {
             return true;
         }
         let Some(ctx) = &mut self.ctx else { return true };

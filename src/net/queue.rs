@@ -2,11 +2,11 @@
 //!
 //! Most of the time a connection has none queued or one (a reply, a
 //! delivery of a fan-out), written within the same turn of the loop. A
-//! `VecDeque` would allocate its buffer for that one frame and, since an
-//! idle connection gives its buffer back, free it again: an allocation and
-//! a free per delivery, the biggest cost of a fan-out after the kernel's. So
-//! one frame is held inline, and only a burst spills into a `VecDeque`,
-//! whose buffer goes when the burst is written (`shrink_when_empty`).
+//! `VecDeque` would allocate its buffer for that one frame and free it when
+//! the connection goes idle: an allocation and a free per delivery, the
+//! biggest cost of a fan-out after the kernel's. So one frame is held
+//! inline, and only a burst spills into a `VecDeque` (freed with the
+//! connection's buffers when it is idle again).
 
 use std::collections::VecDeque;
 
@@ -82,13 +82,6 @@ impl Queue {
     pub(super) fn clear(&mut self) {
         *self = Queue::Empty;
     }
-
-    /// An empty spill buffer goes (an idle connection holds none).
-    pub(super) fn shrink_when_empty(&mut self) {
-        if matches!(self, Queue::Many(many) if many.is_empty()) {
-            *self = Queue::Empty;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -113,9 +106,8 @@ mod tests {
         q.push_back(Frame::text("d"));
         assert_eq!(frames(&q), ["b", "c", "d"]);
         while q.pop_front().is_some() {}
-        assert!(matches!(q, Queue::Many(_)), "the spill buffer stays while the burst lasts");
-        q.shrink_when_empty();
-        assert!(matches!(q, Queue::Empty), "and goes once it is written");
+        assert!(q.is_empty());
+        q.clear();
         q.push_back(Frame::text("e"));
         assert_eq!(q.pop_front().map(|f| f.as_bytes()[2]), Some(b'e'));
         assert!(matches!(q, Queue::Empty));

@@ -51,7 +51,7 @@ impl Server {
                 continue;
             }
             let _ = sock.set_nodelay(true);
-            let id = self.next_id;
+            let Some(id) = self.slots.vacant_id(self.next_id) else { continue };
             self.next_id += 1;
             if let Err(e) = self.poll.registry().register(&mut sock, Token(id), Interest::READABLE | Interest::WRITABLE)
             {
@@ -72,8 +72,8 @@ impl Server {
             *self.per_ip.entry(addr.ip()).or_default() += 1;
             let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
             let slot =
-                Slot { conn, timer: None, joined: false, body: None, hook: None, speaks_pusher: false, pusher: None };
-            self.slots.insert(id, Box::new(slot));
+                Slot { conn, timer: NEVER, joined: false, body: None, hook: None, speaks_pusher: false, pusher: None };
+            self.slots.insert(id, slot);
             self.metrics.accepted += 1;
             self.schedule(id);
             // Data may have arrived with the connection.

@@ -43,10 +43,10 @@ use crate::config::Config;
 use crate::hook::{self, Hook, HookUrl, Verdict};
 use crate::http::api::{self, Decision};
 use crate::http::{self, Head, Refusal};
-use crate::hub::{Action, ConnId, Hub, IdMap, Limits, Rules};
+use crate::hub::{Action, ConnId, Hub, IdTable, Limits, Rules};
 use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
-use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Phase, Settings, Stream, Tick};
+use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Ms, Phase, Settings, Stream, Tick, NEVER};
 use crate::proto::roost;
 use crate::store::{Append, Outcome, Retention, Store, StoreError, Write};
 use crate::webhook::{self, Doorbell, Signer, Webhook};
@@ -56,6 +56,7 @@ mod admission;
 mod changes;
 mod cluster;
 mod commits;
+mod flush;
 mod hooks;
 mod http_door;
 mod lifecycle;
@@ -71,7 +72,8 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const RELOAD: Token = Token(3);
-const FIRST_CONN: usize = 16;
+/// The first connection's serial: every id is above the tokens above.
+const FIRST_CONN: usize = 1;
 
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -101,8 +103,8 @@ struct RefusalLog {
 
 struct Slot {
     conn: Conn,
-    /// The deadline this connection has in the timer heap.
-    timer: Option<Instant>,
+    /// The deadline this connection has in the timer heap (`NEVER`: none).
+    timer: Ms,
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
     /// Boxed, like `hook`: rare, and every idle connection would carry it.
@@ -137,12 +139,13 @@ pub struct Server {
     store: Store,
     hub: Hub,
     writer: Writer<Ticket>,
-    /// Boxed: the table's spare capacity then costs a pointer per entry,
-    /// not a whole slot.
-    slots: IdMap<Box<Slot>>,
+    /// Stored inline, by place (`IdTable`).
+    slots: IdTable<Slot>,
+    /// The serial of the next connection's id.
     next_id: ConnId,
     per_ip: HashMap<IpAddr, usize>,
-    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Deadlines as `Ms` on the connections' clock (`Settings::epoch`).
+    timers: BinaryHeap<Reverse<(Ms, ConnId)>>,
     pending: Vec<(Ticket, Write)>,
     inflight_bytes: usize,
     /// Connections with output queued this turn.
@@ -261,7 +264,7 @@ impl Server {
             writer,
             store,
             cfg,
-            slots: IdMap::default(),
+            slots: IdTable::handing_out(),
             next_id: FIRST_CONN,
             per_ip: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -360,7 +363,7 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let mut next = self.timers.peek().map(|Reverse((at, _))| *at);
+        let mut next = self.timers.peek().map(|Reverse((at, _))| self.conn_settings.instant(*at));
         let soon = [self.accept_paused_until, self.stopping.map(|_| now + Duration::from_millis(50))];
         for t in soon.into_iter().chain([self.hub.next_deadline()]).flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -377,7 +380,7 @@ impl Server {
             Phase::Draining => slot.conn.drain(),
             Phase::Waiting | Phase::Responding | Phase::Closed => {}
         }
-        self.dirty.push(id);
+        self.flush_conn(id);
     }
 
     /// Tells `id` its request was refused, in its front door's dialect.
@@ -402,15 +405,15 @@ impl Server {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
+            if at > self.conn_settings.ms(now) {
                 break;
             }
             self.timers.pop();
             let Some(slot) = self.slots.get_mut(&id) else { continue };
-            if slot.timer != Some(at) {
+            if slot.timer != at {
                 continue; // superseded by an earlier deadline
             }
-            slot.timer = None;
+            slot.timer = NEVER;
             match slot.conn.tick(now) {
                 Tick::Nothing => {}
                 Tick::Drop => log::debug!("dropping {} at a deadline", slot.conn.peer),
@@ -430,30 +433,11 @@ impl Server {
     /// do, and reschedules — so each connection has about one heap entry.
     fn schedule(&mut self, id: ConnId) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let Some(next) = slot.conn.next_deadline() else { return };
-        if slot.timer.is_none_or(|t| next < t) {
-            slot.timer = Some(next);
+        let Some(next) = slot.conn.next_deadline().map(|t| self.conn_settings.ms(t)) else { return };
+        if next < slot.timer {
+            slot.timer = next;
             self.timers.push(Reverse((next, id)));
         }
-    }
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for id in dirty.drain(..) {
-            let Some(slot) = self.slots.get_mut(&id) else { continue };
-            slot.conn.flush();
-            if slot.conn.phase() == Phase::Closed {
-                self.remove(id);
-            } else {
-                if slot.conn.take_unblocked() {
-                    self.again.push(id);
-                }
-                self.schedule(id);
-            }
-        }
-        self.dirty = dirty;
     }
 
     fn remove(&mut self, id: ConnId) {
@@ -581,6 +565,9 @@ fn writer_policy(cfg: &Config, clock: Clock) -> Policy {
     }
 }
 
+/// The moment connections count their deadlines from (`Settings::epoch`).
+static LOOP_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// What every connection shares: tungstenite's limits and the timers.
 fn conn_settings(cfg: &Config) -> Settings {
     let max_message = cfg.max_message_bytes;
@@ -601,6 +588,9 @@ fn conn_settings(cfg: &Config) -> Settings {
         pong_within: cfg.pong_timeout,
         max_fragments: (!cfg.echo).then_some(cfg.max_fragments),
         ping_text: None,
+        // One epoch for every connection of the process, whichever settings
+        // it moves between (a Pusher socket's are made apart).
+        epoch: *LOOP_EPOCH.get_or_init(Instant::now),
     }
 }
 
@@ -622,4 +612,16 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn default_max_connections(nofile: u64) -> usize {
     let headroom = 64 + REFUSAL_HEADROOM as u64;
     nofile.saturating_sub(headroom).clamp(16, 1 << 20) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection keeps a `Slot` (B1 in docs/benchmarks.md): a field
+    /// added to it, or to its `Conn`, is paid ten thousand times over.
+    /// 64-bit targets only: the sizes differ on 32-bit ones.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_connection_record_stays_within_its_budget_of_176_bytes() {
+        assert!(std::mem::size_of::<super::Slot>() <= 176, "Slot is {} bytes", std::mem::size_of::<super::Slot>());
+    }
 }

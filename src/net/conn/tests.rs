@@ -114,7 +114,8 @@ const PONG_WITHIN: Duration = Duration::from_secs(10);
 const PLENTY: usize = 1 << 20;
 const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
 
-fn settings() -> Arc<Settings> {
+/// The settings of a connection whose deadlines count from `epoch`.
+fn settings(epoch: Instant) -> Arc<Settings> {
     Arc::new(Settings {
         ws: WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0),
         handshake_timeout: HANDSHAKE,
@@ -122,13 +123,14 @@ fn settings() -> Arc<Settings> {
         pong_within: PONG_WITHIN,
         max_fragments: Some(100),
         ping_text: None,
+        epoch,
     })
 }
 
 fn conn(now: Instant) -> (Conn<Fake>, Fake) {
     let fake = Fake::default();
     fake.room(PLENTY);
-    (Conn::new(fake.clone(), IpAddr::V4(Ipv4Addr::LOCALHOST), now, settings()), fake)
+    (Conn::new(fake.clone(), IpAddr::V4(Ipv4Addr::LOCALHOST), now, settings(now)), fake)
 }
 
 /// A connection upgraded at `now` with its 101 written.
@@ -377,7 +379,7 @@ fn a_quiet_peer_is_pinged_and_dropped_when_no_pong_comes() {
 fn a_protocol_ping_is_a_text_frame_and_no_answer_asks_for_the_protocols_close() {
     let t0 = Instant::now();
     let (mut c, fake) = open(t0, None);
-    c.use_settings(Arc::new(Settings { ping_text: Some(Frame::text("p")), ..(*settings()).clone() }));
+    c.use_settings(Arc::new(Settings { ping_text: Some(Frame::text("p")), ..(*settings(t0)).clone() }));
     let pinged = t0 + PING_EVERY;
     assert_eq!(c.tick(pinged), Tick::Nothing);
     c.flush();
@@ -486,7 +488,7 @@ fn a_failed_connection_ends_when_the_peer_closes_its_side() {
 #[test]
 fn after_a_frame_too_big_nothing_more_is_read_until_the_close_is_out() {
     let t0 = Instant::now();
-    let mut s = (*settings()).clone();
+    let mut s = (*settings(t0)).clone();
     s.ws = s.ws.max_message_size(Some(1024)).max_frame_size(Some(1024));
     let fake = Fake::default();
     fake.room(PLENTY);
