@@ -9,7 +9,7 @@
 #   benches/run.sh B2 B4           # some benchmarks only
 #   benches/run.sh --smoke         # every scenario once, tiny and short (CI)
 #
-#   B1 idle       server RSS per idle connection, N in B1_CONNS
+#   B1 idle       server RSS per idle connection, N in B1_CONNS (roostd-tls: over wss://)
 #   B2 echo       server CPU-µs per echoed message, payload in B2_PAYLOADS
 #   B3 fanout     server CPU-µs per delivery, 1 publisher, (subscribers:rate) in B3_CELLS
 #   B4 latency    publish → delivery percentiles at a fixed rate (roostd: also pub → ack)
@@ -26,7 +26,8 @@
 # again (benches/lib.sh). Servers: roostd, tokio (benches/peers/tokio-ws),
 # node (benches/peers/node-ws), uws (the binary at UWS_PEER, built outside
 # this repository; skipped when absent), mosquitto (B1 only; skipped when not
-# installed).
+# installed), roostd-tls (B1 only: roostd serving wss:// with a `roostd cert`
+# certificate, held by benches/tls_idle.py; not in the default SERVERS).
 #
 # --smoke: RUNS=1, 1 s per timed scenario, dev builds (cargo test already
 # made them), roostd, tokio, node (and mosquitto if installed; never uws):
@@ -169,7 +170,7 @@ skip_server() {
 RUNNABLE=()
 for s in $SERVERS; do
     case "$s" in
-        roostd | tokio) RUNNABLE+=("$s") ;;
+        roostd | roostd-tls | tokio) RUNNABLE+=("$s") ;;
         node)
             if ! command -v node >/dev/null; then
                 skip_server node "node is not installed"
@@ -279,11 +280,17 @@ start_server() {
     server_port=$((PORT + SAMPLE % 100))
     local log="$OUT/logs/server-$SAMPLE-$name.log" cmd
     case "$name" in
-        roostd)
-            local data="$BENCH_DIR/roostd-$SAMPLE"
+        roostd | roostd-tls)
+            local data="$BENCH_DIR/roostd-$SAMPLE" tls=()
             rm -rf "$data"
+            if [[ "$name" == roostd-tls ]]; then
+                # One self-signed pair per run (roostd cert refuses to overwrite).
+                [[ -f "$OUT/tls-cert.pem" ]] || "$ROOSTD" cert --name localhost --ip 127.0.0.1 \
+                    --cert "$OUT/tls-cert.pem" --key "$OUT/tls-key.pem" >/dev/null
+                tls=(--tls-cert "$OUT/tls-cert.pem" --tls-key "$OUT/tls-key.pem")
+            fi
             cmd=("$ROOSTD" serve --listen "127.0.0.1:$server_port" --data "$data" --no-demo
-                --max-connections 20000 --max-connections-per-ip 20000 "$@")
+                --max-connections 20000 --max-connections-per-ip 20000 "${tls[@]+"${tls[@]}"}" "$@")
             ;;
         tokio) cmd=("$TOKIO_PEER" "$server_port") ;;
         node) cmd=(node "$root/benches/peers/node-ws/server.mjs" "$server_port") ;;
@@ -319,7 +326,7 @@ start_server() {
 stop_server() {
     bench_stop "$server_pid"
     server_pid=""
-    [[ "$server_name" != roostd ]] || rm -rf "$BENCH_DIR/roostd-$SAMPLE"
+    [[ "$server_name" != roostd* ]] || rm -rf "$BENCH_DIR/roostd-$SAMPLE"
 }
 
 # ---------------------------------------------------------------- results
@@ -458,6 +465,11 @@ b1_once() {
             nice -n "$NICE" taskset -c "$LOADGEN_CPUS" python3 benches/peers/mqtt_idle.py \
                 --port "$server_port" -n "$each" --hold "$((${hold%s} + 3))" --client-prefix "g$i" \
                 >"${outs[i]}" 2>"${errs[i]}" &
+        elif [[ "$server" == roostd-tls ]]; then
+            nice -n "$NICE" taskset -c "$LOADGEN_CPUS" python3 benches/tls_idle.py \
+                --port "$server_port" -n "$each" --hold "$((${hold%s} + 3))" \
+                --token "$("$ROOSTD" token --sub idle --read '*' 2>/dev/null)" \
+                >"${outs[i]}" 2>"${errs[i]}" &
         else
             local peer=()
             [[ "$server" == roostd ]] || peer=(--peer)
@@ -468,7 +480,7 @@ b1_once() {
         pids+=($!)
         GEN_PIDS+=($!)
     done
-    # mqtt_idle.py holds for --hold after READY, loadgen for 2 s more (it
+    # mqtt_idle.py and tls_idle.py hold for --hold after READY, loadgen for 2 s more (it
     # measures first): both outlast the 2 s settle below by about --hold.
     # Wait for every READY (a generator gives up on setup after 60 s).
     local deadline=$((SECONDS + 120)) ready=0 all=0 early=0
@@ -547,7 +559,7 @@ run_b1() {
     for n in $B1_CONNS; do
         runs=1
         [[ " $B1_RUNS_AT " == *" $n "* ]] && runs=$RUNS
-        for s in $(ws_servers) $(has mosquitto && echo mosquitto); do
+        for s in $(ws_servers) $(has roostd-tls && echo roostd-tls) $(has mosquitto && echo mosquitto); do
             for run in $(seq "$runs"); do
                 plan B1 "$n" "$s" "$run" "$(jobj conns "$n" hold "$B1_HOLD" split "$B1_SPLIT")"
                 bench_measure "$RESULTS" "B1 $s $n run $run" b1_once "$n" "$B1_HOLD"
