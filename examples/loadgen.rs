@@ -2196,7 +2196,10 @@ fn replay(g: &mut Gen, hard_cap: Instant) -> Value {
     let (mut buf, mut scratch) = (Vec::with_capacity(1 << 20), vec![0u8; 256 << 10]);
     let mut read_more = |sock: &mut std::net::TcpStream, buf: &mut Vec<u8>| match sock.read(&mut scratch) {
         Ok(0) => Err("the server closed the connection".to_string()),
-        Ok(n) => Ok(buf.extend_from_slice(&scratch[..n])),
+        Ok(n) => {
+            buf.extend_from_slice(&scratch[..n]);
+            Ok(())
+        }
         Err(e) => Err(format!("read: {e}")),
     };
     if let Err(e) = sock.write_all(&req) {
