@@ -49,6 +49,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "growth-secret-0123456789abcdef0123456789abcdef"
+# roostd keeps 10,000 messages per channel by default and would trim the
+# store under test right after start: keep them all (heedbench --retention 0).
+KEEP_ALL = ["--retention-messages", "1000000000"]
 
 
 def build_store(heedbench, out, n, payload):
@@ -78,7 +81,8 @@ def start_once(roostd, store, port):
     """Seconds from exec to "listening on", and VmRSS then."""
     env = dict(os.environ, ROOSTD_SECRET=SECRET)
     t0 = time.monotonic()
-    p = subprocess.Popen([str(roostd), "serve", "--listen", f"127.0.0.1:{port}", "--data", str(store), "--no-demo"],
+    p = subprocess.Popen([str(roostd), "serve", "--listen", f"127.0.0.1:{port}", "--data", str(store), "--no-demo",
+                          *KEEP_ALL],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         for line in p.stdout:
@@ -94,7 +98,7 @@ def serve(roostd, store, port, cpus, *flags):
     """roostd serve on store, pinned to cpus; returns the process once it listens."""
     env = dict(os.environ, ROOSTD_SECRET=SECRET)
     p = subprocess.Popen(["taskset", "-c", cpus, str(roostd), "serve", "--listen", f"127.0.0.1:{port}", "--data",
-                          str(store), "--no-demo", *flags],
+                          str(store), "--no-demo", *KEEP_ALL, *flags],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for line in p.stdout:
         if "listening on" in line:
@@ -191,7 +195,7 @@ def channels_once(roostd, out, c, port, cpus):
     """Server VmRSS with c channels: idle, filled, all subscribed, after a restart."""
     store = out / f"channels-{c}"
     shutil.rmtree(store, ignore_errors=True)
-    flags = ["--max-channels", str(c + 10), "--max-connections-per-ip", "20000"]
+    flags = ["--max-channels", str(c + 10), "--max-connections-per-ip", "20000", "--publish-rate", "0"]
     env = dict(os.environ, ROOSTD_SECRET=SECRET)
     token = subprocess.run([str(roostd), "token", "--sub", "growth", "--read", "*", "--write", "*"],
                            capture_output=True, text=True, env=env, check=True).stdout.strip()
