@@ -23,7 +23,8 @@ store (`--max-channels` C + 10), then its VmRSS (1) idle, (2) after
 examples/fill_channels.py created C channels with one message each, (3) with
 every one of the C channels also subscribed (C / 256 connections, 256
 `sub`s each: roostd's --max-subscriptions), 2 s after the last `subok`, and
-(4) after a restart on that store (nothing subscribed).
+(4) after a restart on that store (nothing subscribed); each also as RssAnon
+(heap and stacks, without the store pages LMDB's map brought in).
 
 Results: one JSON line per N and per C in OUT/growth.jsonl; plots
 growth-store.png, growth-startup.png, growth-replay.png and
@@ -70,11 +71,17 @@ def build_store(heedbench, out, n, payload):
     return store, rate
 
 
-def vmrss(pid):
+def vmrss(pid, field="VmRSS"):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def rss_pair(pid):
+    """VmRSS, and RssAnon: the heap and stacks alone, without the store's pages that
+    LMDB's map brought in (those are the page cache's, shared, and dropped under pressure)."""
+    return vmrss(pid), vmrss(pid, "RssAnon")
 
 
 def start_once(roostd, store, port):
@@ -202,16 +209,16 @@ def channels_once(roostd, out, c, port, cpus):
     p = serve(roostd, store, port, cpus, *flags)
     try:
         time.sleep(0.5)
-        idle = vmrss(p.pid)
+        idle, idle_anon = rss_pair(p.pid)
         t0 = time.monotonic()
         subprocess.run(["python3", str(ROOT / "examples" / "fill_channels.py"), f"ws://127.0.0.1:{port}/ws", token,
                         str(c)], check=True, timeout=600)
         fill_s = time.monotonic() - t0
         time.sleep(2)
-        filled = vmrss(p.pid)
+        filled, filled_anon = rss_pair(p.pid)
         socks = subscribe_all(port, token, [f"fill-{i}" for i in range(c)])
         time.sleep(2)
-        subscribed = vmrss(p.pid)
+        subscribed, subscribed_anon = rss_pair(p.pid)
         for s in socks:
             s.close()
     finally:
@@ -219,16 +226,20 @@ def channels_once(roostd, out, c, port, cpus):
     p = serve(roostd, store, port + 1, cpus, *flags)
     try:
         time.sleep(2)
-        restarted = vmrss(p.pid)
+        restarted, restarted_anon = rss_pair(p.pid)
     finally:
         stop(p)
     size = (store / "data.mdb").stat().st_size
     shutil.rmtree(store, ignore_errors=True)
     return {"channels": c, "rss_idle_bytes": idle, "rss_filled_bytes": filled, "rss_subscribed_bytes": subscribed,
-            "rss_restarted_bytes": restarted, "subscribing_connections": math.ceil(c / 256),
+            "rss_restarted_bytes": restarted, "anon_idle_bytes": idle_anon, "anon_filled_bytes": filled_anon,
+            "anon_subscribed_bytes": subscribed_anon, "anon_restarted_bytes": restarted_anon,
+            "subscribing_connections": math.ceil(c / 256),
             "fill_s": round(fill_s, 2), "store_bytes": size,
             "filled_bytes_per_channel": round((filled - idle) / c, 1),
-            "subscribed_bytes_per_channel": round((subscribed - filled) / c, 1)}
+            "subscribed_bytes_per_channel": round((subscribed - filled) / c, 1),
+            "anon_filled_bytes_per_channel": round((filled_anon - idle_anon) / c, 1),
+            "anon_subscribed_bytes_per_channel": round((subscribed_anon - filled_anon) / c, 1)}
 
 
 def have_matplotlib():
@@ -324,15 +335,17 @@ def plot_channels(chans, outdir):
 
     xs = [c["channels"] for c in chans]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, mark in [("rss_subscribed_bytes", "every channel subscribed", "s"),
-                             ("rss_filled_bytes", "after creating them (one message each)", "o"),
-                             ("rss_restarted_bytes", "after a restart (none subscribed)", "^"),
-                             ("rss_idle_bytes", "fresh store, before", "x")]:
-        ax.plot(xs, [c[key] / 2**20 for c in chans], marker=mark, label=label)
+    for key, label, mark, color in [("subscribed", "every channel subscribed", "s", "C0"),
+                                    ("filled", "after creating them (one message each)", "o", "C1"),
+                                    ("restarted", "after a restart (none subscribed)", "^", "C2")]:
+        ax.plot(xs, [c[f"rss_{key}_bytes"] / 2**20 for c in chans], marker=mark, color=color,
+                label=f"{label}: VmRSS")
+        ax.plot(xs, [c[f"anon_{key}_bytes"] / 2**20 for c in chans], marker=mark, color=color, ls="--",
+                label=f"{label}: RssAnon (heap)")
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("channels")
-    ax.set_ylabel("server VmRSS (MiB)")
+    ax.set_ylabel("server memory (MiB)")
     ax.set_title("Server memory vs channels")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
