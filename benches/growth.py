@@ -257,84 +257,72 @@ def have_matplotlib():
     return False
 
 
-def plots(rows, outdir):
+def figure(outdir):
+    """A new figure and axes (matplotlib without a display), outdir made."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     outdir.mkdir(parents=True, exist_ok=True)
+    return plt.subplots(figsize=(7, 4))
+
+
+def finish(fig, ax, outdir, name, title, xlabel, ylabel, legend=True):
+    """Labels, grid, (legend), saved as outdir/name; returns [name]."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(outdir / name, dpi=110)
+    plt.close(fig)
+    return [name]
+
+
+def median_bars(ax, xs, stats, scale, goal, goal_text, **kw):
+    """Medians with min-max bars (stats: summary() dicts), and a dashed goal line."""
+    med = [s["median"] * scale for s in stats]
+    lo = [m - s["min"] * scale for m, s in zip(med, stats)]
+    hi = [s["max"] * scale - m for m, s in zip(med, stats)]
+    ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, **kw)
+    ax.axhline(goal, color="grey", ls="--", lw=1)
+    ax.text(xs[0], goal, goal_text, va="bottom", fontsize=8, color="grey")
+
+
+def plots(rows, outdir):
+    """growth-store.png, growth-startup.png and growth-replay.png from the message rows."""
     xs = [r["messages"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure(outdir)
     ax.plot(xs, [r["store_bytes"] / 2**20 for r in rows], marker="o", label="data.mdb (file length)")
     ax.plot(xs, [r["store_disk_bytes"] / 2**20 for r in rows], marker="s", ls="--", label="on disk (allocated)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("messages stored (one channel)")
-    ax.set_ylabel("MiB (log)")
-    ax.set_title(f"Store size vs messages ({rows[0]['payload']} B of pad each)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "growth-store.png", dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    med = [r["startup_s"]["median"] * 1000 for r in rows]
-    lo = [m - r["startup_s"]["min"] * 1000 for m, r in zip(med, rows)]
-    hi = [r["startup_s"]["max"] * 1000 - m for m, r in zip(med, rows)]
-    ax.errorbar([r["store_bytes"] / 2**20 for r in rows], med, yerr=[lo, hi], marker="o", capsize=3)
-    ax.axhline(1000, color="grey", ls="--", lw=1)
-    ax.text(ax.get_xlim()[0], 1000, " 1 s goal", va="bottom", fontsize=8, color="grey")
+    made = finish(fig, ax, outdir, "growth-store.png", f"Store size vs messages ({rows[0]['payload']} B of pad each)",
+                  "messages stored (one channel)", "MiB (log)")
+    fig, ax = figure(outdir)
+    median_bars(ax, [r["store_bytes"] / 2**20 for r in rows], [r["startup_s"] for r in rows], 1000, 1000,
+                " 1 s goal")
     ax.set_xscale("log")
-    ax.set_xlabel("store size (MiB, log)")
-    ax.set_ylabel("exec → listening (ms)")
-    ax.set_title("Start-up time vs store size")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(outdir / "growth-startup.png", dpi=110)
-    plt.close(fig)
-    return ["growth-store.png", "growth-startup.png"]
-
-
-def plot_replay(rows, outdir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir.mkdir(parents=True, exist_ok=True)
-
-    xs = [r["messages"] for r in rows]
-    med = [r["replay_msgs_per_s"]["median"] / 1000 for r in rows]
-    lo = [m - r["replay_msgs_per_s"]["min"] / 1000 for m, r in zip(med, rows)]
-    hi = [r["replay_msgs_per_s"]["max"] / 1000 - m for m, r in zip(med, rows)]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label="roostd → one resuming client")
-    ax.axhline(200, color="grey", ls="--", lw=1)
-    ax.text(xs[0], 200, " 200k/s goal", va="bottom", fontsize=8, color="grey")
+    made += finish(fig, ax, outdir, "growth-startup.png", "Start-up time vs store size", "store size (MiB, log)",
+                   "exec → listening (ms)", legend=False)
+    fig, ax = figure(outdir)
+    median_bars(ax, xs, [r["replay_msgs_per_s"] for r in rows], 1 / 1000, 200, " 200k/s goal",
+                label="roostd → one resuming client")
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("messages stored and replayed (one channel)")
-    ax.set_ylabel("thousand messages/s")
-    ax.set_title(f"Replay speed, sub since 0 ({rows[0]['payload']} B of pad each)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "growth-replay.png", dpi=110)
-    plt.close(fig)
-    return ["growth-replay.png"]
+    return made + finish(fig, ax, outdir, "growth-replay.png",
+                         f"Replay speed, sub since 0 ({rows[0]['payload']} B of pad each)",
+                         "messages stored and replayed (one channel)", "thousand messages/s")
 
 
 def plot_channels(chans, outdir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir.mkdir(parents=True, exist_ok=True)
-
     xs = [c["channels"] for c in chans]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure(outdir)
     for key, label, mark, color in [("subscribed", "every channel subscribed", "s", "C0"),
                                     ("filled", "after creating them (one message each)", "o", "C1"),
                                     ("restarted", "after a restart (none subscribed)", "^", "C2")]:
@@ -344,15 +332,8 @@ def plot_channels(chans, outdir):
                 label=f"{label}: RssAnon (heap)")
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("channels")
-    ax.set_ylabel("server memory (MiB)")
-    ax.set_title("Server memory vs channels")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / "growth-channels.png", dpi=110)
-    plt.close(fig)
-    return ["growth-channels.png"]
+    return finish(fig, ax, outdir, "growth-channels.png", "Server memory vs channels", "channels",
+                  "server memory (MiB)")
 
 
 def main():
@@ -413,7 +394,7 @@ def main():
     if not args.no_plots:
         made = []
         if rows:
-            made += plots(rows, Path(args.plots)) + plot_replay(rows, Path(args.plots))
+            made += plots(rows, Path(args.plots))
         if chans:
             made += plot_channels(chans, Path(args.plots))
         print(f"growth.py: plots in {args.plots}: {', '.join(made)}", file=sys.stderr)
