@@ -29,8 +29,9 @@ every one of the C channels also subscribed (C / 256 connections, 256
 Results: one JSON line per N and per C in OUT/growth.jsonl; plots
 growth-store.png, growth-startup.png, growth-replay.png and
 growth-channels.png into --plots (matplotlib from benches/.venv, as
-report.py makes it). Binaries: target/release (build them first: cargo
-build --release --bin roostd --example heedbench --example loadgen). Stores
+report.py makes it). Binaries: --bin-dir, default target/release (build them
+first: cargo build --release --bin roostd --example heedbench --example
+loadgen; `benches/run.sh growth` builds them and runs this). Stores
 go under OUT (default a new /tmp/roostd-growth.XXXX): the disk under test.
 """
 
@@ -349,13 +350,15 @@ def main():
     ap.add_argument("--port", type=int, default=18990)
     ap.add_argument("--server-cpus", default="0", help="taskset list of roostd for the replay and channels")
     ap.add_argument("--loadgen-cpus", default="1", help="taskset list of loadgen replay")
+    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
+                    help="where roostd and examples/{heedbench,loadgen} are (run.sh: its PROFILE's)")
     args = ap.parse_args()
     if not args.no_plots and not have_matplotlib():
         sys.exit("growth.py: no matplotlib: run python3 benches/report.py once (it makes benches/.venv), "
                  "or give --no-plots")
     out = Path(args.out or tempfile.mkdtemp(prefix="roostd-growth."))
-    roostd, heedbench = ROOT / "target/release/roostd", ROOT / "target/release/examples/heedbench"
-    loadgen = ROOT / "target/release/examples/loadgen"
+    bins = Path(args.bin_dir)
+    roostd, heedbench, loadgen = bins / "roostd", bins / "examples" / "heedbench", bins / "examples" / "loadgen"
     git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     rows = []
     for n in [int(x) for x in args.messages.split(",") if x]:

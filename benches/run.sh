@@ -18,6 +18,10 @@
 #                 and a reconnect storm of B6_STORM connections
 #   B7 slow       fanout with 1 % of subscribers never reading, and with none
 #   B8 churn      CHURN_DURATION soak, B8_CHURN_PCT % of connections reconnect per minute
+#   growth        benches/growth.py (not in the default list): store size, start-up and
+#                 replay speed vs GROWTH_MESSAGES stored, server memory vs GROWTH_CHANNELS;
+#                 its JSON in $OUT/growth/growth.jsonl, its plots into docs/bench/ (REPORT=1)
+#                 or $OUT/bench/
 #
 # Each sample: a fresh server process (roostd: on a fresh store under
 # BENCH_DIR) pinned to SERVER_CPUS, the generator(s) pinned to LOADGEN_CPUS,
@@ -62,6 +66,7 @@
 #   B7_SUBS (1000), B7_RATE (1000), B7_PAYLOAD (1024), B7_DURATION (10s)
 #   B8_CONNS (5000), B8_CHURN_PCT (10), CHURN_DURATION (5m), B8_RUNS (1),
 #   B8_PEERS (0; 1: tokio and node churn too)
+#   GROWTH_MESSAGES (10000,100000,300000,440000), GROWTH_CHANNELS (1000,10000,100000)
 #   REPORT (1; --smoke: 0)  run benches/report.py at the end
 #   NICE (-10), QUIET_PCT (90), QUIET_WAIT (600; --smoke: 0), MAX_NOISE (15),
 #   RETRIES (3; --smoke: 0): see benches/lib.sh
@@ -78,7 +83,7 @@ usage() {
 KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS LOADGEN_THREADS SERVERS UWS_PEER PROFILE DURATION
     B1_CONNS B1_SPLIT B1_RUNS_AT B1_HOLD B2_PAYLOADS B2_CONNS B3_CELLS B4_SUBS B4_RATE B4_DURATION
     B5_PUBLISHERS B6_CONNECTORS B6_STORM B7_SUBS B7_RATE B7_PAYLOAD B7_DURATION
-    B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
+    B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS GROWTH_MESSAGES GROWTH_CHANNELS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
 given=()
 for k in "${KNOBS[@]}"; do
     [[ -n "${!k+x}" ]] && given+=("$k=${!k}")
@@ -90,7 +95,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
         -h | --help) usage ;;
-        B[1-8]) WANTED+=("$arg") ;;
+        B[1-8] | growth) WANTED+=("$arg") ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -117,6 +122,7 @@ fi
 : "${B6_CONNECTORS:=64}" "${B6_STORM:=10000}"
 : "${B7_SUBS:=1000}" "${B7_RATE:=1000}" "${B7_PAYLOAD:=1024}" "${B7_DURATION:=10s}"
 : "${B8_CONNS:=5000}" "${B8_CHURN_PCT:=10}" "${CHURN_DURATION:=5m}" "${B8_RUNS:=1}" "${B8_PEERS:=0}"
+: "${GROWTH_MESSAGES:=10000,100000,300000,440000}" "${GROWTH_CHANNELS:=1000,10000,100000}"
 : "${REPORT:=1}" "${PORT:=18200}" "${SERVER_CPUS:=0}" "${LOADGEN_CPUS:=1}"
 : "${UWS_PEER:=/work/peers/uws/uws-peer}"
 # How many CPUs a taskset list ("1", "1-3,6") names.
@@ -736,6 +742,16 @@ run_b8() {
     done
 }
 
+# growth: benches/growth.py with this run's binaries, CPUs and sample count.
+run_growth() {
+    local plots=(--plots "$OUT/bench")
+    ((REPORT)) && ((!SMOKE)) && plots=()
+    nice -n "$NICE" python3 benches/growth.py --messages "$GROWTH_MESSAGES" --channels "$GROWTH_CHANNELS" \
+        --runs "$RUNS" --out "$OUT/growth" --bin-dir "$root/target/$profile_dir" --port "$((PORT + 100))" \
+        --server-cpus "$SERVER_CPUS" --loadgen-cpus "$LOADGEN_CPUS" "${plots[@]+"${plots[@]}"}" \
+        || bench_log "growth.py exited with status $? (its messages above)"
+}
+
 for b in "${WANTED[@]}"; do
     t=$(date +%s)
     bench_log "=== $b"
@@ -744,7 +760,7 @@ for b in "${WANTED[@]}"; do
 done
 
 bench_log "$(wc -l <"$RESULTS") results in $RESULTS ($(($(date +%s) - T0)) s in all)"
-if ((REPORT)); then
+if ((REPORT)) && [[ -s "$RESULTS" ]]; then # (growth alone writes no results.jsonl lines)
     python3 benches/report.py "$OUT"
 else
     bench_log "tables and plots: python3 benches/report.py $OUT"
