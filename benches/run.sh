@@ -9,7 +9,7 @@
 #   benches/run.sh B2 B4           # some benchmarks only
 #   benches/run.sh --smoke         # every scenario once, tiny and short (CI)
 #
-#   B1 idle       server RSS per idle connection, N in B1_CONNS
+#   B1 idle       server RSS per idle connection, N in B1_CONNS (roostd-tls: over wss://)
 #   B2 echo       server CPU-µs per echoed message, payload in B2_PAYLOADS
 #   B3 fanout     server CPU-µs per delivery, 1 publisher, (subscribers:rate) in B3_CELLS
 #   B4 latency    publish → delivery percentiles at a fixed rate (roostd: also pub → ack)
@@ -18,6 +18,10 @@
 #                 and a reconnect storm of B6_STORM connections
 #   B7 slow       fanout with 1 % of subscribers never reading, and with none
 #   B8 churn      CHURN_DURATION soak, B8_CHURN_PCT % of connections reconnect per minute
+#   growth        benches/growth.py (not in the default list): store size, start-up and
+#                 replay speed vs GROWTH_MESSAGES stored, server memory vs GROWTH_CHANNELS;
+#                 its JSON in $OUT/growth/growth.jsonl, its plots into docs/bench/ (REPORT=1)
+#                 or $OUT/bench/
 #
 # Each sample: a fresh server process (roostd: on a fresh store under
 # BENCH_DIR) pinned to SERVER_CPUS, the generator(s) pinned to LOADGEN_CPUS,
@@ -26,7 +30,8 @@
 # again (benches/lib.sh). Servers: roostd, tokio (benches/peers/tokio-ws),
 # node (benches/peers/node-ws), uws (the binary at UWS_PEER, built outside
 # this repository; skipped when absent), mosquitto (B1 only; skipped when not
-# installed).
+# installed), roostd-tls (B1 only: roostd serving wss:// with a `roostd cert`
+# certificate, held by benches/tls_idle.py; not in the default SERVERS).
 #
 # --smoke: RUNS=1, 1 s per timed scenario, dev builds (cargo test already
 # made them), roostd, tokio, node (and mosquitto if installed; never uws):
@@ -55,12 +60,13 @@
 #   seconds; how long generators hold after READY: longer than their READY times differ)
 #   B2_PAYLOADS (20 1024 16384), B2_CONNS (50)
 #   B3_CELLS (100:2000 1000:200 10000:20)  subscribers:publishes per second
-#   B4_SUBS (1000), B4_RATE (1000), B4_DURATION (10s)
+#   B4_SUBS (1000), B4_RATE (1000 100: publishes/s, one cell each), B4_DURATION (10s)
 #   B5_PUBLISHERS (1 10 50 200 1000)
 #   B6_CONNECTORS (64), B6_STORM (10000)
 #   B7_SUBS (1000), B7_RATE (1000), B7_PAYLOAD (1024), B7_DURATION (10s)
 #   B8_CONNS (5000), B8_CHURN_PCT (10), CHURN_DURATION (5m), B8_RUNS (1),
 #   B8_PEERS (0; 1: tokio and node churn too)
+#   GROWTH_MESSAGES (10000,100000,300000,440000), GROWTH_CHANNELS (1000,10000,100000)
 #   REPORT (1; --smoke: 0)  run benches/report.py at the end
 #   NICE (-10), QUIET_PCT (90), QUIET_WAIT (600; --smoke: 0), MAX_NOISE (15),
 #   RETRIES (3; --smoke: 0): see benches/lib.sh
@@ -77,7 +83,7 @@ usage() {
 KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS LOADGEN_THREADS SERVERS UWS_PEER PROFILE DURATION
     B1_CONNS B1_SPLIT B1_RUNS_AT B1_HOLD B2_PAYLOADS B2_CONNS B3_CELLS B4_SUBS B4_RATE B4_DURATION
     B5_PUBLISHERS B6_CONNECTORS B6_STORM B7_SUBS B7_RATE B7_PAYLOAD B7_DURATION
-    B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
+    B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS GROWTH_MESSAGES GROWTH_CHANNELS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
 given=()
 for k in "${KNOBS[@]}"; do
     [[ -n "${!k+x}" ]] && given+=("$k=${!k}")
@@ -89,7 +95,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
         -h | --help) usage ;;
-        B[1-8]) WANTED+=("$arg") ;;
+        B[1-8] | growth) WANTED+=("$arg") ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -111,11 +117,12 @@ fi
 : "${B1_CONNS:=1000 5000 10000 18000}" "${B1_SPLIT:=9000}" "${B1_RUNS_AT=10000}" "${B1_HOLD:=10s}"
 : "${B2_PAYLOADS:=20 1024 16384}" "${B2_CONNS:=50}"
 : "${B3_CELLS:=100:2000 1000:200 10000:20}"
-: "${B4_SUBS:=1000}" "${B4_RATE:=1000}" "${B4_DURATION:=10s}"
+: "${B4_SUBS:=1000}" "${B4_RATE:=1000 100}" "${B4_DURATION:=10s}"
 : "${B5_PUBLISHERS:=1 10 50 200 1000}"
 : "${B6_CONNECTORS:=64}" "${B6_STORM:=10000}"
 : "${B7_SUBS:=1000}" "${B7_RATE:=1000}" "${B7_PAYLOAD:=1024}" "${B7_DURATION:=10s}"
 : "${B8_CONNS:=5000}" "${B8_CHURN_PCT:=10}" "${CHURN_DURATION:=5m}" "${B8_RUNS:=1}" "${B8_PEERS:=0}"
+: "${GROWTH_MESSAGES:=10000,100000,300000,440000}" "${GROWTH_CHANNELS:=1000,10000,100000}"
 : "${REPORT:=1}" "${PORT:=18200}" "${SERVER_CPUS:=0}" "${LOADGEN_CPUS:=1}"
 : "${UWS_PEER:=/work/peers/uws/uws-peer}"
 # How many CPUs a taskset list ("1", "1-3,6") names.
@@ -169,7 +176,7 @@ skip_server() {
 RUNNABLE=()
 for s in $SERVERS; do
     case "$s" in
-        roostd | tokio) RUNNABLE+=("$s") ;;
+        roostd | roostd-tls | tokio) RUNNABLE+=("$s") ;;
         node)
             if ! command -v node >/dev/null; then
                 skip_server node "node is not installed"
@@ -279,11 +286,17 @@ start_server() {
     server_port=$((PORT + SAMPLE % 100))
     local log="$OUT/logs/server-$SAMPLE-$name.log" cmd
     case "$name" in
-        roostd)
-            local data="$BENCH_DIR/roostd-$SAMPLE"
+        roostd | roostd-tls)
+            local data="$BENCH_DIR/roostd-$SAMPLE" tls=()
             rm -rf "$data"
+            if [[ "$name" == roostd-tls ]]; then
+                # One self-signed pair per run (roostd cert refuses to overwrite).
+                [[ -f "$OUT/tls-cert.pem" ]] || "$ROOSTD" cert --name localhost --ip 127.0.0.1 \
+                    --cert "$OUT/tls-cert.pem" --key "$OUT/tls-key.pem" >/dev/null
+                tls=(--tls-cert "$OUT/tls-cert.pem" --tls-key "$OUT/tls-key.pem")
+            fi
             cmd=("$ROOSTD" serve --listen "127.0.0.1:$server_port" --data "$data" --no-demo
-                --max-connections 20000 --max-connections-per-ip 20000 "$@")
+                --max-connections 20000 --max-connections-per-ip 20000 "${tls[@]+"${tls[@]}"}" "$@")
             ;;
         tokio) cmd=("$TOKIO_PEER" "$server_port") ;;
         node) cmd=(node "$root/benches/peers/node-ws/server.mjs" "$server_port") ;;
@@ -319,7 +332,7 @@ start_server() {
 stop_server() {
     bench_stop "$server_pid"
     server_pid=""
-    [[ "$server_name" != roostd ]] || rm -rf "$BENCH_DIR/roostd-$SAMPLE"
+    [[ "$server_name" != roostd* ]] || rm -rf "$BENCH_DIR/roostd-$SAMPLE"
 }
 
 # ---------------------------------------------------------------- results
@@ -458,6 +471,11 @@ b1_once() {
             nice -n "$NICE" taskset -c "$LOADGEN_CPUS" python3 benches/peers/mqtt_idle.py \
                 --port "$server_port" -n "$each" --hold "$((${hold%s} + 3))" --client-prefix "g$i" \
                 >"${outs[i]}" 2>"${errs[i]}" &
+        elif [[ "$server" == roostd-tls ]]; then
+            nice -n "$NICE" taskset -c "$LOADGEN_CPUS" python3 benches/tls_idle.py \
+                --port "$server_port" -n "$each" --hold "$((${hold%s} + 3))" \
+                --token "$("$ROOSTD" token --sub idle --read '*' 2>/dev/null)" \
+                >"${outs[i]}" 2>"${errs[i]}" &
         else
             local peer=()
             [[ "$server" == roostd ]] || peer=(--peer)
@@ -468,7 +486,7 @@ b1_once() {
         pids+=($!)
         GEN_PIDS+=($!)
     done
-    # mqtt_idle.py holds for --hold after READY, loadgen for 2 s more (it
+    # mqtt_idle.py and tls_idle.py hold for --hold after READY, loadgen for 2 s more (it
     # measures first): both outlast the 2 s settle below by about --hold.
     # Wait for every READY (a generator gives up on setup after 60 s).
     local deadline=$((SECONDS + 120)) ready=0 all=0 early=0
@@ -547,7 +565,7 @@ run_b1() {
     for n in $B1_CONNS; do
         runs=1
         [[ " $B1_RUNS_AT " == *" $n "* ]] && runs=$RUNS
-        for s in $(ws_servers) $(has mosquitto && echo mosquitto); do
+        for s in $(ws_servers) $(has roostd-tls && echo roostd-tls) $(has mosquitto && echo mosquitto); do
             for run in $(seq "$runs"); do
                 plan B1 "$n" "$s" "$run" "$(jobj conns "$n" hold "$B1_HOLD" split "$B1_SPLIT")"
                 bench_measure "$RESULTS" "B1 $s $n run $run" b1_once "$n" "$B1_HOLD"
@@ -587,13 +605,16 @@ run_b3() {
 }
 
 run_b4() {
-    local s run
-    for s in $(ws_servers); do
+    local rate s run
+    for rate in $B4_RATE; do
         for run in $(seq "$RUNS"); do
-            sample B4 "${B4_SUBS}x${B4_RATE}" "$s" "$run" "$(jobj subscribers "$B4_SUBS" rate "$B4_RATE" duration "$B4_DURATION")" \
-                "--publish-rate 0" \
-                fanout --publishers 1 --subscribers "$B4_SUBS" --rate "$B4_RATE" --duration "$B4_DURATION" \
-                --threads "$LOADGEN_THREADS"
+            # Servers alternate within a round, so a noisy minute hits each of them.
+            for s in $(ws_servers); do
+                sample B4 "${B4_SUBS}x${rate}" "$s" "$run" "$(jobj subscribers "$B4_SUBS" rate "$rate" duration "$B4_DURATION")" \
+                    "--publish-rate 0" \
+                    fanout --publishers 1 --subscribers "$B4_SUBS" --rate "$rate" --duration "$B4_DURATION" \
+                    --threads "$LOADGEN_THREADS"
+            done
         done
     done
 }
@@ -721,6 +742,16 @@ run_b8() {
     done
 }
 
+# growth: benches/growth.py with this run's binaries, CPUs and sample count.
+run_growth() {
+    local plots=(--plots "$OUT/bench")
+    ((REPORT)) && ((!SMOKE)) && plots=()
+    nice -n "$NICE" python3 benches/growth.py --messages "$GROWTH_MESSAGES" --channels "$GROWTH_CHANNELS" \
+        --runs "$RUNS" --out "$OUT/growth" --bin-dir "$root/target/$profile_dir" --port "$((PORT + 100))" \
+        --server-cpus "$SERVER_CPUS" --loadgen-cpus "$LOADGEN_CPUS" "${plots[@]+"${plots[@]}"}" \
+        || bench_log "growth.py exited with status $? (its messages above)"
+}
+
 for b in "${WANTED[@]}"; do
     t=$(date +%s)
     bench_log "=== $b"
@@ -729,7 +760,7 @@ for b in "${WANTED[@]}"; do
 done
 
 bench_log "$(wc -l <"$RESULTS") results in $RESULTS ($(($(date +%s) - T0)) s in all)"
-if ((REPORT)); then
+if ((REPORT)) && [[ -s "$RESULTS" ]]; then # (growth alone writes no results.jsonl lines)
     python3 benches/report.py "$OUT"
 else
     bench_log "tables and plots: python3 benches/report.py $OUT"

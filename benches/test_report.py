@@ -98,6 +98,41 @@ class Verdicts(unittest.TestCase):
         rows.append(echo(1024, "uws", 2.0))
         self.assertIs(goals_of(report.b2, rows)[label][1], True)
 
+    def test_an_idle_tls_connection_is_judged_at_every_n_and_only_with_every_figure(self):
+        label = ("B1", "TLS: < 4 KiB per idle connection")
+        rows = [idle(1000, "roostd-tls", 3000), idle(10000, "roostd-tls", 3500)]
+        self.assertIs(goals_of(report.b1, rows)[label][1], True)
+        self.assertIs(goals_of(report.b1, rows + [idle(5000, "roostd-tls", 8500)])[label][1], False)
+        plan = plan_of(rows) + [{"bench": "B1", "server": "roostd-tls", "cell": "5000", "run": 1}]
+        text, ok = goals_of(report.b1, rows, plan)[label]
+        self.assertIsNone(ok)
+        self.assertIn("5000", text)
+
+    def test_tls_is_not_a_peer_of_roostd_in_the_b1_ratios(self):
+        rows = [idle(10000, "roostd", 800), idle(10000, "roostd-tls", 8000), idle(10000, "uws", 257)]
+        text = report.b1(report.Results(rows, plan_of(rows)), [])
+        self.assertIn("roostd ÷ uWebSockets", text)
+        self.assertNotIn("roostd ÷ roostd (TLS)", text)
+
+    def test_the_b4_generator_goal_needs_every_sample_under_70_percent(self):
+        label = ("B4", "the generator under 70 % of its CPU budget in every sample (1000 msg/s to 1000 subscribers)")
+        params = {"rate": 1000, "subscribers": 1000, "duration": "10s"}
+
+        def fan(server, load, run=1):
+            r = row("B4", "1000x1000", server, run, params=params, delivered=1, delivered_per_s=1e6,
+                    delivery_latency={"p99_us": 5000}, pub_latency={"p99_us": 6000}, server_cpu_us_per_delivered=0.8)
+            if load is not None:
+                r["generator_load_pct"] = load
+            return r
+        rows = [fan("roostd", 61), fan("uws", 65)]
+        self.assertIs(goals_of(report.b4, rows)[label][1], True)
+        self.assertIs(goals_of(report.b4, rows + [fan("uws", 84, run=2)])[label][1], False)
+        self.assertIsNone(goals_of(report.b4, rows + [fan("uws", None, run=2)])[label][1])
+        plan = plan_of(rows) + [{"bench": "B4", "server": "uws", "cell": "1000x1000", "run": 2}]
+        self.assertIsNone(goals_of(report.b4, rows, plan)[label][1])
+        text = report.b4(report.Results(rows, plan_of(rows)), [])
+        self.assertIn("| 80 (n=1) | 61 (n=1) |", text)  # server CPU 0.8 µs × 1M/s = 80 % of a core
+
     def test_every_figure_says_how_many_samples_it_rests_on(self):
         rows = [idle(10000, "roostd", b, run=i) for i, b in enumerate((700, 710, 720), 1)]
         rows.append(idle(5000, "roostd", 650))

@@ -23,6 +23,9 @@
 //!                                                server RSS each second, slow ones the server closed
 //!   churn    --conns N --churn-pct 10            N idle subscribers; churn-pct % of them per minute
 //!            --duration 5m                       close and reconnect; server RSS and fds every 10 s
+//!   replay   [--channel bench]                   one client resumes with `since: 0` and reads the
+//!                                                channel's whole stored history: messages/s, server
+//!                                                CPU per message (roostd only)
 //!
 //! common: --url ws://HOST:PORT (required)  --peer  --secret S (else $ROOSTD_SECRET; not needed with
 //!         --peer)  --duration 10s  --pid PID (the server's)  --payload BYTES (default 64)
@@ -145,7 +148,7 @@ const MASK: [u8; 4] = [0; 4];
 /// the server (issue 18: run.sh flags such results).
 const GENERATOR_WARN_PCT: f64 = 70.0;
 
-const SCENARIOS: [&str; 8] = ["idle", "publish", "fanout", "echo", "upgrades", "storm", "slow", "churn"];
+const SCENARIOS: [&str; 9] = ["idle", "publish", "fanout", "echo", "upgrades", "storm", "slow", "churn", "replay"];
 
 // ---------------------------------------------------------------- options
 
@@ -280,8 +283,8 @@ fn parse_opts() -> Opts {
     if o.threads > 1 && !(o.scenario == "echo" || o.scenario == "fanout" && o.rate.is_some()) {
         usage("--threads splits echo connections or the subscribers of a paced fanout (--rate): not this scenario");
     }
-    if o.peer && o.scenario == "publish" {
-        usage("publish measures roostd's acks: it has no --peer form (use fanout --peer)");
+    if o.peer && (o.scenario == "publish" || o.scenario == "replay") {
+        usage("publish and replay need roostd's acks and store: they have no --peer form");
     }
     if o.peer && o.scenario == "fanout" && o.rate.is_none() && o.subscribers == 0 {
         usage("fanout --peer without --rate paces publishers by deliveries: it needs --subscribers");
@@ -2165,6 +2168,137 @@ fn churn(g: &mut Gen, hard_cap: Instant) -> Value {
     })
 }
 
+/// `seq` of a roostd `msg` frame, read from the text (it comes right after
+/// `ch`), so counting a replay costs no JSON parse per message.
+fn msg_seq(p: &[u8]) -> Option<u64> {
+    let head = &p[..p.len().min(512)];
+    let at = head.windows(6).position(|w| w == b"\"seq\":")? + 6;
+    let digits = head[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&head[at..at + digits]).ok()?.parse().ok()
+}
+
+/// `replay`: one client subscribes with `since: 0` and reads every stored
+/// message of the channel (issue 18: replay speed to one resuming client).
+/// One blocking socket: there is nothing to multiplex. Timed from the `sub`
+/// sent to the message whose seq is the one `subok` named.
+fn replay(g: &mut Gen, hard_cap: Instant) -> Value {
+    let fail = |what: String| {
+        println!("replay: {what}");
+        json!({"error": what})
+    };
+    let mut sock = match std::net::TcpStream::connect(g.opts.addr) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot connect: {e}")),
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = sock.set_nodelay(true);
+    let req = g.request(&format!("/ws?token={}", g.token("loadgen-replay")));
+    let (mut buf, mut scratch) = (Vec::with_capacity(1 << 20), vec![0u8; 256 << 10]);
+    let mut read_more = |sock: &mut std::net::TcpStream, buf: &mut Vec<u8>| match sock.read(&mut scratch) {
+        Ok(0) => Err("the server closed the connection".to_string()),
+        Ok(n) => {
+            buf.extend_from_slice(&scratch[..n]);
+            Ok(())
+        }
+        Err(e) => Err(format!("read: {e}")),
+    };
+    if let Err(e) = sock.write_all(&req) {
+        return fail(format!("upgrade: {e}"));
+    }
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if let Err(e) = read_more(&mut sock, &mut buf) {
+            return fail(e);
+        }
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        return fail(format!("upgrade refused: {}", String::from_utf8_lossy(&buf[..head_end.min(80)])));
+    }
+    buf.drain(..head_end);
+    let before = sample(g.opts.pid);
+    let noise = Noise::start(g.opts.pid);
+    let mut out = Vec::new();
+    let sub = format!(r#"{{"op":"sub","ch":"{}","since":0,"id":"r"}}"#, g.opts.channel);
+    push_frame(&mut out, 0x1, sub.as_bytes());
+    let t0 = Instant::now();
+    if let Err(e) = sock.write_all(&out) {
+        return fail(format!("sub: {e}"));
+    }
+    let (mut last, mut subok_s, mut first_s) = (None::<u64>, 0.0, None::<f64>);
+    let (mut msgs, mut bytes) = (0u64, 0u64);
+    'read: loop {
+        let mut at = 0;
+        while let Some((opcode, range, len)) = parse_frame(&buf[at..]) {
+            let p = &buf[at + range.start..at + range.end];
+            at += len;
+            if opcode == 0x8 {
+                return fail("the server closed the connection during the replay".into());
+            }
+            if opcode != 0x1 {
+                continue;
+            }
+            if last.is_none() {
+                let v: Value = serde_json::from_slice(p).unwrap_or(Value::Null);
+                if v["op"] != "subok" {
+                    return fail(format!("expected subok, got {}", String::from_utf8_lossy(&p[..p.len().min(200)])));
+                }
+                subok_s = t0.elapsed().as_secs_f64();
+                last = v["seq"].as_u64();
+                if last == Some(0) {
+                    break 'read;
+                }
+            } else if p.starts_with(br#"{"op":"msg""#) {
+                msgs += 1;
+                bytes += p.len() as u64;
+                first_s.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                if msg_seq(p) >= last {
+                    break 'read;
+                }
+            }
+        }
+        buf.drain(..at);
+        if Instant::now() > hard_cap {
+            return fail(format!("hard cap reached after {msgs} messages"));
+        }
+        if let Err(e) = read_more(&mut sock, &mut buf) {
+            return fail(format!("{e} after {msgs} messages"));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    g.other_busy_pct = noise.other_pct(g.opts.pid);
+    let after = sample(g.opts.pid);
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) if msgs > 0 => json!(round3((a.cpu_us - b.cpu_us) as f64 / msgs as f64)),
+        _ => Value::Null,
+    };
+    let rate = msgs as f64 / secs.max(1e-9);
+    println!(
+        "replay: {msgs} messages of {:?} ({} bytes of frames) in {secs:.3} s: {rate:.0}/s, {:.0} MB/s",
+        g.opts.channel,
+        bytes,
+        bytes as f64 / secs.max(1e-9) / 1e6
+    );
+    println!("  subok after {:.2} ms, first message after {:.2} ms", subok_s * 1e3, first_s.unwrap_or(0.0) * 1e3);
+    if !cpu.is_null() {
+        println!("  server CPU: {cpu} µs per replayed message");
+    }
+    json!({
+        "channel": g.opts.channel,
+        "last_seq": last,
+        "messages": msgs,
+        "frame_bytes": bytes,
+        "elapsed_s": round3(secs),
+        "subok_ms": round3(subok_s * 1e3),
+        "first_message_ms": first_s.map(|s| round3(s * 1e3)),
+        "msgs_per_s": rate.round(),
+        "mb_per_s": round3(bytes as f64 / secs.max(1e-9) / 1e6),
+        "server_cpu_us_per_msg": cpu,
+        "server_rss_after_bytes": after.map(|a| a.rss_bytes),
+    })
+}
+
 fn main() {
     let opts = parse_opts();
     let started = Instant::now();
@@ -2181,6 +2315,7 @@ fn main() {
         "upgrades" => upgrades(&mut g, hard_cap),
         "storm" => storm(&mut g, hard_cap),
         "slow" => slow(&mut g, hard_cap),
+        "replay" => replay(&mut g, hard_cap),
         _ => churn(&mut g, hard_cap),
     };
     let st = &g.stats;
