@@ -854,9 +854,9 @@ impl Store {
         let mut staged = dedupe::Staged::default();
         let mut wtxn = self.env.write_txn()?;
         let out = self.write_items(&mut wtxn, &mut staged, batch, opts, one)?;
-        if let Some(first) = staged.items.first() {
-            let expires = staged.items.iter().map(|(_, e, _)| e.ts).max().unwrap_or(0).saturating_add(window_ms);
-            self.idlog.put(&mut wtxn, &dedupe::log_key(expires, first.1), &dedupe::encode(&staged.items))?;
+        for chunk in dedupe::chunks(&staged.items) {
+            let expires = chunk.iter().map(|(_, e, _)| e.ts).max().unwrap_or(0).saturating_add(window_ms);
+            self.idlog.put(&mut wtxn, &dedupe::log_key(expires, chunk[0].1), &dedupe::encode(chunk))?;
         }
         for n in opts.removed {
             self.outbox.delete(&mut wtxn, &n.to_be_bytes())?;

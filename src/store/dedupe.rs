@@ -172,6 +172,30 @@ pub fn encode(items: &[(Key, Entry, Vec<u8>)]) -> Vec<u8> {
     v
 }
 
+/// Most bytes of one log record's value: records stay inside leaf pages
+/// (LMDB moves a value over about half a 4 KiB page to overflow pages of
+/// its own, and a commit then writes and later frees a run of them).
+const RECORD_BYTES: usize = 1800;
+
+/// The staged ids in runs that each make one log record of at most
+/// `RECORD_BYTES` (or a single id).
+pub fn chunks(items: &[(Key, Entry, Vec<u8>)]) -> impl Iterator<Item = &[(Key, Entry, Vec<u8>)]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        while n < rest.len() && (n == 0 || bytes + 26 + rest[n].2.len() <= RECORD_BYTES) {
+            bytes += 26 + rest[n].2.len();
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 /// The ids of one log record, in order; stops at a damaged tail.
 pub fn decode(mut v: &[u8]) -> impl Iterator<Item = (Entry, &[u8])> {
     std::iter::from_fn(move || {
@@ -206,6 +230,17 @@ mod tests {
         let back: Vec<_> = decode(&v).collect();
         assert_eq!(back, vec![(a, &b"\x00\x01ux"[..]), (b, &b"\x00\x01vyy"[..])]);
         assert_eq!(decode(&v[..v.len() - 1]).count(), 1);
+    }
+
+    #[test]
+    fn staged_ids_are_logged_in_records_that_fit_a_leaf_page() {
+        let item = |i: u64| ((i, i), Entry { chan: 1, seq: i, ts: 0 }, vec![b'x'; 74]);
+        let items: Vec<_> = (0..50).map(item).collect();
+        let sizes: Vec<usize> = chunks(&items).map(|c| encode(c).len()).collect();
+        assert_eq!(sizes, vec![1800, 1800, 1400], "18 ids of 100 bytes a record");
+        let huge = [((0, 0), Entry { chan: 1, seq: 1, ts: 0 }, vec![b'x'; 4000])];
+        assert_eq!(chunks(&huge).count(), 1, "one id alone, whatever its size");
+        assert_eq!(chunks(&[]).count(), 0);
     }
 
     #[test]
