@@ -2,7 +2,7 @@
 //! with `store::MAX_DEDUPE_IDS_IN_MEMORY` publishes with ids inside the
 //! window (as the writer commits them: batches of up to 4096), reopens it and
 //! times `Store::load_dedupe`, the writer's first-turn rebuild, with the
-//! process's RSS before and after.
+//! heap it holds afterwards and the store pages it mapped.
 //!
 //! ```text
 //! cargo run --release --example dedupe_load -- [DIR]
@@ -12,11 +12,13 @@ use std::time::Instant;
 
 use roostd::store::{Append, Retention, Store, MAX_DEDUPE_IDS_IN_MEMORY};
 
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` field in KiB: `RssAnon` is the heap (the index),
+/// `RssFile` the store's pages mapped while reading the log.
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -46,15 +48,18 @@ fn main() {
         }
     }
     let file = std::fs::metadata(dir.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
-    let before = rss_kib();
+    let (anon, file_mapped) = (status_kib("RssAnon:"), status_kib("RssFile:"));
     let started = Instant::now();
     let store = Store::open(&dir, 1 << 32).expect("reopen");
     store.load_dedupe(now + 1000, window).expect("load");
     let took = started.elapsed();
     println!(
-        "{n} ids in the window, data.mdb {:.1} MiB: open + load_dedupe {:.0} ms, RSS +{:.1} MiB",
+        "{n} ids in the window, data.mdb {:.1} MiB: open + load_dedupe {:.0} ms, heap +{:.1} MiB \
+         (peak RSS {:.1} MiB), store pages mapped +{:.1} MiB",
         file as f64 / 1048576.0,
         took.as_secs_f64() * 1000.0,
-        (rss_kib().saturating_sub(before)) as f64 / 1024.0
+        status_kib("RssAnon:").saturating_sub(anon) as f64 / 1024.0,
+        status_kib("VmHWM:") as f64 / 1024.0,
+        status_kib("RssFile:").saturating_sub(file_mapped) as f64 / 1024.0
     );
 }

@@ -562,44 +562,50 @@ impl Store {
     /// none is forgotten. The writer calls it on its first turn; a commit
     /// calls it first too.
     pub fn load_dedupe(&self, now_ms: u64, window_ms: u64) -> Result<(), StoreError> {
-        if self.ids().loaded {
-            return Ok(());
-        }
+        let (hashers, room) = {
+            let ids = self.ids();
+            if ids.loaded {
+                return Ok(());
+            }
+            (ids.hashers(), ids.room())
+        };
         let mut wtxn = self.env.write_txn()?;
-        let mut found = Vec::new();
         let from = now_ms.saturating_add(1).to_be_bytes();
+        let live = |e: &dedupe::Entry| e.ts.saturating_add(window_ms) > now_ms;
+        // A first pass for the channels and the count, so the table is
+        // allocated once and no id is copied on the way.
+        let (mut chans, mut count) = (Vec::new(), 0);
         for item in self.idlog.range(&wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
-            let (_, v) = item?;
-            for (e, dkey) in dedupe::decode(v) {
-                if e.ts.saturating_add(window_ms) > now_ms {
-                    found.push((e, dkey.to_vec()));
+            for (e, _) in dedupe::decode(item?.1).filter(|(e, _)| live(e)) {
+                if chans.last() != Some(&e.chan) {
+                    chans.push(e.chan);
                 }
+                count += 1;
             }
         }
-        let mut chans: Vec<u64> = found.iter().map(|(e, _)| e.chan).collect();
         chans.sort_unstable();
         chans.dedup();
         let names = self.channel_names(&wtxn, &chans)?;
+        let mut map = HashMap::with_capacity(count.min(room));
         let mut spill = Vec::new();
-        // The lock is not held across the disk: `published` reads the log
-        // itself until `loaded` is set.
-        let mut ids = self.ids();
-        for (e, dkey) in found {
-            let Some(name) = names.get(&e.chan) else { continue };
-            if ids.has_room(0) {
-                let key = ids.key(&dkey);
-                ids.insert(key, e, name);
-            } else {
-                spill.push((e, dkey, name));
+        for item in self.idlog.range(&wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
+            for (e, dkey) in dedupe::decode(item?.1).filter(|(e, _)| live(e)) {
+                let Some(name) = names.get(&e.chan) else { continue };
+                if map.len() < room {
+                    map.insert(dedupe::key_with(&hashers, dkey), e);
+                } else {
+                    spill.push((e, dkey.to_vec(), name.clone()));
+                }
             }
         }
-        let cap = ids.cap();
-        drop(ids);
+        // Built outside the lock: `published` reads the log itself until
+        // `loaded` is set.
+        self.ids().absorb(map, &names);
         for (e, dkey, name) in &spill {
             self.put_dedupe(&mut wtxn, dkey, name, e.seq, e.ts, e.ts.saturating_add(window_ms))?;
         }
         if !spill.is_empty() {
-            log::warn!("{} ids of the dedupe window are kept on disk: over {cap} in memory", spill.len());
+            log::warn!("{} ids of the dedupe window are kept on disk: past the in-memory bound", spill.len());
             wtxn.commit()?;
         }
         self.ids().loaded = true;

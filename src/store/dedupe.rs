@@ -34,6 +34,11 @@ pub const MAX_ENTRIES: usize = 458_752;
 /// nobody can aim for another's id.
 pub type Key = (u64, u64);
 
+/// The key of a dedupe key (`sub len u16 | sub | id`) under these hashers.
+pub fn key_with(hashers: &(RandomState, RandomState), dkey: &[u8]) -> Key {
+    (hashers.0.hash_one(dkey), hashers.1.hash_one(dkey))
+}
+
 /// Where an id was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -69,7 +74,29 @@ impl Index {
     }
 
     pub fn key(&self, dkey: &[u8]) -> Key {
-        (self.hashers.0.hash_one(dkey), self.hashers.1.hash_one(dkey))
+        key_with(&self.hashers, dkey)
+    }
+
+    /// The hash keys, to build entries away from the lock (`absorb`).
+    pub fn hashers(&self) -> (RandomState, RandomState) {
+        self.hashers.clone()
+    }
+
+    /// Ids that still fit under the bound.
+    pub fn room(&self) -> usize {
+        self.cap.saturating_sub(self.map.len())
+    }
+
+    /// Entries built with [`Index::hashers`] (at start, from the log).
+    pub fn absorb(&mut self, map: HashMap<Key, Entry>, names: &HashMap<u64, String>) {
+        if self.map.is_empty() {
+            self.map = map;
+        } else {
+            self.map.extend(map);
+        }
+        for (chan, name) in names {
+            self.names.entry(*chan).or_insert_with(|| name.as_str().into());
+        }
     }
 
     pub fn get(&self, key: &Key) -> Option<(Entry, Arc<str>)> {
@@ -84,10 +111,6 @@ impl Index {
     /// Room for `more` ids beyond those held.
     pub fn has_room(&self, more: usize) -> bool {
         self.map.len() + more < self.cap
-    }
-
-    pub fn cap(&self) -> usize {
-        self.cap
     }
 
     /// A committed id (or one read back from the log).
