@@ -53,6 +53,7 @@
 #   SERVERS (roostd uws tokio node mosquitto)   which servers to run
 #   UWS_PEER (/work/peers/uws/uws-peer)  the uWebSockets peer binary
 #   PROFILE (release; --smoke: dev)      cargo profile of roostd, loadgen, heedbench, tokio peer
+#   ROOSTD_BIN, HEEDBENCH_BIN (the builds above)   other binaries to measure (a before/after)
 #   ROOSTD_SECRET (generated)
 #   DURATION (5s)           measured time of B2, B3, B5 (heedbench too), B6 upgrades
 #   B1_CONNS (1000 5000 10000 18000), B1_SPLIT (9000: above it, two generator processes),
@@ -80,7 +81,7 @@ usage() {
 }
 
 # The knobs as given, for the command line recorded in meta.json.
-KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS LOADGEN_THREADS SERVERS UWS_PEER PROFILE DURATION
+KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS LOADGEN_THREADS SERVERS UWS_PEER PROFILE ROOSTD_BIN HEEDBENCH_BIN DURATION
     B1_CONNS B1_SPLIT B1_RUNS_AT B1_HOLD B2_PAYLOADS B2_CONNS B3_CELLS B4_SUBS B4_RATE B4_DURATION
     B5_PUBLISHERS B6_CONNECTORS B6_STORM B7_SUBS B7_RATE B7_PAYLOAD B7_DURATION
     B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS GROWTH_MESSAGES GROWTH_CHANNELS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
@@ -163,9 +164,10 @@ bench_log "building roostd, loadgen, heedbench and the tokio peer (profile $PROF
 # The main crate's build may be busy (a lock held by another build): cargo waits.
 cargo build --quiet --profile "$PROFILE" --bin roostd --example loadgen --example heedbench
 cargo build --quiet --profile "$PROFILE" --manifest-path benches/peers/tokio-ws/Cargo.toml
-ROOSTD="$root/target/$profile_dir/roostd"
+# ROOSTD_BIN, HEEDBENCH_BIN: other builds to measure (e.g. main's, for a before/after in one run).
+ROOSTD="${ROOSTD_BIN:-$root/target/$profile_dir/roostd}"
 LOADGEN="$root/target/$profile_dir/examples/loadgen"
-HEEDBENCH="$root/target/$profile_dir/examples/heedbench"
+HEEDBENCH="${HEEDBENCH_BIN:-$root/target/$profile_dir/examples/heedbench}"
 TOKIO_PEER="$root/benches/peers/tokio-ws/target/$profile_dir/tokio-ws-peer"
 
 SKIPPED=()

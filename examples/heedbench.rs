@@ -15,7 +15,7 @@
 //!   --keep                leave the environments on disk afterwards
 //!
 //! what-ifs (not what roostd does; to price a change before making it):
-//!   --no-id               like-roostd: publishes without an id (no dedupe or expiry records)
+//!   --no-id               like-roostd: publishes without an id (no dedupe lookup, no idlog record)
 //!   --retention N         like-roostd: keep N messages per channel (default roostd's 10000; 0 = all)
 //!   --flags F,...         plain: extra LMDB flags: writemap, nometasync (one device flush per
 //!                         commit instead of two; the meta page is then flushed by the next commit)
@@ -41,8 +41,8 @@
 //! - `--like-roostd`: each batch goes through `roostd::store::Store::append_batch`
 //!   itself, with roostd's default retention (10 000 messages per channel: once
 //!   past it every append also deletes the oldest) and dedupe window (every
-//!   publish carries an id, as loadgen's do: a dedupe lookup, a dedupe record
-//!   and an expiry record), plus the channel record and the clock floor. This
+//!   publish carries an id, as loadgen's do: a lookup in the in-memory dedupe
+//!   index and the commit's one `idlog` record), plus the channel record. This
 //!   is exactly the LMDB work roostd's writer thread does per publish, so
 //!   `roostd server CPU per ack - like-roostd CPU per message` is what the
 //!   rest of the server (sockets, WebSocket framing, JSON, the loop, acks)

@@ -27,7 +27,12 @@
 //!   `data` is JSON text, which never starts with a NUL byte, so the marker
 //!   tells the two apart and a store written before keys existed reads as is;
 //!   a message without key or event costs no byte more than before.
-//! - `dedupe`:   `sub len u16 | sub | id` → `seq u64 | ts u64 | expires u64 | ch`.
+//! - `idlog`:    `expires u64 | chan id u64 | seq u64` → the ids one commit
+//!   stored (`store/dedupe.rs`): one record per commit at the table's right
+//!   edge, read back into the in-memory dedupe index at start, deleted whole
+//!   once its last id expired.
+//! - `dedupe`:   `sub len u16 | sub | id` → `seq u64 | ts u64 | expires u64 | ch`:
+//!   ids of a store from before `idlog`, and ids past the in-memory bound.
 //! - `expiry`:   `expires u64 | dedupe key` → empty, to expire in time order.
 //! - `keys`:     `chan id u64 | key` → `seq u64`, the latest message of each
 //!   live key of a compacted channel (spec §8). Only compacted channels have
@@ -46,18 +51,22 @@
 //! writer thread (`writer.rs`). Both share one `Store` value: `heed::Env`
 //! and the database handles are cheap to clone and thread-safe.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use heed::types::Bytes;
 use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 
 pub use crate::channel::Seq;
+pub use dedupe::MAX_ENTRIES as MAX_DEDUPE_IDS_IN_MEMORY;
+
+mod dedupe;
 
 /// Where a channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +363,9 @@ pub struct Store {
     messages: Db,
     dedupe: Db,
     expiry: Db,
+    idlog: Db,
+    /// Where each id of the window was published (`store/dedupe.rs`).
+    ids: Arc<Mutex<dedupe::Index>>,
     due: Db,
     keys: Db,
     tombs: Db,
@@ -438,6 +450,7 @@ impl Store {
         let messages: Db = env.create_database(&mut wtxn, Some("messages"))?;
         let dedupe: Db = env.create_database(&mut wtxn, Some("dedupe"))?;
         let expiry: Db = env.create_database(&mut wtxn, Some("expiry"))?;
+        let idlog: Db = env.create_database(&mut wtxn, Some("idlog"))?;
         let due: Db = env.create_database(&mut wtxn, Some("due"))?;
         let keys: Db = env.create_database(&mut wtxn, Some("keys"))?;
         let tombs: Db = env.create_database(&mut wtxn, Some("tombs"))?;
@@ -460,6 +473,8 @@ impl Store {
             messages,
             dedupe,
             expiry,
+            idlog,
+            ids: Arc::new(Mutex::new(dedupe::Index::new(dedupe::MAX_ENTRIES))),
             due,
             keys,
             tombs,
@@ -478,6 +493,13 @@ impl Store {
     pub fn with_compaction(mut self, compact: Arc<dyn Fn(&str) -> bool + Send + Sync>, max_keys: u64) -> Store {
         self.compact = compact;
         self.max_keys = max_keys;
+        self
+    }
+
+    /// At most `n` ids in the in-memory dedupe index (tests: the bound's
+    /// behaviour without half a million publishes). Before any clone.
+    pub fn with_dedupe_memory(mut self, n: usize) -> Store {
+        self.ids = Arc::new(Mutex::new(dedupe::Index::new(n)));
         self
     }
 
@@ -527,9 +549,114 @@ impl Store {
     /// Where `(from, id)` was published, while its dedupe record lasts:
     /// the answer to a publish JetStream called a duplicate.
     pub fn published(&self, from: &str, id: &str) -> Result<Option<(String, Seq, u64)>, StoreError> {
+        let dkey = dedupe_key(from, id);
         let rtxn = self.env.read_txn()?;
-        let found = self.dedupe.get(&rtxn, &dedupe_key(from, id))?.and_then(decode_dedupe);
+        let loaded = {
+            let ids = self.ids();
+            if let Some((e, name)) = ids.get(&ids.key(&dkey)) {
+                return Ok(Some((name.to_string(), e.seq, e.ts)));
+            }
+            ids.loaded
+        };
+        if !loaded {
+            // Before the writer's first turn loaded the index: the log itself.
+            if let Some(found) = self.logged(&rtxn, &dkey)? {
+                return Ok(Some(found));
+            }
+        }
+        let found = self.dedupe.get(&rtxn, &dkey)?.and_then(decode_dedupe);
         Ok(found.map(|(seq, ts, _, ch)| (ch.to_string(), seq, ts)))
+    }
+
+    /// The newest place of `(sub, id)` in the id log, searched record by
+    /// record: only for `published` in the moment before the index is loaded.
+    fn logged(&self, txn: &RoTxn, dkey: &[u8]) -> Result<Option<(String, Seq, u64)>, StoreError> {
+        let mut found = None;
+        for item in self.idlog.iter(txn)? {
+            let (_, v) = item?;
+            found = dedupe::decode(v).filter(|(_, d)| *d == dkey).map(|(e, _)| e).last().or(found);
+        }
+        let Some(e) = found else { return Ok(None) };
+        let mut names = self.channel_names(txn, &[e.chan])?;
+        Ok(names.remove(&e.chan).map(|name| (name, e.seq, e.ts)))
+    }
+
+    /// The names of these channel ids: one pass over `channels`, stopping
+    /// once all are found.
+    fn channel_names(&self, txn: &RoTxn, ids: &[u64]) -> Result<HashMap<u64, String>, StoreError> {
+        let mut names = HashMap::new();
+        for item in self.channels.iter(txn)? {
+            if names.len() == ids.len() {
+                break;
+            }
+            let (k, v) = item?;
+            if let Some((id, ..)) = decode_channel(v).filter(|(id, ..)| ids.contains(id)) {
+                names.insert(id, String::from_utf8_lossy(k).into_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// The in-memory dedupe index; a panic elsewhere while it was held left
+    /// it whole (every change is one map operation), so poisoning is ignored.
+    fn ids(&self) -> MutexGuard<'_, dedupe::Index> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds the in-memory dedupe index from the id log's records still
+    /// inside the window at `now_ms`, once (later calls return at once). Ids
+    /// past the index's bound go to the on-disk `dedupe` table instead, so
+    /// none is forgotten. The writer calls it on its first turn; a commit
+    /// calls it first too.
+    pub fn load_dedupe(&self, now_ms: u64, window_ms: u64) -> Result<(), StoreError> {
+        let (hashers, room) = {
+            let ids = self.ids();
+            if ids.loaded {
+                return Ok(());
+            }
+            (ids.hashers(), ids.room())
+        };
+        let mut wtxn = self.env.write_txn()?;
+        let from = now_ms.saturating_add(1).to_be_bytes();
+        let live = |e: &dedupe::Entry| e.ts.saturating_add(window_ms) > now_ms;
+        // A first pass for the channels and the count, so the table is
+        // allocated once and no id is copied on the way.
+        let (mut chans, mut count) = (Vec::new(), 0);
+        for item in self.idlog.range(&wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
+            for (e, _) in dedupe::decode(item?.1).filter(|(e, _)| live(e)) {
+                if chans.last() != Some(&e.chan) {
+                    chans.push(e.chan);
+                }
+                count += 1;
+            }
+        }
+        chans.sort_unstable();
+        chans.dedup();
+        let names = self.channel_names(&wtxn, &chans)?;
+        let mut map = HashMap::with_capacity(count.min(room));
+        let mut spill = Vec::new();
+        for item in self.idlog.range(&wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
+            for (e, dkey) in dedupe::decode(item?.1).filter(|(e, _)| live(e)) {
+                let Some(name) = names.get(&e.chan) else { continue };
+                if map.len() < room {
+                    map.insert(dedupe::key_with(&hashers, dkey), e);
+                } else {
+                    spill.push((e, dkey.to_vec(), name.clone()));
+                }
+            }
+        }
+        // Built outside the lock: `published` reads the log itself until
+        // `loaded` is set.
+        self.ids().absorb(map, &names);
+        for (e, dkey, name) in &spill {
+            self.put_dedupe(&mut wtxn, dkey, name, e.seq, e.ts, e.ts.saturating_add(window_ms))?;
+        }
+        if !spill.is_empty() {
+            log::warn!("{} ids of the dedupe window are kept on disk: past the in-memory bound", spill.len());
+            wtxn.commit()?;
+        }
+        self.ids().loaded = true;
+        Ok(())
     }
 
     pub fn path(&self) -> PathBuf {
@@ -744,8 +871,8 @@ impl Store {
         dedupe_window_ms: u64,
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.commit_each(batch, Commit::default(), |txn, a| {
-            self.append_one(txn, a, now_ms, dedupe_window_ms, retention)
+        self.commit_each(batch, Commit::default(), (now_ms, dedupe_window_ms), |txn, staged, a| {
+            self.append_one(txn, staged, a, (now_ms, dedupe_window_ms), retention)
         })
     }
 
@@ -762,36 +889,75 @@ impl Store {
         retention: &dyn Fn(&str) -> Retention,
         opts: Commit<'_>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.commit_each(batch, opts, |txn, w| self.write_one(txn, w, now_ms, dedupe_window_ms, retention))
+        let clock = (now_ms, dedupe_window_ms);
+        self.commit_each(batch, opts, clock, |txn, staged, w| self.write_one(txn, staged, w, clock, retention))
     }
 
-    /// One write transaction over `batch`, writing each item with `one`.
+    /// One write transaction over `batch`, writing each item with `one`,
+    /// and the ids it stored as one record of the id log. Their index
+    /// entries are added only once it committed.
     fn commit_each<I>(
         &self,
         batch: impl IntoIterator<Item = I>,
         opts: Commit<'_>,
-        one: impl Fn(&mut RwTxn, I) -> Result<Outcome, StoreError>,
+        (now_ms, window_ms): (u64, u64),
+        one: impl Fn(&mut RwTxn, &mut dedupe::Staged, I) -> Result<Outcome, StoreError>,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.load_dedupe(now_ms, window_ms)?;
+        let mut staged = dedupe::Staged::default();
         let mut wtxn = self.env.write_txn()?;
+        let out = self.write_items(&mut wtxn, &mut staged, batch, opts, one)?;
+        for chunk in dedupe::chunks(&staged.items) {
+            let expires = chunk.iter().map(|(_, e, _)| e.ts).max().unwrap_or(0).saturating_add(window_ms);
+            self.idlog.put(&mut wtxn, &dedupe::log_key(expires, chunk[0].1), &dedupe::encode(chunk))?;
+        }
+        for n in opts.removed {
+            self.outbox.delete(&mut wtxn, &n.to_be_bytes())?;
+        }
+        if let Some(floor) = opts.floor {
+            self.meta.put(&mut wtxn, b"clock", &floor.to_be_bytes())?;
+        }
+        wtxn.commit()?;
+        let mut ids = self.ids();
+        for (key, e, _) in &staged.items {
+            if let Some(name) = staged.name(e.chan) {
+                ids.insert(*key, *e, name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The items of one transaction, each job in a nested transaction of
+    /// its own when `opts.isolate` says so (then a job LMDB refuses fails
+    /// whole, its staged ids with it).
+    fn write_items<I>(
+        &self,
+        wtxn: &mut RwTxn,
+        staged: &mut dedupe::Staged,
+        batch: impl IntoIterator<Item = I>,
+        opts: Commit<'_>,
+        one: impl Fn(&mut RwTxn, &mut dedupe::Staged, I) -> Result<Outcome, StoreError>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut out = Vec::new();
         let mut items = batch.into_iter().peekable();
         let mut jobs = opts.jobs.iter();
         while items.peek().is_some() {
             if !opts.isolate {
                 let w = items.next().expect("peeked");
-                out.push(one(&mut wtxn, w)?);
+                out.push(one(wtxn, staged, w)?);
                 continue;
             }
             let len = jobs.next().copied().unwrap_or(1).max(1);
-            let mut job = self.env.nested_write_txn(&mut wtxn)?;
+            let mut job = self.env.nested_write_txn(wtxn)?;
             let mut done = Vec::with_capacity(len);
             let mut refused = None;
+            let mark = staged.len();
             for w in items.by_ref().take(len) {
                 if refused.is_some() {
                     done.push(Outcome::Written);
                     continue;
                 }
-                match one(&mut job, w) {
+                match one(&mut job, staged, w) {
                     Ok(outcome) => done.push(outcome),
                     Err(StoreError::Content(why)) => {
                         refused = Some(why);
@@ -804,36 +970,30 @@ impl Store {
                 None => job.commit()?,
                 Some(why) => {
                     job.abort();
+                    staged.truncate(mark);
                     done.fill(Outcome::Invalid(why));
                 }
             }
             out.extend(done);
         }
-        for n in opts.removed {
-            self.outbox.delete(&mut wtxn, &n.to_be_bytes())?;
-        }
-        if let Some(floor) = opts.floor {
-            self.meta.put(&mut wtxn, b"clock", &floor.to_be_bytes())?;
-        }
-        wtxn.commit()?;
         Ok(out)
     }
 
     fn write_one(
         &self,
         wtxn: &mut RwTxn,
+        staged: &mut dedupe::Staged,
         w: &Write,
-        now_ms: u64,
-        window_ms: u64,
+        (now_ms, window_ms): (u64, u64),
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Outcome, StoreError> {
         match w {
-            Write::Message(a) => return self.append_one(wtxn, a, now_ms, window_ms, retention),
+            Write::Message(a) => return self.append_one(wtxn, staged, a, (now_ms, window_ms), retention),
             Write::Applied { append, stream_seq, ts_ms, after } => {
                 if !self.next_applied(wtxn, *stream_seq, *after)? {
                     return Ok(Outcome::Invalid(OUT_OF_ORDER.into()));
                 }
-                return self.append_one(wtxn, append, *ts_ms, window_ms, retention);
+                return self.append_one(wtxn, staged, append, (*ts_ms, window_ms), retention);
             }
             Write::Member { ch, user, info, joined: true } => {
                 self.members.put(wtxn, &member_key(ch, user), info.as_deref().unwrap_or("").as_bytes())?
@@ -996,9 +1156,9 @@ impl Store {
     fn append_one(
         &self,
         wtxn: &mut RwTxn,
+        staged: &mut dedupe::Staged,
         a: &Append,
-        now_ms: u64,
-        window_ms: u64,
+        (now_ms, window_ms): (u64, u64),
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<Outcome, StoreError> {
         // The edges allow 128-byte keys (`channel::valid_key`); the value
@@ -1008,10 +1168,15 @@ impl Store {
         {
             return Err(StoreError::Content("a message key over 255 bytes or an event name over 64 KiB".into()));
         }
+        // The id log takes any length, but an id past the in-memory bound
+        // goes into LMDB keys: one limit, the one the edges check.
+        if a.id.as_ref().is_some_and(|id| !dedupe_fits(&a.from, id)) {
+            return Err(StoreError::Content(format!("a sub and id over {MAX_DEDUPE_SUB_AND_ID_BYTES} bytes together")));
+        }
         let dkey = a.id.as_deref().map(|id| dedupe_key(&a.from, id));
-        let stale_expiry = match &dkey {
-            Some(dkey) => match self.seen(wtxn, dkey, now_ms)? {
-                Ok(stale) => stale,
+        let known = match &dkey {
+            Some(dkey) => match self.seen(wtxn, staged, dkey, (now_ms, window_ms))? {
+                Ok(known) => Some(known),
                 Err(duplicate) => return Ok(duplicate),
             },
             None => None,
@@ -1040,10 +1205,6 @@ impl Store {
             Some(found) => found,
             None => (self.next_channel_id(wtxn)?, ChannelInfo::EMPTY, 0),
         };
-        // Deleted only now: a refused append leaves the old record expirable.
-        if let Some(old) = stale_expiry {
-            self.expiry.delete(wtxn, &old)?;
-        }
         let limits = retention(&a.ch);
         // The channel's one index entry, made when it starts holding a
         // message that retention may remove; maintenance moves it along. On a
@@ -1063,8 +1224,9 @@ impl Store {
         }
         self.trim_on_append(wtxn, id, &mut info, live, limits, compacted)?;
         self.channels.put(wtxn, a.ch.as_bytes(), &encode_channel(id, info, live))?;
-        if let Some(dkey) = &dkey {
-            self.remember_id(wtxn, dkey, &a.ch, seq, now_ms, window_ms)?;
+        if let (Some(dkey), Some(known)) = (dkey, known) {
+            let e = dedupe::Entry { chan: id, seq, ts: now_ms };
+            self.remember_id(wtxn, staged, dkey, known, e, &a.ch, window_ms)?;
         }
         Ok(Outcome::Stored { seq, ts: now_ms })
     }
@@ -1090,19 +1252,34 @@ impl Store {
         Ok(false)
     }
 
-    /// `(sub, id)` in the dedupe table: `Err(Duplicate)` within the window;
-    /// else the expiry entry of an expired record to delete, if there is one.
-    #[allow(clippy::type_complexity)] // an answer or a key, read once
-    fn seen(&self, wtxn: &RwTxn, dkey: &[u8], now_ms: u64) -> Result<Result<Option<Vec<u8>>, Outcome>, StoreError> {
+    /// `(sub, id)` in this transaction, the in-memory index or the on-disk
+    /// table: `Err(Duplicate)` within the window; else its index key and the
+    /// expiry entry of an expired on-disk record, if there is one.
+    fn seen(
+        &self,
+        wtxn: &RwTxn,
+        staged: &dedupe::Staged,
+        dkey: &[u8],
+        (now_ms, window_ms): (u64, u64),
+    ) -> Result<Result<Known, Outcome>, StoreError> {
+        let key = self.ids().key(dkey);
+        let live = |e: dedupe::Entry| e.ts.saturating_add(window_ms) > now_ms;
+        if let Some(e) = staged.get(&key).filter(|e| live(*e)) {
+            let ch = staged.name(e.chan).unwrap_or_default().to_string();
+            return Ok(Err(Outcome::Duplicate { ch, seq: e.seq, ts: e.ts }));
+        }
+        if let Some((e, ch)) = self.ids().get(&key).filter(|(e, _)| live(*e)) {
+            return Ok(Err(Outcome::Duplicate { ch: ch.to_string(), seq: e.seq, ts: e.ts }));
+        }
         let Some((seq, ts, expires, ch)) = self.dedupe.get(wtxn, dkey)?.and_then(decode_dedupe) else {
-            return Ok(Ok(None));
+            return Ok(Ok(Known { key, stale: None }));
         };
         if expires > now_ms {
             return Ok(Err(Outcome::Duplicate { ch: ch.to_string(), seq, ts }));
         }
         let mut old = expires.to_be_bytes().to_vec();
         old.extend_from_slice(dkey);
-        Ok(Ok(Some(old)))
+        Ok(Ok(Known { key, stale: Some(old) }))
     }
 
     /// Count retention inline, a few deletions per append, so a channel
@@ -1134,17 +1311,51 @@ impl Store {
         Ok(())
     }
 
-    /// The dedupe record of `(sub, id)` and its expiry entry.
+    /// A stored `(sub, id)`: staged for the id log and the in-memory index,
+    /// or, with the index at its bound, an on-disk dedupe record as before.
+    #[allow(clippy::too_many_arguments)] // one id's facts, each used once
     fn remember_id(
+        &self,
+        wtxn: &mut RwTxn,
+        staged: &mut dedupe::Staged,
+        dkey: Vec<u8>,
+        known: Known,
+        e: dedupe::Entry,
+        ch: &str,
+        window_ms: u64,
+    ) -> Result<(), StoreError> {
+        {
+            let mut ids = self.ids();
+            if ids.has_room(staged.len()) {
+                staged.push(known.key, e, dkey, ch);
+                return Ok(());
+            }
+            if !ids.warned {
+                ids.warned = true;
+                log::warn!(
+                    "the in-memory dedupe index holds {} ids, its bound: further ids are kept on disk \
+                     (slower commits) until some expire (--dedupe-window)",
+                    ids.len()
+                );
+            }
+        }
+        // An expired record's entry goes, or it would expire the new one early.
+        if let Some(old) = known.stale {
+            self.expiry.delete(wtxn, &old)?;
+        }
+        self.put_dedupe(wtxn, &dkey, ch, e.seq, e.ts, e.ts.saturating_add(window_ms))
+    }
+
+    /// An on-disk dedupe record and its expiry entry.
+    fn put_dedupe(
         &self,
         wtxn: &mut RwTxn,
         dkey: &[u8],
         ch: &str,
         seq: Seq,
         now_ms: u64,
-        window_ms: u64,
+        expires: u64,
     ) -> Result<(), StoreError> {
-        let expires = now_ms.saturating_add(window_ms);
         let mut v = Vec::with_capacity(24 + ch.len());
         v.extend_from_slice(&seq.to_be_bytes());
         v.extend_from_slice(&now_ms.to_be_bytes());
@@ -1262,9 +1473,11 @@ impl Store {
         retention: &dyn Fn(&str) -> Retention,
     ) -> Result<usize, StoreError> {
         let mut wtxn = self.env.write_txn()?;
-        // Dedupe expiry takes at most half the budget and tombstones a
-        // quarter, so messages are trimmed on every pass.
-        let done = self.expire_dedupe(&mut wtxn, now_ms, budget / 2)?;
+        // Dedupe expiry (the id log, then the on-disk table) takes at most
+        // half the budget and tombstones a quarter, so messages are trimmed
+        // on every pass.
+        let done = self.expire_ids(&mut wtxn, now_ms, budget / 4)?;
+        let done = done + self.expire_dedupe(&mut wtxn, now_ms, budget / 2 - done)?;
         let done = done + self.expire_tombstones(&mut wtxn, now_ms, budget / 4)?;
         let done = self.trim_due_channels(&mut wtxn, now_ms, budget, done, retention)?;
         if done == 0 {
@@ -1288,7 +1501,42 @@ impl Store {
         }
         for k in &expired {
             self.expiry.delete(wtxn, k)?;
-            self.dedupe.delete(wtxn, &k[8..])?;
+            // Unless the id was recorded again since, with a later expiry.
+            let expires = self.dedupe.get(wtxn, &k[8..])?.and_then(decode_dedupe).map(|(_, _, x, _)| x);
+            if expires.is_none_or(|x| x <= now_ms) {
+                self.dedupe.delete(wtxn, &k[8..])?;
+            }
+        }
+        Ok(expired.len())
+    }
+
+    /// Deletes up to `max` records of the id log whose last id expired,
+    /// oldest first, and their ids from the in-memory index. Returns how many.
+    fn expire_ids(&self, wtxn: &mut RwTxn, now_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for item in self.idlog.iter(wtxn)?.take(max) {
+            let (k, v) = item?;
+            if be_u64(k).unwrap_or(0) > now_ms {
+                break;
+            }
+            expired.push((k.to_vec(), v.to_vec()));
+        }
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        {
+            // Before the commit, and safe: every id forgotten here has expired.
+            let mut ids = self.ids();
+            for (_, v) in &expired {
+                for (e, dkey) in dedupe::decode(v) {
+                    let key = ids.key(dkey);
+                    ids.forget(&key, e);
+                }
+            }
+            ids.shrink();
+        }
+        for (k, _) in &expired {
+            self.idlog.delete(wtxn, k)?;
         }
         Ok(expired.len())
     }
@@ -1563,6 +1811,13 @@ fn decode_channel(v: &[u8]) -> Option<(u64, ChannelInfo, u64)> {
         holes: v.get(24..).and_then(be_u64).unwrap_or(0),
     };
     Some((be_u64(v)?, info, v.get(32..).and_then(be_u64).unwrap_or(0)))
+}
+
+/// A `(sub, id)` not published within the window: its index key, and the
+/// expiry entry of its expired on-disk record, if it has one.
+struct Known {
+    key: dedupe::Key,
+    stale: Option<Vec<u8>>,
 }
 
 /// A keyed message just stored on a compacted channel (`Store::keep_latest`).
@@ -1936,6 +2191,111 @@ mod tests {
         assert_eq!(all(&s, "a", 0).len(), 4);
     }
 
+    fn dup(out: &[Outcome]) -> Vec<bool> {
+        out.iter().map(|o| matches!(o, Outcome::Duplicate { .. })).collect()
+    }
+
+    #[test]
+    fn ids_are_deduplicated_after_a_restart_from_the_id_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 24).unwrap();
+            s.append_batch(&[append("a", "alice", "1", Some("7"))], 1000, 500, &|_| KEEP_ALL).unwrap();
+            assert_eq!(s.dedupe.len(&s.env.read_txn().unwrap()).unwrap(), 0, "no per-id record on disk");
+        }
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        assert_eq!(s.published("alice", "7").unwrap(), Some(("a".into(), 1, 1000)), "read from the log before loading");
+        let out = s.append_batch(&[append("b", "alice", "2", Some("7"))], 1499, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+        assert_eq!(s.published("alice", "7").unwrap(), Some(("a".into(), 1, 1000)));
+        // Loaded at a time past the window, the id is new again.
+        drop(s);
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let out = s.append_batch(&[append("b", "alice", "2", Some("7"))], 1500, 500, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1500 });
+    }
+
+    #[test]
+    fn an_id_stays_deduplicated_for_the_window_after_retention_removed_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep1 = |_: &str| Retention { messages: 1, age_ms: 10 };
+        {
+            let s = Store::open(dir.path(), 1 << 24).unwrap();
+            s.append_batch(&[append("a", "u", "1", Some("x"))], 1000, 60_000, &keep1).unwrap();
+            s.append_batch(&[append("a", "u", "2", None)], 1001, 60_000, &keep1).unwrap();
+            while s.maintain(5000, 100, &keep1).unwrap() > 0 {}
+            assert_eq!(s.channel("a").unwrap().count(), 0, "every message is gone");
+            let out = s.append_batch(&[append("a", "u", "1", Some("x"))], 5000, 60_000, &keep1).unwrap();
+            assert_eq!(out[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+        }
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let out = s.append_batch(&[append("a", "u", "1", Some("x"))], 60_999, 60_000, &keep1).unwrap();
+        assert_eq!(out[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 }, "and after a restart");
+    }
+
+    #[test]
+    fn ids_past_the_memory_bound_are_kept_on_disk_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids =
+            |from: u32| -> Vec<Append> { (from..5).map(|i| append("a", "u", "1", Some(&i.to_string()))).collect() };
+        let disk = |s: &Store| s.dedupe.len(&s.env.read_txn().unwrap()).unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 24).unwrap().with_dedupe_memory(3);
+            s.append_batch(&ids(0)[..2], 1000, 60_000, &|_| KEEP_ALL).unwrap();
+            s.append_batch(&ids(2), 1000, 60_000, &|_| KEEP_ALL).unwrap();
+            assert_eq!((s.ids().len(), disk(&s)), (3, 2), "three in memory, the rest on disk");
+            let out = s.append_batch(&ids(0), 1001, 60_000, &|_| KEEP_ALL).unwrap();
+            assert_eq!(dup(&out), vec![true; 5]);
+        }
+        // Loaded again with room for one: the log's others go to disk too.
+        let s = Store::open(dir.path(), 1 << 24).unwrap().with_dedupe_memory(1);
+        let out = s.append_batch(&ids(0), 1002, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(dup(&out), vec![true; 5]);
+        assert_eq!(s.ids().len(), 1);
+        // The on-disk records expire as they always did; the index keeps its bound.
+        while s.maintain(61_000, 100, &|_| KEEP_ALL).unwrap() > 0 {}
+        assert_eq!((s.ids().len(), disk(&s)), (0, 0));
+        let out = s.append_batch(&ids(0), 61_000, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(dup(&out), vec![false; 5], "past the window every id is new");
+    }
+
+    #[test]
+    fn a_store_written_before_the_id_log_keeps_its_dedupe_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // With no room in memory every id is written as before the log.
+            let s = Store::open(dir.path(), 1 << 24).unwrap().with_dedupe_memory(0);
+            s.append_batch(&[append("a", "u", "1", Some("old"))], 1000, 60_000, &|_| KEEP_ALL).unwrap();
+            s.env.write_txn().map(|mut t| (s.idlog.clear(&mut t).unwrap(), t.commit().unwrap())).unwrap();
+        }
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let out = s.append_batch(&[append("a", "u", "2", Some("old"))], 2000, 60_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(out[0], Outcome::Duplicate { ch: "a".into(), seq: 1, ts: 1000 });
+        assert_eq!(s.published("u", "old").unwrap(), Some(("a".into(), 1, 1000)));
+    }
+
+    #[test]
+    fn an_id_of_a_refused_job_is_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let mut bad = append("a", "u", "2", None);
+        bad.key = Some("k".repeat(300));
+        let writes = [msg(append("a", "u", "1", Some("9"))), msg(bad), msg(append("b", "u", "3", Some("8")))];
+        let opts = Commit { isolate: true, jobs: &[2, 1], ..Commit::default() };
+        let out = s.commit(&writes, 1000, 60_000, &|_| KEEP_ALL, opts).unwrap();
+        assert!(matches!(out[0], Outcome::Invalid(_)), "{out:?}");
+        assert_eq!(out[2], Outcome::Stored { seq: 1, ts: 1000 });
+        let out = s
+            .append_batch(&[append("a", "u", "1", Some("9")), append("c", "u", "3", Some("8"))], 1001, 60_000, &|_| {
+                KEEP_ALL
+            })
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![Outcome::Stored { seq: 1, ts: 1001 }, Outcome::Duplicate { ch: "b".into(), seq: 1, ts: 1000 }]
+        );
+    }
+
     #[test]
     fn retention_trims_by_count_and_age() {
         let dir = tempfile::tempdir().unwrap();
@@ -1962,21 +2322,27 @@ mod tests {
     fn maintenance_is_bounded_and_expires_dedupe() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 1 << 24).unwrap();
+        // One commit's ids are one record of the id log: one unit of work.
         let batch: Vec<Append> = (0..50).map(|i| append("a", "u", "1", Some(&i.to_string()))).collect();
         s.append_batch(&batch, 1000, 100, &|_| KEEP_ALL).unwrap();
-        assert_eq!(s.maintain(2000, 10, &|_| KEEP_ALL).unwrap(), 5);
-        let mut total = 5;
+        for i in 50..100 {
+            s.append_batch(&[append("a", "u", "1", Some(&i.to_string()))], 1000, 100, &|_| KEEP_ALL).unwrap();
+        }
+        assert_eq!(s.maintain(1099, 40, &|_| KEEP_ALL).unwrap(), 0, "not expired before ts + window");
+        assert_eq!(s.maintain(2000, 40, &|_| KEEP_ALL).unwrap(), 10, "a quarter of the budget");
+        let mut total = 10;
         loop {
-            let n = s.maintain(2000, 10, &|_| KEEP_ALL).unwrap();
+            let n = s.maintain(2000, 40, &|_| KEEP_ALL).unwrap();
             total += n;
             if n == 0 {
                 break;
             }
         }
-        assert_eq!(total, 50);
+        assert_eq!(total, 51);
+        assert_eq!(s.ids().len(), 0, "expired ids leave memory with their record");
         // Expired ids publish anew.
         let out = s.append_batch(&[append("a", "u", "1", Some("3"))], 2000, 100, &|_| KEEP_ALL).unwrap();
-        assert_eq!(out[0], Outcome::Stored { seq: 51, ts: 2000 });
+        assert_eq!(out[0], Outcome::Stored { seq: 101, ts: 2000 });
     }
 
     #[test]

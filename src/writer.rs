@@ -445,6 +445,14 @@ fn maintain(store: &Store, policy: &Policy, indexed: &mut bool, now_ms: u64) -> 
     let retention = &*policy.retention;
     let later = Instant::now() + MAINTAIN_EVERY;
     if !*indexed {
+        // The dedupe index before the first batch, so start-up pays for it.
+        let window_ms = policy.dedupe_window.as_millis() as u64;
+        let started = Instant::now();
+        match store.load_dedupe(now_ms, window_ms) {
+            Ok(()) => log::debug!("dedupe index loaded in {:?}", started.elapsed()),
+            Err(e) if !e.is_fatal() => log::warn!("loading the dedupe index failed: {e}; the first commit retries"),
+            Err(e) => return Err(e),
+        }
         match store.index_retention(&policy.retention_rules, retention) {
             Ok(0) => {}
             Ok(n) => log::info!("indexed {n} channels for the retention settings"),

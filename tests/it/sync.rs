@@ -290,6 +290,22 @@ fn publishing_is_idempotent_on_sub_and_id() {
 }
 
 #[test]
+fn an_id_is_deduplicated_after_a_restart_even_when_retention_removed_its_message() {
+    let mut server = TestServer::start(&["--retention-messages", "1"]);
+    let mut alice = server.ws(&token_all("alice"));
+    let first = alice.request(json!({"op": "pub", "ch": "kept1", "data": "a", "id": "x"}));
+    assert_eq!(first, json!({"op": "ack", "id": "x", "ch": "kept1", "seq": 1}));
+    assert_eq!(alice.publish("kept1", json!("b")), 2);
+    assert_eq!(alice.history("kept1", 0).len(), 1, "retention removed the first message");
+    drop(alice);
+    server.kill9();
+
+    let mut alice = server.ws(&token_all("alice"));
+    assert_eq!(alice.request(json!({"op": "pub", "ch": "kept1", "data": "a", "id": "x"})), first);
+    assert_eq!(alice.history("kept1", 0).iter().map(|m| m["seq"].clone()).collect::<Vec<_>>(), [json!(2)]);
+}
+
+#[test]
 fn hist_pages_with_limit_since_and_more() {
     let server = TestServer::start(&[]);
     let mut c = server.ws(&token_all("alice"));
