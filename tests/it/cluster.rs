@@ -141,6 +141,37 @@ fn with_nats_gone_publishes_are_refused_and_resume_when_it_returns() {
     assert_eq!((s, a.data.as_str()), (2, "3"), "the consumer goes on after what was delivered");
 }
 
+#[test]
+fn a_restarted_node_takes_nothing_from_the_consumer_its_killed_process_left_in_jetstream() {
+    let Some(nats) = NatsServer::start() else { return };
+    // The process before the restart: its consumer sent it the stream up to
+    // 5, but it committed only up to 2 (killed with the rest in flight).
+    let mut before = start(&nats, "n1", 0);
+    up(&mut before);
+    for k in 1..=5 {
+        before.try_publish(k, append("a", None, &k.to_string())).unwrap();
+        assert_eq!(published(&mut before, k).unwrap().seq, k);
+    }
+    assert_eq!((1..=5).map(|_| message(&mut before).0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    drop(before);
+    // Published while it is down: its consumer, which lives on in
+    // JetStream, holds them for whoever listens on its deliver subject.
+    let mut other = start(&nats, "n2", 5);
+    up(&mut other);
+    for k in 6..=8 {
+        other.try_publish(k, append("a", None, &k.to_string())).unwrap();
+        assert_eq!(published(&mut other, k).unwrap().seq, k);
+    }
+    // The restart: the same node name, from what it committed.
+    let mut again = start(&nats, "n1", 2);
+    up(&mut again);
+    let mut got = vec![message(&mut again).0];
+    while got.last() < Some(&8) {
+        got.push(message(&mut again).0);
+    }
+    assert_eq!(got, [3, 4, 5, 6, 7, 8], "every message after the last committed one, in order, none skipped");
+}
+
 fn roostd_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
