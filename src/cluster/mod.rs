@@ -483,7 +483,9 @@ impl Thread {
         nats::subscribe(&mut out, &deliver, c.consumer_sid);
         self.send(c, &out)?;
         let body = names.consumer_config(&deliver, self.delivered + 1, HEARTBEAT.as_millis() as u64);
-        c.next_cseq = 0;
+        // A new consumer's first message is its sequence 1: a lost first
+        // message, or another consumer's on this subject, shows as a gap.
+        c.next_cseq = 1;
         c.last_delivery = Instant::now();
         self.request(c, &names.consumer_create(), body.as_bytes(), &[], Waiting::Consumer)
     }
