@@ -201,6 +201,7 @@ impl Cluster {
                     pending: HashMap::new(),
                     stopping: false,
                     consumers: 0,
+                    requests: 0,
                 };
                 t.run();
             })
@@ -284,7 +285,6 @@ struct Conn {
     next_ping: Instant,
     /// When this node next says it is alive.
     next_beat: Instant,
-    next_request: u64,
     ready: bool,
 }
 
@@ -303,6 +303,10 @@ struct Thread {
     stopping: bool,
     /// Consumers made so far: each gets its own deliver subject.
     consumers: u64,
+    /// Requests made so far: each gets its own reply subject, also across
+    /// connections, so a late answer to a lost connection's request is
+    /// never taken for the answer to another.
+    requests: u64,
 }
 
 enum Stop {
@@ -416,7 +420,6 @@ impl Thread {
             pings_out: 0,
             next_ping: now + PING_EVERY,
             next_beat: now,
-            next_request: 0,
             ready: false,
         };
         let stop = self.serve(&mut c);
@@ -454,8 +457,8 @@ impl Thread {
         headers: &[(&str, &str)],
         w: Waiting,
     ) -> std::io::Result<()> {
-        c.next_request += 1;
-        let n = c.next_request;
+        self.requests += 1;
+        let n = self.requests;
         let reply = format!("{}.r.{n}", self.inbox);
         let mut out = Vec::new();
         nats::publish(&mut out, subject, Some(&reply), headers, body);
