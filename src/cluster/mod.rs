@@ -53,7 +53,8 @@ pub struct Settings {
     pub replicas: u8,
     pub dedupe_window: Duration,
     pub credentials: Option<Credentials>,
-    /// This node's name in NATS (`CONNECT name`, the inbox prefix).
+    /// This node's name in NATS (`CONNECT name`, its heartbeats). Kept
+    /// across restarts, so it is not the inbox prefix alone: see `Thread::inbox`.
     pub node: String,
     /// The epoch of the stream this store replicates, when it is a
     /// replica already: another stream (deleted and made again) is refused.
@@ -91,6 +92,18 @@ pub fn node_name() -> String {
     let mut b = [0u8; 6];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The prefix of this process's reply and deliver subjects: the node's
+/// name and a random part of this start's own. The node's name alone is the
+/// same after a restart, and a consumer the killed process made lives on
+/// in JetStream (`inactive_threshold`) ahead of what this node committed:
+/// on the same deliver subject it would resume sending from its own place,
+/// and the restarted node would take that for its new consumer's first
+/// messages and skip the ones between. Late replies to the killed process's
+/// requests would likewise answer this one's.
+pub fn inbox(node: &str) -> String {
+    format!("_INBOX.roostd.{node}.{}", node_name())
 }
 
 /// What the cluster thread tells the loop.
@@ -173,6 +186,7 @@ impl Cluster {
         let (to, inputs) = mpsc::sync_channel(MAX_QUEUED);
         let (events_tx, events) = mpsc::sync_channel(MAX_EVENTS);
         let loop_to = to.clone();
+        let inbox = inbox(&settings.node);
         let thread = thread::Builder::new()
             .name("roostd-cluster".into())
             .spawn(move || {
@@ -182,10 +196,12 @@ impl Cluster {
                     to_self: loop_to,
                     events: events_tx,
                     wake,
+                    inbox,
                     delivered: applied,
                     pending: HashMap::new(),
                     stopping: false,
                     consumers: 0,
+                    requests: 0,
                 };
                 t.run();
             })
@@ -269,7 +285,6 @@ struct Conn {
     next_ping: Instant,
     /// When this node next says it is alive.
     next_beat: Instant,
-    next_request: u64,
     ready: bool,
 }
 
@@ -279,6 +294,8 @@ struct Thread {
     to_self: SyncSender<Input>,
     events: SyncSender<Event>,
     wake: Box<dyn Fn() + Send>,
+    /// This process's reply and deliver subjects' prefix ([`inbox`]).
+    inbox: String,
     /// The last stream sequence handed to the loop: a new consumer starts after it.
     delivered: u64,
     pending: HashMap<u64, (Waiting, Instant)>,
@@ -286,6 +303,10 @@ struct Thread {
     stopping: bool,
     /// Consumers made so far: each gets its own deliver subject.
     consumers: u64,
+    /// Requests made so far: each gets its own reply subject, also across
+    /// connections, so a late answer to a lost connection's request is
+    /// never taken for the answer to another.
+    requests: u64,
 }
 
 enum Stop {
@@ -399,7 +420,6 @@ impl Thread {
             pings_out: 0,
             next_ping: now + PING_EVERY,
             next_beat: now,
-            next_request: 0,
             ready: false,
         };
         let stop = self.serve(&mut c);
@@ -425,10 +445,6 @@ impl Thread {
         stop
     }
 
-    fn inbox(&self) -> String {
-        format!("_INBOX.roostd.{}", self.s.node)
-    }
-
     fn send(&self, c: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
         c.sock.write_all(bytes)
     }
@@ -441,9 +457,9 @@ impl Thread {
         headers: &[(&str, &str)],
         w: Waiting,
     ) -> std::io::Result<()> {
-        c.next_request += 1;
-        let n = c.next_request;
-        let reply = format!("{}.r.{n}", self.inbox());
+        self.requests += 1;
+        let n = self.requests;
+        let reply = format!("{}.r.{n}", self.inbox);
         let mut out = Vec::new();
         nats::publish(&mut out, subject, Some(&reply), headers, body);
         let timeout = if matches!(w, Waiting::Consumer) { CONSUMER_TIMEOUT } else { REQUEST_TIMEOUT };
@@ -466,11 +482,13 @@ impl Thread {
         // Unique across connections: a consumer made on an earlier one may
         // live on in the cluster and must not reach this subscription.
         self.consumers += 1;
-        let deliver = format!("{}.d.{}", self.inbox(), self.consumers);
+        let deliver = format!("{}.d.{}", self.inbox, self.consumers);
         nats::subscribe(&mut out, &deliver, c.consumer_sid);
         self.send(c, &out)?;
         let body = names.consumer_config(&deliver, self.delivered + 1, HEARTBEAT.as_millis() as u64);
-        c.next_cseq = 0;
+        // A new consumer's first message is its sequence 1: a lost first
+        // message, or another consumer's on this subject, shows as a gap.
+        c.next_cseq = 1;
         c.last_delivery = Instant::now();
         self.request(c, &names.consumer_create(), body.as_bytes(), &[], Waiting::Consumer)
     }
@@ -479,7 +497,7 @@ impl Thread {
         let names = js::Names::new(&self.s.name);
         let mut out = Vec::new();
         nats::connect(&mut out, &format!("roostd {}", self.s.node), self.s.credentials.as_ref());
-        nats::subscribe(&mut out, &format!("{}.r.*", self.inbox()), 1);
+        nats::subscribe(&mut out, &format!("{}.r.*", self.inbox), 1);
         nats::subscribe(&mut out, &format!("{}*", names.heartbeats), HEARTBEAT_SID);
         nats::ping(&mut out);
         self.send(c, &out)?;

@@ -141,6 +141,40 @@ fn with_nats_gone_publishes_are_refused_and_resume_when_it_returns() {
     assert_eq!((s, a.data.as_str()), (2, "3"), "the consumer goes on after what was delivered");
 }
 
+/// Publishes `k` for each `k` of `seqs` (token `k`), which the stream
+/// must put at sequence `k`.
+fn publish_at(c: &mut Node, seqs: std::ops::RangeInclusive<u64>) {
+    for k in seqs {
+        c.try_publish(k, append("a", None, &k.to_string())).unwrap();
+        assert_eq!(published(c, k).unwrap().seq, k);
+    }
+}
+
+#[test]
+fn a_restarted_node_takes_nothing_from_the_consumer_its_killed_process_left_in_jetstream() {
+    let Some(nats) = NatsServer::start() else { return };
+    // The process before the restart: its consumer sent it the stream up to
+    // 5, but it committed only up to 2 (killed with the rest in flight).
+    let mut before = start(&nats, "n1", 0);
+    up(&mut before);
+    publish_at(&mut before, 1..=5);
+    assert_eq!((1..=5).map(|_| message(&mut before).0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    drop(before);
+    // Published while it is down: its consumer, which lives on in
+    // JetStream, holds them for whoever listens on its deliver subject.
+    let mut other = start(&nats, "n2", 5);
+    up(&mut other);
+    publish_at(&mut other, 6..=8);
+    // The restart: the same node name, from what it committed.
+    let mut again = start(&nats, "n1", 2);
+    up(&mut again);
+    let mut got = vec![message(&mut again).0];
+    while got.last() < Some(&8) {
+        got.push(message(&mut again).0);
+    }
+    assert_eq!(got, [3, 4, 5, 6, 7, 8], "every message after the last committed one, in order, none skipped");
+}
+
 fn roostd_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
