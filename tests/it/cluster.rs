@@ -467,7 +467,13 @@ fn an_empty_node_is_not_built_from_a_stream_that_lost_its_first_messages() {
 
 /// `ch`'s whole history on `server` once it is healthy (caught up).
 fn caught_up_history(server: &TestServer, ch: &str) -> Vec<(u64, u64, Value)> {
-    wait_healthz(server, 200, "the node catches up from the stream");
+    // After a NATS server was killed, JetStream may need a while to answer
+    // again: longer than one io_timeout on a loaded machine.
+    let deadline = std::time::Instant::now() + io_timeout() * 4;
+    while healthz(server) != 200 {
+        assert!(std::time::Instant::now() < deadline, "/healthz never said 200: the node catches up from the stream");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     history_of(server, ch, 0)
 }
 
@@ -610,6 +616,11 @@ fn a_site_nats_that_is_a_leaf_node_serves_roostd_and_the_central_nats_sees_its_m
 /// gone; counts each ack in `acks`. What was acked, as (seq, k).
 fn publish_until_gone(server: &TestServer, who: &str, ch: &str, n: usize, acks: &AtomicUsize) -> Vec<(u64, usize)> {
     let mut c = server.ws(&token_all(who));
+    // A publish JetStream took just before its server was killed is acked
+    // once this node applied it, and the stream's new leader can take
+    // several seconds under load to go on: the ack waits that long (it
+    // must never come before the apply).
+    c.ws.get_ref().set_read_timeout(Some(io_timeout() * 4)).unwrap();
     let (mut acked, mut k) = (Vec::new(), 0);
     let deadline = std::time::Instant::now() + io_timeout() * 6;
     while k < n && std::time::Instant::now() < deadline {
