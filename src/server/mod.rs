@@ -224,16 +224,8 @@ impl Server {
             policy.on_events = Some(Arc::new(move || ring.ring()));
         }
         let wake_with = waker.clone();
-        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            let _ = wake_with.wake();
-        });
-        let hook = match &cfg.publish_hook {
-            Some(url) => {
-                let url = HookUrl::parse(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                Some(Hook::start(url, cfg.publish_hook_timeout, wake.clone()))
-            }
-            None => None,
-        };
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || _ = wake_with.wake());
+        let hook = start_hook(&cfg, wake.clone())?;
         let wake_cluster = wake.clone();
         let cluster = cluster::ClusterSide::start(&cfg, &store, Box::new(move || wake_cluster()));
         let wake_writer = wake.clone();
@@ -241,10 +233,8 @@ impl Server {
         let writer = Writer::start(store.clone(), policy, wake);
         let webhook = match &cfg.webhook {
             Some(url) => {
-                let signer = Signer {
-                    key: verifier.default_secret().to_vec(),
-                    pusher: pusher.as_ref().map(|app| (app.key.clone(), app.secret.clone())),
-                };
+                let pusher_key = pusher.as_ref().map(|app| (app.key.clone(), app.secret.clone()));
+                let signer = Signer { key: verifier.default_secret().to_vec(), pusher: pusher_key };
                 Some(start_webhook(url, &cfg, signer, &store, &writer, &clock, bell)?)
             }
             None => None,
@@ -457,6 +447,13 @@ impl Server {
             }
         }
     }
+}
+
+/// The publish hook's thread (`--publish-hook`), if one is set.
+fn start_hook(cfg: &Config, wake: Arc<dyn Fn() + Send + Sync>) -> io::Result<Option<Hook<HookTicket>>> {
+    let Some(url) = &cfg.publish_hook else { return Ok(None) };
+    let url = HookUrl::parse(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(Some(Hook::start(url, cfg.publish_hook_timeout, wake)))
 }
 
 /// The hub with the configuration's limits and channel rules.
