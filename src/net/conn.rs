@@ -744,16 +744,22 @@ impl<S: Transport> Conn<S> {
 
     /// The next moment `tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let next = self.next_ms();
+        (next != NEVER).then(|| self.settings.instant(next))
+    }
+
+    /// `next_deadline` on the connections' clock (`NEVER`: none), as the
+    /// loop's timer heap keeps it.
+    pub fn next_ms(&self) -> Ms {
         if self.phase == Phase::Closed {
-            return None;
+            return NEVER;
         }
         let liveness = match (self.phase, self.ping_sent) {
             (Phase::Open, NEVER) => after(self.last_heard, self.settings.ping_every),
             (Phase::Open, at) => after(at, self.settings.pong_within),
             _ => NEVER,
         };
-        let next = self.deadline.min(self.expires).min(liveness);
-        (next != NEVER).then(|| self.settings.instant(next))
+        self.deadline.min(self.expires).min(liveness)
     }
 
     /// Acts on the deadlines that have passed.

@@ -47,12 +47,11 @@ impl Queue {
 
     pub(super) fn pop_front(&mut self) -> Option<Frame> {
         match self {
-            Queue::Empty => None,
-            Queue::One(_) => match std::mem::take(self) {
-                Queue::One(f) => Some(f),
-                _ => unreachable!(),
-            },
             Queue::Many(many) => many.pop_front(),
+            _ => match std::mem::take(self) {
+                Queue::One(f) => Some(f),
+                _ => None,
+            },
         }
     }
 

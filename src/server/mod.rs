@@ -423,7 +423,7 @@ impl Server {
     /// do, and reschedules — so each connection has about one heap entry.
     fn schedule(&mut self, id: ConnId) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let Some(next) = slot.conn.next_deadline().map(|t| self.conn_settings.ms(t)) else { return };
+        let next = slot.conn.next_ms();
         if next < slot.timer {
             slot.timer = next;
             self.timers.push(Reverse((next, id)));

@@ -81,11 +81,9 @@ impl Server {
             }
             match slot.conn.read_message(now) {
                 Incoming::Again => continue,
-                Incoming::WouldBlock | Incoming::Finished => {
-                    // Flushing it (soon, this turn) schedules its deadline.
-                    self.dirty.push(id);
-                    return;
-                }
+                // Every caller is under `on_readable`, whose flush of this
+                // connection right after schedules its deadline.
+                Incoming::WouldBlock | Incoming::Finished => return,
                 Incoming::Binary(b) if self.cfg.echo => {
                     slot.conn.send(Frame::binary(&b), usize::MAX);
                 }

@@ -199,11 +199,11 @@ impl Server {
             return;
         }
         let silence = self.cfg.presence_grace + SILENCE_MARGIN;
-        let me = c.presence.node.clone();
         let mut silent = Vec::new();
-        for (node, w) in c.presence.watched.iter_mut() {
+        let presence = &mut c.presence;
+        for (node, w) in presence.watched.iter_mut() {
             let due = now.duration_since(w.heard) >= silence && w.asked.is_none_or(|t| now >= t + GONE_AGAIN);
-            if due && *node != me {
+            if due && *node != presence.node {
                 w.asked = Some(now);
                 silent.push((node.clone(), w.last_seq));
             }
@@ -212,7 +212,7 @@ impl Server {
             log::warn!("cluster: node {node} silent for {} s; removing its members", silence.as_secs());
             let token = c.take_token();
             let id = js::gone_id(&node, last_seq);
-            if c.client.try_presence(token, Presence::Gone { node, by: me.clone() }, Some(id)).is_ok() {
+            if c.client.try_presence(token, Presence::Gone { node, by: c.presence.node.clone() }, Some(id)).is_ok() {
                 c.presence.records.insert(token, None);
             }
         }
