@@ -86,6 +86,10 @@ pub struct Config {
     /// Queued replies and deliveries per connection; past it the connection
     /// is closed with 1013 and resumes with `since`, losing nothing.
     pub max_send_buffer_bytes: usize,
+    /// Output queued by all connections together past which replays wait
+    /// and connections with output of their own queued are not read, so
+    /// many clients that never read cannot add up to the machine's memory.
+    pub max_output_bytes: usize,
     pub audience: Option<String>,
     pub leeway: Duration,
     pub on_corrupt: OnCorrupt,
@@ -260,6 +264,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "1048576",
         help: "queued output per connection; past it: close 1013",
     },
+    Setting {
+        key: "max-output-bytes",
+        value: "N",
+        default: "67108864",
+        help: "queued output of all connections; past it replays and clients with output waiting pause",
+    },
     Setting { key: "audience", value: "AUD", default: "-", help: "token aud to require" },
     Setting { key: "leeway", value: "D", default: "30s", help: "clock tolerance for exp/nbf/iat" },
     Setting { key: "on-corrupt", value: "fresh|refuse", default: "fresh", help: "what to do with an unreadable store" },
@@ -368,6 +378,7 @@ impl Default for Config {
             max_subscriptions: 256,
             max_fragments: 1024,
             max_send_buffer_bytes: 1 << 20,
+            max_output_bytes: 64 << 20,
             audience: None,
             leeway: Duration::from_secs(30),
             on_corrupt: OnCorrupt::Fresh,
@@ -436,6 +447,7 @@ impl Config {
             "max-subscriptions" => self.max_subscriptions = positive(key, v)?,
             "max-fragments" => self.max_fragments = positive(key, v)?,
             "max-send-buffer-bytes" => self.max_send_buffer_bytes = positive(key, v)?,
+            "max-output-bytes" => self.max_output_bytes = positive(key, v)?,
             "audience" => self.audience = Some(nonempty(key, v)?.to_string()),
             "leeway" => self.leeway = duration(key, v)?,
             "on-corrupt" => {

@@ -663,16 +663,6 @@ fn fuzz_message_parser_accepts_only_well_formed_requests() {
 // ---------------------------------------------------------------------------
 // The server process (tests/support), what /proc says about it, and raw frames.
 
-/// Resident memory, KiB (`VmRSS`).
-fn rss_kib(server: &TestServer) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// CPU time (user + system) in clock ticks (USER_HZ, 100 on Linux).
 fn cpu_ticks(server: &TestServer) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).expect("reading /proc/PID/stat");
@@ -844,7 +834,7 @@ fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
     let stop = AtomicBool::new(false);
     let loris_open = AtomicUsize::new(0);
     let rss_max = AtomicUsize::new(0);
-    let rss_start = rss_kib(&server);
+    let rss_start = server.rss_kib();
     let report = Mutex::new(AbuseReport::default());
 
     // Baseline: the same pair with nobody else around.
@@ -870,7 +860,7 @@ fn abuse_run_good_client_unharmed_bad_clients_cut_off() {
         // Memory, sampled every 20 ms.
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                rss_max.fetch_max(rss_kib(&server) as usize, Ordering::Relaxed);
+                rss_max.fetch_max(server.rss_kib() as usize, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -1500,7 +1490,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     let channels_wanted = scale(10_000, 3_000);
     let stop = AtomicBool::new(false);
     let rss_max = AtomicUsize::new(0);
-    let rss_start = rss_kib(&server);
+    let rss_start = server.rss_kib();
     let api = support::api_token("app");
     /// Sets `stop` when the test's own thread unwinds, so a failed
     /// assertion ends the attackers instead of leaving the scope waiting.
@@ -1514,7 +1504,7 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
         let _stop_on_drop = StopOnDrop(&stop);
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                rss_max.fetch_max(rss_kib(&server) as usize, Ordering::Relaxed);
+                rss_max.fetch_max(server.rss_kib() as usize, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });

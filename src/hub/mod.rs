@@ -243,6 +243,8 @@ pub struct Hub {
     replaying: BTreeSet<ConnId>,
     /// Cluster mode: what other nodes hold (presence across the cluster).
     remote: Option<Box<remote::Remote>>,
+    /// What the server's output budget has left (`set_reply_room`).
+    reply_room: usize,
 }
 
 impl Hub {
@@ -263,7 +265,15 @@ impl Hub {
             channels: HashMap::new(),
             replaying: BTreeSet::new(),
             remote: None,
+            reply_room: usize::MAX,
         }
+    }
+
+    /// How much more output the server can hold now: a `hist` page is cut
+    /// there (after one message at least, so paging goes on) when it is
+    /// below `Limits::max_reply_bytes`. `more` tells the client to page on.
+    pub fn set_reply_room(&mut self, bytes: usize) {
+        self.reply_room = bytes;
     }
 
     /// A connection passed authentication; its front door speaks `dialect`.
@@ -511,7 +521,8 @@ impl Hub {
             return peer.refuse(ErrCode::Forbidden, "this token may not read that channel", id);
         }
         let mut msgs = String::with_capacity(256);
-        match page(store, ch, since, limit as usize, self.limits.max_reply_bytes, &*peer.dialect, &mut msgs) {
+        let max_bytes = self.limits.max_reply_bytes.min(self.reply_room);
+        match page(store, ch, since, limit as usize, max_bytes, &*peer.dialect, &mut msgs) {
             Ok(page) => peer.say(Event::History { ch, msgs: &msgs, page }, id),
             Err(e) => {
                 log::warn!("reading history failed: {e}");

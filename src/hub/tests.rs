@@ -479,6 +479,25 @@ fn hist_pages_by_limit_and_bytes() {
 }
 
 #[test]
+fn with_no_room_left_for_output_a_hist_page_is_one_message_and_says_more() {
+    let mut w = World::new();
+    w.join(1, claims("p", &["*"], &["*"]));
+    publish(&mut w, 1, "c", 5);
+    w.take(1);
+    w.hub.set_reply_room(0);
+    w.req(1, json!({"op":"hist","ch":"c","since":2,"limit":100}));
+    let h = w.take(1).remove(0);
+    assert_eq!(
+        (h["msgs"].as_array().unwrap().len(), h["msgs"][0]["seq"].clone(), h["more"].clone()),
+        (1, json!(3), json!(true))
+    );
+    w.hub.set_reply_room(usize::MAX);
+    w.req(1, json!({"op":"hist","ch":"c","since":3,"limit":100}));
+    let h = w.take(1).remove(0);
+    assert_eq!((h["msgs"].as_array().unwrap().len(), h["more"].clone()), (2, json!(false)), "room again: whole pages");
+}
+
+#[test]
 fn unsubscribe_stops_delivery_and_leave_forgets() {
     let mut w = World::new();
     w.join(1, claims("p", &["*"], &["*"]));

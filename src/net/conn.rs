@@ -86,6 +86,12 @@ pub struct Settings {
     /// The moment a connection's deadlines count from (the loop's start):
     /// each connection keeps them as milliseconds after it (`Ms`).
     pub epoch: Instant,
+    /// Requests wait while a connection has this much output queued
+    /// (`Conn::may_read`).
+    pub read_pause_bytes: usize,
+    /// Output queued by all connections together past which a connection
+    /// with output of its own queued is not read (`Conn::may_read`).
+    pub output_budget: usize,
 }
 
 /// A moment as whole milliseconds after `Settings::epoch`, rounded down;
@@ -200,6 +206,35 @@ impl Buffers {
     fn is_empty(&self) -> bool {
         self.head.is_empty() && !self.answer_pending() && self.queue.is_empty() && self.close_after.is_none()
     }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        queued_total_sub(self.queued_bytes);
+    }
+}
+
+thread_local! {
+    /// Bytes queued by every connection of this thread (the loop's): the sum
+    /// of their `queued_bytes`, kept as each changes. A frame fanned out to
+    /// many counts once per connection, as each holds it.
+    static QUEUED_TOTAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn queued_total_add(n: usize) {
+    QUEUED_TOTAL.with(|t| t.set(t.get() + n));
+}
+
+fn queued_total_sub(n: usize) {
+    if n > 0 {
+        QUEUED_TOTAL.with(|t| t.set(t.get().saturating_sub(n)));
+    }
+}
+
+/// Output queued by all connections of this thread together, not yet
+/// handed to their sockets: what the loop's global output budget counts.
+pub fn queued_total() -> usize {
+    QUEUED_TOTAL.with(|t| t.get())
 }
 
 /// The connection's buffers, made if it had none.
@@ -334,11 +369,23 @@ impl<S: Transport> Conn<S> {
     /// True once, when reading was blocked on output that is now written:
     /// the caller reads again (no readiness event will say so).
     pub fn take_unblocked(&mut self) -> bool {
-        let unblocked = self.reads_blocked && !self.answer_pending() && self.phase != Phase::Closed;
+        let unblocked = self.reads_blocked && !self.answer_pending() && self.may_read() && self.phase != Phase::Closed;
         if unblocked {
             self.reads_blocked = false;
         }
         unblocked
+    }
+
+    /// Whether a WebSocket's next message may be read. Its output comes
+    /// first once much of it waits (`read_pause_bytes`): a client that sends
+    /// requests and never reads the answers meets TCP's flow control, not
+    /// our memory. And while all connections together hold more than the
+    /// output budget, only one with nothing queued is read: many such
+    /// clients at once cannot grow the total either (each holds at most the
+    /// answer to the one request it got in).
+    fn may_read(&self) -> bool {
+        let queued = self.queued_bytes();
+        queued == 0 || queued < self.settings.read_pause_bytes && queued_total() < self.settings.output_budget
     }
 
     /// Answers with a plain HTTP response and ends the connection after it.
@@ -444,6 +491,12 @@ impl<S: Transport> Conn<S> {
         if !matches!(self.phase, Phase::Open | Phase::Closing) {
             return Incoming::WouldBlock;
         }
+        if !self.may_read() {
+            // The flush that writes enough of the output says when to go
+            // on (`take_unblocked`); the peer's bytes wait in its socket.
+            self.reads_blocked = true;
+            return Incoming::WouldBlock;
+        }
         if self.drop_after_flush {
             // We failed the connection: tungstenite's state is past its
             // error (a frame too big leaves its header behind, and reading
@@ -521,6 +574,7 @@ impl<S: Transport> Conn<S> {
         }
         let b = bufs(&mut self.b);
         b.queued_bytes += frame.len();
+        queued_total_add(frame.len());
         b.queue.push_back(frame);
         b.queued_bytes <= limit
     }
@@ -551,9 +605,11 @@ impl<S: Transport> Conn<S> {
         let Some(b) = &mut self.b else { return };
         let started = if b.front_pos > 0 { b.queue.pop_front() } else { None };
         b.queue.clear();
+        queued_total_sub(b.queued_bytes);
         b.queued_bytes = 0;
         if let Some(frame) = started {
             b.queued_bytes = frame.len();
+            queued_total_add(frame.len());
             b.queue.push_back(frame);
         }
     }
@@ -711,6 +767,7 @@ impl<S: Transport> Conn<S> {
                 }
                 written -= front.len();
                 b.queued_bytes -= front.len();
+                queued_total_sub(front.len());
                 b.queue.pop_front();
             }
             ws.stream.hold = b.front_pos > 0;
@@ -783,6 +840,7 @@ impl<S: Transport> Conn<S> {
                 let ping = self.settings.ping_text.clone().unwrap_or_else(Frame::ping);
                 let b = bufs(&mut self.b);
                 b.queued_bytes += ping.len();
+                queued_total_add(ping.len());
                 b.queue.push_back(ping);
                 Tick::Nothing
             }

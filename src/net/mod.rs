@@ -23,7 +23,7 @@ mod frame;
 mod queue;
 mod stream;
 
-pub use conn::{BodyStatus, Conn, HeadStatus, Incoming, Ms, Phase, Settings, Tick, NEVER};
+pub use conn::{queued_total, BodyStatus, Conn, HeadStatus, Incoming, Ms, Phase, Settings, Tick, NEVER};
 pub use counted::FrameCounter;
 pub use frame::{code, Frame};
 pub use stream::{Stream, Transport};

@@ -159,11 +159,20 @@ impl Server {
     /// the loop must not sleep: no socket event would wake it, since the
     /// queue may have drained without ever filling the socket.
     pub(super) fn replay_has_room(&self) -> bool {
-        self.hub.replaying().any(|id| {
-            self.slots.get(&id).is_some_and(|s| {
-                s.conn.phase() == Phase::Open && s.conn.queued_bytes() < self.cfg.max_send_buffer_bytes / 2
-            })
-        })
+        self.hub.replaying().any(|id| self.slots.get(&id).is_some_and(|s| self.replay_room(&s.conn) > 0))
+    }
+
+    /// What a replay may add to `conn`'s queue now: up to a quarter of its
+    /// send buffer (below `Settings::read_pause_bytes`, so the subscriber is
+    /// still read while it is replayed to), and nothing while all
+    /// connections together hold the output budget: many subscribers that
+    /// replay and never read then hold the budget, not a send buffer each.
+    fn replay_room(&self, conn: &Conn) -> usize {
+        if conn.phase() != Phase::Open {
+            return 0;
+        }
+        let own = (self.cfg.max_send_buffer_bytes / 4).saturating_sub(conn.queued_bytes());
+        own.min(self.cfg.max_output_bytes.saturating_sub(net::queued_total()))
     }
 
     /// Streams stored messages to replaying subscribers with room in their
@@ -176,10 +185,7 @@ impl Server {
                 self.hub.leave(id, self.now);
                 continue;
             };
-            if slot.conn.phase() != Phase::Open {
-                continue;
-            }
-            let room = (self.cfg.max_send_buffer_bytes / 2).saturating_sub(slot.conn.queued_bytes());
+            let room = self.replay_room(&slot.conn);
             if room == 0 {
                 continue;
             }

@@ -46,7 +46,7 @@ use crate::http::{self, Head, Refusal};
 use crate::hub::{Action, ConnId, Hub, IdTable, Limits, Rules};
 use crate::hub::{ErrCode, Event};
 use crate::metrics::{Gauges, Metrics};
-use crate::net::{code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Ms, Phase, Settings, Stream, Tick, NEVER};
+use crate::net::{self, code, BodyStatus, Conn, Frame, HeadStatus, Incoming, Ms, Phase, Settings, Stream, Tick, NEVER};
 use crate::proto::roost;
 use crate::store::{Append, Outcome, Retention, Store, StoreError, Write};
 use crate::webhook::{self, Doorbell, Signer, Webhook};
@@ -588,6 +588,10 @@ fn conn_settings(cfg: &Config) -> Settings {
         // One epoch for every connection of the process, whichever settings
         // it moves between (a Pusher socket's are made apart).
         epoch: *LOOP_EPOCH.get_or_init(Instant::now),
+        // Above a replay's room (`commits::replay_room`), so a subscriber
+        // being replayed to is still read: its pongs and its `unsub`.
+        read_pause_bytes: cfg.max_send_buffer_bytes / 2,
+        output_budget: cfg.max_output_bytes,
     }
 }
 

@@ -96,6 +96,7 @@ impl Server {
                 }
                 Incoming::Text(text) if slot.speaks_pusher => self.pusher_frame(id, &text, now),
                 Incoming::Text(text) => {
+                    self.hub.set_reply_room(self.cfg.max_output_bytes.saturating_sub(net::queued_total()));
                     match roost::parse(&text) {
                         Ok(p) => self.hub.handle(id, p.id, p.req, now, &self.store, &mut actions),
                         Err(e) => self.refuse(id, e.code, e.msg, e.id),

@@ -2,6 +2,8 @@
 //! message size and publish rate. Each limit is hit on purpose and the
 //! client is checked to recover (or to be closed with the contract's code).
 
+use std::io::Write;
+
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -173,4 +175,68 @@ fn a_message_in_too_many_fragments_closes_with_1008() {
     // The server goes on serving.
     let mut other = server.ws(&token_all("bob"));
     assert_eq!(other.request(json!({"op": "hist", "ch": "frag"}))["op"], "hist");
+}
+
+/// The server's own memory (`RssAnon`: not the store's mapped pages) once
+/// it stops growing: three readings in a row within 64 KiB, or the I/O
+/// timeout.
+fn settled_anon_kib(server: &TestServer) -> u64 {
+    let until = std::time::Instant::now() + io_timeout();
+    let (mut last, mut same) = (server.anon_kib(), 0);
+    while same < 3 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = server.anon_kib();
+        same = if now.abs_diff(last) < 64 { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn many_clients_that_replay_and_ask_history_without_reading_hold_the_output_budget_not_a_buffer_each() {
+    // 2 MiB for all connections together; each has the default 1 MiB send
+    // buffer, so without the budget every reader below would hold about
+    // 1 MiB (a replay's room and a `hist` page of 512 KiB).
+    let server = TestServer::start(&["--max-output-bytes", "2097152", "--publish-rate", "0"]);
+    let mut app = server.ws(&token_all("app"));
+    let pad = "h".repeat(1000);
+    let stored = scale(4000, 2000);
+    app.publish_many("history", stored, |i| json!({"i": i, "pad": pad}));
+    let mut live = server.ws(&token_all("live"));
+    live.sub("news");
+    let before = settled_anon_kib(&server);
+
+    let readers = 60;
+    let sub = client_frame(true, 0x1, br#"{"op":"sub","ch":"history","since":0}"#);
+    let hist = client_frame(true, 0x1, br#"{"op":"hist","ch":"history","limit":1000}"#);
+    let token = token_all("reader");
+    let held: Vec<_> = (0..readers)
+        .map(|_| {
+            let (resp, mut sock) = server.raw_upgrade(&server.upgrade_request(&format!("/ws?token={token}"), ""));
+            assert_eq!(resp.status, 101);
+            sock.write_all(&[sub.as_slice(), &hist, &hist].concat()).unwrap();
+            sock // held open, never read
+        })
+        .collect();
+    let grown_kib = settled_anon_kib(&server).saturating_sub(before);
+
+    // Those who read are still served: a live message, and history (a page
+    // of one message at least while the budget is spent; `more` says on).
+    let seq = app.publish("news", json!("still here"));
+    assert_eq!(live.recv_msg()["seq"], seq);
+    let page = live.request(json!({"op": "hist", "ch": "history", "limit": 1000}));
+    assert_eq!(page["op"], "hist", "{page}");
+    assert_eq!(page["msgs"][0]["seq"], 1);
+
+    assert!(
+        grown_kib < 6 * 1024,
+        "{readers} clients that never read grew the server's heap by {grown_kib} KiB: far past the 2 MiB budget"
+    );
+    drop(held);
+    // Once they are gone the budget is free again: a whole replay comes.
+    let mut late = server.ws(&token_all("late"));
+    late.request(json!({"op": "sub", "ch": "history", "since": 0}));
+    for seq in 1..=stored as u64 {
+        assert_eq!(late.recv_msg()["seq"], seq);
+    }
 }

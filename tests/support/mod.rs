@@ -382,6 +382,26 @@ impl TestServer {
         sock
     }
 
+    /// Resident memory of the server process, KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Resident memory that is the process's own (`RssAnon`): the heap,
+    /// without the store's pages mapped in by reads.
+    pub fn anon_kib(&self) -> u64 {
+        self.status_kib("RssAnon:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends a raw request and reads only the response head (for a 101).
     pub fn raw_upgrade(&self, request: &str) -> (HttpResponse, TcpStream) {
         let mut sock = self.tcp();

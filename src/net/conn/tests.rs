@@ -124,6 +124,8 @@ fn settings(epoch: Instant) -> Arc<Settings> {
         max_fragments: Some(100),
         ping_text: None,
         epoch,
+        read_pause_bytes: PLENTY / 2,
+        output_budget: usize::MAX,
     })
 }
 
@@ -513,4 +515,60 @@ fn after_a_frame_too_big_nothing_more_is_read_until_the_close_is_out() {
     c.flush();
     assert_eq!(&fake.written()[..4], &[0x88, 2 + 15, 0x03, 0xf1], "Close 1009 on the wire");
     assert_eq!(c.phase(), Phase::Draining);
+}
+
+/// An open connection with its own settings (`f` changes the defaults).
+fn open_with(now: Instant, f: impl FnOnce(&mut Settings)) -> (Conn<Fake>, Fake) {
+    let (mut c, fake) = open(now, None);
+    let mut s = (*settings(now)).clone();
+    f(&mut s);
+    c.use_settings(Arc::new(s));
+    (c, fake)
+}
+
+#[test]
+fn a_websocket_with_much_output_unwritten_is_read_again_only_once_it_is_written() {
+    let t0 = Instant::now();
+    let (mut c, fake) = open_with(t0, |s| s.read_pause_bytes = 100);
+    fake.room(0);
+    c.send(Frame::text(&"a".repeat(200)), PLENTY);
+    fake.send(&client_frame(0x1, b"next request"));
+    assert!(matches!(c.read_message(t0), Incoming::WouldBlock), "200 bytes wait: the request is not read");
+    c.flush();
+    assert!(!c.take_unblocked(), "nothing was written");
+
+    fake.room(PLENTY);
+    c.flush();
+    assert_eq!(c.queued_bytes(), 0);
+    assert!(c.take_unblocked(), "written: the caller reads again");
+    assert!(matches!(c.read_message(t0), Incoming::Text(t) if t.as_str() == "next request"));
+}
+
+#[test]
+fn past_the_output_budget_only_a_connection_with_nothing_queued_is_read() {
+    let t0 = Instant::now();
+    let budget = |s: &mut Settings| s.output_budget = 1000;
+    let (mut stuck, stuck_wire) = open_with(t0, budget);
+    let (mut some, some_wire) = open_with(t0, budget);
+    let (mut idle, idle_wire) = open_with(t0, budget);
+    let base = queued_total();
+    stuck_wire.room(0);
+    stuck.send(Frame::text(&"s".repeat(1200)), PLENTY);
+    some_wire.room(0);
+    some.send(Frame::text("a reply"), PLENTY);
+    assert!(queued_total() >= base + 1200, "the total counts every connection's queue");
+    for wire in [&some_wire, &idle_wire] {
+        wire.send(&client_frame(0x1, b"hist"));
+    }
+    assert!(matches!(some.read_message(t0), Incoming::WouldBlock), "over budget with output of its own: waits");
+    assert!(matches!(idle.read_message(t0), Incoming::Text(_)), "nothing queued: read, its answer is all it adds");
+
+    stuck.discard_queue();
+    assert_eq!(queued_total(), base + some.queued_bytes(), "a discarded queue leaves the total");
+    some_wire.room(PLENTY);
+    some.flush();
+    assert!(some.take_unblocked());
+    assert!(matches!(some.read_message(t0), Incoming::Text(_)));
+    drop((stuck, some, idle));
+    assert_eq!(queued_total(), base, "a dropped connection's queue leaves the total");
 }
