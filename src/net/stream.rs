@@ -1,17 +1,24 @@
 //! The byte stream under HTTP and WebSocket: plain TCP or TLS (rustls),
 //! and `Transport`, the little `Conn` needs of a stream beyond `Read + Write`.
 
-use std::io::{self, IoSlice};
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Read as _, Write as _};
+use std::mem;
 use std::net::Shutdown;
+use std::sync::Arc;
 
 use mio::net::TcpStream;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus, WriteTraffic,
+};
 
 /// What `Conn` needs of its byte stream beyond reading and writing. `Stream`
 /// is the real one; `Conn`'s tests drive it with a scripted one in memory,
 /// so its phases, queue and deadlines are tested without a socket or a sleep.
 pub trait Transport: io::Read + io::Write {
     /// Writes out bytes the transport itself still holds (TLS records),
-    /// until done or WouldBlock. Write-only: see `push_tls`.
+    /// until done or WouldBlock.
     fn push(&mut self) -> io::Result<()>;
     /// Ends our side of the connection (after a refusal, or after the Close
     /// of a failed WebSocket).
@@ -19,22 +26,22 @@ pub trait Transport: io::Read + io::Write {
     /// True when a read that filled less than the buffer means the source
     /// is empty for now, so reading again before the next readiness event
     /// would only say WouldBlock. True of a TCP socket; not of TLS, where
-    /// rustls may hold decrypted bytes a short read left.
+    /// a short read may leave decrypted bytes a small buffer had no room for.
     fn short_read_empties(&self) -> bool;
 }
 
 /// The byte stream under HTTP and WebSocket: plain TCP, or TLS over it.
-/// rustls runs non-blocking here: its reads and writes return WouldBlock
-/// like the socket's, and `flush` pushes out TLS records it still holds.
+/// TLS runs non-blocking here: its reads and writes return WouldBlock like
+/// the socket's, and `flush` pushes out TLS records the socket did not take.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    Tls(Box<Tls>),
 }
 
 impl Stream {
-    pub fn tls(sock: TcpStream, config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Stream> {
-        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+    pub fn tls(sock: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Stream> {
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Stream::Tls(Box::new(Tls::new(conn, sock))))
     }
 
     fn tcp(&mut self) -> &mut TcpStream {
@@ -49,15 +56,14 @@ impl Transport for Stream {
     fn push(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(_) => Ok(()),
-            Stream::Tls(t) => push_tls(t),
+            Stream::Tls(t) => t.push(),
         }
     }
 
     /// Ends our side: a TLS close_notify first, then the TCP FIN.
     fn shutdown_write(&mut self) {
         if let Stream::Tls(t) = self {
-            t.conn.send_close_notify();
-            let _ = push_tls(t);
+            t.send_close_notify();
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
     }
@@ -76,17 +82,423 @@ impl io::Read for Stream {
     }
 }
 
-/// Writes out the TLS records rustls holds, until done or WouldBlock.
-///
-/// Write-only on purpose: rustls' own `Stream::write`/`flush` may also read
-/// from the socket (to finish a handshake), and bytes read there — a
-/// request sent together with the client's Finished — would sit decrypted
-/// inside rustls with no readable edge ever coming for them.
-fn push_tls(t: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) -> io::Result<()> {
-    while t.conn.wants_write() {
-        match t.conn.write_tls(&mut t.sock) {
+impl io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(&[IoSlice::new(buf)]),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write_vectored(bufs),
+            Stream::Tls(t) => t.write(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.push(),
+        }
+    }
+}
+
+/// The most a TLS record takes on the wire: 16 KiB of plaintext, 2 KiB of
+/// expansion rustls accepts (TLS 1.2's limit), the 5-byte header.
+const RECORD_MAX: usize = 16 * 1024 + 2048 + 5;
+
+/// The most ciphertext a connection carries between reads. Only a handshake
+/// message split over records comes near it (rustls refuses one above
+/// 64 KiB); a client sending it in tiny records would pay a header per
+/// byte, so this is a bound on memory, not a limit any real client meets.
+const HELD_MAX: usize = 2 * 64 * 1024;
+
+/// Plaintext one write encrypts at most: the rest of a bigger frame waits
+/// in `Conn`'s queue for the next write, as with a plain socket.
+const WRITE_MAX: usize = 64 * 1024;
+
+thread_local! {
+    // The loop's one thread reads every TLS socket into this and encrypts
+    // into the other: ciphertext lives in them only for the length of one
+    // call, so a connection between calls owns no TLS buffer.
+    static CIPHERTEXT_IN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static CIPHERTEXT_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A server TLS connection over rustls' unbuffered API, where the caller
+/// owns the buffers. rustls' buffered `ServerConnection` keeps a 4 KiB
+/// read buffer for the connection's life; here records are read into a
+/// buffer shared by all connections and only what is left unfinished —
+/// part of a record, a handshake message split over records — is kept,
+/// boxed on demand and dropped once used, as plain connections do.
+pub struct Tls {
+    conn: UnbufferedServerConnection,
+    sock: TcpStream,
+    /// Ciphertext carried from one read to the next. Kept byte for byte:
+    /// rustls refers to a handshake message in progress by its offsets here.
+    held: Vec<u8>,
+    /// Decrypted bytes the reader's buffer had no room for: `plain[plain_pos..]`.
+    /// Only HTTP's small reads leave any (a WebSocket reads 64 KiB bites).
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// TLS records the socket did not take yet: `out[out_pos..]`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The peer's close_notify came (or its EOF): reads return 0.
+    read_closed: bool,
+    /// rustls failed the connection (a bad record, a bad handshake): its
+    /// offsets into `held` are void, so it is not asked again.
+    failed: bool,
+}
+
+/// What rustls said once it went through the ciphertext it was given.
+enum Step {
+    /// It needs more bytes from the peer.
+    NeedMore,
+    /// The peer sent close_notify.
+    PeerClosed,
+}
+
+impl Tls {
+    fn new(conn: UnbufferedServerConnection, sock: TcpStream) -> Tls {
+        Tls {
+            conn,
+            sock,
+            held: Vec::new(),
+            plain: Vec::new(),
+            plain_pos: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            read_closed: false,
+            failed: false,
+        }
+    }
+
+    /// Bytes this connection keeps between calls (ciphertext in and out,
+    /// plaintext not yet read): 0 for an idle connection.
+    pub fn buffered_bytes(&self) -> usize {
+        self.held.capacity() + self.plain.capacity() + self.out.capacity()
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.plain_pos < self.plain.len() {
+            return Ok(self.take_plain(buf));
+        }
+        if self.failed {
+            return Err(failed());
+        }
+        if self.read_closed {
+            return Ok(0);
+        }
+        let mut work = CIPHERTEXT_IN.with_borrow_mut(mem::take);
+        // What is held goes first; the socket's bytes follow it.
+        let mut filled = self.held.len();
+        if work.len() < filled + RECORD_MAX {
+            work.resize(filled + RECORD_MAX, 0);
+        }
+        work[..filled].copy_from_slice(&self.held);
+        let res = self.read_into(&mut work, &mut filled, buf);
+        if filled == 0 {
+            self.held = Vec::new();
+        } else if self.held[..] != work[..filled] {
+            self.held = work[..filled].to_vec();
+        }
+        CIPHERTEXT_IN.with_borrow_mut(|spare| {
+            if spare.len() < work.len() {
+                *spare = work;
+            }
+        });
+        res
+    }
+
+    /// Reads the socket into `work[filled..]` and runs rustls over it until
+    /// some plaintext is in `buf`, the socket is empty, or the peer closed.
+    fn read_into(&mut self, work: &mut Vec<u8>, filled: &mut usize, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        loop {
+            match self.process(work, filled, buf, &mut got)? {
+                Step::PeerClosed => {
+                    self.read_closed = true;
+                    return Ok(got);
+                }
+                Step::NeedMore if got > 0 => return Ok(got),
+                Step::NeedMore => {}
+            }
+            if *filled > HELD_MAX {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS: more than 128 KiB of unfinished records"));
+            }
+            // No more than the reader can take (a TLS record's worth at
+            // least): an HTTP head read 2 KiB at a time must not pull in
+            // 64 KiB that would then wait, decrypted, in `plain`.
+            let want = buf.len().max(RECORD_MAX);
+            if work.len() < *filled + want {
+                work.resize(*filled + want, 0);
+            }
+            match self.sock.read(&mut work[*filled..*filled + want]) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    // As rustls' own reader says: an EOF without close_notify
+                    // may be a truncation.
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "TLS peer closed without close_notify"));
+                }
+                Ok(n) => *filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs rustls over `work[..filled]`: handshake records it answers go to
+    /// the socket, application data into `buf` (what does not fit, into
+    /// `plain`), and what it is done with is cut from the front of `work`.
+    fn process(&mut self, work: &mut [u8], filled: &mut usize, buf: &mut [u8], got: &mut usize) -> io::Result<Step> {
+        loop {
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut work[..*filled]);
+            let step = match state {
+                Ok(ConnectionState::ReadTraffic(mut data)) => {
+                    while let Some(record) = data.next_record() {
+                        let record = record.map_err(|e| {
+                            self.failed = true;
+                            invalid(e)
+                        })?;
+                        discard += record.discard;
+                        let n = record.payload.len().min(buf.len() - *got);
+                        buf[*got..*got + n].copy_from_slice(&record.payload[..n]);
+                        *got += n;
+                        self.plain.extend_from_slice(&record.payload[n..]);
+                    }
+                    None
+                }
+                Ok(ConnectionState::EncodeTlsData(mut hs)) => {
+                    append_record(&mut self.out, |b| hs.encode(b))?;
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(hs)) => {
+                    hs.done();
+                    match push_out(&mut self.sock, &mut self.out, &mut self.out_pos) {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                        // What the socket did not take goes at the next flush.
+                        _ => None,
+                    }
+                }
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => Some(Step::NeedMore),
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Some(Step::PeerClosed),
+                Ok(_) => return Err(io::Error::other("TLS: a state roostd does not handle (early data?)")),
+                Err(e) => {
+                    self.failed = true;
+                    self.send_alert(&mut work[..*filled]);
+                    return Err(invalid(e));
+                }
+            };
+            work.copy_within(discard..*filled, 0);
+            *filled -= discard;
+            if let Some(step) = step {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// After an error, the alert rustls queued for the peer (bad_record_mac,
+    /// decode_error…): sent if the socket takes it, as the buffered
+    /// connection did.
+    fn send_alert(&mut self, work: &mut [u8]) {
+        if let Ok(ConnectionState::EncodeTlsData(mut alert)) = self.conn.process_tls_records(work).state {
+            if append_record(&mut self.out, |b| alert.encode(b)).is_ok() {
+                let _ = push_out(&mut self.sock, &mut self.out, &mut self.out_pos);
+            }
+        }
+    }
+
+    fn take_plain(&mut self, buf: &mut [u8]) -> usize {
+        let left = &self.plain[self.plain_pos..];
+        let n = left.len().min(buf.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.plain_pos += n;
+        if self.plain_pos == self.plain.len() {
+            (self.plain, self.plain_pos) = (Vec::new(), 0);
+        }
+        n
+    }
+
+    /// Writes out the TLS records the socket did not take yet.
+    fn push(&mut self) -> io::Result<()> {
+        push_out(&mut self.sock, &mut self.out, &mut self.out_pos)
+    }
+
+    /// Encrypts `bufs` in order (up to `WRITE_MAX`) and writes the records;
+    /// what the socket does not take waits in `out`, and until it is
+    /// written, writes say WouldBlock, as a full socket does.
+    fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.failed {
+            return Err(failed());
+        }
+        self.push()?;
+        let mut enc = CIPHERTEXT_OUT.with_borrow_mut(mem::take);
+        let res = self.encrypt(bufs, &mut enc).and_then(|(taken, used)| {
+            // Straight from the shared buffer to the socket; only what the
+            // socket does not take is copied into the connection's own.
+            let mut pos = 0;
+            match write_all_or_block(&mut self.sock, &enc[..used], &mut pos) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+                _ => {
+                    if pos < used {
+                        (self.out, self.out_pos) = (enc[pos..used].to_vec(), 0);
+                    }
+                    Ok(taken)
+                }
+            }
+        });
+        CIPHERTEXT_OUT.with_borrow_mut(|spare| {
+            if spare.len() < enc.len() {
+                *spare = enc;
+            }
+        });
+        res
+    }
+
+    /// Encrypts into `enc`: returns the plaintext bytes taken and the
+    /// ciphertext bytes made. Handshake records rustls has queued (a key
+    /// update, a session ticket) go first, in order.
+    fn encrypt(&mut self, bufs: &[IoSlice<'_>], enc: &mut Vec<u8>) -> io::Result<(usize, usize)> {
+        let mut used = 0;
+        loop {
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.held);
+            let done = match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    let mut taken = 0;
+                    for b in bufs.iter().filter(|b| !b.is_empty()) {
+                        let b = &b[..b.len().min(WRITE_MAX - taken)];
+                        encrypt_into(&mut w, b, enc, &mut used)?;
+                        taken += b.len();
+                        if taken == WRITE_MAX {
+                            break;
+                        }
+                    }
+                    Some(taken)
+                }
+                Ok(ConnectionState::EncodeTlsData(mut hs)) => {
+                    used = encode(enc, used, |b| hs.encode(b))?;
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(hs)) => {
+                    hs.done();
+                    None
+                }
+                Ok(ConnectionState::PeerClosed) => None,
+                Ok(ConnectionState::BlockedHandshake) => return Err(io::ErrorKind::WouldBlock.into()),
+                Ok(ConnectionState::Closed) => return Err(io::ErrorKind::BrokenPipe.into()),
+                Ok(_) => return Err(io::Error::other("TLS: records came in while writing")),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(invalid(e));
+                }
+            };
+            self.held.drain(..discard);
+            if let Some(taken) = done {
+                return Ok((taken, used));
+            }
+        }
+    }
+
+    /// Queues a close_notify and writes it out, best effort: the connection
+    /// ends right after.
+    fn send_close_notify(&mut self) {
+        if self.failed {
+            return;
+        }
+        if let Ok(ConnectionState::WriteTraffic(mut w)) = self.conn.process_tls_records(&mut self.held).state {
+            let at = self.out.len();
+            let mut need = 64;
+            loop {
+                self.out.resize(at + need, 0);
+                match w.queue_close_notify(&mut self.out[at..]) {
+                    Ok(n) => break self.out.truncate(at + n),
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
+                        if required_size > need =>
+                    {
+                        need = required_size
+                    }
+                    Err(_) => break self.out.truncate(at),
+                }
+            }
+        }
+        let _ = self.push();
+    }
+}
+
+/// Encrypts `data` into `enc[used..]`, growing `enc` to what rustls asks.
+fn encrypt_into(
+    w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    data: &[u8],
+    enc: &mut Vec<u8>,
+    used: &mut usize,
+) -> io::Result<()> {
+    // A 16 KiB record costs at most 29 bytes more (TLS 1.2's nonce, tag
+    // and header); a guess big enough that the retry below is rare.
+    let mut need = data.len() + (data.len() / (16 * 1024) + 1) * 64;
+    loop {
+        if enc.len() < *used + need {
+            enc.resize(*used + need, 0);
+        }
+        match w.encrypt(data, &mut enc[*used..]) {
+            Ok(n) => {
+                *used += n;
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => need = required_size,
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+/// Puts a handshake record at `out[at..]`, growing `out` to what rustls
+/// asks; returns where the record ends.
+fn encode(
+    out: &mut Vec<u8>,
+    at: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> io::Result<usize> {
+    let mut need = 0;
+    loop {
+        if out.len() < at + need {
+            out.resize(at + need, 0);
+        }
+        match encode(&mut out[at..]) {
+            Ok(n) => return Ok(at + n),
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > need => {
+                need = required_size
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+/// Appends a handshake record to `out`, exactly as long as it is.
+fn append_record(out: &mut Vec<u8>, f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>) -> io::Result<()> {
+    let at = out.len();
+    let end = encode(out, at, f)?;
+    out.truncate(end);
+    Ok(())
+}
+
+/// Writes `out[pos..]` until done or WouldBlock; frees `out` once written.
+fn push_out(sock: &mut TcpStream, out: &mut Vec<u8>, pos: &mut usize) -> io::Result<()> {
+    write_all_or_block(sock, out, pos)?;
+    (*out, *pos) = (Vec::new(), 0);
+    Ok(())
+}
+
+/// Writes `bytes[pos..]` until done or WouldBlock, advancing `pos`.
+fn write_all_or_block(sock: &mut TcpStream, bytes: &[u8], pos: &mut usize) -> io::Result<()> {
+    while *pos < bytes.len() {
+        match sock.write(&bytes[*pos..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
+            Ok(n) => *pos += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -94,41 +506,10 @@ fn push_tls(t: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) ->
     Ok(())
 }
 
-impl io::Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(t) => {
-                push_tls(t)?;
-                // rustls buffers plaintext up to its limit (64 KiB); past it
-                // the caller waits for the socket like with plain TCP.
-                let n = t.conn.writer().write(buf)?;
-                if n == 0 && !buf.is_empty() {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                match push_tls(t) {
-                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-                    _ => Ok(n),
-                }
-            }
-        }
-    }
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "TLS: the connection failed earlier")
+}
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write_vectored(bufs),
-            Stream::Tls(_) => {
-                // rustls takes one buffer at a time; the rest waits for the next round.
-                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-                self.write(first)
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(t) => push_tls(t),
-        }
-    }
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
