@@ -203,7 +203,7 @@ impl Tls {
         }
         work[..filled].copy_from_slice(&self.held);
         let res = self.read_into(&mut work, &mut filled, buf);
-        if filled == 0 {
+        if filled == 0 || self.failed {
             self.held = Vec::new();
         } else if self.held[..] != work[..filled] {
             self.held = work[..filled].to_vec();
@@ -512,4 +512,216 @@ fn failed() -> io::Error {
 
 fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests {
+    //! `Tls` over a real loopback socket against rustls' client: what a
+    //! connection keeps between reads, and reads that do not line up with
+    //! records.
+    use super::*;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::net::TcpListener;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    type Client = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+    /// A server config with a fresh self-signed certificate, and a client
+    /// config trusting exactly it.
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let made = crate::tls::self_signed(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&c, &made.cert_pem).unwrap();
+        std::fs::write(&k, &made.key_pem).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(made.cert_pem.as_bytes()).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (crate::tls::load(&c, &k).unwrap(), Arc::new(client))
+    }
+
+    /// A `Tls` on the server side of a loopback connection; `client` runs
+    /// on the other side in its own thread with a blocking rustls client.
+    fn pair(client: impl FnOnce(Client) + Send + 'static) -> (Box<Tls>, thread::JoinHandle<()>) {
+        let (server, config) = configs();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            let sock = std::net::TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            sock.set_nodelay(true).unwrap();
+            socket2::SockRef::from(&sock).set_recv_buffer_size(16 * 1024).unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            client(rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), sock));
+        });
+        let (sock, _) = l.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        // Small, so that a megabyte does not fit the socket.
+        socket2::SockRef::from(&sock).set_send_buffer_size(16 * 1024).unwrap();
+        let Ok(Stream::Tls(tls)) = Stream::tls(TcpStream::from_std(sock), server) else { panic!("no TLS stream") };
+        (tls, t)
+    }
+
+    /// Reads into `chunk`-byte buffers until `want` bytes came, waiting out
+    /// WouldBlock as the poller would.
+    fn read_n(tls: &mut Tls, want: usize, chunk: usize) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; chunk]);
+        while got.len() < want {
+            match tls.read(&mut buf) {
+                Ok(0) => panic!("EOF after {} of {want} bytes", got.len()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    let _ = tls.push();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("reading: {e}"),
+            }
+        }
+        got
+    }
+
+    fn write_all(tls: &mut Tls, mut bytes: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bytes.is_empty() || tls.push().is_err() {
+            match tls.write(&[IoSlice::new(bytes)]) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("writing: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_tls_connection_keeps_no_buffer_after_a_message_each_way() {
+        let (mut tls, t) = pair(|mut c| {
+            c.write_all(b"ping").unwrap();
+            let mut pong = [0u8; 4];
+            c.read_exact(&mut pong).unwrap();
+            assert_eq!(&pong, b"pong");
+            // Held open until the server closes.
+            let _ = c.read(&mut [0u8; 1]);
+        });
+        assert_eq!(read_n(&mut tls, 4, 64 * 1024), b"ping");
+        write_all(&mut tls, b"pong");
+        assert_eq!(tls.buffered_bytes(), 0, "an idle connection holds TLS bytes");
+        Stream::Tls(tls).shutdown_write();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn records_split_over_many_reads_and_read_in_small_pieces_arrive_whole() {
+        // 100 KiB: seven records, sent a few hundred bytes at a time so
+        // that reads end inside records; read 1 KiB at a time so that a
+        // record's plaintext does not fit the reader's buffer.
+        let message: Vec<u8> = (0..100 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let sent = message.clone();
+        let (mut tls, t) = pair(move |mut c| {
+            while c.conn.is_handshaking() {
+                c.conn.complete_io(&mut c.sock).unwrap();
+            }
+            let mut wire = Vec::new();
+            for part in sent.chunks(16 * 1024) {
+                c.conn.writer().write_all(part).unwrap();
+                while c.conn.wants_write() {
+                    c.conn.write_tls(&mut wire).unwrap();
+                }
+            }
+            for piece in wire.chunks(300) {
+                c.sock.write_all(piece).unwrap();
+                thread::sleep(Duration::from_micros(200));
+            }
+            let _ = c.read(&mut [0u8; 1]);
+        });
+        let mut seen_held = false;
+        let mut got = Vec::new();
+        while got.len() < message.len() {
+            got.extend(read_n(&mut tls, 1, 1024));
+            seen_held |= !tls.held.is_empty() || tls.plain_pos < tls.plain.len();
+        }
+        assert!(got == message, "the bytes differ");
+        assert!(seen_held, "no read ended inside a record or left plaintext over");
+        assert_eq!(tls.buffered_bytes(), 0);
+        Stream::Tls(tls).shutdown_write();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_megabyte_written_to_a_slow_reader_goes_out_whole_and_the_buffer_is_freed() {
+        let message: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let expected = message.clone();
+        let (mut tls, t) = pair(move |mut c| {
+            let mut got = vec![0u8; expected.len()];
+            thread::sleep(Duration::from_millis(100));
+            c.read_exact(&mut got).unwrap();
+            assert!(got == expected, "the bytes differ");
+            let _ = c.read(&mut [0u8; 1]);
+        });
+        // The handshake first, as a server reads before it answers.
+        let _ = read_n_or_block(&mut tls);
+        let mut rest = &message[..];
+        let mut saw_pending = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rest.is_empty() {
+            match tls.write(&[IoSlice::new(rest)]) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    saw_pending |= tls.buffered_bytes() > 0;
+                    let _ = read_n_or_block(&mut tls);
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("writing: {e}"),
+            }
+        }
+        write_all(&mut tls, b"");
+        assert!(saw_pending, "the socket took a megabyte at once: nothing was tested");
+        assert_eq!(tls.buffered_bytes(), 0);
+        Stream::Tls(tls).shutdown_write();
+        t.join().unwrap();
+    }
+
+    /// One read (which drives the handshake), ignoring WouldBlock.
+    fn read_n_or_block(tls: &mut Tls) -> io::Result<usize> {
+        tls.read(&mut [0u8; 1024])
+    }
+
+    #[test]
+    fn garbage_instead_of_a_client_hello_is_an_error_and_leaves_nothing_held() {
+        let (server, _) = configs();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x10]).unwrap();
+        c.write_all(&[0u8; 16]).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let Ok(Stream::Tls(mut tls)) = Stream::tls(TcpStream::from_std(sock), server) else { panic!("no TLS stream") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let err = loop {
+            match tls.read(&mut [0u8; 1024]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => break e,
+                Ok(n) => panic!("garbage read as {n} bytes"),
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(tls.write(&[IoSlice::new(b"x")]).is_err(), "a failed connection took a write");
+        assert!(tls.held.capacity() + tls.plain.capacity() == 0);
+        Stream::Tls(tls).shutdown_write();
+        // The alert rustls queued reached the client.
+        let mut alert = [0u8; 7];
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.read_exact(&mut alert).unwrap();
+        assert_eq!(alert[0], 0x15, "{alert:?}");
+    }
 }
