@@ -530,7 +530,9 @@ mod tests {
 
     /// A server config with a fresh self-signed certificate, and a client
     /// config trusting exactly it.
-    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let made = crate::tls::self_signed(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -540,7 +542,7 @@ mod tests {
         roots.add(CertificateDer::from_pem_slice(made.cert_pem.as_bytes()).unwrap()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -550,7 +552,14 @@ mod tests {
     /// A `Tls` on the server side of a loopback connection; `client` runs
     /// on the other side in its own thread with a blocking rustls client.
     fn pair(client: impl FnOnce(Client) + Send + 'static) -> (Box<Tls>, thread::JoinHandle<()>) {
-        let (server, config) = configs();
+        pair_over(&rustls::version::TLS13, client)
+    }
+
+    fn pair_over(
+        version: &'static rustls::SupportedProtocolVersion,
+        client: impl FnOnce(Client) + Send + 'static,
+    ) -> (Box<Tls>, thread::JoinHandle<()>) {
+        let (server, config) = configs(version);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || {
@@ -603,11 +612,21 @@ mod tests {
 
     #[test]
     fn an_idle_tls_connection_keeps_no_buffer_after_a_message_each_way() {
-        let (mut tls, t) = pair(|mut c| {
+        ping_pong_then_idle(&rustls::version::TLS13);
+    }
+
+    #[test]
+    fn an_idle_tls_1_2_connection_keeps_no_buffer_after_a_message_each_way() {
+        ping_pong_then_idle(&rustls::version::TLS12);
+    }
+
+    fn ping_pong_then_idle(version: &'static rustls::SupportedProtocolVersion) {
+        let (mut tls, t) = pair_over(version, move |mut c| {
             c.write_all(b"ping").unwrap();
             let mut pong = [0u8; 4];
             c.read_exact(&mut pong).unwrap();
             assert_eq!(&pong, b"pong");
+            assert_eq!(c.conn.protocol_version(), Some(version.version));
             // Held open until the server closes.
             let _ = c.read(&mut [0u8; 1]);
         });
@@ -696,7 +715,7 @@ mod tests {
 
     #[test]
     fn garbage_instead_of_a_client_hello_is_an_error_and_leaves_nothing_held() {
-        let (server, _) = configs();
+        let (server, _) = configs(&rustls::version::TLS13);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x10]).unwrap();
