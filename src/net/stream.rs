@@ -136,6 +136,20 @@ thread_local! {
 pub struct Tls {
     conn: UnbufferedServerConnection,
     sock: TcpStream,
+    /// What is unfinished between calls; `None` — nothing allocated — for
+    /// an idle connection.
+    spill: Option<Box<Spill>>,
+    /// The peer's close_notify came (or its EOF): reads return 0.
+    read_closed: bool,
+    /// rustls failed the connection (a bad record, a bad handshake): its
+    /// offsets into `held` are void, so it is not asked again.
+    failed: bool,
+}
+
+/// A TLS connection's bytes between calls, each buffer allocated on demand
+/// and freed once empty.
+#[derive(Default)]
+struct Spill {
     /// Ciphertext carried from one read to the next. Kept byte for byte:
     /// rustls refers to a handshake message in progress by its offsets here.
     held: Vec<u8>,
@@ -146,11 +160,23 @@ pub struct Tls {
     /// TLS records the socket did not take yet: `out[out_pos..]`.
     out: Vec<u8>,
     out_pos: usize,
-    /// The peer's close_notify came (or its EOF): reads return 0.
-    read_closed: bool,
-    /// rustls failed the connection (a bad record, a bad handshake): its
-    /// offsets into `held` are void, so it is not asked again.
-    failed: bool,
+}
+
+impl Spill {
+    fn is_empty(&self) -> bool {
+        self.held.capacity() + self.plain.capacity() + self.out.capacity() == 0
+    }
+
+    fn take_plain(&mut self, buf: &mut [u8]) -> usize {
+        let left = &self.plain[self.plain_pos..];
+        let n = left.len().min(buf.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.plain_pos += n;
+        if self.plain_pos == self.plain.len() {
+            (self.plain, self.plain_pos) = (Vec::new(), 0);
+        }
+        n
+    }
 }
 
 /// What rustls said once it went through the ciphertext it was given.
@@ -163,31 +189,64 @@ enum Step {
 
 impl Tls {
     fn new(conn: UnbufferedServerConnection, sock: TcpStream) -> Tls {
-        Tls {
-            conn,
-            sock,
-            held: Vec::new(),
-            plain: Vec::new(),
-            plain_pos: 0,
-            out: Vec::new(),
-            out_pos: 0,
-            read_closed: false,
-            failed: false,
-        }
+        Tls { conn, sock, spill: None, read_closed: false, failed: false }
     }
 
     /// Bytes this connection keeps between calls (ciphertext in and out,
     /// plaintext not yet read): 0 for an idle connection.
     pub fn buffered_bytes(&self) -> usize {
-        self.held.capacity() + self.plain.capacity() + self.out.capacity()
+        self.spill
+            .as_ref()
+            .map_or(0, |sp| mem::size_of::<Spill>() + sp.held.capacity() + sp.plain.capacity() + sp.out.capacity())
+    }
+
+    /// Runs `f` with the connection's `Spill` (an empty one if it has none)
+    /// and keeps it only if something is left in it.
+    fn with_spill<R>(&mut self, f: impl FnOnce(&mut Tls, &mut Spill) -> R) -> R {
+        match self.spill.take() {
+            Some(mut sp) => {
+                let r = f(self, &mut sp);
+                if !sp.is_empty() {
+                    self.spill = Some(sp);
+                }
+                r
+            }
+            None => {
+                let mut sp = Spill::default();
+                let r = f(self, &mut sp);
+                if !sp.is_empty() {
+                    self.spill = Some(Box::new(sp));
+                }
+                r
+            }
+        }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.with_spill(|t, sp| t.read_with(sp, buf))
+    }
+
+    fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.with_spill(|t, sp| t.write_with(sp, bufs))
+    }
+
+    /// Writes out the TLS records the socket did not take yet.
+    fn push(&mut self) -> io::Result<()> {
+        self.with_spill(|t, sp| t.push_with(sp))
+    }
+
+    /// Queues a close_notify and writes it out, best effort: the connection
+    /// ends right after.
+    fn send_close_notify(&mut self) {
+        self.with_spill(|t, sp| t.close_notify_with(sp))
+    }
+
+    fn read_with(&mut self, sp: &mut Spill, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        if self.plain_pos < self.plain.len() {
-            return Ok(self.take_plain(buf));
+        if sp.plain_pos < sp.plain.len() {
+            return Ok(sp.take_plain(buf));
         }
         if self.failed {
             return Err(failed());
@@ -197,16 +256,16 @@ impl Tls {
         }
         let mut work = CIPHERTEXT_IN.with_borrow_mut(mem::take);
         // What is held goes first; the socket's bytes follow it.
-        let mut filled = self.held.len();
+        let mut filled = sp.held.len();
         if work.len() < filled + RECORD_MAX {
             work.resize(filled + RECORD_MAX, 0);
         }
-        work[..filled].copy_from_slice(&self.held);
-        let res = self.read_into(&mut work, &mut filled, buf);
+        work[..filled].copy_from_slice(&sp.held);
+        let res = self.read_into(sp, &mut work, &mut filled, buf);
         if filled == 0 || self.failed {
-            self.held = Vec::new();
-        } else if self.held[..] != work[..filled] {
-            self.held = work[..filled].to_vec();
+            sp.held = Vec::new();
+        } else if sp.held[..] != work[..filled] {
+            sp.held = work[..filled].to_vec();
         }
         CIPHERTEXT_IN.with_borrow_mut(|spare| {
             if spare.len() < work.len() {
@@ -218,10 +277,16 @@ impl Tls {
 
     /// Reads the socket into `work[filled..]` and runs rustls over it until
     /// some plaintext is in `buf`, the socket is empty, or the peer closed.
-    fn read_into(&mut self, work: &mut Vec<u8>, filled: &mut usize, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_into(
+        &mut self,
+        sp: &mut Spill,
+        work: &mut Vec<u8>,
+        filled: &mut usize,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         let mut got = 0;
         loop {
-            match self.process(work, filled, buf, &mut got)? {
+            match self.process(sp, work, filled, buf, &mut got)? {
                 Step::PeerClosed => {
                     self.read_closed = true;
                     return Ok(got);
@@ -256,7 +321,14 @@ impl Tls {
     /// Runs rustls over `work[..filled]`: handshake records it answers go to
     /// the socket, application data into `buf` (what does not fit, into
     /// `plain`), and what it is done with is cut from the front of `work`.
-    fn process(&mut self, work: &mut [u8], filled: &mut usize, buf: &mut [u8], got: &mut usize) -> io::Result<Step> {
+    fn process(
+        &mut self,
+        sp: &mut Spill,
+        work: &mut [u8],
+        filled: &mut usize,
+        buf: &mut [u8],
+        got: &mut usize,
+    ) -> io::Result<Step> {
         loop {
             let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut work[..*filled]);
             let step = match state {
@@ -270,17 +342,17 @@ impl Tls {
                         let n = record.payload.len().min(buf.len() - *got);
                         buf[*got..*got + n].copy_from_slice(&record.payload[..n]);
                         *got += n;
-                        self.plain.extend_from_slice(&record.payload[n..]);
+                        sp.plain.extend_from_slice(&record.payload[n..]);
                     }
                     None
                 }
                 Ok(ConnectionState::EncodeTlsData(mut hs)) => {
-                    append_record(&mut self.out, |b| hs.encode(b))?;
+                    append_record(&mut sp.out, |b| hs.encode(b))?;
                     None
                 }
                 Ok(ConnectionState::TransmitTlsData(hs)) => {
                     hs.done();
-                    match push_out(&mut self.sock, &mut self.out, &mut self.out_pos) {
+                    match push_out(&mut self.sock, &mut sp.out, &mut sp.out_pos) {
                         Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
                         // What the socket did not take goes at the next flush.
                         _ => None,
@@ -291,7 +363,7 @@ impl Tls {
                 Ok(_) => return Err(io::Error::other("TLS: a state roostd does not handle (early data?)")),
                 Err(e) => {
                     self.failed = true;
-                    self.send_alert(&mut work[..*filled]);
+                    self.send_alert(sp, &mut work[..*filled]);
                     return Err(invalid(e));
                 }
             };
@@ -306,40 +378,28 @@ impl Tls {
     /// After an error, the alert rustls queued for the peer (bad_record_mac,
     /// decode_error…): sent if the socket takes it, as the buffered
     /// connection did.
-    fn send_alert(&mut self, work: &mut [u8]) {
+    fn send_alert(&mut self, sp: &mut Spill, work: &mut [u8]) {
         if let Ok(ConnectionState::EncodeTlsData(mut alert)) = self.conn.process_tls_records(work).state {
-            if append_record(&mut self.out, |b| alert.encode(b)).is_ok() {
-                let _ = push_out(&mut self.sock, &mut self.out, &mut self.out_pos);
+            if append_record(&mut sp.out, |b| alert.encode(b)).is_ok() {
+                let _ = push_out(&mut self.sock, &mut sp.out, &mut sp.out_pos);
             }
         }
     }
 
-    fn take_plain(&mut self, buf: &mut [u8]) -> usize {
-        let left = &self.plain[self.plain_pos..];
-        let n = left.len().min(buf.len());
-        buf[..n].copy_from_slice(&left[..n]);
-        self.plain_pos += n;
-        if self.plain_pos == self.plain.len() {
-            (self.plain, self.plain_pos) = (Vec::new(), 0);
-        }
-        n
-    }
-
-    /// Writes out the TLS records the socket did not take yet.
-    fn push(&mut self) -> io::Result<()> {
-        push_out(&mut self.sock, &mut self.out, &mut self.out_pos)
+    fn push_with(&mut self, sp: &mut Spill) -> io::Result<()> {
+        push_out(&mut self.sock, &mut sp.out, &mut sp.out_pos)
     }
 
     /// Encrypts `bufs` in order (up to `WRITE_MAX`) and writes the records;
     /// what the socket does not take waits in `out`, and until it is
     /// written, writes say WouldBlock, as a full socket does.
-    fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn write_with(&mut self, sp: &mut Spill, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.failed {
             return Err(failed());
         }
-        self.push()?;
+        self.push_with(sp)?;
         let mut enc = CIPHERTEXT_OUT.with_borrow_mut(mem::take);
-        let res = self.encrypt(bufs, &mut enc).and_then(|(taken, used)| {
+        let res = self.encrypt(sp, bufs, &mut enc).and_then(|(taken, used)| {
             // Straight from the shared buffer to the socket; only what the
             // socket does not take is copied into the connection's own.
             let mut pos = 0;
@@ -347,7 +407,7 @@ impl Tls {
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
                 _ => {
                     if pos < used {
-                        (self.out, self.out_pos) = (enc[pos..used].to_vec(), 0);
+                        (sp.out, sp.out_pos) = (enc[pos..used].to_vec(), 0);
                     }
                     Ok(taken)
                 }
@@ -364,10 +424,10 @@ impl Tls {
     /// Encrypts into `enc`: returns the plaintext bytes taken and the
     /// ciphertext bytes made. Handshake records rustls has queued (a key
     /// update, a session ticket) go first, in order.
-    fn encrypt(&mut self, bufs: &[IoSlice<'_>], enc: &mut Vec<u8>) -> io::Result<(usize, usize)> {
+    fn encrypt(&mut self, sp: &mut Spill, bufs: &[IoSlice<'_>], enc: &mut Vec<u8>) -> io::Result<(usize, usize)> {
         let mut used = 0;
         loop {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.held);
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut sp.held);
             let done = match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
                     let mut taken = 0;
@@ -389,7 +449,11 @@ impl Tls {
                     hs.done();
                     None
                 }
-                Ok(ConnectionState::PeerClosed) => None,
+                Ok(ConnectionState::PeerClosed) => {
+                    // Said here, so not to `read`: it ends reading.
+                    self.read_closed = true;
+                    None
+                }
                 Ok(ConnectionState::BlockedHandshake) => return Err(io::ErrorKind::WouldBlock.into()),
                 Ok(ConnectionState::Closed) => return Err(io::ErrorKind::BrokenPipe.into()),
                 Ok(_) => return Err(io::Error::other("TLS: records came in while writing")),
@@ -398,36 +462,34 @@ impl Tls {
                     return Err(invalid(e));
                 }
             };
-            self.held.drain(..discard);
+            sp.held.drain(..discard);
             if let Some(taken) = done {
                 return Ok((taken, used));
             }
         }
     }
 
-    /// Queues a close_notify and writes it out, best effort: the connection
-    /// ends right after.
-    fn send_close_notify(&mut self) {
+    fn close_notify_with(&mut self, sp: &mut Spill) {
         if self.failed {
             return;
         }
-        if let Ok(ConnectionState::WriteTraffic(mut w)) = self.conn.process_tls_records(&mut self.held).state {
-            let at = self.out.len();
+        if let Ok(ConnectionState::WriteTraffic(mut w)) = self.conn.process_tls_records(&mut sp.held).state {
+            let at = sp.out.len();
             let mut need = 64;
             loop {
-                self.out.resize(at + need, 0);
-                match w.queue_close_notify(&mut self.out[at..]) {
-                    Ok(n) => break self.out.truncate(at + n),
+                sp.out.resize(at + need, 0);
+                match w.queue_close_notify(&mut sp.out[at..]) {
+                    Ok(n) => break sp.out.truncate(at + n),
                     Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
                         if required_size > need =>
                     {
                         need = required_size
                     }
-                    Err(_) => break self.out.truncate(at),
+                    Err(_) => break sp.out.truncate(at),
                 }
             }
         }
-        let _ = self.push();
+        let _ = self.push_with(sp);
     }
 }
 
@@ -665,7 +727,7 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < message.len() {
             got.extend(read_n(&mut tls, 1, 1024));
-            seen_held |= !tls.held.is_empty() || tls.plain_pos < tls.plain.len();
+            seen_held |= tls.spill.as_ref().is_some_and(|sp| !sp.held.is_empty() || sp.plain_pos < sp.plain.len());
         }
         assert!(got == message, "the bytes differ");
         assert!(seen_held, "no read ended inside a record or left plaintext over");
@@ -735,7 +797,7 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(tls.write(&[IoSlice::new(b"x")]).is_err(), "a failed connection took a write");
-        assert!(tls.held.capacity() + tls.plain.capacity() == 0);
+        assert!(tls.spill.as_ref().is_none_or(|sp| sp.held.capacity() + sp.plain.capacity() == 0));
         Stream::Tls(tls).shutdown_write();
         // The alert rustls queued reached the client.
         let mut alert = [0u8; 7];
