@@ -19,6 +19,9 @@ import os
 import ssl
 import time
 
+# The connection and frame helpers B1's TLS generator uses, beside this file.
+from tls_idle import open_wss, read_frame, text_frame
+
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -26,43 +29,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def connect(args, ctx):
-    reader, writer = await asyncio.open_connection(args.host, args.port, ssl=ctx, server_hostname="localhost")
-    writer.write(f"GET /ws?token={args.token} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(f"upgrade refused: {head[:80]!r}")
-    return reader, writer
-
-
 async def echo(reader, writer, frame, n, want):
     for _ in range(n):
         writer.write(frame)
-        b0, b1 = await reader.readexactly(2)
-        size = b1 & 0x7F
-        if size == 126:
-            size = int.from_bytes(await reader.readexactly(2), "big")
-        elif size == 127:
-            size = int.from_bytes(await reader.readexactly(8), "big")
-        await reader.readexactly(size)
-        if size != want or b0 != 0x81:
-            raise ConnectionError(f"expected a {want}-byte text echo, got opcode {b0 & 0x0F}, {size} bytes")
+        b0, payload = await read_frame(reader)
+        if len(payload) != want or b0 != 0x81:
+            raise ConnectionError(f"expected a {want}-byte text echo, got opcode {b0 & 0x0F}, {len(payload)} bytes")
 
 
 async def main_async(args):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    conns = [await connect(args, ctx) for _ in range(args.conns)]
+    conns = [await open_wss(args, ctx) for _ in range(args.conns)]
     payload = b"x" * args.payload
-    # A masked text frame with an all-zero mask (the server unmasks whatever the key).
-    if len(payload) < 126:
-        head = bytes([0x81, 0x80 | len(payload)])
-    else:
-        head = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
-    frame = head + b"\0\0\0\0" + payload
+    frame = text_frame(payload)
     await asyncio.gather(*(echo(r, w, frame, 200, len(payload)) for r, w in conns))
     cpu0, t0 = cpu_seconds(args.pid), time.monotonic()
     await asyncio.gather(*(echo(r, w, frame, args.messages, len(payload)) for r, w in conns))
