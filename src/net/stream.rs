@@ -594,6 +594,7 @@ mod tests {
     /// config trusting exactly it.
     fn configs(
         version: &'static rustls::SupportedProtocolVersion,
+        max_fragment_size: Option<usize>,
     ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let made = crate::tls::self_signed(&["localhost".into()], &["127.0.0.1".parse().unwrap()], 1).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -603,25 +604,28 @@ mod tests {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(made.cert_pem.as_bytes()).unwrap()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        client.max_fragment_size = max_fragment_size;
         (crate::tls::load(&c, &k).unwrap(), Arc::new(client))
     }
 
     /// A `Tls` on the server side of a loopback connection; `client` runs
     /// on the other side in its own thread with a blocking rustls client.
     fn pair(client: impl FnOnce(Client) + Send + 'static) -> (Box<Tls>, thread::JoinHandle<()>) {
-        pair_over(&rustls::version::TLS13, client)
+        pair_over(&rustls::version::TLS13, None, client)
     }
 
+    /// `pair` over `version`, the client's records at most `max_fragment_size`.
     fn pair_over(
         version: &'static rustls::SupportedProtocolVersion,
+        max_fragment_size: Option<usize>,
         client: impl FnOnce(Client) + Send + 'static,
     ) -> (Box<Tls>, thread::JoinHandle<()>) {
-        let (server, config) = configs(version);
+        let (server, config) = configs(version, max_fragment_size);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || {
@@ -683,7 +687,7 @@ mod tests {
     }
 
     fn ping_pong_then_idle(version: &'static rustls::SupportedProtocolVersion) {
-        let (mut tls, t) = pair_over(version, move |mut c| {
+        let (mut tls, t) = pair_over(version, None, move |mut c| {
             c.write_all(b"ping").unwrap();
             let mut pong = [0u8; 4];
             c.read_exact(&mut pong).unwrap();
@@ -710,16 +714,9 @@ mod tests {
             while c.conn.is_handshaking() {
                 c.conn.complete_io(&mut c.sock).unwrap();
             }
-            let mut wire = Vec::new();
             for part in sent.chunks(16 * 1024) {
                 c.conn.writer().write_all(part).unwrap();
-                while c.conn.wants_write() {
-                    c.conn.write_tls(&mut wire).unwrap();
-                }
-            }
-            for piece in wire.chunks(300) {
-                c.sock.write_all(piece).unwrap();
-                thread::sleep(Duration::from_micros(200));
+                trickle_out(&mut c, 300);
             }
             let _ = c.read(&mut [0u8; 1]);
         });
@@ -770,6 +767,48 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// Sends what the client has to send `piece` bytes at a time, with a
+    /// pause after each: the server's reads end inside records.
+    fn trickle_out(c: &mut Client, piece: usize) {
+        let mut wire = Vec::new();
+        while c.conn.wants_write() {
+            c.conn.write_tls(&mut wire).unwrap();
+        }
+        for piece in wire.chunks(piece) {
+            c.sock.write_all(piece).unwrap();
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    #[test]
+    fn a_handshake_in_64_byte_records_sent_50_bytes_at_a_time_completes() {
+        // Each handshake message of the client spans several records, and
+        // reads end inside them: rustls joins the pieces by their offsets
+        // in the bytes the connection holds between reads.
+        let message: Vec<u8> = (0..5000u32).map(|i| (i % 241) as u8).collect();
+        let sent = message.clone();
+        let (mut tls, t) = pair_over(&rustls::version::TLS13, Some(64), move |mut c| {
+            while c.conn.is_handshaking() {
+                trickle_out(&mut c, 50);
+                if c.conn.is_handshaking() {
+                    c.conn.read_tls(&mut c.sock).unwrap();
+                    c.conn.process_new_packets().unwrap();
+                }
+            }
+            c.conn.writer().write_all(&sent).unwrap();
+            trickle_out(&mut c, 50);
+            let mut ok = [0u8; 2];
+            c.read_exact(&mut ok).unwrap();
+            assert_eq!(&ok, b"ok");
+            let _ = c.read(&mut [0u8; 1]);
+        });
+        assert!(read_n(&mut tls, message.len(), 64 * 1024) == message, "the bytes differ");
+        write_all(&mut tls, b"ok");
+        assert_eq!(tls.buffered_bytes(), 0);
+        Stream::Tls(tls).shutdown_write();
+        t.join().unwrap();
+    }
+
     /// One read (which drives the handshake), ignoring WouldBlock.
     fn read_n_or_block(tls: &mut Tls) -> io::Result<usize> {
         tls.read(&mut [0u8; 1024])
@@ -777,7 +816,7 @@ mod tests {
 
     #[test]
     fn garbage_instead_of_a_client_hello_is_an_error_and_leaves_nothing_held() {
-        let (server, _) = configs(&rustls::version::TLS13);
+        let (server, _) = configs(&rustls::version::TLS13, None);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x10]).unwrap();
