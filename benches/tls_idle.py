@@ -25,26 +25,44 @@ import sys
 import time
 
 
+async def open_wss(args, ctx):
+    """A wss:// connection upgraded with --token: (reader, writer)."""
+    reader, writer = await asyncio.open_connection(args.host, args.port, ssl=ctx, server_hostname="localhost")
+    writer.write(f"GET /ws?token={args.token} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(f"upgrade refused: {head[:80]!r}")
+    return reader, writer
+
+
+def text_frame(payload):
+    """A masked text frame; an all-zero mask (servers unmask whatever the key)."""
+    if len(payload) < 126:
+        head = bytes([0x81, 0x80 | len(payload)])
+    else:
+        head = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def read_frame(reader):
+    """The next frame from the server (unmasked): (first byte, payload)."""
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0, await reader.readexactly(n)
+
+
 async def one(args, ctx, gate, held):
     async with gate:
-        reader, writer = await asyncio.open_connection(args.host, args.port, ssl=ctx, server_hostname="localhost")
-        writer.write(f"GET /ws?token={args.token} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise ConnectionError(f"upgrade refused: {head[:80]!r}")
-        sub = f'{{"op":"sub","ch":"{args.channel}"}}'.encode()
-        # A masked text frame; an all-zero mask (servers unmask whatever the key).
-        writer.write(bytes([0x81, 0x80 | len(sub)]) + b"\0\0\0\0" + sub)
+        reader, writer = await open_wss(args, ctx)
+        writer.write(text_frame(f'{{"op":"sub","ch":"{args.channel}"}}'.encode()))
         while True:
-            b0, b1 = await reader.readexactly(2)
-            n = b1 & 0x7F
-            if n == 126:
-                n = int.from_bytes(await reader.readexactly(2), "big")
-            elif n == 127:
-                n = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(n)
+            b0, payload = await read_frame(reader)
             if b'"op":"subok"' in payload:
                 break
             if b'"op":"err"' in payload or b0 & 0x0F == 0x8:

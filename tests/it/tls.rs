@@ -709,3 +709,102 @@ fn the_pusher_door_speaks_over_wss_on_the_same_port() {
     let heard = ws_next(&mut ws);
     assert_eq!((&heard["event"], &heard["data"]), (&json!("Headline"), &json!(r#"{"t":1}"#)));
 }
+
+// ---------------------------------------------------------------------------
+// Records that do not line up with reads or writes.
+
+#[test]
+fn a_megabyte_message_over_wss_arrives_whole_at_a_subscriber() {
+    let (server, cert) = tls_server(&["--max-message-bytes", "2097152", "--max-send-buffer-bytes", "4194304"]);
+    let config = client_config(&cert.cert);
+    let mut alice = wss(&server, &config, &token_all("alice"));
+    let mut bob = wss(&server, &config, &token_all("bob"));
+    assert_eq!(ws_request(&mut alice, json!({"op": "sub", "ch": "big"}))["op"], "subok");
+    // Sixty-odd records each way; the subscriber's copy waits in the
+    // server while it is not reading.
+    let pad: String = (0..1024 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let ack = ws_request(&mut bob, json!({"op": "pub", "ch": "big", "data": {"pad": pad}, "id": "m"}));
+    assert_eq!(ack["op"], "ack", "{ack}");
+    std::thread::sleep(Duration::from_millis(100));
+    let msg = ws_next(&mut alice);
+    assert_eq!((&msg["op"], &msg["seq"]), (&json!("msg"), &ack["seq"]));
+    assert!(msg["data"]["pad"] == json!(pad), "the megabyte came back different");
+    assert_healthy(&server, &config);
+}
+
+#[test]
+fn a_tls_subscriber_that_reads_nothing_is_closed_with_1013() {
+    let (server, cert) = tls_server(&["--max-send-buffer-bytes", "262144", "--max-message-bytes", "65536"]);
+    let config = client_config(&cert.cert);
+    let mut slow = wss(&server, &config, &token_all("slow"));
+    assert_eq!(ws_request(&mut slow, json!({"op": "sub", "ch": "firehose"}))["op"], "subok");
+    // 10 MiB while it reads nothing: more than its send buffer and the
+    // kernel's buffers on loopback.
+    let mut publisher = wss(&server, &config, &token_all("alice"));
+    let pad = "z".repeat(32 * 1024);
+    for i in 0..320 {
+        let ack = ws_request(&mut publisher, json!({"op": "pub", "ch": "firehose", "data": {"i": i, "pad": pad}}));
+        assert_eq!(ack["op"], "ack", "{ack}");
+    }
+    let mut got = 0;
+    let code = loop {
+        match slow.read() {
+            Ok(Message::Text(_)) => got += 1,
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("reading after {got} messages: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1013), "after {got} messages");
+    assert!(got < 320, "the subscriber got everything: the limit was not reached");
+    assert_healthy(&server, &config);
+}
+
+/// A TCP stream that sends at most 7 bytes a write, with a pause after
+/// each: TLS records (the ClientHello too) reach the server in pieces.
+struct Trickle(TcpStream);
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(&buf[..buf.len().min(7)])?;
+        std::thread::sleep(Duration::from_micros(300));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn tls_records_that_arrive_seven_bytes_at_a_time_make_a_handshake_and_a_message() {
+    let (server, cert) = tls_server(&[]);
+    let config = client_config(&cert.cert);
+    let mut alice = wss(&server, &config, &token_all("alice"));
+    assert_eq!(ws_request(&mut alice, json!({"op": "sub", "ch": "slowly"}))["op"], "subok");
+
+    let sock = TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(io_timeout())).unwrap();
+    sock.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = StreamOwned::new(ClientConnection::new(config.clone(), name).unwrap(), Trickle(sock));
+    let url = format!("wss://localhost:{}/ws?token={}", server.port(), token_all("bob"));
+    let (mut bob, resp) = tungstenite::client::client_with_config(url, tls, None).expect("WebSocket over TLS");
+    assert_eq!(resp.status(), 101);
+    let pad = "p".repeat(4000);
+    bob.send(Message::text(json!({"op": "pub", "ch": "slowly", "data": {"pad": pad}, "id": "s"}).to_string())).unwrap();
+    let ack = loop {
+        if let Message::Text(t) = bob.read().expect("the ack") {
+            break serde_json::from_str::<Value>(&t).unwrap();
+        }
+    };
+    assert_eq!(ack["op"], "ack", "{ack}");
+    let msg = ws_next(&mut alice);
+    assert_eq!((&msg["seq"], &msg["data"]["pad"]), (&ack["seq"], &json!(pad)));
+}
