@@ -98,11 +98,15 @@ pub const NEVER: Ms = Ms::MAX;
 
 impl Settings {
     pub fn ms(&self, t: Instant) -> Ms {
+        // Per message read: whole seconds and milliseconds, no 128-bit division.
         let (d, before) = match t.checked_duration_since(self.epoch) {
-            Some(d) => (d.as_nanos() / 1_000_000, false),
-            None => (self.epoch.saturating_duration_since(t).as_nanos().div_ceil(1_000_000), true),
+            Some(d) => (millis(d), false),
+            None => {
+                let d = self.epoch.saturating_duration_since(t);
+                (millis(d).saturating_add(u64::from(d.subsec_nanos() % 1_000_000 != 0)), true)
+            }
         };
-        let d = d.min(NEVER as u128 - 1) as Ms;
+        let d = d.min(NEVER as u64 - 1) as Ms;
         if before {
             -d
         } else {
@@ -117,6 +121,11 @@ impl Settings {
             false => self.epoch.checked_sub(d).unwrap_or(self.epoch),
         }
     }
+}
+
+/// Whole milliseconds of `d`, rounded down.
+fn millis(d: Duration) -> u64 {
+    d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis()))
 }
 
 /// `d` after `at`, short of `NEVER`.
@@ -416,6 +425,7 @@ impl<S: Transport> Conn<S> {
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
         let mut stream = Counted::new(sock, counter);
         stream.drained = drained;
+        stream.mixed = !drained;
         self.io = Io::Ws(Ws { stream, ctx });
         self.phase = Phase::Open;
         self.deadline = NEVER;
@@ -452,6 +462,13 @@ impl<S: Transport> Conn<S> {
             return Incoming::Finished;
         }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
+        if self.phase == Phase::Open && ws.stream.surely_blocks() {
+            // What tungstenite's read would end in, without the read (its
+            // pongs are written by the flush that follows every read).
+            ws.stream.drained = true;
+            self.release(false);
+            return Incoming::WouldBlock;
+        }
         let (ctx, stream) = ws.parts(self.settings.ws);
         let res = ctx.read(stream);
         ws.stream.drained = false;
@@ -477,6 +494,7 @@ impl<S: Transport> Conn<S> {
             Ok(_) => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 ws.stream.drained = true;
+                ws.stream.mixed = false;
                 // Released now, even with replies queued (they never pass
                 // through tungstenite): the next connection read this turn
                 // takes the state from the spare list, so a thousand
@@ -740,6 +758,18 @@ impl<S: Transport> Conn<S> {
     pub fn wants_write(&self) -> bool {
         self.unflushed
             || self.b.as_ref().is_some_and(|b| b.answer_pending() || !b.queue.is_empty() || b.close_after.is_some())
+    }
+
+    /// True when the stream may hold output of its own that `flush`
+    /// pushes (TLS records rustls could not write yet): a writable edge
+    /// matters then even with nothing queued here. A plain socket (the
+    /// one whose short read empties it) holds none.
+    pub fn buffers_own_output(&self) -> bool {
+        match &self.io {
+            Io::Raw(s) => !s.short_read_empties(),
+            Io::Ws(ws) => !ws.stream.stream.short_read_empties(),
+            Io::Moving => false,
+        }
     }
 
     /// The next moment `tick` has something to do.

@@ -127,6 +127,27 @@ impl FrameCounter {
         true
     }
 
+    /// Bytes of `next` (what follows the bytes fed so far) up to the end of
+    /// the frame in progress; at most one byte while a header gathered
+    /// across reads is incomplete (its length is not known yet).
+    fn to_frame_end(&self, next: &[u8]) -> usize {
+        if self.have > 0 {
+            return 1;
+        }
+        if self.skip > 0 {
+            return usize::try_from(self.skip).unwrap_or(usize::MAX);
+        }
+        match whole_header(next) {
+            Some((_, _, len, n)) => usize::try_from(len).unwrap_or(usize::MAX).saturating_add(n),
+            None => next.len(),
+        }
+    }
+
+    /// True when the bytes fed so far end at the end of a frame.
+    pub(super) fn at_frame_end(&self) -> bool {
+        self.have == 0 && self.skip == 0
+    }
+
     /// Puts the message in progress at the limit: its next frame fails the
     /// read (bytes that came with the head and already held too many).
     pub(super) fn at_limit(&mut self) {
@@ -158,6 +179,10 @@ pub struct Counted<S> {
     /// The last read ended in WouldBlock: tungstenite holds no whole frame.
     /// (`Ws`'s, kept here beside the other flags, in bytes `Counted` pads anyway.)
     pub(super) drained: bool,
+    /// tungstenite may hold more than one frame: the bytes that came with
+    /// the request head went to it at once. Cleared when it next says
+    /// WouldBlock; from then on it is handed one frame at most per read.
+    pub(super) mixed: bool,
     /// One socket read (see `READ_BITE`), handed to tungstenite as it asks.
     /// Held only while some of it is left: a connection between reads,
     /// idle or not, has none.
@@ -166,12 +191,22 @@ pub struct Counted<S> {
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, drained: false, bite: None }
+        Counted { stream, counter, hold: false, empty: false, drained: false, mixed: false, bite: None }
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
     pub(super) fn holds_bytes(&self) -> bool {
         self.bite.as_ref().is_some_and(|b| b.pos < b.end)
+    }
+
+    /// True when tungstenite, having returned a message (or a control
+    /// frame), would only say WouldBlock if asked again: it holds none of
+    /// the next frame's bytes (it is handed one frame at most per read),
+    /// none wait here, and the socket is empty until its next readiness
+    /// event. Asking it anyway costs a read's worth of its work per
+    /// message: a header parse, a buffer fill, an error built and matched.
+    pub(super) fn surely_blocks(&self) -> bool {
+        self.empty && !self.mixed && self.counter.at_frame_end() && !self.holds_bytes()
     }
 }
 
@@ -239,7 +274,9 @@ impl<S: Transport> io::Read for Counted<S> {
         }
         let Some(bite) = &mut self.bite else { return Ok(0) };
         let left = &bite.bytes[bite.pos as usize..bite.end as usize];
-        let n = buf.len().min(left.len());
+        // Never past the end of the frame in progress: what tungstenite holds
+        // after it returns a frame is then nothing (`surely_blocks`).
+        let n = buf.len().min(left.len()).min(self.counter.to_frame_end(left));
         buf[..n].copy_from_slice(&left[..n]);
         bite.pos += n as u32;
         if !self.holds_bytes() {

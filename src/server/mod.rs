@@ -107,6 +107,9 @@ struct Slot {
     timer: Ms,
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
+    /// In `Server::dirty` and not flushed since (`mark_dirty`): the list
+    /// holds each connection once per flush, without a sort to dedupe it.
+    dirty: bool,
     /// Boxed, like `hook`: rare, and every idle connection would carry it.
     body: Option<Box<PendingBody>>,
     /// Set on a WebSocket when a publish hook is configured.
@@ -318,11 +321,12 @@ impl Server {
                     SIGNALS => self.on_signal(now),
                     RELOAD => self.on_reload(),
                     Token(id) => {
+                        // A read is followed by a flush of the connection
+                        // (`on_readable`), which takes the writable edge too.
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(id, now);
-                        }
-                        if event.is_writable() {
-                            self.dirty.push(id);
+                        } else if event.is_writable() {
+                            self.on_writable(id);
                         }
                     }
                 }
@@ -390,7 +394,7 @@ impl Server {
             slot.conn.discard_queue();
             slot.conn.close(code::SLOW, "slow consumer: resume with since", Instant::now());
         }
-        self.dirty.push(id);
+        self.mark_dirty(id);
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -413,7 +417,7 @@ impl Server {
                     slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now)
                 }
             }
-            self.dirty.push(id);
+            self.mark_dirty(id);
             self.schedule(id);
         }
     }
