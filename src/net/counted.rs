@@ -386,8 +386,9 @@ mod tests {
         f
     }
 
-    /// A socket that gives its chunks one read each, then WouldBlock.
-    struct Script(std::collections::VecDeque<Vec<u8>>, usize);
+    /// A socket that gives its chunks one read each, then WouldBlock;
+    /// like TCP (a short read empties it) when the flag is set.
+    struct Script(std::collections::VecDeque<Vec<u8>>, usize, bool);
 
     impl io::Read for Script {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -417,7 +418,7 @@ mod tests {
         }
         fn shutdown_write(&mut self) {}
         fn short_read_empties(&self) -> bool {
-            false
+            self.2
         }
     }
 
@@ -436,7 +437,7 @@ mod tests {
             [20, 16 * 1024, 1024, 70_000].iter().map(|&n| (0..n).map(|i| b'a' + (i % 26) as u8).collect()).collect();
         let wire: Vec<u8> = payloads.iter().flat_map(|p| text(p)).collect();
         // The first read gets READ_BITE bytes; the last message spans two reads.
-        let script = Script(vec![wire].into(), 0);
+        let script = Script(vec![wire].into(), 0, false);
         let mut stream = Counted::new(script, FrameCounter::new(4));
         let config = WebSocketConfig::default().read_buffer_size(1024).max_message_size(Some(1 << 20));
         let mut ctx = WebSocketContext::new(Role::Server, Some(config));
@@ -452,6 +453,29 @@ mod tests {
         );
         assert!(!stream.holds_bytes());
         assert!(stream.bite.is_none(), "a connection with nothing left to hand over holds no read buffer");
+    }
+
+    #[test]
+    fn tungstenite_gets_one_frame_at_most_per_read_so_it_holds_nothing_once_it_returns_a_message() {
+        let big: Vec<u8> = (0..3000).map(|i| b'a' + (i % 26) as u8).collect();
+        let payloads: [&[u8]; 4] = [b"one", b"two", &big, b"three"];
+        let wire: Vec<u8> = payloads.iter().flat_map(|p| text(p)).collect();
+        let mut stream = Counted::new(Script(vec![wire].into(), 0, true), FrameCounter::new(4));
+        let config = WebSocketConfig::default().read_buffer_size(1024);
+        let mut ctx = WebSocketContext::new(Role::Server, Some(config));
+        for (i, p) in payloads.iter().enumerate() {
+            match ctx.read(&mut stream) {
+                Ok(tungstenite::Message::Text(t)) => assert_eq!(t.as_bytes(), *p),
+                other => panic!("message {i}: {other:?}"),
+            }
+            // The rest waits here, not in tungstenite's buffer; after the
+            // last message nothing waits anywhere.
+            assert_eq!(stream.surely_blocks(), i == payloads.len() - 1, "after message {i}");
+        }
+        assert!(
+            matches!(ctx.read(&mut stream), Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(stream.stream.1, 1, "one socket read");
     }
 
     #[test]
