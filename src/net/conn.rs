@@ -130,7 +130,7 @@ fn millis(d: Duration) -> u64 {
 
 /// `d` after `at`, short of `NEVER`.
 fn after(at: Ms, d: Duration) -> Ms {
-    at.saturating_add(d.as_millis().min(NEVER as u128) as Ms).min(NEVER - 1)
+    at.saturating_add(millis(d).min(NEVER as u64) as Ms).min(NEVER - 1)
 }
 
 /// What reading the head gave.
@@ -229,8 +229,13 @@ thread_local! {
 }
 
 fn give_back_buffers(mut b: Box<Buffers>) {
-    // As good as new, and holding no memory but the box.
-    *b = Buffers::default();
+    // As good as new, and holding no memory but the box. The common case,
+    // a reply or a delivery written, leaves nothing to free but counters.
+    if b.head.capacity() == 0 && b.raw.capacity() == 0 && matches!(b.queue, Queue::Empty) && b.close_after.is_none() {
+        (b.raw_pos, b.queued_bytes, b.front_pos) = (0, 0, 0);
+    } else {
+        *b = Buffers::default();
+    }
     let _ = SPARE_BUFFERS.try_with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < SPARE_BUFFERS_MAX {

@@ -57,7 +57,7 @@ impl Server {
             if slot.conn.take_unblocked() {
                 self.again.push(id);
             }
-            self.schedule(id);
+            slot.schedule(id, &mut self.timers);
         }
     }
 }

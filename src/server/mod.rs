@@ -121,6 +121,17 @@ struct Slot {
     pusher: Option<Box<PusherConn>>,
 }
 
+impl Slot {
+    /// `Server::schedule` for a slot in hand (`id` is its own).
+    fn schedule(&mut self, id: ConnId, timers: &mut BinaryHeap<Reverse<(Ms, ConnId)>>) {
+        let next = self.conn.next_ms();
+        if next < self.timer {
+            self.timer = next;
+            timers.push(Reverse((next, id)));
+        }
+    }
+}
+
 /// Why the server stopped.
 #[derive(Debug)]
 pub enum Stop {
@@ -427,11 +438,7 @@ impl Server {
     /// do, and reschedules — so each connection has about one heap entry.
     fn schedule(&mut self, id: ConnId) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let next = slot.conn.next_ms();
-        if next < slot.timer {
-            slot.timer = next;
-            self.timers.push(Reverse((next, id)));
-        }
+        slot.schedule(id, &mut self.timers);
     }
 
     fn remove(&mut self, id: ConnId) {
