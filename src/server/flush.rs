@@ -14,10 +14,8 @@ use super::*;
 impl Server {
     /// Queues `id` for the flush at the end of the turn, once.
     pub(super) fn mark_dirty(&mut self, id: ConnId) {
-        let Some(slot) = self.slots.get_mut(&id) else { return };
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty.push(id);
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.mark_dirty(id, &mut self.dirty);
         }
     }
 

@@ -122,6 +122,14 @@ struct Slot {
 }
 
 impl Slot {
+    /// `Server::mark_dirty` for a slot in hand (`id` is its own).
+    fn mark_dirty(&mut self, id: ConnId, dirty: &mut Vec<ConnId>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(id);
+        }
+    }
+
     /// `Server::schedule` for a slot in hand (`id` is its own).
     fn schedule(&mut self, id: ConnId, timers: &mut BinaryHeap<Reverse<(Ms, ConnId)>>) {
         let next = self.conn.next_ms();
@@ -405,7 +413,7 @@ impl Server {
             slot.conn.discard_queue();
             slot.conn.close(code::SLOW, "slow consumer: resume with since", Instant::now());
         }
-        self.mark_dirty(id);
+        slot.mark_dirty(id, &mut self.dirty);
     }
 
     fn fire_timers(&mut self, now: Instant) {
