@@ -468,15 +468,21 @@ impl<S: Transport> Conn<S> {
         }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
         if self.phase == Phase::Open && ws.stream.surely_blocks() {
-            // What tungstenite's read would end in, without the read (its
-            // pongs are written by the flush that follows every read).
+            // What tungstenite's read would end in, without the read. Its
+            // pongs, and its state, are left to the flush that follows
+            // every read (`Server::on_readable`): it writes them and
+            // releases the state once the output is out.
             ws.stream.drained = true;
-            self.release(false);
             return Incoming::WouldBlock;
         }
         let (ctx, stream) = ws.parts(self.settings.ws);
         let res = ctx.read(stream);
         ws.stream.drained = false;
+        ws.stream.owes |= match &res {
+            Ok(Message::Text(_) | Message::Binary(_)) => false,
+            Err(tungstenite::Error::Io(e)) => e.kind() != io::ErrorKind::WouldBlock,
+            _ => true,
+        };
         if res.is_ok() {
             self.last_heard = self.settings.ms(now);
             self.ping_sent = NEVER;
@@ -646,9 +652,9 @@ impl<S: Transport> Conn<S> {
             return;
         }
         let Io::Ws(ws) = &mut self.io else { return };
-        if let Some(ctx) = &mut ws.ctx {
+        if let Some(ctx) = ws.ctx.as_mut().filter(|_| ws.stream.owes || self.unflushed) {
             match ctx.flush(&mut ws.stream) {
-                Ok(()) => self.unflushed = false,
+                Ok(()) => (self.unflushed, ws.stream.owes) = (false, false),
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.unflushed = true;
                     return;

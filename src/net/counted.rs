@@ -183,6 +183,10 @@ pub struct Counted<S> {
     /// the request head went to it at once. Cleared when it next says
     /// WouldBlock; from then on it is handed one frame at most per read.
     pub(super) mixed: bool,
+    /// tungstenite may have output of its own to write (a pong, a close
+    /// reply): set when it read anything but a data message, cleared once
+    /// its flush went through. Without it, a flush has nothing to ask it.
+    pub(super) owes: bool,
     /// One socket read (see `READ_BITE`), handed to tungstenite as it asks.
     /// Held only while some of it is left: a connection between reads,
     /// idle or not, has none.
@@ -191,7 +195,7 @@ pub struct Counted<S> {
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, drained: false, mixed: false, bite: None }
+        Counted { stream, counter, hold: false, empty: false, drained: false, mixed: false, owes: false, bite: None }
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
@@ -349,6 +353,7 @@ impl<S: Transport> Ws<S> {
         let Some(ctx) = &mut self.ctx else { return true };
         match if flushed { Ok(()) } else { ctx.flush(&mut self.stream) } {
             Ok(()) => {
+                self.stream.owes = false;
                 if let Some(ctx) = self.ctx.take() {
                     SPARE.with_borrow_mut(|spare| {
                         if spare.len() < SPARE_CONTEXTS {
