@@ -26,6 +26,8 @@ token=$("$bin" token --sub echo --read '*' --write '*' 2>/dev/null)
 # `port` and the `path` its echo is on.
 start() {
     port=$((PORT++))
+    # The last server's log says "listening on" too, until the new one truncates it.
+    rm -f "$tmp/server.log"
     case "$1" in
         roostd|before) taskset -c 0 "$([[ $1 == before ]] && echo "$BEFORE" || echo "$bin")" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo --echo \
                     >"$tmp/server.log" 2>&1 &
