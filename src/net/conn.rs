@@ -103,7 +103,7 @@ impl Settings {
             Some(d) => (millis(d), false),
             None => {
                 let d = self.epoch.saturating_duration_since(t);
-                (millis(d).saturating_add(u64::from(d.subsec_nanos() % 1_000_000 != 0)), true)
+                (millis(d).saturating_add(u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))), true)
             }
         };
         let d = d.min(NEVER as u64 - 1) as Ms;
