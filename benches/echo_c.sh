@@ -8,7 +8,8 @@
 #
 # Prints each run as JSON and then, per payload, the median server CPU-µs
 # per message of each server and their ratio. Environment: PAYLOADS
-# ("20 1024 16384"), CONNS (50), PORT (18980).
+# ("20 1024 16384"), CONNS (50), PORT (18980), BEFORE (a second roostd
+# binary, e.g. main's: run as "before" in every round too, between the two).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 (($# >= 1)) || { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
@@ -25,8 +26,10 @@ token=$("$bin" token --sub echo --read '*' --write '*' 2>/dev/null)
 # `port` and the `path` its echo is on.
 start() {
     port=$((PORT++))
+    # The last server's log says "listening on" too, until the new one truncates it.
+    rm -f "$tmp/server.log"
     case "$1" in
-        roostd) taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo --echo \
+        roostd|before) taskset -c 0 "$([[ $1 == before ]] && echo "$BEFORE" || echo "$bin")" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo --echo \
                     >"$tmp/server.log" 2>&1 &
                 path="/ws?token=$token" ;;
         uws) taskset -c 0 "$UWS_PEER" "$port" >"$tmp/server.log" 2>&1 &
@@ -39,7 +42,7 @@ start() {
 
 for payload in $PAYLOADS; do
     for r in $(seq "$rounds"); do
-        for s in roostd uws; do
+        for s in roostd ${BEFORE:+before} uws; do
             start "$s"
             res=$(taskset -c 1 "$tmp/echo_client" "$port" "$path" "$server" "$CONNS" "$payload" "$secs")
             kill "$server"; wait "$server" 2>/dev/null || true
@@ -50,14 +53,17 @@ done
 python3 - "$tmp/runs.jsonl" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
-print("| payload | roostd µs/msg | uWS µs/msg | roostd ÷ uWS | client CPU (roostd, uWS) |")
-print("|---|---|---|---|---|")
+servers = [s for s in ("roostd", "before", "uws") if any(r["server"] == s for r in runs)]
+print("| payload | " + " | ".join(f"{s} µs/msg" for s in servers) + " | "
+      + " | ".join(f"{s} ÷ uWS" for s in servers[:-1]) + " | client CPU (" + ", ".join(servers) + ") |")
+print("|---" * (2 * len(servers) + 1) + "|")
 for p in sorted({r["payload"] for r in runs}):
-    cell = {s: [r for r in runs if r["payload"] == p and r["server"] == s] for s in ("roostd", "uws")}
+    cell = {s: [r for r in runs if r["payload"] == p and r["server"] == s] for s in servers}
     med = {s: statistics.median(r["server_cpu_us_per_msg"] for r in rs) for s, rs in cell.items()}
     cpu = {s: statistics.median(r["client_cpu_pct"] for r in rs) for s, rs in cell.items()}
     rng = {s: "%.2f–%.2f, n=%d" % (min(r["server_cpu_us_per_msg"] for r in rs),
                                   max(r["server_cpu_us_per_msg"] for r in rs), len(rs)) for s, rs in cell.items()}
-    print(f"| {p} B | {med['roostd']:.2f} ({rng['roostd']}) | {med['uws']:.2f} ({rng['uws']}) "
-          f"| {med['roostd'] / med['uws']:.2f}× | {cpu['roostd']:.0f} %, {cpu['uws']:.0f} % |")
+    print(f"| {p} B | " + " | ".join(f"{med[s]:.2f} ({rng[s]})" for s in servers) + " | "
+          + " | ".join(f"{med[s] / med['uws']:.2f}×" for s in servers[:-1]) + " | "
+          + ", ".join(f"{cpu[s]:.0f} %" for s in servers) + " |")
 PY

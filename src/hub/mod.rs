@@ -199,6 +199,12 @@ impl Peer {
         self.subs.iter_mut().find(|(c, _)| &**c == ch).map(|(_, cursor)| cursor)
     }
 
+    /// `cursor` by the channel table's own name: a subscription shares
+    /// it, so a pointer comparison finds it without comparing the text.
+    fn cursor_of(&mut self, name: &Arc<str>) -> Option<&mut Cursor> {
+        self.subs.iter_mut().find(|(c, _)| Arc::ptr_eq(c, name) || c == name).map(|(_, cursor)| cursor)
+    }
+
     /// An answer to a request, in this connection's dialect.
     fn say(&self, event: Event<'_>, id: Option<&str>) -> Option<Action> {
         Some(Action::Reply(self.dialect.frame(&event, id)))
@@ -598,11 +604,11 @@ impl Hub {
     /// subscribers read it from the store later.
     fn committed(&mut self, msg: &Msg<'_>, except: Option<ConnId>) -> Vec<(String, Vec<ConnId>)> {
         let mut deliveries: Vec<(Door, String, Vec<ConnId>)> = Vec::new();
-        let Some(list) = self.channels.get(msg.ch) else { return Vec::new() };
+        let Some((name, list)) = self.channels.get_key_value(msg.ch) else { return Vec::new() };
         for &conn in list {
             let Some(peer) = self.peers.get_mut(&conn) else { continue };
             let dialect = peer.dialect;
-            let Some(cursor) = peer.cursor(msg.ch) else { continue };
+            let Some(cursor) = peer.cursor_of(name) else { continue };
             if !cursor.live || msg.seq < cursor.next {
                 continue;
             }

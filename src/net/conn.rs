@@ -104,11 +104,15 @@ pub const NEVER: Ms = Ms::MAX;
 
 impl Settings {
     pub fn ms(&self, t: Instant) -> Ms {
+        // Per message read: whole seconds and milliseconds, no 128-bit division.
         let (d, before) = match t.checked_duration_since(self.epoch) {
-            Some(d) => (d.as_nanos() / 1_000_000, false),
-            None => (self.epoch.saturating_duration_since(t).as_nanos().div_ceil(1_000_000), true),
+            Some(d) => (millis(d), false),
+            None => {
+                let d = self.epoch.saturating_duration_since(t);
+                (millis(d).saturating_add(u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))), true)
+            }
         };
-        let d = d.min(NEVER as u128 - 1) as Ms;
+        let d = d.min(NEVER as u64 - 1) as Ms;
         if before {
             -d
         } else {
@@ -125,9 +129,14 @@ impl Settings {
     }
 }
 
+/// Whole milliseconds of `d`, rounded down.
+fn millis(d: Duration) -> u64 {
+    d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis()))
+}
+
 /// `d` after `at`, short of `NEVER`.
 fn after(at: Ms, d: Duration) -> Ms {
-    at.saturating_add(d.as_millis().min(NEVER as u128) as Ms).min(NEVER - 1)
+    at.saturating_add(millis(d).min(NEVER as u64) as Ms).min(NEVER - 1)
 }
 
 /// What reading the head gave.
@@ -255,8 +264,13 @@ thread_local! {
 }
 
 fn give_back_buffers(mut b: Box<Buffers>) {
-    // As good as new, and holding no memory but the box.
-    *b = Buffers::default();
+    // As good as new, and holding no memory but the box. The common case,
+    // a reply or a delivery written, leaves nothing to free but counters.
+    if b.head.capacity() == 0 && b.raw.capacity() == 0 && matches!(b.queue, Queue::Empty) && b.close_after.is_none() {
+        (b.raw_pos, b.queued_bytes, b.front_pos) = (0, 0, 0);
+    } else {
+        *b = Buffers::default();
+    }
     let _ = SPARE_BUFFERS.try_with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < SPARE_BUFFERS_MAX {
@@ -463,6 +477,7 @@ impl<S: Transport> Conn<S> {
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
         let mut stream = Counted::new(sock, counter);
         stream.drained = drained;
+        stream.mixed = !drained;
         self.io = Io::Ws(Ws { stream, ctx });
         self.phase = Phase::Open;
         self.deadline = NEVER;
@@ -505,9 +520,22 @@ impl<S: Transport> Conn<S> {
             return Incoming::Finished;
         }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
+        if self.phase == Phase::Open && ws.stream.surely_blocks() {
+            // What tungstenite's read would end in, without the read. Its
+            // pongs, and its state, are left to the flush that follows
+            // every read (`Server::on_readable`): it writes them and
+            // releases the state once the output is out.
+            ws.stream.drained = true;
+            return Incoming::WouldBlock;
+        }
         let (ctx, stream) = ws.parts(self.settings.ws);
         let res = ctx.read(stream);
         ws.stream.drained = false;
+        ws.stream.owes |= match &res {
+            Ok(Message::Text(_) | Message::Binary(_)) => false,
+            Err(tungstenite::Error::Io(e)) => e.kind() != io::ErrorKind::WouldBlock,
+            _ => true,
+        };
         if res.is_ok() {
             self.last_heard = self.settings.ms(now);
             self.ping_sent = NEVER;
@@ -530,6 +558,7 @@ impl<S: Transport> Conn<S> {
             Ok(_) => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 ws.stream.drained = true;
+                ws.stream.mixed = false;
                 // Released now, even with replies queued (they never pass
                 // through tungstenite): the next connection read this turn
                 // takes the state from the spare list, so a thousand
@@ -679,9 +708,9 @@ impl<S: Transport> Conn<S> {
             return;
         }
         let Io::Ws(ws) = &mut self.io else { return };
-        if let Some(ctx) = &mut ws.ctx {
+        if let Some(ctx) = ws.ctx.as_mut().filter(|_| ws.stream.owes || self.unflushed) {
             match ctx.flush(&mut ws.stream) {
-                Ok(()) => self.unflushed = false,
+                Ok(()) => (self.unflushed, ws.stream.owes) = (false, false),
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.unflushed = true;
                     return;
@@ -797,6 +826,18 @@ impl<S: Transport> Conn<S> {
     pub fn wants_write(&self) -> bool {
         self.unflushed
             || self.b.as_ref().is_some_and(|b| b.answer_pending() || !b.queue.is_empty() || b.close_after.is_some())
+    }
+
+    /// True when the stream may hold output of its own that `flush`
+    /// pushes (TLS records rustls could not write yet): a writable edge
+    /// matters then even with nothing queued here. A plain socket (the
+    /// one whose short read empties it) holds none.
+    pub fn buffers_own_output(&self) -> bool {
+        match &self.io {
+            Io::Raw(s) => !s.short_read_empties(),
+            Io::Ws(ws) => !ws.stream.stream.short_read_empties(),
+            Io::Moving => false,
+        }
     }
 
     /// The next moment `tick` has something to do.

@@ -127,6 +127,27 @@ impl FrameCounter {
         true
     }
 
+    /// Bytes of `next` (what follows the bytes fed so far) up to the end of
+    /// the frame in progress; at most one byte while a header gathered
+    /// across reads is incomplete (its length is not known yet).
+    fn to_frame_end(&self, next: &[u8]) -> usize {
+        if self.have > 0 {
+            return 1;
+        }
+        if self.skip > 0 {
+            return usize::try_from(self.skip).unwrap_or(usize::MAX);
+        }
+        match whole_header(next) {
+            Some((_, _, len, n)) => usize::try_from(len).unwrap_or(usize::MAX).saturating_add(n),
+            None => next.len(),
+        }
+    }
+
+    /// True when the bytes fed so far end at the end of a frame.
+    pub(super) fn at_frame_end(&self) -> bool {
+        self.have == 0 && self.skip == 0
+    }
+
     /// Puts the message in progress at the limit: its next frame fails the
     /// read (bytes that came with the head and already held too many).
     pub(super) fn at_limit(&mut self) {
@@ -158,6 +179,14 @@ pub struct Counted<S> {
     /// The last read ended in WouldBlock: tungstenite holds no whole frame.
     /// (`Ws`'s, kept here beside the other flags, in bytes `Counted` pads anyway.)
     pub(super) drained: bool,
+    /// tungstenite may hold more than one frame: the bytes that came with
+    /// the request head went to it at once. Cleared when it next says
+    /// WouldBlock; from then on it is handed one frame at most per read.
+    pub(super) mixed: bool,
+    /// tungstenite may have output of its own to write (a pong, a close
+    /// reply): set when it read anything but a data message, cleared once
+    /// its flush went through. Without it, a flush has nothing to ask it.
+    pub(super) owes: bool,
     /// One socket read (see `READ_BITE`), handed to tungstenite as it asks.
     /// Held only while some of it is left: a connection between reads,
     /// idle or not, has none.
@@ -166,12 +195,22 @@ pub struct Counted<S> {
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, drained: false, bite: None }
+        Counted { stream, counter, hold: false, empty: false, drained: false, mixed: false, owes: false, bite: None }
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
     pub(super) fn holds_bytes(&self) -> bool {
         self.bite.as_ref().is_some_and(|b| b.pos < b.end)
+    }
+
+    /// True when tungstenite, having returned a message (or a control
+    /// frame), would only say WouldBlock if asked again: it holds none of
+    /// the next frame's bytes (it is handed one frame at most per read),
+    /// none wait here, and the socket is empty until its next readiness
+    /// event. Asking it anyway costs a read's worth of its work per
+    /// message: a header parse, a buffer fill, an error built and matched.
+    pub(super) fn surely_blocks(&self) -> bool {
+        self.empty && !self.mixed && self.counter.at_frame_end() && !self.holds_bytes()
     }
 }
 
@@ -239,7 +278,9 @@ impl<S: Transport> io::Read for Counted<S> {
         }
         let Some(bite) = &mut self.bite else { return Ok(0) };
         let left = &bite.bytes[bite.pos as usize..bite.end as usize];
-        let n = buf.len().min(left.len());
+        // Never past the end of the frame in progress: what tungstenite holds
+        // after it returns a frame is then nothing (`surely_blocks`).
+        let n = buf.len().min(left.len()).min(self.counter.to_frame_end(left));
         buf[..n].copy_from_slice(&left[..n]);
         bite.pos += n as u32;
         if !self.holds_bytes() {
@@ -312,6 +353,7 @@ impl<S: Transport> Ws<S> {
         let Some(ctx) = &mut self.ctx else { return true };
         match if flushed { Ok(()) } else { ctx.flush(&mut self.stream) } {
             Ok(()) => {
+                self.stream.owes = false;
                 if let Some(ctx) = self.ctx.take() {
                     SPARE.with_borrow_mut(|spare| {
                         if spare.len() < SPARE_CONTEXTS {
@@ -349,8 +391,9 @@ mod tests {
         f
     }
 
-    /// A socket that gives its chunks one read each, then WouldBlock.
-    struct Script(std::collections::VecDeque<Vec<u8>>, usize);
+    /// A socket that gives its chunks one read each, then WouldBlock;
+    /// like TCP (a short read empties it) when the flag is set.
+    struct Script(std::collections::VecDeque<Vec<u8>>, usize, bool);
 
     impl io::Read for Script {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -380,7 +423,7 @@ mod tests {
         }
         fn shutdown_write(&mut self) {}
         fn short_read_empties(&self) -> bool {
-            false
+            self.2
         }
     }
 
@@ -399,7 +442,7 @@ mod tests {
             [20, 16 * 1024, 1024, 70_000].iter().map(|&n| (0..n).map(|i| b'a' + (i % 26) as u8).collect()).collect();
         let wire: Vec<u8> = payloads.iter().flat_map(|p| text(p)).collect();
         // The first read gets READ_BITE bytes; the last message spans two reads.
-        let script = Script(vec![wire].into(), 0);
+        let script = Script(vec![wire].into(), 0, false);
         let mut stream = Counted::new(script, FrameCounter::new(4));
         let config = WebSocketConfig::default().read_buffer_size(1024).max_message_size(Some(1 << 20));
         let mut ctx = WebSocketContext::new(Role::Server, Some(config));
@@ -415,6 +458,29 @@ mod tests {
         );
         assert!(!stream.holds_bytes());
         assert!(stream.bite.is_none(), "a connection with nothing left to hand over holds no read buffer");
+    }
+
+    #[test]
+    fn tungstenite_gets_one_frame_at_most_per_read_so_it_holds_nothing_once_it_returns_a_message() {
+        let big: Vec<u8> = (0..3000).map(|i| b'a' + (i % 26) as u8).collect();
+        let payloads: [&[u8]; 4] = [b"one", b"two", &big, b"three"];
+        let wire: Vec<u8> = payloads.iter().flat_map(|p| text(p)).collect();
+        let mut stream = Counted::new(Script(vec![wire].into(), 0, true), FrameCounter::new(4));
+        let config = WebSocketConfig::default().read_buffer_size(1024);
+        let mut ctx = WebSocketContext::new(Role::Server, Some(config));
+        for (i, p) in payloads.iter().enumerate() {
+            match ctx.read(&mut stream) {
+                Ok(tungstenite::Message::Text(t)) => assert_eq!(t.as_bytes(), *p),
+                other => panic!("message {i}: {other:?}"),
+            }
+            // The rest waits here, not in tungstenite's buffer; after the
+            // last message nothing waits anywhere.
+            assert_eq!(stream.surely_blocks(), i == payloads.len() - 1, "after message {i}");
+        }
+        assert!(
+            matches!(ctx.read(&mut stream), Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(stream.stream.1, 1, "one socket read");
     }
 
     #[test]

@@ -63,7 +63,10 @@ impl Server {
                     if !slot.conn.send(e.unwrap_or_default().into(), self.cfg.max_send_buffer_bytes) {
                         slot.conn.discard_queue();
                     }
-                    self.dirty.push(id);
+                    if !slot.dirty {
+                        slot.dirty = true;
+                        self.dirty.push(id);
+                    }
                 }
             }
         }

@@ -270,7 +270,7 @@ impl Server {
         let keep = req.keep_alive && !close && self.stopping.is_none();
         self.metrics.http_requests += 1;
         slot.conn.respond(http::response(status, content_type, body, !keep), req.consumed, keep, now);
-        self.dirty.push(id);
+        self.mark_dirty(id);
         keep
     }
 }

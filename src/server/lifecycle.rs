@@ -39,6 +39,7 @@ impl Server {
     pub(super) fn close_all(&mut self, code: u16, reason: &'static str, now: Instant) {
         for (id, slot) in self.slots.iter_mut() {
             slot.conn.close(code, reason, now);
+            slot.dirty = true;
             self.dirty.push(*id);
         }
     }
@@ -70,7 +71,7 @@ impl Server {
         for id in ending {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.conn.close(code::GOING_AWAY, "server shutting down", now);
-                self.dirty.push(id);
+                self.mark_dirty(id);
             }
         }
         self.flush_dirty();

@@ -107,6 +107,9 @@ struct Slot {
     timer: Ms,
     /// Set once the connection is a WebSocket known to the hub.
     joined: bool,
+    /// In `Server::dirty` and not flushed since (`mark_dirty`): the list
+    /// holds each connection once per flush, without a sort to dedupe it.
+    dirty: bool,
     /// Boxed, like `hook`: rare, and every idle connection would carry it.
     body: Option<Box<PendingBody>>,
     /// Set on a WebSocket when a publish hook is configured.
@@ -116,6 +119,25 @@ struct Slot {
     /// Its sign-in and client-event rate, made at its first sign-in or
     /// client event: an idle Pusher socket holds none.
     pusher: Option<Box<PusherConn>>,
+}
+
+impl Slot {
+    /// `Server::mark_dirty` for a slot in hand (`id` is its own).
+    fn mark_dirty(&mut self, id: ConnId, dirty: &mut Vec<ConnId>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(id);
+        }
+    }
+
+    /// `Server::schedule` for a slot in hand (`id` is its own).
+    fn schedule(&mut self, id: ConnId, timers: &mut BinaryHeap<Reverse<(Ms, ConnId)>>) {
+        let next = self.conn.next_ms();
+        if next < self.timer {
+            self.timer = next;
+            timers.push(Reverse((next, id)));
+        }
+    }
 }
 
 /// Why the server stopped.
@@ -318,11 +340,12 @@ impl Server {
                     SIGNALS => self.on_signal(now),
                     RELOAD => self.on_reload(),
                     Token(id) => {
+                        // A read is followed by a flush of the connection
+                        // (`on_readable`), which takes the writable edge too.
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(id, now);
-                        }
-                        if event.is_writable() {
-                            self.dirty.push(id);
+                        } else if event.is_writable() {
+                            self.on_writable(id);
                         }
                     }
                 }
@@ -390,7 +413,7 @@ impl Server {
             slot.conn.discard_queue();
             slot.conn.close(code::SLOW, "slow consumer: resume with since", Instant::now());
         }
-        self.dirty.push(id);
+        slot.mark_dirty(id, &mut self.dirty);
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -413,7 +436,7 @@ impl Server {
                     slot.conn.close(code::TOKEN_EXPIRED, "token expired: reconnect with a fresh token", now)
                 }
             }
-            self.dirty.push(id);
+            self.mark_dirty(id);
             self.schedule(id);
         }
     }
@@ -423,11 +446,7 @@ impl Server {
     /// do, and reschedules — so each connection has about one heap entry.
     fn schedule(&mut self, id: ConnId) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let next = slot.conn.next_ms();
-        if next < slot.timer {
-            slot.timer = next;
-            self.timers.push(Reverse((next, id)));
-        }
+        slot.schedule(id, &mut self.timers);
     }
 
     fn remove(&mut self, id: ConnId) {

@@ -99,7 +99,7 @@ impl Server {
         if let Err(close) = verdict {
             slot.conn.send(Frame::from(close.frame()), usize::MAX);
             slot.conn.close(close.code(), close.message(), now);
-            self.dirty.push(id);
+            self.mark_dirty(id);
             self.metrics.close("pusher_refused");
             return self.log_refusal(now, ip, &close.message());
         }

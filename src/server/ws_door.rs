@@ -140,7 +140,7 @@ impl Server {
             Action::Close(code, reason) => {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.conn.close(code, reason, now);
-                    self.dirty.push(id);
+                    self.mark_dirty(id);
                 }
             }
         }

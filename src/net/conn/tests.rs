@@ -24,6 +24,8 @@ struct Wire {
     /// Our side was shut down.
     shut: bool,
     reads: usize,
+    /// Behaves as a TCP socket: a short read empties it (`Transport`).
+    tcp: bool,
 }
 
 /// The test's handle and the connection's stream share one `Wire`.
@@ -104,7 +106,7 @@ impl Transport for Fake {
     }
 
     fn short_read_empties(&self) -> bool {
-        false
+        self.0.borrow().tcp
     }
 }
 
@@ -274,6 +276,46 @@ fn frames_that_came_with_the_head_wait_for_the_101() {
         Incoming::Text(t) => assert_eq!(t.as_str(), "hi"),
         _ => panic!("expected the text frame that came with the head"),
     }
+}
+
+#[test]
+fn every_frame_of_one_tcp_read_is_read_and_the_socket_is_not_asked_again() {
+    let t0 = Instant::now();
+    let (mut c, fake) = conn(t0);
+    fake.0.borrow_mut().tcp = true;
+    let request = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut bytes = request.to_vec();
+    bytes.extend(client_frame(0x1, b"x"));
+    bytes.extend(client_frame(0x1, b"y"));
+    fake.send(&bytes);
+    let h = head(&mut c);
+    c.upgrade(SWITCHING.to_vec(), h.len, None, t0);
+    c.flush();
+    assert_eq!(fake.take_written(), SWITCHING);
+    let mut texts = Vec::new();
+    let read = |c: &mut Conn<Fake>, texts: &mut Vec<String>| loop {
+        match c.read_message(t0) {
+            Incoming::Text(t) => texts.push(t.as_str().to_string()),
+            Incoming::Again => {}
+            Incoming::WouldBlock => break,
+            _ => panic!("the connection ended"),
+        }
+    };
+    read(&mut c, &mut texts);
+    assert_eq!(texts, ["x", "y"], "both frames that came with the head");
+
+    // Three frames in one socket read, a ping between two texts.
+    let mut frames = client_frame(0x1, b"a");
+    frames.extend(client_frame(0x9, b"p"));
+    frames.extend(client_frame(0x1, b"b"));
+    fake.send(&frames);
+    c.readable();
+    let reads = fake.0.borrow().reads;
+    read(&mut c, &mut texts);
+    assert_eq!(texts, ["x", "y", "a", "b"]);
+    assert_eq!(fake.0.borrow().reads, reads + 1, "one socket read: it came back short, so the socket is empty");
+    c.flush();
+    assert_eq!(fake.written(), [0x8a, 0x01, b'p'], "the ping is answered");
 }
 
 #[test]
