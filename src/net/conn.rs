@@ -495,29 +495,8 @@ impl<S: Transport> Conn<S> {
     /// Reads the next WebSocket message. Protocol errors close the connection
     /// with the right code here; the caller just stops on `Finished`.
     pub fn read_message(&mut self, now: Instant) -> Incoming {
-        // The 101 must reach the wire before anything tungstenite writes
-        // (a pong, say) — and so before it reads.
-        if self.answer_pending() {
-            // Frames that came with the head wait for the 101; the flush that
-            // writes it says so (`take_unblocked`).
-            self.reads_blocked = true;
-            return Incoming::WouldBlock;
-        }
-        if !matches!(self.phase, Phase::Open | Phase::Closing) {
-            return Incoming::WouldBlock;
-        }
-        if !self.may_read() {
-            // The flush that writes enough of the output says when to go
-            // on (`take_unblocked`); the peer's bytes wait in its socket.
-            self.reads_blocked = true;
-            return Incoming::WouldBlock;
-        }
-        if self.drop_after_flush {
-            // We failed the connection: tungstenite's state is past its
-            // error (a frame too big leaves its header behind, and reading
-            // on would take the socket for closed and drop it before our
-            // Close is out). The rest is drained once the Close is written.
-            return Incoming::Finished;
+        if let Some(not_now) = self.read_gate() {
+            return not_now;
         }
         let Io::Ws(ws) = &mut self.io else { return Incoming::Finished };
         if self.phase == Phase::Open && ws.stream.surely_blocks() {
@@ -583,6 +562,36 @@ impl<S: Transport> Conn<S> {
             Err(tungstenite::Error::Utf8(_)) => self.fail(code::BAD_UTF8, "invalid UTF-8", now),
             Err(_) => self.fail(code::PROTOCOL, "protocol error", now),
         }
+    }
+
+    /// Why the next message is not to be read now, if it is not: the
+    /// answer to return instead.
+    fn read_gate(&mut self) -> Option<Incoming> {
+        // The 101 must reach the wire before anything tungstenite writes
+        // (a pong, say) — and so before it reads.
+        if self.answer_pending() {
+            // Frames that came with the head wait for the 101; the flush that
+            // writes it says so (`take_unblocked`).
+            self.reads_blocked = true;
+            return Some(Incoming::WouldBlock);
+        }
+        if !matches!(self.phase, Phase::Open | Phase::Closing) {
+            return Some(Incoming::WouldBlock);
+        }
+        if !self.may_read() {
+            // The flush that writes enough of the output says when to go
+            // on (`take_unblocked`); the peer's bytes wait in its socket.
+            self.reads_blocked = true;
+            return Some(Incoming::WouldBlock);
+        }
+        if self.drop_after_flush {
+            // We failed the connection: tungstenite's state is past its
+            // error (a frame too big leaves its header behind, and reading
+            // on would take the socket for closed and drop it before our
+            // Close is out). The rest is drained once the Close is written.
+            return Some(Incoming::Finished);
+        }
+        None
     }
 
     /// Fails the WebSocket connection (RFC 6455 §7.1.7): a Close with

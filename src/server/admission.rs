@@ -71,17 +71,7 @@ impl Server {
             // Counted only once the connection exists: `remove` gives it back.
             *self.per_ip.entry(addr.ip()).or_default() += 1;
             let conn = Conn::new(stream, addr.ip(), now, self.conn_settings.clone());
-            let slot = Slot {
-                conn,
-                timer: NEVER,
-                joined: false,
-                dirty: false,
-                body: None,
-                hook: None,
-                speaks_pusher: false,
-                pusher: None,
-            };
-            self.slots.insert(id, slot);
+            self.slots.insert(id, Slot::new(conn));
             self.metrics.accepted += 1;
             self.schedule(id);
             // Data may have arrived with the connection.

@@ -122,6 +122,20 @@ struct Slot {
 }
 
 impl Slot {
+    /// A connection just accepted: no timer yet, not yet anyone's.
+    fn new(conn: Conn) -> Slot {
+        Slot {
+            conn,
+            timer: NEVER,
+            joined: false,
+            dirty: false,
+            body: None,
+            hook: None,
+            speaks_pusher: false,
+            pusher: None,
+        }
+    }
+
     /// `Server::mark_dirty` for a slot in hand (`id` is its own).
     fn mark_dirty(&mut self, id: ConnId, dirty: &mut Vec<ConnId>) {
         if !self.dirty {
@@ -253,15 +267,13 @@ impl Server {
         let wake_writer = wake.clone();
         let wake = Box::new(move || wake_writer());
         let writer = Writer::start(store.clone(), policy, wake);
-        let webhook = match &cfg.webhook {
-            Some(url) => {
-                let pusher_key = pusher.as_ref().map(|app| (app.key.clone(), app.secret.clone()));
-                let signer = Signer { key: verifier.default_secret().to_vec(), pusher: pusher_key };
-                Some(start_webhook(url, &cfg, signer, &store, &writer, &clock, bell)?)
-            }
-            None => None,
+        let signer = || Signer {
+            key: verifier.default_secret().to_vec(),
+            pusher: pusher.as_ref().map(|app| (app.key.clone(), app.secret.clone())),
         };
-        let hub = hub_for(&cfg, store.epoch());
+        let webhook = cfg.webhook.as_deref();
+        let webhook =
+            webhook.map(|url| start_webhook(url, &cfg, signer(), &store, &writer, &clock, bell)).transpose()?;
         let mut server = Server {
             now: Instant::now(),
             poll,
@@ -272,7 +284,7 @@ impl Server {
             conn_settings: Arc::new(conn_settings(&cfg)),
             pusher_settings: Arc::new(pusher_door::settings(conn_settings(&cfg))),
             verifier,
-            hub,
+            hub: hub_for(&cfg, store.epoch()),
             writer,
             store,
             cfg,
