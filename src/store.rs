@@ -61,7 +61,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use heed::types::Bytes;
-use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn};
 
 pub use crate::channel::Seq;
 pub use dedupe::MAX_ENTRIES as MAX_DEDUPE_IDS_IN_MEMORY;
@@ -910,7 +910,7 @@ impl Store {
         let out = self.write_items(&mut wtxn, &mut staged, batch, opts, one)?;
         for chunk in dedupe::chunks(&staged.items) {
             let expires = chunk.iter().map(|(_, e, _)| e.ts).max().unwrap_or(0).saturating_add(window_ms);
-            self.idlog.put(&mut wtxn, &dedupe::log_key(expires, chunk[0].1), &dedupe::encode(chunk))?;
+            self.log_ids(&mut wtxn, &dedupe::log_key(expires, chunk[0].1), &dedupe::encode(chunk))?;
         }
         for n in opts.removed {
             self.outbox.delete(&mut wtxn, &n.to_be_bytes())?;
@@ -926,6 +926,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// One record of the id log. Its key is nearly always past the last
+    /// (keyed by time): then LMDB appends it (`MDB_APPEND`), filling the
+    /// last leaf page and starting a new one, instead of splitting the last
+    /// page in two half-full pages at every commit.
+    fn log_ids(&self, wtxn: &mut RwTxn, key: &[u8; 24], record: &[u8]) -> Result<(), StoreError> {
+        let last = self.idlog.last(wtxn)?.map(|(k, _)| k < &key[..]);
+        if last.unwrap_or(true) {
+            self.idlog.put_with_flags(wtxn, PutFlags::APPEND, key, record)?;
+        } else {
+            // A clock set back, or a replica applying older times.
+            self.idlog.put(wtxn, key, record)?;
+        }
+        Ok(())
     }
 
     /// The items of one transaction, each job in a nested transaction of
@@ -2260,6 +2275,23 @@ mod tests {
         let s = Store::open(dir.path(), 1 << 24).unwrap();
         let out = s.append_batch(&[append("b", "alice", "2", Some("7"))], 1500, 500, &|_| KEEP_ALL).unwrap();
         assert_eq!(out[0], Outcome::Stored { seq: 1, ts: 1500 });
+    }
+
+    #[test]
+    fn ids_logged_at_an_earlier_time_than_the_last_record_are_kept_too() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 24).unwrap();
+            // The log's keys go by time: a clock set back logs before the last record.
+            for (t, id) in [(5000, "late"), (1000, "early"), (3000, "middle")] {
+                let out = s.append_batch(&[append("a", "alice", "1", Some(id))], t, 10_000, &|_| KEEP_ALL).unwrap();
+                assert!(matches!(out[0], Outcome::Stored { .. }), "{out:?}");
+            }
+        }
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let again = ["late", "early", "middle"].map(|id| append("b", "alice", "2", Some(id)));
+        let out = s.append_batch(&again, 6000, 10_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(dup(&out), [true, true, true], "{out:?}");
     }
 
     #[test]
