@@ -1646,41 +1646,21 @@ impl Store {
                 continue;
             };
             let limits = retention(&ch);
-            let oldest_allowed = now_ms.saturating_sub(limits.age_ms);
             let before = info;
-            let mut next_due = None;
             // What count retention hid goes with the visit, so an idle
             // channel keeps nothing past its limit for long.
             let room = budget.saturating_sub(done);
             let dropped = self.drop_hidden(wtxn, id, info.first, room)?;
             done += dropped;
-            let compacted = (self.compact)(&ch);
-            if compacted {
+            let mut next_due;
+            if (self.compact)(&ch) {
                 let (removed, next) =
                     self.trim_compacted(wtxn, id, &mut info, live, limits, Some(now_ms), budget.saturating_sub(done))?;
                 done += removed;
                 next_due = next;
-            }
-            while !compacted && info.first <= info.last {
-                let k = msg_key(id, info.first);
-                // `None`: already gone, just advance.
-                let ts = self.messages.get(wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
-                let too_many = info.count() > limits.messages.max(1);
-                let too_old = ts.is_none_or(|ts| ts < oldest_allowed);
-                if !(too_many || too_old) {
-                    next_due = ts.map(|ts| due_at(ts, limits.age_ms));
-                    break;
-                }
-                if done >= budget {
-                    // Out of budget: still due, the next pass goes on.
-                    next_due = be_u64(&key);
-                    break;
-                }
-                self.messages.delete(wtxn, &k)?;
-                info.first += 1;
-                // A channel compacted before: its holes go as `first` passes them.
-                info.holes = info.holes.saturating_sub(ts.is_none() as u64);
-                done += 1;
+            } else {
+                let due_now = be_u64(&key);
+                (done, next_due) = self.trim_front(wtxn, id, &mut info, limits, (now_ms, due_now), (done, budget))?;
             }
             if dropped > 0 && dropped == room {
                 // Out of budget with hidden messages left: the next pass goes on.
@@ -1698,6 +1678,42 @@ impl Store {
             }
         }
         Ok(done)
+    }
+
+    /// Trims an ordinary channel from its oldest message while it is over
+    /// the count limit or too old, until `done` reaches `budget`. Returns the
+    /// work done in all and when the channel is next due (`due_now` when
+    /// out of budget).
+    fn trim_front(
+        &self,
+        wtxn: &mut RwTxn,
+        id: u64,
+        info: &mut ChannelInfo,
+        limits: Retention,
+        (now_ms, due_now): (u64, Option<u64>),
+        (mut done, budget): (usize, usize),
+    ) -> Result<(usize, Option<u64>), StoreError> {
+        let oldest_allowed = now_ms.saturating_sub(limits.age_ms);
+        while info.first <= info.last {
+            let k = msg_key(id, info.first);
+            // `None`: already gone, just advance.
+            let ts = self.messages.get(wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
+            let too_many = info.count() > limits.messages.max(1);
+            let too_old = ts.is_none_or(|ts| ts < oldest_allowed);
+            if !(too_many || too_old) {
+                return Ok((done, ts.map(|ts| due_at(ts, limits.age_ms))));
+            }
+            if done >= budget {
+                // Out of budget: still due, the next pass goes on.
+                return Ok((done, due_now));
+            }
+            self.messages.delete(wtxn, &k)?;
+            info.first += 1;
+            // A channel compacted before: its holes go as `first` passes them.
+            info.holes = info.holes.saturating_sub(ts.is_none() as u64);
+            done += 1;
+        }
+        Ok((done, None))
     }
 
     /// Makes the `due` index match `rules`, a description of the retention
