@@ -546,3 +546,21 @@ fn count_retention_hides_what_passes_the_limit_in_the_commit_and_a_resume_behind
         recv_seqs(&mut c, "kept", first, 100);
     }
 }
+
+#[test]
+fn after_kill_9_count_retention_still_shows_exactly_the_kept_messages() {
+    let mut server = TestServer::start(&["--retention-messages", "100"]);
+    let seqs_after_kill = |server: &mut TestServer, n: usize| {
+        let mut alice = server.ws(&token_all("alice"));
+        let acked = alice.publish_many("kept", n, |i| json!(i));
+        server.kill9();
+        let mut alice = server.ws(&token_all("alice"));
+        let seqs: Vec<u64> = alice.history("kept", 0).iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        (acked.last().copied().unwrap_or(0), seqs)
+    };
+    // 103, then 105: some hidden messages are still stored at each kill.
+    for n in [103, 2] {
+        let (last, seqs) = seqs_after_kill(&mut server, n);
+        assert_eq!(seqs, (last - 99..=last).collect::<Vec<_>>(), "the 100 newest, no hidden one back");
+    }
+}
