@@ -13,9 +13,11 @@
 //!   retention rules the `due` index was built for.
 //! - `channels`: name → `id u64 | first u64 | last u64`, plus
 //!   `| holes u64 | keys u64` once a compacted channel has keys or holes (a
-//!   record without them reads as 0 and 0). `first` is the oldest seq still
-//!   stored (`last + 1` when everything was trimmed); `holes` counts the seqs
-//!   between `first` and `last` whose message compaction removed. A record is
+//!   record without them reads as 0 and 0). `first` is the oldest seq readers
+//!   see (`last + 1` when everything was trimmed): messages before it are
+//!   trimmed, though count retention deletes them in runs (`hidden_run`);
+//!   `holes` counts the seqs between `first` and `last` whose message
+//!   compaction removed. A record is
 //!   never removed, so seqs never repeat under one epoch; LMDB's own entry
 //!   count of this table is the channel count `--max-channels` bounds.
 //! - `due`:      `due_ms u64 | chan id u64` → name: one entry per channel that
@@ -71,7 +73,8 @@ mod dedupe;
 /// Where a channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelInfo {
-    /// Oldest seq still stored; `last + 1` when nothing is stored.
+    /// Oldest seq readers see; `last + 1` when nothing is. Older messages
+    /// may still be stored until count retention deletes them in a run.
     pub first: Seq,
     /// Seq of the newest message ever committed; 0 for a new channel.
     pub last: Seq,
