@@ -13,9 +13,11 @@
 //!   retention rules the `due` index was built for.
 //! - `channels`: name → `id u64 | first u64 | last u64`, plus
 //!   `| holes u64 | keys u64` once a compacted channel has keys or holes (a
-//!   record without them reads as 0 and 0). `first` is the oldest seq still
-//!   stored (`last + 1` when everything was trimmed); `holes` counts the seqs
-//!   between `first` and `last` whose message compaction removed. A record is
+//!   record without them reads as 0 and 0). `first` is the oldest seq readers
+//!   see (`last + 1` when everything was trimmed): messages before it are
+//!   trimmed, though count retention deletes them in runs (`hidden_run`);
+//!   `holes` counts the seqs between `first` and `last` whose message
+//!   compaction removed. A record is
 //!   never removed, so seqs never repeat under one epoch; LMDB's own entry
 //!   count of this table is the channel count `--max-channels` bounds.
 //! - `due`:      `due_ms u64 | chan id u64` → name: one entry per channel that
@@ -61,7 +63,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use heed::types::Bytes;
-use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn};
 
 pub use crate::channel::Seq;
 pub use dedupe::MAX_ENTRIES as MAX_DEDUPE_IDS_IN_MEMORY;
@@ -71,7 +73,8 @@ mod dedupe;
 /// Where a channel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelInfo {
-    /// Oldest seq still stored; `last + 1` when nothing is stored.
+    /// Oldest seq readers see; `last + 1` when nothing is. Older messages
+    /// may still be stored until count retention deletes them in a run.
     pub first: Seq,
     /// Seq of the newest message ever committed; 0 for a new channel.
     pub last: Seq,
@@ -707,7 +710,8 @@ impl Store {
         let Some((id, info)) = self.channel_in(&rtxn, ch)? else {
             return Ok(ChannelInfo::EMPTY);
         };
-        let start = msg_key(id, after.saturating_add(1));
+        // Messages before `first` may still be stored: count retention hid them.
+        let start = msg_key(id, after.saturating_add(1).max(info.first));
         let end = msg_key(id, u64::MAX);
         for item in self.messages.range(&rtxn, &(Bound::Included(&start[..]), Bound::Included(&end[..])))?.take(limit) {
             let (k, v) = item?;
@@ -909,7 +913,7 @@ impl Store {
         let out = self.write_items(&mut wtxn, &mut staged, batch, opts, one)?;
         for chunk in dedupe::chunks(&staged.items) {
             let expires = chunk.iter().map(|(_, e, _)| e.ts).max().unwrap_or(0).saturating_add(window_ms);
-            self.idlog.put(&mut wtxn, &dedupe::log_key(expires, chunk[0].1), &dedupe::encode(chunk))?;
+            self.log_ids(&mut wtxn, &dedupe::log_key(expires, chunk[0].1), &dedupe::encode(chunk))?;
         }
         for n in opts.removed {
             self.outbox.delete(&mut wtxn, &n.to_be_bytes())?;
@@ -925,6 +929,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// One record of the id log. Its key is nearly always past the last
+    /// (keyed by time): then LMDB appends it (`MDB_APPEND`), filling the
+    /// last leaf page and starting a new one, instead of splitting the last
+    /// page in two half-full pages at every commit.
+    fn log_ids(&self, wtxn: &mut RwTxn, key: &[u8; 24], record: &[u8]) -> Result<(), StoreError> {
+        let last = self.idlog.last(wtxn)?.map(|(k, _)| k < &key[..]);
+        if last.unwrap_or(true) {
+            self.idlog.put_with_flags(wtxn, PutFlags::APPEND, key, record)?;
+        } else {
+            // A clock set back, or a replica applying older times.
+            self.idlog.put(wtxn, key, record)?;
+        }
+        Ok(())
     }
 
     /// The items of one transaction, each job in a nested transaction of
@@ -1282,9 +1301,14 @@ impl Store {
         Ok(Ok(Known { key, stale: Some(old) }))
     }
 
-    /// Count retention inline, a few deletions per append, so a channel
-    /// never grows past its limit between maintenance passes; the pass does
-    /// the rest when a limit was lowered.
+    /// Count retention in the commit that passes the limit. On an ordinary
+    /// channel `first` moves at once, so no reader sees more than the
+    /// limit, but the messages it hides are deleted in runs of
+    /// `hidden_run(keep)`, once per run: one deletion per append dirtied the
+    /// channel's oldest leaf page in every commit (half of what a commit
+    /// wrote beyond the messages). A compacted channel, or one with holes,
+    /// is trimmed message by message, a few per append; maintenance does the
+    /// rest when a limit was lowered.
     fn trim_on_append(
         &self,
         wtxn: &mut RwTxn,
@@ -1299,6 +1323,15 @@ impl Store {
             if info.count().saturating_sub(live) > keep {
                 self.trim_compacted(wtxn, id, info, live, limits, None, 16)?;
             }
+        } else if info.holes == 0 {
+            if info.count() > keep {
+                let was = info.first;
+                info.first = info.last + 1 - keep;
+                let run = hidden_run(keep);
+                if info.first / run > was / run {
+                    self.drop_hidden(wtxn, id, info.first, MAX_HIDDEN_DROP)?;
+                }
+            }
         } else {
             let mut budget = 16;
             while info.count() > keep && budget > 0 {
@@ -1309,6 +1342,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Deletes up to `max` messages of channel `id` stored before `first`:
+    /// those count retention hid (`trim_on_append`). Returns how many.
+    fn drop_hidden(&self, wtxn: &mut RwTxn, id: u64, first: Seq, max: usize) -> Result<usize, StoreError> {
+        let (lo, hi) = (msg_key(id, 0), msg_key(id, first));
+        let oldest = match self.messages.range(wtxn, &(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))?.next() {
+            Some(item) => be_u64(&item?.0[8..]).unwrap_or(first),
+            None => return Ok(0),
+        };
+        let end = msg_key(id, first.min(oldest.saturating_add(max as u64)));
+        Ok(self.messages.delete_range(wtxn, &(Bound::Included(&lo[..]), Bound::Excluded(&end[..])))?)
     }
 
     /// A stored `(sub, id)`: staged for the id log and the in-memory index,
@@ -1604,36 +1649,25 @@ impl Store {
                 continue;
             };
             let limits = retention(&ch);
-            let oldest_allowed = now_ms.saturating_sub(limits.age_ms);
             let before = info;
-            let mut next_due = None;
-            let compacted = (self.compact)(&ch);
-            if compacted {
+            // What count retention hid goes with the visit, so an idle
+            // channel keeps nothing past its limit for long.
+            let room = budget.saturating_sub(done);
+            let dropped = self.drop_hidden(wtxn, id, info.first, room)?;
+            done += dropped;
+            let mut next_due;
+            if (self.compact)(&ch) {
                 let (removed, next) =
                     self.trim_compacted(wtxn, id, &mut info, live, limits, Some(now_ms), budget.saturating_sub(done))?;
                 done += removed;
                 next_due = next;
+            } else {
+                let due_now = be_u64(&key);
+                (done, next_due) = self.trim_front(wtxn, id, &mut info, limits, (now_ms, due_now), (done, budget))?;
             }
-            while !compacted && info.first <= info.last {
-                let k = msg_key(id, info.first);
-                // `None`: already gone, just advance.
-                let ts = self.messages.get(wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
-                let too_many = info.count() > limits.messages.max(1);
-                let too_old = ts.is_none_or(|ts| ts < oldest_allowed);
-                if !(too_many || too_old) {
-                    next_due = ts.map(|ts| due_at(ts, limits.age_ms));
-                    break;
-                }
-                if done >= budget {
-                    // Out of budget: still due, the next pass goes on.
-                    next_due = be_u64(&key);
-                    break;
-                }
-                self.messages.delete(wtxn, &k)?;
-                info.first += 1;
-                // A channel compacted before: its holes go as `first` passes them.
-                info.holes = info.holes.saturating_sub(ts.is_none() as u64);
-                done += 1;
+            if dropped > 0 && dropped == room {
+                // Out of budget with hidden messages left: the next pass goes on.
+                next_due = be_u64(&key);
             }
             if info != before {
                 self.channels.put(wtxn, &name, &encode_channel(id, info, live))?;
@@ -1647,6 +1681,42 @@ impl Store {
             }
         }
         Ok(done)
+    }
+
+    /// Trims an ordinary channel from its oldest message while it is over
+    /// the count limit or too old, until `done` reaches `budget`. Returns the
+    /// work done in all and when the channel is next due (`due_now` when
+    /// out of budget).
+    fn trim_front(
+        &self,
+        wtxn: &mut RwTxn,
+        id: u64,
+        info: &mut ChannelInfo,
+        limits: Retention,
+        (now_ms, due_now): (u64, Option<u64>),
+        (mut done, budget): (usize, usize),
+    ) -> Result<(usize, Option<u64>), StoreError> {
+        let oldest_allowed = now_ms.saturating_sub(limits.age_ms);
+        while info.first <= info.last {
+            let k = msg_key(id, info.first);
+            // `None`: already gone, just advance.
+            let ts = self.messages.get(wtxn, &k)?.map(|v| be_u64(v).unwrap_or(0));
+            let too_many = info.count() > limits.messages.max(1);
+            let too_old = ts.is_none_or(|ts| ts < oldest_allowed);
+            if !(too_many || too_old) {
+                return Ok((done, ts.map(|ts| due_at(ts, limits.age_ms))));
+            }
+            if done >= budget {
+                // Out of budget: still due, the next pass goes on.
+                return Ok((done, due_now));
+            }
+            self.messages.delete(wtxn, &k)?;
+            info.first += 1;
+            // A channel compacted before: its holes go as `first` passes them.
+            info.holes = info.holes.saturating_sub(ts.is_none() as u64);
+            done += 1;
+        }
+        Ok((done, None))
     }
 
     /// Makes the `due` index match `rules`, a description of the retention
@@ -1774,6 +1844,17 @@ fn msg_key(chan: u64, seq: Seq) -> [u8; 16] {
     k[..8].copy_from_slice(&chan.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Most messages hidden by count retention that one append deletes: bounds
+/// a commit after a limit was lowered (later runs and maintenance do the rest).
+const MAX_HIDDEN_DROP: usize = 4096;
+
+/// Count retention deletes the messages it hid each time `first` passes a
+/// multiple of this: at most 1/16 of the limit (and 1024 messages) stored
+/// beyond it, in exchange for one run of deletions instead of one per append.
+fn hidden_run(keep: u64) -> u64 {
+    (keep / 16).clamp(1, 1024)
 }
 
 /// Channels indexed per transaction by `index_retention`: bounds its dirty pages.
@@ -2216,6 +2297,23 @@ mod tests {
     }
 
     #[test]
+    fn ids_logged_at_an_earlier_time_than_the_last_record_are_kept_too() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 24).unwrap();
+            // The log's keys go by time: a clock set back logs before the last record.
+            for (t, id) in [(5000, "late"), (1000, "early"), (3000, "middle")] {
+                let out = s.append_batch(&[append("a", "alice", "1", Some(id))], t, 10_000, &|_| KEEP_ALL).unwrap();
+                assert!(matches!(out[0], Outcome::Stored { .. }), "{out:?}");
+            }
+        }
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        let again = ["late", "early", "middle"].map(|id| append("b", "alice", "2", Some(id)));
+        let out = s.append_batch(&again, 6000, 10_000, &|_| KEEP_ALL).unwrap();
+        assert_eq!(dup(&out), [true, true, true], "{out:?}");
+    }
+
+    #[test]
     fn an_id_stays_deduplicated_for_the_window_after_retention_removed_its_message() {
         let dir = tempfile::tempdir().unwrap();
         let keep1 = |_: &str| Retention { messages: 1, age_ms: 10 };
@@ -2316,6 +2414,44 @@ mod tests {
         // Seqs go on after a full trim.
         let out = s.append_batch(&[append("a", "u", "x", None)], 99_999, 0, &keep3).unwrap();
         assert_eq!(out[0], Outcome::Stored { seq: 6, ts: 99_999 });
+    }
+
+    fn stored(s: &Store, ch: &str) -> u64 {
+        let rtxn = s.env.read_txn().unwrap();
+        let Some((id, _)) = s.channel_in(&rtxn, ch).unwrap() else { return 0 };
+        s.messages.prefix_iter(&rtxn, &id.to_be_bytes()).unwrap().count() as u64
+    }
+
+    #[test]
+    fn count_retention_hides_at_once_and_deletes_in_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 24).unwrap();
+        // 160 kept: hidden messages go each time `first` passes a multiple of 10.
+        let keep = |_: &str| Retention { messages: 160, age_ms: 10_000 };
+        for n in 1..=168u64 {
+            s.append_batch(&[append("a", "u", &n.to_string(), None)], 1000, 0, &keep).unwrap();
+            let first = n.saturating_sub(159).max(1);
+            let seqs: Vec<Seq> = all(&s, "a", 0).iter().map(|m| m.0).collect();
+            assert_eq!(seqs, (first..=n).collect::<Vec<_>>(), "history never shows more than the limit");
+            assert_eq!(s.channel("a").unwrap(), ChannelInfo { first, last: n, holes: 0 });
+            // Reading from a hidden seq starts at the oldest kept one.
+            assert_eq!(all(&s, "a", first.saturating_sub(5)).first().map(|m| m.0), Some(first));
+        }
+        assert_eq!(stored(&s, "a"), 168, "seqs 1..=8 hidden, not yet deleted");
+        s.append_batch(&[append("a", "u", "169", None)], 1000, 0, &keep).unwrap();
+        assert_eq!((stored(&s, "a"), s.channel("a").unwrap().first), (160, 10), "1..=9 in one run");
+        // A lowered limit hides at once and deletes at once (up to 4096).
+        let keep16 = |_: &str| Retention { messages: 16, age_ms: 10_000 };
+        s.append_batch(&[append("a", "u", "170", None)], 1000, 0, &keep16).unwrap();
+        assert_eq!((stored(&s, "a"), s.channel("a").unwrap().first), (16, 155));
+
+        // Past the age limit, maintenance takes the hidden ones with the rest.
+        let batch: Vec<Append> = (0..165).map(|i| append("b", "u", &i.to_string(), None)).collect();
+        s.append_batch(&batch, 1000, 0, &keep).unwrap();
+        assert_eq!((stored(&s, "b"), s.channel("b").unwrap().count()), (165, 160));
+        while s.maintain(99_999, 100, &keep).unwrap() > 0 {}
+        assert_eq!((stored(&s, "b"), s.channel("b").unwrap().count()), (0, 0));
+        assert_eq!(stored(&s, "a"), 0);
     }
 
     #[test]

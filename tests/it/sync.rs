@@ -518,3 +518,49 @@ fn replaying_a_long_history_streams_without_stalling_others() {
     let bound = within(Duration::from_secs(2));
     assert!(slowest < bound, "a round trip took {slowest:?} during a replay (replay took {replay_took:?})");
 }
+
+#[test]
+fn count_retention_hides_what_passes_the_limit_in_the_commit_and_a_resume_behind_it_gets_gap() {
+    // 100 kept: the messages it hides are deleted in runs of 6, so some of
+    // those hidden here are still in the store when these reads run.
+    let server = TestServer::start(&["--retention-messages", "100"]);
+    let epoch = server.ws(&token_all("bob")).sub("kept")["epoch"].clone();
+    let mut alice = server.ws(&token_all("alice"));
+    for n in [103, 2] {
+        alice.publish_many("kept", n, |i| json!(i));
+        let seqs: Vec<u64> = alice.history("kept", 0).iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        let last = seqs.last().copied().unwrap_or(0);
+        let first = last.saturating_sub(99);
+        assert_eq!(seqs, (first..=last).collect::<Vec<_>>(), "hist shows exactly the 100 kept");
+        let r = alice.request(json!({"op": "hist", "ch": "kept", "since": first - 2, "limit": 10}));
+        assert_eq!((r["gap"].clone(), r["msgs"][0]["seq"].clone()), (json!(true), json!(first)), "{r}");
+        let r = alice.request(json!({"op": "hist", "ch": "kept", "since": first - 1, "limit": 10}));
+        assert!(r.get("gap").is_none(), "{r}");
+
+        // A resume from a hidden seq: gap at once, replay from the oldest kept.
+        let mut c = server.ws(&token_all("carol"));
+        assert_eq!(c.resume("kept", first - 2, &epoch)["gap"], true);
+        recv_seqs(&mut c, "kept", first, 100);
+        let mut c = server.ws(&token_all("carol"));
+        assert!(c.resume("kept", first - 1, &epoch).get("gap").is_none());
+        recv_seqs(&mut c, "kept", first, 100);
+    }
+}
+
+#[test]
+fn after_kill_9_count_retention_still_shows_exactly_the_kept_messages() {
+    let mut server = TestServer::start(&["--retention-messages", "100"]);
+    let seqs_after_kill = |server: &mut TestServer, n: usize| {
+        let mut alice = server.ws(&token_all("alice"));
+        let acked = alice.publish_many("kept", n, |i| json!(i));
+        server.kill9();
+        let mut alice = server.ws(&token_all("alice"));
+        let seqs: Vec<u64> = alice.history("kept", 0).iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        (acked.last().copied().unwrap_or(0), seqs)
+    };
+    // 103, then 105: some hidden messages are still stored at each kill.
+    for n in [103, 2] {
+        let (last, seqs) = seqs_after_kill(&mut server, n);
+        assert_eq!(seqs, (last - 99..=last).collect::<Vec<_>>(), "the 100 newest, no hidden one back");
+    }
+}
