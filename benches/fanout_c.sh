@@ -30,7 +30,7 @@ start() {
     port=$((PORT++))
     case "$1" in
         roostd) taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo \
-                    --publish-rate 0 >"$tmp/server.log" 2>&1 &
+                    --publish-rate 0 --max-connections 20000 --max-connections-per-ip 20000 >"$tmp/server.log" 2>&1 &
                 mode=roost ;;
         uws) taskset -c 0 "$UWS_PEER" "$port" >"$tmp/server.log" 2>&1 &
              mode=peer ;;

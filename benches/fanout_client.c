@@ -114,11 +114,19 @@ static int open_ws(int port, const char *path) {
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                      path, port);
     write_all(fd, req, n);
-    char c, last4[4] = {0};
-    while (memcmp(last4, "\r\n\r\n", 4) != 0) {
-        if (read(fd, &c, 1) != 1) { fprintf(stderr, "upgrade of %s failed\n", path); exit(1); }
-        memmove(last4, last4 + 1, 3);
-        last4[3] = c;
+    char head[4096];
+    size_t n_head = 0;
+    while (n_head < 4 || memcmp(head + n_head - 4, "\r\n\r\n", 4) != 0) {
+        if (n_head == sizeof head - 1 || read(fd, head + n_head, 1) != 1) {
+            fprintf(stderr, "upgrade of %s failed\n", path);
+            exit(1);
+        }
+        n_head++;
+    }
+    head[n_head] = 0;
+    if (strncmp(head, "HTTP/1.1 101", 12) != 0) {
+        fprintf(stderr, "upgrade of %s refused: %.*s\n", path, (int)strcspn(head, "\r"), head);
+        exit(1);
     }
     return fd;
 }
@@ -126,7 +134,7 @@ static int open_ws(int port, const char *path) {
 /* Reads one whole frame (blocking), for a subok; returns its payload length. */
 static size_t read_frame(int fd, char *buf, size_t cap) {
     unsigned char h[2];
-    if (read(fd, h, 2) != 2) exit(1);
+    if (read(fd, h, 2) != 2) { fprintf(stderr, "no answer to a sub\n"); exit(1); }
     size_t n = h[1] & 0x7f;
     if (n == 126) { unsigned char e[2]; if (read(fd, e, 2) != 2) exit(1); n = (e[0] << 8) | e[1]; }
     if (n >= cap) { fprintf(stderr, "frame too big for a subok\n"); exit(1); }
