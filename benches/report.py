@@ -420,9 +420,11 @@ def b4_samples(R, c, servers):
             p0 = R.params("B4", c)
             rcv = [get(r, "delivery_check.rcvbuf_bytes") for r in rows]
             rmem = [get(r, "delivery_check.bulk_max_rmem_bytes") or 0 for r in rows]
+            used, size = max(zip(rmem, rcv), key=lambda p: p[0] / (p[1] or 1))
             out += ["", f"One subscriber in {p0.get('timed_every')} timed; the others drained every {p0.get('drain')}: "
-                    f"the most one drained socket held at a drain was {max(b or 0 for b in backlog):,} bytes of data, "
-                    f"{max(rmem):,} bytes of receive-buffer memory (SO_MEMINFO) of its {min(r or 0 for r in rcv):,} (SO_RCVBUF)."]
+                    f"the most one drained socket held at a drain was {max(b or 0 for b in backlog):,} bytes of data; "
+                    f"the fullest receive queue took {used:,} bytes of kernel memory (SO_MEMINFO) of its {size or 0:,} "
+                    "(SO_RCVBUF)."]
     return out
 
 
