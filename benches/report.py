@@ -399,6 +399,59 @@ def b4_cells(R):
     return sorted(R.cells("B4"), key=rate)
 
 
+def b4_samples(R, c, servers):
+    """Lines under a B4 table: the generator's CPU in each sample, and what the
+    delivery check and the bulk-drained sockets' backlog showed."""
+    def each(s, f):
+        return ", ".join("–" if f(r) is None else f"{f(r):,.0f}" for r in sorted(R.select("B4", c, s), key=lambda r: r.get("run", 0)))
+    out = ["", "Generator CPU in each sample (% of its budget, the higher of the whole run and the sending window): "
+           + "; ".join(f"{NAMES[s]} {each(s, gen_load)}" for s in servers) + "."]
+    rows = R.select("B4", c)
+    checks = [r.get("delivery_check") for r in rows]
+    if rows and None not in checks:
+        lost = sum(k.get("gaps") or 0 for k in checks)
+        disorder = sum(k.get("out_of_order") or 0 for k in checks)
+        late = [f"{NAMES[s]} {each(s, lambda r: get(r, 'delivery_check.min_per_subscriber'))}" for s in servers]
+        out += ["", f"Every delivery checked, over {len(rows)} samples: {lost:,} lost (gaps in a subscriber's numbers), "
+                f"{disorder:,} out of order. Fewest messages one subscriber had by the end, per sample (expected: "
+                "every publish): " + "; ".join(late) + "."]
+        backlog = [get(r, "delivery_check.bulk_max_backlog_bytes") for r in rows]
+        if any(isinstance(b, (int, float)) for b in backlog):
+            p0 = R.params("B4", c)
+            rcv = [get(r, "delivery_check.rcvbuf_bytes") for r in rows]
+            rmem = [get(r, "delivery_check.bulk_max_rmem_bytes") or 0 for r in rows]
+            used, size = max(zip(rmem, rcv), key=lambda p: p[0] / (p[1] or 1))
+            out += ["", f"One subscriber in {p0.get('timed_every')} timed; the others drained every {p0.get('drain')}: "
+                    f"the most one drained socket held at a drain was {max(b or 0 for b in backlog):,} bytes of data; "
+                    f"the fullest receive queue took {used:,} bytes of kernel memory (SO_MEMINFO) of its {size or 0:,} "
+                    "(SO_RCVBUF)."]
+    return out
+
+
+def b4_check_goals(R, c, where, planned, goals):
+    """B4's delivery check and drained-socket bound as goals, verdicts only when every sample has them."""
+    rows = R.select("B4", c)
+    checks = [r.get("delivery_check") for r in rows]
+    label = f"no message lost or out of order at any subscriber ({where})"
+    if not rows or None in checks or len(rows) < planned:
+        goals.append(("B4", label, "no delivery check for some samples", None))
+        return
+    bad = sum((k.get("gaps") or 0) + (k.get("out_of_order") or 0) for k in checks)
+    goals.append(("B4", label, f"{bad:,} lost or out of order over {len(rows)} samples", bad == 0))
+    pairs = [(k.get("bulk_max_rmem_bytes"), k.get("rcvbuf_bytes")) for k in checks]
+    if all(k.get("bulk_max_backlog_bytes") is None for k in checks):
+        return  # every subscriber read at once: nothing drained
+    label = f"a drained socket never held half its receive buffer, so no server write waited ({where})"
+    if any(not isinstance(b, (int, float)) or not isinstance(r, (int, float)) for b, r in pairs):
+        goals.append(("B4", label, "no backlog figure for some samples", None))
+        return
+    worst = max(b / r for b, r in pairs if r) if all(r for _, r in pairs) else None
+    if worst is None:
+        goals.append(("B4", label, "no receive-buffer size for some samples", None))
+        return
+    goals.append(("B4", label, f"at most {worst * 100:.1f} % of SO_RCVBUF (its memory, SO_MEMINFO)", worst < 0.5))
+
+
 def b4(R, goals):
     cells = b4_cells(R)
     if not cells:
@@ -438,9 +491,11 @@ def b4(R, goals):
                 for s in servers if s != "roostd"]
         if "roostd" in servers and side:
             text += ["", "roostd's delivery p99 (its fsync included) ÷ each peer's (no fsync): " + ", ".join(side) + "."]
+        text += b4_samples(R, c, servers)
         # The generator must not be the limit: a verdict only when every sample of the cell has its load.
         loads = [gen_load(r) for r in R.select("B4", c)]
         planned = len([p for p in R.plan if p.get("bench") == "B4" and str(p.get("cell")) == c])
+        b4_check_goals(R, c, where, planned, goals)
         if not loads or None in loads or len(loads) < planned:
             goals.append(("B4", f"the generator under 70 % of its CPU budget in every sample ({where})",
                           "no generator load for some samples", None))

@@ -62,6 +62,9 @@
 #   B2_PAYLOADS (20 1024 16384), B2_CONNS (50)
 #   B3_CELLS (100:2000 1000:200 10000:20)  subscribers:publishes per second
 #   B4_SUBS (1000), B4_RATE (1000 100: publishes/s, one cell each), B4_DURATION (10s)
+#   B4_TIMED_EVERY (10), B4_DRAIN (20ms)   one subscriber in B4_TIMED_EVERY is read at once and
+#                           times each message; the others are read every B4_DRAIN, many frames
+#                           per read, counted and checked for loss and order (1: all timed)
 #   B5_PUBLISHERS (1 10 50 200 1000)
 #   B6_CONNECTORS (64), B6_STORM (10000)
 #   B7_SUBS (1000), B7_RATE (1000), B7_PAYLOAD (1024), B7_DURATION (10s)
@@ -82,7 +85,7 @@ usage() {
 
 # The knobs as given, for the command line recorded in meta.json.
 KNOBS=(OUT BENCH_DIR RUNS PORT SERVER_CPUS LOADGEN_CPUS LOADGEN_THREADS SERVERS UWS_PEER PROFILE ROOSTD_BIN HEEDBENCH_BIN DURATION
-    B1_CONNS B1_SPLIT B1_RUNS_AT B1_HOLD B2_PAYLOADS B2_CONNS B3_CELLS B4_SUBS B4_RATE B4_DURATION
+    B1_CONNS B1_SPLIT B1_RUNS_AT B1_HOLD B2_PAYLOADS B2_CONNS B3_CELLS B4_SUBS B4_RATE B4_DURATION B4_TIMED_EVERY B4_DRAIN
     B5_PUBLISHERS B6_CONNECTORS B6_STORM B7_SUBS B7_RATE B7_PAYLOAD B7_DURATION
     B8_CONNS B8_CHURN_PCT CHURN_DURATION B8_RUNS B8_PEERS GROWTH_MESSAGES GROWTH_CHANNELS REPORT NICE QUIET_PCT QUIET_WAIT MAX_NOISE RETRIES)
 given=()
@@ -118,7 +121,7 @@ fi
 : "${B1_CONNS:=1000 5000 10000 18000}" "${B1_SPLIT:=9000}" "${B1_RUNS_AT=10000}" "${B1_HOLD:=10s}"
 : "${B2_PAYLOADS:=20 1024 16384}" "${B2_CONNS:=50}"
 : "${B3_CELLS:=100:2000 1000:200 10000:20}"
-: "${B4_SUBS:=1000}" "${B4_RATE:=1000 100}" "${B4_DURATION:=10s}"
+: "${B4_SUBS:=1000}" "${B4_RATE:=1000 100}" "${B4_DURATION:=10s}" "${B4_TIMED_EVERY:=10}" "${B4_DRAIN:=20ms}"
 : "${B5_PUBLISHERS:=1 10 50 200 1000}"
 : "${B6_CONNECTORS:=64}" "${B6_STORM:=10000}"
 : "${B7_SUBS:=1000}" "${B7_RATE:=1000}" "${B7_PAYLOAD:=1024}" "${B7_DURATION:=10s}"
@@ -612,10 +615,11 @@ run_b4() {
         for run in $(seq "$RUNS"); do
             # Servers alternate within a round, so a noisy minute hits each of them.
             for s in $(ws_servers); do
-                sample B4 "${B4_SUBS}x${rate}" "$s" "$run" "$(jobj subscribers "$B4_SUBS" rate "$rate" duration "$B4_DURATION")" \
+                sample B4 "${B4_SUBS}x${rate}" "$s" "$run" \
+                    "$(jobj subscribers "$B4_SUBS" rate "$rate" duration "$B4_DURATION" timed_every "$B4_TIMED_EVERY" drain "$B4_DRAIN")" \
                     "--publish-rate 0" \
                     fanout --publishers 1 --subscribers "$B4_SUBS" --rate "$rate" --duration "$B4_DURATION" \
-                    --threads "$LOADGEN_THREADS"
+                    --threads "$LOADGEN_THREADS" --timed-every "$B4_TIMED_EVERY" --drain-every "$B4_DRAIN"
             done
         done
     done

@@ -133,6 +133,33 @@ class Verdicts(unittest.TestCase):
         text = report.b4(report.Results(rows, plan_of(rows)), [])
         self.assertIn("| 80 (n=1) | 61 (n=1) |", text)  # server CPU 0.8 µs × 1M/s = 80 % of a core
 
+    def test_the_b4_delivery_check_and_drained_backlog_are_judged_only_from_every_sample(self):
+        where = "(1000 msg/s to 1000 subscribers)"
+        lost = ("B4", "no message lost or out of order at any subscriber " + where)
+        held = ("B4", "a drained socket never held half its receive buffer, so no server write waited " + where)
+        params = {"rate": 1000, "subscribers": 1000, "duration": "10s", "timed_every": 10, "drain": "20ms"}
+
+        def fan(server, run=1, gaps=0, rmem=20000, check=True):
+            r = row("B4", "1000x1000", server, run, params=params, delivered=1, delivered_per_s=1e6,
+                    delivery_latency={"p99_us": 5000}, generator_load_pct=40)
+            if check:
+                r["delivery_check"] = {"gaps": gaps, "out_of_order": 0, "min_per_subscriber": 10000,
+                                       "bulk_max_backlog_bytes": 3000, "bulk_max_rmem_bytes": rmem,
+                                       "rcvbuf_bytes": 131072}
+            return r
+        goals = goals_of(report.b4, [fan("roostd"), fan("uws")])
+        self.assertIs(goals[lost][1], True)
+        self.assertIs(goals[held][1], True)
+        goals = goals_of(report.b4, [fan("roostd"), fan("uws", gaps=3, rmem=70000)])
+        self.assertIs(goals[lost][1], False)
+        self.assertIs(goals[held][1], False)
+        goals = goals_of(report.b4, [fan("roostd"), fan("uws", check=False)])
+        self.assertIsNone(goals[lost][1])
+        self.assertNotIn(held, goals)
+        text = report.b4(report.Results([fan("roostd"), fan("uws"), fan("uws", run=2)]), [])
+        self.assertIn("Generator CPU in each sample", text)
+        self.assertIn("uWebSockets 40, 40", text)
+
     def test_every_figure_says_how_many_samples_it_rests_on(self):
         rows = [idle(10000, "roostd", b, run=i) for i, b in enumerate((700, 710, 720), 1)]
         rows.append(idle(5000, "roostd", 650))

@@ -32,6 +32,8 @@
 //!         --connecting N (handshakes at once during setup, default 1000)
 //!         --threads T (echo, and fanout with --rate: the connections, or the subscribers, split over
 //!         T threads that share the clock; counts and histograms are merged; default 1)
+//!         --timed-every K --drain-every 20ms (paced fanout: one subscriber in K is read at once and
+//!         times each message; the others are drained in bulk every D; all are counted and checked)
 //! ```
 //!
 //! Defaults: `--conns` 1000 (`echo`: 100), `--publishers` 50 for `fanout`,
@@ -86,6 +88,20 @@
 //! `--peer` there are no probes (the paced publishes are measured instead).
 //! Subscribers measure pub→delivery latency from the send time in the data.
 //!
+//! **Timed and drained subscribers (`--timed-every K`).** Reading every
+//! frame the moment it lands costs the generator a wakeup and a read per
+//! delivery (a million a second at 1,000 msg/s to 1,000 subscribers, as the
+//! peers send one frame per message per subscriber). With K > 1 one
+//! subscriber in K stays in the poller and times each message; the others
+//! leave the poller once subscribed and are read every `--drain-every`,
+//! many frames per read, parsed in place. The server writes to every
+//! socket alike: a drained socket has a 1 MiB receive buffer (set before
+//! connect) and its queue is read from SO_MEMINFO before each drain, so the
+//! report shows it never came near full (a full one would make the
+//! server's writes wait). Every subscriber, timed or not, checks that each
+//! message number follows the last from its source (a jump is a lost
+//! message) and counts what it got against what was published.
+//!
 //! `upgrades`: each connector connects, sends the upgrade (roostd: a valid
 //! token, or for `--invalid-pct` % of attempts one with a bad signature;
 //! peers: `/idle`), reads the status line and drops the socket, then starts
@@ -133,6 +149,13 @@ const STALL_AFTER: Duration = Duration::from_secs(5);
 const PACE_MAX_LAG: Duration = Duration::from_secs(1);
 /// The receive buffer of a `slow` subscriber's socket (set before connect).
 const SLOW_RCVBUF: libc::c_int = 4096;
+/// The receive buffer of a bulk-drained subscriber (`--timed-every`), set
+/// before connect (the kernel doubles it, and the window scale is agreed in
+/// the handshake): room for seconds of its messages, so a drain delayed by
+/// other work on the generator's core never closes the window the server
+/// writes into. (At 1,000 msg/s of ~80-byte frames, each its own packet of
+/// ~0.9 KB of kernel memory, a 20 ms drain leaves ~18 KB queued.)
+const BULK_RCVBUF: libc::c_int = 1 << 20;
 /// How long `slow` reads the slow sockets at the end to see which were closed.
 const SLOW_DRAIN: Duration = Duration::from_secs(5);
 /// How long a churned connection waits for the server's close frame.
@@ -143,6 +166,11 @@ const CHURN_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// The client mask. RFC 6455 wants every client frame masked, and servers
 /// unmask whatever the key; an all-zero key spares the generator the XOR.
 const MASK: [u8; 4] = [0; 4];
+
+/// How often bulk-drained subscribers (`--timed-every`) are read by default.
+/// At 1,000 msg/s of ~80-byte frames that is ~1.6 KB per socket per pass,
+/// far below what such a socket may hold (BULK_RCVBUF).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Above this share of its CPU budget the generator may be the limit, not
 /// the server (issue 18: run.sh flags such results).
@@ -179,6 +207,11 @@ struct Opts {
     /// (fanout: the subscribers), so one core's worth of generator is never
     /// the limit.
     threads: usize,
+    /// Paced `fanout`: one subscriber in this many is read as soon as data
+    /// arrives and times each message; the others are drained in bulk every
+    /// `drain_every` (counted and checked, not timed). 1: all are timed.
+    timed_every: usize,
+    drain_every: Duration,
 }
 
 fn usage(msg: &str) -> ! {
@@ -187,7 +220,7 @@ fn usage(msg: &str) -> ! {
         "usage: loadgen {} --url ws://HOST:PORT [--peer] [--secret S] [--duration 10s] [--pid PID]\n\
          \x20      [--conns N] [--hold 5s] [--publishers P] [--subscribers S] [--channel bench] [--payload BYTES]\n\
          \x20      [--rate R] [--binary] [--connectors K] [--invalid-pct P] [--slow-pct P] [--churn-pct P]\n\
-         \x20      [--connecting N] [--threads T]",
+         \x20      [--connecting N] [--threads T] [--timed-every K] [--drain-every 20ms]",
         SCENARIOS.join("|")
     );
     std::process::exit(2)
@@ -226,6 +259,8 @@ fn parse_opts() -> Opts {
         churn_pct: 10.0,
         connecting: MAX_CONNECTING,
         threads: 1,
+        timed_every: 1,
+        drain_every: DRAIN_EVERY,
     };
     let mut url = None;
     let mut publishers = None;
@@ -272,6 +307,8 @@ fn parse_opts() -> Opts {
             "--churn-pct" => o.churn_pct = pct(&v),
             "--connecting" => o.connecting = num(&v).max(1),
             "--threads" => o.threads = num(&v).clamp(1, 64),
+            "--timed-every" => o.timed_every = num(&v).max(1),
+            "--drain-every" => o.drain_every = dur(&v).max(Duration::from_millis(1)),
             _ => usage(&format!("unknown option {flag}")),
         }
     }
@@ -282,6 +319,9 @@ fn parse_opts() -> Opts {
     }
     if o.threads > 1 && !(o.scenario == "echo" || o.scenario == "fanout" && o.rate.is_some()) {
         usage("--threads splits echo connections or the subscribers of a paced fanout (--rate): not this scenario");
+    }
+    if o.timed_every > 1 && !(o.scenario == "fanout" && o.rate.is_some()) {
+        usage("--timed-every drains some subscribers in bulk: only a paced fanout (--rate) may, as the closed loop waits for every delivery");
     }
     if o.peer && (o.scenario == "publish" || o.scenario == "replay") {
         usage("publish and replay need roostd's acks and store: they have no --peer form");
@@ -501,6 +541,20 @@ fn connect(addr: SocketAddr, rcvbuf: Option<libc::c_int>) -> io::Result<TcpStrea
     Ok(TcpStream::from_std(sock))
 }
 
+/// A socket's receive queue as the kernel accounts it (SO_MEMINFO): the
+/// memory its unread data holds (each packet's overhead included) and the
+/// receive buffer it may fill (SO_RCVBUF), in bytes.
+fn rmem_of(sock: &TcpStream) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd as _;
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1]; // SK_MEMINFO_VARS
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    let at = |k: libc::c_int| u64::from(info[k as usize]);
+    (rc == 0).then(|| (at(libc::SK_MEMINFO_RMEM_ALLOC), at(libc::SK_MEMINFO_RCVBUF)))
+}
+
 /// Appends one masked client frame.
 fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.push(0x80 | opcode);
@@ -629,6 +683,13 @@ struct Conn {
     reconnect: bool,
     /// How it ended: the server's close code, 1006 for EOF without one.
     ended: Option<u16>,
+    /// A subscriber read in bulk by `drain_bulk` once ready (`--timed-every`).
+    bulk: bool,
+    /// Subscriber: messages received while measuring, and the last number
+    /// seen per source (roostd: the channel's seq; peer: the publisher's
+    /// message number), to find lost or reordered messages.
+    received: u64,
+    last: Vec<(usize, u64)>,
 }
 
 impl Conn {
@@ -653,6 +714,9 @@ impl Conn {
             want: 0,
             reconnect: false,
             ended: None,
+            bulk: false,
+            received: 0,
+            last: Vec::new(),
         }
     }
 }
@@ -689,6 +753,28 @@ struct Stats {
     refusal_latency: Option<Histogram<u64>>,
     /// connect() → ready, per connection.
     ready_latency: Option<Histogram<u64>>,
+    /// Messages a subscriber missed (a jump in the numbers it saw), and
+    /// messages that came again or out of order.
+    gaps: u64,
+    disorder: u64,
+    /// Bulk-drained subscribers: the most one socket held at a drain (bytes
+    /// of data), and at the fullest, the receive-buffer memory its queue
+    /// took (SO_MEMINFO, packet overhead included) and its SO_RCVBUF.
+    bulk_max_backlog: u64,
+    bulk_fullest: Option<(u64, u64)>,
+    /// Received per subscriber at the end: the fewest and the most.
+    sub_min: Option<u64>,
+    sub_max: Option<u64>,
+}
+
+impl Stats {
+    /// Keeps the fuller of two (memory used, receive buffer) readings.
+    fn note_fullest(&mut self, seen: Option<(u64, u64)>) {
+        let fuller = |a: (u64, u64), b: (u64, u64)| a.0 * b.1.max(1) > b.0 * a.1.max(1);
+        if let Some(s) = seen.filter(|&s| self.bulk_fullest.is_none_or(|f| fuller(s, f))) {
+            self.bulk_fullest = Some(s);
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -776,6 +862,13 @@ struct Gen {
     /// Helper threads (`--threads`) and the flags they follow.
     helpers: Vec<std::thread::JoinHandle<Helped>>,
     share: Option<std::sync::Arc<Share>>,
+    /// Subscribers added so far (every `timed_every`-th is timed), the ready
+    /// ones read in bulk, and their next drain.
+    subs_added: usize,
+    bulk_subs: Vec<usize>,
+    next_drain: Option<Instant>,
+    /// The generator's CPU and the wall time while publishers sent (µs).
+    window_cpu: Option<(u64, u64)>,
 }
 
 /// What helper threads follow: the main thread's measuring and sending.
@@ -848,6 +941,10 @@ impl Gen {
             busiest_thread_us: None,
             helpers: Vec::new(),
             share: None,
+            subs_added: 0,
+            bulk_subs: Vec::new(),
+            next_drain: None,
+            window_cpu: None,
         }
     }
 
@@ -890,6 +987,8 @@ impl Gen {
                     was = on;
                     g.run_until(Instant::now() + Duration::from_millis(10), |_| false);
                 }
+                g.drain_bulk(Instant::now());
+                g.tally_subscribers();
                 Helped { stats: std::mem::take(&mut g.stats), ready: g.ready, cpu_us: thread_cpu_us() }
             }));
         }
@@ -931,6 +1030,11 @@ impl Gen {
                 *st.errors.entry(k).or_default() += v;
             }
             st.delivered += o.delivered;
+            (st.gaps, st.disorder) = (st.gaps + o.gaps, st.disorder + o.disorder);
+            st.bulk_max_backlog = st.bulk_max_backlog.max(o.bulk_max_backlog);
+            st.note_fullest(o.bulk_fullest);
+            st.sub_min = [st.sub_min, o.sub_min].into_iter().flatten().min();
+            st.sub_max = st.sub_max.max(o.sub_max);
             st.echoed += o.echoed;
             st.echo_mismatch += o.echo_mismatch;
             st.last_ack = st.last_ack.max(o.last_ack);
@@ -953,6 +1057,10 @@ impl Gen {
         for _ in 0..count {
             let n = self.conns.len();
             let mut c = Conn::new(role, n);
+            if role == Role::Subscriber {
+                c.bulk = !self.subs_added.is_multiple_of(self.opts.timed_every);
+                self.subs_added += 1;
+            }
             c.request = match role {
                 Role::Upgrader => Vec::new(), // one of `upgrade_reqs`, chosen per attempt
                 _ if self.opts.peer => self.request(role.peer_path()),
@@ -1006,7 +1114,11 @@ impl Gen {
     fn start_connections(&mut self) {
         while self.connecting < self.max_connecting {
             let Some(i) = self.waiting.pop_front() else { return };
-            let rcvbuf = (self.conns[i].role == Role::Slow).then_some(SLOW_RCVBUF);
+            let rcvbuf = match &self.conns[i] {
+                c if c.role == Role::Slow => Some(SLOW_RCVBUF),
+                c if c.bulk => Some(BULK_RCVBUF),
+                _ => None,
+            };
             let now = Instant::now();
             match connect(self.opts.addr, rcvbuf) {
                 Ok(mut sock) => {
@@ -1129,6 +1241,15 @@ impl Gen {
             record(&mut self.stats.ready_latency, now.duration_since(t));
         }
         self.last_ready = Some(now);
+        if c.bulk {
+            // Out of the poller: read only by `drain_bulk`, so data arriving
+            // on it wakes nobody and costs the generator no event.
+            if let Some(sock) = c.sock.as_mut() {
+                let _ = self.poll.registry().deregister(sock);
+            }
+            self.bulk_subs.push(i);
+            self.next_drain.get_or_insert(now + self.opts.drain_every);
+        }
     }
 
     /// Drops the socket. Upgraders (while sending) and churned connections
@@ -1210,31 +1331,44 @@ impl Gen {
 
     fn read(&mut self, i: usize, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.read_with(i, now, &mut scratch);
+        self.read_with(i, now, &mut scratch, false);
         self.scratch = scratch;
     }
 
     /// Reads until WouldBlock, handling what came after every chunk (so a
-    /// long backlog never piles up here).
-    fn read_with(&mut self, i: usize, now: Instant, scratch: &mut [u8]) {
+    /// long backlog never piles up here); returns the bytes read. With
+    /// `drain` (a bulk subscriber, not in the poller) a short read ends it:
+    /// the socket was empty a moment ago and the next drain comes anyway,
+    /// which spares the read that would say WouldBlock.
+    fn read_with(&mut self, i: usize, now: Instant, scratch: &mut [u8], drain: bool) -> u64 {
+        let mut total = 0;
         loop {
             let c = &mut self.conns[i];
             if c.role == Role::Slow && c.ready && !self.draining {
-                return; // a slow consumer: nothing more is read until the end
+                return total; // a slow consumer: nothing more is read until the end
             }
-            let Some(sock) = c.sock.as_mut() else { return };
-            match sock.read(scratch) {
+            let Some(sock) = c.sock.as_mut() else { return total };
+            let n = match sock.read(scratch) {
                 Ok(0) => break,
-                Ok(n) => c.inbuf.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
+            };
+            total += n as u64;
+            match c.state {
+                State::Handshake => {
+                    c.inbuf.extend_from_slice(&scratch[..n]);
+                    self.read_response(i, now);
+                    if self.conns[i].state == State::Open {
+                        self.read_frames(i, now);
+                    }
+                }
+                State::Open => self.take_frames(i, &scratch[..n], now),
+                _ => {}
             }
-            if self.conns[i].state == State::Handshake {
-                self.read_response(i, now);
-            }
-            if self.conns[i].state == State::Open {
-                self.read_frames(i, now);
+            if drain && n < scratch.len() {
+                return total;
             }
         }
         // End of stream (or a read error).
@@ -1246,9 +1380,41 @@ impl Gen {
                 c.ended = Some(1006);
             }
             State::Connecting | State::Handshake => self.stats.io_errors += 1,
-            State::Waiting | State::Closed => return,
+            State::Waiting | State::Closed => return total,
         }
         self.close(i);
+        total
+    }
+
+    /// Reads every bulk subscriber once (see `--timed-every`), noting the
+    /// most one of them held: the bound on what a server could find queued.
+    fn drain_bulk(&mut self, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for k in 0..self.bulk_subs.len() {
+            let i = self.bulk_subs[k];
+            if self.conns[i].state != State::Open {
+                continue;
+            }
+            // What the unread data holds of the receive buffer (a full one
+            // would close the window and make the server's writes wait).
+            let seen = self.conns[i].sock.as_ref().and_then(rmem_of);
+            self.stats.note_fullest(seen);
+            let got = self.read_with(i, now, &mut scratch, true);
+            self.stats.bulk_max_backlog = self.stats.bulk_max_backlog.max(got);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Frames just read on an open connection: handled straight from `data`
+    /// when nothing was left over, so only a partial frame is copied.
+    fn take_frames(&mut self, i: usize, data: &[u8], now: Instant) {
+        if !self.conns[i].inbuf.is_empty() {
+            self.conns[i].inbuf.extend_from_slice(data);
+            return self.read_frames(i, now);
+        }
+        if let Some(used) = self.handle_frames(i, data, now) {
+            self.conns[i].inbuf.extend_from_slice(&data[used..]);
+        }
     }
 
     fn read_response(&mut self, i: usize, now: Instant) {
@@ -1304,40 +1470,47 @@ impl Gen {
         }
     }
 
+    /// The frames in the connection's buffer; what is left is a partial frame.
     fn read_frames(&mut self, i: usize, now: Instant) {
+        // Taken out so the handlers may borrow self; put back with its capacity.
+        let mut buf = std::mem::take(&mut self.conns[i].inbuf);
+        let used = self.handle_frames(i, &buf, now);
+        buf.drain(..used.unwrap_or(buf.len()));
+        if self.conns[i].inbuf.is_empty() {
+            self.conns[i].inbuf = buf;
+        }
+    }
+
+    /// Handles each complete frame at the start of `buf`; returns the bytes
+    /// used, or None once the connection is no longer open.
+    fn handle_frames(&mut self, i: usize, buf: &[u8], now: Instant) -> Option<usize> {
         let mut at = 0;
-        while let Some((opcode, range, len)) = parse_frame(&self.conns[i].inbuf[at..]) {
-            let payload = (range.start + at)..(range.end + at);
+        while let Some((opcode, range, len)) = parse_frame(&buf[at..]) {
+            let payload = &buf[at + range.start..at + range.end];
             at += len;
             match opcode {
-                0x1 | 0x2 => {
-                    // The payload is taken out so the handler may borrow self.
-                    let text = std::mem::take(&mut self.conns[i].inbuf);
-                    self.on_message(i, opcode, &text[payload], now);
-                    self.conns[i].inbuf = text;
-                }
+                0x1 | 0x2 => self.on_message(i, opcode, payload, now),
                 0x8 => {
-                    let p = &self.conns[i].inbuf[payload];
-                    let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                    let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
                     let c = &mut self.conns[i];
                     c.ended = Some(code);
                     if !c.reconnect {
                         *self.stats.closes.entry(code).or_default() += 1;
                     }
-                    return self.close(i);
+                    self.close(i);
+                    return None;
                 }
                 0x9 => {
-                    let ping = self.conns[i].inbuf[payload].to_vec();
-                    push_frame(&mut self.conns[i].out, 0xA, &ping);
+                    push_frame(&mut self.conns[i].out, 0xA, payload);
                     self.flush(i);
                 }
                 _ => {} // pong, continuation: not expected, ignored
             }
             if self.conns[i].state != State::Open {
-                return;
+                return None;
             }
         }
-        self.conns[i].inbuf.drain(..at);
+        Some(at)
     }
 
     fn on_message(&mut self, i: usize, opcode: u8, payload: &[u8], now: Instant) {
@@ -1382,11 +1555,49 @@ impl Gen {
         }
     }
 
+    /// A subscriber's message number `n` from source `from`: counted while
+    /// measuring, and checked to follow the last one from that source (a
+    /// peer's publisher numbers its messages from 1; roostd's first seq is
+    /// taken as given, as the store may hold older ones).
+    fn check_order(&mut self, i: usize, from: usize, n: Option<u64>) {
+        let c = &mut self.conns[i];
+        if !self.measuring || c.role != Role::Subscriber {
+            return;
+        }
+        c.received += 1;
+        let Some(n) = n else { return };
+        let st = &mut self.stats;
+        match c.last.iter_mut().find(|e| e.0 == from) {
+            Some(e) => {
+                if n > e.1 + 1 {
+                    st.gaps += n - e.1 - 1;
+                } else if n <= e.1 {
+                    st.disorder += 1;
+                }
+                e.1 = e.1.max(n);
+            }
+            None => {
+                if self.opts.peer {
+                    st.gaps += n - 1;
+                }
+                c.last.push((from, n));
+            }
+        }
+    }
+
+    /// The fewest and the most messages a subscriber received.
+    fn tally_subscribers(&mut self) {
+        let counts = || self.conns.iter().filter(|c| c.role == Role::Subscriber).map(|c| c.received);
+        (self.stats.sub_min, self.stats.sub_max) = (counts().min(), counts().max());
+    }
+
     /// A peer broadcast: `"<t> <conn> <n> xxx…"`.
-    fn on_peer_text(&mut self, _i: usize, text: &[u8], now: Instant) {
+    fn on_peer_text(&mut self, i: usize, text: &[u8], now: Instant) {
         let mut fields = text.split(|&b| b == b' ').map(parse_u64);
         let (t, from, id) = (fields.next().flatten(), fields.next().flatten(), fields.next().flatten());
-        self.record_delivery(t, now);
+        self.check_order(i, from.unwrap_or(u64::MAX) as usize, id);
+        // A bulk subscriber's copy is counted, not timed: it waited for the drain.
+        self.record_delivery(t.filter(|_| !self.conns[i].bulk), now);
         // Closed loop: the publisher sends again once every subscriber has it.
         let (Some(p), Some(id)) = (from, id) else { return };
         let p = p as usize;
@@ -1430,8 +1641,11 @@ impl Gen {
 
     fn on_text(&mut self, i: usize, text: &[u8], now: Instant) {
         if text.starts_with(br#"{"op":"msg""#) {
-            // The hot path in fanout: counted, and timed by the `t` in the data.
-            return self.record_delivery(find_number(text, br#""data":{"t":"#), now);
+            // The hot path in fanout: counted, checked, and (unless drained
+            // in bulk) timed by the `t` in the data.
+            self.check_order(i, 0, msg_seq(text));
+            let t = if self.conns[i].bulk { None } else { find_number(text, br#""data":{"t":"#) };
+            return self.record_delivery(t, now);
         }
         if text.starts_with(br#"{"op":"ack""#) {
             let Some((_, sent)) = self.take_inflight(i, reply_id(text)) else { return };
@@ -1504,6 +1718,9 @@ impl Gen {
         }
         if let Some(s) = &self.sampler {
             at(s.next);
+        }
+        if let Some(t) = self.next_drain {
+            at(t);
         }
         next
     }
@@ -1586,6 +1803,11 @@ impl Gen {
         if let Some(s) = self.sampler.as_mut().filter(|s| s.next <= now) {
             s.take(self.opts.pid, now);
             s.next += s.every;
+        }
+        if let Some(t) = self.next_drain.filter(|&t| t <= now) {
+            self.drain_bulk(now);
+            let next = t + self.opts.drain_every;
+            self.next_drain = Some(if next <= now { now + self.opts.drain_every } else { next });
         }
     }
 
@@ -1686,9 +1908,11 @@ impl Gen {
             self.kick(self.active[k], start);
         }
         let end = (start + self.opts.duration).min(hard_cap);
+        let cpu0 = own_cpu_us();
         self.run_until(end, |_| false);
         self.set_flags(true, false);
         let sent_for = start.elapsed();
+        self.window_cpu = Some((own_cpu_us() - cpu0, sent_for.as_micros() as u64));
         // Collect what is in flight (bounded): its answers still count.
         self.run_until((Instant::now() + Duration::from_secs(5)).min(hard_cap), |g| g.inflight() == 0);
         // Let deliveries of the last commits arrive.
@@ -1700,9 +1924,11 @@ impl Gen {
         } else {
             self.stats.last_ack.map_or(sent_for, |t| t.duration_since(start))
         };
+        self.drain_bulk(Instant::now()); // what arrived since the last drain still counts
         self.set_flags(false, false);
         let after = sample(self.opts.pid);
         self.other_busy_pct = noise.other_pct(self.opts.pid);
+        self.tally_subscribers();
         self.busiest_thread_us = Some(self.join_helpers());
         (elapsed.max(Duration::from_millis(1)), before, after)
     }
@@ -1841,6 +2067,27 @@ fn publish(g: &mut Gen, hard_cap: Instant) -> Value {
     })
 }
 
+/// Did every subscriber get every message, in order? Expected per
+/// subscriber: each publish (peer) or each acked publish (roostd: a refused
+/// one is not delivered). Lost messages show as gaps; late ones (still
+/// queued at the server when the run ended) only as a count below expected.
+fn delivery_check(g: &Gen) -> Value {
+    let st = &g.stats;
+    let expected = if g.opts.peer { st.published } else { st.acked };
+    let backlog = (g.opts.timed_every > 1).then_some(st.bulk_max_backlog);
+    json!({
+        "expected_per_subscriber": expected,
+        "min_per_subscriber": st.sub_min,
+        "max_per_subscriber": st.sub_max,
+        "gaps": st.gaps,
+        "out_of_order": st.disorder,
+        "complete": st.sub_min.map(|m| m >= expected),
+        "bulk_max_backlog_bytes": backlog,
+        "bulk_max_rmem_bytes": backlog.and(st.bulk_fullest.map(|f| f.0)),
+        "rcvbuf_bytes": backlog.and(st.bulk_fullest.map(|f| f.1)),
+    })
+}
+
 /// The fan-out part of `fanout` and `slow`: the measured interval and its numbers.
 fn fanout_measure(g: &mut Gen, hard_cap: Instant) -> (f64, Value) {
     let (elapsed, before, after) = g.measure_sending(hard_cap);
@@ -1851,6 +2098,8 @@ fn fanout_measure(g: &mut Gen, hard_cap: Instant) -> (f64, Value) {
     let delivery = percentiles(st.delivery_latency.as_ref().unwrap());
     let pubs = percentiles(st.pub_latency.as_ref().unwrap());
     let cpu = cpu_per(before, after, delivered);
+    let check = delivery_check(g);
+    let st = &g.stats;
     println!("  published:        {} ({:.0}/s)", st.published, st.published as f64 / secs);
     if st.missed_sends > 0 {
         println!("  missed sends:     {} (the generator fell more than {PACE_MAX_LAG:?} behind)", st.missed_sends);
@@ -1863,6 +2112,26 @@ fn fanout_measure(g: &mut Gen, hard_cap: Instant) -> (f64, Value) {
     }
     println!("  delivered:        {delivered} messages ({rate:.0}/s)");
     println!("  pub→delivery:     {}", summary(&delivery, true));
+    if g.opts.timed_every > 1 {
+        println!(
+            "  timed: every {}th subscriber ({} deliveries); the others drained every {:?}: largest backlog {} bytes; \
+             fullest receive queue {} of SO_RCVBUF {} bytes",
+            g.opts.timed_every,
+            delivery["count"],
+            g.opts.drain_every,
+            st.bulk_max_backlog,
+            check["bulk_max_rmem_bytes"],
+            check["rcvbuf_bytes"]
+        );
+    }
+    println!(
+        "  per subscriber:   {}–{} of {} expected; gaps {}, out of order {}",
+        check["min_per_subscriber"],
+        check["max_per_subscriber"],
+        check["expected_per_subscriber"],
+        st.gaps,
+        st.disorder
+    );
     if !cpu.is_null() {
         println!("  server CPU: {cpu} µs per delivered message");
     }
@@ -1885,6 +2154,9 @@ fn fanout_measure(g: &mut Gen, hard_cap: Instant) -> (f64, Value) {
         "server_cpu_us_per_delivered": cpu,
         "server_rss_after_bytes": after.map(|a| a.rss_bytes),
         "setup_latency": percentiles(st.ready_latency.as_ref().unwrap()),
+        "timed_every": g.opts.timed_every,
+        "drain_every_ms": (g.opts.timed_every > 1).then_some(g.opts.drain_every.as_millis() as u64),
+        "delivery_check": check,
     });
     (secs, v)
 }
@@ -2336,7 +2608,14 @@ fn main() {
     let threads = g.opts.threads.max(1);
     let busiest = g.busiest_thread_us.unwrap_or_else(thread_cpu_us) as f64 / wall * 100.0;
     let budget = threads.min(allowed_cpus());
-    let load = (own / budget as f64).max(if threads > 1 { busiest } else { own });
+    let mut load = (own / budget as f64).max(if threads > 1 { busiest } else { own });
+    // While publishers sent (setup and the wait for the last answers left out).
+    if let Some((cpu, wall)) = g.window_cpu.filter(|w| w.1 > 0) {
+        let window = cpu as f64 / wall as f64 * 100.0 / budget as f64;
+        println!("  generator CPU while sending: {window:.0} % of its budget");
+        obj.insert("generator_window_pct".into(), json!(window.round()));
+        load = load.max(window);
+    }
     println!(
         "  generator CPU: {own:.0} % of one core over the whole run ({threads} thread(s), busiest {busiest:.0} %, \
          {load:.0} % of its budget of {budget} core(s))"
