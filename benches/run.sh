@@ -22,6 +22,11 @@
 #                 replay speed vs GROWTH_MESSAGES stored, server memory vs GROWTH_CHANNELS;
 #                 its JSON in $OUT/growth/growth.jsonl, its plots into docs/bench/ (REPORT=1)
 #                 or $OUT/bench/
+#   second        B2 and B3 again with the two generators written apart from loadgen
+#                 (benches/echo_c.sh, benches/fanout_c.sh: plain C, roostd and uws alternating
+#                 every round; not in the default list; needs UWS_PEER and cc), RUNS rounds of
+#                 DURATION, payloads B2_PAYLOADS, cells B3_CELLS; their JSON lines and ratio
+#                 tables in $OUT/second/{echo,fanout}.txt
 #
 # Each sample: a fresh server process (roostd: on a fresh store under
 # BENCH_DIR) pinned to SERVER_CPUS, the generator(s) pinned to LOADGEN_CPUS,
@@ -99,7 +104,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
         -h | --help) usage ;;
-        B[1-8] | growth) WANTED+=("$arg") ;;
+        B[1-8] | growth | second) WANTED+=("$arg") ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -756,6 +761,23 @@ run_growth() {
         --runs "$RUNS" --out "$OUT/growth" --bin-dir "$root/target/$profile_dir" --port "$((PORT + 100))" \
         --server-cpus "$SERVER_CPUS" --loadgen-cpus "$LOADGEN_CPUS" "${plots[@]+"${plots[@]}"}" \
         || bench_log "growth.py exited with status $? (its messages above)"
+}
+
+# second: B2 and B3 from the C generators, which alternate roostd and uws themselves
+# (so no SERVERS loop here); each prints its own medians and ratios at the end.
+run_second() {
+    if [[ ! -x "$UWS_PEER" ]]; then
+        bench_log "second: no uWebSockets peer at UWS_PEER=$UWS_PEER; skipped"
+        return
+    fi
+    local secs=${DURATION%s} bin=$ROOSTD
+    mkdir -p "$OUT/second"
+    UWS_PEER="$UWS_PEER" PAYLOADS="$B2_PAYLOADS" CONNS="$B2_CONNS" PORT="$((PORT + 150))" \
+        bash benches/echo_c.sh "$bin" "$RUNS" "$secs" | tee "$OUT/second/echo.txt" \
+        || bench_log "echo_c.sh exited with status $? (its messages above)"
+    UWS_PEER="$UWS_PEER" CELLS="$B3_CELLS" PORT="$((PORT + 170))" \
+        bash benches/fanout_c.sh "$bin" "$RUNS" "$secs" | tee "$OUT/second/fanout.txt" \
+        || bench_log "fanout_c.sh exited with status $? (its messages above)"
 }
 
 for b in "${WANTED[@]}"; do
