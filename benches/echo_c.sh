@@ -14,20 +14,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 (($# >= 1)) || { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
 bin=$1 rounds=${2:-3} secs=${3:-4}
-: "${UWS_PEER:?set UWS_PEER to the uWebSockets peer binary (benches/peers/README.md)}"
 : "${PAYLOADS:=20 1024 16384}" "${CONNS:=50}" "${PORT:=18980}"
 export ROOSTD_SECRET="${ROOSTD_SECRET:-echo-c-secret-0123456789abcdef0123456789abcdef}"
-tmp=$(mktemp -d /tmp/roostd-echo-c.XXXXXX)
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-cc -O2 -o "$tmp/echo_client" "$root/benches/echo_client.c"
-token=$("$bin" token --sub echo --read '*' --write '*' 2>/dev/null)
+. "$root/benches/c_lib.sh"
+c_setup echo_client echo
 
 # Starts one server on CPU 0 on a fresh port; sets `server` (its pid),
 # `port` and the `path` its echo is on.
 start() {
-    port=$((PORT++))
-    # The last server's log says "listening on" too, until the new one truncates it.
-    rm -f "$tmp/server.log"
+    c_next_port
     case "$1" in
         roostd|before) taskset -c 0 "$([[ $1 == before ]] && echo "$BEFORE" || echo "$bin")" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo --echo \
                     >"$tmp/server.log" 2>&1 &
@@ -35,9 +30,7 @@ start() {
         uws) taskset -c 0 "$UWS_PEER" "$port" >"$tmp/server.log" 2>&1 &
              path=/echo ;;
     esac
-    server=$!
-    for _ in $(seq 100); do grep -q "listening on" "$tmp/server.log" && return; sleep 0.05; done
-    echo "$1 did not start" >&2; exit 1
+    c_await "$1"
 }
 
 for payload in $PAYLOADS; do

@@ -27,69 +27,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_client.h"
+
 struct conn {
     int fd;
     size_t want; /* bytes of the echo frame still to read */
 };
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-/* utime + stime of PID, in seconds. */
-static double cpu_of(int pid) {
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f || !fgets(buf, sizeof buf, f)) { perror(path); exit(1); }
-    fclose(f);
-    char *p = strrchr(buf, ')'); /* the command may hold spaces */
-    unsigned long ut = 0, st = 0;
-    /* after ")": state(3) ... utime is field 14, stime 15 */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) exit(1);
-    return (double)(ut + st) / sysconf(_SC_CLK_TCK);
-}
-
-static double own_cpu(void) {
-    struct rusage r;
-    getrusage(RUSAGE_SELF, &r);
-    return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6 + r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6;
-}
-
-static void write_all(int fd, const char *b, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, b, n);
-        if (w < 0 && (errno == EINTR || errno == EAGAIN)) continue; /* one frame in flight: rare, short */
-        if (w <= 0) { perror("write"); exit(1); }
-        b += w, n -= (size_t)w;
-    }
-}
-
-static int open_ws(int port, const char *path) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("connect"); exit(1); }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    char req[2048];
-    int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     path);
-    if (n <= 0 || (size_t)n >= sizeof req) { fprintf(stderr, "path too long\n"); exit(2); }
-    write_all(fd, req, (size_t)n);
-    char head[4096];
-    size_t got = 0;
-    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4)) { /* byte by byte: nothing after the head */
-        if (got == sizeof head || read(fd, head + got, 1) != 1) { fprintf(stderr, "no 101\n"); exit(1); }
-        got++;
-    }
-    if (strncmp(head, "HTTP/1.1 101", 12)) { fprintf(stderr, "refused: %.40s\n", head); exit(1); }
-    fcntl(fd, F_SETFL, O_NONBLOCK);
-    return fd;
-}
 
 /* A masked text frame (mask 0: the payload goes as is) and the length of its echo. */
 static size_t frame(char *out, size_t n, size_t *echo_len) {

@@ -15,19 +15,16 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 (($# >= 1)) || { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
 bin=$1 rounds=${2:-3} secs=${3:-4}
-: "${UWS_PEER:?set UWS_PEER to the uWebSockets peer binary (benches/peers/README.md)}"
 : "${CELLS:=100:2000 1000:200 10000:20}" "${PAYLOAD:=64}" "${PORT:=18990}"
 export ROOSTD_SECRET="${ROOSTD_SECRET:-fanout-c-secret-0123456789abcdef0123456789abcdef}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # 10,000 subscribers and the server's own
-tmp=$(mktemp -d /tmp/roostd-fanout-c.XXXXXX)
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-cc -O2 -o "$tmp/fanout_client" "$root/benches/fanout_client.c"
-token=$("$bin" token --sub b3 --read '*' --write '*' 2>/dev/null)
+. "$root/benches/c_lib.sh"
+c_setup fanout_client b3
 
 # Starts one server on CPU 0 on a fresh port; sets `server` (its pid),
 # `port` and `mode`.
 start() {
-    port=$((PORT++))
+    c_next_port
     case "$1" in
         roostd) taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data "$tmp/data.$port" --no-demo \
                     --publish-rate 0 --max-connections 20000 --max-connections-per-ip 20000 >"$tmp/server.log" 2>&1 &
@@ -35,9 +32,7 @@ start() {
         uws) taskset -c 0 "$UWS_PEER" "$port" >"$tmp/server.log" 2>&1 &
              mode=peer ;;
     esac
-    server=$!
-    for _ in $(seq 100); do grep -q "listening on" "$tmp/server.log" && return; sleep 0.05; done
-    echo "$1 did not start" >&2; exit 1
+    c_await "$1"
 }
 
 for cell in $CELLS; do
