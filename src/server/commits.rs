@@ -44,7 +44,13 @@ impl Ticket {
 
     /// A webhook event: it commits with the write before it.
     pub(super) fn event() -> Ticket {
-        Ticket { conn: 0, id: None, bytes: 0, http: None, change: None, pusher: false, except: None }
+        Ticket::event_of(0)
+    }
+
+    /// A webhook event whose `bytes` count against `MAX_INFLIGHT_BYTES`
+    /// until it is committed (a client event's).
+    pub(super) fn event_of(bytes: usize) -> Ticket {
+        Ticket { conn: 0, id: None, bytes, http: None, change: None, pusher: false, except: None }
     }
 }
 
@@ -74,6 +80,8 @@ impl Server {
                             self.on_applied(stream_seq, append, outcome, now);
                         } else if write.is_applied() {
                             self.on_presence_applied(write, &outcome, now);
+                        } else if let Write::Event(_) = write {
+                            self.inflight_bytes -= ticket.bytes;
                         } else if let Some(change) = ticket.change {
                             self.on_change_written(&change, outcome == Outcome::Written, now);
                         }

@@ -25,6 +25,11 @@ use http_door::{HttpRequest, PendingBody};
 /// `terminate_connections`): 4009, so pusher-js does not reconnect.
 const TERMINATED: u16 = 4009;
 
+/// The most a client event's webhook event takes in the outbox: its data
+/// escaped as a JSON string (a control character is six bytes), its name,
+/// channel, user and ids.
+const CLIENT_EVENT_OUTBOX_BYTES: usize = 6 * pusher::MAX_CLIENT_EVENT_BYTES + 2048;
+
 /// What a Pusher connection holds beside its hub peer (boxed on its slot,
 /// once it signs in or sends a client event). Its socket id is not held: it
 /// is `<pusher_seed>.<connection id>`.
@@ -179,6 +184,10 @@ impl Server {
                 let presence = pusher::kind(&ev.channel).is_some_and(|k| k.kind == Kind::Presence);
                 let user = if presence { self.hub.member_user(id, &ev.channel) } else { None };
                 let frame = Frame::from(pusher::event(&ev.event, &ev.channel, &ev.data, user));
+                if self.cfg.webhook_sends("client_event") && !self.client_event_room() {
+                    let why = "Client event rejected: too many webhook events are waiting for the application";
+                    return self.send(id, pusher::error(Some(ClientEventRate::ERROR_CODE), why).into());
+                }
                 if self.cfg.webhook_sends("client_event") {
                     // Reported, as Pusher does, though never stored as a message.
                     let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
@@ -190,7 +199,10 @@ impl Server {
                         json(&socket_id)
                     );
                     let user_id = user.map(str::to_string);
-                    self.hook_event("client_event", &ev.channel, user_id, extra);
+                    let bytes = extra.len();
+                    let event = HookEvent { name: "client_event".into(), channel: ev.channel.clone(), user_id, extra };
+                    self.inflight_bytes += bytes;
+                    self.pending.push((Ticket::event_of(bytes), Write::Event(event)));
                 }
                 // Ephemeral (pusher.md §2): to the other Pusher subscribers
                 // now, never stored and never back to the sender.
@@ -264,6 +276,20 @@ impl Server {
         let age_ms = self.clock.effective_ms().saturating_sub(ts);
         let ttl = self.cfg.retention_for(ch).1.as_millis().saturating_sub(age_ms as u128) / 1000;
         Some((data, ttl.min(u64::MAX as u128) as u64))
+    }
+
+    /// Whether one more client event may go to the webhook outbox: while the
+    /// endpoint fails its events wait in the store, each up to
+    /// [`CLIENT_EVENT_OUTBOX_BYTES`], so the outbox (events stored and on
+    /// their way to the writer) is held to a quarter of `--max-store-bytes`
+    /// counted at that size, and the writer's queue to `MAX_INFLIGHT_BYTES`.
+    fn client_event_room(&self) -> bool {
+        let stored = self.store.outbox_len().unwrap_or(u64::MAX);
+        let queued = self.pending.iter().filter(|(_, w)| matches!(w, Write::Event(_))).count() as u64;
+        let writing = (self.inflight_bytes / CLIENT_EVENT_OUTBOX_BYTES) as u64;
+        let room = self.cfg.max_store_bytes / 4 / CLIENT_EVENT_OUTBOX_BYTES as u64;
+        stored.saturating_add(queued).saturating_add(writing) < room
+            && self.inflight_bytes + CLIENT_EVENT_OUTBOX_BYTES <= MAX_INFLIGHT_BYTES
     }
 
     /// A webhook event with no stored cause (a client event, a cache miss):

@@ -275,3 +275,33 @@ fn in_cluster_mode_a_pusher_api_event_goes_through_the_log_and_every_node_stores
     assert_eq!((msg["seq"].as_u64(), msg["event"].as_str()), (Some(1), Some("Shipped")), "{msg}");
     assert_eq!(msg["data"], json!({"order": 7}));
 }
+
+/// Client events are ephemeral, but each becomes a webhook event in the
+/// store's outbox (up to 60 KiB once its data is escaped). While the
+/// endpoint fails they wait there, so one signed-in user sending client
+/// events could fill `--max-store-bytes` and every publish after it would
+/// be refused: the outbox's client events are held to a share of the store.
+#[test]
+fn client_events_cannot_fill_the_store_through_the_webhook_outbox() {
+    let endpoint = Endpoint::start(Mode::Status(500));
+    let args = [PUSHER, &["--webhook", &endpoint.url, "--max-store-bytes", "8388608"]].concat();
+    let server = TestServer::start(&args);
+    let ch = "private-chat";
+    let data = "\u{1}".repeat(10 * 1024);
+    let mut socks = Vec::new();
+    for _ in 0..30 {
+        let mut c = pusher(&server, "app-key");
+        let id = socket_id(&mut c);
+        c.send_json(json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":sign(&format!("{id}:{ch}"))}}));
+        assert_eq!(frame(&mut c).0, "pusher_internal:subscription_succeeded");
+        for _ in 0..10 {
+            c.write_json(json!({"event":"client-x","channel":ch,"data":data}));
+        }
+        c.flush();
+        socks.push(c);
+    }
+    // Each socket's ten were answered (relayed, or refused with an error).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut writer = server.ws(&token_all("w"));
+    writer.publish("room", json!("still stored"));
+}
