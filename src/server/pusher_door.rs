@@ -346,6 +346,11 @@ impl Server {
                     ApiError { status: 413, code: "too_large", message: "A request body is at most 256 KiB".into() };
                 return self.api_error(id, HttpRequest { keep_alive: false, ..req }, e, now);
             }
+            // Signed before its body is buffered (the body is unread bytes:
+            // the connection closes after the answer).
+            if let Err(e) = pusher_api::verify_head(&app, &head.method, &head.path, &head.query, self.now_unix()) {
+                return self.api_error(id, HttpRequest { keep_alive: false, ..req }, e, now);
+            }
             let Some(slot) = self.slots.get_mut(&id) else { return false };
             slot.body = Some(Box::new(PendingBody::pusher(head, route, len)));
             slot.conn.expect_body();

@@ -2,6 +2,8 @@
 //! `cargo test` and under qemu; tests/pusher/run.sh checks the same door
 //! with the real pusher-js, laravel-echo and `pusher` libraries.
 
+use std::io::{Read, Write};
+
 use serde_json::{json, Value};
 use tungstenite::ClientRequestBuilder;
 
@@ -304,4 +306,24 @@ fn client_events_cannot_fill_the_store_through_the_webhook_outbox() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let mut writer = server.ws(&token_all("w"));
     writer.publish("room", json!("still stored"));
+}
+
+/// The signed API's POST bodies (up to 256 KiB, four times a WebSocket
+/// message) were read before the signature was looked at: anyone could make
+/// each of their connections hold one. The query's signature (which covers
+/// `body_md5`) is checked on the head now; an unsigned POST is answered 401
+/// without its body being read.
+#[test]
+fn an_unsigned_api_post_is_refused_before_its_body_is_read() {
+    let server = TestServer::start(PUSHER);
+    let mut sock = server.tcp();
+    let head = format!(
+        "POST /apps/42/events?auth_key=app-key HTTP/1.1\r\nHost: {}\r\nContent-Length: 262144\r\n\r\n",
+        server.addr
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.write_all(&[b'{'; 1000]).unwrap();
+    let mut answer = [0u8; 12];
+    sock.read_exact(&mut answer).expect("answered without the body");
+    assert_eq!(&answer, b"HTTP/1.1 401");
 }
