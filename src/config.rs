@@ -90,6 +90,7 @@ pub struct Config {
     /// and connections with output of their own queued are not read, so
     /// many clients that never read cannot add up to the machine's memory.
     pub max_output_bytes: usize,
+    pub max_input_bytes: usize,
     pub audience: Option<String>,
     pub leeway: Duration,
     pub on_corrupt: OnCorrupt,
@@ -270,6 +271,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "67108864",
         help: "queued output of all connections; past it replays and clients with output waiting pause",
     },
+    Setting {
+        key: "max-input-bytes",
+        value: "N",
+        default: "67108864",
+        help: "half-received messages of all connections; past it the connection adding to them: close 1013",
+    },
     Setting { key: "audience", value: "AUD", default: "-", help: "token aud to require" },
     Setting { key: "leeway", value: "D", default: "30s", help: "clock tolerance for exp/nbf/iat" },
     Setting { key: "on-corrupt", value: "fresh|refuse", default: "fresh", help: "what to do with an unreadable store" },
@@ -379,6 +386,7 @@ impl Default for Config {
             max_fragments: 1024,
             max_send_buffer_bytes: 1 << 20,
             max_output_bytes: 64 << 20,
+            max_input_bytes: 64 << 20,
             audience: None,
             leeway: Duration::from_secs(30),
             on_corrupt: OnCorrupt::Fresh,
@@ -448,6 +456,7 @@ impl Config {
             "max-fragments" => self.max_fragments = positive(key, v)?,
             "max-send-buffer-bytes" => self.max_send_buffer_bytes = positive(key, v)?,
             "max-output-bytes" => self.max_output_bytes = positive(key, v)?,
+            "max-input-bytes" => self.max_input_bytes = positive(key, v)?,
             "audience" => self.audience = Some(nonempty(key, v)?.to_string()),
             "leeway" => self.leeway = duration(key, v)?,
             "on-corrupt" => {
@@ -687,6 +696,12 @@ impl Config {
             return err(format!(
                 "max-send-buffer-bytes ({}) must be at least twice max-message-bytes ({}); raise it or lower the message limit",
                 self.max_send_buffer_bytes, self.max_message_bytes
+            ));
+        }
+        if self.max_input_bytes < 2 * self.max_message_bytes {
+            return err(format!(
+                "max-input-bytes ({}) must be at least twice max-message-bytes ({}); raise it or lower the message limit",
+                self.max_input_bytes, self.max_message_bytes
             ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

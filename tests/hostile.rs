@@ -1626,3 +1626,60 @@ fn second_abuse_run_http_attackers_and_a_dripping_hook_leave_a_good_client_unhar
     assert_eq!(created, 2000 - 1, "channels up to the limit (the good channel is one of them)");
     assert_eq!(created + refused_channels, channels_wanted, "every creation was answered");
 }
+
+/// Every connection could hold a message of up to --max-message-bytes half
+/// sent, for as long as it answered pings between fragments: 600 such
+/// connections (half of them anonymous Pusher sockets) took 39 MB, a LAN
+/// host's 1024 took 65 MB, and nothing bounded their sum. Past
+/// --max-input-bytes over all connections, the connection whose message
+/// would pass it is closed 1013 (nothing of an unfinished message was
+/// taken); whole messages and other connections are served as before.
+#[test]
+fn half_sent_messages_are_held_to_max_input_bytes() {
+    let _guard = serial();
+    let server = TestServer::start(&["--max-input-bytes", "1048576", "--max-connections-per-ip", "100"]);
+    let before = server.anon_kib();
+    let payload = vec![b'a'; 60_000];
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..40 {
+        let req = server.upgrade_request(&format!("/ws?token={}", token_all("p")), "");
+        let (resp, mut sock) = server.raw_upgrade(&req);
+        assert_eq!(resp.status, 101);
+        sock.write_all(&frame_claiming(OP_TEXT, true, 65_000, &payload)).unwrap();
+        held.push(sock);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for sock in &mut held {
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut b = [0u8; 4];
+        if let Ok(4) = sock.read(&mut b) {
+            assert_eq!(b[0], 0x88, "a Close");
+            assert_eq!(u16::from_be_bytes([b[2], b[3]]), 1013);
+            closed += 1;
+        }
+    }
+    // 1 MiB holds 17 of the 60 KB halves; the rest were closed 1013.
+    assert!((20..=25).contains(&closed), "{closed} of 40 closed");
+    let grew = server.anon_kib().saturating_sub(before);
+    assert!(grew < 8 * 1024, "grew {grew} KiB");
+    // A client sending whole messages is served meanwhile.
+    let mut good = server.ws(&token_all("good"));
+    good.publish("room", json!("x".repeat(1000)));
+    // Once the halves are gone, their share is free again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = Vec::new();
+    for _ in 0..10 {
+        let req = server.upgrade_request(&format!("/ws?token={}", token_all("p")), "");
+        let (_, mut sock) = server.raw_upgrade(&req);
+        sock.write_all(&frame_claiming(OP_TEXT, true, 65_000, &payload)).unwrap();
+        again.push(sock);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for sock in &mut again {
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut b = [0u8; 4];
+        assert!(sock.read(&mut b).is_err(), "not closed: {b:?}");
+    }
+}

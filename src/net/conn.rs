@@ -30,7 +30,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
-use super::counted::{Counted, FrameCounter, TooManyFragments, Ws};
+use super::counted::{Counted, FrameCounter, OverInputBudget, TooManyFragments, Ws};
 use super::frame::{code, Frame};
 use super::queue::Queue;
 use super::stream::{Stream, Transport};
@@ -92,6 +92,9 @@ pub struct Settings {
     /// Output queued by all connections together past which a connection
     /// with output of its own queued is not read (`Conn::may_read`).
     pub output_budget: usize,
+    /// Bytes of half-received messages over all connections past which the
+    /// connection whose message would pass it is closed 1013.
+    pub input_budget: usize,
 }
 
 /// A moment as whole milliseconds after `Settings::epoch`, rounded down;
@@ -475,7 +478,7 @@ impl<S: Transport> Conn<S> {
         let drained = leftover.is_empty();
         let config = Some(self.settings.ws);
         let ctx = (!drained).then(|| Box::new(WebSocketContext::from_partially_read(leftover, Role::Server, config)));
-        let mut stream = Counted::new(sock, counter);
+        let mut stream = Counted::new(sock, counter).with_budget(self.settings.input_budget);
         stream.drained = drained;
         stream.mixed = !drained;
         self.io = Io::Ws(Ws { stream, ctx });
@@ -551,6 +554,9 @@ impl<S: Transport> Conn<S> {
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Incoming::Again,
             Err(tungstenite::Error::Io(e)) if e.get_ref().is_some_and(|e| e.is::<TooManyFragments>()) => {
                 self.fail(code::POLICY, "too many fragments", now)
+            }
+            Err(tungstenite::Error::Io(e)) if e.get_ref().is_some_and(|e| e.is::<OverInputBudget>()) => {
+                self.fail(code::SLOW, "server busy: send the message again later", now)
             }
             Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake))
             | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)

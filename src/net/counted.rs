@@ -42,6 +42,31 @@ impl std::fmt::Display for TooManyFragments {
 
 impl std::error::Error for TooManyFragments {}
 
+/// The error a read returns when the message in progress would take the
+/// half-received messages of all connections past their budget.
+#[derive(Debug)]
+pub(super) struct OverInputBudget;
+
+impl std::fmt::Display for OverInputBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("half-received messages of all connections over --max-input-bytes")
+    }
+}
+
+impl std::error::Error for OverInputBudget {}
+
+thread_local! {
+    /// Bytes of messages in progress handed to tungstenite by every
+    /// connection of this thread (the loop's): the sum of their `partial`.
+    static PARTIAL_TOTAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes of half-received messages over all connections of this thread:
+/// what `--max-input-bytes` bounds.
+pub fn partial_total() -> usize {
+    PARTIAL_TOTAL.with(|t| t.get())
+}
+
 /// The header at the start of `bytes` when it is all there: (fin,
 /// opcode, payload length, header length).
 fn whole_header(bytes: &[u8]) -> Option<(bool, u8, u64, usize)> {
@@ -191,11 +216,63 @@ pub struct Counted<S> {
     /// Held only while some of it is left: a connection between reads,
     /// idle or not, has none.
     bite: Option<Box<Bite>>,
+    /// Bytes of the message in progress handed to tungstenite, which holds
+    /// them until the message is whole...
+    partial: usize,
+    /// ...and how many of them are counted in `PARTIAL_TOTAL`.
+    charged: usize,
+    /// `--max-input-bytes`: the most `PARTIAL_TOTAL` may reach.
+    budget: usize,
 }
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted { stream, counter, hold: false, empty: false, drained: false, mixed: false, owes: false, bite: None }
+        Counted {
+            stream,
+            counter,
+            hold: false,
+            empty: false,
+            drained: false,
+            mixed: false,
+            owes: false,
+            bite: None,
+            partial: 0,
+            charged: 0,
+            budget: usize::MAX,
+        }
+    }
+
+    /// Reads past this many bytes of half-received messages over all
+    /// connections fail with [`OverInputBudget`].
+    pub(super) fn with_budget(mut self, budget: usize) -> Counted<S> {
+        self.budget = budget;
+        self
+    }
+
+    /// Counts `n` bytes just handed to tungstenite; false when they would
+    /// take the messages in progress past the budget. A message that
+    /// arrives whole in one socket read is never charged: only one still
+    /// in progress when its read is used up, held across reads, is.
+    fn count(&mut self, n: usize) -> bool {
+        if self.counter.at_boundary() {
+            // A message (or a control frame between messages) ended: it
+            // is tungstenite's to return, and nothing is in progress.
+            PARTIAL_TOTAL.with(|t| t.set(t.get().saturating_sub(self.charged)));
+            (self.partial, self.charged) = (0, 0);
+            return true;
+        }
+        self.partial += n;
+        if self.charged == 0 && self.holds_bytes() {
+            return true;
+        }
+        let more = self.partial - self.charged;
+        let total = partial_total();
+        if total.saturating_add(more) > self.budget {
+            return false;
+        }
+        PARTIAL_TOTAL.with(|t| t.set(total + more));
+        self.charged = self.partial;
+        true
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
@@ -211,6 +288,14 @@ impl<S> Counted<S> {
     /// message: a header parse, a buffer fill, an error built and matched.
     pub(super) fn surely_blocks(&self) -> bool {
         self.empty && !self.mixed && self.counter.at_frame_end() && !self.holds_bytes()
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        if self.charged > 0 {
+            PARTIAL_TOTAL.with(|t| t.set(t.get().saturating_sub(self.charged)));
+        }
     }
 }
 
@@ -291,6 +376,9 @@ impl<S: Transport> io::Read for Counted<S> {
         }
         if !self.counter.feed(&buf[..n]) {
             return Err(io::Error::other(TooManyFragments));
+        }
+        if !self.count(n) {
+            return Err(io::Error::other(OverInputBudget));
         }
         Ok(n)
     }

@@ -623,6 +623,7 @@ fn conn_settings(cfg: &Config) -> Settings {
         // being replayed to is still read: its pongs and its `unsub`.
         read_pause_bytes: cfg.max_send_buffer_bytes / 2,
         output_budget: cfg.max_output_bytes,
+        input_budget: cfg.max_input_bytes,
     }
 }
 

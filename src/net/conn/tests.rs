@@ -128,6 +128,7 @@ fn settings(epoch: Instant) -> Arc<Settings> {
         epoch,
         read_pause_bytes: PLENTY / 2,
         output_budget: usize::MAX,
+        input_budget: usize::MAX,
     })
 }
 
