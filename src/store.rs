@@ -865,6 +865,15 @@ impl Store {
         Ok(self.outbox.len(&rtxn)?)
     }
 
+    /// Bytes of the pages the waiting webhook events take in the store
+    /// (LMDB's page counts of the outbox: O(1)).
+    pub fn outbox_bytes(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let stat = self.outbox.stat(&rtxn)?;
+        let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
+        Ok(pages as u64 * u64::from(stat.page_size))
+    }
+
     /// Commits a batch of messages in one write transaction: one fsync for
     /// all of it. On error nothing of the batch is stored. Leaves the clock
     /// floor alone.

@@ -184,7 +184,7 @@ impl Server {
                 let presence = pusher::kind(&ev.channel).is_some_and(|k| k.kind == Kind::Presence);
                 let user = if presence { self.hub.member_user(id, &ev.channel) } else { None };
                 let frame = Frame::from(pusher::event(&ev.event, &ev.channel, &ev.data, user));
-                if self.cfg.webhook_sends("client_event") && !self.client_event_room() {
+                if self.cfg.webhook_sends("client_event") && !self.webhook_room(CLIENT_EVENT_OUTBOX_BYTES) {
                     let why = "Client event rejected: too many webhook events are waiting for the application";
                     return self.send(id, pusher::error(Some(ClientEventRate::ERROR_CODE), why).into());
                 }
@@ -201,8 +201,7 @@ impl Server {
                     let user_id = user.map(str::to_string);
                     let bytes = extra.len();
                     let event = HookEvent { name: "client_event".into(), channel: ev.channel.clone(), user_id, extra };
-                    self.inflight_bytes += bytes;
-                    self.pending.push((Ticket::event_of(bytes), Write::Event(event)));
+                    self.hook_event_counted(event, bytes);
                 }
                 // Ephemeral (pusher.md §2): to the other Pusher subscribers
                 // now, never stored and never back to the sender.
@@ -257,8 +256,14 @@ impl Server {
             self.hub.forget_member(id, ch);
         } else if cache && self.store.channel(ch).is_ok_and(|info| info.first > info.last) {
             self.send(id, pusher::cache_miss(ch).into());
-            if self.cfg.webhook_sends("cache_miss") {
-                self.hook_event("cache_miss", ch, None, String::new());
+            // Anyone may subscribe to a public cache channel again and
+            // again: past the outbox's room the app is not told of this miss
+            // (the next subscriber's miss tells it again).
+            let bytes = ch.len() + 256;
+            if self.cfg.webhook_sends("cache_miss") && self.webhook_room(bytes) {
+                let event =
+                    HookEvent { name: "cache_miss".into(), channel: ch.into(), user_id: None, extra: String::new() };
+                self.hook_event_counted(event, bytes);
             }
         }
     }
@@ -278,25 +283,22 @@ impl Server {
         Some((data, ttl.min(u64::MAX as u128) as u64))
     }
 
-    /// Whether one more client event may go to the webhook outbox: while the
-    /// endpoint fails its events wait in the store, each up to
-    /// [`CLIENT_EVENT_OUTBOX_BYTES`], so the outbox (events stored and on
-    /// their way to the writer) is held to a quarter of `--max-store-bytes`
-    /// counted at that size, and the writer's queue to `MAX_INFLIGHT_BYTES`.
-    fn client_event_room(&self) -> bool {
-        let stored = self.store.outbox_len().unwrap_or(u64::MAX);
-        let queued = self.pending.iter().filter(|(_, w)| matches!(w, Write::Event(_))).count() as u64;
-        let writing = (self.inflight_bytes / CLIENT_EVENT_OUTBOX_BYTES) as u64;
-        let room = self.cfg.max_store_bytes / 4 / CLIENT_EVENT_OUTBOX_BYTES as u64;
-        stored.saturating_add(queued).saturating_add(writing) < room
-            && self.inflight_bytes + CLIENT_EVENT_OUTBOX_BYTES <= MAX_INFLIGHT_BYTES
+    /// Whether a webhook event of at most `bytes` may go to the outbox
+    /// on an input's behalf (a client event, a cache miss): while the
+    /// endpoint fails, events wait in the store, so the outbox's pages and
+    /// what is on its way to the writer are held to a quarter of
+    /// `--max-store-bytes`, and the writer's queue to `MAX_INFLIGHT_BYTES`.
+    fn webhook_room(&self, bytes: usize) -> bool {
+        let stored = self.store.outbox_bytes().unwrap_or(u64::MAX);
+        let after = self.inflight_bytes + bytes;
+        stored.saturating_add(after as u64) <= self.cfg.max_store_bytes / 4 && after <= MAX_INFLIGHT_BYTES
     }
 
-    /// A webhook event with no stored cause (a client event, a cache miss):
-    /// committed with this turn's writes, then delivered as spec §9 says.
-    fn hook_event(&mut self, name: &str, ch: &str, user_id: Option<String>, extra: String) {
-        let event = HookEvent { name: name.into(), channel: ch.into(), user_id, extra };
-        self.pending.push((Ticket::event(), Write::Event(event)));
+    /// Queues a webhook event whose `bytes` count against the writer's
+    /// queue until it is committed.
+    fn hook_event_counted(&mut self, event: HookEvent, bytes: usize) {
+        self.inflight_bytes += bytes;
+        self.pending.push((Ticket::event_of(bytes), Write::Event(event)));
     }
 
     /// The hub's answers for a Pusher connection: events Pusher has no frame

@@ -305,7 +305,8 @@ fn client_events_cannot_fill_the_store_through_the_webhook_outbox() {
     // Each socket's ten were answered (relayed, or refused with an error).
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let mut writer = server.ws(&token_all("w"));
-    writer.publish("room", json!("still stored"));
+    writer.publish_many("room", 200, |i| json!(format!("{i:01024}")));
+    assert_eq!(server.log_count("the store is full"), 0, "{}", server.log_tail(5));
 }
 
 /// The signed API's POST bodies (up to 256 KiB, four times a WebSocket
@@ -326,4 +327,54 @@ fn an_unsigned_api_post_is_refused_before_its_body_is_read() {
     let mut answer = [0u8; 12];
     sock.read_exact(&mut answer).expect("answered without the body");
     assert_eq!(&answer, b"HTTP/1.1 401");
+}
+
+/// Anyone may subscribe to a public cache channel with nothing in it, and
+/// each subscription is a `cache_miss` webhook event. While the endpoint
+/// fails they wait in the store: subscribing again and again must not fill
+/// it. The subscriber is still told of the miss each time.
+#[test]
+fn cache_misses_cannot_fill_the_store_through_the_webhook_outbox() {
+    let endpoint = Endpoint::start(Mode::Status(500));
+    let args = [
+        PUSHER,
+        &[
+            "--pusher-public",
+            "cache-*",
+            "--webhook",
+            &endpoint.url,
+            "--max-store-bytes",
+            "4194304",
+            "--publish-rate",
+            "0",
+        ],
+    ]
+    .concat();
+    let server = TestServer::start(&args);
+    let ch = "cache-".to_string() + &"e".repeat(150);
+    let mut socks = Vec::new();
+    for _ in 0..20 {
+        let mut c = pusher(&server, "app-key");
+        socket_id(&mut c);
+        socks.push(c);
+    }
+    for _ in 0..40 {
+        for c in &mut socks {
+            for _ in 0..50 {
+                c.write_json(json!({"event":"pusher:subscribe","data":{"channel":ch}}));
+                c.write_json(json!({"event":"pusher:unsubscribe","data":{"channel":ch}}));
+            }
+            c.flush();
+        }
+        for c in &mut socks {
+            for _ in 0..50 {
+                let (event, data) = frame(c);
+                assert_eq!(event, "pusher_internal:subscription_succeeded", "{data}");
+                assert_eq!(frame(c).0, "pusher:cache_miss");
+            }
+        }
+    }
+    let mut writer = server.ws(&token_all("w"));
+    writer.publish_many("room", 200, |i| json!(format!("{i:01024}")));
+    assert_eq!(server.log_count("the store is full"), 0, "{}", server.log_tail(5));
 }
