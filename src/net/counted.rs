@@ -28,6 +28,13 @@ pub struct FrameCounter {
     b0: u8,
     b1: u8,
     have: u8,
+    /// Bytes of the message in progress handed to tungstenite, which holds
+    /// them until the message is whole (saturating: a message is at most
+    /// `--max-message-bytes`)... (`Counted::count`; here, in the counter's
+    /// padding, as they are the message in progress's too)
+    partial: u32,
+    /// ...all of which are counted in `PARTIAL_TOTAL` once this is set.
+    charged: bool,
 }
 
 /// The error a read returns when a message has too many fragments.
@@ -59,6 +66,10 @@ thread_local! {
     /// Bytes of messages in progress handed to tungstenite by every
     /// connection of this thread (the loop's): the sum of their `partial`.
     static PARTIAL_TOTAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// `--max-input-bytes`: the most `PARTIAL_TOTAL` may reach. The loop's,
+    /// one for all its connections, so kept beside the total rather than in
+    /// every connection's record (B1: an idle connection's bytes).
+    static INPUT_BUDGET: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 /// Bytes of half-received messages over all connections of this thread:
@@ -89,7 +100,7 @@ fn whole_header(bytes: &[u8]) -> Option<(bool, u8, u64, usize)> {
 impl FrameCounter {
     pub fn new(max: usize) -> FrameCounter {
         let max = u32::try_from(max).unwrap_or(u32::MAX);
-        FrameCounter { skip: 0, max, frames: 0, b0: 0, b1: 0, have: 0 }
+        FrameCounter { skip: 0, max, frames: 0, b0: 0, b1: 0, have: 0, partial: 0, charged: false }
     }
 
     /// Feeds bytes as they arrive; false once a message has too many frames.
@@ -216,36 +227,17 @@ pub struct Counted<S> {
     /// Held only while some of it is left: a connection between reads,
     /// idle or not, has none.
     bite: Option<Box<Bite>>,
-    /// Bytes of the message in progress handed to tungstenite, which holds
-    /// them until the message is whole...
-    partial: usize,
-    /// ...and how many of them are counted in `PARTIAL_TOTAL`.
-    charged: usize,
-    /// `--max-input-bytes`: the most `PARTIAL_TOTAL` may reach.
-    budget: usize,
 }
 
 impl<S> Counted<S> {
     pub(super) fn new(stream: S, counter: FrameCounter) -> Counted<S> {
-        Counted {
-            stream,
-            counter,
-            hold: false,
-            empty: false,
-            drained: false,
-            mixed: false,
-            owes: false,
-            bite: None,
-            partial: 0,
-            charged: 0,
-            budget: usize::MAX,
-        }
+        Counted { stream, counter, hold: false, empty: false, drained: false, mixed: false, owes: false, bite: None }
     }
 
     /// Reads past this many bytes of half-received messages over all
     /// connections fail with [`OverInputBudget`].
-    pub(super) fn with_budget(mut self, budget: usize) -> Counted<S> {
-        self.budget = budget;
+    pub(super) fn with_budget(self, budget: usize) -> Counted<S> {
+        INPUT_BUDGET.with(|b| b.set(budget));
         self
     }
 
@@ -257,22 +249,30 @@ impl<S> Counted<S> {
         if self.counter.at_boundary() {
             // A message (or a control frame between messages) ended: it
             // is tungstenite's to return, and nothing is in progress.
-            PARTIAL_TOTAL.with(|t| t.set(t.get().saturating_sub(self.charged)));
-            (self.partial, self.charged) = (0, 0);
+            self.release();
             return true;
         }
-        self.partial += n;
-        if self.charged == 0 && self.holds_bytes() {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if !self.counter.charged && self.holds_bytes() {
+            self.counter.partial = self.counter.partial.saturating_add(n);
             return true;
         }
-        let more = self.partial - self.charged;
+        let more = if self.counter.charged { n } else { self.counter.partial.saturating_add(n) } as usize;
         let total = partial_total();
-        if total.saturating_add(more) > self.budget {
+        if total.saturating_add(more) > INPUT_BUDGET.with(|b| b.get()) {
             return false;
         }
         PARTIAL_TOTAL.with(|t| t.set(total + more));
-        self.charged = self.partial;
+        (self.counter.partial, self.counter.charged) = (self.counter.partial.saturating_add(n), true);
         true
+    }
+
+    /// Gives back what the message in progress had counted.
+    fn release(&mut self) {
+        if self.counter.charged {
+            PARTIAL_TOTAL.with(|t| t.set(t.get().saturating_sub(self.counter.partial as usize)));
+        }
+        (self.counter.partial, self.counter.charged) = (0, false);
     }
 
     /// True when bytes read from the socket still wait for tungstenite.
@@ -293,9 +293,7 @@ impl<S> Counted<S> {
 
 impl<S> Drop for Counted<S> {
     fn drop(&mut self) {
-        if self.charged > 0 {
-            PARTIAL_TOTAL.with(|t| t.set(t.get().saturating_sub(self.charged)));
-        }
+        self.release();
     }
 }
 
