@@ -90,6 +90,8 @@ pub struct Config {
     /// and connections with output of their own queued are not read, so
     /// many clients that never read cannot add up to the machine's memory.
     pub max_output_bytes: usize,
+    /// Half-received messages of all connections together; past it the
+    /// connection adding to them is closed 1013 (it sends the message again).
     pub max_input_bytes: usize,
     pub audience: Option<String>,
     pub leeway: Duration,

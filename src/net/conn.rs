@@ -30,7 +30,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
-use super::counted::{Counted, FrameCounter, OverInputBudget, TooManyFragments, Ws};
+use super::counted::{Counted, FrameCounter, ReadRefused, Ws};
 use super::frame::{code, Frame};
 use super::queue::Queue;
 use super::stream::{Stream, Transport};
@@ -247,6 +247,11 @@ fn queued_total_sub(n: usize) {
 /// handed to their sockets: what the loop's global output budget counts.
 pub fn queued_total() -> usize {
     QUEUED_TOTAL.with(|t| t.get())
+}
+
+/// Why our own stream refused a read, if it did (`Counted`'s limits).
+fn refused(e: &io::Error) -> Option<ReadRefused> {
+    e.get_ref().and_then(|e| e.downcast_ref::<ReadRefused>()).copied()
 }
 
 /// The connection's buffers, made if it had none.
@@ -552,10 +557,10 @@ impl<S: Transport> Conn<S> {
                 Incoming::WouldBlock
             }
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Incoming::Again,
-            Err(tungstenite::Error::Io(e)) if e.get_ref().is_some_and(|e| e.is::<TooManyFragments>()) => {
+            Err(tungstenite::Error::Io(e)) if refused(&e) == Some(ReadRefused::TooManyFragments) => {
                 self.fail(code::POLICY, "too many fragments", now)
             }
-            Err(tungstenite::Error::Io(e)) if e.get_ref().is_some_and(|e| e.is::<OverInputBudget>()) => {
+            Err(tungstenite::Error::Io(e)) if refused(&e) == Some(ReadRefused::OverInputBudget) => {
                 self.fail(code::SLOW, "server busy: send the message again later", now)
             }
             Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake))

@@ -37,30 +37,26 @@ pub struct FrameCounter {
     charged: bool,
 }
 
-/// The error a read returns when a message has too many fragments.
-#[derive(Debug)]
-pub(super) struct TooManyFragments;
+/// Why a read refused bytes it had: the connection is failed for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadRefused {
+    /// The message in progress has too many fragments.
+    TooManyFragments,
+    /// The message in progress would take the half-received messages of
+    /// all connections past `--max-input-bytes`.
+    OverInputBudget,
+}
 
-impl std::fmt::Display for TooManyFragments {
+impl std::fmt::Display for ReadRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("too many fragments in one message")
+        f.write_str(match self {
+            ReadRefused::TooManyFragments => "too many fragments in one message",
+            ReadRefused::OverInputBudget => "half-received messages of all connections over --max-input-bytes",
+        })
     }
 }
 
-impl std::error::Error for TooManyFragments {}
-
-/// The error a read returns when the message in progress would take the
-/// half-received messages of all connections past their budget.
-#[derive(Debug)]
-pub(super) struct OverInputBudget;
-
-impl std::fmt::Display for OverInputBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("half-received messages of all connections over --max-input-bytes")
-    }
-}
-
-impl std::error::Error for OverInputBudget {}
+impl std::error::Error for ReadRefused {}
 
 thread_local! {
     /// Bytes of messages in progress handed to tungstenite by every
@@ -74,7 +70,7 @@ thread_local! {
 
 /// Bytes of half-received messages over all connections of this thread:
 /// what `--max-input-bytes` bounds.
-pub fn partial_total() -> usize {
+fn partial_total() -> usize {
     PARTIAL_TOTAL.with(|t| t.get())
 }
 
@@ -235,7 +231,7 @@ impl<S> Counted<S> {
     }
 
     /// Reads past this many bytes of half-received messages over all
-    /// connections fail with [`OverInputBudget`].
+    /// connections fail with [`ReadRefused::OverInputBudget`].
     pub(super) fn with_budget(self, budget: usize) -> Counted<S> {
         INPUT_BUDGET.with(|b| b.set(budget));
         self
@@ -373,10 +369,10 @@ impl<S: Transport> io::Read for Counted<S> {
             }
         }
         if !self.counter.feed(&buf[..n]) {
-            return Err(io::Error::other(TooManyFragments));
+            return Err(io::Error::other(ReadRefused::TooManyFragments));
         }
         if !self.count(n) {
-            return Err(io::Error::other(OverInputBudget));
+            return Err(io::Error::other(ReadRefused::OverInputBudget));
         }
         Ok(n)
     }

@@ -25,11 +25,6 @@ use http_door::{HttpRequest, PendingBody};
 /// `terminate_connections`): 4009, so pusher-js does not reconnect.
 const TERMINATED: u16 = 4009;
 
-/// The most a client event's webhook event takes in the outbox: its data
-/// escaped as a JSON string (a control character is six bytes), its name,
-/// channel, user and ids.
-const CLIENT_EVENT_OUTBOX_BYTES: usize = 6 * pusher::MAX_CLIENT_EVENT_BYTES + 2048;
-
 /// What a Pusher connection holds beside its hub peer (boxed on its slot,
 /// once it signs in or sends a client event). Its socket id is not held: it
 /// is `<pusher_seed>.<connection id>`.
@@ -184,10 +179,6 @@ impl Server {
                 let presence = pusher::kind(&ev.channel).is_some_and(|k| k.kind == Kind::Presence);
                 let user = if presence { self.hub.member_user(id, &ev.channel) } else { None };
                 let frame = Frame::from(pusher::event(&ev.event, &ev.channel, &ev.data, user));
-                if self.cfg.webhook_sends("client_event") && !self.webhook_room(CLIENT_EVENT_OUTBOX_BYTES) {
-                    let why = "Client event rejected: too many webhook events are waiting for the application";
-                    return self.send(id, pusher::error(Some(ClientEventRate::ERROR_CODE), why).into());
-                }
                 if self.cfg.webhook_sends("client_event") {
                     // Reported, as Pusher does, though never stored as a message.
                     let socket_id = pusher::socket_id(self.pusher_seed, id as u64);
@@ -199,9 +190,10 @@ impl Server {
                         json(&socket_id)
                     );
                     let user_id = user.map(str::to_string);
-                    let bytes = extra.len();
-                    let event = HookEvent { name: "client_event".into(), channel: ev.channel.clone(), user_id, extra };
-                    self.hook_event_counted(event, bytes);
+                    if !self.hook_event("client_event", &ev.channel, user_id, extra) {
+                        let why = "Client event rejected: too many webhook events are waiting for the application";
+                        return self.send(id, pusher::error(Some(ClientEventRate::ERROR_CODE), why).into());
+                    }
                 }
                 // Ephemeral (pusher.md §2): to the other Pusher subscribers
                 // now, never stored and never back to the sender.
@@ -259,11 +251,8 @@ impl Server {
             // Anyone may subscribe to a public cache channel again and
             // again: past the outbox's room the app is not told of this miss
             // (the next subscriber's miss tells it again).
-            let bytes = ch.len() + 256;
-            if self.cfg.webhook_sends("cache_miss") && self.webhook_room(bytes) {
-                let event =
-                    HookEvent { name: "cache_miss".into(), channel: ch.into(), user_id: None, extra: String::new() };
-                self.hook_event_counted(event, bytes);
+            if self.cfg.webhook_sends("cache_miss") {
+                self.hook_event("cache_miss", ch, None, String::new());
             }
         }
     }
@@ -283,22 +272,24 @@ impl Server {
         Some((data, ttl.min(u64::MAX as u128) as u64))
     }
 
-    /// Whether a webhook event of at most `bytes` may go to the outbox
-    /// on an input's behalf (a client event, a cache miss): while the
-    /// endpoint fails, events wait in the store, so the outbox's pages and
-    /// what is on its way to the writer are held to a quarter of
-    /// `--max-store-bytes`, and the writer's queue to `MAX_INFLIGHT_BYTES`.
-    fn webhook_room(&self, bytes: usize) -> bool {
+    /// A webhook event with no stored cause that an input makes (a client
+    /// event, a cache miss), committed with this turn's writes and then
+    /// delivered as spec §9 says; false, and nothing queued, when there is
+    /// no room for it. While the endpoint fails, events wait in the store:
+    /// the outbox's pages and what is on its way to the writer are held to a
+    /// quarter of `--max-store-bytes`, and the writer's queue (which this
+    /// event's bytes count against until it commits) to `MAX_INFLIGHT_BYTES`.
+    fn hook_event(&mut self, name: &str, ch: &str, user_id: Option<String>, extra: String) -> bool {
+        let bytes = name.len() + ch.len() + user_id.as_ref().map_or(0, String::len) + extra.len();
         let stored = self.store.outbox_bytes().unwrap_or(u64::MAX);
         let after = self.inflight_bytes + bytes;
-        stored.saturating_add(after as u64) <= self.cfg.max_store_bytes / 4 && after <= MAX_INFLIGHT_BYTES
-    }
-
-    /// Queues a webhook event whose `bytes` count against the writer's
-    /// queue until it is committed.
-    fn hook_event_counted(&mut self, event: HookEvent, bytes: usize) {
-        self.inflight_bytes += bytes;
+        if stored.saturating_add(after as u64) > self.cfg.max_store_bytes / 4 || after > MAX_INFLIGHT_BYTES {
+            return false;
+        }
+        self.inflight_bytes = after;
+        let event = HookEvent { name: name.into(), channel: ch.into(), user_id, extra };
         self.pending.push((Ticket::event_of(bytes), Write::Event(event)));
+        true
     }
 
     /// The hub's answers for a Pusher connection: events Pusher has no frame
